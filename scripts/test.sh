@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: fetches the model files if missing, checks PostgreSQL, and runs every test of the workspace
+# against the real database, the real embedding model and the real embedded vector engine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+scripts/setup-models.sh
+ensure_postgres
+cargo test --workspace --locked "$@"

@@ -1,0 +1,82 @@
+//! `audience`: the command-line entry point. Parses arguments, loads `.env`, dispatches, and maps errors to exit codes.
+
+mod data_commands;
+mod exit;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Agentic audience discovery over customer data in PostgreSQL and a vector index.
+#[derive(Parser, Debug)]
+#[command(name = "audience", version, about)]
+struct Cli {
+    /// Directory for the embedded vector index, the usage ledger and REPL history.
+    #[arg(long, global = true, env = "AUDIENCE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Show each agent step (thought, action, SQL, observation) as it happens, and debug logs.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a deterministic synthetic CRM + clickstream sample (customers.csv, events.csv, labels.csv).
+    Generate(data_commands::GenerateArgs),
+    /// Validate and load customers and events, compute profiles, and embed new or changed profiles.
+    Ingest(data_commands::IngestArgs),
+    /// Re-embed every profile and rewrite the vector index (e.g. after a model change).
+    Reindex,
+    /// Set up a working demo: generate the 500-customer sample, ingest it, and run a first query with the tools.
+    Demo(data_commands::DemoArgs),
+}
+
+/// Settings every command shares.
+pub struct Global {
+    pub data_dir: PathBuf,
+    pub verbose: bool,
+}
+
+fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let global = Global { data_dir: cli.data_dir.unwrap_or_else(audience_tools::paths::data_dir), verbose: cli.verbose };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, &global)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", exit::one_line(&error));
+            exit::code_for(&error)
+        }
+    }
+}
+
+async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Generate(args) => data_commands::generate(args)?,
+        Command::Ingest(args) => data_commands::ingest(args, global).await?,
+        Command::Reindex => data_commands::reindex(global).await?,
+        Command::Demo(args) => data_commands::demo(args, global).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr so that `--json` output on stdout stays one clean document.
+fn init_logging(verbose: bool) {
+    let default = if verbose { "info,audience=debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUDIENCE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+}
