@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 scripts/setup-models.sh
 ensure_postgres
-cargo build --release --locked --bin audience
-exec "$CARGO_TARGET_DIR/release/audience" demo "$@"
+# The debug build shares its artifacts with the tests; `cargo build --release` is for large data (see README).
+cargo build --locked --bin audience
+exec "$CARGO_TARGET_DIR/debug/audience" demo "$@"

@@ -1,22 +1,258 @@
-//! (being written) the data engineer's commands: generate, ingest, reindex, demo.
+//! The data engineer's commands: `generate`, `ingest`, `reindex` and `demo`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{NaiveDate, Utc};
 use clap::Args;
+use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::Value;
+
+use audience_ingest::generate::{self, GenerateOptions};
+use audience_ingest::input::Mapping;
+use audience_ingest::load::LoadOptions;
+use audience_ingest::pipeline::{self, IngestReport, IngestRequest};
+use audience_ingest::sync::{self, SyncMode, SyncReport};
+use audience_tools::db::{self, DEFAULT_SCHEMA, Db};
+use audience_tools::embed::LazyEmbedder;
+use audience_tools::paths;
+use audience_tools::vector::{self, VectorIndex};
+
+use crate::Global;
+use crate::exit::{FailureExt, FailureKind};
+
+/// The query the demo runs against the freshly ingested sample.
+const DEMO_QUERY: &str = "luxury watches and jewelry";
 
 #[derive(Args, Debug)]
-pub struct GenerateArgs {}
-#[derive(Args, Debug)]
-pub struct IngestArgs {}
-#[derive(Args, Debug)]
-pub struct DemoArgs {}
+pub struct GenerateArgs {
+    /// Number of customers.
+    #[arg(long, default_value_t = 500)]
+    customers: u64,
+    /// Mean number of events per customer.
+    #[arg(long, default_value_t = 20)]
+    events_per_customer: u32,
+    /// Random seed; the same seed writes the same files.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Events span the 365 days before this date (YYYY-MM-DD, default today in UTC).
+    #[arg(long)]
+    end_date: Option<NaiveDate>,
+    /// Output directory.
+    #[arg(long, default_value = "sample")]
+    out: PathBuf,
+}
 
-pub fn generate(_args: GenerateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// Customers CSV (may be left out when the mapping derives customers from the events file).
+    #[arg(long)]
+    customers: Option<PathBuf>,
+    /// Events CSV.
+    #[arg(long)]
+    events: PathBuf,
+    /// TOML file mapping a foreign export's columns and values onto ours (see examples/mappings/).
+    #[arg(long)]
+    mapping: Option<PathBuf>,
+    /// Stop at the first bad row instead of rejecting it.
+    #[arg(long)]
+    strict: bool,
+    /// Where rejected rows are written (default: rejects.csv in the data directory).
+    #[arg(long)]
+    rejects: Option<PathBuf>,
+    /// Compute profiles as of this day (YYYY-MM-DD); default: the day of the newest event.
+    #[arg(long)]
+    as_of: Option<NaiveDate>,
 }
-pub async fn ingest(_args: IngestArgs, _global: &crate::Global) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of sample customers.
+    #[arg(long, default_value_t = 500)]
+    customers: u64,
 }
-pub async fn reindex(_global: &crate::Global) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let opts = GenerateOptions {
+        customers: args.customers,
+        events_per_customer: args.events_per_customer,
+        seed: args.seed,
+        end_date: args.end_date.unwrap_or_else(|| Utc::now().date_naive()),
+        out_dir: args.out,
+    };
+    let report = generate::generate(&opts)?;
+    println!(
+        "wrote {} customers and {} events to {} (seed {}, personas in labels.csv)",
+        report.customers,
+        report.events,
+        opts.out_dir.display(),
+        opts.seed
+    );
+    Ok(())
 }
-pub async fn demo(_args: DemoArgs, _global: &crate::Global) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+
+pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
+    let mapping = args.mapping.as_deref().map(Mapping::from_file).transpose()?;
+    // A mapping may build customers from the events file, in which case the customers path is never read.
+    let customers = match (args.customers, &mapping) {
+        (Some(path), _) => path,
+        (None, Some(mapping)) if mapping.customers_from_events() => args.events.clone(),
+        (None, _) => bail!("--customers is required unless --mapping derives customers from the events file"),
+    };
+    let request = IngestRequest {
+        customers,
+        events: args.events,
+        load: LoadOptions {
+            strict: args.strict,
+            rejects_path: args.rejects.unwrap_or_else(|| global.data_dir.join("rejects.csv")),
+            mapping,
+        },
+        as_of: args.as_of,
+    };
+    let stores = Stores::open(global).await?;
+    let report = pipeline::ingest(&stores.db, stores.index.as_ref(), &stores.embedder, request).await?;
+    print_ingest(&report);
+    Ok(())
+}
+
+pub async fn reindex(global: &Global) -> Result<()> {
+    let stores = Stores::open(global).await?;
+    if !stores.db.is_ingested().await.kind(FailureKind::Store)? {
+        bail!("no profiles in schema {:?} yet; run `audience ingest` first", stores.db.schema);
+    }
+    let report = sync::sync(&stores.db, stores.index.as_ref(), &stores.embedder, SyncMode::Full).await?;
+    println!("reindexed {}", stores.index.describe());
+    print_sync(&report);
+    Ok(())
+}
+
+pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
+    let sample = global.data_dir.join("sample");
+    let opts = GenerateOptions {
+        customers: args.customers,
+        events_per_customer: 20,
+        seed: 42,
+        end_date: Utc::now().date_naive(),
+        out_dir: sample.clone(),
+    };
+    let generated = generate::generate(&opts)?;
+    println!("generated {} customers and {} events in {}", generated.customers, generated.events, sample.display());
+
+    let stores = Stores::open(global).await?;
+    let request = IngestRequest {
+        customers: generated.customers_path,
+        events: generated.events_path,
+        load: LoadOptions { strict: false, rejects_path: sample.join("rejects.csv"), mapping: None },
+        as_of: None,
+    };
+    let report = pipeline::ingest(&stores.db, stores.index.as_ref(), &stores.embedder, request).await?;
+    print_ingest(&report);
+
+    let (vector, _) = stores.embedder.embed_one(DEMO_QUERY.to_owned()).await?;
+    let hits = stores.index.search(vector, None, 10).await.kind(FailureKind::Store)?;
+    println!("\nTop 10 customers for {DEMO_QUERY:?} (vector search, no LLM):");
+    println!("{}", hits_table(&hits));
+    Ok(())
+}
+
+/// The three stores every data command needs.
+struct Stores {
+    db: Db,
+    index: Arc<dyn VectorIndex>,
+    embedder: LazyEmbedder,
+}
+
+impl Stores {
+    async fn open(global: &Global) -> Result<Self> {
+        let db = connect_db().await?;
+        let qdrant_url = std::env::var("QDRANT_URL").ok().filter(|v| !v.is_empty());
+        let index = vector::open(qdrant_url.as_deref(), &global.data_dir).await.kind(FailureKind::Store)?;
+        let embedder = LazyEmbedder::new(paths::models_dir());
+        // The model loads while PostgreSQL does its part of the ingest.
+        embedder.prefetch();
+        Ok(Self { db, index, embedder })
+    }
+}
+
+/// Connects to `DATABASE_URL`: a missing or malformed setting is a configuration error, an unreachable server a
+/// store error, so scripts can tell them apart by exit code.
+async fn connect_db() -> Result<Db> {
+    let url = std::env::var("DATABASE_URL")
+        .map_err(|_| {
+            anyhow!("DATABASE_URL is not set; set it to a PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/test")
+        })
+        .kind(FailureKind::Config)?;
+    let schema = std::env::var("AUDIENCE_SCHEMA").unwrap_or_else(|_| DEFAULT_SCHEMA.to_owned());
+    db::check_identifier(&schema).context("AUDIENCE_SCHEMA").kind(FailureKind::Config)?;
+    url.parse::<sqlx::postgres::PgConnectOptions>()
+        .with_context(|| format!("DATABASE_URL is not a valid PostgreSQL URL: {}", db::redact(&url)))
+        .kind(FailureKind::Config)?;
+    Db::connect(&url, &schema).await.kind(FailureKind::Store)
+}
+
+fn print_ingest(report: &IngestReport) {
+    let load = &report.load;
+    let mut loaded = format!("loaded {} customers and {} events", load.customers, load.events);
+    match &load.rejects_path {
+        Some(path) if load.rejected > 0 => {
+            loaded.push_str(&format!("; {} rows rejected, see {}", load.rejected, path.display()));
+        }
+        _ => loaded.push_str("; no rows rejected"),
+    }
+    println!("{loaded}");
+    let p = &report.profiles;
+    println!(
+        "profiles: {} as of {} (VIP Loyalty {}, Churn Recovery {}, Standard Promo {}; {} like luxury)",
+        p.profiles, p.as_of, p.vip, p.churn_recovery, p.standard, p.likes_luxury
+    );
+    print_sync(&report.sync);
+    let t = &report.times;
+    println!(
+        "times: load {:.2} s, profiles {:.2} s, swap {:.2} s, embed {:.2} s, total {:.2} s",
+        t.load, t.profiles, t.swap, t.embed, t.total
+    );
+}
+
+fn print_sync(report: &SyncReport) {
+    println!(
+        "vectors: {} embedded ({} tokens), {} unchanged, {} deleted in {:.2} s",
+        report.embedded, report.tokens, report.unchanged, report.deleted, report.seconds
+    );
+}
+
+fn hits_table(hits: &[vector::ScoredPoint]) -> Table {
+    let text = |payload: &serde_json::Map<String, Value>, key: &str| match payload.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    };
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "#",
+        "score",
+        "customer",
+        "country",
+        "spent",
+        "segment",
+        "interests",
+    ]);
+    for (rank, hit) in hits.iter().enumerate() {
+        let p = &hit.payload;
+        let spent = p.get("total_spent").and_then(Value::as_f64).unwrap_or(0.0);
+        let interests = match p.get("calculated_interests") {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+            _ => String::new(),
+        };
+        table.add_row(vec![
+            Cell::new(rank + 1).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{:.3}", hit.score)).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{} {} (#{})", text(p, "first_name"), text(p, "last_name"), hit.id)),
+            Cell::new(text(p, "country")),
+            Cell::new(format!("{spent:.2}")).set_alignment(CellAlignment::Right),
+            Cell::new(text(p, "segment")),
+            Cell::new(interests),
+        ]);
+    }
+    table
 }

@@ -56,18 +56,32 @@ impl<T, E: Into<anyhow::Error>> FailureExt<T> for Result<T, E> {
     }
 }
 
-/// The exit code for an error: the first [`Failure`] tag in its chain, else 1.
+/// The exit code for an error: the outermost [`Failure`] tag in its chain, else 1.
+///
+/// `anyhow::Error::downcast_ref` is used because it sees context values at any depth; the `&dyn Error`
+/// items of `chain()` are anyhow's private wrapper types, so downcasting those never finds a tag.
 pub fn code_for(error: &anyhow::Error) -> ExitCode {
-    let code = error.chain().find_map(|e| e.downcast_ref::<Failure>()).map_or(1, |f| f.0.code());
+    let code = error.downcast_ref::<Failure>().map_or(1, |f| f.0.code());
     ExitCode::from(code)
 }
 
 /// Prints an error as one line: the message chain without our kind tags.
 pub fn one_line(error: &anyhow::Error) -> String {
-    error
-        .chain()
-        .filter(|e| e.downcast_ref::<Failure>().is_none())
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
+    let tags = [FailureKind::Config, FailureKind::Provider, FailureKind::Store].map(|kind| Failure(kind).to_string());
+    error.chain().map(|e| e.to_string()).filter(|text| !tags.contains(text)).collect::<Vec<_>>().join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn finds_the_tag_under_later_context_and_hides_it() {
+        let error: anyhow::Result<()> = Err(anyhow::anyhow!("connection refused")).kind(FailureKind::Store);
+        let error = error.context("cannot open the stores").unwrap_err();
+        assert_eq!(code_for(&error), ExitCode::from(4));
+        assert_eq!(one_line(&error), "cannot open the stores: connection refused");
+        assert_eq!(code_for(&anyhow::anyhow!("plain")), ExitCode::from(1));
+    }
 }

@@ -1,7 +1,14 @@
 //! `audience`: the command-line entry point. Parses arguments, loads `.env`, dispatches, and maps errors to exit codes.
 
+mod agent;
+mod ask;
 mod data_commands;
 mod exit;
+mod ledger;
+mod provider;
+mod repl;
+mod tool_command;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +41,12 @@ enum Command {
     Reindex,
     /// Set up a working demo: generate the 500-customer sample, ingest it, and run a first query with the tools.
     Demo(data_commands::DemoArgs),
+    /// Ask the agent one question and print the answer (with --json: one JSON document on stdout).
+    Ask(ask::AskArgs),
+    /// Run one agent tool directly, without the LLM loop, and print its JSON output.
+    Tool(tool_command::ToolArgs),
+    /// Start an interactive session: follow-up questions refine the answer, /help lists commands.
+    Chat,
 }
 
 /// Settings every command shares.
@@ -46,7 +59,8 @@ fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let global = Global { data_dir: cli.data_dir.unwrap_or_else(audience_tools::paths::data_dir), verbose: cli.verbose };
+    let global =
+        Global { data_dir: cli.data_dir.unwrap_or_else(audience_tools::paths::data_dir), verbose: cli.verbose };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -69,6 +83,9 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Ingest(args) => data_commands::ingest(args, global).await?,
         Command::Reindex => data_commands::reindex(global).await?,
         Command::Demo(args) => data_commands::demo(args, global).await?,
+        Command::Ask(args) => ask::run(args, global).await?,
+        Command::Tool(args) => tool_command::run(args, global).await?,
+        Command::Chat => repl::run(global).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

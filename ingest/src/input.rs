@@ -1,1 +1,856 @@
-//! (being written)
+//! Reading and validating customer and event CSV files (streaming), optionally through a column mapping.
+//!
+//! # What fails the whole file, and what rejects one row
+//!
+//! A file that cannot be read as a table fails with ONE error line `<file>:<line>: <reason>` and nothing is loaded:
+//! - a required column is missing from the header (or a column the mapping names is missing);
+//! - bytes that are not valid UTF-8;
+//! - a row with a different number of fields than the header (a stray delimiter, or a quote that is never
+//!   closed and swallows the following lines);
+//! - a field that spans several lines (a quote closed only at a later line or at the end of the file).
+//!
+//! A row whose values are wrong is rejected: it is skipped, counted, and written to the rejects CSV
+//! (`file,line,reason`). With `--strict` the first rejected row stops the load instead, with the error
+//! `<file>:<line>: <reason>`. Rows are rejected for:
+//! - an id (`customer_id`, `event_id`) that is empty, not an integer, or a duplicate of an earlier row's id
+//!   (the first row wins);
+//! - an empty required value (`first_name`, `last_name`, `email`, `country`, `product`, `price`, `quantity`, `ts`);
+//! - an e-mail address that is not `local@domain.tld`;
+//! - a country that is not an ISO 3166-1 alpha-2 code (after the mapping's value map);
+//! - an age that is not an integer between 0 and 130, a date or timestamp that does not parse;
+//! - a price that is not a non-negative decimal; a quantity that is not a non-zero integer;
+//! - an event type other than `view`, `add_to_cart`, `purchase`;
+//! - an event whose customer is not in the customers file;
+//! - a negative quantity on anything but a purchase.
+//!
+//! A negative quantity on a purchase is a return: it is kept, and the profile SQL excludes it from spend.
+//!
+//! Required columns: customers `customer_id, first_name, last_name, email, country`; events `event_id,
+//! customer_id, event_type, product, price, quantity, ts`. The optional columns (`age, favorite_color,
+//! signup_date`; `color`) may be absent and load as NULL; an empty value is NULL too.
+//! Timestamps without a format are RFC 3339 (`2024-05-01T10:00:00Z`), `YYYY-MM-DD HH:MM:SS` (UTC) or
+//! `YYYY-MM-DD` (midnight UTC); dates are `YYYY-MM-DD`.
+//!
+//! # Column mapping
+//!
+//! A [`Mapping`] (TOML, see `examples/mappings/transaction_log.toml`) maps a foreign export onto our columns.
+//! Each key of `[customers]` or `[events]` is one of our columns and its value says where it comes from:
+//! `"TheirColumn"`; `{ column = "Date", format = "%m/%d/%Y" }` (chrono format, for `ts` and `signup_date`);
+//! `{ value = "purchase" }` (a constant); `{ row_number = true }` (the data row number, 1 for the first row);
+//! `{ template = "customer{CustomerNo}@unknown.invalid" }` (their columns substituted in braces).
+//! `[events.values.<column>]` / `[customers.values.<column>]` tables translate values, e.g.
+//! `"United Kingdom" = "GB"`; a value missing from the table passes through unchanged.
+//! A table that is not in the mapping uses our own column names.
+//! `[customers] from_events = true` says there is no customer file: one customer is derived from the first
+//! valid row of each customer id in the events file, with the `[customers]` keys read from that file.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use audience_tools::schema::TABLES;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use csv::StringRecord;
+use serde::Deserialize;
+
+/// Customer columns that must have a value.
+const CUSTOMER_REQUIRED: &[&str] = &["customer_id", "first_name", "last_name", "email", "country"];
+/// Event columns that must have a value.
+const EVENT_REQUIRED: &[&str] = &["event_id", "customer_id", "event_type", "product", "price", "quantity", "ts"];
+/// The event types the `events.event_type` CHECK constraint allows.
+pub const EVENT_TYPES: &[&str] = &["view", "add_to_cart", "purchase"];
+
+/// ISO 3166-1 alpha-2 codes, officially assigned.
+const ISO_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ \
+    BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET \
+    FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR \
+    IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN \
+    MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY \
+    QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR \
+    TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+/// Which of our tables a file feeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    Customers,
+    Events,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Customers => "customers",
+            Table::Events => "events",
+        }
+    }
+
+    fn columns(self) -> Vec<&'static str> {
+        match self {
+            Table::Customers => TABLES[0].columns(),
+            Table::Events => TABLES[1].columns(),
+        }
+    }
+
+    fn required(self) -> &'static [&'static str] {
+        match self {
+            Table::Customers => CUSTOMER_REQUIRED,
+            Table::Events => EVENT_REQUIRED,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Mapping
+// ---------------------------------------------------------------------------------------------------------------
+
+/// How a foreign export's columns and values map onto ours, read from a small TOML file (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct Mapping {
+    customers: Option<TableMapping>,
+    events: Option<TableMapping>,
+    customers_from_events: bool,
+}
+
+/// One table's sources, keyed by our column name.
+#[derive(Clone, Debug, Default)]
+struct TableMapping {
+    sources: BTreeMap<String, Source>,
+    values: BTreeMap<String, HashMap<String, String>>,
+}
+
+/// Where one of our columns comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    Column { name: String, format: Option<String> },
+    Value(String),
+    RowNumber,
+    Template(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingFile {
+    customers: Option<TableFile>,
+    events: Option<TableFile>,
+}
+
+#[derive(Deserialize)]
+struct TableFile {
+    #[serde(default)]
+    from_events: bool,
+    #[serde(default)]
+    values: BTreeMap<String, BTreeMap<String, String>>,
+    /// Kept as raw values so a typo inside `{ ... }` gets serde's precise "unknown field" message.
+    #[serde(flatten)]
+    sources: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSpec {
+    column: Option<String>,
+    format: Option<String>,
+    value: Option<String>,
+    row_number: Option<bool>,
+    template: Option<String>,
+}
+
+impl Mapping {
+    /// Reads and checks a mapping file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read mapping file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid mapping file {}", path.display()))
+    }
+
+    /// Parses and checks mapping TOML.
+    pub fn parse(text: &str) -> Result<Self> {
+        let file: MappingFile = toml::from_str(text).map_err(|e| anyhow!("{}", e.message()))?;
+        let customers_from_events = file.customers.as_ref().is_some_and(|t| t.from_events);
+        if file.events.as_ref().is_some_and(|t| t.from_events) {
+            bail!("from_events belongs in [customers], not [events]");
+        }
+        let customers = file.customers.map(|t| TableMapping::build(Table::Customers, t)).transpose()?;
+        let events = file.events.map(|t| TableMapping::build(Table::Events, t)).transpose()?;
+        if customers_from_events && customers.as_ref().is_some_and(|t| t.sources.is_empty()) {
+            bail!("[customers] from_events = true needs the customer columns mapped from the events file");
+        }
+        Ok(Self { customers, events, customers_from_events })
+    }
+
+    /// True when there is no customer file and customers are derived from the events file.
+    pub fn customers_from_events(&self) -> bool {
+        self.customers_from_events
+    }
+
+    fn table(&self, table: Table) -> Option<&TableMapping> {
+        match table {
+            Table::Customers => self.customers.as_ref(),
+            Table::Events => self.events.as_ref(),
+        }
+    }
+}
+
+impl TableMapping {
+    fn build(table: Table, file: TableFile) -> Result<Self> {
+        let columns = table.columns();
+        let mut sources = BTreeMap::new();
+        for (target, spec) in file.sources {
+            if !columns.contains(&target.as_str()) {
+                bail!("[{}] has no column {target:?}; expected one of {}", table.name(), columns.join(", "));
+            }
+            let context = || format!("[{}] {target}", table.name());
+            let source = match spec {
+                toml::Value::String(name) => Source::Column { name, format: None },
+                toml::Value::Table(spec) => spec
+                    .try_into::<SourceSpec>()
+                    .map_err(|e| anyhow!("{}", e.message()))
+                    .and_then(SourceSpec::into_source)
+                    .with_context(context)?,
+                other => bail!(
+                    "{}: expected \"Column\" or {{ column | value | row_number | template = ... }}, found {}",
+                    context(),
+                    other.type_str()
+                ),
+            };
+            sources.insert(target, source);
+        }
+        for required in table.required() {
+            if !sources.contains_key(*required) {
+                bail!("[{}] does not map the required column {required}", table.name());
+            }
+        }
+        let mut values = BTreeMap::new();
+        for (target, map) in file.values {
+            if !columns.contains(&target.as_str()) {
+                bail!("[{}.values] has no column {target:?}", table.name());
+            }
+            values.insert(target, map.into_iter().collect());
+        }
+        Ok(Self { sources, values })
+    }
+}
+
+impl SourceSpec {
+    fn into_source(self) -> Result<Source> {
+        let source = match (self.column, self.value, self.row_number, self.template) {
+            (Some(name), None, None, None) => return Ok(Source::Column { name, format: self.format }),
+            (None, Some(value), None, None) => Source::Value(value),
+            (None, None, Some(true), None) => Source::RowNumber,
+            (None, None, None, Some(template)) => Source::Template(template),
+            _ => bail!("give exactly one of column, value, row_number = true, template"),
+        };
+        if self.format.is_some() {
+            bail!("format only applies to column = ...");
+        }
+        Ok(source)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rows
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A validated customer row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Customer {
+    pub customer_id: i64,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    pub country: String,
+    pub age: Option<i32>,
+    pub favorite_color: Option<String>,
+    pub signup_date: Option<NaiveDate>,
+}
+
+/// A validated event row. `price` is in cents; a negative `quantity` is a return.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event_id: i64,
+    pub customer_id: i64,
+    pub event_type: &'static str,
+    pub product: String,
+    pub color: Option<String>,
+    pub price_cents: i64,
+    pub quantity: i32,
+    pub ts: DateTime<Utc>,
+}
+
+/// A row that was skipped, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub file: String,
+    pub line: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.reason)
+    }
+}
+
+/// One row's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Checked<T> {
+    Row(T),
+    Rejected(Reject),
+}
+
+/// A set of ids: a bitmap for the usual small non-negative ids (1 bit each, so 50M event ids take ~6 MB),
+/// and a hash set for the rest.
+#[derive(Clone, Debug, Default)]
+pub struct IdSet {
+    bits: Vec<u64>,
+    other: HashSet<i64>,
+    len: u64,
+}
+
+/// Ids below this go into the bitmap (at most 32 MB).
+const BITMAP_LIMIT: i64 = 1 << 28;
+
+impl IdSet {
+    /// Adds `id`; false when it was already present.
+    pub fn insert(&mut self, id: i64) -> bool {
+        let added = if (0..BITMAP_LIMIT).contains(&id) {
+            let (word, bit) = ((id / 64) as usize, id % 64);
+            if word >= self.bits.len() {
+                self.bits.resize((word + 1).next_power_of_two(), 0);
+            }
+            let was = self.bits[word] & (1 << bit) != 0;
+            self.bits[word] |= 1 << bit;
+            !was
+        } else {
+            self.other.insert(id)
+        };
+        self.len += u64::from(added);
+        added
+    }
+
+    pub fn contains(&self, id: i64) -> bool {
+        if (0..BITMAP_LIMIT).contains(&id) {
+            self.bits.get((id / 64) as usize).is_some_and(|word| word & (1 << (id % 64)) != 0)
+        } else {
+            self.other.contains(&id)
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading a CSV file through a plan
+// ---------------------------------------------------------------------------------------------------------------
+
+/// How one of our columns is read from the current file.
+#[derive(Debug)]
+enum Getter {
+    Column(usize),
+    Value(String),
+    RowNumber,
+    Template(Vec<Piece>),
+}
+
+#[derive(Debug)]
+enum Piece {
+    Text(String),
+    Column(usize),
+}
+
+/// Per target column: its getter (None = absent optional column), its value map and its format.
+#[derive(Debug)]
+struct Field {
+    getter: Option<Getter>,
+    values: Option<HashMap<String, String>>,
+    format: Option<String>,
+}
+
+/// A CSV file opened for one of our tables, with each of our columns resolved against its header.
+struct CsvInput {
+    file: String,
+    reader: csv::Reader<BufReader<File>>,
+    record: StringRecord,
+    row_number: u64,
+    line: u64,
+    fields: Vec<Field>,
+}
+
+impl CsvInput {
+    fn open(path: &Path, table: Table, mapping: Option<&TableMapping>) -> Result<Self> {
+        let file = path.display().to_string();
+        let handle = File::open(path).with_context(|| format!("cannot open {file}"))?;
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(BufReader::new(handle));
+        let header = reader.headers().map_err(|e| csv_error(&file, e))?.clone();
+        let find = |name: &str| {
+            let name = name.trim();
+            header
+                .iter()
+                .position(|h| h.trim() == name)
+                .or_else(|| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name)))
+        };
+        let missing = |column: &str, target: &str| {
+            if column == target {
+                anyhow!("{file}:1: missing required column {column:?}")
+            } else {
+                anyhow!("{file}:1: missing column {column:?} (mapped to {target})")
+            }
+        };
+        let mut fields = Vec::new();
+        for target in table.columns() {
+            let required = table.required().contains(&target);
+            let source = match mapping {
+                Some(m) => m.sources.get(target).cloned(),
+                None => Some(Source::Column { name: target.to_owned(), format: None }),
+            };
+            let (getter, format) = match source {
+                None => (None, None),
+                Some(Source::Column { name, format }) => match find(&name) {
+                    Some(index) => (Some(Getter::Column(index)), format),
+                    // Our own format may leave out optional columns; a mapping that names a column means it.
+                    None if !required && mapping.is_none() => (None, None),
+                    None => return Err(missing(&name, target)),
+                },
+                Some(Source::Value(value)) => (Some(Getter::Value(value)), None),
+                Some(Source::RowNumber) => (Some(Getter::RowNumber), None),
+                Some(Source::Template(template)) => {
+                    let pieces = parse_template(&template)?
+                        .into_iter()
+                        .map(|piece| match piece {
+                            TemplatePiece::Text(text) => Ok(Piece::Text(text)),
+                            TemplatePiece::Column(name) => {
+                                find(&name).map(Piece::Column).ok_or_else(|| missing(&name, target))
+                            }
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    (Some(Getter::Template(pieces)), None)
+                }
+            };
+            let values = mapping.and_then(|m| m.values.get(target)).cloned();
+            fields.push(Field { getter, values, format });
+        }
+        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, fields })
+    }
+
+    /// Reads the next record; false at the end of the file. Unreadable input is a whole-file error.
+    fn advance(&mut self) -> Result<bool> {
+        let more = self.reader.read_record(&mut self.record).map_err(|e| csv_error(&self.file, e))?;
+        if !more {
+            return Ok(false);
+        }
+        self.row_number += 1;
+        self.line = self.record.position().map_or(self.row_number + 1, |p| p.line());
+        if self.record.iter().any(|f| f.contains(['\n', '\r'])) {
+            bail!("{}:{}: a quoted field runs over a line break (unterminated quote?)", self.file, self.line);
+        }
+        Ok(true)
+    }
+
+    /// The value of our column number `index` in the current record; None when absent or empty.
+    fn get(&self, index: usize) -> Option<Cow<'_, str>> {
+        let field = &self.fields[index];
+        let raw: Cow<'_, str> = match field.getter.as_ref()? {
+            Getter::Column(i) => Cow::Borrowed(self.record.get(*i).unwrap_or("").trim()),
+            Getter::Value(value) => Cow::Borrowed(value.as_str()),
+            Getter::RowNumber => Cow::Owned(self.row_number.to_string()),
+            Getter::Template(pieces) => {
+                let mut out = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Text(text) => out.push_str(text),
+                        Piece::Column(i) => out.push_str(self.record.get(*i).unwrap_or("").trim()),
+                    }
+                }
+                Cow::Owned(out)
+            }
+        };
+        let mapped = match field.values.as_ref().and_then(|values| values.get(raw.as_ref())) {
+            Some(mapped) => Cow::Owned(mapped.clone()),
+            None => raw,
+        };
+        (!mapped.is_empty()).then_some(mapped)
+    }
+
+    fn format(&self, index: usize) -> Option<&str> {
+        self.fields[index].format.as_deref()
+    }
+
+    fn reject(&self, reason: String) -> Reject {
+        Reject { file: self.file.clone(), line: self.line, reason }
+    }
+}
+
+enum TemplatePiece {
+    Text(String),
+    Column(String),
+}
+
+fn parse_template(template: &str) -> Result<Vec<TemplatePiece>> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            pieces.push(TemplatePiece::Text(rest[..open].to_owned()));
+        }
+        let close = rest[open..].find('}').ok_or_else(|| anyhow!("template {template:?} has an unclosed {{"))?;
+        pieces.push(TemplatePiece::Column(rest[open + 1..open + close].to_owned()));
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(TemplatePiece::Text(rest.to_owned()));
+    }
+    Ok(pieces)
+}
+
+/// One line naming the file and line for a CSV error.
+fn csv_error(file: &str, error: csv::Error) -> anyhow::Error {
+    let line = error.position().map_or(0, |p| p.line());
+    match error.kind() {
+        csv::ErrorKind::Utf8 { err, .. } => {
+            anyhow!("{file}:{line}: field {} is not valid UTF-8; save the file as UTF-8", err.field() + 1)
+        }
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => anyhow!(
+            "{file}:{line}: expected {expected_len} fields like the header, found {len} \
+             (unterminated quote or stray delimiter?)"
+        ),
+        csv::ErrorKind::Io(err) => anyhow!("cannot read {file}: {err}"),
+        _ => anyhow!("{file}:{line}: {error}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Value checks: each returns the reason a value is rejected
+// ---------------------------------------------------------------------------------------------------------------
+
+fn required<'a>(value: Option<&'a Cow<'a, str>>, column: &str) -> Result<&'a str, String> {
+    value.map(|v| v.as_ref()).ok_or_else(|| format!("{column} is empty"))
+}
+
+fn parse_id(value: Option<Cow<'_, str>>, column: &str) -> Result<i64, String> {
+    let text = required(value.as_ref(), column)?;
+    text.parse().map_err(|_| format!("{column} {text:?} is not an integer"))
+}
+
+fn check_email(email: &str) -> Result<(), String> {
+    let valid = match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+                && !email.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, ',' | '<' | '>'))
+        }
+        None => false,
+    };
+    if valid { Ok(()) } else { Err(format!("email {email:?} is not an e-mail address")) }
+}
+
+fn parse_country(country: &str) -> Result<String, String> {
+    let upper = country.to_ascii_uppercase();
+    let valid = upper.len() == 2 && ISO_COUNTRIES.split_whitespace().any(|code| code == upper);
+    if valid { Ok(upper) } else { Err(format!("country {country:?} is not an ISO 3166-1 alpha-2 code")) }
+}
+
+fn parse_date(text: &str, format: Option<&str>, column: &str) -> Result<NaiveDate, String> {
+    let format = format.unwrap_or("%Y-%m-%d");
+    NaiveDate::parse_from_str(text, format)
+        .or_else(|_| NaiveDateTime::parse_from_str(text, format).map(|dt| dt.date()))
+        .map_err(|_| format!("{column} {text:?} is not a date ({format})"))
+}
+
+fn parse_ts(text: &str, format: Option<&str>) -> Result<DateTime<Utc>, String> {
+    let parsed = match format {
+        Some(format) => DateTime::parse_from_str(text, format)
+            .map(|dt| dt.with_timezone(&Utc))
+            .or_else(|_| NaiveDateTime::parse_from_str(text, format).map(|dt| dt.and_utc()))
+            .or_else(|_| NaiveDate::parse_from_str(text, format).map(|d| d.and_time(NaiveTime::MIN).and_utc()))
+            .ok(),
+        None => DateTime::parse_from_rfc3339(text)
+            .map(|dt| dt.with_timezone(&Utc))
+            .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").map(|dt| dt.and_utc()))
+            .or_else(|_| NaiveDate::parse_from_str(text, "%Y-%m-%d").map(|d| d.and_time(NaiveTime::MIN).and_utc()))
+            .ok(),
+    };
+    parsed.ok_or_else(|| match format {
+        Some(format) => format!("ts {text:?} is not a timestamp ({format})"),
+        None => format!("ts {text:?} is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD)"),
+    })
+}
+
+/// Parses a non-negative decimal into cents, rounding half away from zero like PostgreSQL's NUMERIC(12,2).
+fn parse_price(text: &str) -> Result<i64, String> {
+    let invalid = || format!("price {text:?} is not a non-negative decimal");
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let whole = whole.strip_prefix('+').unwrap_or(whole);
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if text.starts_with('-') && (digits(&whole[1..]) && digits(fraction)) {
+        return Err(format!("price {text:?} is negative"));
+    }
+    if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
+        return Err(invalid());
+    }
+    let whole_value: i64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
+    if whole_value >= 10_000_000_000 {
+        return Err(format!("price {text:?} is too large"));
+    }
+    let fraction = fraction.as_bytes();
+    let digit = |i: usize| fraction.get(i).map_or(0, |b| i64::from(b - b'0'));
+    let round = i64::from(digit(2) >= 5);
+    Ok(whole_value * 100 + digit(0) * 10 + digit(1) + round)
+}
+
+fn parse_event_type(text: &str) -> Result<&'static str, String> {
+    EVENT_TYPES
+        .iter()
+        .find(|t| t.eq_ignore_ascii_case(text))
+        .copied()
+        .ok_or_else(|| format!("unknown event_type {text:?} (expected view, add_to_cart or purchase)"))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Customers
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Streams validated customers from a customers file, or derives them from an events file when the mapping
+/// says `from_events = true`.
+pub struct CustomerReader {
+    source: CsvInput,
+    seen: IdSet,
+    derived: bool,
+    /// Derived mode: why a customer id has no valid row yet, reported on its events.
+    failed: HashMap<i64, String>,
+}
+
+/// The customers a [`CustomerReader`] accepted, handed to the [`EventReader`].
+#[derive(Debug, Default)]
+pub struct KnownCustomers {
+    ids: IdSet,
+    failed: HashMap<i64, String>,
+}
+
+impl KnownCustomers {
+    pub fn len(&self) -> u64 {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+impl CustomerReader {
+    /// Opens `customers` (or `events` when the mapping derives customers from it) and checks its header.
+    pub fn open(customers: &Path, events: &Path, mapping: Option<&Mapping>) -> Result<Self> {
+        let derived = mapping.is_some_and(Mapping::customers_from_events);
+        let path = if derived { events } else { customers };
+        let source = CsvInput::open(path, Table::Customers, mapping.and_then(|m| m.table(Table::Customers)))?;
+        Ok(Self { source, seen: IdSet::default(), derived, failed: HashMap::new() })
+    }
+
+    /// The file rows are read from.
+    pub fn file(&self) -> &str {
+        &self.source.file
+    }
+
+    /// The next accepted or rejected row; `Ok(None)` at the end. In derived mode rows whose customer was already
+    /// derived are skipped, and bad rows are not rejected here: their events are rejected with the reason.
+    pub fn next_row(&mut self) -> Result<Option<Checked<Customer>>> {
+        while self.source.advance()? {
+            let id = parse_id(self.source.get(0), "customer_id");
+            if self.derived {
+                let Ok(id) = id else { continue };
+                if self.seen.contains(id) {
+                    continue;
+                }
+                match self.customer(id) {
+                    Ok(customer) => {
+                        self.seen.insert(id);
+                        self.failed.remove(&id);
+                        return Ok(Some(Checked::Row(customer)));
+                    }
+                    Err(reason) => {
+                        self.failed.entry(id).or_insert(reason);
+                    }
+                }
+                continue;
+            }
+            let checked = id.and_then(|id| {
+                let customer = self.customer(id)?;
+                if self.seen.insert(id) { Ok(customer) } else { Err(format!("duplicate customer_id {id}")) }
+            });
+            return Ok(Some(match checked {
+                Ok(customer) => Checked::Row(customer),
+                Err(reason) => Checked::Rejected(self.source.reject(reason)),
+            }));
+        }
+        Ok(None)
+    }
+
+    fn customer(&self, customer_id: i64) -> Result<Customer, String> {
+        let s = &self.source;
+        let text = |index: usize, column: &str| required(s.get(index).as_ref(), column).map(str::to_owned);
+        let email = text(3, "email")?;
+        check_email(&email)?;
+        let age = match s.get(5) {
+            None => None,
+            Some(age) => match age.parse::<i32>() {
+                Ok(age) if (0..=130).contains(&age) => Some(age),
+                _ => return Err(format!("age {age:?} is not an integer between 0 and 130")),
+            },
+        };
+        Ok(Customer {
+            customer_id,
+            first_name: text(1, "first_name")?,
+            last_name: text(2, "last_name")?,
+            email,
+            country: parse_country(&text(4, "country")?)?,
+            age,
+            favorite_color: s.get(6).map(Cow::into_owned),
+            signup_date: s.get(7).map(|d| parse_date(&d, s.format(7), "signup_date")).transpose()?,
+        })
+    }
+
+    /// The accepted customer ids, for checking events.
+    pub fn into_known(self) -> KnownCustomers {
+        KnownCustomers { ids: self.seen, failed: self.failed }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Streams validated events, checking that each belongs to a known customer.
+pub struct EventReader {
+    source: CsvInput,
+    seen: IdSet,
+    known: KnownCustomers,
+}
+
+impl EventReader {
+    /// Opens `events` and checks its header.
+    pub fn open(events: &Path, mapping: Option<&Mapping>, known: KnownCustomers) -> Result<Self> {
+        let source = CsvInput::open(events, Table::Events, mapping.and_then(|m| m.table(Table::Events)))?;
+        Ok(Self { source, seen: IdSet::default(), known })
+    }
+
+    /// The file rows are read from.
+    pub fn file(&self) -> &str {
+        &self.source.file
+    }
+
+    /// The next accepted or rejected row; `Ok(None)` at the end.
+    pub fn next_row(&mut self) -> Result<Option<Checked<Event>>> {
+        if !self.source.advance()? {
+            return Ok(None);
+        }
+        Ok(Some(match self.event() {
+            Ok(event) => Checked::Row(event),
+            Err(reason) => Checked::Rejected(self.source.reject(reason)),
+        }))
+    }
+
+    fn event(&mut self) -> Result<Event, String> {
+        let s = &self.source;
+        let event_id = parse_id(s.get(0), "event_id")?;
+        let customer_id = parse_id(s.get(1), "customer_id")?;
+        let event_type = parse_event_type(required(s.get(2).as_ref(), "event_type")?)?;
+        let product = required(s.get(3).as_ref(), "product")?.to_owned();
+        let color = s.get(4).map(Cow::into_owned);
+        let price_cents = parse_price(required(s.get(5).as_ref(), "price")?)?;
+        let quantity_text = s.get(6);
+        let quantity_text = required(quantity_text.as_ref(), "quantity")?;
+        let quantity: i32 = match quantity_text.parse() {
+            Ok(0) | Err(_) => return Err(format!("quantity {quantity_text:?} is not a non-zero integer")),
+            Ok(q) => q,
+        };
+        if quantity < 0 && event_type != "purchase" {
+            return Err(format!("negative quantity on a {event_type} event (only a purchase can be returned)"));
+        }
+        let ts = parse_ts(required(s.get(7).as_ref(), "ts")?, s.format(7))?;
+        if !self.known.ids.contains(customer_id) {
+            return Err(match self.known.failed.get(&customer_id) {
+                Some(reason) => format!("customer_id {customer_id} has no valid customer row ({reason})"),
+                None => format!("unknown customer_id {customer_id}"),
+            });
+        }
+        if !self.seen.insert(event_id) {
+            return Err(format!("duplicate event_id {event_id}"));
+        }
+        Ok(Event { event_id, customer_id, event_type, product, color, price_cents, quantity, ts })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_round_like_numeric_12_2() {
+        assert_eq!(parse_price("12.34"), Ok(1234));
+        assert_eq!(parse_price("12.345"), Ok(1235));
+        assert_eq!(parse_price("7"), Ok(700));
+        assert_eq!(parse_price(".5"), Ok(50));
+        assert!(parse_price("-1.00").unwrap_err().contains("negative"));
+        assert!(parse_price("1,00").is_err());
+        assert!(parse_price("abc").is_err());
+        assert!(parse_price("").is_err());
+    }
+
+    #[test]
+    fn id_set_uses_bitmap_and_fallback() {
+        let mut set = IdSet::default();
+        assert!(set.insert(5));
+        assert!(!set.insert(5));
+        assert!(set.insert(-3));
+        assert!(set.insert(1 << 40));
+        assert!(set.contains(5) && set.contains(-3) && set.contains(1 << 40));
+        assert!(!set.contains(6) && !set.contains(1 << 41));
+        assert_eq!(set.len(), 3);
+    }
+
+    #[test]
+    fn checks_emails_and_countries() {
+        assert!(check_email("ann.lee1@example.com").is_ok());
+        assert!(check_email("ann.example.com").is_err());
+        assert!(check_email("ann@example").is_err());
+        assert!(check_email("a b@example.com").is_err());
+        assert_eq!(parse_country("pl"), Ok("PL".to_owned()));
+        assert!(parse_country("XX").is_err());
+        assert!(parse_country("United Kingdom").is_err());
+    }
+
+    #[test]
+    fn parses_timestamps_with_and_without_format() {
+        let expected = "2019-12-09T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(parse_ts("12/9/2019", Some("%m/%d/%Y")), Ok(expected));
+        assert_eq!(parse_ts("2019-12-09", None), Ok(expected));
+        assert_eq!(parse_ts("2019-12-09T01:00:00+01:00", None), Ok(expected));
+        assert!(parse_ts("2019-13-09", None).is_err());
+    }
+
+    #[test]
+    fn mapping_rejects_unknown_columns_and_missing_required_ones() {
+        let error = Mapping::parse("[events]\nbogus = \"X\"").unwrap_err().to_string();
+        assert!(error.contains("no column \"bogus\""), "{error}");
+        let error = Mapping::parse("[events]\nevent_id = \"X\"").unwrap_err().to_string();
+        assert!(error.contains("required column customer_id"), "{error}");
+        let error = Mapping::parse("[events]\nevent_id = { value = \"1\", row_number = true }").unwrap_err();
+        assert!(format!("{error:#}").contains("exactly one"), "{error:#}");
+        let error = Mapping::parse("[events]\nevent_id = { colum = \"Id\" }").unwrap_err();
+        assert!(format!("{error:#}").contains("unknown field `colum`"), "{error:#}");
+        let error = Mapping::parse("[events]\nevent_id = 3").unwrap_err();
+        assert!(format!("{error:#}").contains("[events] event_id: expected"), "{error:#}");
+    }
+}

@@ -1,1 +1,444 @@
-//! (being written)
+//! Loading validated CSV rows into PostgreSQL: COPY into `*_staging` tables, then swap them in.
+//!
+//! The caller (the ingest pipeline) runs everything in ONE transaction on one connection:
+//! `prepare_schema` (before, on the pool); `BEGIN; advisory lock; load_staging; build profiles_staging; swap_in;
+//! COMMIT`. A failed ingest therefore leaves the old data untouched, and readers see old or new data, never a mix
+//! (`swap_in` takes ACCESS EXCLUSIVE locks, so a reader waits for the COMMIT and then reads the new tables).
+//!
+//! Memory stays flat: rows are validated one at a time, encoded as COPY text lines into a ~1 MB buffer and sent
+//! chunk by chunk; only the sets of customer and event ids are kept (see [`crate::input::IdSet`]).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use audience_tools::db::check_identifier;
+use audience_tools::schema::{CUSTOMERS_DDL, EVENTS_DDL, READER_ROLE, TABLES};
+use sqlx::postgres::PgCopyIn;
+use sqlx::{PgConnection, PgPool};
+
+use crate::input::{Checked, Customer, CustomerReader, Event, EventReader, KnownCustomers, Mapping, Reject};
+
+/// COPY data is sent in chunks of about this many bytes.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// How to load: strictness, where rejected rows go, and an optional column mapping.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Stop at the first bad row with `<file>:<line>: <reason>` instead of rejecting it.
+    pub strict: bool,
+    /// Where rejected rows are written as CSV (`file,line,reason`). The file is written only when a row is
+    /// rejected, and only once the load has succeeded (a failed load leaves no rejects file behind).
+    pub rejects_path: PathBuf,
+    /// Maps a foreign export's columns and values onto ours; `None` expects our own column names.
+    pub mapping: Option<Mapping>,
+}
+
+/// What a load did.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub customers: u64,
+    pub events: u64,
+    pub rejected: u64,
+    /// Set when at least one row was rejected.
+    pub rejects_path: Option<PathBuf>,
+    /// Seconds spent reading, validating and encoding rows.
+    pub parse_secs: f64,
+    /// Seconds spent waiting on PostgreSQL: creating the staging tables, sending COPY data (PostgreSQL ingests
+    /// while the next chunk is parsed, so this is mostly the final wait for each COPY to finish).
+    pub copy_secs: f64,
+}
+
+/// Creates `customers_staging` and `events_staging` in the current schema (replacing leftovers) and fills them
+/// with validated rows via COPY. When the mapping derives customers from the events file (`from_events = true`),
+/// the `customers` path is not read. Run it inside the caller's transaction; on error, roll back.
+///
+/// Errors: a whole-file problem (see [`crate::input`]) or, with `strict`, the first rejected row, as one line
+/// `<file>:<line>: <reason>`; or a database error.
+pub async fn load_staging(
+    conn: &mut PgConnection,
+    customers: &Path,
+    events: &Path,
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    let started = Instant::now();
+    let mapping = opts.mapping.as_ref();
+    // Both headers are checked before any SQL runs, so a missing column fails fast.
+    let mut customer_reader = CustomerReader::open(customers, events, mapping)?;
+    EventReader::open(events, mapping, KnownCustomers::default())?;
+
+    let mut copy_secs = 0.0;
+    let mut rejects = RejectSink::new(&opts.rejects_path, opts.strict);
+    let timer = Instant::now();
+    create_staging(conn).await?;
+    copy_secs += timer.elapsed().as_secs_f64();
+
+    let customers_loaded =
+        copy_table(conn, "customers_staging", &TABLES[0].columns(), &mut customer_reader, &mut rejects, &mut copy_secs)
+            .await?;
+    let mut event_reader = EventReader::open(events, mapping, customer_reader.into_known())?;
+    let events_loaded =
+        copy_table(conn, "events_staging", &TABLES[1].columns(), &mut event_reader, &mut rejects, &mut copy_secs)
+            .await?;
+
+    let rejected = rejects.count;
+    let rejects_path = rejects.finish()?;
+    Ok(LoadReport {
+        customers: customers_loaded,
+        events: events_loaded,
+        rejected,
+        rejects_path,
+        parse_secs: (started.elapsed().as_secs_f64() - copy_secs).max(0.0),
+        copy_secs,
+    })
+}
+
+async fn create_staging(conn: &mut PgConnection) -> Result<()> {
+    let statements = [
+        "DROP TABLE IF EXISTS customers_staging, events_staging".to_owned(),
+        format!("CREATE TABLE customers_staging ({CUSTOMERS_DDL})"),
+        format!("CREATE TABLE events_staging ({EVENTS_DDL})"),
+    ];
+    for statement in statements {
+        sqlx::query(&statement).execute(&mut *conn).await.context("cannot create the staging tables")?;
+    }
+    Ok(())
+}
+
+/// A reader whose accepted rows can be appended to a COPY buffer.
+trait CopyRows {
+    /// Appends the next accepted row to `buf` as one COPY text line (returning `Checked::Row(())`), or returns
+    /// the rejected row; `None` at the end.
+    fn next_into(&mut self, buf: &mut Vec<u8>) -> Result<Option<Checked<()>>>;
+}
+
+impl CopyRows for CustomerReader {
+    fn next_into(&mut self, buf: &mut Vec<u8>) -> Result<Option<Checked<()>>> {
+        Ok(self.next_row()?.map(|checked| match checked {
+            Checked::Row(customer) => {
+                encode_customer(&customer, buf);
+                Checked::Row(())
+            }
+            Checked::Rejected(reject) => Checked::Rejected(reject),
+        }))
+    }
+}
+
+impl CopyRows for EventReader {
+    fn next_into(&mut self, buf: &mut Vec<u8>) -> Result<Option<Checked<()>>> {
+        Ok(self.next_row()?.map(|checked| match checked {
+            Checked::Row(event) => {
+                encode_event(&event, buf);
+                Checked::Row(())
+            }
+            Checked::Rejected(reject) => Checked::Rejected(reject),
+        }))
+    }
+}
+
+/// COPYs every accepted row of `rows` into `table`; returns the number of rows copied.
+async fn copy_table(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &[&str],
+    rows: &mut impl CopyRows,
+    rejects: &mut RejectSink,
+    copy_secs: &mut f64,
+) -> Result<u64> {
+    let statement = format!("COPY {table} ({}) FROM STDIN", columns.join(", "));
+    let timer = Instant::now();
+    let mut copy = conn.copy_in_raw(&statement).await.with_context(|| format!("cannot start COPY into {table}"))?;
+    *copy_secs += timer.elapsed().as_secs_f64();
+    match send_rows(&mut copy, rows, rejects, copy_secs).await {
+        Ok(count) => {
+            let timer = Instant::now();
+            copy.finish().await.with_context(|| format!("COPY into {table} failed"))?;
+            *copy_secs += timer.elapsed().as_secs_f64();
+            Ok(count)
+        }
+        Err(error) => {
+            // The input error is what the user must see; a failing abort only means the connection is gone,
+            // which the caller's rollback reports anyway.
+            let _ = copy.abort("audience: input rejected").await;
+            Err(error)
+        }
+    }
+}
+
+async fn send_rows(
+    copy: &mut PgCopyIn<&mut PgConnection>,
+    rows: &mut impl CopyRows,
+    rejects: &mut RejectSink,
+    copy_secs: &mut f64,
+) -> Result<u64> {
+    let mut buf = Vec::with_capacity(CHUNK_BYTES + 4096);
+    let mut count = 0;
+    while let Some(checked) = rows.next_into(&mut buf)? {
+        match checked {
+            Checked::Row(()) => count += 1,
+            Checked::Rejected(reject) => rejects.push(reject)?,
+        }
+        if buf.len() >= CHUNK_BYTES {
+            let timer = Instant::now();
+            copy.send(buf.as_slice()).await.context("sending COPY data failed")?;
+            *copy_secs += timer.elapsed().as_secs_f64();
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        let timer = Instant::now();
+        copy.send(buf.as_slice()).await.context("sending COPY data failed")?;
+        *copy_secs += timer.elapsed().as_secs_f64();
+    }
+    Ok(count)
+}
+
+// COPY text format: tab-separated, `\N` for NULL, backslash escapes for the separators.
+
+fn push_text(buf: &mut Vec<u8>, text: &str) {
+    if !text.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+        buf.extend_from_slice(text.as_bytes());
+        return;
+    }
+    for byte in text.bytes() {
+        match byte {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            other => buf.push(other),
+        }
+    }
+}
+
+fn push_opt_text(buf: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => push_text(buf, text),
+        None => buf.extend_from_slice(b"\\N"),
+    }
+}
+
+fn encode_customer(c: &Customer, buf: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail, so the io::Result of write! carries nothing.
+    let _ = write!(buf, "{}\t", c.customer_id);
+    push_text(buf, &c.first_name);
+    buf.push(b'\t');
+    push_text(buf, &c.last_name);
+    buf.push(b'\t');
+    push_text(buf, &c.email);
+    buf.push(b'\t');
+    push_text(buf, &c.country);
+    buf.push(b'\t');
+    match c.age {
+        Some(age) => {
+            let _ = write!(buf, "{age}");
+        }
+        None => buf.extend_from_slice(b"\\N"),
+    }
+    buf.push(b'\t');
+    push_opt_text(buf, c.favorite_color.as_deref());
+    buf.push(b'\t');
+    match c.signup_date {
+        Some(date) => {
+            let _ = write!(buf, "{}", date.format("%Y-%m-%d"));
+        }
+        None => buf.extend_from_slice(b"\\N"),
+    }
+    buf.push(b'\n');
+}
+
+fn encode_event(e: &Event, buf: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail, so the io::Result of write! carries nothing.
+    let _ = write!(buf, "{}\t{}\t{}\t", e.event_id, e.customer_id, e.event_type);
+    push_text(buf, &e.product);
+    buf.push(b'\t');
+    push_opt_text(buf, e.color.as_deref());
+    let _ = writeln!(
+        buf,
+        "\t{}.{:02}\t{}\t{}",
+        e.price_cents / 100,
+        e.price_cents % 100,
+        e.quantity,
+        e.ts.format("%Y-%m-%d %H:%M:%S%.f+00")
+    );
+}
+
+/// Collects rejected rows into `<rejects_path>.partial`, renamed to `rejects_path` only when the load succeeds.
+struct RejectSink {
+    path: PathBuf,
+    partial: PathBuf,
+    strict: bool,
+    writer: Option<csv::Writer<File>>,
+    count: u64,
+}
+
+impl RejectSink {
+    fn new(path: &Path, strict: bool) -> Self {
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        Self { path: path.to_owned(), partial: PathBuf::from(partial), strict, writer: None, count: 0 }
+    }
+
+    fn push(&mut self, reject: Reject) -> Result<()> {
+        if self.strict {
+            bail!("{reject}");
+        }
+        if self.writer.is_none() {
+            if let Some(parent) = self.partial.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let file = File::create(&self.partial)
+                .with_context(|| format!("cannot create the rejects file {}", self.partial.display()))?;
+            let mut writer = csv::Writer::from_writer(file);
+            writer.write_record(["file", "line", "reason"])?;
+            self.writer = Some(writer);
+        }
+        if let Some(writer) = self.writer.as_mut() {
+            writer
+                .write_record([reject.file.as_str(), &reject.line.to_string(), &reject.reason])
+                .with_context(|| format!("cannot write the rejects file {}", self.partial.display()))?;
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Moves the rejects into place; the path when any row was rejected.
+    fn finish(mut self) -> Result<Option<PathBuf>> {
+        let Some(mut writer) = self.writer.take() else { return Ok(None) };
+        writer.flush().with_context(|| format!("cannot write the rejects file {}", self.partial.display()))?;
+        drop(writer);
+        std::fs::rename(&self.partial, &self.path)
+            .with_context(|| format!("cannot move the rejects file to {}", self.path.display()))?;
+        Ok(Some(self.path.clone()))
+    }
+}
+
+impl Drop for RejectSink {
+    /// A failed load leaves no rejects behind.
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// Replaces live `customers`/`events`/`profiles` with the `*_staging` tables (the caller creates
+/// `profiles_staging`, e.g. from `PROFILES_DDL`), names each primary key `<table>_pkey`, creates the indexes
+/// (events by customer_id, by (event_type, ts), by (product, color); profiles by segment and by country),
+/// grants SELECT to the reader role and analyzes the tables. Run it inside the caller's transaction.
+pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
+    for table in &TABLES {
+        let staging = format!("{}_staging", table.name);
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&staging).fetch_one(&mut *conn).await?;
+        if exists.is_none() {
+            bail!("cannot swap in new data: table {staging} does not exist");
+        }
+    }
+    let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+    let live = names.join(", ");
+    sqlx::query(&format!("DROP TABLE IF EXISTS {live}"))
+        .execute(&mut *conn)
+        .await
+        .context("cannot drop the old tables")?;
+    for table in &TABLES {
+        sqlx::query(&format!("ALTER TABLE {0}_staging RENAME TO {0}", table.name))
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("cannot rename {}_staging", table.name))?;
+        ensure_primary_key(conn, table.name, table.columns()[0]).await?;
+    }
+    let statements = [
+        "CREATE INDEX IF NOT EXISTS events_customer_id_idx ON events (customer_id)".to_owned(),
+        "CREATE INDEX IF NOT EXISTS events_type_ts_idx ON events (event_type, ts)".to_owned(),
+        "CREATE INDEX IF NOT EXISTS events_product_color_idx ON events (product, color)".to_owned(),
+        "CREATE INDEX IF NOT EXISTS profiles_segment_idx ON profiles (segment)".to_owned(),
+        "CREATE INDEX IF NOT EXISTS profiles_country_idx ON profiles (country)".to_owned(),
+        format!("GRANT SELECT ON {live} TO {READER_ROLE}"),
+        format!("ANALYZE {live}"),
+    ];
+    for statement in statements {
+        sqlx::query(&statement).execute(&mut *conn).await.with_context(|| format!("swap-in failed at: {statement}"))?;
+    }
+    Ok(())
+}
+
+/// Names the table's primary key `<table>_pkey` (a renamed table keeps its staging constraint name), or adds one.
+async fn ensure_primary_key(conn: &mut PgConnection, table: &str, column: &str) -> Result<()> {
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT conname::text FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'")
+            .bind(table)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let wanted = format!("{table}_pkey");
+    let statement = match current {
+        Some(name) if name == wanted => return Ok(()),
+        Some(name) => format!("ALTER TABLE {table} RENAME CONSTRAINT \"{name}\" TO {wanted}"),
+        None => format!("ALTER TABLE {table} ADD CONSTRAINT {wanted} PRIMARY KEY ({column})"),
+    };
+    sqlx::query(&statement)
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("cannot set the primary key of {table}"))?;
+    Ok(())
+}
+
+/// Creates `schema` and the SELECT-only reader role (idempotent, safe when run concurrently), grants the role
+/// USAGE on the schema, and lets the current user `SET ROLE` to it.
+pub async fn prepare_schema(pool: &PgPool, schema: &str) -> Result<()> {
+    check_identifier(schema)?;
+    tolerate_existing(sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(pool).await)
+        .with_context(|| format!("cannot create schema {schema}"))?;
+    let role_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(READER_ROLE)
+        .fetch_one(pool)
+        .await
+        .context("cannot look up the reader role")?;
+    if !role_exists {
+        tolerate_existing(sqlx::query(&format!("CREATE ROLE {READER_ROLE} NOLOGIN")).execute(pool).await)
+            .with_context(|| format!("cannot create role {READER_ROLE} (the database user needs CREATEROLE)"))?;
+    }
+    retry_concurrent_update(pool, &format!("GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}"))
+        .await
+        .with_context(|| format!("cannot grant USAGE on schema {schema} to {READER_ROLE}"))?;
+    let member: bool = sqlx::query_scalar("SELECT pg_has_role(current_user, $1, 'MEMBER')")
+        .bind(READER_ROLE)
+        .fetch_one(pool)
+        .await
+        .context("cannot check membership of the reader role")?;
+    if !member {
+        tolerate_existing(sqlx::query(&format!("GRANT {READER_ROLE} TO CURRENT_USER")).execute(pool).await)
+            .with_context(|| format!("cannot let the current user SET ROLE {READER_ROLE}"))?;
+    }
+    Ok(())
+}
+
+/// Treats "already exists" races between concurrent callers as success: PostgreSQL reports them as
+/// duplicate_object / duplicate_schema, or as a unique_violation on the catalog when both insert at once.
+fn tolerate_existing<T>(result: Result<T, sqlx::Error>) -> Result<(), sqlx::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(error)) if matches!(error.code().as_deref(), Some("42710" | "42P06" | "23505")) => {
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Concurrent GRANTs on one object can fail with "tuple concurrently updated"; a retry then succeeds.
+async fn retry_concurrent_update(pool: &PgPool, statement: &str) -> Result<(), sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        match sqlx::query(statement).execute(pool).await {
+            Err(sqlx::Error::Database(error))
+                if attempt < 5 && error.message().contains("tuple concurrently updated") =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            result => return result.map(|_| ()),
+        }
+    }
+}

@@ -1,1 +1,252 @@
-//! (being written)
+//! Customer profiles computed in SQL from `customers_staging` and `events_staging` into `profiles_staging`.
+//!
+//! Definitions (the README copies this list):
+//! - `as_of` is the day profiles are computed for: `--as-of`, else the UTC day of the newest event. Events after
+//!   that day are ignored, so a profile "as of" a past day is what it would have been on that day.
+//! - A purchase is a `purchase` event with a positive quantity; a negative quantity is a return. Returns count in
+//!   `return_count` and are excluded from spend, orders and interests.
+//! - `total_spent` = `monetary` = sum of price x quantity over purchases; `order_count` = `frequency` = number of
+//!   purchases; `recency_days` = `as_of` minus the UTC day of the last purchase (NULL without purchases).
+//! - `r_score`, `f_score`, `m_score` are quintiles 1..5 (5 = most recent / most frequent / highest spend) among
+//!   customers with at least one purchase, computed as `ceil(5 x cume_dist)` so that equal values share a score
+//!   (`ntile` would split ties arbitrarily). Customers without purchases get 1, 1, 1.
+//! - `churned`: has purchased, but not within the 90 days up to `as_of` (`recency_days >= 90`). A customer who never
+//!   purchased is NOT churned: there is nothing to win back, they are a prospect (segment `Standard Promo`).
+//! - `segment`: `Churn Recovery` when churned; else `VIP Loyalty` when monetary or frequency is at or above the 80th
+//!   percentile (continuous, among customers with purchases); else `Standard Promo`.
+//! - Interests: each event weighs purchase 3, add_to_cart 2, view 1 towards its product category; `interests` are
+//!   the top 3 categories by weight (ties by name), `preferred_colors` the top 2 colors by the same weights.
+//! - `likes_luxury`: `total_spent > 800`.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+use chrono::{NaiveDate, Utc};
+use sqlx::PgConnection;
+
+use crate::render::{self, ProfileFacts};
+use audience_tools::schema::PROFILES_DDL;
+
+/// Days without a purchase after which a customer counts as churned.
+pub const CHURN_DAYS: i32 = 90;
+/// Spend above which a customer "likes luxury items".
+pub const LUXURY_SPEND: f64 = 800.0;
+/// Profiles rendered per round trip; bounds memory at any customer count.
+const RENDER_PAGE: i64 = 10_000;
+
+/// What [`compute`] produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileStats {
+    pub profiles: u64,
+    pub as_of: NaiveDate,
+    pub vip: u64,
+    pub churn_recovery: u64,
+    pub standard: u64,
+    pub likes_luxury: u64,
+}
+
+/// Creates and fills `profiles_staging` (replacing any earlier one) from the staging tables on `conn`.
+///
+/// Run it inside the ingest transaction, after `load_staging` and before `swap_in`. It uses two temporary tables
+/// (`profile_facts`, `profile_texts`) and drops them before returning.
+pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Result<ProfileStats> {
+    let as_of = match as_of {
+        Some(day) => day,
+        None => {
+            sqlx::query_scalar::<_, Option<NaiveDate>>("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events_staging")
+                .fetch_one(&mut *conn)
+                .await
+                .context("cannot read the newest event time")?
+                .unwrap_or_else(|| Utc::now().date_naive())
+        }
+    };
+
+    for statement in [
+        "DROP TABLE IF EXISTS profile_facts",
+        "DROP TABLE IF EXISTS profile_texts",
+        "DROP TABLE IF EXISTS profiles_staging",
+    ] {
+        sqlx::query(statement).execute(&mut *conn).await?;
+    }
+    sqlx::query(FACTS_SQL)
+        .bind(as_of)
+        .bind(CHURN_DAYS)
+        .bind(LUXURY_SPEND)
+        .execute(&mut *conn)
+        .await
+        .context("cannot compute profile facts")?;
+    sqlx::query("ALTER TABLE profile_facts ADD PRIMARY KEY (customer_id)").execute(&mut *conn).await?;
+    sqlx::query("CREATE TEMP TABLE profile_texts (customer_id BIGINT PRIMARY KEY, profile_text TEXT NOT NULL, text_hash TEXT NOT NULL)")
+        .execute(&mut *conn)
+        .await?;
+
+    render_texts(conn).await.context("cannot write profile texts")?;
+
+    sqlx::query(&format!("CREATE TABLE profiles_staging ({PROFILES_DDL})")).execute(&mut *conn).await?;
+    sqlx::query(&format!(
+        "INSERT INTO profiles_staging ({FACT_COLUMNS}, profile_text, text_hash) \
+         SELECT {FACT_COLUMNS}, t.profile_text, t.text_hash FROM profile_facts JOIN profile_texts t USING (customer_id)"
+    ))
+    .execute(&mut *conn)
+    .await
+    .context("cannot fill profiles_staging")?;
+    sqlx::query("DROP TABLE profile_facts, profile_texts").execute(&mut *conn).await?;
+
+    let (profiles, vip, churn_recovery, standard, likes_luxury): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE segment = 'VIP Loyalty'), \
+         count(*) FILTER (WHERE segment = 'Churn Recovery'), count(*) FILTER (WHERE segment = 'Standard Promo'), \
+         count(*) FILTER (WHERE likes_luxury) FROM profiles_staging",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(ProfileStats {
+        profiles: count(profiles),
+        as_of,
+        vip: count(vip),
+        churn_recovery: count(churn_recovery),
+        standard: count(standard),
+        likes_luxury: count(likes_luxury),
+    })
+}
+
+/// Reads facts page by page (keyset on customer_id), renders each text and COPYs it into `profile_texts`.
+async fn render_texts(conn: &mut PgConnection) -> Result<()> {
+    let mut after = i64::MIN;
+    loop {
+        let page: Vec<ProfileFacts> = sqlx::query_as(
+            "SELECT customer_id, first_name, last_name, email, country, age, favorite_color, \
+             total_spent::float8 AS total_spent, order_count, return_count, recency_days, r_score, f_score, m_score, \
+             segment, interests, preferred_colors, likes_luxury \
+             FROM profile_facts WHERE customer_id > $1 ORDER BY customer_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(RENDER_PAGE)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(last) = page.last() else { return Ok(()) };
+        after = last.customer_id;
+
+        let mut rows = String::with_capacity(page.len() * 400);
+        for facts in &page {
+            let text = render::render(facts);
+            let hash = render::text_hash(&text);
+            let _ = writeln!(rows, "{}\t{}\t{}", facts.customer_id, copy_escape(&text), hash);
+        }
+        let mut copy = conn.copy_in_raw("COPY profile_texts (customer_id, profile_text, text_hash) FROM STDIN").await?;
+        copy.send(rows.into_bytes()).await?;
+        copy.finish().await?;
+    }
+}
+
+/// Escapes a value for COPY's text format, where backslash, tab, newline and carriage return are special.
+fn copy_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The profile columns computed in SQL, i.e. all of `PROFILES_DDL` but the rendered text and its hash.
+const FACT_COLUMNS: &str = "customer_id, first_name, last_name, email, country, age, favorite_color, total_spent, \
+    order_count, return_count, first_purchase, last_purchase, recency_days, frequency, monetary, r_score, f_score, \
+    m_score, churned, segment, interests, preferred_colors, likes_luxury";
+
+/// `$1` = as_of (date), `$2` = churn days, `$3` = luxury spend. Events are scanned twice: once for purchase totals,
+/// once (pre-aggregated per customer, product and color) for interests and colors.
+const FACTS_SQL: &str = "
+CREATE TEMP TABLE profile_facts AS
+WITH purchases AS (
+    SELECT customer_id,
+           sum(price * quantity) FILTER (WHERE quantity > 0) AS total_spent,
+           count(*) FILTER (WHERE quantity > 0) AS order_count,
+           count(*) FILTER (WHERE quantity < 0) AS return_count,
+           min(ts) FILTER (WHERE quantity > 0) AS first_purchase,
+           max(ts) FILTER (WHERE quantity > 0) AS last_purchase
+    FROM events_staging
+    WHERE event_type = 'purchase' AND ts < (($1::date + 1)::timestamp AT TIME ZONE 'UTC')
+    GROUP BY customer_id
+),
+cells AS (
+    SELECT customer_id, product, color,
+           sum(CASE event_type WHEN 'purchase' THEN 3 WHEN 'add_to_cart' THEN 2 ELSE 1 END) AS weight
+    FROM events_staging
+    WHERE NOT (event_type = 'purchase' AND quantity < 0) AND ts < (($1::date + 1)::timestamp AT TIME ZONE 'UTC')
+    GROUP BY customer_id, product, color
+),
+interest_rank AS (
+    SELECT customer_id, product,
+           row_number() OVER (PARTITION BY customer_id ORDER BY sum(weight) DESC, product) AS rank
+    FROM cells GROUP BY customer_id, product
+),
+interests AS (
+    SELECT customer_id, array_agg(product ORDER BY rank) AS interests
+    FROM interest_rank WHERE rank <= 3 GROUP BY customer_id
+),
+color_rank AS (
+    SELECT customer_id, color,
+           row_number() OVER (PARTITION BY customer_id ORDER BY sum(weight) DESC, color) AS rank
+    FROM cells WHERE color IS NOT NULL AND color <> '' GROUP BY customer_id, color
+),
+colors AS (
+    SELECT customer_id, array_agg(color ORDER BY rank) AS colors
+    FROM color_rank WHERE rank <= 2 GROUP BY customer_id
+),
+base AS (
+    SELECT c.customer_id, c.first_name, c.last_name, c.email, c.country, c.age, c.favorite_color,
+           coalesce(p.total_spent, 0)::numeric(14,2) AS total_spent,
+           coalesce(p.order_count, 0)::integer AS order_count,
+           coalesce(p.return_count, 0)::integer AS return_count,
+           p.first_purchase, p.last_purchase,
+           ($1::date - (p.last_purchase AT TIME ZONE 'UTC')::date)::integer AS recency_days,
+           coalesce(i.interests, '{}') AS interests,
+           coalesce(co.colors, '{}') AS preferred_colors
+    FROM customers_staging c
+    LEFT JOIN purchases p USING (customer_id)
+    LEFT JOIN interests i USING (customer_id)
+    LEFT JOIN colors co USING (customer_id)
+),
+thresholds AS (
+    SELECT percentile_cont(0.8) WITHIN GROUP (ORDER BY total_spent) AS monetary_p80,
+           percentile_cont(0.8) WITHIN GROUP (ORDER BY order_count) AS frequency_p80
+    FROM base WHERE order_count > 0
+),
+scored AS (
+    SELECT b.*,
+           CASE WHEN b.order_count > 0
+                THEN ceil(5 * cume_dist() OVER (PARTITION BY b.order_count > 0 ORDER BY b.recency_days DESC))
+                ELSE 1 END::smallint AS r_score,
+           CASE WHEN b.order_count > 0
+                THEN ceil(5 * cume_dist() OVER (PARTITION BY b.order_count > 0 ORDER BY b.order_count))
+                ELSE 1 END::smallint AS f_score,
+           CASE WHEN b.order_count > 0
+                THEN ceil(5 * cume_dist() OVER (PARTITION BY b.order_count > 0 ORDER BY b.total_spent))
+                ELSE 1 END::smallint AS m_score,
+           (b.order_count > 0 AND b.recency_days >= $2) AS churned,
+           (b.order_count > 0 AND (b.total_spent >= t.monetary_p80 OR b.order_count >= t.frequency_p80)) AS top_buyer
+    FROM base b CROSS JOIN thresholds t
+)
+SELECT customer_id, first_name, last_name, email, country, age, favorite_color, total_spent,
+       order_count, return_count, first_purchase, last_purchase, recency_days,
+       order_count AS frequency, total_spent AS monetary, r_score, f_score, m_score, churned,
+       CASE WHEN churned THEN 'Churn Recovery' WHEN top_buyer THEN 'VIP Loyalty' ELSE 'Standard Promo' END AS segment,
+       interests, preferred_colors,
+       total_spent > $3::numeric AS likes_luxury
+FROM scored";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_copy_text_specials() {
+        assert_eq!(copy_escape("a\\b\tc\nd\re"), "a\\\\b\\tc\\nd\\re");
+    }
+}

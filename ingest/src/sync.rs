@@ -1,1 +1,145 @@
-//! (being written)
+//! Incremental embedding: bring the vector index in line with the `profiles` table.
+//!
+//! Each point's payload carries the SHA-256 of the text it was embedded from. A profile is embedded again only
+//! when its text hash differs from the stored one (or it has no point yet); points of customers that are no
+//! longer in `profiles` are deleted. `SyncMode::Full` (`audience reindex`) embeds every profile. A sync that
+//! stops half-way leaves a consistent index: the next one continues where it stopped.
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use audience_tools::db::Db;
+use audience_tools::embed::LazyEmbedder;
+use audience_tools::profile::{PAYLOAD_SELECT, ProfilePayload};
+use audience_tools::vector::{VectorIndex, VectorPoint};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Profiles embedded and upserted per step. The embedder keeps a whole call's activations, so this bounds memory.
+pub const CHUNK: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Embed only new and changed profiles.
+    Incremental,
+    /// Embed every profile.
+    Full,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SyncReport {
+    pub embedded: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    /// Model tokens embedded (for usage accounting).
+    pub tokens: u64,
+    pub seconds: f64,
+}
+
+#[derive(sqlx::FromRow)]
+struct ProfileRow {
+    #[sqlx(flatten)]
+    payload: ProfilePayload,
+    profile_text: String,
+}
+
+/// Embeds new or changed profiles (all in `Full` mode) and deletes vectors of customers that no longer exist.
+pub async fn sync(db: &Db, index: &dyn VectorIndex, embedder: &LazyEmbedder, mode: SyncMode) -> Result<SyncReport> {
+    let started = Instant::now();
+    index.ensure_collection().await.context("cannot prepare the vector index")?;
+    let stored = index.text_hashes().await.context("cannot read the vector index")?;
+    let current: Vec<(i64, String)> =
+        sqlx::query_as("SELECT customer_id, text_hash FROM profiles ORDER BY customer_id")
+            .fetch_all(&db.pool)
+            .await
+            .context("cannot read profiles")?;
+
+    let current_ids: HashSet<u64> = current.iter().filter_map(|(id, _)| u64::try_from(*id).ok()).collect();
+    let stale: Vec<u64> = stored.keys().filter(|id| !current_ids.contains(id)).copied().collect();
+    let (to_embed, unchanged) = plan(&current, &stored, mode);
+
+    let progress = progress_bar(to_embed.len() as u64);
+    let mut tokens = 0u64;
+    for ids in to_embed.chunks(CHUNK) {
+        let rows: Vec<ProfileRow> = sqlx::query_as(&format!(
+            "SELECT {PAYLOAD_SELECT}, profile_text FROM profiles WHERE customer_id = ANY($1) ORDER BY customer_id"
+        ))
+        .bind(ids)
+        .fetch_all(&db.pool)
+        .await
+        .context("cannot read profiles to embed")?;
+        let texts: Vec<String> = rows.iter().map(|row| row.profile_text.clone()).collect();
+        let embedded = embedder.embed(texts).await.context("cannot embed profiles")?;
+        tokens += embedded.tokens;
+        let points = rows
+            .into_iter()
+            .zip(embedded.vectors)
+            .map(|(row, vector)| {
+                let id = u64::try_from(row.payload.customer_id)
+                    .with_context(|| format!("customer id {} cannot be a vector id", row.payload.customer_id))?;
+                Ok(VectorPoint { id, vector, payload: row.payload.to_payload() })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let count = points.len() as u64;
+        index.upsert(points).await.context("cannot write vectors")?;
+        progress.inc(count);
+    }
+    progress.finish_and_clear();
+
+    for ids in stale.chunks(CHUNK) {
+        index.delete(ids.to_vec()).await.context("cannot delete vectors of removed customers")?;
+    }
+
+    Ok(SyncReport {
+        embedded: to_embed.len() as u64,
+        deleted: stale.len() as u64,
+        unchanged,
+        tokens,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Customer ids to embed, and how many profiles are already embedded with their current text.
+fn plan(current: &[(i64, String)], stored: &HashMap<u64, String>, mode: SyncMode) -> (Vec<i64>, u64) {
+    let mut to_embed = Vec::new();
+    let mut unchanged = 0;
+    for (id, hash) in current {
+        let same = u64::try_from(*id).ok().and_then(|id| stored.get(&id)).is_some_and(|stored| stored == hash);
+        if same && mode == SyncMode::Incremental {
+            unchanged += 1;
+        } else {
+            to_embed.push(*id);
+        }
+    }
+    (to_embed, unchanged)
+}
+
+/// A progress bar with rate and ETA on stderr, hidden when stderr is not a terminal (logs, CI, tests).
+fn progress_bar(len: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() || len == 0 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("embedding {bar:30} {pos}/{len} profiles, {per_sec}, ETA {eta} ({elapsed})")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_new_and_changed_profiles_only() {
+        let current = vec![(1, "a".to_owned()), (2, "b".to_owned()), (3, "c".to_owned())];
+        let stored = HashMap::from([(1, "a".to_owned()), (2, "old".to_owned()), (9, "z".to_owned())]);
+        assert_eq!(plan(&current, &stored, SyncMode::Incremental), (vec![2, 3], 1));
+        assert_eq!(plan(&current, &stored, SyncMode::Full), (vec![1, 2, 3], 0));
+    }
+}

@@ -36,9 +36,8 @@ impl Db {
     /// Connects to `url` and binds connections to `schema` (from `AUDIENCE_SCHEMA`, default `audience`).
     pub async fn connect(url: &str, schema: &str) -> Result<Self> {
         check_identifier(schema)?;
-        let options: PgConnectOptions = url
-            .parse()
-            .with_context(|| format!("DATABASE_URL is not a valid PostgreSQL URL: {}", redact(url)))?;
+        let options: PgConnectOptions =
+            url.parse().with_context(|| format!("DATABASE_URL is not a valid PostgreSQL URL: {}", redact(url)))?;
         let options = options.options([("search_path", schema)]);
         let pool = PgPoolOptions::new()
             .max_connections(8)

@@ -35,10 +35,8 @@ pub struct Embedder {
 impl Embedder {
     /// Loads the model from `dir` (normally [`crate::paths::models_dir`]).
     pub fn load(dir: &Path) -> Result<Self> {
-        let missing: Vec<&str> = std::iter::once(RUNTIME_FILE)
-            .chain(MODEL_FILES)
-            .filter(|name| !dir.join(name).is_file())
-            .collect();
+        let missing: Vec<&str> =
+            std::iter::once(RUNTIME_FILE).chain(MODEL_FILES).filter(|name| !dir.join(name).is_file()).collect();
         if !missing.is_empty() {
             return Err(anyhow!(
                 "embedding model files missing in {} ({}); run scripts/setup-models.sh or set AUDIENCE_MODELS_DIR",
@@ -99,7 +97,9 @@ fn init_runtime(library: &Path) -> Result<()> {
     static LOADED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
-            ort::init_from(library).map(drop).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))
+            ort::init_from(library)
+                .map(drop)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))
         })
         .clone()
         .map_err(|e| anyhow!(e))

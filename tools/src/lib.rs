@@ -6,7 +6,15 @@
 
 pub mod db;
 pub mod embed;
+pub mod failure;
+pub mod hybrid_discovery;
 pub mod paths;
 pub mod profile;
 pub mod schema;
+pub mod semantic_search;
+pub mod sql_analytics;
+pub mod sql_data_retriever;
+pub mod sql_guard;
+pub mod stores;
+pub mod trace;
 pub mod vector;

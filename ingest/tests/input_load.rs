@@ -1,0 +1,504 @@
+//! Input validation, the COPY load with staging swap, and the sample generator, against a real PostgreSQL.
+//!
+//! Each test works in its own schema `t_load_<random>` (dropped at the end). Set DATABASE_URL to override the
+//! default `postgres://postgres@127.0.0.1:5432/test`.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use audience_ingest::generate::{GenerateOptions, generate};
+use audience_ingest::input::Mapping;
+use audience_ingest::load::{LoadOptions, LoadReport, load_staging, prepare_schema, swap_in};
+use audience_tools::db::{Db, ReadLimits};
+use audience_tools::schema::PROFILES_DDL;
+use chrono::NaiveDate;
+use futures::FutureExt;
+
+const GOOD_CUSTOMERS: &str = include_str!("fixtures/customers.csv");
+const GOOD_EVENTS: &str = include_str!("fixtures/events.csv");
+
+/// The good files with one changed e-mail and one changed price: the bad loads start from these, so a bad load
+/// that wrongly committed would show up as a change in the live data.
+fn changed_good() -> (String, String) {
+    (
+        GOOD_CUSTOMERS.replace("anna.nowak1@example.com", "anna.changed1@example.com"),
+        GOOD_EVENTS.replace("1,1,view,watches,gold,1200.00", "1,1,view,watches,gold,1300.00"),
+    )
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Runs `body` with a fresh prepared schema and drops the schema afterwards, also when `body` panics.
+async fn with_schema<F, Fut>(body: F)
+where
+    F: FnOnce(Db) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let schema = format!("t_load_{:016x}", rand::random::<u64>());
+    let db = Db::connect(&database_url(), &schema).await.expect("PostgreSQL must be running for these tests");
+    prepare_schema(&db.pool, &schema).await.expect("prepare_schema");
+    let outcome = AssertUnwindSafe(body(db.clone())).catch_unwind().await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&db.pool).await.expect("drop test schema");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The pipeline's transaction, minus the profile SQL: an empty `profiles_staging` stands in for it.
+async fn ingest(db: &Db, customers: &Path, events: &Path, opts: &LoadOptions) -> Result<LoadReport> {
+    let mut tx = db.pool.begin().await?;
+    let report = load_staging(&mut tx, customers, events, opts).await?;
+    sqlx::query(&format!("CREATE TABLE profiles_staging ({PROFILES_DDL})")).execute(&mut *tx).await?;
+    swap_in(&mut tx).await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// Writes customers.csv and events.csv into a new temporary directory.
+fn files(customers: &[u8], events: &[u8]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let customers_path = dir.path().join("customers.csv");
+    let events_path = dir.path().join("events.csv");
+    std::fs::write(&customers_path, customers).expect("write customers");
+    std::fs::write(&events_path, events).expect("write events");
+    (dir, customers_path, events_path)
+}
+
+fn options(dir: &Path, strict: bool) -> LoadOptions {
+    LoadOptions { strict, rejects_path: dir.join("rejects.csv"), mapping: None }
+}
+
+/// Everything a reader could see in the live tables.
+async fn snapshot(db: &Db) -> (Vec<(i64, String, String)>, Vec<(i64, i64, String, String, i32)>) {
+    let customers = sqlx::query_as("SELECT customer_id, email, country FROM customers ORDER BY customer_id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("read customers");
+    let events =
+        sqlx::query_as("SELECT event_id, customer_id, event_type, price::text, quantity FROM events ORDER BY event_id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("read events");
+    (customers, events)
+}
+
+fn read_rejects(path: &Path) -> Vec<(String, u64, String)> {
+    let mut reader = csv::Reader::from_path(path).expect("open rejects");
+    assert_eq!(reader.headers().expect("rejects header"), vec!["file", "line", "reason"]);
+    reader.deserialize().map(|row| row.expect("rejects row")).collect()
+}
+
+#[tokio::test]
+async fn loads_good_files_and_swaps_them_in_for_the_reader() {
+    with_schema(|db| async move {
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), GOOD_EVENTS.as_bytes());
+        let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("load");
+        assert_eq!((report.customers, report.events, report.rejected), (3, 6, 0));
+        assert_eq!(report.rejects_path, None);
+        assert!(!dir.path().join("rejects.csv").exists());
+
+        let (live_customers, live_events) = snapshot(&db).await;
+        assert_eq!(live_customers[1], (2, "liam.smith2@example.com".to_owned(), "GB".to_owned()));
+        // The return is kept as a purchase with negative quantity; prices keep two decimals.
+        assert_eq!(live_events[4], (5, 2, "purchase".to_owned(), "4.99".to_owned(), -1));
+        assert_eq!(live_events[5].3, "89.90");
+        let (age, signup): (Option<i32>, Option<NaiveDate>) =
+            sqlx::query_as("SELECT age, signup_date FROM customers WHERE customer_id = 3")
+                .fetch_one(&db.pool)
+                .await
+                .expect("customer 3");
+        assert_eq!((age, signup), (None, None));
+        let ts: String = sqlx::query_scalar(
+            "SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') FROM events WHERE event_id = 5",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("ts");
+        assert_eq!(ts, "2024-03-09 11:00");
+
+        // The SELECT-only role can read the swapped-in tables.
+        let mut tx = db.begin_read_only(ReadLimits::default()).await.expect("read-only tx");
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut *tx).await.expect("select");
+        assert_eq!(count, 6);
+        let write = sqlx::query("DELETE FROM events").execute(&mut *tx).await;
+        assert!(write.is_err(), "the reader must not write");
+        drop(tx);
+
+        // A second load swaps again: constraint and index names do not collide.
+        let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("second load");
+        assert_eq!(report.events, 6);
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() ORDER BY indexname",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("indexes");
+        assert_eq!(
+            indexes,
+            [
+                "customers_pkey",
+                "events_customer_id_idx",
+                "events_pkey",
+                "events_product_color_idx",
+                "events_type_ts_idx",
+                "profiles_country_idx",
+                "profiles_pkey",
+                "profiles_segment_idx",
+            ]
+        );
+    })
+    .await;
+}
+
+/// A bad row: the file it goes into, the row, and the reason it is rejected with.
+struct RowCase {
+    in_events: bool,
+    row: &'static str,
+    reason: &'static str,
+}
+
+const ROW_CASES: &[RowCase] = &[
+    RowCase {
+        in_events: false,
+        row: "4,Bad,Mail,not-an-email,PL,30,red,2024-01-01",
+        reason: "email \"not-an-email\" is not an e-mail address",
+    },
+    RowCase {
+        in_events: false,
+        row: "4,Bad,Date,bad.date4@example.com,PL,30,red,2024-13-01",
+        reason: "signup_date \"2024-13-01\" is not a date",
+    },
+    RowCase {
+        in_events: false,
+        row: "4,Bad,Country,bad.country4@example.com,Poland,30,red,2024-01-01",
+        reason: "country \"Poland\" is not an ISO 3166-1 alpha-2 code",
+    },
+    RowCase {
+        in_events: false,
+        row: "2,Dup,Licate,dup2@example.com,PL,30,red,2024-01-01",
+        reason: "duplicate customer_id 2",
+    },
+    RowCase { in_events: false, row: "4,,Nobody,nobody4@example.com,PL,30,red,", reason: "first_name is empty" },
+    RowCase {
+        in_events: true,
+        row: "7,1,view,socks,red,1.00,1,yesterday",
+        reason: "ts \"yesterday\" is not a timestamp",
+    },
+    RowCase {
+        in_events: true,
+        row: "7,99,view,socks,red,1.00,1,2024-03-04T10:00:00Z",
+        reason: "unknown customer_id 99",
+    },
+    RowCase { in_events: true, row: "6,1,view,socks,red,1.00,1,2024-03-04T10:00:00Z", reason: "duplicate event_id 6" },
+    RowCase {
+        in_events: true,
+        row: "7,1,click,socks,red,1.00,1,2024-03-04T10:00:00Z",
+        reason: "unknown event_type \"click\"",
+    },
+    RowCase {
+        in_events: true,
+        row: "7,1,view,socks,red,1.00,-1,2024-03-04T10:00:00Z",
+        reason: "negative quantity on a view event",
+    },
+    RowCase {
+        in_events: true,
+        row: "7,1,purchase,socks,red,1.0.0,1,2024-03-04T10:00:00Z",
+        reason: "price \"1.0.0\" is not a non-negative decimal",
+    },
+    RowCase {
+        in_events: true,
+        row: "x7,1,purchase,socks,red,1.00,1,2024-03-04T10:00:00Z",
+        reason: "event_id \"x7\" is not an integer",
+    },
+];
+
+#[tokio::test]
+async fn bad_rows_are_rejected_or_stop_a_strict_load_without_touching_live_data() {
+    with_schema(|db| async move {
+        let (good_dir, good_customers, good_events) = files(GOOD_CUSTOMERS.as_bytes(), GOOD_EVENTS.as_bytes());
+        ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("good load");
+        let before = snapshot(&db).await;
+
+        for case in ROW_CASES {
+            let (mut customers_text, mut events_text) = changed_good();
+            let (target, file, line) = if case.in_events {
+                (&mut events_text, "events.csv", 8)
+            } else {
+                (&mut customers_text, "customers.csv", 5)
+            };
+            target.push_str(case.row);
+            target.push('\n');
+            let (dir, customers, events) = files(customers_text.as_bytes(), events_text.as_bytes());
+
+            // Strict: the first bad row is the error, nothing changes, no rejects file.
+            let error = ingest(&db, &customers, &events, &options(dir.path(), true)).await.expect_err(case.row);
+            let message = format!("{error:#}");
+            let expected_prefix = format!("{file}:{line}: {}", case.reason);
+            assert!(message.contains(&expected_prefix), "{message:?} lacks {expected_prefix:?}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+            assert_eq!(snapshot(&db).await, before, "strict failure changed live data ({})", case.row);
+            assert!(!dir.path().join("rejects.csv").exists());
+            assert!(!dir.path().join("rejects.csv.partial").exists());
+
+            // Default: the row is rejected into the rejects file and the rest loads.
+            let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect(case.row);
+            assert_eq!(report.rejected, 1, "{}", case.row);
+            assert_eq!((report.customers, report.events), (3, 6), "{}", case.row);
+            let rejects_path = report.rejects_path.expect("rejects path");
+            let rejects = read_rejects(&rejects_path);
+            assert_eq!(rejects.len(), 1);
+            assert!(rejects[0].0.ends_with(file), "{:?}", rejects[0]);
+            assert_eq!(rejects[0].1, line);
+            assert!(rejects[0].2.starts_with(case.reason), "{:?} vs {:?}", rejects[0].2, case.reason);
+            let after = snapshot(&db).await;
+            assert_eq!(after.0[0].1, "anna.changed1@example.com");
+            assert_eq!(after.1[0].3, "1300.00");
+            assert_eq!((after.0.len(), after.1.len()), (before.0.len(), before.1.len()), "the bad row was not loaded");
+
+            // Back to the good data for the next case.
+            ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("restore");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreadable_files_fail_whole_with_one_line_and_change_nothing() {
+    with_schema(|db| async move {
+        let (good_dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), GOOD_EVENTS.as_bytes());
+        ingest(&db, &customers, &events, &options(good_dir.path(), false)).await.expect("good load");
+        let before = snapshot(&db).await;
+
+        let (customers_text, events_text) = changed_good();
+        let mut non_utf8 = events_text.as_bytes().to_vec();
+        non_utf8.extend_from_slice(b"7,1,view,soc\xffks,red,1.00,1,2024-03-04T10:00:00Z\n");
+        let missing_email = customers_text
+            .lines()
+            .map(|line| {
+                line.split(',').enumerate().filter(|(i, _)| *i != 3).map(|(_, f)| f).collect::<Vec<_>>().join(",")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let unterminated = "4,\"Open,Quote,oq4@example.com,PL,30,red,2024-01-01\n5,Next,Row,n5@example.com,PL,1,red,\n";
+        let unterminated_last =
+            "4,Ann,Lee,al4@example.com,PL,30,red,\"2024-01-01\n5,Next,Row,n5@example.com,PL,1,red,\n";
+        let cases: Vec<(Vec<u8>, Vec<u8>, &str)> = vec![
+            (
+                missing_email.into_bytes(),
+                events_text.clone().into_bytes(),
+                "customers.csv:1: missing required column \"email\"",
+            ),
+            (customers_text.clone().into_bytes(), non_utf8, "events.csv:8: field 4 is not valid UTF-8"),
+            (
+                format!("{customers_text}{unterminated}").into_bytes(),
+                events_text.clone().into_bytes(),
+                "customers.csv:5: expected 8 fields like the header, found 2 (unterminated quote",
+            ),
+            (
+                format!("{customers_text}{unterminated_last}").into_bytes(),
+                events_text.clone().into_bytes(),
+                "customers.csv:5: a quoted field runs over a line break (unterminated quote?)",
+            ),
+            (
+                customers_text.clone().into_bytes(),
+                format!("{events_text}7,1,view,socks\n").into_bytes(),
+                "events.csv:8: expected 8 fields like the header, found 4",
+            ),
+        ];
+        for (customers_bytes, events_bytes, expected) in cases {
+            let (dir, customers, events) = files(&customers_bytes, &events_bytes);
+            for strict in [false, true] {
+                let error = ingest(&db, &customers, &events, &options(dir.path(), strict)).await.expect_err(expected);
+                let message = format!("{error:#}");
+                assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+                assert_eq!(message.lines().count(), 1, "{message}");
+                assert_eq!(snapshot(&db).await, before, "{expected}");
+                assert!(!dir.path().join("rejects.csv").exists(), "{expected}");
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn strict_stops_at_the_first_bad_row() {
+    with_schema(|db| async move {
+        let events_text = format!(
+            "{GOOD_EVENTS}7,1,view,socks,red,1.00,1,2024-03-04T10:00:00Z\n8,1,click,socks,red,1.00,1,2024-03-04T10:00:00Z\n\
+             9,99,view,socks,red,1.00,1,2024-03-04T10:00:00Z\n"
+        );
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), events_text.as_bytes());
+        let error = ingest(&db, &customers, &events, &options(dir.path(), true)).await.expect_err("strict");
+        let message = format!("{error:#}");
+        assert!(message.ends_with("events.csv:9: unknown event_type \"click\" (expected view, add_to_cart or purchase)"), "{message}");
+        let live: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('events')::text").fetch_one(&db.pool).await.expect("regclass");
+        assert_eq!(live, None, "a failed first load creates no live tables");
+
+        let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("lenient");
+        assert_eq!((report.events, report.rejected), (7, 2));
+        let lines: Vec<u64> = read_rejects(&dir.path().join("rejects.csv")).into_iter().map(|r| r.1).collect();
+        assert_eq!(lines, [9, 10]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transaction_log_example_loads_through_its_mapping() {
+    with_schema(|db| async move {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mapping = Mapping::from_file(&root.join("examples/mappings/transaction_log.toml")).expect("mapping");
+        assert!(mapping.customers_from_events());
+        let sample = root.join("examples/transaction_log_sample.csv");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LoadOptions { strict: false, rejects_path: dir.path().join("rejects.csv"), mapping: Some(mapping) };
+        // With from_events the customers path is never read.
+        let report = ingest(&db, Path::new("/nonexistent/customers.csv"), &sample, &opts).await.expect("load");
+        assert_eq!((report.customers, report.events, report.rejected), (8, 12, 2));
+
+        let rejects = read_rejects(&dir.path().join("rejects.csv"));
+        let reasons: Vec<(u64, &str)> = rejects.iter().map(|r| (r.1, r.2.as_str())).collect();
+        assert_eq!(
+            reasons,
+            [
+                (13, "customer_id is empty"),
+                (
+                    14,
+                    "customer_id 12346 has no valid customer row (country \"Unspecified\" is not an ISO 3166-1 alpha-2 code)"
+                ),
+            ]
+        );
+        let customer: (String, String, String, String) = sqlx::query_as(
+            "SELECT first_name, last_name, email, country FROM customers WHERE customer_id = 14911",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("customer 14911");
+        assert_eq!(customer, ("Customer".into(), "14911".into(), "customer14911@unknown.invalid".into(), "IE".into()));
+        let returned: (i64, String, i32, String, String) = sqlx::query_as(
+            "SELECT event_id, event_type, quantity, price::text, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') \
+             FROM events WHERE quantity < 0",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("the return");
+        assert_eq!(returned, (9, "purchase".into(), -80, "6.19".into(), "2019-12-09 00:00".into()));
+
+        // A column the mapping names must be in the file: a whole-file error naming it.
+        let text = std::fs::read_to_string(root.join("examples/mappings/transaction_log.toml")).expect("read mapping");
+        let renamed = Mapping::parse(&text.replace("product = \"ProductName\"", "product = \"Product\"")).expect("parse");
+        let opts = LoadOptions { mapping: Some(renamed), ..opts };
+        let error = ingest(&db, &sample, &sample, &opts).await.expect_err("missing mapped column");
+        assert!(
+            format!("{error:#}").ends_with("transaction_log_sample.csv:1: missing column \"Product\" (mapped to product)"),
+            "{error:#}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn prepare_schema_is_idempotent_and_safe_concurrently() {
+    let schema = format!("t_load_{:016x}", rand::random::<u64>());
+    let db = Db::connect(&database_url(), &schema).await.expect("PostgreSQL must be running for these tests");
+    let results = futures::future::join_all((0..4).map(|_| prepare_schema(&db.pool, &schema))).await;
+    let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).map(|e| format!("{e:#}")).collect();
+    let usage: Result<bool, sqlx::Error> =
+        sqlx::query_scalar("SELECT has_schema_privilege('audience_reader', $1, 'USAGE')")
+            .bind(&schema)
+            .fetch_one(&db.pool)
+            .await;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&db.pool).await.expect("drop schema");
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(usage.expect("privilege check"));
+    assert!(prepare_schema(&db.pool, "Bad-Name").await.is_err());
+}
+
+fn generate_into(dir: &Path, seed: u64, customers: u64) -> audience_ingest::generate::GenerateReport {
+    let opts = GenerateOptions {
+        customers,
+        events_per_customer: 20,
+        seed,
+        end_date: NaiveDate::from_ymd_opt(2025, 1, 1).expect("date"),
+        out_dir: dir.to_owned(),
+    };
+    generate(&opts).expect("generate")
+}
+
+#[test]
+fn generate_is_deterministic_with_the_documented_columns() {
+    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let report = generate_into(a.path(), 7, 300);
+    generate_into(b.path(), 7, 300);
+    generate_into(c.path(), 8, 300);
+    for name in ["customers.csv", "events.csv", "labels.csv"] {
+        let first = std::fs::read(a.path().join(name)).unwrap();
+        assert_eq!(first, std::fs::read(b.path().join(name)).unwrap(), "{name} differs for the same seed");
+        assert_ne!(first, std::fs::read(c.path().join(name)).unwrap(), "{name} ignores the seed");
+    }
+    let header = |name: &str| std::fs::read_to_string(a.path().join(name)).unwrap().lines().next().unwrap().to_owned();
+    assert_eq!(
+        header("customers.csv"),
+        "customer_id,first_name,last_name,email,country,age,favorite_color,signup_date"
+    );
+    assert_eq!(header("events.csv"), "event_id,customer_id,event_type,product,color,price,quantity,ts");
+    assert_eq!(header("labels.csv"), "customer_id,persona");
+    assert_eq!(report.customers, 300);
+    // The mean is 20 events per customer; persona activity and randomness keep it near that.
+    assert!((4_500..=7_500).contains(&report.events), "{} events", report.events);
+
+    // Personas stay hidden in labels.csv and shape behaviour.
+    let labels: Vec<(u64, String)> =
+        csv::Reader::from_path(a.path().join("labels.csv")).unwrap().deserialize().map(Result::unwrap).collect();
+    let luxury: Vec<u64> = labels.iter().filter(|(_, p)| p == "luxury").map(|(id, _)| *id).collect();
+    assert!((20..=60).contains(&luxury.len()), "{} luxury customers of 300", luxury.len());
+    let lapsed: Vec<u64> = labels.iter().filter(|(_, p)| p == "lapsed").map(|(id, _)| *id).collect();
+    assert!(!lapsed.is_empty());
+
+    #[derive(serde::Deserialize)]
+    struct Row {
+        customer_id: u64,
+        event_type: String,
+        price: f64,
+        quantity: i32,
+        ts: chrono::DateTime<chrono::Utc>,
+    }
+    let cutoff = "2024-09-03T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap(); // 2025-01-01 - 120 days
+    let start = "2024-01-02T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap(); // 365 days before
+    let mut spend = std::collections::HashMap::<u64, f64>::new();
+    let (mut purchases, mut returns) = (0, 0);
+    for row in csv::Reader::from_path(a.path().join("events.csv")).unwrap().deserialize::<Row>() {
+        let row = row.unwrap();
+        assert!(row.ts >= start && row.ts < cutoff + chrono::Duration::days(120), "{} out of range", row.ts);
+        if lapsed.contains(&row.customer_id) {
+            assert!(row.ts < cutoff, "lapsed customer {} active at {}", row.customer_id, row.ts);
+        }
+        if row.event_type == "purchase" {
+            if row.quantity < 0 {
+                returns += 1;
+            } else {
+                purchases += 1;
+                *spend.entry(row.customer_id).or_default() += row.price * f64::from(row.quantity);
+            }
+        }
+    }
+    assert!(returns > 0 && returns < purchases / 10, "{returns} returns of {purchases} purchases");
+    let big_spenders = luxury.iter().filter(|id| spend.get(id).copied().unwrap_or(0.0) > 800.0).count();
+    assert!(big_spenders * 10 >= luxury.len() * 7, "{big_spenders} of {} luxury customers spend > 800", luxury.len());
+}
+
+#[tokio::test]
+async fn generated_sample_loads_without_rejects() {
+    with_schema(|db| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let generated = generate_into(dir.path(), 42, 200);
+        let opts = options(dir.path(), true);
+        let report = ingest(&db, &generated.customers_path, &generated.events_path, &opts).await.expect("load");
+        assert_eq!((report.customers, report.events, report.rejected), (200, generated.events, 0));
+    })
+    .await;
+}

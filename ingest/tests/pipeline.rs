@@ -1,0 +1,343 @@
+//! The ingest pipeline end to end: real PostgreSQL (one schema per test), the real embedding model, and the
+//! embedded vector index in a temporary directory.
+//!
+//! Needs `DATABASE_URL` (default postgres://postgres@127.0.0.1:5432/test) and the model files
+//! (`scripts/setup-models.sh`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use anyhow::Result;
+use chrono::NaiveDate;
+use tempfile::TempDir;
+
+use audience_ingest::generate::{GenerateOptions, generate};
+use audience_ingest::load::LoadOptions;
+use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest};
+use audience_ingest::render::text_hash;
+use audience_ingest::sync::{SyncMode, sync};
+use audience_tools::db::Db;
+use audience_tools::embed::LazyEmbedder;
+use audience_tools::paths;
+use audience_tools::vector::{self, VectorIndex};
+
+/// One model for the whole test binary: loading it is the slowest part of a small test.
+static EMBEDDER: LazyLock<LazyEmbedder> = LazyLock::new(|| LazyEmbedder::new(paths::models_dir()));
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// Fields drop in order: the index must flush and close before its temporary directory is removed.
+struct Env {
+    db: Db,
+    index: Arc<dyn VectorIndex>,
+    dir: TempDir,
+}
+
+impl Env {
+    async fn new() -> Result<Self> {
+        let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("t_h3_{:08x}", rand::random::<u32>());
+        let db = Db::connect(&url, &schema).await?;
+        let dir = tempfile::tempdir()?;
+        let index = vector::open(None, dir.path()).await?;
+        Ok(Self { db, index, dir })
+    }
+
+    async fn ingest(&self, customers: &Path, events: &Path, as_of: Option<NaiveDate>) -> Result<IngestReport> {
+        let request = IngestRequest {
+            customers: customers.to_path_buf(),
+            events: events.to_path_buf(),
+            load: LoadOptions { strict: true, rejects_path: self.dir.path().join("rejects.csv"), mapping: None },
+            as_of,
+        };
+        ingest(&self.db, self.index.as_ref(), &EMBEDDER, request).await
+    }
+
+    /// Writes a variant of the small fixture into the temp dir and returns (customers, events) paths.
+    fn variant(&self, name: &str, edit: impl Fn(&str, &str) -> (String, String)) -> Result<(PathBuf, PathBuf)> {
+        let customers = std::fs::read_to_string(fixture("small_customers.csv"))?;
+        let events = std::fs::read_to_string(fixture("small_events.csv"))?;
+        let (customers, events) = edit(&customers, &events);
+        let customers_path = self.dir.path().join(format!("{name}_customers.csv"));
+        let events_path = self.dir.path().join(format!("{name}_events.csv"));
+        std::fs::write(&customers_path, customers)?;
+        std::fs::write(&events_path, events)?;
+        Ok((customers_path, events_path))
+    }
+
+    async fn drop_schema(self) -> Result<()> {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.db.schema)).execute(&self.db.pool).await?;
+        Ok(())
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+fn day(s: &str) -> NaiveDate {
+    s.parse().expect("test date")
+}
+
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct Facts {
+    customer_id: i64,
+    total_spent: String,
+    order_count: i32,
+    return_count: i32,
+    recency_days: Option<i32>,
+    r_score: i16,
+    f_score: i16,
+    m_score: i16,
+    churned: bool,
+    segment: String,
+    interests: Vec<String>,
+    preferred_colors: Vec<String>,
+    likes_luxury: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn facts(
+    customer_id: i64,
+    total_spent: &str,
+    (order_count, return_count): (i32, i32),
+    recency_days: Option<i32>,
+    (r_score, f_score, m_score): (i16, i16, i16),
+    churned: bool,
+    segment: &str,
+    interests: &[&str],
+    preferred_colors: &[&str],
+    likes_luxury: bool,
+) -> Facts {
+    Facts {
+        customer_id,
+        total_spent: total_spent.into(),
+        order_count,
+        return_count,
+        recency_days,
+        r_score,
+        f_score,
+        m_score,
+        churned,
+        segment: segment.into(),
+        interests: interests.iter().map(|s| s.to_string()).collect(),
+        preferred_colors: preferred_colors.iter().map(|s| s.to_string()).collect(),
+        likes_luxury,
+    }
+}
+
+async fn read_facts(db: &Db) -> Result<Vec<Facts>> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, total_spent::text AS total_spent, order_count, return_count, recency_days, \
+         r_score, f_score, m_score, churned, segment, interests, preferred_colors, likes_luxury \
+         FROM profiles ORDER BY customer_id",
+    )
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Expected values worked out by hand from tests/fixtures/small_*.csv, as of 2024-06-30:
+/// - Anna: purchases 500 + 300 + 150 = 950 (the -1 watches row is a return, excluded); last 06-20 -> 10 days.
+///   Weights: jewelry 3+1+1 = 5, watches 3+1 = 4 (the return adds nothing), bags 3; black 3+1+3 = 7, gold 5.
+/// - Ben: 2x5 + 5 + 15 + 15 = 45 over 4 orders; socks 6 and t_shirts 6 tie (name order), hats 2 (add_to_cart).
+/// - Carla: 120 + 80 = 200, last purchase 02-01 -> 150 days -> churned; the recent scarf view still counts as interest.
+/// - David: views only -> no purchases, not churned, scores 1/1/1.
+/// - Emma: 60 + 2x40 = 140; her 999 watch on 07-05 is after as_of and ignored.
+/// Scores are ceil(5 x cume_dist) over the 4 buyers: spend 45/140/200/950 -> 2/3/4/5, orders 2,2/3/4 -> 3,3/4/5,
+/// recency 150/29/10/2 days -> 2/3/4/5. VIP thresholds (80th percentile, continuous): spend 200 + 0.4 x 750 = 500,
+/// orders 3 + 0.4 x 1 = 3.4 -> Anna (spend) and Ben (orders).
+#[tokio::test]
+async fn profile_facts_match_hand_computed_values() -> Result<()> {
+    let env = Env::new().await?;
+    let report =
+        env.ingest(&fixture("small_customers.csv"), &fixture("small_events.csv"), Some(day("2024-06-30"))).await?;
+    assert_eq!((report.load.customers, report.load.events, report.load.rejected), (5, 19, 0));
+    assert_eq!(report.profiles.profiles, 5);
+    assert_eq!(report.profiles.as_of, day("2024-06-30"));
+    assert_eq!(
+        (report.profiles.vip, report.profiles.churn_recovery, report.profiles.standard, report.profiles.likes_luxury),
+        (2, 1, 2, 1)
+    );
+
+    let expected = vec![
+        facts(
+            1,
+            "950.00",
+            (3, 1),
+            Some(10),
+            (4, 4, 5),
+            false,
+            "VIP Loyalty",
+            &["jewelry", "watches", "bags"],
+            &["black", "gold"],
+            true,
+        ),
+        facts(
+            2,
+            "45.00",
+            (4, 0),
+            Some(2),
+            (5, 5, 2),
+            false,
+            "VIP Loyalty",
+            &["socks", "t_shirts", "hats"],
+            &["blue", "white"],
+            false,
+        ),
+        facts(
+            3,
+            "200.00",
+            (2, 0),
+            Some(150),
+            (2, 3, 4),
+            true,
+            "Churn Recovery",
+            &["dresses", "jeans", "scarves"],
+            &["blue", "red"],
+            false,
+        ),
+        facts(4, "0.00", (0, 0), None, (1, 1, 1), false, "Standard Promo", &["shoes"], &["black"], false),
+        facts(
+            5,
+            "140.00",
+            (2, 0),
+            Some(29),
+            (3, 3, 3),
+            false,
+            "Standard Promo",
+            &["running_gear", "yoga_wear"],
+            &["green"],
+            false,
+        ),
+    ];
+    assert_eq!(read_facts(&env.db).await?, expected);
+
+    // frequency/monetary mirror order_count/total_spent; purchase dates skip the return and the view-only customer.
+    let (mirrors, first, last): (bool, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT bool_and(frequency = order_count AND monetary = total_spent), \
+         (SELECT first_purchase AT TIME ZONE 'UTC' FROM profiles WHERE customer_id = 1)::text, \
+         (SELECT last_purchase AT TIME ZONE 'UTC' FROM profiles WHERE customer_id = 1)::text FROM profiles",
+    )
+    .fetch_one(&env.db.pool)
+    .await?;
+    assert!(mirrors);
+    assert_eq!(first.as_deref(), Some("2024-05-15 10:00:00"));
+    assert_eq!(last.as_deref(), Some("2024-06-20 10:00:00"));
+
+    let texts: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT customer_id, profile_text, text_hash FROM profiles ORDER BY customer_id")
+            .fetch_all(&env.db.pool)
+            .await?;
+    assert_eq!(
+        texts[0].1,
+        "Customer Anna Nowak (anna.nowak1@example.com) from PL, age 34, favorite color black. Total spent: 950.00. \
+         3 orders, the last one 10 days ago. 1 return. Primary interests: jewelry, watches, bags. \
+         Preferred colors: black, gold. Segment: VIP Loyalty. RFM score 445. This customer likes luxury items."
+    );
+    assert!(texts[3].1.contains("No purchases yet."), "{}", texts[3].1);
+    for (id, text, hash) in &texts {
+        assert_eq!(hash, &text_hash(text), "hash of customer {id}");
+        assert_eq!(text.contains("likes luxury"), *id == 1, "luxury sentence of customer {id}");
+    }
+
+    // Without --as-of the newest event's day is used, so Emma's 07-05 watch counts.
+    let report = env.ingest(&fixture("small_customers.csv"), &fixture("small_events.csv"), None).await?;
+    assert_eq!(report.profiles.as_of, day("2024-07-05"));
+    let emma = read_facts(&env.db).await?.into_iter().find(|f| f.customer_id == 5).expect("Emma's profile");
+    assert_eq!((emma.total_spent.as_str(), emma.order_count, emma.recency_days), ("1139.00", 3, Some(0)));
+    assert!(emma.likes_luxury);
+    assert_eq!(emma.interests, ["running_gear", "watches", "yoga_wear"]);
+
+    env.drop_schema().await
+}
+
+#[tokio::test]
+async fn second_ingest_embeds_only_changed_profiles_and_deletes_removed_ones() -> Result<()> {
+    let env = Env::new().await?;
+    let as_of = Some(day("2024-06-30"));
+    let (customers, events) = (fixture("small_customers.csv"), fixture("small_events.csv"));
+
+    let first = env.ingest(&customers, &events, as_of).await?.sync;
+    assert_eq!((first.embedded, first.unchanged, first.deleted), (5, 0, 0));
+    assert!(first.tokens > 5 * 30, "embedding tokens are counted: {}", first.tokens);
+
+    let again = env.ingest(&customers, &events, as_of).await?.sync;
+    assert_eq!((again.embedded, again.unchanged, again.deleted, again.tokens), (0, 5, 0, 0));
+
+    // Emma's age changes only her own text (scores are relative, but age is not part of them).
+    let (older, same_events) = env.variant("older", |c, e| (c.replace("FR,52,", "FR,53,"), e.to_owned()))?;
+    let changed = env.ingest(&older, &same_events, as_of).await?.sync;
+    assert_eq!((changed.embedded, changed.unchanged, changed.deleted), (1, 4, 0));
+    let emma = env.index.retrieve(vec![5], false).await?;
+    assert_eq!(emma[0].payload.get("age").and_then(|v| v.as_i64()), Some(53));
+
+    // David has no purchases, so removing him changes nobody else's quintiles.
+    let (without_david, his_events_gone) = env.variant("no_david", |c, e| {
+        let keep = |text: &str, drop: &str| -> String {
+            text.lines().filter(|l| !l.starts_with(drop)).map(|l| format!("{l}\n")).collect()
+        };
+        (keep(&c.replace("FR,52,", "FR,53,"), "4,"), keep(e, "16,"))
+    })?;
+    let removed = env.ingest(&without_david, &his_events_gone, as_of).await?.sync;
+    assert_eq!((removed.embedded, removed.unchanged, removed.deleted), (0, 4, 1));
+    assert_eq!(env.index.count(None).await?, 4);
+    let stored = env.index.text_hashes().await?;
+    let in_db: Vec<(i64, String)> =
+        sqlx::query_as("SELECT customer_id, text_hash FROM profiles").fetch_all(&env.db.pool).await?;
+    let in_db: HashMap<u64, String> = in_db.into_iter().map(|(id, hash)| (id as u64, hash)).collect();
+    assert_eq!(stored, in_db);
+
+    // `audience reindex` embeds everything again.
+    let full = sync(&env.db, env.index.as_ref(), &EMBEDDER, SyncMode::Full).await?;
+    assert_eq!((full.embedded, full.unchanged, full.deleted), (4, 0, 0));
+
+    env.drop_schema().await
+}
+
+/// On the generated 500-customer sample, "luxury watches and jewelry" should find the hidden luxury persona.
+#[tokio::test]
+async fn luxury_query_ranks_luxury_personas_first() -> Result<()> {
+    let env = Env::new().await?;
+    let sample = env.dir.path().join("sample");
+    let generated = generate(&GenerateOptions {
+        customers: 500,
+        events_per_customer: 20,
+        seed: 42,
+        end_date: day("2025-01-01"),
+        out_dir: sample.clone(),
+    })?;
+    let report = env.ingest(&generated.customers_path, &generated.events_path, None).await?;
+    assert_eq!(report.sync.embedded, 500);
+
+    let mut labels = csv::Reader::from_path(&generated.labels_path)?;
+    let mut persona = HashMap::new();
+    for record in labels.records() {
+        let record = record?;
+        persona.insert(record[0].parse::<u64>()?, record[1].to_owned());
+    }
+    let luxury_total = persona.values().filter(|p| *p == "luxury").count();
+
+    let (query, _) = EMBEDDER.embed_one("luxury watches and jewelry".into()).await?;
+    let hits = env.index.search(query, None, 10).await?;
+    assert_eq!(hits.len(), 10);
+    let relevant = hits.iter().filter(|hit| persona.get(&hit.id).is_some_and(|p| p == "luxury")).count();
+    let precision = relevant as f64 / hits.len() as f64;
+    println!(
+        "precision@10 for \"luxury watches and jewelry\": {precision:.2} ({luxury_total} luxury of 500 customers)"
+    );
+    for hit in &hits {
+        println!("  {:.3} {} {}", hit.score, hit.id, persona.get(&hit.id).map_or("?", String::as_str));
+    }
+    assert!(precision >= 0.8, "precision@10 {precision:.2} is below 0.8");
+
+    // R-precision (precision over as many hits as there are luxury customers) is the stricter, informative number.
+    let (query, _) = EMBEDDER.embed_one("luxury watches and jewelry".into()).await?;
+    let hits = env.index.search(query, None, luxury_total).await?;
+    let relevant = hits.iter().filter(|hit| persona.get(&hit.id).is_some_and(|p| p == "luxury")).count();
+    let r_precision = relevant as f64 / luxury_total as f64;
+    println!("R-precision ({luxury_total} hits): {r_precision:.2}");
+    assert!(r_precision >= 0.5, "R-precision {r_precision:.2} is below 0.5");
+
+    env.drop_schema().await
+}

@@ -1,0 +1,600 @@
+//! The agent: a rig loop over the four audience tools with a short system prompt, an explicit turn budget,
+//! conversation history for follow-ups, a trace of every step and a usage record per question.
+//!
+//! [`Session`] is the API the `ask` command and the REPL use:
+//! `Session::new(config, stores, verbose)`, then `ask(question)` any number of times (each question sees
+//! the previous ones, so follow-ups refine), `reset()`, `totals()` and `last_audience()`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use audience_tools::db::{Db, ReadLimits};
+use audience_tools::embed::LazyEmbedder;
+use audience_tools::hybrid_discovery::HybridDiscovery;
+use audience_tools::paths;
+use audience_tools::schema::TABLES;
+use audience_tools::semantic_search::SemanticSearch;
+use audience_tools::sql_analytics::SqlAnalytics;
+use audience_tools::sql_data_retriever::SqlDataRetriever;
+use audience_tools::stores::Stores;
+use audience_tools::vector::{self, VectorSearch};
+use rig_agent::completion::PromptError;
+use rig_agent::{Agent, AgentBuilder};
+use rig_core::message::Message;
+use serde::Serialize;
+
+use crate::exit::{Failure, FailureExt, FailureKind};
+use crate::ledger::{Ledger, UsageRecord, UsageTotals};
+use crate::provider::{ChatModel, ProviderConfig, Settings};
+pub use crate::trace::{Audience, Step};
+use crate::trace::{RunLog, SharedLog, TraceHook, lock};
+
+/// Model calls allowed per question, the first included (`AUDIENCE_MAX_TURNS`). A typical question takes
+/// two (tool call, answer); a follow-up with a correction takes three or four.
+pub const DEFAULT_MAX_TURNS: usize = 6;
+/// Times the model is told "no such tool" before the run fails.
+pub const DEFAULT_UNKNOWN_TOOL_RETRIES: usize = 1;
+/// Earlier questions kept in the conversation (older ones are dropped to bound the prompt size).
+const HISTORY_QUESTIONS: usize = 4;
+
+const SYSTEM_PROMPT: &str = include_str!("../prompts/system.md");
+
+/// Everything a session needs besides the stores.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub provider: ProviderConfig,
+    /// Where the usage ledger and the optional price and config files live.
+    pub data_dir: PathBuf,
+    pub max_turns: usize,
+    pub unknown_tool_retries: usize,
+}
+
+impl AgentConfig {
+    /// Provider settings plus `AUDIENCE_MAX_TURNS`; errors are configuration errors (exit 2).
+    pub fn load(data_dir: &Path) -> Result<Self> {
+        let provider = ProviderConfig::load(data_dir)?;
+        let settings = Settings::load(data_dir).kind(FailureKind::Config)?;
+        let max_turns = match settings.get("AUDIENCE_MAX_TURNS") {
+            None => DEFAULT_MAX_TURNS,
+            Some(value) => value
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|turns| *turns >= 1)
+                .ok_or_else(|| anyhow!("AUDIENCE_MAX_TURNS={value:?} must be a whole number of at least 1"))
+                .kind(FailureKind::Config)?,
+        };
+        Ok(Self {
+            provider,
+            data_dir: data_dir.to_owned(),
+            max_turns,
+            unknown_tool_retries: DEFAULT_UNKNOWN_TOOL_RETRIES,
+        })
+    }
+}
+
+/// Opens PostgreSQL (`DATABASE_URL`, `AUDIENCE_SCHEMA`), the vector index (`QDRANT_URL`, else the embedded
+/// index under `data_dir`) and the lazily loaded embedder. Failures are store errors (exit 4).
+pub async fn open_stores(data_dir: &Path) -> Result<Stores> {
+    let db = Db::from_env().await.kind(FailureKind::Store)?;
+    if !db.is_ingested().await.kind(FailureKind::Store)? {
+        return Err(anyhow!(
+            "schema {:?} has no data yet; run `audience ingest` (or `audience demo`) first",
+            db.schema
+        ))
+        .kind(FailureKind::Store);
+    }
+    let qdrant_url = std::env::var("QDRANT_URL").ok().filter(|url| !url.trim().is_empty());
+    let index = vector::open(qdrant_url.as_deref(), data_dir).await.kind(FailureKind::Store)?;
+    let vectors: Arc<dyn VectorSearch> = index;
+    let embedder = LazyEmbedder::new(paths::models_dir());
+    Ok(Stores::new(db, vectors, embedder, ReadLimits::default()))
+}
+
+/// The answer to one question.
+#[derive(Clone, Debug, Serialize)]
+pub struct Answer {
+    /// The model's final text.
+    #[serde(rename = "answer")]
+    pub text: String,
+    /// The customers of this question's last discovery call (`hybrid_discovery` / `semantic_search`).
+    pub audience: Option<Audience>,
+    /// Thought / Action / Observation steps, in order.
+    pub steps: Vec<Step>,
+    pub usage: UsageRecord,
+}
+
+/// Names used in usage records.
+#[derive(Clone, Debug)]
+struct ModelLabel {
+    provider: String,
+    model: String,
+}
+
+/// A conversation with the agent. Not `Clone`: it owns the history and the ledger totals.
+pub struct Session {
+    agent: Agent,
+    label: ModelLabel,
+    max_turns: usize,
+    unknown_tool_retries: usize,
+    verbose: bool,
+    /// The messages of each earlier question's run (prompt, tool calls, results, answer).
+    history: Vec<Vec<Message>>,
+    ledger: Ledger,
+    last_audience: Option<Audience>,
+    last_usage: Option<UsageRecord>,
+    /// Redacts the API key from provider error messages.
+    redact: Arc<dyn Fn(&str) -> String + Send + Sync>,
+}
+
+impl Session {
+    /// Builds the model from `config.provider` and the agent over `stores`. `verbose` prints each step to
+    /// stderr as it happens.
+    pub async fn new(config: AgentConfig, stores: Stores, verbose: bool) -> Result<Self> {
+        let model = config.provider.chat_model()?;
+        let ledger = Ledger::open(&config.data_dir)?;
+        let label =
+            ModelLabel { provider: config.provider.kind.name().to_owned(), model: config.provider.model.clone() };
+        let provider = config.provider.clone();
+        let mut session = Self::with_model(model, label, &config, stores, ledger, verbose);
+        session.redact = Arc::new(move |text: &str| provider.redact(text));
+        Ok(session)
+    }
+
+    fn with_model(
+        model: ChatModel,
+        label: ModelLabel,
+        config: &AgentConfig,
+        stores: Stores,
+        ledger: Ledger,
+        verbose: bool,
+    ) -> Self {
+        let agent = build_agent(model, stores, config.max_turns);
+        Self {
+            agent,
+            label,
+            max_turns: config.max_turns,
+            unknown_tool_retries: config.unknown_tool_retries,
+            verbose,
+            history: Vec::new(),
+            ledger,
+            last_audience: None,
+            last_usage: None,
+            redact: Arc::new(str::to_owned),
+        }
+    }
+
+    /// Runs the loop for `question` with the conversation so far. The usage is recorded in the ledger even
+    /// when the run fails; a failed run leaves the history unchanged.
+    ///
+    /// Errors carry their exit kind: provider failures, an exhausted turn budget and repeated unknown tool
+    /// names are `Provider` (exit 3); a fatal tool failure (database down) is `Store` (exit 4).
+    pub async fn ask(&mut self, question: &str) -> Result<Answer> {
+        let log = SharedLog::default();
+        let start = Instant::now();
+        let history: Vec<Message> = self.history.iter().flatten().cloned().collect();
+        let result = self
+            .agent
+            .prompt(question)
+            .history(history)
+            .max_turns(self.max_turns)
+            .max_invalid_tool_call_retries(self.unknown_tool_retries)
+            .add_hook(TraceHook::new(log.clone(), self.verbose))
+            .await;
+        let run = std::mem::take(&mut *lock(&log));
+        let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let usage = UsageRecord::new(
+            &self.label.provider,
+            &self.label.model,
+            run.calls.clone(),
+            run.embedding_tokens,
+            self.ledger.prices(),
+            latency_ms,
+            result.is_ok(),
+        );
+        self.ledger.record(&usage);
+        self.last_usage = Some(usage.clone());
+        let response = result.map_err(|error| self.run_error(error, &run))?;
+        self.history.push(response.messages.clone());
+        if self.history.len() > HISTORY_QUESTIONS {
+            self.history.remove(0);
+        }
+        if run.audience.is_some() {
+            self.last_audience = run.audience.clone();
+        }
+        Ok(Answer { text: response.output(), audience: run.audience, steps: run.steps, usage })
+    }
+
+    /// Forgets the conversation and the last audience (the session totals stay).
+    pub fn reset(&mut self) {
+        self.history.clear();
+        self.last_audience = None;
+    }
+
+    /// Usage totals of this session.
+    pub fn totals(&self) -> &UsageTotals {
+        self.ledger.totals()
+    }
+
+    /// The customers of the latest discovery call in this conversation.
+    pub fn last_audience(&self) -> Option<&Audience> {
+        self.last_audience.as_ref()
+    }
+
+    /// The usage record of the latest question, including a failed one.
+    pub fn last_usage(&self) -> Option<&UsageRecord> {
+        self.last_usage.as_ref()
+    }
+
+    /// Turns the live step trace on stderr on or off for the next questions.
+    pub fn set_verbose(&mut self, verbose: bool) {
+        self.verbose = verbose;
+    }
+
+    /// The model id the session talks to.
+    pub fn model(&self) -> &str {
+        &self.label.model
+    }
+
+    /// A one-line error with its exit kind.
+    fn run_error(&self, error: PromptError, run: &RunLog) -> anyhow::Error {
+        if let Some(fatal) = &run.fatal {
+            let kind = if run.fatal_in_provider { FailureKind::Provider } else { FailureKind::Store };
+            return tagged(kind, one_line(&(self.redact)(fatal)));
+        }
+        let message = match &error {
+            PromptError::MaxTurns { max_turns, .. } => format!(
+                "the agent did not reach an answer within {max_turns} model calls (AUDIENCE_MAX_TURNS); \
+                 ask a narrower question or raise the budget"
+            ),
+            PromptError::UnknownToolCall { tool_name, available_tools, .. } => format!(
+                "the model kept calling a tool that does not exist (`{tool_name}`; available: {})",
+                available_tools.join(", ")
+            ),
+            other => {
+                let detail = one_line(&(self.redact)(&error_chain(other)));
+                // A request that got no reply at all: say where we tried to go.
+                let hint = if detail.contains("error sending request") || detail.contains("timed out") {
+                    "; is the provider reachable (AUDIENCE_BASE_URL, network, AUDIENCE_TIMEOUT_SECS)?"
+                } else {
+                    ""
+                };
+                format!("LLM provider request failed: {detail}{hint}")
+            }
+        };
+        tagged(FailureKind::Provider, message)
+    }
+}
+
+fn tagged(kind: FailureKind, message: String) -> anyhow::Error {
+    anyhow::Error::msg(message).context(Failure(kind))
+}
+
+/// An error and its sources, without repeating a source its parent already printed.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Collapses whitespace (provider bodies are multi-line JSON) and caps the length.
+fn one_line(text: &str) -> String {
+    const MAX: usize = 400;
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// The system prompt: prompts/system.md with the compact table summary.
+pub fn system_prompt() -> String {
+    SYSTEM_PROMPT.replace("{schema}", &schema_summary())
+}
+
+/// One line per table, `name(col, col, ...)`, plus the value notes a model cannot guess.
+fn schema_summary() -> String {
+    let mut lines: Vec<String> =
+        TABLES.iter().map(|table| format!("- {}({})", table.name, table.columns().join(", "))).collect();
+    lines.push(
+        "events.event_type is 'view', 'add_to_cart' or 'purchase'; quantity < 0 is a return; \
+         profiles has one row per customer (RFM scores 1-5, segment, interests[])"
+            .to_owned(),
+    );
+    lines.join("\n")
+}
+
+fn build_agent(model: ChatModel, stores: Stores, max_turns: usize) -> Agent {
+    AgentBuilder::new(model.clone())
+        .preamble(system_prompt())
+        .default_max_turns(max_turns)
+        .tool(HybridDiscovery::new(stores.clone()))
+        .tool(SemanticSearch::new(stores.clone()))
+        .tool(SqlAnalytics::new(stores.clone(), model))
+        .tool(SqlDataRetriever::new(stores))
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::Failure;
+    use crate::provider::{ProviderKind, RetryPolicy};
+    use audience_tools::schema::READER_ROLE;
+    use audience_tools::vector::edge::EdgeIndex;
+    use rig_agent::test_utils::{MockCompletionModel, MockTurn};
+    use rig_core::completion::Usage;
+    use serde_json::json;
+
+    /// A private schema with the tables and three customers, dropped with the fixture.
+    struct Fixture {
+        stores: Stores,
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        async fn new() -> Self {
+            let url = database_url();
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+            let schema = format!("t_h5_{}_{nanos}", std::process::id());
+            let db = Db::connect(&url, &schema).await.unwrap();
+            let mut statements = vec![format!("CREATE SCHEMA {schema}")];
+            for table in TABLES {
+                statements.push(format!("CREATE TABLE {schema}.{} ({})", table.name, table.ddl));
+            }
+            statements.push(format!(
+                "DO $$ BEGIN CREATE ROLE {READER_ROLE} NOLOGIN; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+            ));
+            statements.push(format!("GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}"));
+            statements.push(format!("GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {READER_ROLE}"));
+            statements.push(format!(
+                "INSERT INTO {schema}.customers VALUES \
+                 (1, 'Anna', 'Berg', 'a@example.com', 'DE', 30, 'red', '2024-01-01'), \
+                 (2, 'Ben', 'Kurz', 'b@example.com', 'DE', 40, 'blue', '2024-02-01'), \
+                 (3, 'Cleo', 'Marin', 'c@example.com', 'FR', 50, 'green', '2024-03-01')"
+            ));
+            for statement in statements {
+                sqlx::query(&statement).execute(&db.pool).await.unwrap();
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let vectors: Arc<dyn VectorSearch> = Arc::new(EdgeIndex::open(&dir.path().join("vectors")).await.unwrap());
+            let embedder = LazyEmbedder::new(paths::models_dir());
+            Self { stores: Stores::new(db, vectors, embedder, ReadLimits::default()), dir }
+        }
+
+        fn session(&self, model: &MockCompletionModel, max_turns: usize) -> Session {
+            let config = AgentConfig {
+                provider: ProviderConfig {
+                    kind: ProviderKind::OpenAi,
+                    model: "gpt-4o-mini".to_owned(),
+                    base_url: None,
+                    api_key: None,
+                    timeout: std::time::Duration::from_secs(5),
+                    retry: RetryPolicy::default(),
+                },
+                data_dir: self.dir.path().to_owned(),
+                max_turns,
+                unknown_tool_retries: DEFAULT_UNKNOWN_TOOL_RETRIES,
+            };
+            let label = ModelLabel { provider: "openai".to_owned(), model: "gpt-4o-mini".to_owned() };
+            let ledger = Ledger::open(self.dir.path()).unwrap();
+            Session::with_model(model.clone().erase(), label, &config, self.stores.clone(), ledger, false)
+        }
+    }
+
+    /// Drops the schema even when the test panicked, over a fresh connection (a test may close the pool).
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let schema = self.stores.db.schema.clone();
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async {
+                    use sqlx::Connection;
+                    let mut conn = sqlx::PgConnection::connect(&database_url()).await.unwrap();
+                    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut conn).await.unwrap();
+                });
+            })
+            .join();
+        }
+    }
+
+    fn database_url() -> String {
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    }
+
+    fn usage(prompt: u64, completion: u64) -> Usage {
+        Usage::new().input_tokens(prompt).output_tokens(completion)
+    }
+
+    fn kind_of(error: &anyhow::Error) -> Option<FailureKind> {
+        error.downcast_ref::<Failure>().map(|f| f.0)
+    }
+
+    /// The text of every tool result the model was sent in `request`.
+    fn tool_results(model: &MockCompletionModel, request: usize) -> String {
+        let requests = model.requests();
+        serde_json::to_string(&requests[request].chat_history).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loop_runs_tools_and_sums_usage_over_every_call() {
+        let fixture = Fixture::new().await;
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "sql_analytics", json!({"question": "how many customers per country?"}))
+                .with_usage(usage(1000, 20)),
+            // The inner text-to-SQL call of sql_analytics.
+            MockTurn::text(
+                "```sql\nSELECT country, count(*) AS n FROM customers GROUP BY country ORDER BY country\n```",
+            )
+            .with_usage(usage(400, 30)),
+            MockTurn::text("DE has 2 customers and FR has 1.").with_usage(usage(1200, 15)),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("How many customers per country?").await.unwrap();
+        assert_eq!(answer.text, "DE has 2 customers and FR has 1.");
+        assert_eq!(answer.steps.len(), 1);
+        let step = &answer.steps[0];
+        assert_eq!(step.tool, "sql_analytics");
+        assert!(step.ok);
+        assert_eq!(
+            step.sql.as_deref(),
+            Some("SELECT country, count(*) AS n FROM customers GROUP BY country ORDER BY country")
+        );
+        assert!(step.observation.starts_with("2 rows"), "{}", step.observation);
+        let sent = tool_results(&model, 2).replace('\\', "");
+        assert!(sent.contains(r#"[["DE",2],["FR",1]]"#), "the rows reach the model: {sent}");
+        // Two agent calls and the inner call, all counted.
+        assert_eq!(answer.usage.llm_calls, 3);
+        assert_eq!((answer.usage.prompt_tokens, answer.usage.completion_tokens), (2600, 65));
+        assert!(!answer.usage.estimated);
+        let expected = (2600.0 * 0.15 + 65.0 * 0.60) / 1_000_000.0;
+        assert!((answer.usage.cost_usd.unwrap() - expected).abs() < 1e-12);
+        assert_eq!(session.totals().llm_calls, 3);
+        let ledger = std::fs::read_to_string(fixture.dir.path().join("usage.jsonl")).unwrap();
+        assert_eq!(ledger.lines().count(), 1);
+        assert!(answer.audience.is_none(), "analytics questions define no audience");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sql_errors_go_back_to_the_model_which_corrects_itself() {
+        let fixture = Fixture::new().await;
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "sql_analytics", json!({"sql": "SELECT nope FROM customers"})),
+            MockTurn::tool_call("c2", "sql_analytics", json!({"sql": "SELECT count(*) AS n FROM customers"})),
+            MockTurn::text("There are 3 customers."),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("How many customers?").await.unwrap();
+        assert_eq!(answer.steps.len(), 2);
+        assert!(!answer.steps[0].ok);
+        assert!(answer.steps[0].observation.contains("nope"), "{}", answer.steps[0].observation);
+        assert!(tool_results(&model, 1).contains("nope"), "the database error reaches the model");
+        assert!(answer.steps[1].ok);
+        // The mock reports no usage: counts are estimated, never silently zero.
+        assert!(answer.usage.estimated);
+        assert!(answer.usage.prompt_tokens > 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_turn_budget_stops_a_looping_model() {
+        let fixture = Fixture::new().await;
+        let call = || MockTurn::tool_call("c", "sql_analytics", json!({"sql": "SELECT 1 AS one FROM customers"}));
+        let model = MockCompletionModel::from_turns([call(), call(), call(), MockTurn::text("never reached")]);
+        let mut session = fixture.session(&model, 2);
+        let error = session.ask("loop").await.unwrap_err();
+        assert_eq!(kind_of(&error), Some(FailureKind::Provider));
+        assert!(format!("{error:#}").contains("within 2 model calls"), "{error:#}");
+        assert_eq!(model.request_count(), 2);
+        let usage = session.last_usage().unwrap();
+        assert!(!usage.ok);
+        assert_eq!(usage.llm_calls, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unknown_tool_gets_one_correction_then_fails() {
+        let fixture = Fixture::new().await;
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "run_sql", json!({"sql": "DROP TABLE customers"})),
+            MockTurn::text("Sorry, I can only read data."),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("drop the customers table").await.unwrap();
+        assert_eq!(answer.text, "Sorry, I can only read data.");
+        assert_eq!(answer.steps[0].tool, "run_sql");
+        assert!(answer.steps[0].observation.contains("unknown tool"));
+        assert!(tool_results(&model, 1).contains("no tool named `run_sql`"));
+        let customers: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM customers").fetch_one(&fixture.stores.db.pool).await.unwrap();
+        assert_eq!(customers, 3, "nothing ran the DROP");
+
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "run_sql", json!({})),
+            MockTurn::tool_call("c2", "run_sql", json!({})),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let error = session.ask("again").await.unwrap_err();
+        assert_eq!(kind_of(&error), Some(FailureKind::Provider));
+        assert!(format!("{error:#}").contains("does not exist (`run_sql`"), "{error:#}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fatal_tool_failure_stops_the_run() {
+        let fixture = Fixture::new().await;
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "sql_analytics", json!({"sql": "SELECT count(*) FROM customers"})),
+            MockTurn::text("must not be requested"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        // The database "goes down": every connection attempt fails from now on.
+        fixture.stores.db.pool.close().await;
+        let error = session.ask("How many customers?").await.unwrap_err();
+        assert_eq!(kind_of(&error), Some(FailureKind::Store), "{error:#}");
+        assert!(format!("{error:#}").contains("sql_analytics failed"), "{error:#}");
+        assert_eq!(model.request_count(), 1, "no model call after the fatal failure");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_text_to_sql_call_is_a_provider_error() {
+        let fixture = Fixture::new().await;
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "sql_analytics", json!({"question": "how many customers?"})),
+            MockTurn::error("upstream unavailable"),
+            MockTurn::text("must not be requested"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let error = session.ask("How many customers?").await.unwrap_err();
+        assert_eq!(kind_of(&error), Some(FailureKind::Provider), "{error:#}");
+        assert!(format!("{error:#}").contains("upstream unavailable"), "{error:#}");
+        assert_eq!(model.request_count(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follow_ups_see_the_conversation_until_reset() {
+        let fixture = Fixture::new().await;
+        let model = MockCompletionModel::from_turns([
+            MockTurn::text("First answer."),
+            MockTurn::text("Second answer."),
+            MockTurn::text("Third answer."),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        session.ask("first question").await.unwrap();
+        session.ask("and a follow-up").await.unwrap();
+        let second = tool_results(&model, 1);
+        assert!(second.contains("first question") && second.contains("First answer."), "{second}");
+        session.reset();
+        session.ask("fresh start").await.unwrap();
+        assert!(!tool_results(&model, 2).contains("first question"));
+        assert_eq!(session.totals().questions, 3);
+    }
+
+    #[test]
+    fn system_prompt_is_short_and_names_every_table() {
+        let prompt = system_prompt();
+        for table in TABLES {
+            assert!(prompt.contains(&format!("- {}(", table.name)), "{prompt}");
+        }
+        assert!(!prompt.contains("{schema}"));
+        // The whole request (prompt + tool schemas + question) should stay near 2k tokens.
+        let tokens = crate::ledger::estimate_tokens(&prompt);
+        assert!(tokens < 900, "system prompt is {tokens} tokens");
+    }
+
+    #[test]
+    fn provider_errors_become_one_short_line() {
+        let text = one_line("HttpError:\n  {\n \"error\": \"down\"\n}");
+        assert_eq!(text, "HttpError: { \"error\": \"down\" }");
+        assert!(one_line(&"x ".repeat(1000)).chars().count() <= 401);
+    }
+}

@@ -1,0 +1,461 @@
+//! The LLM provider: configuration from the environment (and `<data_dir>/config.toml`), and a chat model
+//! whose HTTP transport retries 429 and 5xx replies with exponential backoff and enforces a request timeout.
+//!
+//! Every provider is reached through its chat-completions API (never OpenAI's Responses API): the fake
+//! server in the end-to-end tests, OpenRouter, Groq, Ollama and compatible gateways all speak it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use rig_core::DynModel;
+use rig_core::http_client::{
+    self, HttpClientExt, LazyBody, MultipartForm, Request, Response, StatusCode, StreamingResponse,
+};
+use rig_core::operation::Completion;
+use rig_core::providers::gemini::GeminiConfig;
+use rig_core::providers::ollama::OllamaConfig;
+use rig_core::providers::openai::OpenAIConfig;
+use rig_core::providers::openai::wire::{Dialect, GROQ, OLLAMA, OPENAI, OPENROUTER};
+use rig_reqwest::ReqwestClient;
+
+use crate::exit::{FailureExt, FailureKind};
+
+/// The chat model every part of the agent uses (the loop and the inner text-to-SQL call).
+pub type ChatModel = DynModel<Completion>;
+
+/// Longest wait we honour from a `Retry-After` header; a provider asking for more is treated as down.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// First backoff delay; doubled on each retry.
+const BASE_BACKOFF: Duration = Duration::from_millis(500);
+/// Cap of the exponential backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+const DEFAULT_TIMEOUT_SECS: u64 = 60;
+const DEFAULT_MAX_RETRIES: u32 = 3;
+
+/// A supported provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenRouter,
+    OpenAi,
+    Groq,
+    Gemini,
+    Ollama,
+    OpenAiCompatible,
+}
+
+impl ProviderKind {
+    const ALL: [ProviderKind; 6] = [
+        ProviderKind::OpenRouter,
+        ProviderKind::OpenAi,
+        ProviderKind::Groq,
+        ProviderKind::Gemini,
+        ProviderKind::Ollama,
+        ProviderKind::OpenAiCompatible,
+    ];
+
+    /// The value of `AUDIENCE_PROVIDER` that selects this provider.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::OpenRouter => "openrouter",
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Groq => "groq",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Ollama => "ollama",
+            ProviderKind::OpenAiCompatible => "openai-compatible",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Self> {
+        let value = value.trim().to_ascii_lowercase();
+        Self::ALL.into_iter().find(|kind| kind.name() == value).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|kind| kind.name()).collect();
+            anyhow!("AUDIENCE_PROVIDER={value:?} is not a known provider; use one of {}", names.join(", "))
+        })
+    }
+
+    /// The model used when `AUDIENCE_MODEL` is not set; prompts/prices.toml prices each of these.
+    pub fn default_model(self) -> &'static str {
+        match self {
+            ProviderKind::OpenRouter => "google/gemini-2.0-flash-001",
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => "gpt-4o-mini",
+            ProviderKind::Groq => "llama-3.3-70b-versatile",
+            ProviderKind::Gemini => "gemini-2.0-flash",
+            ProviderKind::Ollama => "llama3.1",
+        }
+    }
+
+    /// The provider's own key variable, tried after `AUDIENCE_API_KEY`; `None` when no key is needed.
+    pub fn key_variable(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenRouter => Some("OPENROUTER_API_KEY"),
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => Some("OPENAI_API_KEY"),
+            ProviderKind::Groq => Some("GROQ_API_KEY"),
+            ProviderKind::Gemini => Some("GEMINI_API_KEY"),
+            ProviderKind::Ollama => None,
+        }
+    }
+
+    fn dialect(self) -> &'static Dialect {
+        match self {
+            ProviderKind::OpenRouter => &OPENROUTER,
+            ProviderKind::Groq => &GROQ,
+            ProviderKind::Ollama => &OLLAMA,
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::Gemini => &OPENAI,
+        }
+    }
+}
+
+/// A credential that never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+/// When and how often the transport retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (`AUDIENCE_MAX_RETRIES`, default 3).
+    pub max_retries: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: DEFAULT_MAX_RETRIES,
+            base_backoff: BASE_BACKOFF,
+            max_backoff: MAX_BACKOFF,
+            max_retry_after: MAX_RETRY_AFTER,
+        }
+    }
+}
+
+/// The resolved provider settings.
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub model: String,
+    /// Overrides the provider's URL (`AUDIENCE_BASE_URL`); required for `openai-compatible`.
+    pub base_url: Option<String>,
+    /// `None` only for providers that need no key (ollama).
+    pub api_key: Option<ApiKey>,
+    /// Per-request timeout (`AUDIENCE_TIMEOUT_SECS`).
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// Settings from the environment, falling back to `<data_dir>/config.toml` (same keys, env wins).
+pub struct Settings {
+    file: BTreeMap<String, String>,
+}
+
+impl Settings {
+    pub fn load(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("config.toml");
+        let file = match std::fs::read_to_string(&path) {
+            Ok(text) => parse_config_file(&text).with_context(|| format!("invalid {}", path.display()))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(Self { file })
+    }
+
+    pub fn get(&self, name: &str) -> Option<String> {
+        let from_env = std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+        from_env.or_else(|| self.file.get(name).cloned()).map(|value| value.trim().to_owned())
+    }
+
+    fn number(&self, name: &str, default: u64) -> Result<u64> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(value) => value.parse().map_err(|_| anyhow!("{name}={value:?} is not a whole number")),
+        }
+    }
+}
+
+/// The config file is a flat table of the environment variable names, e.g. `AUDIENCE_PROVIDER = "groq"`.
+fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>> {
+    let table: toml::Table = toml::from_str(text)?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(number) => number.to_string(),
+                other => bail!("{key} must be a string or a number, not {}", other.type_str()),
+            };
+            Ok((key, value))
+        })
+        .collect()
+}
+
+impl ProviderConfig {
+    /// Reads the provider settings. A missing key or an unusable value is a configuration error (exit 2)
+    /// naming the variable to set.
+    pub fn load(data_dir: &Path) -> Result<Self> {
+        Self::resolve(data_dir).kind(FailureKind::Config)
+    }
+
+    fn resolve(data_dir: &Path) -> Result<Self> {
+        let settings = Settings::load(data_dir)?;
+        let kind = match settings.get("AUDIENCE_PROVIDER") {
+            Some(value) => ProviderKind::parse(&value)?,
+            None => ProviderKind::OpenRouter,
+        };
+        let model = settings.get("AUDIENCE_MODEL").unwrap_or_else(|| kind.default_model().to_owned());
+        let base_url = settings.get("AUDIENCE_BASE_URL");
+        if kind == ProviderKind::OpenAiCompatible && base_url.is_none() {
+            bail!(
+                "AUDIENCE_PROVIDER=openai-compatible needs AUDIENCE_BASE_URL (e.g. http://127.0.0.1:8000/v1); set it"
+            );
+        }
+        let api_key = settings.get("AUDIENCE_API_KEY").or_else(|| kind.key_variable().and_then(|v| settings.get(v)));
+        let api_key = match (api_key, kind.key_variable()) {
+            (Some(key), _) => Some(ApiKey(key)),
+            (None, None) => None,
+            (None, Some(variable)) => bail!(
+                "no LLM provider key configured for provider {}: set AUDIENCE_API_KEY (or {variable}), \
+                 or choose another provider with AUDIENCE_PROVIDER",
+                kind.name()
+            ),
+        };
+        let timeout_secs = settings.number("AUDIENCE_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS)?;
+        if timeout_secs == 0 {
+            bail!("AUDIENCE_TIMEOUT_SECS must be at least 1");
+        }
+        let max_retries = settings.number("AUDIENCE_MAX_RETRIES", u64::from(DEFAULT_MAX_RETRIES))?;
+        let max_retries = u32::try_from(max_retries).map_err(|_| anyhow!("AUDIENCE_MAX_RETRIES is too large"))?;
+        Ok(Self {
+            kind,
+            model,
+            base_url,
+            api_key,
+            timeout: Duration::from_secs(timeout_secs),
+            retry: RetryPolicy { max_retries, ..RetryPolicy::default() },
+        })
+    }
+
+    /// Builds the chat model on a retrying, time-limited transport.
+    pub fn chat_model(&self) -> Result<ChatModel> {
+        let http = RetryingHttp::new(self.timeout, self.retry).kind(FailureKind::Config)?;
+        let key = self.api_key.as_ref().map(|key| key.expose().to_owned()).unwrap_or_default();
+        let model = match self.kind {
+            ProviderKind::Gemini => {
+                let mut config = GeminiConfig::new(key);
+                if let Some(url) = &self.base_url {
+                    config = config.with_base_url(url.clone());
+                }
+                config.connect(http).completion(self.model.clone()).erase()
+            }
+            ProviderKind::Ollama => {
+                let mut config = OllamaConfig::new();
+                if let Some(url) = &self.base_url {
+                    config = config.with_base_url(url);
+                }
+                if !key.is_empty() {
+                    config = config.with_api_key(key);
+                }
+                config.connect(http).completion(self.model.clone()).erase()
+            }
+            kind => {
+                let mut config = OpenAIConfig::with_key(kind.dialect(), key);
+                if let Some(url) = &self.base_url {
+                    config = config.with_base_url(url.clone());
+                }
+                config.connect(http).chat(self.model.clone()).erase()
+            }
+        };
+        Ok(model)
+    }
+
+    /// Removes the API key from a message before it is printed (some providers put it in URLs).
+    pub fn redact(&self, message: &str) -> String {
+        match &self.api_key {
+            Some(key) if !key.expose().is_empty() => message.replace(key.expose(), "***"),
+            _ => message.to_owned(),
+        }
+    }
+}
+
+/// An HTTP transport that retries 429 and 5xx replies: exponential backoff, or the reply's `Retry-After`
+/// (seconds) when present, capped. Connection failures and timeouts are not retried: they would only
+/// multiply the wait before the same error.
+#[derive(Clone, Debug)]
+pub struct RetryingHttp {
+    inner: ReqwestClient,
+    policy: RetryPolicy,
+}
+
+impl RetryingHttp {
+    pub fn new(timeout: Duration, policy: RetryPolicy) -> Result<Self> {
+        let client = rig_reqwest::reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self { inner: ReqwestClient::from(client), policy })
+    }
+}
+
+/// How long to wait before retrying `error`, or `None` when it must not be retried.
+fn retry_delay(error: &http_client::Error, attempt: u32, policy: &RetryPolicy) -> Option<Duration> {
+    let status = error.non_success_status()?;
+    if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
+        return None;
+    }
+    let retry_after = error
+        .non_success_headers()
+        .and_then(|headers| headers.get(http::header::RETRY_AFTER))
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let backoff = policy.base_backoff.saturating_mul(2u32.saturating_pow(attempt)).min(policy.max_backoff);
+    match retry_after {
+        Some(wait) if wait > policy.max_retry_after => None,
+        Some(wait) => Some(wait),
+        None => Some(backoff),
+    }
+}
+
+/// A request with the same method, URI, headers and body, for another attempt.
+fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Result<Request<Bytes>, http::Error> {
+    let mut builder = Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).version(parts.version);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers.clone();
+    }
+    builder.body(body.clone())
+}
+
+impl HttpClientExt for RetryingHttp {
+    fn send<T, U>(
+        &self,
+        req: Request<T>,
+    ) -> impl Future<Output = http_client::Result<Response<LazyBody<U>>>> + Send + 'static
+    where
+        T: Into<Bytes>,
+        T: Send,
+        U: From<Bytes>,
+        U: Send + 'static,
+    {
+        let (parts, body) = req.into_parts();
+        let body: Bytes = body.into();
+        let inner = self.inner.clone();
+        let policy = self.policy;
+        async move {
+            let mut attempt = 0;
+            loop {
+                let request = rebuild(&parts, &body)?;
+                match inner.send::<Bytes, U>(request).await {
+                    Err(error) if attempt < policy.max_retries => match retry_delay(&error, attempt, &policy) {
+                        Some(delay) => {
+                            tracing::warn!(
+                                "LLM provider answered {}; retrying in {:.1} s",
+                                error.non_success_status().map_or_else(String::new, |s| s.to_string()),
+                                delay.as_secs_f64()
+                            );
+                            tokio::time::sleep(delay).await;
+                            attempt += 1;
+                        }
+                        None => return Err(error),
+                    },
+                    other => return other,
+                }
+            }
+        }
+    }
+
+    fn send_multipart<U>(
+        &self,
+        req: Request<MultipartForm>,
+    ) -> impl Future<Output = http_client::Result<Response<LazyBody<U>>>> + Send + 'static
+    where
+        U: From<Bytes>,
+        U: Send + 'static,
+    {
+        // Multipart forms cannot be replayed; the agent never sends them (audio/files only).
+        self.inner.send_multipart(req)
+    }
+
+    fn send_streaming<T>(&self, req: Request<T>) -> impl Future<Output = http_client::Result<StreamingResponse>> + Send
+    where
+        T: Into<Bytes> + Send,
+    {
+        // The agent uses unary calls; a stream is sent once, like the bundled client does.
+        self.inner.send_streaming(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rig_core::http_client::{HeaderMap, HeaderValue};
+
+    fn status_error(status: u16, retry_after: Option<&str>) -> http_client::Error {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = retry_after {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        }
+        http_client::Error::non_success_with_details(StatusCode::from_u16(status).unwrap(), headers, String::new())
+    }
+
+    #[test]
+    fn retries_rate_limits_and_server_errors_only() {
+        let policy = RetryPolicy::default();
+        assert_eq!(retry_delay(&status_error(429, Some("2")), 0, &policy), Some(Duration::from_secs(2)));
+        assert_eq!(retry_delay(&status_error(503, None), 0, &policy), Some(BASE_BACKOFF));
+        assert_eq!(retry_delay(&status_error(500, None), 2, &policy), Some(BASE_BACKOFF * 4));
+        assert_eq!(retry_delay(&status_error(500, None), 10, &policy), Some(MAX_BACKOFF));
+        assert_eq!(retry_delay(&status_error(400, None), 0, &policy), None);
+        assert_eq!(retry_delay(&status_error(401, None), 0, &policy), None);
+        // A provider asking for a long pause is treated as unavailable rather than hanging the command.
+        assert_eq!(retry_delay(&status_error(429, Some("3600")), 0, &policy), None);
+    }
+
+    #[test]
+    fn config_file_accepts_strings_and_numbers() {
+        let table = parse_config_file("AUDIENCE_PROVIDER = \"groq\"\nAUDIENCE_TIMEOUT_SECS = 30\n").unwrap();
+        assert_eq!(table["AUDIENCE_PROVIDER"], "groq");
+        assert_eq!(table["AUDIENCE_TIMEOUT_SECS"], "30");
+        assert!(parse_config_file("AUDIENCE_PROVIDER = [1]").is_err());
+    }
+
+    #[test]
+    fn provider_names_round_trip() {
+        for kind in ProviderKind::ALL {
+            assert_eq!(ProviderKind::parse(kind.name()).unwrap(), kind);
+        }
+        let error = ProviderKind::parse("claude").unwrap_err().to_string();
+        assert!(error.contains("openrouter, openai"), "{error}");
+    }
+
+    #[test]
+    fn redacts_the_key() {
+        let config = ProviderConfig {
+            kind: ProviderKind::Gemini,
+            model: "m".into(),
+            base_url: None,
+            api_key: Some(ApiKey("sekret".into())),
+            timeout: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+        };
+        assert_eq!(config.redact("GET /x?key=sekret failed"), "GET /x?key=*** failed");
+        assert!(!format!("{config:?}").contains("sekret"));
+    }
+}

@@ -1,0 +1,137 @@
+//! `audience tool NAME --args JSON`: runs one agent tool directly (no LLM loop) and prints its JSON output;
+//! `audience tool --list` lists the tools with their descriptions.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use audience_tools::failure::ToolFailure;
+use audience_tools::hybrid_discovery::HybridDiscovery;
+use audience_tools::semantic_search::SemanticSearch;
+use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
+use audience_tools::sql_data_retriever::SqlDataRetriever;
+use audience_tools::stores::Stores;
+use audience_tools::trace::ToolTrace;
+use clap::Args;
+use rig_core::tool::{Tool, ToolContext};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::Global;
+use crate::agent::open_stores;
+use crate::exit::{FailureExt, FailureKind};
+use crate::ledger::{CallPurpose, CallUsage, Ledger, UsageRecord};
+use crate::provider::{ChatModel, ProviderConfig};
+
+/// The tools and their model-facing descriptions (the same files the tools send to the model).
+const TOOLS: [(&str, &str); 4] = [
+    ("hybrid_discovery", include_str!("../prompts/tools/hybrid_discovery.md")),
+    ("semantic_search", include_str!("../prompts/tools/semantic_search.md")),
+    ("sql_analytics", include_str!("../prompts/tools/sql_analytics.md")),
+    ("sql_data_retriever", include_str!("../prompts/tools/sql_data_retriever.md")),
+];
+
+const EXAMPLES: &str = "\
+Examples:
+  audience tool --list
+  audience tool sql_analytics --args '{\"sql\": \"SELECT country, count(*) FROM customers GROUP BY 1\"}'
+  audience tool sql_analytics --args '{\"question\": \"revenue by month\"}'   (needs a provider)
+  audience tool hybrid_discovery --args '{\"condition\": \"event_type = '\\''purchase'\\''\", \"intent\": \"hiking\"}'
+  audience tool semantic_search --args '{\"intent\": \"luxury watches\", \"limit\": 5}'
+  audience tool sql_data_retriever --args '{\"customer_ids\": [1, 2], \"fields\": [\"email\", \"segment\"]}'
+
+Exit codes: 0 ok, 1 bad arguments, 2 configuration, 3 provider, 4 tool or database error.";
+
+#[derive(Args, Debug)]
+#[command(after_help = EXAMPLES)]
+pub struct ToolArgs {
+    /// The tool to run.
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// The tool's arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    args: String,
+    /// List the tools and their descriptions.
+    #[arg(long, conflicts_with = "name")]
+    list: bool,
+}
+
+pub async fn run(args: ToolArgs, global: &Global) -> Result<()> {
+    if args.list {
+        for (name, description) in TOOLS {
+            println!("{name}\n  {}\n", description.trim().replace('\n', "\n  "));
+        }
+        return Ok(());
+    }
+    let name = args.name.ok_or_else(|| anyhow!("name a tool, or pass --list"))?;
+    if !TOOLS.iter().any(|(tool, _)| *tool == name) {
+        let names: Vec<&str> = TOOLS.iter().map(|(tool, _)| *tool).collect();
+        bail!("unknown tool {name:?}; the tools are {}", names.join(", "));
+    }
+    let json: Value = serde_json::from_str(&args.args).context("--args is not valid JSON")?;
+    let stores = open_stores(&global.data_dir).await?;
+    let start = Instant::now();
+    let (output, trace) = match name.as_str() {
+        "hybrid_discovery" => call(HybridDiscovery::new(stores), json).await?,
+        "semantic_search" => call(SemanticSearch::new(stores), json).await?,
+        "sql_data_retriever" => call(SqlDataRetriever::new(stores), json).await?,
+        _ => return run_sql_analytics(stores, json, global, start).await,
+    };
+    print(&output, trace.as_ref(), global.verbose)
+}
+
+/// `sql_analytics` runs `{"sql"}` without a provider; `{"question"}` needs one for the text-to-SQL call,
+/// whose usage is recorded in the ledger like an agent question.
+async fn run_sql_analytics(stores: Stores, json: Value, global: &Global, start: Instant) -> Result<()> {
+    let parsed: SqlAnalyticsArgs = serde_json::from_value(json.clone()).context("invalid --args for sql_analytics")?;
+    let needs_model = parsed.sql.as_deref().is_none_or(|sql| sql.trim().is_empty());
+    if !needs_model {
+        let (output, trace) = call(SqlAnalytics::<ChatModel>::sql_only(stores), json).await?;
+        return print(&output, trace.as_ref(), global.verbose);
+    }
+    let provider = ProviderConfig::load(&global.data_dir)?;
+    let tool = SqlAnalytics::new(stores, provider.chat_model()?);
+    let mut ledger = Ledger::open(&global.data_dir)?;
+    let result = call(tool, json).await;
+    if let Some(inner) = result.as_ref().ok().and_then(|(_, trace)| trace.as_ref()?.inner_llm.clone()) {
+        let usage = CallUsage {
+            purpose: CallPurpose::SqlWriter,
+            prompt_tokens: inner.usage.input_tokens.unwrap_or(0),
+            completion_tokens: inner.usage.output_tokens.unwrap_or(0),
+            estimated: inner.usage.input_tokens.is_none() || inner.usage.output_tokens.is_none(),
+            ms: inner.ms,
+        };
+        let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let record =
+            UsageRecord::new(provider.kind.name(), &provider.model, vec![usage], 0, ledger.prices(), elapsed, true);
+        ledger.record(&record);
+        eprintln!("{}", record.summary_line());
+    }
+    let (output, trace) = result?;
+    print(&output, trace.as_ref(), global.verbose)
+}
+
+/// Runs a tool through rig's `Tool::call` (so it publishes its trace exactly as in the agent loop).
+async fn call<T>(tool: T, json: Value) -> Result<(Value, Option<ToolTrace>)>
+where
+    T: Tool<Error = ToolFailure>,
+    T::Output: Serialize,
+{
+    let args: T::Args = serde_json::from_value(json).with_context(|| format!("invalid --args for {}", T::NAME))?;
+    let mut context = ToolContext::new();
+    let result = tool.call(&mut context, args).await;
+    let trace = context.result::<ToolTrace>().ok().flatten();
+    match result {
+        Ok(output) => Ok((serde_json::to_value(output)?, trace)),
+        Err(ToolFailure::Correctable(message)) => Err(anyhow!("{}: {message}", T::NAME)).kind(FailureKind::Store),
+        Err(ToolFailure::Fatal(error)) => Err(error.context(format!("{} failed", T::NAME))).kind(FailureKind::Store),
+    }
+}
+
+/// The output on stdout; with --verbose the trace (exact SQL, filter, strategy, timings) on stderr.
+fn print(output: &Value, trace: Option<&ToolTrace>, verbose: bool) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(output)?);
+    if verbose && let Some(trace) = trace {
+        eprintln!("trace: {}", serde_json::to_string(trace)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! The agent's trace: a rig hook recording each Thought (assistant text), Action (tool and arguments), the
+//! exact SQL and vector filter a tool ran (from the tool's host-only `ToolTrace`), the Observation, per-step
+//! latency and per-call token usage. It also stops the run on a fatal tool failure and steers the model
+//! back after an unknown tool name.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use audience_tools::failure::is_fatal;
+use audience_tools::trace::ToolTrace;
+use rig_agent::agent::{
+    AgentHook, DispatchAction, DispatchEvent, HookContext, InvalidToolCallAction, InvalidToolCallContext,
+    InvalidToolCallReason, ModelTurnAction, ModelTurnFinished, OutcomeAction, OutcomeEvent,
+};
+use rig_core::completion::Usage;
+use rig_core::message::AssistantContent;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
+
+/// Tools whose result defines "the audience": the customers they returned.
+const AUDIENCE_TOOLS: [&str; 2] = ["hybrid_discovery", "semantic_search"];
+/// Longest observation kept in a step (the model saw the whole output).
+const OBSERVATION_CHARS: usize = 300;
+
+/// One Thought / Action / Observation step of the loop.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Step {
+    /// The assistant text that came with the action, if any.
+    pub thought: Option<String>,
+    pub tool: String,
+    pub args: Value,
+    /// The exact SQL the tool ran.
+    pub sql: Option<String>,
+    /// The vector filter the tool used (our filter JSON, same for both engines).
+    pub vector_filter: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate_size: Option<u64>,
+    /// A short summary of what the tool returned (or its error).
+    pub observation: String,
+    pub ok: bool,
+    /// Tool wall time.
+    pub ms: u64,
+}
+
+/// The customers a discovery tool returned last.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Audience {
+    /// How many customers match: the gate size for `hybrid_discovery`, else the number returned.
+    pub size: u64,
+    /// The ranked customers as the tool returned them.
+    pub customers: Vec<Value>,
+}
+
+/// What the hook recorded during one run.
+#[derive(Debug, Default)]
+pub struct RunLog {
+    pub steps: Vec<Step>,
+    pub calls: Vec<CallUsage>,
+    pub embedding_tokens: u64,
+    pub audience: Option<Audience>,
+    /// Set when a tool failed fatally; the run was stopped with this message.
+    pub fatal: Option<String>,
+    /// True when that fatal failure was the LLM provider's (the inner text-to-SQL call), not a store's.
+    pub fatal_in_provider: bool,
+    /// The text of the latest model turn, attached to the next step.
+    pending_thought: Option<String>,
+    /// Tool call id -> when it was dispatched.
+    pending_tools: HashMap<String, Instant>,
+    /// When the current completion was dispatched, and the request as JSON (for estimating its tokens).
+    pending_completion: Option<(Instant, String)>,
+}
+
+/// A shared handle to the run log: the hook writes, the session reads after the run.
+pub type SharedLog = Arc<Mutex<RunLog>>;
+
+pub fn lock(log: &SharedLog) -> MutexGuard<'_, RunLog> {
+    // A panic while holding the lock leaves plain data behind; keep using it.
+    log.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The rig hook. One per run.
+pub struct TraceHook {
+    log: SharedLog,
+    verbose: bool,
+}
+
+impl TraceHook {
+    pub fn new(log: SharedLog, verbose: bool) -> Self {
+        Self { log, verbose }
+    }
+}
+
+fn elapsed_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Usage of one call: the provider's counts, or a tiktoken estimate for the counts it did not report.
+fn call_usage(usage: &Usage, request_json: Option<&str>, content: &[AssistantContent], ms: u64) -> CallUsage {
+    let prompt = usage.input_tokens;
+    let completion = usage.output_tokens;
+    let estimated = prompt.is_none() || completion.is_none();
+    let prompt_tokens = prompt.unwrap_or_else(|| request_json.map_or(0, estimate_tokens));
+    let completion_tokens = completion.unwrap_or_else(|| {
+        let text = serde_json::to_string(content).unwrap_or_default();
+        estimate_tokens(&text)
+    });
+    CallUsage { purpose: CallPurpose::Agent, prompt_tokens, completion_tokens, estimated, ms }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// A short, human-readable summary of a tool's JSON output.
+pub fn summarize_output(output: &Value) -> String {
+    let count = |key: &str| output.get(key).and_then(Value::as_array).map(Vec::len);
+    if let Some(customers) = count("customers") {
+        let ids: Vec<String> = output["customers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(5)
+            .filter_map(|c| c.get("customer_id").map(|id| id.to_string()))
+            .collect();
+        let of = matching(output).map(|n| format!(" of {n} matching"));
+        return format!("{customers} customers ranked{}; top ids: {}", of.unwrap_or_default(), ids.join(", "));
+    }
+    if let Some(rows) = count("rows") {
+        let total = output.get("row_count").and_then(Value::as_u64).unwrap_or(rows as u64);
+        let truncated =
+            if output.get("truncated").and_then(Value::as_bool) == Some(true) { " (truncated)" } else { "" };
+        let first = output["rows"].get(0).map(|row| format!("; first: {row}")).unwrap_or_default();
+        return truncate(&format!("{total} rows{truncated}{first}"), OBSERVATION_CHARS);
+    }
+    if let Some(records) = count("records") {
+        return format!("{records} customer records");
+    }
+    truncate(&output.to_string(), OBSERVATION_CHARS)
+}
+
+/// How many customers matched: `gate_size` (hybrid_discovery) or `count` (semantic_search).
+fn matching(output: &Value) -> Option<u64> {
+    output.get("gate_size").or_else(|| output.get("count")).and_then(Value::as_u64)
+}
+
+/// The audience a discovery tool's output describes.
+fn audience_of(output: &Value) -> Option<Audience> {
+    let customers = output.get("customers")?.as_array()?.clone();
+    let size = matching(output).unwrap_or(customers.len() as u64);
+    Some(Audience { size, customers })
+}
+
+impl TraceHook {
+    fn say(&self, line: impl AsRef<str>) {
+        if self.verbose {
+            eprintln!("{}", line.as_ref());
+        }
+    }
+
+    fn record_tool_outcome(&self, event: &OutcomeEvent<'_>) -> OutcomeAction {
+        let Some(tool) = event.tool_name() else { return OutcomeAction::proceed() };
+        let args: Value = event
+            .tool_args()
+            .map(|raw| serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned())))
+            .unwrap_or(Value::Null);
+        let trace: Option<ToolTrace> = event.tool_context().and_then(|ctx| ctx.result::<ToolTrace>().ok().flatten());
+        let result = event.tool_result();
+        let error = match (result, event.outcome) {
+            (Some(result), _) => result.error().map(|e| (e.message().to_owned(), is_fatal(e))),
+            (None, Err(report)) => Some((report.message.clone(), false)),
+            (None, Ok(_)) => None,
+        };
+        let fatal = trace
+            .as_ref()
+            .and_then(|t| t.fatal.clone())
+            .or_else(|| error.as_ref().filter(|(_, fatal)| *fatal).map(|(message, _)| message.clone()));
+        let output = result.filter(|r| r.is_success()).map(|r| {
+            let output = r.output();
+            output.as_json().cloned().unwrap_or_else(|| {
+                let text = output.render();
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            })
+        });
+        let observation = match (&error, &output) {
+            (Some((message, _)), _) => format!("error: {}", truncate(message, OBSERVATION_CHARS)),
+            (None, Some(output)) => summarize_output(output),
+            (None, None) => "skipped".to_owned(),
+        };
+
+        let mut log = lock(&self.log);
+        let started = event.call_id.and_then(|id| log.pending_tools.remove(&id.to_string()));
+        let ms = started
+            .map_or_else(|| trace.as_ref().and_then(|t| t.timings_ms.get("total").copied()).unwrap_or(0), elapsed_ms);
+        if let Some(trace) = &trace {
+            log.embedding_tokens += trace.embedding_tokens;
+            if let Some(inner) = &trace.inner_llm {
+                let prompt = inner.usage.input_tokens;
+                let completion = inner.usage.output_tokens;
+                log.calls.push(CallUsage {
+                    purpose: CallPurpose::SqlWriter,
+                    // The tool keeps no prompt text to estimate from; 0 is flagged as estimated.
+                    prompt_tokens: prompt.unwrap_or(0),
+                    completion_tokens: completion.unwrap_or_else(|| trace.sql.as_deref().map_or(0, estimate_tokens)),
+                    estimated: prompt.is_none() || completion.is_none(),
+                    ms: inner.ms,
+                });
+            }
+        }
+        if let Some(output) = &output
+            && AUDIENCE_TOOLS.contains(&tool)
+        {
+            log.audience = audience_of(output);
+        }
+        let step = Step {
+            thought: log.pending_thought.take(),
+            tool: tool.to_owned(),
+            args,
+            sql: trace.as_ref().and_then(|t| t.sql.clone()),
+            vector_filter: trace
+                .as_ref()
+                .and_then(|t| t.vector_filter.as_ref())
+                .and_then(|f| serde_json::to_value(f).ok()),
+            strategy: trace.as_ref().and_then(|t| t.strategy).map(|s| s.as_str().to_owned()),
+            gate_size: trace.as_ref().and_then(|t| t.gate_size),
+            observation,
+            ok: error.is_none(),
+            ms,
+        };
+        if let Some(sql) = &step.sql {
+            self.say(format!("  sql: {sql}"));
+        }
+        if let Some(filter) = &step.vector_filter {
+            self.say(format!("  vector filter: {filter}"));
+        }
+        if let Some(strategy) = &step.strategy {
+            self.say(format!("  strategy: {strategy}"));
+        }
+        self.say(format!("← observation ({} ms): {}", step.ms, step.observation));
+        log.steps.push(step);
+        if let Some(message) = fatal {
+            let reason = format!("{tool} failed: {message}");
+            log.fatal = Some(reason.clone());
+            // sql_analytics times its inner LLM call as "llm" and records the call only when it answered.
+            log.fatal_in_provider =
+                trace.as_ref().is_some_and(|t| t.timings_ms.contains_key("llm") && t.inner_llm.is_none());
+            return OutcomeAction::stop(reason);
+        }
+        OutcomeAction::proceed()
+    }
+}
+
+impl AgentHook for TraceHook {
+    async fn on_dispatch(&self, _ctx: &HookContext, event: DispatchEvent<'_>) -> DispatchAction {
+        if let Some(request) = event.completion_request() {
+            // Serialized now, estimated only if the provider reports no usage.
+            let json = serde_json::to_string(&(&request.chat_history, &request.tools)).unwrap_or_default();
+            lock(&self.log).pending_completion = Some((Instant::now(), json));
+        } else if let Some(tool) = event.tool_name() {
+            self.say(format!("→ action: {tool} {}", event.tool_args().unwrap_or("{}")));
+            if let Some(id) = event.call_id {
+                lock(&self.log).pending_tools.insert(id.to_string(), Instant::now());
+            }
+        }
+        DispatchAction::proceed()
+    }
+
+    async fn on_model_turn_finished(&self, _ctx: &HookContext, event: ModelTurnFinished<'_>) -> ModelTurnAction {
+        let text: Vec<&str> = event
+            .content
+            .iter()
+            .filter_map(|part| match part {
+                AssistantContent::Text(text) => Some(text.text()),
+                _ => None,
+            })
+            .filter(|text| !text.trim().is_empty())
+            .collect();
+        let has_calls = event.content.iter().any(|part| matches!(part, AssistantContent::ToolCall(_)));
+        let mut log = lock(&self.log);
+        let (started, request) = log.pending_completion.take().map_or((None, None), |(s, r)| (Some(s), Some(r)));
+        let ms = started.map_or(0, elapsed_ms);
+        let usage = call_usage(&event.usage, request.as_deref(), event.content, ms);
+        log.calls.push(usage);
+        if has_calls && !text.is_empty() {
+            let thought = text.join("\n");
+            self.say(format!("· thought: {thought}"));
+            log.pending_thought = Some(thought);
+        }
+        ModelTurnAction::Continue
+    }
+
+    async fn on_outcome(&self, _ctx: &HookContext, event: OutcomeEvent<'_>) -> OutcomeAction {
+        if event.tool_name().is_some() {
+            return self.record_tool_outcome(&event);
+        }
+        OutcomeAction::proceed()
+    }
+
+    async fn on_invalid_tool_call(
+        &self,
+        _ctx: &HookContext,
+        event: &InvalidToolCallContext,
+    ) -> Option<InvalidToolCallAction> {
+        if !matches!(event.reason, InvalidToolCallReason::UnknownTool) {
+            return None;
+        }
+        // Tell the model which tools exist; the retry budget (AgentConfig::unknown_tool_retries) bounds this.
+        let feedback =
+            format!("There is no tool named `{}`. Call one of: {}.", event.tool_name, event.available_tools.join(", "));
+        self.say(format!("! unknown tool `{}`; asking the model to use a listed tool", event.tool_name));
+        let mut log = lock(&self.log);
+        let thought = log.pending_thought.take();
+        log.steps.push(Step {
+            thought,
+            tool: event.tool_name.clone(),
+            args: event.args.as_deref().and_then(|a| serde_json::from_str(a).ok()).unwrap_or(Value::Null),
+            sql: None,
+            vector_filter: None,
+            strategy: None,
+            gate_size: None,
+            observation: format!("error: unknown tool; available: {}", event.available_tools.join(", ")),
+            ok: false,
+            ms: 0,
+        });
+        Some(InvalidToolCallAction::retry(feedback))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn summarizes_discovery_and_analytics_outputs() {
+        let discovery = json!({"gate_size": 42, "customers": [{"customer_id": 7}, {"customer_id": 9}]});
+        assert_eq!(summarize_output(&discovery), "2 customers ranked of 42 matching; top ids: 7, 9");
+        let analytics = json!({"rows": [{"n": 3}], "row_count": 1, "truncated": false});
+        assert_eq!(summarize_output(&analytics), "1 rows; first: {\"n\":3}");
+        let long = json!({"text": "x".repeat(1000)});
+        assert!(summarize_output(&long).chars().count() <= OBSERVATION_CHARS + 1);
+    }
+
+    #[test]
+    fn audience_uses_gate_size_when_present() {
+        let out = json!({"gate_size": 42, "customers": [{"customer_id": 7}]});
+        assert_eq!(audience_of(&out).unwrap().size, 42);
+        let out = json!({"count": 30, "customers": [{"customer_id": 7}]});
+        assert_eq!(audience_of(&out).unwrap().size, 30);
+        let out = json!({"customers": [{"customer_id": 7}, {"customer_id": 8}]});
+        assert_eq!(audience_of(&out).unwrap().size, 2);
+        assert!(audience_of(&json!({"rows": []})).is_none());
+    }
+
+    #[test]
+    fn estimates_missing_usage_only() {
+        let reported = Usage::new().input_tokens(100).output_tokens(5);
+        let usage = call_usage(&reported, Some("ignored"), &[], 3);
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.estimated), (100, 5, false));
+        let usage = call_usage(&Usage::new(), Some("some prompt text here"), &[AssistantContent::text("hi")], 3);
+        assert!(usage.estimated);
+        assert!(usage.prompt_tokens > 0 && usage.completion_tokens > 0);
+    }
+}

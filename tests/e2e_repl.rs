@@ -1,0 +1,426 @@
+//! End-to-end tests of `audience chat`: the real binary on a pseudo-terminal, against the fake OpenAI server
+//! and a dataset loaded by the real `generate` + `ingest`. A person's keystrokes (Enter, Ctrl-C, a `\`
+//! continuation) go through the terminal's line discipline exactly as they would from a keyboard.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{FakeLlm, Reply, TestEnv, content_text, messages_with_role};
+use serde_json::{Value, json};
+
+const PROMPT: &str = "audience> ";
+/// Generous: the first discovery question waits for the embedding model to load on a busy 2-core machine.
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The REPL running on a pseudo-terminal, with everything it wrote collected by a reader thread.
+struct Terminal {
+    master: File,
+    child: Child,
+    output: Arc<(Mutex<Output>, Condvar)>,
+    /// How much of the cleaned output earlier `expect` calls consumed.
+    seen: usize,
+}
+
+#[derive(Default)]
+struct Output {
+    raw: Vec<u8>,
+    closed: bool,
+}
+
+impl Terminal {
+    /// Starts `command` as the session leader of a new 200x50 terminal, so Ctrl-C typed on it raises SIGINT
+    /// in the program (when the program is not in raw mode), as in a real terminal.
+    fn spawn(mut command: Command) -> Self {
+        let size = nix::pty::Winsize { ws_row: 50, ws_col: 200, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(&size, None).expect("openpty");
+        let slave: OwnedFd = pty.slave;
+        command
+            .env("TERM", "xterm")
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if nix::libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawn the binary on the pty");
+        // The parent's copies of the slave side close with `command`, so reads end when the child exits.
+        drop(command);
+        let master = File::from(pty.master);
+        let output = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let mut reader = master.try_clone().unwrap();
+        let sink = output.clone();
+        thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            loop {
+                // EIO once the child and its terminal are gone.
+                let read = reader.read(&mut buffer).unwrap_or(0);
+                let (lock, ready) = &*sink;
+                let mut output = lock.lock().unwrap();
+                if read == 0 {
+                    output.closed = true;
+                    ready.notify_all();
+                    return;
+                }
+                output.raw.extend_from_slice(&buffer[..read]);
+                ready.notify_all();
+            }
+        });
+        Self { master, child, output, seen: 0 }
+    }
+
+    fn send(&mut self, text: &str) {
+        self.master.write_all(text.as_bytes()).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// Types a line and presses Enter.
+    fn line(&mut self, text: &str) {
+        self.send(text);
+        self.send("\r");
+    }
+
+    /// Waits until the output after the last match contains `needle`; returns the text before it.
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        let (lock, ready) = &*self.output;
+        let mut output = lock.lock().unwrap();
+        loop {
+            let text = clean(&output.raw);
+            if let Some(at) = text[self.seen..].find(needle) {
+                let before = text[self.seen..self.seen + at].to_owned();
+                self.seen += at + needle.len();
+                return before;
+            }
+            let now = Instant::now();
+            if output.closed || now >= deadline {
+                let closed = output.closed;
+                drop(output);
+                let _ = self.child.kill();
+                panic!(
+                    "expected {needle:?} ({}); output since the last match:\n{}",
+                    if closed { "the program exited" } else { "timed out" },
+                    &text[self.seen..]
+                );
+            }
+            output = ready.wait_timeout(output, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Sends Enter after a line, then returns everything printed up to the next prompt (the echo of the
+    /// typed line excluded).
+    fn ask(&mut self, text: &str) -> String {
+        self.line(text);
+        self.expect("\n");
+        self.expect(PROMPT)
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("the REPL did not exit");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The output as a person reads it: escape sequences and carriage returns removed.
+fn clean(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                // CSI: parameters, then one final byte in @..~
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ESC \
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\r' | '\x07' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Replaces the seconds of a usage or cost line, which vary between runs.
+fn redact_seconds(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.rfind(", ") {
+            Some(at) if line.starts_with("usage: ") && line.ends_with(" s") => format!("{}, [seconds]", &line[..at]),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn discovery(id: &str, condition: &str, intent: &str, limit: u64) -> Reply {
+    Reply::tool(id, "hybrid_discovery", json!({"condition": condition, "intent": intent, "limit": limit}))
+}
+
+fn chat(env: &TestEnv, llm_url: Option<&str>) -> Terminal {
+    let mut command = env.command(&["chat"]);
+    if let Some(url) = llm_url {
+        command
+            .env("AUDIENCE_PROVIDER", "openai-compatible")
+            .env("AUDIENCE_BASE_URL", url)
+            .env("AUDIENCE_API_KEY", "test");
+    }
+    let mut terminal = Terminal::spawn(command);
+    terminal.expect(PROMPT);
+    terminal
+}
+
+#[test]
+fn conversation_refines_reports_cost_exports_and_quits() {
+    let env = TestEnv::ingested("repl");
+    let llm = FakeLlm::start(vec![
+        discovery("call_1", "event_type = 'purchase'", "outdoor hiking and camping gear", 5),
+        Reply::text("These are the buyers most into hiking."),
+        discovery("call_2", "event_type = 'purchase' AND price > 50", "outdoor hiking and camping gear", 3),
+        Reply::text("Narrowed to buyers of items over 50."),
+        Reply::text("A fresh start."),
+    ]);
+    let mut repl = chat(&env, Some(&llm.base_url));
+
+    let help = repl.ask("/help");
+    insta::assert_snapshot!("help", help);
+    let tools = repl.ask("/tools");
+    for name in ["hybrid_discovery", "semantic_search", "sql_analytics", "sql_data_retriever"] {
+        assert_eq!(tools.lines().filter(|line| line.starts_with(&format!("{name} "))).count(), 1, "{tools}");
+    }
+
+    let first = repl.ask("who buys hiking gear?");
+    assert!(first.starts_with("These are the buyers most into hiking.\n"), "{first}");
+    let audience_line = first.lines().find(|line| line.starts_with("Audience: ")).unwrap_or_else(|| panic!("{first}"));
+    let size: u64 = audience_line
+        .strip_prefix("Audience: ")
+        .and_then(|rest| rest.strip_suffix(" customers (showing 5)"))
+        .and_then(|size| size.parse().ok())
+        .unwrap_or_else(|| panic!("{first}"));
+    assert!(size >= 5, "{first}");
+    let table_rows = first.lines().filter(|line| line.starts_with("│") && !line.contains("customer_id")).count();
+    assert_eq!(table_rows, 5, "{first}");
+    let usage = first.lines().last().unwrap();
+    insta::assert_snapshot!("first_answer_usage", redact_seconds(usage));
+
+    assert!(!first.contains("action:"), "the trace is off by default: {first}");
+
+    // Two commands typed ahead in one go both run (rustyline keeps its read buffer between prompts).
+    repl.send("/verbose\r/tools\r");
+    repl.expect("verbose trace on");
+    repl.expect("sql_data_retriever");
+    repl.expect(PROMPT);
+
+    // A follow-up typed over two lines with a trailing backslash, with the live trace on.
+    repl.line("only those who spent \\");
+    repl.expect("\n");
+    let second = repl.ask("more than 50 on an item");
+    assert!(second.contains("Narrowed to buyers of items over 50."), "{second}");
+    assert!(second.contains("(showing 3)"), "{second}");
+    assert!(second.contains("action: hybrid_discovery"), "{second}");
+    assert!(second.contains("price > 50"), "the trace shows the SQL: {second}");
+    assert!(repl.ask("/verbose").contains("verbose trace off"));
+
+    // The follow-up's first request carries the whole first exchange: question, tool call, result, answer.
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 4);
+    let follow_up = &requests[2];
+    let users: Vec<String> = messages_with_role(follow_up, "user").iter().map(content_text).collect();
+    assert_eq!(users.first().map(String::as_str), Some("who buys hiking gear?"), "{follow_up}");
+    assert_eq!(users.last().map(String::as_str), Some("only those who spent \nmore than 50 on an item"));
+    let assistant = messages_with_role(follow_up, "assistant");
+    assert!(assistant.iter().any(|m| m["tool_calls"][0]["function"]["name"] == "hybrid_discovery"), "{follow_up}");
+    assert!(assistant.iter().any(|m| content_text(m).contains("most into hiking")), "{follow_up}");
+    assert_eq!(messages_with_role(follow_up, "tool").len(), 1, "{follow_up}");
+
+    let cost = repl.ask("/cost");
+    insta::assert_snapshot!("cost", cost);
+
+    let csv_path = env.data_dir().join("audience.csv");
+    let exported = repl.ask(&format!("/export {}", csv_path.display()));
+    assert!(exported.starts_with("exported 3 customers to "), "{exported}");
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("customer_id,name,country,segment,total_spent"), "{csv}");
+    assert_eq!(lines.count(), 3, "{csv}");
+    let json_path = env.data_dir().join("audience.json");
+    repl.ask(&format!("/export {}", json_path.display()));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(json["customers"].as_array().map(Vec::len), Some(3), "{json}");
+    assert!(json["size"].as_u64().unwrap() >= 3, "{json}");
+
+    // After /reset the next question carries no history.
+    assert!(repl.ask("/reset").contains("conversation cleared"));
+    assert!(repl.ask("a new topic").starts_with("A fresh start.\n"));
+    let after_reset = &llm.requests()[4];
+    assert_eq!(after_reset["messages"].as_array().map(Vec::len), Some(2), "system + question only: {after_reset}");
+    assert!(repl.ask("/export out.csv").starts_with("no audience yet"));
+    repl.line("/quit");
+    assert!(repl.wait().success());
+    let history = std::fs::read_to_string(env.data_dir().join("history.txt")).unwrap();
+    assert!(history.contains("who buys hiking gear?") && history.contains("/cost"), "{history}");
+}
+
+/// A TCP proxy to the fake LLM that holds its first connection open without answering (a provider that is
+/// slow to reply) and forwards every later connection.
+struct StallingProxy {
+    url: String,
+    stalled_request: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StallingProxy {
+    fn start(llm: &FakeLlm) -> Self {
+        let upstream = llm.base_url.trim_start_matches("http://").trim_end_matches("/v1").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let stalled_request = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stalled, stopped) = (stalled_request.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut held: Vec<TcpStream> = Vec::new();
+            while !stopped.load(Ordering::SeqCst) {
+                let Ok((mut client, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                if held.is_empty() {
+                    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut buffer = [0u8; 65536];
+                    let read = client.read(&mut buffer).unwrap_or(0);
+                    stalled.lock().unwrap().extend_from_slice(&buffer[..read]);
+                    held.push(client);
+                    continue;
+                }
+                let server = TcpStream::connect(&upstream).unwrap();
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { url, stalled_request, stop }
+    }
+
+    fn wait_for_stalled_request(&self) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let request = String::from_utf8_lossy(&self.stalled_request.lock().unwrap()).into_owned();
+            if !request.is_empty() {
+                return request;
+            }
+            assert!(Instant::now() < deadline, "the REPL never sent its request");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn ctrl_c_cancels_a_slow_question_and_a_missing_provider_is_named() {
+    let env = TestEnv::ingested("repl_cancel");
+
+    // No provider: the REPL still starts, and a question names the variable to set.
+    let mut repl = chat(&env, None);
+    let answer = repl.ask("who buys hiking gear?");
+    assert!(answer.starts_with("error: "), "{answer}");
+    assert!(answer.contains("AUDIENCE_API_KEY") && answer.contains("OPENROUTER_API_KEY"), "{answer}");
+    repl.line("/quit");
+    assert!(repl.wait().success());
+
+    // Without a terminal (input piped in), lines still join after a trailing backslash.
+    let piped = common::run_with_stdin(env.command(&["chat"]), "who buys \\\nhiking gear?\n/cost\n");
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert_eq!(piped.stdout.matches("error: no LLM provider key configured").count(), 1, "{}", piped.stdout);
+    assert!(piped.stdout.contains("session: 0 question(s)"), "{}", piped.stdout);
+
+    let llm = FakeLlm::start(vec![Reply::text("Second answer.")]);
+    let proxy = StallingProxy::start(&llm);
+    let mut repl = chat(&env, Some(&proxy.url));
+
+    repl.line("a slow question");
+    repl.expect("\n");
+    assert!(proxy.wait_for_stalled_request().contains("a slow question"));
+    // The request is in flight, so the REPL is listening for Ctrl-C; give the select a moment to be polled.
+    thread::sleep(Duration::from_millis(300));
+    repl.send("\x03");
+    let cancelled = repl.expect(PROMPT);
+    assert!(cancelled.contains("cancelled"), "{cancelled}");
+
+    // Ctrl-C at the prompt clears the typed text and keeps the REPL running.
+    repl.send("half a questi");
+    repl.send("\x03");
+    repl.expect(PROMPT);
+
+    let second = repl.ask("a second question");
+    assert!(second.starts_with("Second answer.\n"), "{second}");
+    // The cancelled question left no trace in the conversation.
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 1);
+    let users: Vec<String> = messages_with_role(&requests[0], "user").iter().map(content_text).collect();
+    assert_eq!(users, vec!["a second question".to_owned()]);
+
+    let cost = repl.ask("/cost");
+    assert!(cost.starts_with("session: 1 question(s), 1 LLM calls"), "{cost}");
+    // Ctrl-D leaves.
+    repl.send("\x04");
+    assert!(repl.wait().success());
+}

@@ -1,0 +1,194 @@
+//! `sql_data_retriever`: profile records for given customer ids. It builds its own SELECT from the
+//! allow-listed `PROFILE_FIELDS` and binds the ids; no model-written SQL is involved.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use anyhow::Context;
+use rig_core::tool::{Tool, ToolContext, ToolExecutionError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::failure::ToolFailure;
+use crate::schema::PROFILE_FIELDS;
+use crate::stores::Stores;
+use crate::trace::ToolTrace;
+
+/// Most ids one call may ask for: the records go into the model's context.
+pub const MAX_IDS: usize = 200;
+/// Fields returned when the model does not name any.
+pub const DEFAULT_FIELDS: &[&str] = &[
+    "customer_id",
+    "first_name",
+    "last_name",
+    "email",
+    "country",
+    "total_spent",
+    "order_count",
+    "segment",
+    "interests",
+];
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SqlDataRetrieverArgs {
+    pub customer_ids: Vec<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SqlDataRetrieverOutput {
+    /// One object per found customer, in the order asked.
+    pub records: Vec<Map<String, Value>>,
+    /// Asked-for ids with no profile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_ids: Vec<i64>,
+}
+
+/// The `sql_data_retriever` tool.
+#[derive(Clone)]
+pub struct SqlDataRetriever {
+    stores: Stores,
+}
+
+impl SqlDataRetriever {
+    pub fn new(stores: Stores) -> Self {
+        Self { stores }
+    }
+
+    pub async fn run(&self, args: SqlDataRetrieverArgs) -> Result<SqlDataRetrieverOutput, ToolFailure> {
+        self.run_traced(args, &mut ToolTrace::new(<Self as Tool>::NAME)).await
+    }
+
+    /// [`Self::run`], recording what ran into `trace`.
+    pub async fn run_traced(
+        &self,
+        args: SqlDataRetrieverArgs,
+        trace: &mut ToolTrace,
+    ) -> Result<SqlDataRetrieverOutput, ToolFailure> {
+        let start = Instant::now();
+        let result = self.execute(args, trace).await;
+        trace.time("total", start);
+        result
+    }
+
+    async fn execute(
+        &self,
+        args: SqlDataRetrieverArgs,
+        trace: &mut ToolTrace,
+    ) -> Result<SqlDataRetrieverOutput, ToolFailure> {
+        let mut seen = HashSet::new();
+        let ids: Vec<i64> = args.customer_ids.into_iter().filter(|id| seen.insert(*id)).collect();
+        if ids.is_empty() {
+            return Err(ToolFailure::correctable("`customer_ids` is empty"));
+        }
+        if ids.len() > MAX_IDS {
+            return Err(ToolFailure::correctable(format!(
+                "at most {MAX_IDS} customer ids per call (got {}); ask for fewer",
+                ids.len()
+            )));
+        }
+        let sql = select_sql(args.fields.as_deref())?;
+        trace.sql = Some(sql.clone());
+        let start = Instant::now();
+        let texts = self.fetch(&sql, &ids).await;
+        trace.time("sql", start);
+        let mut by_id: HashMap<i64, Map<String, Value>> = HashMap::new();
+        for text in texts? {
+            let record: Map<String, Value> = serde_json::from_str(&text)
+                .context("PostgreSQL returned a row that is not a JSON object")
+                .map_err(ToolFailure::Fatal)?;
+            if let Some(id) = record.get("customer_id").and_then(Value::as_i64) {
+                by_id.insert(id, record);
+            }
+        }
+        let mut records = Vec::with_capacity(by_id.len());
+        let mut missing_ids = Vec::new();
+        for id in ids {
+            match by_id.remove(&id) {
+                Some(record) => records.push(record),
+                None => missing_ids.push(id),
+            }
+        }
+        Ok(SqlDataRetrieverOutput { records, missing_ids })
+    }
+
+    async fn fetch(&self, sql: &str, ids: &[i64]) -> Result<Vec<String>, ToolFailure> {
+        let mut tx = self.stores.db.begin_read_only(self.stores.limits).await.map_err(ToolFailure::Fatal)?;
+        let texts: Vec<String> = sqlx::query_scalar(sql).bind(ids).fetch_all(&mut *tx).await?;
+        tx.rollback().await?;
+        Ok(texts)
+    }
+}
+
+/// The SELECT for the requested fields; only names from `PROFILE_FIELDS` reach the SQL text.
+fn select_sql(fields: Option<&[String]>) -> Result<String, ToolFailure> {
+    let mut columns: Vec<&str> = vec!["customer_id"];
+    match fields {
+        None => columns.extend(DEFAULT_FIELDS.iter().filter(|f| **f != "customer_id")),
+        Some(fields) => {
+            for field in fields {
+                let Some(known) = PROFILE_FIELDS.iter().find(|known| **known == field.trim()) else {
+                    return Err(ToolFailure::Correctable(format!(
+                        "unknown field `{field}`; choose from: {}",
+                        PROFILE_FIELDS.join(", ")
+                    )));
+                };
+                if !columns.contains(known) {
+                    columns.push(known);
+                }
+            }
+        }
+    }
+    Ok(format!(
+        "SELECT row_to_json(p)::text FROM (SELECT {} FROM profiles WHERE customer_id = ANY($1)) p",
+        columns.join(", ")
+    ))
+}
+
+impl Tool for SqlDataRetriever {
+    const NAME: &'static str = "sql_data_retriever";
+    type Args = SqlDataRetrieverArgs;
+    type Output = SqlDataRetrieverOutput;
+    type Error = ToolFailure;
+
+    fn description(&self) -> String {
+        include_str!("../../prompts/tools/sql_data_retriever.md").trim().to_owned()
+    }
+
+    fn parameters(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "customer_ids": {"type": "array", "items": {"type": "integer"}, "maxItems": MAX_IDS},
+                "fields": {"type": "array", "items": {"type": "string", "enum": PROFILE_FIELDS}}
+            },
+            "required": ["customer_ids"]
+        })
+    }
+
+    fn map_error(&self, error: ToolFailure) -> ToolExecutionError {
+        error.into_execution_error()
+    }
+
+    async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
+        let mut trace = ToolTrace::new(<Self as Tool>::NAME);
+        let result = self.run_traced(args, &mut trace).await;
+        crate::trace::publish(context, trace, &result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_select_from_allowed_fields_only() {
+        let sql = select_sql(Some(&["email".to_owned(), "segment".to_owned()])).unwrap();
+        assert!(sql.contains("SELECT customer_id, email, segment FROM profiles"), "{sql}");
+        let err = select_sql(Some(&["email; DROP TABLE profiles".to_owned()])).unwrap_err();
+        assert!(matches!(err, ToolFailure::Correctable(m) if m.contains("unknown field")));
+        assert!(select_sql(None).unwrap().contains("first_name"));
+    }
+}

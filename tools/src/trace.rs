@@ -1,0 +1,113 @@
+//! Host-only metadata about one tool call: what actually ran. Never sent to the model.
+//!
+//! Each tool fills a [`ToolTrace`] and publishes it into rig's tool context with
+//! `ctx.insert_result(trace)`, on success and on failure alike. The agent's hook reads it back with
+//! `event.tool_context()?.result::<ToolTrace>()` to show the exact SQL, the vector filter and the costs.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rig_core::completion::Usage;
+use rig_core::tool::{ContextValue, ToolContext};
+use serde::{Deserialize, Serialize};
+
+use crate::failure::ToolFailure;
+use crate::vector::Filter;
+
+/// How a gated vector ranking was computed (see `hybrid_discovery`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Vector search restricted by a `has_id` filter on the gated ids.
+    HasId,
+    /// Vector search restricted by a payload match-any on `customer_id`.
+    MatchAny,
+    /// Retrieve the gated vectors and score them with a dot product here.
+    Exact,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 3] = [Strategy::HasId, Strategy::MatchAny, Strategy::Exact];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HasId => "has_id",
+            Self::MatchAny => "match_any",
+            Self::Exact => "exact",
+        }
+    }
+}
+
+/// The inner LLM call of `sql_analytics` (text to SQL).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InnerLlmCall {
+    /// The model id the provider reported, else the one requested.
+    pub model: Option<String>,
+    /// Token usage as reported by the provider (`None` counters were not reported).
+    pub usage: Usage,
+    pub ms: u64,
+}
+
+/// What one tool call did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolTrace {
+    /// The tool's name.
+    pub tool: String,
+    /// The exact SQL sent to PostgreSQL (after the guard), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// The vector filter, in our own filter model (the same JSON for both engines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector_filter: Option<Filter>,
+    /// The gated-ranking strategy used by `hybrid_discovery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Number of customers that passed the SQL gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_size: Option<u64>,
+    /// Tokens embedded for the query text (0 when nothing was embedded).
+    #[serde(default)]
+    pub embedding_tokens: u64,
+    /// The inner text-to-SQL LLM call (`sql_analytics` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_llm: Option<InnerLlmCall>,
+    /// Wall time per phase in milliseconds (`total`, `sql`, `embed`, `vector`, `llm`, ...).
+    #[serde(default)]
+    pub timings_ms: BTreeMap<String, u64>,
+    /// The model-visible error of a failed call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Set when the failure is fatal: the host must stop the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fatal: Option<String>,
+}
+
+impl ContextValue for ToolTrace {
+    const KEY: &'static str = "tool_trace";
+}
+
+impl ToolTrace {
+    pub fn new(tool: &str) -> Self {
+        Self { tool: tool.to_owned(), ..Self::default() }
+    }
+
+    /// Adds the time since `start` to phase `phase`.
+    pub fn time(&mut self, phase: &str, start: Instant) {
+        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        *self.timings_ms.entry(phase.to_owned()).or_default() += ms;
+    }
+}
+
+/// Records the outcome in `trace` and attaches it to the tool context for the agent's hook.
+pub fn publish<T>(context: &mut ToolContext, mut trace: ToolTrace, result: &Result<T, ToolFailure>) {
+    if let Err(failure) = result {
+        trace.error = Some(failure.to_string());
+        if failure.is_fatal() {
+            trace.fatal = Some(failure.to_string());
+        }
+    }
+    // Serializing plain data cannot fail; if it ever did, only the host-side trace would be missing.
+    if let Err(error) = context.insert_result(trace) {
+        tracing::warn!("cannot attach the tool trace: {error}");
+    }
+}

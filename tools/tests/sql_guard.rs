@@ -1,0 +1,286 @@
+//! The SQL guard against an injection corpus, and the database layer's own read-only enforcement.
+//!
+//! Every attack is refused by the guard and, run through the tool, comes back as a correctable error;
+//! afterwards every table has the same rows and the schema the same relations. Separately, writes and
+//! long sleeps sent straight into `Db::begin_read_only` (bypassing the guard) are stopped by PostgreSQL.
+
+mod tool_support;
+
+use std::time::{Duration, Instant};
+
+use audience_tools::db::ReadLimits;
+use audience_tools::failure::ToolFailure;
+use audience_tools::hybrid_discovery::{HybridDiscovery, HybridDiscoveryArgs};
+use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
+use audience_tools::sql_guard::{check_analytics, check_gate, gate_query};
+use rig_core::DynModel;
+use rig_core::operation::Completion;
+use tool_support::TestDb;
+
+/// Statements that must never run.
+const ATTACKS: &[&str] = &[
+    // stacked queries
+    "SELECT 1; DROP TABLE customers",
+    "SELECT count(*) FROM customers; DELETE FROM events;",
+    "SELECT $$a$$; DROP TABLE customers",
+    // plain writes and DDL
+    "DELETE FROM customers",
+    "INSERT INTO customers (customer_id, first_name, last_name, email, country) VALUES (99, 'x', 'y', 'z', 'PL')",
+    "UPDATE profiles SET total_spent = 0",
+    "DROP TABLE events",
+    "TRUNCATE customers",
+    "CREATE TABLE stolen AS SELECT * FROM customers",
+    "ALTER TABLE customers ADD COLUMN x int",
+    "GRANT ALL ON customers TO PUBLIC",
+    "SET ROLE postgres",
+    "RESET ROLE",
+    "SET statement_timeout = 0",
+    "EXPLAIN ANALYZE DELETE FROM customers",
+    "DO $$ BEGIN DELETE FROM customers; END $$",
+    "CALL do_something()",
+    "VACUUM customers",
+    "LISTEN channel",
+    "PREPARE p AS DELETE FROM customers",
+    // writes hidden in CTEs
+    "WITH d AS (DELETE FROM customers RETURNING *) SELECT count(*) FROM d",
+    "WITH u AS (UPDATE profiles SET total_spent = 0 RETURNING 1) SELECT * FROM u",
+    "WITH i AS (INSERT INTO events SELECT * FROM events RETURNING 1) SELECT 1",
+    // dangerous functions
+    "SELECT pg_sleep(10)",
+    "SELECT count(*) FROM customers WHERE pg_sleep(10) IS NULL",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT lo_import('/etc/passwd')",
+    "SELECT set_config('role', 'postgres', false)",
+    "SELECT current_setting('data_directory')",
+    "SELECT version()",
+    "SELECT txid_current()",
+    "SELECT query_to_xml('DELETE FROM customers', true, true, '')",
+    "SELECT * FROM dblink('dbname=test', 'DELETE FROM customers') AS t(x int)",
+    "SELECT dblink_exec('dbname=test', 'DROP TABLE customers')",
+    "SELECT \"pg_sleep\"(1)",
+    "SELECT pg_catalog.pg_sleep(1)",
+    "SELECT public.count(*) FROM customers",
+    "SELECT * FROM generate_series(1, 100000000)",
+    "SELECT array(SELECT pg_sleep(1))",
+    // COPY and SELECT INTO
+    "COPY customers TO PROGRAM 'touch /tmp/audience_pwned'",
+    "COPY (SELECT * FROM customers) TO '/tmp/audience_dump'",
+    "SELECT * INTO stolen FROM customers",
+    "SELECT customer_id INTO TEMP t FROM customers",
+    // locking
+    "SELECT * FROM customers FOR UPDATE",
+    "SELECT * FROM customers FOR SHARE NOWAIT",
+    // comments
+    "SELECT * FROM customers -- hidden",
+    "SELECT /* x */ * FROM customers",
+    "SELECT * FROM customers /*/ DROP TABLE events; /*/",
+    // unicode look-alikes and invisible characters
+    "SELECT * FROM \u{0441}ustomers",
+    "SELECT\u{00A0}* FROM customers",
+    "SELECT 1\u{FF1B} DROP TABLE customers",
+    "SELECT * FROM customers WHERE country = 'DE'\u{200B}",
+    // system catalogs and other schemas
+    "SELECT * FROM information_schema.tables",
+    "SELECT * FROM pg_catalog.pg_user",
+    "SELECT * FROM pg_user",
+    "SELECT usename, passwd FROM pg_shadow",
+    "SELECT * FROM pg_settings",
+    "SELECT * FROM customers JOIN pg_stat_activity ON true",
+    "SELECT * FROM public.customers",
+    "SELECT 'pg_authid'::regclass",
+    "SELECT relname FROM pg_class",
+    "SELECT (SELECT count(*) FROM pg_roles)",
+    // CTE names that would resolve to a system view
+    "WITH pg_settings AS (SELECT * FROM pg_settings) SELECT * FROM pg_settings",
+    "SELECT * FROM (WITH pg_user AS (SELECT 1) SELECT 1) s, pg_user",
+    "WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a",
+    "WITH x AS (SELECT * FROM x) SELECT * FROM x",
+    "SELECT * FROM (WITH inner_cte AS (SELECT 1) SELECT 1) s, inner_cte",
+    // parameters and odd syntax
+    "SELECT $1",
+    "SELECT * FROM customers WHERE email = $1",
+    "TABLE customers",
+    "SELECT * FROM ONLY customers LIMIT 1; SELECT 2",
+];
+
+/// Gate conditions that must be refused.
+const GATE_ATTACKS: &[&str] = &[
+    "customer_id IN (SELECT customer_id FROM profiles)",
+    "EXISTS (SELECT 1 FROM pg_user)",
+    "(SELECT true)",
+    "true; DROP TABLE customers",
+    "event_type = 'purchase') OR (1 = 1",
+    "price > 1 UNION SELECT customer_id FROM customers",
+    "pg_sleep(5) IS NULL",
+    "1 = 1 -- comment",
+    "total_spent > 100",
+    "set_config('role', 'postgres', false) IS NOT NULL",
+    "country = 'DE' AND \u{0441}ountry = 'PL'",
+    "ts > $1",
+];
+
+/// Valid analytics queries: accepted, and the guard's rendering runs on PostgreSQL.
+const VALID: &[&str] = &[
+    "SELECT country, count(*) AS n FROM customers GROUP BY country ORDER BY n DESC, country",
+    "SELECT date_trunc('month', ts) AS month, sum(price * quantity) AS revenue FROM events \
+     WHERE event_type = 'purchase' GROUP BY 1 ORDER BY 1",
+    "SELECT extract(year FROM ts)::int AS y, count(*) FROM events GROUP BY 1",
+    "WITH spend AS (SELECT customer_id, sum(price * quantity) AS s FROM events GROUP BY customer_id) \
+     SELECT c.country, round(avg(spend.s), 2) AS avg_spend FROM spend JOIN customers c USING (customer_id) GROUP BY c.country",
+    "SELECT count(*) FROM profiles WHERE 'watches' = ANY(interests)",
+    "SELECT customer_id FROM profiles WHERE interests @> ARRAY['watches'] AND last_purchase > now() - interval '30 days'",
+    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY total_spent) AS median FROM profiles",
+    "SELECT first_name, rank() OVER (PARTITION BY country ORDER BY total_spent DESC) AS r FROM profiles",
+    "SELECT count(*) FILTER (WHERE churned) AS churned, count(*) AS total FROM profiles",
+    "SELECT * FROM customers WHERE signup_date >= DATE '2024-01-03' LIMIT 5;",
+    "SELECT CASE WHEN age < 30 THEN 'young' ELSE 'older' END AS band, count(*) FROM customers GROUP BY 1",
+    "SELECT customer_id FROM customers WHERE customer_id IN (SELECT customer_id FROM events WHERE event_type = 'purchase')",
+    "SELECT lower(email) FROM customers WHERE email ILIKE '%@example.com'",
+    "SELECT current_date - signup_date AS days FROM customers",
+    "SELECT ts::date AS day, count(*) FROM events GROUP BY ts::date",
+    "SELECT u.i AS interest, count(*) FROM profiles, unnest(interests) AS u(i) GROUP BY u.i ORDER BY 2 DESC",
+    "SELECT count(*) FROM customers WHERE first_name = 'Zo\u{00EB}'",
+    "SELECT now() AT TIME ZONE 'UTC' AS utc",
+    "SELECT string_agg(first_name, ', ' ORDER BY first_name) FROM customers",
+    "SELECT coalesce(max(price), 0) AS top, greatest(1, 2), nullif(1, 1) FROM events",
+    "SELECT e.product, count(DISTINCT e.customer_id) FROM events e WHERE e.event_type = 'purchase' GROUP BY e.product \
+     HAVING count(*) > 1",
+    "SELECT p.* FROM profiles p WHERE p.recency_days BETWEEN 1 AND 5 ORDER BY p.customer_id",
+    "SELECT 'x; DROP TABLE customers; --' AS harmless_literal",
+    "SELECT customer_id FROM events WHERE event_type = 'purchase' UNION SELECT customer_id FROM events WHERE price > 100",
+    "SELECT interests[1] AS first_interest, cardinality(interests) FROM profiles",
+    "SELECT to_char(ts, 'YYYY-MM') AS ym, count(*) FROM events GROUP BY 1",
+];
+
+const VALID_GATES: &[&str] = &[
+    "event_type = 'purchase' AND price > 100",
+    "country = 'DE' AND ts > now() - interval '30 days'",
+    "lower(product) LIKE '%watch%' OR events.color IN ('gold', 'silver')",
+    "customers.age BETWEEN 20 AND 40 AND NOT (event_type = 'view')",
+];
+
+#[test]
+fn guard_refuses_every_attack_with_a_reason() {
+    for sql in ATTACKS {
+        match check_analytics(sql) {
+            Ok(rendered) => panic!("accepted an attack: {sql}\nrendered: {rendered}"),
+            Err(refusal) => assert!(refusal.to_string().starts_with("SQL refused: "), "{refusal}"),
+        }
+    }
+    for condition in GATE_ATTACKS {
+        assert!(check_gate(condition).is_err(), "accepted a gate attack: {condition}");
+    }
+}
+
+#[test]
+fn guard_gives_specific_reasons() {
+    let reason = |sql: &str| check_analytics(sql).unwrap_err().0;
+    assert!(reason("SELECT 1; SELECT 2").contains(";"));
+    assert!(reason("SELECT pg_sleep(1)").contains("pg_sleep"));
+    assert!(reason("SELECT * FROM pg_user").contains("pg_user"));
+    assert!(reason("SELECT * INTO x FROM customers").contains("SELECT INTO"));
+    assert!(reason("SELECT * FROM customers FOR UPDATE").contains("FOR UPDATE"));
+    assert!(reason("SELECT -- x\n1").contains("comments"));
+    assert!(reason("SELECT nope FROM customers").contains("nope"));
+    assert!(reason("DELETE FROM customers").contains("SELECT"));
+    assert!(check_gate("EXISTS (SELECT 1)").unwrap_err().0.contains("subqueries"));
+    assert!(check_gate("total_spent > 1").unwrap_err().0.contains("total_spent"));
+}
+
+#[test]
+fn guard_accepts_ordinary_analytics_and_gates() {
+    for sql in VALID {
+        check_analytics(sql).unwrap_or_else(|e| panic!("refused a valid query: {sql}\n{e}"));
+    }
+    for condition in VALID_GATES {
+        check_gate(condition).unwrap_or_else(|e| panic!("refused a valid gate: {condition}\n{e}"));
+    }
+    let gate = gate_query("event_type = 'purchase'").unwrap();
+    assert_eq!(
+        gate,
+        "SELECT DISTINCT customer_id FROM events JOIN customers USING (customer_id) WHERE event_type = 'purchase'"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attacks_through_the_tools_change_nothing() {
+    let test = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stores = test.stores(dir.path(), false, ReadLimits::default()).await;
+    let before = (test.checksums().await, test.relations().await);
+
+    let analytics = SqlAnalytics::<DynModel<Completion>>::sql_only(stores.clone());
+    for sql in ATTACKS {
+        let result = analytics.run(SqlAnalyticsArgs { question: None, sql: Some(sql.to_string()) }).await;
+        match result {
+            Err(ToolFailure::Correctable(message)) => assert!(message.contains("refused"), "{sql}: {message}"),
+            other => panic!("{sql}: expected a correctable refusal, got {other:?}"),
+        }
+    }
+    let hybrid = HybridDiscovery::new(stores.clone());
+    for condition in GATE_ATTACKS {
+        let args =
+            HybridDiscoveryArgs { condition: condition.to_string(), intent: "anyone".into(), ..Default::default() };
+        assert!(
+            matches!(hybrid.run(args).await, Err(ToolFailure::Correctable(_))),
+            "gate attack not refused: {condition}"
+        );
+    }
+    // The valid corpus really runs, so the guard's rendering is SQL PostgreSQL accepts.
+    for sql in VALID {
+        analytics
+            .run(SqlAnalyticsArgs { question: None, sql: Some(sql.to_string()) })
+            .await
+            .unwrap_or_else(|e| panic!("valid query failed: {sql}\n{e}"));
+    }
+
+    assert_eq!(before, (test.checksums().await, test.relations().await), "a table or relation changed");
+    test.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_transaction_refuses_writes_without_the_guard() {
+    let test = TestDb::new().await;
+    let before = test.checksums().await;
+    let writes = [
+        "INSERT INTO customers VALUES (100, 'a', 'b', 'c', 'PL', 1, 'red', NULL)",
+        "UPDATE profiles SET total_spent = 0",
+        "DELETE FROM events",
+        "CREATE TABLE stolen (x int)",
+        "SELECT * INTO stolen FROM customers",
+    ];
+    for sql in writes {
+        let mut tx = test.db.begin_read_only(ReadLimits::default()).await.unwrap();
+        let error = sqlx::query(sql).execute(&mut *tx).await.expect_err(sql);
+        let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+        // 25006: read-only transaction; 42501: the reader role lacks the privilege.
+        assert!(matches!(code.as_deref(), Some("25006") | Some("42501")), "{sql}: {error}");
+        tx.rollback().await.unwrap();
+    }
+    // Even if the transaction is switched back to read-write (PostgreSQL allows it before the first query),
+    // the reader role has no write privilege.
+    let mut tx = test.db.begin_read_only(ReadLimits::default()).await.unwrap();
+    sqlx::query("SET TRANSACTION READ WRITE").execute(&mut *tx).await.unwrap();
+    let error = sqlx::query("DELETE FROM events").execute(&mut *tx).await.expect_err("the reader role cannot delete");
+    let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("42501"), "{error}");
+    drop(tx);
+    assert_eq!(before, test.checksums().await);
+    test.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statement_timeout_stops_a_sleep_without_the_guard() {
+    let test = TestDb::new().await;
+    let limits = ReadLimits { statement_timeout: Duration::from_millis(300), row_cap: 10 };
+    let mut tx = test.db.begin_read_only(limits).await.unwrap();
+    let start = Instant::now();
+    let error = sqlx::query("SELECT pg_sleep(10)").execute(&mut *tx).await.expect_err("the sleep must be cancelled");
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("57014"), "{error}");
+    // The tool reports the same cancellation as a correctable error.
+    assert!(matches!(ToolFailure::from(error), ToolFailure::Correctable(m) if m.contains("timeout")));
+    drop(tx);
+    test.drop().await;
+}
