@@ -92,7 +92,9 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
 
 /// Logs go to stderr so that `--json` output on stdout stays one clean document.
 fn init_logging(verbose: bool) {
-    let default = if verbose { "info,audience=debug" } else { "warn" };
+    // qdrant-edge warns at every open about feature flags and mmap probing that do not apply to an
+    // embedded shard; its real failures arrive as errors, so its logs start at `error`.
+    let default = if verbose { "info,audience=debug,qdrant_edge=error" } else { "warn,qdrant_edge=error" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUDIENCE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();

@@ -70,6 +70,9 @@ impl Db {
             .context("cannot switch to the read-only role; run `audience ingest` once to create it")?;
         let timeout_ms = limits.statement_timeout.as_millis();
         sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}")).execute(&mut *tx).await?;
+        // `SET` commands do not count as queries, so until one runs `SET TRANSACTION READ WRITE` would still be
+        // accepted. After this SELECT, PostgreSQL refuses to leave read-only mode for the rest of the transaction.
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
         Ok(tx)
     }
 

@@ -257,13 +257,18 @@ async fn read_only_transaction_refuses_writes_without_the_guard() {
         assert!(matches!(code.as_deref(), Some("25006") | Some("42501")), "{sql}: {error}");
         tx.rollback().await.unwrap();
     }
-    // Even if the transaction is switched back to read-write (PostgreSQL allows it before the first query),
-    // the reader role has no write privilege.
+    // Regression: the transaction cannot be switched back to read-write (PostgreSQL allows that only before the
+    // first query, and begin_read_only runs one), and even a superuser connection cannot RESET ROLE its way out.
     let mut tx = test.db.begin_read_only(ReadLimits::default()).await.unwrap();
-    sqlx::query("SET TRANSACTION READ WRITE").execute(&mut *tx).await.unwrap();
-    let error = sqlx::query("DELETE FROM events").execute(&mut *tx).await.expect_err("the reader role cannot delete");
+    let error = sqlx::query("SET TRANSACTION READ WRITE").execute(&mut *tx).await.expect_err("read-write refused");
     let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
-    assert_eq!(code.as_deref(), Some("42501"), "{error}");
+    assert_eq!(code.as_deref(), Some("25001"), "{error}");
+    tx.rollback().await.unwrap();
+    let mut tx = test.db.begin_read_only(ReadLimits::default()).await.unwrap();
+    sqlx::query("RESET ROLE").execute(&mut *tx).await.unwrap();
+    let error = sqlx::query("DELETE FROM events").execute(&mut *tx).await.expect_err("still a read-only transaction");
+    let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("25006"), "{error}");
     drop(tx);
     assert_eq!(before, test.checksums().await);
     test.drop().await;
