@@ -172,17 +172,27 @@ impl Session {
     /// Errors carry their exit kind: provider failures, an exhausted turn budget and repeated unknown tool
     /// names are `Provider` (exit 3); a fatal tool failure (database down) is `Store` (exit 4).
     pub async fn ask(&mut self, question: &str) -> Result<Answer> {
+        self.ask_until(question, std::future::pending()).await?.ok_or_else(|| anyhow!("the question was cancelled"))
+    }
+
+    /// [`Self::ask`], abandoned when `cancel` completes first (the REPL's Ctrl-C): then `Ok(None)`. The tokens
+    /// the cancelled run already spent are still recorded in the ledger, and the history is left unchanged.
+    pub async fn ask_until(&mut self, question: &str, cancel: impl Future<Output = ()>) -> Result<Option<Answer>> {
         let log = SharedLog::default();
         let start = Instant::now();
         let history: Vec<Message> = self.history.iter().flatten().cloned().collect();
-        let result = self
+        let run_future = self
             .agent
             .prompt(question)
             .history(history)
             .max_turns(self.max_turns)
             .max_invalid_tool_call_retries(self.unknown_tool_retries)
             .add_hook(TraceHook::new(log.clone(), self.verbose))
-            .await;
+            .into_future();
+        let result = tokio::select! {
+            result = run_future => Some(result),
+            () = cancel => None,
+        };
         let run = std::mem::take(&mut *lock(&log));
         let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let usage = UsageRecord::new(
@@ -192,10 +202,11 @@ impl Session {
             run.embedding_tokens,
             self.ledger.prices(),
             latency_ms,
-            result.is_ok(),
+            matches!(result, Some(Ok(_))),
         );
         self.ledger.record(&usage);
         self.last_usage = Some(usage.clone());
+        let Some(result) = result else { return Ok(None) };
         let response = result.map_err(|error| self.run_error(error, &run))?;
         self.history.push(response.messages.clone());
         if self.history.len() > HISTORY_QUESTIONS {
@@ -204,7 +215,7 @@ impl Session {
         if run.audience.is_some() {
             self.last_audience = run.audience.clone();
         }
-        Ok(Answer { text: response.output(), audience: run.audience, steps: run.steps, usage })
+        Ok(Some(Answer { text: response.output(), audience: run.audience, steps: run.steps, usage }))
     }
 
     /// Forgets the conversation and the last audience (the session totals stay).

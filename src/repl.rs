@@ -131,21 +131,20 @@ impl Chat {
         }
         let Agent::Ready(session) = &mut self.agent else { return };
         // Listening for Ctrl-C only while a question runs: at the prompt the terminal is in raw mode and
-        // rustyline reads Ctrl-C as a key. Dropping the question's future cancels its HTTP request and
-        // tool calls; the session keeps the conversation as it was before the question.
-        let outcome = tokio::select! {
-            result = session.ask(question) => Some(result),
-            _ = tokio::signal::ctrl_c() => None,
+        // rustyline reads Ctrl-C as a key. Cancelling drops the run's HTTP request and tool calls; the session
+        // records what the run had spent and keeps the conversation as it was before the question.
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
         };
-        match outcome {
-            Some(Ok(answer)) => print_answer(&answer),
-            Some(Err(error)) => {
+        match session.ask_until(question, ctrl_c).await {
+            Ok(Some(answer)) => print_answer(&answer),
+            Err(error) => {
                 println!("error: {}", exit::one_line(&error));
                 if let Some(usage) = session.last_usage() {
                     println!("{}", usage.summary_line());
                 }
             }
-            None => println!("\ncancelled; the conversation is as it was before this question."),
+            Ok(None) => println!("\ncancelled; the conversation is as it was before this question."),
         }
     }
 

@@ -418,8 +418,13 @@ fn ctrl_c_cancels_a_slow_question_and_a_missing_provider_is_named() {
     let users: Vec<String> = messages_with_role(&requests[0], "user").iter().map(content_text).collect();
     assert_eq!(users, vec!["a second question".to_owned()]);
 
+    // Regression: the cancelled question is still in the ledger (it had spent nothing the provider reported).
     let cost = repl.ask("/cost");
-    assert!(cost.starts_with("session: 1 question(s), 1 LLM calls"), "{cost}");
+    assert!(cost.starts_with("session: 2 question(s), 1 LLM calls"), "{cost}");
+    let ledger = std::fs::read_to_string(env.data_dir().join("usage.jsonl")).unwrap();
+    let oks: Vec<bool> =
+        ledger.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["ok"] == true).collect();
+    assert_eq!(oks, [false, true], "{ledger}");
     // Ctrl-D leaves.
     repl.send("\x04");
     assert!(repl.wait().success());
