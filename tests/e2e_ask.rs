@@ -1,6 +1,7 @@
 //! End-to-end tests of `audience ask` and `audience tool`: the built binary, real PostgreSQL (a schema per
 //! test), the real embedding model and embedded index (a data directory per test), and a fake OpenAI
 //! chat-completions server with scripted replies in place of the LLM.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! End-to-end tests of `audience chat`: the real binary on a pseudo-terminal, against the fake OpenAI server
 //! and a dataset loaded by the real `generate` + `ingest`. A person's keystrokes (Enter, Ctrl-C, a `\`
 //! continuation) go through the terminal's line discipline exactly as they would from a keyboard.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod common;
 

@@ -2,6 +2,7 @@
 //!
 //! Each test works in its own schema `t_load_<random>` (dropped at the end). Set DATABASE_URL to override the
 //! default `postgres://postgres@127.0.0.1:5432/test`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

@@ -3,6 +3,7 @@
 //!
 //! Needs `DATABASE_URL` (default postgres://postgres@127.0.0.1:5432/test) and the model files
 //! (`scripts/setup-models.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! The four agent tools against a small real dataset: PostgreSQL in a private schema, real embeddings
 //! of the profiles in an embedded index, and rig's scripted model for the inner text-to-SQL call.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod tool_support;
 

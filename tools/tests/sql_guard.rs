@@ -3,6 +3,7 @@
 //! Every attack is refused by the guard and, run through the tool, comes back as a correctable error;
 //! afterwards every table has the same rows and the schema the same relations. Separately, writes and
 //! long sleeps sent straight into `Db::begin_read_only` (bypassing the guard) are stopped by PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod tool_support;
 

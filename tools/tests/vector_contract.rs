@@ -1,5 +1,6 @@
 //! Contract tests for the vector index: one suite, run against the embedded engine always and against a Qdrant
 //! server when `QDRANT_URL` is set. Every result is checked against a brute-force evaluation of the same data.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
