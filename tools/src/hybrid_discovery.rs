@@ -16,7 +16,7 @@ use crate::failure::ToolFailure;
 use crate::semantic_search::{CustomerHit, ProfileFilters, effective_limit, embed_intent, filters_schema};
 use crate::sql_guard;
 use crate::stores::Stores;
-use crate::trace::{Strategy, ToolTrace};
+use crate::trace::{Strategy, ToolTrace, TracedTool};
 use crate::vector::{Condition, Filter, MatchValue};
 
 /// Gate sizes that decide the automatic strategy.
@@ -81,56 +81,6 @@ impl HybridDiscovery {
         Self { stores }
     }
 
-    pub async fn run(&self, args: HybridDiscoveryArgs) -> Result<HybridDiscoveryOutput, ToolFailure> {
-        self.run_traced(args, &mut ToolTrace::new(<Self as Tool>::NAME)).await
-    }
-
-    /// [`Self::run`], recording what ran into `trace`. The trace's `vector_filter` holds the profile
-    /// filters only; the gate-id restriction (per `strategy`, over `gate_size` ids) is implied.
-    pub async fn run_traced(
-        &self,
-        args: HybridDiscoveryArgs,
-        trace: &mut ToolTrace,
-    ) -> Result<HybridDiscoveryOutput, ToolFailure> {
-        let start = Instant::now();
-        let result = self.execute(args, trace).await;
-        trace.time("total", start);
-        result
-    }
-
-    async fn execute(
-        &self,
-        args: HybridDiscoveryArgs,
-        trace: &mut ToolTrace,
-    ) -> Result<HybridDiscoveryOutput, ToolFailure> {
-        let filters = args.filters.unwrap_or_default();
-        filters.validate()?;
-        let limit = effective_limit(args.limit);
-        let sql =
-            sql_guard::gate_query(&args.condition).map_err(|refusal| ToolFailure::Correctable(refusal.to_string()))?;
-        trace.sql = Some(sql.clone());
-        let start = Instant::now();
-        let ids = self.gate(&sql).await;
-        trace.time("sql", start);
-        let ids = ids?;
-        let gate_size = ids.len();
-        let strategy = args.strategy.unwrap_or_else(|| STRATEGY_THRESHOLDS.pick(gate_size));
-        trace.gate_size = Some(gate_size as u64);
-        trace.strategy = Some(strategy);
-        let profile_filter = Filter::must(filters.conditions());
-        trace.vector_filter = (!profile_filter.is_empty()).then(|| profile_filter.clone());
-        let customers = if ids.is_empty() {
-            Vec::new()
-        } else {
-            let vector = embed_intent(&self.stores, &args.intent, trace).await?;
-            let start = Instant::now();
-            let ranked = self.rank(strategy, vector, ids, &filters, limit).await;
-            trace.time("vector", start);
-            ranked?
-        };
-        Ok(HybridDiscoveryOutput { gate_size: gate_size as u64, sql, strategy, customers })
-    }
-
     /// Runs the gate read-only and returns the distinct customer ids.
     async fn gate(&self, sql: &str) -> Result<Vec<u64>, ToolFailure> {
         let mut tx = self.stores.db.begin_read_only(self.stores.limits).await.map_err(ToolFailure::Fatal)?;
@@ -181,6 +131,43 @@ impl HybridDiscovery {
     }
 }
 
+impl TracedTool for HybridDiscovery {
+    /// The trace's `vector_filter` holds the profile filters only; the gate-id restriction (per `strategy`, over
+    /// `gate_size` ids) is implied, because thousands of ids would bloat every trace.
+    async fn execute(
+        &self,
+        args: HybridDiscoveryArgs,
+        trace: &mut ToolTrace,
+    ) -> Result<HybridDiscoveryOutput, ToolFailure> {
+        let filters = args.filters.unwrap_or_default();
+        filters.validate()?;
+        let limit = effective_limit(args.limit);
+        let sql =
+            sql_guard::gate_query(&args.condition).map_err(|refusal| ToolFailure::Correctable(refusal.to_string()))?;
+        trace.sql = Some(sql.clone());
+        let start = Instant::now();
+        let ids = self.gate(&sql).await;
+        trace.time("sql", start);
+        let ids = ids?;
+        let gate_size = ids.len();
+        let strategy = args.strategy.unwrap_or_else(|| STRATEGY_THRESHOLDS.pick(gate_size));
+        trace.gate_size = Some(gate_size as u64);
+        trace.strategy = Some(strategy);
+        let profile_filter = Filter::must(filters.conditions());
+        trace.vector_filter = (!profile_filter.is_empty()).then(|| profile_filter.clone());
+        let customers = if ids.is_empty() {
+            Vec::new()
+        } else {
+            let vector = embed_intent(&self.stores, &args.intent, trace).await?;
+            let start = Instant::now();
+            let ranked = self.rank(strategy, vector, ids, &filters, limit).await;
+            trace.time("vector", start);
+            ranked?
+        };
+        Ok(HybridDiscoveryOutput { gate_size: gate_size as u64, sql, strategy, customers })
+    }
+}
+
 impl Tool for HybridDiscovery {
     const NAME: &'static str = "hybrid_discovery";
     type Args = HybridDiscoveryArgs;
@@ -212,10 +199,7 @@ impl Tool for HybridDiscovery {
     }
 
     async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        let mut trace = ToolTrace::new(<Self as Tool>::NAME);
-        let result = self.run_traced(args, &mut trace).await;
-        crate::trace::publish(context, trace, &result);
-        result
+        self.call_traced(context, args).await
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::failure::ToolFailure;
 use crate::stores::Stores;
-use crate::trace::ToolTrace;
+use crate::trace::{ToolTrace, TracedTool};
 use crate::vector::{Condition, Filter, MatchValue, ScoredPoint};
 
 /// Customers returned when the model does not say.
@@ -168,23 +168,9 @@ impl SemanticSearch {
     pub fn new(stores: Stores) -> Self {
         Self { stores }
     }
+}
 
-    pub async fn run(&self, args: SemanticSearchArgs) -> Result<SemanticSearchOutput, ToolFailure> {
-        self.run_traced(args, &mut ToolTrace::new(<Self as Tool>::NAME)).await
-    }
-
-    /// [`Self::run`], recording what ran into `trace`.
-    pub async fn run_traced(
-        &self,
-        args: SemanticSearchArgs,
-        trace: &mut ToolTrace,
-    ) -> Result<SemanticSearchOutput, ToolFailure> {
-        let start = Instant::now();
-        let result = self.execute(args, trace).await;
-        trace.time("total", start);
-        result
-    }
-
+impl TracedTool for SemanticSearch {
     async fn execute(
         &self,
         args: SemanticSearchArgs,
@@ -232,10 +218,7 @@ impl Tool for SemanticSearch {
     }
 
     async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        let mut trace = ToolTrace::new(<Self as Tool>::NAME);
-        let result = self.run_traced(args, &mut trace).await;
-        crate::trace::publish(context, trace, &result);
-        result
+        self.call_traced(context, args).await
     }
 }
 

@@ -24,7 +24,7 @@ use crate::failure::ToolFailure;
 use crate::schema::TABLES;
 use crate::sql_guard;
 use crate::stores::Stores;
-use crate::trace::{InnerLlmCall, ToolTrace};
+use crate::trace::{InnerLlmCall, ToolTrace, TracedTool};
 
 /// System prompt of the inner text-to-SQL call.
 pub const SQL_WRITER_PROMPT: &str = include_str!("../../prompts/sql_writer.md");
@@ -112,44 +112,6 @@ impl<M: CompletionModel> SqlAnalytics<M> {
         Self { stores, model: None }
     }
 
-    pub async fn run(&self, args: SqlAnalyticsArgs) -> Result<SqlAnalyticsOutput, ToolFailure> {
-        self.run_traced(args, &mut ToolTrace::new(<Self as Tool>::NAME)).await
-    }
-
-    /// [`Self::run`], recording what ran into `trace`.
-    pub async fn run_traced(
-        &self,
-        args: SqlAnalyticsArgs,
-        trace: &mut ToolTrace,
-    ) -> Result<SqlAnalyticsOutput, ToolFailure> {
-        let start = Instant::now();
-        let result = self.execute(args, trace).await;
-        trace.time("total", start);
-        result
-    }
-
-    async fn execute(&self, args: SqlAnalyticsArgs, trace: &mut ToolTrace) -> Result<SqlAnalyticsOutput, ToolFailure> {
-        let sql = match (args.sql, args.question) {
-            (Some(sql), _) if !sql.trim().is_empty() => sql,
-            (_, Some(question)) if !question.trim().is_empty() => self.write_sql(&question, trace).await?,
-            _ => return Err(ToolFailure::correctable("pass a non-empty `question`")),
-        };
-        let checked = sql_guard::check_analytics(&sql)
-            .map_err(|refusal| ToolFailure::Correctable(format!("{refusal}. The SQL was: {}", sql.trim())))?;
-        trace.sql = Some(checked.clone());
-        let start = Instant::now();
-        let table = run_select(&self.stores.db, self.stores.limits, &checked).await;
-        trace.time("sql", start);
-        let table = table?;
-        Ok(SqlAnalyticsOutput {
-            sql: checked,
-            columns: table.columns,
-            row_count: table.rows.len(),
-            rows: table.rows,
-            truncated: table.truncated,
-        })
-    }
-
     /// The inner LLM call: question + live schema -> one SQL query.
     async fn write_sql(&self, question: &str, trace: &mut ToolTrace) -> Result<String, ToolFailure> {
         let Some(model) = &self.model else {
@@ -174,6 +136,30 @@ impl<M: CompletionModel> SqlAnalytics<M> {
             return Err(ToolFailure::correctable("the SQL writer returned no query; rephrase the question"));
         }
         Ok(sql)
+    }
+}
+
+impl<M: CompletionModel> TracedTool for SqlAnalytics<M> {
+    async fn execute(&self, args: SqlAnalyticsArgs, trace: &mut ToolTrace) -> Result<SqlAnalyticsOutput, ToolFailure> {
+        let sql = match (args.sql, args.question) {
+            (Some(sql), _) if !sql.trim().is_empty() => sql,
+            (_, Some(question)) if !question.trim().is_empty() => self.write_sql(&question, trace).await?,
+            _ => return Err(ToolFailure::correctable("pass a non-empty `question`")),
+        };
+        let checked = sql_guard::check_analytics(&sql)
+            .map_err(|refusal| ToolFailure::Correctable(format!("{refusal}. The SQL was: {}", sql.trim())))?;
+        trace.sql = Some(checked.clone());
+        let start = Instant::now();
+        let table = run_select(&self.stores.db, self.stores.limits, &checked).await;
+        trace.time("sql", start);
+        let table = table?;
+        Ok(SqlAnalyticsOutput {
+            sql: checked,
+            columns: table.columns,
+            row_count: table.rows.len(),
+            rows: table.rows,
+            truncated: table.truncated,
+        })
     }
 }
 
@@ -202,10 +188,7 @@ impl<M: CompletionModel> Tool for SqlAnalytics<M> {
     }
 
     async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        let mut trace = ToolTrace::new(<Self as Tool>::NAME);
-        let result = self.run_traced(args, &mut trace).await;
-        crate::trace::publish(context, trace, &result);
-        result
+        self.call_traced(context, args).await
     }
 }
 

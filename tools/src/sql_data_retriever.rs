@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::failure::ToolFailure;
 use crate::schema::PROFILE_FIELDS;
 use crate::stores::Stores;
-use crate::trace::ToolTrace;
+use crate::trace::{ToolTrace, TracedTool};
 
 /// Most ids one call may ask for: the records go into the model's context.
 pub const MAX_IDS: usize = 200;
@@ -56,22 +56,40 @@ impl SqlDataRetriever {
         Self { stores }
     }
 
-    pub async fn run(&self, args: SqlDataRetrieverArgs) -> Result<SqlDataRetrieverOutput, ToolFailure> {
-        self.run_traced(args, &mut ToolTrace::new(<Self as Tool>::NAME)).await
+    async fn fetch(&self, sql: &str, ids: &[i64]) -> Result<Vec<String>, ToolFailure> {
+        let mut tx = self.stores.db.begin_read_only(self.stores.limits).await.map_err(ToolFailure::Fatal)?;
+        let texts: Vec<String> = sqlx::query_scalar(sql).bind(ids).fetch_all(&mut *tx).await?;
+        tx.rollback().await?;
+        Ok(texts)
     }
+}
 
-    /// [`Self::run`], recording what ran into `trace`.
-    pub async fn run_traced(
-        &self,
-        args: SqlDataRetrieverArgs,
-        trace: &mut ToolTrace,
-    ) -> Result<SqlDataRetrieverOutput, ToolFailure> {
-        let start = Instant::now();
-        let result = self.execute(args, trace).await;
-        trace.time("total", start);
-        result
+/// The SELECT for the requested fields; only names from `PROFILE_FIELDS` reach the SQL text.
+fn select_sql(fields: Option<&[String]>) -> Result<String, ToolFailure> {
+    let mut columns: Vec<&str> = vec!["customer_id"];
+    match fields {
+        None => columns.extend(DEFAULT_FIELDS.iter().filter(|f| **f != "customer_id")),
+        Some(fields) => {
+            for field in fields {
+                let Some(known) = PROFILE_FIELDS.iter().find(|known| **known == field.trim()) else {
+                    return Err(ToolFailure::Correctable(format!(
+                        "unknown field `{field}`; choose from: {}",
+                        PROFILE_FIELDS.join(", ")
+                    )));
+                };
+                if !columns.contains(known) {
+                    columns.push(known);
+                }
+            }
+        }
     }
+    Ok(format!(
+        "SELECT row_to_json(p)::text FROM (SELECT {} FROM profiles WHERE customer_id = ANY($1)) p",
+        columns.join(", ")
+    ))
+}
 
+impl TracedTool for SqlDataRetriever {
     async fn execute(
         &self,
         args: SqlDataRetrieverArgs,
@@ -112,38 +130,6 @@ impl SqlDataRetriever {
         }
         Ok(SqlDataRetrieverOutput { records, missing_ids })
     }
-
-    async fn fetch(&self, sql: &str, ids: &[i64]) -> Result<Vec<String>, ToolFailure> {
-        let mut tx = self.stores.db.begin_read_only(self.stores.limits).await.map_err(ToolFailure::Fatal)?;
-        let texts: Vec<String> = sqlx::query_scalar(sql).bind(ids).fetch_all(&mut *tx).await?;
-        tx.rollback().await?;
-        Ok(texts)
-    }
-}
-
-/// The SELECT for the requested fields; only names from `PROFILE_FIELDS` reach the SQL text.
-fn select_sql(fields: Option<&[String]>) -> Result<String, ToolFailure> {
-    let mut columns: Vec<&str> = vec!["customer_id"];
-    match fields {
-        None => columns.extend(DEFAULT_FIELDS.iter().filter(|f| **f != "customer_id")),
-        Some(fields) => {
-            for field in fields {
-                let Some(known) = PROFILE_FIELDS.iter().find(|known| **known == field.trim()) else {
-                    return Err(ToolFailure::Correctable(format!(
-                        "unknown field `{field}`; choose from: {}",
-                        PROFILE_FIELDS.join(", ")
-                    )));
-                };
-                if !columns.contains(known) {
-                    columns.push(known);
-                }
-            }
-        }
-    }
-    Ok(format!(
-        "SELECT row_to_json(p)::text FROM (SELECT {} FROM profiles WHERE customer_id = ANY($1)) p",
-        columns.join(", ")
-    ))
 }
 
 impl Tool for SqlDataRetriever {
@@ -172,10 +158,7 @@ impl Tool for SqlDataRetriever {
     }
 
     async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        let mut trace = ToolTrace::new(<Self as Tool>::NAME);
-        let result = self.run_traced(args, &mut trace).await;
-        crate::trace::publish(context, trace, &result);
-        result
+        self.call_traced(context, args).await
     }
 }
 

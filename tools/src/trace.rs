@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rig_core::completion::Usage;
-use rig_core::tool::{ContextValue, ToolContext};
+use rig_core::tool::{ContextValue, Tool, ToolContext};
 use serde::{Deserialize, Serialize};
 
 use crate::failure::ToolFailure;
@@ -109,5 +109,50 @@ pub fn publish<T>(context: &mut ToolContext, mut trace: ToolTrace, result: &Resu
     // Serializing plain data cannot fail; if it ever did, only the host-side trace would be missing.
     if let Err(error) = context.insert_result(trace) {
         tracing::warn!("cannot attach the tool trace: {error}");
+    }
+}
+
+/// A tool whose body records what it ran into a [`ToolTrace`]. The three ways a tool is run share that body:
+/// [`run`](Self::run) (no agent: the `tool` command), [`run_traced`](Self::run_traced) (the caller keeps the
+/// trace) and [`call_traced`](Self::call_traced) (rig's `Tool::call`: the trace goes into the tool context).
+pub trait TracedTool: Tool<Error = ToolFailure> {
+    /// The tool's work; `trace` receives the SQL, vector filter, strategy and timings as they happen.
+    fn execute(
+        &self,
+        args: Self::Args,
+        trace: &mut ToolTrace,
+    ) -> impl Future<Output = Result<Self::Output, ToolFailure>> + Send;
+
+    /// Runs the tool outside an agent.
+    fn run(&self, args: Self::Args) -> impl Future<Output = Result<Self::Output, ToolFailure>> + Send {
+        async move { self.run_traced(args, &mut ToolTrace::new(Self::NAME)).await }
+    }
+
+    /// Runs the tool, recording into `trace`, including its total time.
+    fn run_traced(
+        &self,
+        args: Self::Args,
+        trace: &mut ToolTrace,
+    ) -> impl Future<Output = Result<Self::Output, ToolFailure>> + Send {
+        async move {
+            let start = Instant::now();
+            let result = self.execute(args, trace).await;
+            trace.time("total", start);
+            result
+        }
+    }
+
+    /// The body of rig's `Tool::call`: runs the tool and publishes its trace, on success and failure alike.
+    fn call_traced(
+        &self,
+        context: &mut ToolContext,
+        args: Self::Args,
+    ) -> impl Future<Output = Result<Self::Output, ToolFailure>> + Send {
+        async move {
+            let mut trace = ToolTrace::new(Self::NAME);
+            let result = self.run_traced(args, &mut trace).await;
+            publish(context, trace, &result);
+            result
+        }
     }
 }

@@ -12,6 +12,7 @@ use audience_tools::hybrid_discovery::{HybridDiscovery, HybridDiscoveryArgs};
 use audience_tools::semantic_search::{ProfileFilters, SemanticSearch, SemanticSearchArgs};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_data_retriever::{SqlDataRetriever, SqlDataRetrieverArgs};
+use audience_tools::trace::TracedTool;
 use audience_tools::trace::{Strategy, ToolTrace};
 use rig_agent::agent::{AgentBuilder, AgentHook, HookContext, OutcomeAction, OutcomeEvent};
 use rig_agent::test_utils::{MockCompletionModel, MockTurn};

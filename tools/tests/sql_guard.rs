@@ -14,6 +14,7 @@ use audience_tools::failure::ToolFailure;
 use audience_tools::hybrid_discovery::{HybridDiscovery, HybridDiscoveryArgs};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_guard::{check_analytics, check_gate, gate_query};
+use audience_tools::trace::TracedTool;
 use rig_core::DynModel;
 use rig_core::operation::Completion;
 use tool_support::TestDb;
