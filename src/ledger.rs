@@ -350,14 +350,7 @@ mod tests {
     fn every_default_model_is_priced() {
         use crate::provider::ProviderKind;
         let table = table();
-        for kind in [
-            ProviderKind::OpenRouter,
-            ProviderKind::OpenAi,
-            ProviderKind::Groq,
-            ProviderKind::Gemini,
-            ProviderKind::Ollama,
-            ProviderKind::OpenAiCompatible,
-        ] {
+        for kind in ProviderKind::ALL {
             assert!(table.get(kind.default_model()).is_some(), "{} has no price", kind.default_model());
         }
         assert!(table.get(audience_tools::embed::MODEL_NAME).is_some());

@@ -49,7 +49,7 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    const ALL: [ProviderKind; 6] = [
+    pub(crate) const ALL: [ProviderKind; 6] = [
         ProviderKind::OpenRouter,
         ProviderKind::OpenAi,
         ProviderKind::Groq,
