@@ -64,6 +64,9 @@ pub struct IngestArgs {
     /// Compute profiles as of this day (YYYY-MM-DD); default: the day of the newest event.
     #[arg(long)]
     as_of: Option<NaiveDate>,
+    /// Print the report as one JSON document (counts, stage times, peak memory) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -112,8 +115,22 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
     };
     let stores = Stores::open(global).await?;
     let report = pipeline::ingest(&stores.db, stores.index.as_ref(), &stores.embedder, request).await?;
-    print_ingest(&report);
+    if args.json {
+        let mut json = serde_json::to_value(&report)?;
+        json["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
+        println!("{json}");
+    } else {
+        print_ingest(&report);
+    }
     Ok(())
+}
+
+/// The most memory this process has held (VmHWM), for the ingest report; `None` where /proc is missing.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 pub async fn reindex(global: &Global) -> Result<()> {
@@ -208,16 +225,23 @@ fn print_ingest(report: &IngestReport) {
     );
     print_sync(&report.sync);
     let t = &report.times;
+    let peak = peak_rss_bytes().map(|bytes| format!(", peak memory {} MiB", bytes >> 20)).unwrap_or_default();
     println!(
-        "times: load {:.2} s, profiles {:.2} s, swap {:.2} s, embed {:.2} s, total {:.2} s",
+        "times: load {:.2} s, profiles {:.2} s, swap {:.2} s, embed {:.2} s, total {:.2} s{peak}",
         t.load, t.profiles, t.swap, t.embed, t.total
     );
 }
 
 fn print_sync(report: &SyncReport) {
     println!(
-        "vectors: {} embedded ({} tokens), {} unchanged, {} deleted in {:.2} s",
-        report.embedded, report.tokens, report.unchanged, report.deleted, report.seconds
+        "vectors: {} embedded ({} tokens), {} unchanged, {} deleted in {:.2} s (model {:.2} s, index writes {:.2} s)",
+        report.embedded,
+        report.tokens,
+        report.unchanged,
+        report.deleted,
+        report.seconds,
+        report.embed_seconds,
+        report.upsert_seconds
     );
 }
 

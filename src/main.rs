@@ -2,6 +2,7 @@
 
 mod agent;
 mod ask;
+mod bench;
 mod data_commands;
 mod exit;
 mod ledger;
@@ -47,6 +48,8 @@ enum Command {
     Tool(tool_command::ToolArgs),
     /// Start an interactive session: follow-up questions refine the answer, /help lists commands.
     Chat,
+    /// Measure ingest, embedding, tool latency and cold start on this machine (Markdown tables on stdout).
+    Bench(bench::BenchArgs),
 }
 
 /// Settings every command shares.
@@ -86,6 +89,7 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Ask(args) => ask::run(args, global).await?,
         Command::Tool(args) => tool_command::run(args, global).await?,
         Command::Chat => repl::run(global).await?,
+        Command::Bench(args) => bench::run(args, global).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -198,8 +198,10 @@ impl TraceHook {
 
         let mut log = lock(&self.log);
         let started = event.call_id.and_then(|id| log.pending_tools.remove(&id.to_string()));
-        let ms = started
-            .map_or_else(|| trace.as_ref().and_then(|t| t.timings_ms.get("total").copied()).unwrap_or(0), elapsed_ms);
+        let ms = started.map_or_else(
+            || trace.as_ref().and_then(|t| t.timings_ms.get("total").map(|ms| ms.round() as u64)).unwrap_or(0),
+            elapsed_ms,
+        );
         if let Some(trace) = &trace {
             log.embedding_tokens += trace.embedding_tokens;
             if let Some(inner) = &trace.inner_llm {

@@ -37,7 +37,7 @@ pub struct LoadOptions {
 }
 
 /// What a load did.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LoadReport {
     pub customers: u64,
     pub events: u64,
@@ -249,7 +249,8 @@ fn encode_customer(c: &Customer, buf: &mut Vec<u8>) {
     buf.push(b'\n');
 }
 
-fn encode_event(e: &Event, buf: &mut Vec<u8>) {
+/// Appends `e` to `buf` as one COPY text line (also used by `audience bench` to time COPY alone).
+pub fn encode_event(e: &Event, buf: &mut Vec<u8>) {
     // Writing to a Vec cannot fail, so the io::Result of write! carries nothing.
     let _ = write!(buf, "{}\t{}\t{}\t", e.event_id, e.customer_id, e.event_type);
     push_text(buf, &e.product);

@@ -29,19 +29,20 @@ pub struct IngestRequest {
 }
 
 /// Seconds spent in each stage.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct StageTimes {
     /// Reading, validating and COPYing the CSV files.
     pub load: f64,
     pub profiles: f64,
     /// Swapping the staging tables in, building indexes, and committing.
     pub swap: f64,
+    /// Bringing the vector index in line: embedding plus upserts (split in [`SyncReport`]).
     pub embed: f64,
     pub total: f64,
 }
 
 /// What an ingest did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct IngestReport {
     pub load: LoadReport,
     pub profiles: ProfileStats,

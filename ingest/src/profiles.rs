@@ -35,7 +35,7 @@ pub const LUXURY_SPEND: f64 = 800.0;
 const RENDER_PAGE: i64 = 10_000;
 
 /// What [`compute`] produced.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ProfileStats {
     pub profiles: u64,
     pub as_of: NaiveDate,

@@ -28,14 +28,19 @@ pub enum SyncMode {
 }
 
 /// What a sync did.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct SyncReport {
     pub embedded: u64,
     pub deleted: u64,
     pub unchanged: u64,
     /// Model tokens embedded (for usage accounting).
     pub tokens: u64,
+    /// Wall time of the whole sync.
     pub seconds: f64,
+    /// Of which: running the embedding model.
+    pub embed_seconds: f64,
+    /// Of which: writing points to the vector index (upserts and deletes).
+    pub upsert_seconds: f64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -62,6 +67,7 @@ pub async fn sync(db: &Db, index: &dyn VectorIndex, embedder: &LazyEmbedder, mod
 
     let progress = progress_bar(to_embed.len() as u64);
     let mut tokens = 0u64;
+    let (mut embed_seconds, mut upsert_seconds) = (0.0, 0.0);
     for ids in to_embed.chunks(CHUNK) {
         let rows: Vec<ProfileRow> = sqlx::query_as(&format!(
             "SELECT {PAYLOAD_SELECT}, profile_text FROM profiles WHERE customer_id = ANY($1) ORDER BY customer_id"
@@ -71,7 +77,9 @@ pub async fn sync(db: &Db, index: &dyn VectorIndex, embedder: &LazyEmbedder, mod
         .await
         .context("cannot read profiles to embed")?;
         let texts: Vec<String> = rows.iter().map(|row| row.profile_text.clone()).collect();
+        let stage = Instant::now();
         let embedded = embedder.embed(texts).await.context("cannot embed profiles")?;
+        embed_seconds += stage.elapsed().as_secs_f64();
         tokens += embedded.tokens;
         let points = rows
             .into_iter()
@@ -83,14 +91,18 @@ pub async fn sync(db: &Db, index: &dyn VectorIndex, embedder: &LazyEmbedder, mod
             })
             .collect::<Result<Vec<_>>>()?;
         let count = points.len() as u64;
+        let stage = Instant::now();
         index.upsert(points).await.context("cannot write vectors")?;
+        upsert_seconds += stage.elapsed().as_secs_f64();
         progress.inc(count);
     }
     progress.finish_and_clear();
 
+    let stage = Instant::now();
     for ids in stale.chunks(CHUNK) {
         index.delete(ids.to_vec()).await.context("cannot delete vectors of removed customers")?;
     }
+    upsert_seconds += stage.elapsed().as_secs_f64();
 
     Ok(SyncReport {
         embedded: to_embed.len() as u64,
@@ -98,6 +110,8 @@ pub async fn sync(db: &Db, index: &dyn VectorIndex, embedder: &LazyEmbedder, mod
         unchanged,
         tokens,
         seconds: started.elapsed().as_secs_f64(),
+        embed_seconds,
+        upsert_seconds,
     })
 }
 

@@ -129,7 +129,7 @@ impl<M: CompletionModel> SqlAnalytics<M> {
         trace.inner_llm = Some(InnerLlmCall {
             model: response.model().map(str::to_owned).or_else(|| model.model_id()),
             usage: response.usage,
-            ms: trace.timings_ms.get("llm").copied().unwrap_or_default(),
+            ms: trace.timings_ms.get("llm").map_or(0, |ms| ms.round() as u64),
         });
         let sql = extract_sql(&response.text());
         if sql.is_empty() {

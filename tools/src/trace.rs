@@ -71,9 +71,10 @@ pub struct ToolTrace {
     /// The inner text-to-SQL LLM call (`sql_analytics` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inner_llm: Option<InnerLlmCall>,
-    /// Wall time per phase in milliseconds (`total`, `sql`, `embed`, `vector`, `llm`, ...).
+    /// Wall time per phase in milliseconds, to the microsecond (`total`, `sql`, `embed`, `vector`, `llm`, ...):
+    /// the benchmarks read sub-millisecond phases from here.
     #[serde(default)]
-    pub timings_ms: BTreeMap<String, u64>,
+    pub timings_ms: BTreeMap<String, f64>,
     /// The model-visible error of a failed call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -93,7 +94,7 @@ impl ToolTrace {
 
     /// Adds the time since `start` to phase `phase`.
     pub fn time(&mut self, phase: &str, start: Instant) {
-        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
         *self.timings_ms.entry(phase.to_owned()).or_default() += ms;
     }
 }
