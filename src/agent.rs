@@ -463,8 +463,9 @@ mod tests {
             Some("SELECT country, count(*) AS n FROM customers GROUP BY country ORDER BY country")
         );
         assert!(step.observation.starts_with("2 rows"), "{}", step.observation);
-        let sent = tool_results(&model, 2).replace('\\', "");
-        assert!(sent.contains(r#"[["DE",2],["FR",1]]"#), "the rows reach the model: {sent}");
+        let sent = tool_results(&model, 2);
+        assert!(sent.contains(r"country|n\nDE|2\nFR|1"), "the rows reach the model as a table: {sent}");
+        assert!(!sent.contains("GROUP BY"), "the SQL stays with the host: {sent}");
         // Two agent calls and the inner call, all counted.
         assert_eq!(answer.usage.llm_calls, 3);
         assert_eq!((answer.usage.prompt_tokens, answer.usage.completion_tokens), (2600, 65));

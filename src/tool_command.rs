@@ -10,10 +10,9 @@ use audience_tools::semantic_search::SemanticSearch;
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
-use audience_tools::trace::ToolTrace;
+use audience_tools::trace::{ToolTrace, TracedTool};
 use clap::Args;
-use rig_core::tool::{Tool, ToolContext};
-use serde::Serialize;
+use rig_core::tool::ToolContext;
 use serde_json::Value;
 
 use crate::Global;
@@ -110,15 +109,12 @@ async fn run_sql_analytics(stores: Stores, json: Value, global: &Global, start: 
     print(&output, trace.as_ref(), global.verbose)
 }
 
-/// Runs a tool through rig's `Tool::call` (so it publishes its trace exactly as in the agent loop).
-async fn call<T>(tool: T, json: Value) -> Result<(Value, Option<ToolTrace>)>
-where
-    T: Tool<Error = ToolFailure>,
-    T::Output: Serialize,
-{
+/// Runs a tool the way rig's `Tool::call` does in the agent loop (so it publishes the same trace), keeping the
+/// full output rather than the compact observation the model is sent.
+async fn call<T: TracedTool>(tool: T, json: Value) -> Result<(Value, Option<ToolTrace>)> {
     let args: T::Args = serde_json::from_value(json).with_context(|| format!("invalid --args for {}", T::NAME))?;
     let mut context = ToolContext::new();
-    let result = tool.call(&mut context, args).await;
+    let result = tool.call_traced(&mut context, args).await;
     let trace = context.result::<ToolTrace>().ok().flatten();
     match result {
         Ok(output) => Ok((serde_json::to_value(output)?, trace)),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use audience_tools::failure::is_fatal;
-use audience_tools::trace::ToolTrace;
+use audience_tools::trace::{FullOutput, ToolTrace};
 use rig_agent::agent::{
     AgentHook, DispatchAction, DispatchEvent, HookContext, InvalidToolCallAction, InvalidToolCallContext,
     InvalidToolCallReason, ModelTurnAction, ModelTurnFinished, OutcomeAction, OutcomeEvent,
@@ -183,12 +183,17 @@ impl TraceHook {
             .as_ref()
             .and_then(|t| t.fatal.clone())
             .or_else(|| error.as_ref().filter(|(_, fatal)| *fatal).map(|(message, _)| message.clone()));
-        let output = result.filter(|r| r.is_success()).map(|r| {
-            let output = r.output();
-            output.as_json().cloned().unwrap_or_else(|| {
-                let text = output.render();
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            })
+        // The model was sent a compact observation; the host works from the full output the tool kept.
+        let full = event.tool_context().and_then(|ctx| ctx.result::<FullOutput>().ok().flatten());
+        let output = result.filter(|r| r.is_success()).map(|r| match full {
+            Some(FullOutput(full)) => full,
+            None => {
+                let output = r.output();
+                output.as_json().cloned().unwrap_or_else(|| {
+                    let text = output.render();
+                    serde_json::from_str(&text).unwrap_or(Value::String(text))
+                })
+            }
         });
         let observation = match (&error, &output) {
             (Some((message, _)), _) => format!("error: {}", truncate(message, OBSERVATION_CHARS)),

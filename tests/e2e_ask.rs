@@ -89,7 +89,13 @@ fn multi_tool_conversation_returns_the_audience_steps_and_usage() {
     let fixed_tokens = tiktoken_rs::o200k_base_singleton().encode_with_special_tokens(&fixed).len();
     eprintln!("first request: {fixed_tokens} tokens");
     assert!(fixed_tokens < 2000, "the first request is {fixed_tokens} tokens");
-    assert!(tool_messages(&requests[1])[0].contains("\"gate_size\""));
+    // The model is sent a compact observation: the audience size and a table of the customers, not the SQL.
+    let observation = &tool_messages(&requests[1])[0];
+    assert!(
+        observation.starts_with(&format!("{} customers pass the condition", expected["gate_size"])),
+        "{observation}"
+    );
+    assert!(!observation.contains("SELECT"), "{observation}");
     assert!(tool_messages(&requests[2])[1].contains("@"), "emails reach the model");
     assert!(run.stderr.contains("usage: 3 LLM calls"), "{}", run.stderr);
 
@@ -127,7 +133,8 @@ fn analytics_questions_use_the_inner_text_to_sql_call() {
     assert!(inner.contains("favorite_color") && inner.contains("How many customers are in each country?"));
     let total: i64 = env.sql_scalar("SELECT count(*)::text FROM customers").parse().unwrap();
     let rows = tool_messages(&requests[2]).join("");
-    assert!(rows.contains("\"row_count\""), "{rows}");
+    assert!(rows.starts_with("country|customers\n"), "{rows}");
+    assert!(!rows.contains("SELECT"), "the SQL stays with the host: {rows}");
     assert_eq!(total, 60);
 }
 
@@ -386,4 +393,103 @@ fn the_tool_command_runs_tools_without_an_llm() {
     assert_eq!(needs_llm.code, 2, "{}", needs_llm.stderr);
     let unknown = common::Run::from(env.command(&["tool", "nope"]).output().unwrap());
     assert_eq!(unknown.code, 1);
+}
+
+/// tiktoken o200k_base, the counter `src/ledger.rs` estimates with.
+fn tokens(text: &str) -> usize {
+    tiktoken_rs::o200k_base_singleton().encode_with_special_tokens(text).len()
+}
+
+fn json_tokens(value: &impl serde::Serialize) -> usize {
+    tokens(&serde_json::to_string(value).unwrap())
+}
+
+/// The text of a request's system message.
+fn system_text(request: &Value) -> String {
+    messages_with_role(request, "system").first().map(content_text).unwrap_or_default()
+}
+
+/// Prints one line per LLM call of a scripted question (what it sends: messages and tool schemas, counted as
+/// the JSON the provider receives) and returns the prompt tokens summed over the calls.
+fn budget_table(script: &str, requests: &[Value], agent_system: &str) -> usize {
+    eprintln!("{script}:");
+    eprintln!("  {:<4} {:<10} {:>8} {:>12} {:>6}", "call", "kind", "messages", "tools", "total");
+    let mut total = 0;
+    for (index, request) in requests.iter().enumerate() {
+        let kind = if system_text(request) == agent_system { "agent" } else { "sql_writer" };
+        let tools = request.get("tools").and_then(Value::as_array).cloned().unwrap_or_default();
+        let sent = match request.get("tools") {
+            Some(tools) => json_tokens(&(&request["messages"], tools)),
+            None => json_tokens(&request["messages"]),
+        };
+        total += sent;
+        let advertised = format!("{} ({})", if tools.is_empty() { 0 } else { json_tokens(&tools) }, tools.len());
+        eprintln!("  {:<4} {kind:<10} {:>8} {advertised:>12} {sent:>6}", index + 1, json_tokens(&request["messages"]));
+    }
+    eprintln!("  total: {total} prompt tokens in {} LLM calls", requests.len());
+    total
+}
+
+/// The prompt budget of a question: a typical one costs at most 3 LLM calls and fewer than 2,000 prompt
+/// tokens summed over them (every agent call resends the system prompt and the tool schemas). Deterministic:
+/// the fake model scripts the conversation and the requests are counted with tiktoken o200k_base.
+/// `cargo test --test e2e_ask prompt_budget -- --nocapture` prints the figures.
+#[test]
+fn prompt_budget_of_a_typical_question() {
+    const MAX_CALLS: usize = 3;
+    let env = TestEnv::ingested("budget");
+
+    // (a) Discovery: hybrid_discovery (limit 10), the found customers' emails, the answer.
+    let discovery_args = json!({
+        "condition": "event_type = 'purchase' AND price > 50",
+        "intent": "outdoor hiking and camping",
+        "limit": 10
+    });
+    let found = tool_json(&env, "hybrid_discovery", &discovery_args);
+    let ids: Vec<i64> =
+        found["customers"].as_array().unwrap().iter().map(|c| c["customer_id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 10);
+    let llm = FakeLlm::start(vec![
+        Reply::tool("call_1", "hybrid_discovery", discovery_args),
+        Reply::tool("call_2", "sql_data_retriever", json!({"customer_ids": ids, "fields": ["email"]})),
+        Reply::text("26 buyers of items over 50 fit; the ten closest to hiking and camping, with their emails: ..."),
+    ]);
+    let run = env.ask_json(&llm, "Which buyers of items over 50 love hiking and camping? Give me their emails.");
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let answer = run.json();
+    assert_eq!(answer["audience"]["customers"], found["customers"], "the host keeps the whole audience");
+    assert_eq!(answer["steps"][0]["sql"], found["sql"], "and the exact SQL");
+    let discovery = llm.requests();
+
+    // The fixed part of the first agent call: the system prompt and the tool schemas.
+    let first = &discovery[0];
+    let agent_system = system_text(first);
+    let system = &messages_with_role(first, "system")[0];
+    eprintln!("fixed part of an agent call (system prompt and every tool schema):");
+    eprintln!("  {:<20} {:>5}", "system prompt", json_tokens(system));
+    for tool in first["tools"].as_array().unwrap() {
+        eprintln!("  {:<20} {:>5}", tool["function"]["name"].as_str().unwrap(), json_tokens(tool));
+    }
+    eprintln!("  {:<20} {:>5}", "total", json_tokens(&(&[system], &first["tools"])));
+    let discovery_total =
+        budget_table("(a) hybrid_discovery -> sql_data_retriever -> answer", &discovery, &agent_system);
+
+    // (b) Analytics: sql_analytics, its inner text-to-SQL call, the answer.
+    let sql = "SELECT country, count(*) AS customers FROM customers GROUP BY country ORDER BY customers DESC, country";
+    let llm = FakeLlm::start(vec![
+        Reply::tool("call_1", "sql_analytics", json!({"question": "How many customers are in each country?"})),
+        Reply::text(&format!("```sql\n{sql}\n```")),
+        Reply::text("PL and US have the most customers, 11 each."),
+    ]);
+    let run = env.ask_json(&llm, "How many customers per country?");
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(run.json()["steps"][0]["sql"], sql, "the host keeps the exact SQL");
+    let analytics = llm.requests();
+    let analytics_total = budget_table("(b) sql_analytics -> text-to-SQL -> answer", &analytics, &agent_system);
+
+    for (script, requests, total) in
+        [("discovery", &discovery, discovery_total), ("analytics", &analytics, analytics_total)]
+    {
+        assert!(requests.len() <= MAX_CALLS, "{script}: {} LLM calls for {total} prompt tokens", requests.len());
+    }
 }

@@ -8,12 +8,14 @@
 use std::cmp::Ordering;
 use std::time::Instant;
 
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError};
+use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::failure::ToolFailure;
-use crate::semantic_search::{CustomerHit, ProfileFilters, effective_limit, embed_intent, filters_schema};
+use crate::semantic_search::{
+    CustomerHit, ProfileFilters, effective_limit, embed_intent, filters_schema, observe_hits,
+};
 use crate::sql_guard;
 use crate::stores::Stores;
 use crate::trace::{Strategy, ToolTrace, TracedTool};
@@ -132,6 +134,17 @@ impl HybridDiscovery {
 }
 
 impl TracedTool for HybridDiscovery {
+    type Report = HybridDiscoveryOutput;
+
+    /// The audience size and the ranked customers; the gate SQL and the strategy stay with the host.
+    fn observe(report: &HybridDiscoveryOutput) -> String {
+        let summary = format!("{} customers pass the condition", report.gate_size);
+        if report.gate_size > 0 && report.customers.is_empty() {
+            return format!("{summary}; none of them passes the filters");
+        }
+        observe_hits(&summary, &report.customers)
+    }
+
     /// The trace's `vector_filter` holds the profile filters only; the gate-id restriction (per `strategy`, over
     /// `gate_size` ids) is implied, because thousands of ids would bloat every trace.
     async fn execute(
@@ -171,7 +184,7 @@ impl TracedTool for HybridDiscovery {
 impl Tool for HybridDiscovery {
     const NAME: &'static str = "hybrid_discovery";
     type Args = HybridDiscoveryArgs;
-    type Output = HybridDiscoveryOutput;
+    type Output = ToolOutput;
     type Error = ToolFailure;
 
     fn description(&self) -> String {
@@ -199,7 +212,7 @@ impl Tool for HybridDiscovery {
     }
 
     async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_traced(context, args).await
+        self.call_observed(context, args).await
     }
 }
 

@@ -8,6 +8,7 @@ pub mod db;
 pub mod embed;
 pub mod failure;
 pub mod hybrid_discovery;
+pub mod observe;
 pub mod paths;
 pub mod profile;
 pub mod schema;

@@ -3,11 +3,12 @@
 
 use std::time::Instant;
 
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError};
+use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::failure::ToolFailure;
+use crate::observe;
 use crate::stores::Stores;
 use crate::trace::{ToolTrace, TracedTool};
 use crate::vector::{Condition, Filter, MatchValue, ScoredPoint};
@@ -119,6 +120,28 @@ impl CustomerHit {
     }
 }
 
+/// What the model is sent of ranked customers: `summary`, then a table in rank order (no scores: the order says
+/// it), with the fields an answer cites.
+pub(crate) fn observe_hits(summary: &str, hits: &[CustomerHit]) -> String {
+    if hits.is_empty() {
+        return summary.to_owned();
+    }
+    let rows = hits.iter().map(|hit| {
+        [
+            hit.customer_id.to_string(),
+            hit.name.clone(),
+            hit.country.clone(),
+            observe::round(hit.total_spent),
+            hit.segment.clone(),
+            hit.interests.join(","),
+        ]
+    });
+    format!(
+        "{summary}; best matches first:\n{}",
+        observe::table(&["customer_id", "name", "country", "total_spent", "segment", "interests"], rows)
+    )
+}
+
 /// The requested limit, defaulted and capped.
 pub(crate) fn effective_limit(limit: Option<usize>) -> usize {
     limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
@@ -171,6 +194,12 @@ impl SemanticSearch {
 }
 
 impl TracedTool for SemanticSearch {
+    type Report = SemanticSearchOutput;
+
+    fn observe(report: &SemanticSearchOutput) -> String {
+        observe_hits(&format!("{} customers pass the filters", report.count), &report.customers)
+    }
+
     async fn execute(
         &self,
         args: SemanticSearchArgs,
@@ -194,7 +223,7 @@ impl TracedTool for SemanticSearch {
 impl Tool for SemanticSearch {
     const NAME: &'static str = "semantic_search";
     type Args = SemanticSearchArgs;
-    type Output = SemanticSearchOutput;
+    type Output = ToolOutput;
     type Error = ToolFailure;
 
     fn description(&self) -> String {
@@ -218,7 +247,7 @@ impl Tool for SemanticSearch {
     }
 
     async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_traced(context, args).await
+        self.call_observed(context, args).await
     }
 }
 

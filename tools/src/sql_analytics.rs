@@ -13,7 +13,7 @@ use rig_core::completion::{CompletionRequest, CompletionResponse};
 use rig_core::driver::{Model, Transport};
 use rig_core::error::ProviderError;
 use rig_core::operation::Completion;
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError};
+use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use rig_core::wire::Wire;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -21,6 +21,7 @@ use sqlx::{Executor, Statement};
 
 use crate::db::{Db, ReadLimits};
 use crate::failure::ToolFailure;
+use crate::observe;
 use crate::schema::TABLES;
 use crate::sql_guard;
 use crate::stores::Stores;
@@ -140,6 +141,21 @@ impl<M: CompletionModel> SqlAnalytics<M> {
 }
 
 impl<M: CompletionModel> TracedTool for SqlAnalytics<M> {
+    type Report = SqlAnalyticsOutput;
+
+    /// The rows as a table; the SQL stays with the host (the answer must not show it anyway).
+    fn observe(report: &SqlAnalyticsOutput) -> String {
+        if report.rows.is_empty() {
+            return "no rows".to_owned();
+        }
+        let columns: Vec<&str> = report.columns.iter().map(String::as_str).collect();
+        let table = observe::table(&columns, report.rows.iter().map(|row| row.iter().map(observe::cell)));
+        if report.truncated {
+            return format!("{table}\n(only the first {} rows; there are more)", report.row_count);
+        }
+        table
+    }
+
     async fn execute(&self, args: SqlAnalyticsArgs, trace: &mut ToolTrace) -> Result<SqlAnalyticsOutput, ToolFailure> {
         let sql = match (args.sql, args.question) {
             (Some(sql), _) if !sql.trim().is_empty() => sql,
@@ -166,7 +182,7 @@ impl<M: CompletionModel> TracedTool for SqlAnalytics<M> {
 impl<M: CompletionModel> Tool for SqlAnalytics<M> {
     const NAME: &'static str = "sql_analytics";
     type Args = SqlAnalyticsArgs;
-    type Output = SqlAnalyticsOutput;
+    type Output = ToolOutput;
     type Error = ToolFailure;
 
     fn description(&self) -> String {
@@ -188,7 +204,7 @@ impl<M: CompletionModel> Tool for SqlAnalytics<M> {
     }
 
     async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_traced(context, args).await
+        self.call_observed(context, args).await
     }
 }
 

@@ -5,11 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use anyhow::Context;
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError};
+use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::failure::ToolFailure;
+use crate::observe;
 use crate::schema::PROFILE_FIELDS;
 use crate::stores::Stores;
 use crate::trace::{ToolTrace, TracedTool};
@@ -90,6 +91,26 @@ fn select_sql(fields: Option<&[String]>) -> Result<String, ToolFailure> {
 }
 
 impl TracedTool for SqlDataRetriever {
+    type Report = SqlDataRetrieverOutput;
+
+    /// The records as one table (the field names once, not per record), then the ids without a profile.
+    fn observe(report: &SqlDataRetrieverOutput) -> String {
+        let mut parts = Vec::new();
+        if let Some(first) = report.records.first() {
+            let columns: Vec<&str> = first.keys().map(String::as_str).collect();
+            let rows = report
+                .records
+                .iter()
+                .map(|record| columns.iter().map(|column| record.get(*column).map(observe::cell).unwrap_or_default()));
+            parts.push(observe::table(&columns, rows));
+        }
+        if !report.missing_ids.is_empty() {
+            let ids: Vec<String> = report.missing_ids.iter().map(i64::to_string).collect();
+            parts.push(format!("no profile for ids: {}", ids.join(", ")));
+        }
+        parts.join("\n")
+    }
+
     async fn execute(
         &self,
         args: SqlDataRetrieverArgs,
@@ -135,7 +156,7 @@ impl TracedTool for SqlDataRetriever {
 impl Tool for SqlDataRetriever {
     const NAME: &'static str = "sql_data_retriever";
     type Args = SqlDataRetrieverArgs;
-    type Output = SqlDataRetrieverOutput;
+    type Output = ToolOutput;
     type Error = ToolFailure;
 
     fn description(&self) -> String {
@@ -158,7 +179,7 @@ impl Tool for SqlDataRetriever {
     }
 
     async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_traced(context, args).await
+        self.call_observed(context, args).await
     }
 }
 

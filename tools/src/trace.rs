@@ -3,13 +3,16 @@
 //! Each tool fills a [`ToolTrace`] and publishes it into rig's tool context with
 //! `ctx.insert_result(trace)`, on success and on failure alike. The agent's hook reads it back with
 //! `event.tool_context()?.result::<ToolTrace>()` to show the exact SQL, the vector filter and the costs.
+//! The tool's full output travels the same way ([`FullOutput`]), because the model is sent only a compact
+//! observation of it.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rig_core::completion::Usage;
-use rig_core::tool::{ContextValue, Tool, ToolContext};
+use rig_core::tool::{ContextValue, Tool, ToolContext, ToolOutput};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::failure::ToolFailure;
 use crate::vector::Filter;
@@ -107,25 +110,49 @@ pub fn publish<T>(context: &mut ToolContext, mut trace: ToolTrace, result: &Resu
             trace.fatal = Some(failure.to_string());
         }
     }
-    // Serializing plain data cannot fail; if it ever did, only the host-side trace would be missing.
-    if let Err(error) = context.insert_result(trace) {
-        tracing::warn!("cannot attach the tool trace: {error}");
+    insert(context, trace);
+}
+
+/// Attaches host-only data to the tool context. Serializing plain data cannot fail; if it ever did, only the
+/// host-side view would be missing, so the tool call itself still succeeds.
+fn insert<T: ContextValue>(context: &mut ToolContext, value: T) {
+    if let Err(error) = context.insert_result(value) {
+        tracing::warn!("cannot attach {} to the tool context: {error}", T::KEY);
     }
 }
 
-/// A tool whose body records what it ran into a [`ToolTrace`]. The three ways a tool is run share that body:
-/// [`run`](Self::run) (no agent: the `tool` command), [`run_traced`](Self::run_traced) (the caller keeps the
-/// trace) and [`call_traced`](Self::call_traced) (rig's `Tool::call`: the trace goes into the tool context).
-pub trait TracedTool: Tool<Error = ToolFailure> {
+/// A tool's full output as JSON, published into the tool context next to its [`ToolTrace`]. The model is sent
+/// only the tool's compact observation ([`TracedTool::observe`]); the host builds the audience and the step
+/// summaries from this.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FullOutput(pub Value);
+
+impl ContextValue for FullOutput {
+    const KEY: &'static str = "full_output";
+}
+
+/// A tool whose body records what it ran into a [`ToolTrace`] and whose model-visible output is a compact
+/// rendering of its full output. The ways a tool is run share that body: [`run`](Self::run) (no agent),
+/// [`run_traced`](Self::run_traced) (the caller keeps the trace), [`call_traced`](Self::call_traced) (the
+/// trace and the full output go into the tool context; the `tool` command) and
+/// [`call_observed`](Self::call_observed) (rig's `Tool::call`: the same, and the model gets the observation).
+pub trait TracedTool: Tool<Error = ToolFailure, Output = ToolOutput> {
+    /// The tool's full output: what `audience tool` prints and what the host keeps.
+    type Report: Serialize + Send;
+
     /// The tool's work; `trace` receives the SQL, vector filter, strategy and timings as they happen.
     fn execute(
         &self,
         args: Self::Args,
         trace: &mut ToolTrace,
-    ) -> impl Future<Output = Result<Self::Output, ToolFailure>> + Send;
+    ) -> impl Future<Output = Result<Self::Report, ToolFailure>> + Send;
+
+    /// What the model is sent of `report` (see [`crate::observe`]): what it needs to answer and to choose the
+    /// next step, in as few tokens as possible.
+    fn observe(report: &Self::Report) -> String;
 
     /// Runs the tool outside an agent.
-    fn run(&self, args: Self::Args) -> impl Future<Output = Result<Self::Output, ToolFailure>> + Send {
+    fn run(&self, args: Self::Args) -> impl Future<Output = Result<Self::Report, ToolFailure>> + Send {
         async move { self.run_traced(args, &mut ToolTrace::new(Self::NAME)).await }
     }
 
@@ -134,7 +161,7 @@ pub trait TracedTool: Tool<Error = ToolFailure> {
         &self,
         args: Self::Args,
         trace: &mut ToolTrace,
-    ) -> impl Future<Output = Result<Self::Output, ToolFailure>> + Send {
+    ) -> impl Future<Output = Result<Self::Report, ToolFailure>> + Send {
         async move {
             let start = Instant::now();
             let result = self.execute(args, trace).await;
@@ -143,17 +170,35 @@ pub trait TracedTool: Tool<Error = ToolFailure> {
         }
     }
 
-    /// The body of rig's `Tool::call`: runs the tool and publishes its trace, on success and failure alike.
+    /// Runs the tool and publishes its trace (on success and failure alike) and its full output into `context`.
     fn call_traced(
         &self,
         context: &mut ToolContext,
         args: Self::Args,
-    ) -> impl Future<Output = Result<Self::Output, ToolFailure>> + Send {
+    ) -> impl Future<Output = Result<Self::Report, ToolFailure>> + Send {
         async move {
             let mut trace = ToolTrace::new(Self::NAME);
             let result = self.run_traced(args, &mut trace).await;
             publish(context, trace, &result);
+            if let Ok(report) = &result {
+                match serde_json::to_value(report) {
+                    Ok(full) => insert(context, FullOutput(full)),
+                    Err(error) => tracing::warn!("cannot keep the full output of {}: {error}", Self::NAME),
+                }
+            }
             result
+        }
+    }
+
+    /// The body of rig's `Tool::call`: [`call_traced`](Self::call_traced), and the model gets the observation.
+    fn call_observed(
+        &self,
+        context: &mut ToolContext,
+        args: Self::Args,
+    ) -> impl Future<Output = Result<ToolOutput, ToolFailure>> + Send {
+        async move {
+            let report = self.call_traced(context, args).await?;
+            Ok(ToolOutput::text(Self::observe(&report)))
         }
     }
 }

@@ -12,8 +12,7 @@ use audience_tools::hybrid_discovery::{HybridDiscovery, HybridDiscoveryArgs};
 use audience_tools::semantic_search::{ProfileFilters, SemanticSearch, SemanticSearchArgs};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_data_retriever::{SqlDataRetriever, SqlDataRetrieverArgs};
-use audience_tools::trace::TracedTool;
-use audience_tools::trace::{Strategy, ToolTrace};
+use audience_tools::trace::{FullOutput, Strategy, ToolTrace, TracedTool};
 use rig_agent::agent::{AgentBuilder, AgentHook, HookContext, OutcomeAction, OutcomeEvent};
 use rig_agent::test_utils::{MockCompletionModel, MockTurn};
 use rig_core::completion::Usage;
@@ -38,9 +37,9 @@ async fn hybrid_discovery_gates_then_ranks_the_same_with_every_strategy() {
         ..Default::default()
     };
 
-    // Through the rig tool interface, so the trace lands in the context.
+    // As in the agent loop, so the trace lands in the context.
     let mut context = ToolContext::new();
-    let auto = Tool::call(&tool, &mut context, args(None)).await.unwrap();
+    let auto = tool.call_traced(&mut context, args(None)).await.unwrap();
     let trace: ToolTrace = context.result::<ToolTrace>().unwrap().expect("trace published");
     assert_eq!(auto.gate_size, 3);
     assert_eq!(auto.strategy, Strategy::Exact, "three ids are scored exactly");
@@ -52,6 +51,19 @@ async fn hybrid_discovery_gates_then_ranks_the_same_with_every_strategy() {
     assert!(trace.sql.as_deref().unwrap().contains("WHERE event_type = 'purchase' AND product = 'watch'"));
     assert!(trace.embedding_tokens > 0);
     assert!(trace.error.is_none() && trace.fatal.is_none());
+
+    // Through rig's interface the model is sent the audience size and the ranked customers (no SQL, no scores);
+    // the full output stays with the host.
+    let mut context = ToolContext::new();
+    let observed = Tool::call(&tool, &mut context, args(None)).await.unwrap();
+    let text = observed.as_text().unwrap();
+    let header =
+        "3 customers pass the condition; best matches first:\ncustomer_id|name|country|total_spent|segment|interests\n";
+    assert!(text.starts_with(header), "{text}");
+    assert_eq!(text.lines().count(), 5, "{text}");
+    assert!(!text.contains("SELECT") && !text.contains("exact"), "{text}");
+    let full = context.result::<FullOutput>().unwrap().expect("the full output is kept");
+    assert_eq!(full.0, serde_json::to_value(&auto).unwrap());
 
     for strategy in Strategy::ALL {
         let out = tool.run(args(Some(strategy))).await.unwrap();
@@ -79,6 +91,7 @@ async fn hybrid_discovery_gates_then_ranks_the_same_with_every_strategy() {
     assert_eq!((out.gate_size, out.customers.len()), (2, 1));
     let empty = tool.run(HybridDiscoveryArgs { condition: "price > 100000".into(), ..args(None) }).await.unwrap();
     assert_eq!((empty.gate_size, empty.customers.len()), (0, 0));
+    assert_eq!(HybridDiscovery::observe(&empty), "0 customers pass the condition");
 
     // Mistakes the model can correct.
     let refused = tool.run(HybridDiscoveryArgs { condition: "total_spent > 10".into(), ..args(None) }).await;
@@ -108,7 +121,7 @@ async fn semantic_search_ranks_by_intent_with_filters() {
     let filters = ProfileFilters { country: Some("DE".into()), min_spent: Some(1000.0), ..Default::default() };
     let mut context = ToolContext::new();
     let args = SemanticSearchArgs { intent: "watches".into(), filters: Some(filters), limit: Some(5) };
-    let out = Tool::call(&tool, &mut context, args).await.unwrap();
+    let out = tool.call_traced(&mut context, args).await.unwrap();
     assert_eq!(out.count, 1);
     assert_eq!(ids(&out.customers, |c| c.customer_id), [1]);
     let trace = context.result::<ToolTrace>().unwrap().unwrap();
@@ -154,6 +167,12 @@ async fn sql_data_retriever_returns_allowed_fields_in_order() {
         ])
     );
 
+    assert_eq!(
+        SqlDataRetriever::observe(&out),
+        "customer_id|email|total_spent|interests\n3|chloe@example.com|1800|handbags,fashion\n\
+         1|anna@example.com|2500|watches,jewelry\nno profile for ids: 999"
+    );
+
     let default = tool.run(SqlDataRetrieverArgs { customer_ids: vec![7], fields: None }).await.unwrap();
     assert_eq!(default.records[0]["first_name"], "Greta");
     assert!(default.records[0].get("profile_text").is_none());
@@ -180,10 +199,15 @@ async fn sql_analytics_writes_sql_with_one_grounded_model_call() {
     let tool = SqlAnalytics::new(stores.clone(), model.clone());
     let mut context = ToolContext::new();
     let args = SqlAnalyticsArgs { question: Some("How many customers per country?".into()), sql: None };
-    let out = Tool::call(&tool, &mut context, args).await.unwrap();
+    let out = tool.call_traced(&mut context, args).await.unwrap();
     assert_eq!(out.columns, ["country", "n"]);
     assert_eq!(serde_json::to_value(&out.rows).unwrap(), json!([["DE", 2], ["FR", 1], ["GB", 1]]));
     assert_eq!((out.row_count, out.truncated), (3, true), "7 countries, capped at 3 rows");
+    assert_eq!(
+        SqlAnalytics::<MockCompletionModel>::observe(&out),
+        "country|n\nDE|2\nFR|1\nGB|1\n(only the first 3 rows; there are more)",
+        "the model is sent the rows, not the SQL"
+    );
     assert_eq!(model.request_count(), 1);
 
     // The inner call is grounded with the live schema and sample values.
