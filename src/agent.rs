@@ -501,7 +501,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_turn_budget_stops_a_looping_model() {
         let fixture = Fixture::new().await;
-        let call = || MockTurn::tool_call("c", "sql_analytics", json!({"sql": "SELECT 1 AS one FROM customers"}));
+        // A model that keeps sending SQL that fails: every call is offered every tool again.
+        let call = || MockTurn::tool_call("c", "sql_analytics", json!({"sql": "SELECT nope FROM customers"}));
         let model = MockCompletionModel::from_turns([call(), call(), call(), MockTurn::text("never reached")]);
         let mut session = fixture.session(&model, 2);
         let error = session.ask("loop").await.unwrap_err();
@@ -511,6 +512,43 @@ mod tests {
         let usage = session.last_usage().unwrap();
         assert!(!usage.ok);
         assert_eq!(usage.llm_calls, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn later_calls_are_offered_only_the_steps_that_can_follow() {
+        let fixture = Fixture::new().await;
+        let count = || MockTurn::tool_call("c", "sql_analytics", json!({"sql": "SELECT count(*) AS n FROM customers"}));
+        let model = MockCompletionModel::from_turns([
+            count().with_usage(usage(1000, 20)),
+            // Not offered after a result of its own: refused, and the model is told what it may call.
+            count().with_usage(usage(1100, 20)),
+            MockTurn::text("There are 3 customers.").with_usage(usage(1200, 10)),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("How many customers?").await.unwrap();
+        assert_eq!(answer.text, "There are 3 customers.");
+        let offered = |request: usize| -> Vec<String> {
+            model.requests()[request].tools.iter().map(|tool| tool.name.to_string()).collect()
+        };
+        assert_eq!(offered(0).len(), 4);
+        assert_eq!(offered(1), ["hybrid_discovery", "semantic_search", "sql_data_retriever"]);
+        assert_eq!(offered(2), offered(1), "a refused call changes nothing");
+        assert!(
+            tool_results(&model, 2).contains(
+                "There is no tool named `sql_analytics` at this step. \
+                 Call one of: hybrid_discovery, semantic_search, sql_data_retriever."
+            ),
+            "{}",
+            tool_results(&model, 2)
+        );
+        assert_eq!(answer.steps.len(), 2);
+        assert!(answer.steps[0].ok && !answer.steps[1].ok);
+        // The refused call was paid for: it is counted, estimated since its reply never finished a turn.
+        assert_eq!(answer.usage.llm_calls, 3);
+        assert!(answer.usage.estimated);
+        assert_eq!(answer.usage.calls[0].prompt_tokens, 1000);
+        assert!(answer.usage.calls[1].estimated && answer.usage.calls[1].prompt_tokens > 0);
+        assert_eq!(answer.usage.calls[2].prompt_tokens, 1200);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! The agent's trace: a rig hook recording each Thought (assistant text), Action (tool and arguments), the
 //! exact SQL and vector filter a tool ran (from the tool's host-only `ToolTrace`), the Observation, per-step
-//! latency and per-call token usage. It also stops the run on a fatal tool failure and steers the model
-//! back after an unknown tool name.
+//! latency and per-call token usage. It also stops the run on a fatal tool failure, steers the model back
+//! after an unknown tool name, and narrows the tools each model call is offered to the steps that can still
+//! follow ([`offered_tools`]), so a question's later calls do not resend every tool schema.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -10,8 +11,9 @@ use std::time::Instant;
 use audience_tools::failure::is_fatal;
 use audience_tools::trace::{FullOutput, ToolTrace};
 use rig_agent::agent::{
-    AgentHook, DispatchAction, DispatchEvent, HookContext, InvalidToolCallAction, InvalidToolCallContext,
-    InvalidToolCallReason, ModelTurnAction, ModelTurnFinished, OutcomeAction, OutcomeEvent,
+    AgentHook, CompletionCallAction, CompletionCallEvent, DispatchAction, DispatchEvent, HookContext,
+    InvalidToolCallAction, InvalidToolCallContext, InvalidToolCallReason, ModelTurnAction, ModelTurnFinished,
+    OutcomeAction, OutcomeEvent, RequestPatch,
 };
 use rig_core::completion::Usage;
 use rig_core::message::AssistantContent;
@@ -22,6 +24,9 @@ use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
 
 /// Tools whose result defines "the audience": the customers they returned.
 const AUDIENCE_TOOLS: [&str; 2] = ["hybrid_discovery", "semantic_search"];
+/// Tool calls with a result that one question may make; the call after the last one is offered no tools, so
+/// the model answers. One is usual; the second fetches details of the customers the first one found.
+pub const MAX_TOOL_CALLS: usize = 2;
 /// Longest observation kept in a step (the model saw the whole output).
 const OBSERVATION_CHARS: usize = 300;
 
@@ -73,6 +78,65 @@ pub struct RunLog {
     pending_tools: HashMap<String, Instant>,
     /// When the current completion was dispatched, and the request as JSON (for estimating its tokens).
     pending_completion: Option<(Instant, String)>,
+    /// The index in `calls` of the current completion's estimated usage, recorded when its tool call was
+    /// refused: a refused turn that is retried never finishes, yet the provider was paid for it.
+    refused_call: Option<usize>,
+    /// Each tool call of this question and how it went, for choosing the tools the next call is offered.
+    outcomes: Vec<(String, Outcome)>,
+}
+
+/// How a tool call went, as far as the next step is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// An error the model may correct, with the same tool or another.
+    Failed,
+    /// Nothing found (no customers, rows or records): the model may try other arguments or another tool.
+    Empty,
+    /// A result to answer from.
+    Found,
+}
+
+impl Outcome {
+    fn of(output: Option<&Value>) -> Self {
+        let Some(output) = output else { return Self::Failed };
+        let empty = ["customers", "rows", "records"]
+            .iter()
+            .find_map(|key| output.get(key).and_then(Value::as_array))
+            .is_some_and(Vec::is_empty);
+        if empty { Self::Empty } else { Self::Found }
+    }
+}
+
+/// What may follow a tool that found something, in the same question. A discovery is followed by the
+/// details of the customers it found; an analytics result by either, e.g. "who are the luxury fans in the
+/// country with the most customers?". A tool that found something is not offered again: a refinement is
+/// the user's next question, which is offered every tool.
+fn follow_ups(tool: &str) -> &'static [&'static str] {
+    match tool {
+        "hybrid_discovery" | "semantic_search" => &["sql_data_retriever"],
+        "sql_analytics" => &["hybrid_discovery", "semantic_search", "sql_data_retriever"],
+        _ => &[],
+    }
+}
+
+/// The tools the next model call of a question is offered, given its tool calls so far; `None` is every tool.
+///
+/// Every call resends the schemas of the tools it offers, so offering only the steps that can still follow
+/// keeps a typical question's later calls small, and it enforces the plan the system prompt states: after
+/// an error or an empty result every tool (fix the arguments, or try another tool); after a result, only
+/// its follow-ups; after [`MAX_TOOL_CALLS`] results, none (answer).
+fn offered_tools(outcomes: &[(String, Outcome)]) -> Option<Vec<&'static str>> {
+    let found: Vec<&str> =
+        outcomes.iter().filter(|(_, outcome)| *outcome == Outcome::Found).map(|(tool, _)| tool.as_str()).collect();
+    if found.len() >= MAX_TOOL_CALLS {
+        return Some(Vec::new());
+    }
+    match outcomes.last() {
+        None | Some((_, Outcome::Failed | Outcome::Empty)) => None,
+        Some((tool, Outcome::Found)) => {
+            Some(follow_ups(tool).iter().copied().filter(|next| !found.contains(next)).collect())
+        }
+    }
 }
 
 /// A shared handle to the run log: the hook writes, the session reads after the run.
@@ -227,6 +291,8 @@ impl TraceHook {
         {
             log.audience = audience_of(output);
         }
+        let outcome = if error.is_some() { Outcome::Failed } else { Outcome::of(output.as_ref()) };
+        log.outcomes.push((tool.to_owned(), outcome));
         let step = Step {
             thought: log.pending_thought.take(),
             tool: tool.to_owned(),
@@ -265,12 +331,52 @@ impl TraceHook {
     }
 }
 
+impl TraceHook {
+    /// Counts the model call whose tool call was refused (a tool that does not exist, or is not offered at
+    /// this step). If its turn is retried, `on_model_turn_finished` never sees the reply, so the usage is
+    /// estimated from the request and the call.
+    fn record_refused_call(&self, event: &InvalidToolCallContext) {
+        let mut log = lock(&self.log);
+        if log.refused_call.is_some() {
+            return;
+        }
+        let Some((started, request)) = &log.pending_completion else { return };
+        let call = format!("{}{}", event.tool_name, event.args.as_deref().unwrap_or_default());
+        let usage = CallUsage {
+            purpose: CallPurpose::Agent,
+            prompt_tokens: estimate_tokens(request),
+            completion_tokens: estimate_tokens(&call),
+            estimated: true,
+            ms: elapsed_ms(*started),
+        };
+        log.calls.push(usage);
+        log.refused_call = Some(log.calls.len() - 1);
+    }
+}
+
 impl AgentHook for TraceHook {
+    async fn on_completion_call(&self, _ctx: &HookContext, _event: CompletionCallEvent<'_>) -> CompletionCallAction {
+        let offered = offered_tools(&lock(&self.log).outcomes);
+        match offered {
+            None => CompletionCallAction::continue_run(),
+            Some(tools) => {
+                if tools.is_empty() {
+                    self.say("· next call: no tools, the model answers");
+                } else {
+                    self.say(format!("· next call offers: {}", tools.join(", ")));
+                }
+                CompletionCallAction::patch(RequestPatch::new().active_tools(tools))
+            }
+        }
+    }
+
     async fn on_dispatch(&self, _ctx: &HookContext, event: DispatchEvent<'_>) -> DispatchAction {
         if let Some(request) = event.completion_request() {
             // Serialized now, estimated only if the provider reports no usage.
             let json = serde_json::to_string(&(&request.chat_history, &request.tools)).unwrap_or_default();
-            lock(&self.log).pending_completion = Some((Instant::now(), json));
+            let mut log = lock(&self.log);
+            log.pending_completion = Some((Instant::now(), json));
+            log.refused_call = None;
         } else if let Some(tool) = event.tool_name() {
             self.say(format!("→ action: {tool} {}", event.tool_args().unwrap_or("{}")));
             if let Some(id) = event.call_id {
@@ -295,7 +401,12 @@ impl AgentHook for TraceHook {
         let (started, request) = log.pending_completion.take().map_or((None, None), |(s, r)| (Some(s), Some(r)));
         let ms = started.map_or(0, elapsed_ms);
         let usage = call_usage(&event.usage, request.as_deref(), event.content, ms);
-        log.calls.push(usage);
+        // A turn whose refused call was resolved without a retry finishes after all: the provider's counts
+        // replace the estimate.
+        match log.refused_call.take() {
+            Some(index) if index < log.calls.len() => log.calls[index] = usage,
+            _ => log.calls.push(usage),
+        }
         if has_calls && !text.is_empty() {
             let thought = text.join("\n");
             self.say(format!("· thought: {thought}"));
@@ -316,12 +427,21 @@ impl AgentHook for TraceHook {
         _ctx: &HookContext,
         event: &InvalidToolCallContext,
     ) -> Option<InvalidToolCallAction> {
+        self.record_refused_call(event);
         if !matches!(event.reason, InvalidToolCallReason::UnknownTool) {
             return None;
         }
-        // Tell the model which tools exist; the retry budget (AgentConfig::unknown_tool_retries) bounds this.
-        let feedback =
-            format!("There is no tool named `{}`. Call one of: {}.", event.tool_name, event.available_tools.join(", "));
+        // Tell the model which tools this step offers (see `offered_tools`), possibly none; the retry budget
+        // (AgentConfig::unknown_tool_retries) bounds this.
+        let feedback = if event.available_tools.is_empty() {
+            format!("There is no tool named `{}` at this step. Answer from the tool results you have.", event.tool_name)
+        } else {
+            format!(
+                "There is no tool named `{}` at this step. Call one of: {}.",
+                event.tool_name,
+                event.available_tools.join(", ")
+            )
+        };
         self.say(format!("! unknown tool `{}`; asking the model to use a listed tool", event.tool_name));
         let mut log = lock(&self.log);
         let thought = log.pending_thought.take();
@@ -365,6 +485,43 @@ mod tests {
         let out = json!({"customers": [{"customer_id": 7}, {"customer_id": 8}]});
         assert_eq!(audience_of(&out).unwrap().size, 2);
         assert!(audience_of(&json!({"rows": []})).is_none());
+    }
+
+    #[test]
+    fn each_call_is_offered_only_the_steps_that_can_follow() {
+        let calls = |steps: &[(&str, Outcome)]| -> Vec<(String, Outcome)> {
+            steps.iter().map(|(tool, outcome)| ((*tool).to_owned(), *outcome)).collect()
+        };
+        use Outcome::{Empty, Failed, Found};
+        assert_eq!(offered_tools(&[]), None, "the first call chooses among every tool");
+        assert_eq!(offered_tools(&calls(&[("hybrid_discovery", Found)])), Some(vec!["sql_data_retriever"]));
+        assert_eq!(offered_tools(&calls(&[("semantic_search", Found)])), Some(vec!["sql_data_retriever"]));
+        assert_eq!(
+            offered_tools(&calls(&[("sql_analytics", Found)])),
+            Some(vec!["hybrid_discovery", "semantic_search", "sql_data_retriever"])
+        );
+        assert_eq!(offered_tools(&calls(&[("sql_data_retriever", Found)])), Some(vec![]));
+        // Errors and empty results leave every tool: fix the arguments, or try another tool.
+        assert_eq!(offered_tools(&calls(&[("sql_analytics", Failed)])), None);
+        assert_eq!(offered_tools(&calls(&[("hybrid_discovery", Empty)])), None);
+        assert_eq!(
+            offered_tools(&calls(&[("hybrid_discovery", Failed), ("hybrid_discovery", Found)])),
+            Some(vec!["sql_data_retriever"])
+        );
+        // Two results, then the answer.
+        let two = calls(&[("hybrid_discovery", Found), ("sql_data_retriever", Found)]);
+        assert_eq!(offered_tools(&two), Some(vec![]));
+        let two = calls(&[("sql_analytics", Found), ("sql_data_retriever", Failed), ("semantic_search", Found)]);
+        assert_eq!(offered_tools(&two), Some(vec![]));
+    }
+
+    #[test]
+    fn empty_results_are_told_apart_from_results() {
+        assert_eq!(Outcome::of(None), Outcome::Failed);
+        assert_eq!(Outcome::of(Some(&json!({"gate_size": 0, "customers": []}))), Outcome::Empty);
+        assert_eq!(Outcome::of(Some(&json!({"rows": [], "row_count": 0}))), Outcome::Empty);
+        assert_eq!(Outcome::of(Some(&json!({"records": [], "missing_ids": [4]}))), Outcome::Empty);
+        assert_eq!(Outcome::of(Some(&json!({"count": 3, "customers": [{"customer_id": 1}]}))), Outcome::Found);
     }
 
     #[test]
