@@ -227,8 +227,8 @@ fn print_ingest(report: &IngestReport) {
     let t = &report.times;
     let peak = peak_rss_bytes().map(|bytes| format!(", peak memory {} MiB", bytes >> 20)).unwrap_or_default();
     println!(
-        "times: load {:.2} s, profiles {:.2} s, swap {:.2} s, embed {:.2} s, total {:.2} s{peak}",
-        t.load, t.profiles, t.swap, t.embed, t.total
+        "times: load {:.2} s, profiles {:.2} s, swap {:.2} s, vacuum {:.2} s, embed {:.2} s, total {:.2} s{peak}",
+        t.load, t.profiles, t.swap, t.vacuum, t.embed, t.total
     );
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use audience_tools::db::Db;
 use audience_tools::embed::LazyEmbedder;
+use audience_tools::schema::TABLES;
 use audience_tools::vector::VectorIndex;
 use chrono::NaiveDate;
 
@@ -36,6 +37,8 @@ pub struct StageTimes {
     pub profiles: f64,
     /// Swapping the staging tables in, building indexes, and committing.
     pub swap: f64,
+    /// VACUUM of the new tables after the commit (see [`ingest`]).
+    pub vacuum: f64,
     /// Bringing the vector index in line: embedding plus upserts (split in [`SyncReport`]).
     pub embed: f64,
     pub total: f64,
@@ -81,6 +84,17 @@ pub async fn ingest(
     load::swap_in(&mut tx).await?;
     tx.commit().await.context("cannot commit the ingest")?;
     times.swap = stage.elapsed().as_secs_f64();
+
+    // Freshly loaded pages are not yet marked all-visible, so every index-only scan (the hybrid gate's DISTINCT
+    // over events.customer_id, its EXISTS probes) would still read the heap: 22 ms against 5 ms for a 1k-customer
+    // gate over 0.5M events. VACUUM sets the visibility map once, here, instead of leaving it to autovacuum.
+    let stage = Instant::now();
+    let tables: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+    sqlx::raw_sql(&format!("VACUUM {}", tables.join(", ")))
+        .execute(&db.pool)
+        .await
+        .context("cannot vacuum the new tables")?;
+    times.vacuum = stage.elapsed().as_secs_f64();
 
     let sync_report = sync::sync(db, index, embedder, SyncMode::Incremental).await?;
     times.embed = sync_report.seconds;

@@ -25,6 +25,9 @@ pub struct EmbedBenchArgs {
     /// Profile texts embedded per run, taken from this dataset (customers; ingested first if needed).
     #[arg(long, default_value_t = 10_000)]
     customers: u64,
+    /// Mean events per customer of the dataset.
+    #[arg(long, default_value_t = 50)]
+    events_per_customer: u32,
     /// Texts per run.
     #[arg(long, default_value_t = 2_048)]
     texts: usize,
@@ -35,7 +38,7 @@ pub struct EmbedBenchArgs {
 
 impl EmbedBenchArgs {
     pub fn smoke() -> Self {
-        Self { customers: 300, texts: 64, runs: 1 }
+        Self { customers: 300, events_per_customer: 20, texts: 64, runs: 1 }
     }
 }
 
@@ -73,7 +76,7 @@ pub async fn run(bench: &Bench, args: &EmbedBenchArgs) -> Result<()> {
     ]);
     table.print("## Hardware floor");
 
-    let dataset = bench.dataset(args.customers, 50)?;
+    let dataset = bench.dataset(args.customers, args.events_per_customer)?;
     let texts = profile_texts(bench, &dataset, args.texts).await?;
     let cores = floor.cores;
     let mut layouts = Vec::new();

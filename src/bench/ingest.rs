@@ -209,12 +209,15 @@ fn number(report: &Value, pointer: &str) -> f64 {
 
 /// Full first ingests (schema and index dropped before each), timed by stage.
 async fn full_ingest(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()> {
+    let floor = tokio::task::spawn_blocking(super::embed::measure_floor).await?;
     let names = [
         "load: parse + validate + COPY, pipelined (rows/s)",
         "profile SQL (s)",
         "swap + indexes + commit (s)",
+        "vacuum (s)",
         "embedding (profiles/s)",
         "embedding (tokens/s)",
+        "embedding (% of the hardware floor)",
         "vector upsert (points/s)",
         "total (s)",
         "peak RSS (MiB)",
@@ -230,8 +233,10 @@ async fn full_ingest(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()
             rows / number(&r, "/times/load"),
             number(&r, "/times/profiles"),
             number(&r, "/times/swap"),
+            number(&r, "/times/vacuum"),
             embedded / number(&r, "/sync/embed_seconds"),
             number(&r, "/sync/tokens") / number(&r, "/sync/embed_seconds"),
+            100.0 * number(&r, "/sync/tokens") / number(&r, "/sync/embed_seconds") / floor.tokens_per_second(),
             embedded / number(&r, "/sync/upsert_seconds"),
             number(&r, "/times/total"),
             number(&r, "/peak_rss_bytes") / f64::from(1 << 20),
@@ -245,7 +250,13 @@ async fn full_ingest(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()
     }
     let mut table = Table::new(["figure", "median (min–max)"]);
     for (name, samples) in names.iter().zip(&figures) {
-        let cell = if name.ends_with("(s)") { samples.spread(2) } else { rate(samples) };
+        let cell = if name.ends_with("(s)") {
+            samples.spread(2)
+        } else if name.contains('%') {
+            samples.spread(1)
+        } else {
+            rate(samples)
+        };
         table.row([name.to_string(), cell]);
     }
     table.print("### Full ingest (`audience ingest --json`, a fresh schema and index each run)");

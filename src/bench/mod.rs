@@ -3,7 +3,7 @@
 //!
 //! Every figure runs against the real PostgreSQL, the real embedding model and the embedded vector engine. Each
 //! dataset size gets its own directory (`<dir>/<customers>`: the generated CSV files and the vector index) and its
-//! own schema (`bench_<customers>`), so a benchmark never touches the user's data. Whole commands (`ingest`,
+//! own schema (`<AUDIENCE_SCHEMA>_bench_<customers>`), so a benchmark never touches the user's data. Whole commands (`ingest`,
 //! `chat`, `tool`) run as child processes of the same binary, so their peak memory and start-up are real.
 
 mod embed;
@@ -17,7 +17,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use audience_ingest::generate::{self, GenerateOptions};
-use audience_tools::db::Db;
+use audience_tools::db::{DEFAULT_SCHEMA, Db, check_identifier};
 use chrono::NaiveDate;
 use clap::{Args, Subcommand};
 
@@ -67,10 +67,12 @@ async fn smoke(bench: &Bench) -> Result<()> {
     startup::run(bench, &startup::StartupBenchArgs::smoke(customers)).await
 }
 
-/// The benchmark workspace: a directory of datasets, and the running binary for child commands.
+/// The benchmark workspace: a directory of datasets, the running binary for child commands, and the prefix of
+/// the datasets' schemas.
 pub struct Bench {
     dir: PathBuf,
     exe: PathBuf,
+    schema_prefix: String,
 }
 
 /// One generated dataset, its schema and its data directory (vector index).
@@ -97,7 +99,10 @@ impl Bench {
     fn new(dir: PathBuf) -> Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let exe = std::env::current_exe().context("cannot find the running audience binary")?;
-        Ok(Self { dir, exe })
+        let base = std::env::var("AUDIENCE_SCHEMA").unwrap_or_else(|_| DEFAULT_SCHEMA.to_owned());
+        let schema_prefix = format!("{base}_bench");
+        check_identifier(&schema_prefix).context("AUDIENCE_SCHEMA")?;
+        Ok(Self { dir, exe, schema_prefix })
     }
 
     /// The dataset of `customers` customers with a mean of `events_per_customer` events, generated on first use
@@ -141,7 +146,7 @@ impl Bench {
             events,
             customers_csv: dir.join("customers.csv"),
             events_csv: dir.join("events.csv"),
-            schema: format!("bench_{customers}"),
+            schema: format!("{}_{customers}", self.schema_prefix),
             dir,
         })
     }

@@ -1,9 +1,10 @@
 //! `audience bench query`: latency of the tools as the agent calls them, on an ingested dataset.
 //!
 //! `hybrid_discovery` runs for gates of about 100, 1k, 10k and 100k customers with each ranking strategy forced,
-//! side by side in one run, and then with the automatic pick; every query has its own gate window and intent, so
-//! no two queries hit the same cache lines. The split comes from the tool's own trace (SQL gate, embedding of the
-//! intent, vector ranking).
+//! side by side in one run, and then with the automatic pick; every query has its own gate window (a customer id
+//! range, so the SQL is cheap and the strategies' cost shows) and intent. Then behavioural gates as a marketer
+//! writes them, whose SQL reads the events table. The split comes from the tool's own trace (SQL gate, embedding
+//! of the intent, vector ranking).
 
 use std::sync::Arc;
 
@@ -99,6 +100,7 @@ pub async fn run(bench: &Bench, args: &QueryBenchArgs) -> Result<()> {
         args.queries
     );
     hybrid(&stores, &dataset, args).await?;
+    behavioural(&stores, args).await?;
     semantic(&stores, args).await?;
     retriever(&stores, &dataset, args).await
 }
@@ -169,6 +171,57 @@ async fn hybrid(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> Re
         }
     }
     table.print(&format!("### hybrid_discovery by gate size and strategy (fastest p95: {})", fastest.join(", ")));
+    Ok(())
+}
+
+/// Gates over events as the agent writes them, relative to the datasets' last day (2026-11-01).
+const BEHAVIOURAL_GATES: [(&str, &str); 4] = [
+    (
+        "bought socks in the last 60 days",
+        "event_type = 'purchase' AND product = 'socks' AND ts > TIMESTAMPTZ '2026-11-01' - interval '60 days'",
+    ),
+    ("bought anything over 500", "event_type = 'purchase' AND price > 500"),
+    ("viewed watches, from PL (both tables)", "product = 'watches' AND country = 'PL'"),
+    ("any activity in the last 7 days", "ts > TIMESTAMPTZ '2026-11-01' - interval '7 days'"),
+];
+
+async fn behavioural(stores: &Stores, args: &QueryBenchArgs) -> Result<()> {
+    let tool = HybridDiscovery::new(stores.clone());
+    let mut table = Table::new([
+        "gate",
+        "ids",
+        "strategy",
+        "SQL gate p50 / p95",
+        "embed p50 / p95",
+        "vector p50 / p95",
+        "total p50 / p95",
+    ]);
+    for (name, condition) in BEHAVIOURAL_GATES {
+        let mut phases = Phases::default();
+        let mut strategy = None;
+        for query in 0..args.queries {
+            let args = HybridDiscoveryArgs {
+                condition: condition.to_owned(),
+                intent: INTENTS[query % INTENTS.len()].to_owned(),
+                limit: Some(10),
+                ..HybridDiscoveryArgs::default()
+            };
+            let mut trace = ToolTrace::new("hybrid_discovery");
+            tool.run_traced(args, &mut trace).await.map_err(|e| anyhow::anyhow!("hybrid_discovery: {e}"))?;
+            strategy = trace.strategy;
+            phases.record(&trace);
+        }
+        table.row([
+            name.to_owned(),
+            thousands(phases.gate.median()),
+            strategy.map_or("-", Strategy::as_str).to_owned(),
+            p50_p95(&phases.sql),
+            p50_p95(&phases.embed),
+            p50_p95(&phases.vector),
+            p50_p95(&phases.total),
+        ]);
+    }
+    table.print("### hybrid_discovery with behavioural gates over events (automatic strategy)");
     Ok(())
 }
 

@@ -323,12 +323,22 @@ impl TestEnv {
 }
 
 impl Drop for TestEnv {
+    /// Drops the test's schema and the schemas named after it (`audience bench` makes `<schema>_bench_<n>`).
     fn drop(&mut self) {
         let url = database_url();
         let schema = self.schema.clone();
         block_on(async move {
             if let Ok(pool) = sqlx::PgPool::connect(&url).await {
-                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&pool).await;
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT nspname::text FROM pg_namespace WHERE nspname = $1 OR starts_with(nspname, $1 || '_')",
+                )
+                .bind(&schema)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                for name in names {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&pool).await;
+                }
             }
         });
     }

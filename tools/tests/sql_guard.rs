@@ -197,10 +197,24 @@ fn guard_accepts_ordinary_analytics_and_gates() {
     for condition in VALID_GATES {
         check_gate(condition).unwrap_or_else(|e| panic!("refused a valid gate: {condition}\n{e}"));
     }
-    let gate = gate_query("event_type = 'purchase'").unwrap();
+    // The query shape follows the tables the condition reads.
     assert_eq!(
-        gate,
-        "SELECT DISTINCT customer_id FROM events JOIN customers USING (customer_id) WHERE event_type = 'purchase'"
+        gate_query("event_type = 'purchase'").unwrap(),
+        "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase'"
+    );
+    assert_eq!(
+        gate_query("country = 'PL' AND customer_id < 100").unwrap(),
+        "SELECT customer_id FROM customers WHERE (country = 'PL' AND customer_id < 100) \
+         AND EXISTS (SELECT 1 FROM events WHERE events.customer_id = customers.customer_id)"
+    );
+    assert_eq!(
+        gate_query("events.customer_id < 100").unwrap(),
+        "SELECT DISTINCT customer_id FROM events WHERE events.customer_id < 100"
+    );
+    assert_eq!(
+        gate_query("product = 'socks' AND customers.age > 30").unwrap(),
+        "SELECT DISTINCT customer_id FROM events JOIN customers USING (customer_id) \
+         WHERE product = 'socks' AND customers.age > 30"
     );
 }
 
@@ -289,5 +303,40 @@ async fn statement_timeout_stops_a_sleep_without_the_guard() {
     // The tool reports the same cancellation as a correctable error.
     assert!(matches!(ToolFailure::from(error), ToolFailure::Correctable(m) if m.contains("timeout")));
     drop(tx);
+    test.drop().await;
+}
+
+/// Regression guard for the gate's query shapes: each shape returns exactly the customers the plain
+/// events-join-customers DISTINCT returns, on real data.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_gate_shape_returns_the_same_customers_as_the_join() {
+    let test = TestDb::new().await;
+    let conditions = [
+        "event_type = 'purchase'",
+        "country = 'PL'",
+        "customer_id BETWEEN 2 AND 4",
+        "customers.customer_id > 1 AND age > 30",
+        "events.customer_id < 3",
+        "product = 'socks' OR country = 'DE'",
+        "true",
+    ];
+    for condition in conditions {
+        let ids = |sql: String| {
+            let pool = test.db.pool.clone();
+            async move {
+                let mut ids: Vec<i64> = sqlx::query_scalar(&sql).fetch_all(&pool).await.unwrap();
+                ids.sort_unstable();
+                ids
+            }
+        };
+        let shaped = ids(gate_query(condition).unwrap()).await;
+        let joined = ids(format!(
+            "SELECT DISTINCT customer_id FROM events JOIN customers USING (customer_id) WHERE {}",
+            check_gate(condition).unwrap()
+        ))
+        .await;
+        assert_eq!(shaped, joined, "{condition}: {}", gate_query(condition).unwrap());
+        assert!(!joined.is_empty() || condition.contains("socks"), "{condition} gates nobody: a weak test");
+    }
     test.drop().await;
 }

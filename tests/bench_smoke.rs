@@ -1,0 +1,38 @@
+//! The CI smoke run of `audience bench`: every section once on a tiny dataset, through the built binary, against
+//! the real PostgreSQL, embedding model and embedded vector engine. It proves the harness works end to end (the
+//! bench itself fails when a full ingest does not embed every profile or a 1% change does not re-embed exactly
+//! 1%); its figures are not benchmarks.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
+
+mod common;
+
+use common::{Run, TestEnv};
+
+#[test]
+fn bench_smoke_runs_every_section() {
+    let env = TestEnv::empty("bench");
+    let dir = env.data_dir().join("bench");
+    let run = Run::from(env.command(&["bench", "--dir", dir.to_str().unwrap(), "smoke"]).output().unwrap());
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    for heading in [
+        "## Ingest: 300 customers",
+        "### Loader alone: COPY is",
+        "### Full ingest",
+        "### Incremental re-ingest after 1% of customers changed",
+        "## Hardware floor",
+        "## Embedding throughput",
+        "### hybrid_discovery by gate size and strategy",
+        "### hybrid_discovery with behavioural gates",
+        "### semantic_search",
+        "### sql_data_retriever",
+        "## Cold start",
+    ] {
+        assert!(run.stdout.contains(heading), "missing {heading:?} in:\n{}", run.stdout);
+    }
+    assert!(run.stdout.contains("| profiles re-embedded | 3 of 300 (1%), every run |"), "{}", run.stdout);
+    // Every strategy and the automatic pick ran for each gate size.
+    let strategies = run.stdout.split("### hybrid_discovery by gate size").nth(1).unwrap().split("###").next().unwrap();
+    for strategy in ["| exact |", "| has_id |", "| match_any |", "| auto ("] {
+        assert_eq!(strategies.matches(strategy).count(), 3, "{strategy} in:\n{strategies}");
+    }
+}
