@@ -14,7 +14,6 @@ use audience_tools::db::{Db, ReadLimits};
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::hybrid_discovery::HybridDiscovery;
 use audience_tools::paths;
-use audience_tools::schema::TABLES;
 use audience_tools::semantic_search::SemanticSearch;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
@@ -308,21 +307,10 @@ fn one_line(text: &str) -> String {
     }
 }
 
-/// The system prompt: prompts/system.md with the compact table summary.
+/// The system prompt: prompts/system.md. It carries no schema: every call resends it, so the columns a
+/// tool's arguments refer to are described by that tool, and sent only while the tool is offered.
 pub fn system_prompt() -> String {
-    SYSTEM_PROMPT.replace("{schema}", &schema_summary())
-}
-
-/// One line per table, `name(col, col, ...)`, plus the value notes a model cannot guess.
-fn schema_summary() -> String {
-    let mut lines: Vec<String> =
-        TABLES.iter().map(|table| format!("- {}({})", table.name, table.columns().join(", "))).collect();
-    lines.push(
-        "events.event_type is 'view', 'add_to_cart' or 'purchase'; quantity < 0 is a return; \
-         profiles has one row per customer (RFM scores 1-5, segment, interests[])"
-            .to_owned(),
-    );
-    lines.join("\n")
+    SYSTEM_PROMPT.trim().to_owned()
 }
 
 fn build_agent(model: ChatModel, stores: Stores, max_turns: usize) -> Agent {
@@ -341,7 +329,7 @@ mod tests {
     use super::*;
     use crate::exit::Failure;
     use crate::provider::{ProviderKind, RetryPolicy};
-    use audience_tools::schema::READER_ROLE;
+    use audience_tools::schema::{READER_ROLE, TABLES};
     use audience_tools::vector::edge::EdgeIndex;
     use rig_agent::test_utils::{MockCompletionModel, MockTurn};
     use rig_core::completion::Usage;
@@ -531,13 +519,11 @@ mod tests {
             model.requests()[request].tools.iter().map(|tool| tool.name.to_string()).collect()
         };
         assert_eq!(offered(0).len(), 4);
-        assert_eq!(offered(1), ["hybrid_discovery", "semantic_search", "sql_data_retriever"]);
+        assert_eq!(offered(1), ["hybrid_discovery"]);
         assert_eq!(offered(2), offered(1), "a refused call changes nothing");
         assert!(
-            tool_results(&model, 2).contains(
-                "There is no tool named `sql_analytics` at this step. \
-                 Call one of: hybrid_discovery, semantic_search, sql_data_retriever."
-            ),
+            tool_results(&model, 2)
+                .contains("There is no tool named `sql_analytics` at this step. Call one of: hybrid_discovery."),
             "{}",
             tool_results(&model, 2)
         );
@@ -630,15 +616,10 @@ mod tests {
     }
 
     #[test]
-    fn system_prompt_is_short_and_names_every_table() {
-        let prompt = system_prompt();
-        for table in TABLES {
-            assert!(prompt.contains(&format!("- {}(", table.name)), "{prompt}");
-        }
-        assert!(!prompt.contains("{schema}"));
-        // The whole request (prompt + tool schemas + question) should stay near 2k tokens.
-        let tokens = crate::ledger::estimate_tokens(&prompt);
-        assert!(tokens < 900, "system prompt is {tokens} tokens");
+    fn system_prompt_is_short() {
+        // Every model call of a question resends it; see tests/e2e_ask.rs prompt_budget_of_a_typical_question.
+        let tokens = crate::ledger::estimate_tokens(&system_prompt());
+        assert!(tokens < 150, "system prompt is {tokens} tokens");
     }
 
     #[test]

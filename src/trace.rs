@@ -108,13 +108,14 @@ impl Outcome {
 }
 
 /// What may follow a tool that found something, in the same question. A discovery is followed by the
-/// details of the customers it found; an analytics result by either, e.g. "who are the luxury fans in the
-/// country with the most customers?". A tool that found something is not offered again: a refinement is
-/// the user's next question, which is offered every tool.
+/// details of the customers it found. An analytics result is followed by a discovery whose condition uses
+/// it ("who are the luxury fans in the country with the most customers?"); details need no second call, as
+/// the analytics query can select any profile column itself. A tool that found something is not offered
+/// again: a refinement is the user's next question, which is offered every tool.
 fn follow_ups(tool: &str) -> &'static [&'static str] {
     match tool {
         "hybrid_discovery" | "semantic_search" => &["sql_data_retriever"],
-        "sql_analytics" => &["hybrid_discovery", "semantic_search", "sql_data_retriever"],
+        "sql_analytics" => &["hybrid_discovery"],
         _ => &[],
     }
 }
@@ -496,10 +497,7 @@ mod tests {
         assert_eq!(offered_tools(&[]), None, "the first call chooses among every tool");
         assert_eq!(offered_tools(&calls(&[("hybrid_discovery", Found)])), Some(vec!["sql_data_retriever"]));
         assert_eq!(offered_tools(&calls(&[("semantic_search", Found)])), Some(vec!["sql_data_retriever"]));
-        assert_eq!(
-            offered_tools(&calls(&[("sql_analytics", Found)])),
-            Some(vec!["hybrid_discovery", "semantic_search", "sql_data_retriever"])
-        );
+        assert_eq!(offered_tools(&calls(&[("sql_analytics", Found)])), Some(vec!["hybrid_discovery"]));
         assert_eq!(offered_tools(&calls(&[("sql_data_retriever", Found)])), Some(vec![]));
         // Errors and empty results leave every tool: fix the arguments, or try another tool.
         assert_eq!(offered_tools(&calls(&[("sql_analytics", Failed)])), None);

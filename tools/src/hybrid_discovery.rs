@@ -194,14 +194,12 @@ impl Tool for HybridDiscovery {
     fn parameters(&self) -> Value {
         json!({
             "type": "object",
+            // The description says what the condition may read: every offered call resends this schema.
             "properties": {
-                "condition": {
-                    "type": "string",
-                    "description": "One SQL boolean expression over events and customers columns (no subqueries)"
-                },
-                "intent": {"type": "string", "description": "Who to rank first, in plain words"},
+                "condition": {"type": "string"},
+                "intent": {"type": "string", "description": "who to rank first"},
                 "filters": filters_schema(),
-                "limit": {"type": "integer", "minimum": 1, "maximum": crate::semantic_search::MAX_LIMIT, "description": "Default 10"}
+                "limit": {"type": "integer", "maximum": crate::semantic_search::MAX_LIMIT}
             },
             "required": ["condition", "intent"]
         })
@@ -219,6 +217,33 @@ impl Tool for HybridDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_description_names_the_gate_columns() {
+        use crate::schema::TABLES;
+        // Names, e-mails and ids are gate columns too, but no behaviour condition needs them.
+        let described = ["event_type", "product", "color", "price", "quantity", "ts"].into_iter().chain([
+            "country",
+            "age",
+            "favorite_color",
+            "signup_date",
+        ]);
+        let description = include_str!("../../prompts/tools/hybrid_discovery.md");
+        let gate_columns: Vec<&str> = TABLES
+            .iter()
+            .filter(|table| matches!(table.name, "events" | "customers"))
+            .flat_map(|table| table.columns())
+            .filter(|column| !column.ends_with("_id") && !matches!(*column, "first_name" | "last_name" | "email"))
+            .collect();
+        let described: Vec<&str> = described.collect();
+        for column in &gate_columns {
+            assert!(described.contains(column), "describe {column} in prompts/tools/hybrid_discovery.md");
+        }
+        for column in described {
+            assert!(gate_columns.contains(&column), "{column} is not a gate column");
+            assert!(description.contains(column), "{column} is missing from the description");
+        }
+    }
 
     #[test]
     fn strategy_follows_gate_size() {

@@ -121,24 +121,18 @@ impl CustomerHit {
 }
 
 /// What the model is sent of ranked customers: `summary`, then a table in rank order (no scores: the order says
-/// it), with the fields an answer cites.
+/// it) with what an answer cites: who, where, and the interests that make them fit. The host shows the user the
+/// rest (spend, segment), and `sql_data_retriever` fetches it when the question asks.
 pub(crate) fn observe_hits(summary: &str, hits: &[CustomerHit]) -> String {
     if hits.is_empty() {
         return summary.to_owned();
     }
-    let rows = hits.iter().map(|hit| {
-        [
-            hit.customer_id.to_string(),
-            hit.name.clone(),
-            hit.country.clone(),
-            observe::round(hit.total_spent),
-            hit.segment.clone(),
-            hit.interests.join(","),
-        ]
-    });
+    let rows = hits
+        .iter()
+        .map(|hit| [hit.customer_id.to_string(), hit.name.clone(), hit.country.clone(), hit.interests.join(",")]);
     format!(
         "{summary}; best matches first:\n{}",
-        observe::table(&["customer_id", "name", "country", "total_spent", "segment", "interests"], rows)
+        observe::table(&["customer_id", "name", "country", "interests"], rows)
     )
 }
 
@@ -234,9 +228,9 @@ impl Tool for SemanticSearch {
         json!({
             "type": "object",
             "properties": {
-                "intent": {"type": "string", "description": "Who to find, in plain words (interests, tastes, style)"},
+                "intent": {"type": "string"},
                 "filters": filters_schema(),
-                "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "description": "Default 10"}
+                "limit": {"type": "integer", "maximum": MAX_LIMIT}
             },
             "required": ["intent"]
         })
@@ -251,19 +245,18 @@ impl Tool for SemanticSearch {
     }
 }
 
-/// JSON schema of [`ProfileFilters`], shared by the tools that take it.
+/// JSON schema of [`ProfileFilters`], shared by the tools that take it. Unknown keys need no
+/// `additionalProperties` here: they fail argument parsing, and the model is told so.
 pub(crate) fn filters_schema() -> Value {
     json!({
         "type": "object",
-        "description": "Optional profile filters",
         "properties": {
             "country": {"type": "string"},
             "segment": {"type": "string"},
             "min_spent": {"type": "number"},
             "max_spent": {"type": "number"},
             "likes_luxury": {"type": "boolean"}
-        },
-        "additionalProperties": false
+        }
     })
 }
 

@@ -193,7 +193,7 @@ impl<M: CompletionModel> Tool for SqlAnalytics<M> {
         json!({
             "type": "object",
             "properties": {
-                "question": {"type": "string", "description": "The counting/aggregation question, in plain words"}
+                "question": {"type": "string"}
             },
             "required": ["question"]
         })

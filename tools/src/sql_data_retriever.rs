@@ -164,11 +164,13 @@ impl Tool for SqlDataRetriever {
     }
 
     fn parameters(&self) -> Value {
+        // customer_id comes with every record; the limit on ids is in the description.
+        let fields: Vec<&str> = PROFILE_FIELDS.iter().copied().filter(|field| *field != "customer_id").collect();
         json!({
             "type": "object",
             "properties": {
-                "customer_ids": {"type": "array", "items": {"type": "integer"}, "maxItems": MAX_IDS},
-                "fields": {"type": "array", "items": {"type": "string", "enum": PROFILE_FIELDS}}
+                "customer_ids": {"type": "array", "items": {"type": "integer"}},
+                "fields": {"type": "array", "items": {"type": "string", "enum": fields}}
             },
             "required": ["customer_ids"]
         })
