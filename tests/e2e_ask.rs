@@ -451,6 +451,7 @@ fn budget_table(script: &str, requests: &[Value], agent_system: &str) -> usize {
 #[test]
 fn prompt_budget_of_a_typical_question() {
     const MAX_CALLS: usize = 3;
+    const MAX_PROMPT_TOKENS: usize = 2000;
     let env = TestEnv::ingested("budget");
 
     // (a) Discovery: hybrid_discovery (limit 10), the found customers' emails, the answer.
@@ -506,5 +507,6 @@ fn prompt_budget_of_a_typical_question() {
         [("discovery", &discovery, discovery_total), ("analytics", &analytics, analytics_total)]
     {
         assert!(requests.len() <= MAX_CALLS, "{script}: {} LLM calls for {total} prompt tokens", requests.len());
+        assert!(total < MAX_PROMPT_TOKENS, "{script}: {total} prompt tokens in {} LLM calls", requests.len());
     }
 }

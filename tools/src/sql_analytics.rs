@@ -22,7 +22,7 @@ use sqlx::{Executor, Statement};
 use crate::db::{Db, ReadLimits};
 use crate::failure::ToolFailure;
 use crate::observe;
-use crate::schema::TABLES;
+use crate::schema::{PROFILE_FIELDS, TABLES};
 use crate::sql_guard;
 use crate::stores::Stores;
 use crate::trace::{InnerLlmCall, ToolTrace, TracedTool};
@@ -293,16 +293,22 @@ impl Grounding {
         .fetch_all(&db.pool)
         .await
         .context("cannot read the table columns from information_schema")?;
-        let mut prompt = String::from("Tables (PostgreSQL):\n");
+        // Text is the common type, so only the other types are written. Profile columns that are not profile
+        // fields (the rendered text and its hash) are ingest's bookkeeping, not data to count.
+        let mut prompt = String::from("Tables (PostgreSQL; columns are text unless typed):\n");
         for table in &tables {
             let list: Vec<String> = columns
                 .iter()
-                .filter(|(t, _, _)| t == table)
-                .map(|(_, column, data_type)| format!("{column} {}", short_type(data_type)))
+                .filter(|(t, column, _)| t == table && (t != "profiles" || PROFILE_FIELDS.contains(&column.as_str())))
+                .map(|(_, column, data_type)| match short_type(data_type) {
+                    text if text == "text" => column.clone(),
+                    other => format!("{column} {other}"),
+                })
                 .collect();
             prompt.push_str(&format!("{table}({})\n", list.join(", ")));
         }
-        prompt.push_str("Values:\n");
+        // Columns with the same values (a product is also an interest) share one line.
+        let mut sampled: Vec<(Vec<String>, String)> = Vec::new();
         for (table, column) in SAMPLED_COLUMNS {
             // The column names are constants above, not input.
             let element = if *column == "interests" { format!("unnest({column})") } else { column.to_string() };
@@ -314,26 +320,62 @@ impl Grounding {
                 .fetch_all(&db.pool)
                 .await
                 .with_context(|| format!("cannot sample {table}.{column}"))?;
-            if !values.is_empty() && values.len() <= MAX_SAMPLE_VALUES {
-                let quoted: Vec<String> = values.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
-                prompt.push_str(&format!("{table}.{column}: {}\n", quoted.join(", ")));
+            if values.is_empty() || values.len() > MAX_SAMPLE_VALUES {
+                continue;
             }
+            let list = values.iter().map(|value| sample_value(value)).collect::<Vec<_>>().join(", ");
+            match sampled.iter_mut().find(|(_, values)| *values == list) {
+                Some((names, _)) => names.push(format!("{table}.{column}")),
+                None => sampled.push((vec![format!("{table}.{column}")], list)),
+            }
+        }
+        prompt.push_str("Values:\n");
+        for (names, list) in sampled {
+            prompt.push_str(&format!("{}: {list}\n", names.join(", ")));
         }
         Ok(Self { prompt })
     }
 }
 
-/// PostgreSQL's internal type names are the short ones (`int8`, `timestamptz`); arrays are `_elem`.
+/// PostgreSQL's internal type names are the short ones (`int8`, `timestamptz`); arrays are `_elem`. The
+/// width of an integer or float changes no query, so it is left out.
 fn short_type(udt_name: &str) -> String {
-    match udt_name.strip_prefix('_') {
-        Some(element) => format!("{element}[]"),
-        None => udt_name.to_owned(),
+    let (element, array) = match udt_name.strip_prefix('_') {
+        Some(element) => (element, "[]"),
+        None => (udt_name, ""),
+    };
+    let element = match element {
+        "int2" | "int4" | "int8" => "int",
+        "float4" | "float8" => "float",
+        other => other,
+    };
+    format!("{element}{array}")
+}
+
+/// A sampled value as listed in the prompt: bare, since quotes cost a token or two per value and the prompt
+/// says to use the values exactly; as a SQL literal when it could not be read back from the list.
+fn sample_value(value: &str) -> String {
+    if value.is_empty() || value.contains([',', '\'', '\n']) || value.trim() != value {
+        format!("'{}'", value.replace('\'', "''"))
+    } else {
+        value.to_owned()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn types_and_values_are_listed_short() {
+        assert_eq!(short_type("int8"), "int");
+        assert_eq!(short_type("_text"), "text[]");
+        assert_eq!(short_type("timestamptz"), "timestamptz");
+        assert_eq!(sample_value("Churn Recovery"), "Churn Recovery");
+        assert_eq!(sample_value("bags, small"), "'bags, small'");
+        assert_eq!(sample_value("O'Neil"), "'O''Neil'");
+        assert_eq!(sample_value(" padded"), "' padded'");
+    }
 
     #[test]
     fn extracts_sql_from_fenced_answers() {

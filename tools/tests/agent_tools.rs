@@ -212,10 +212,11 @@ async fn sql_analytics_writes_sql_with_one_grounded_model_call() {
     // The inner call is grounded with the live schema and sample values.
     let request = &model.requests()[0];
     let system = request.system_instructions().unwrap_or_default();
-    assert!(system.contains("ONE PostgreSQL SELECT"), "{system}");
+    assert!(system.contains("ONE read-only PostgreSQL SELECT"), "{system}");
     let prompt = format!("{:?}", request.chat_history.last().unwrap());
-    assert!(prompt.contains("customers(customer_id int8"), "{prompt}");
-    assert!(prompt.contains("events.event_type: 'add_to_cart', 'purchase', 'view'"), "{prompt}");
+    assert!(prompt.contains("customers(customer_id int, first_name, "), "{prompt}");
+    assert!(prompt.contains("events.event_type: add_to_cart, purchase, view"), "{prompt}");
+    assert!(!prompt.contains("profile_text") && !prompt.contains("text_hash"), "{prompt}");
     assert!(prompt.contains("profiles.interests: "), "{prompt}");
     assert!(prompt.contains("How many customers per country?"), "{prompt}");
 
