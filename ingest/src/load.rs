@@ -327,7 +327,7 @@ impl Drop for RejectSink {
 
 /// Replaces live `customers`/`events`/`profiles` with the `*_staging` tables (the caller creates
 /// `profiles_staging`, e.g. from `PROFILES_DDL`), names each primary key `<table>_pkey`, creates the indexes
-/// (events by customer_id, by (event_type, ts), by (product, color); profiles by segment and by country),
+/// (events by customer_id, by (event_type, ts), by ts, by (product, color); profiles by segment and by country),
 /// grants SELECT to the reader role and analyzes the tables. Run it inside the caller's transaction.
 pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
     for table in &TABLES {
@@ -354,6 +354,8 @@ pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
     let statements = [
         "CREATE INDEX IF NOT EXISTS events_customer_id_idx ON events (customer_id)".to_owned(),
         "CREATE INDEX IF NOT EXISTS events_type_ts_idx ON events (event_type, ts)".to_owned(),
+        // Recency alone ("active in the last 7 days") is a common gate; (event_type, ts) cannot serve it.
+        "CREATE INDEX IF NOT EXISTS events_ts_idx ON events (ts)".to_owned(),
         "CREATE INDEX IF NOT EXISTS events_product_color_idx ON events (product, color)".to_owned(),
         "CREATE INDEX IF NOT EXISTS profiles_segment_idx ON profiles (segment)".to_owned(),
         "CREATE INDEX IF NOT EXISTS profiles_country_idx ON profiles (country)".to_owned(),

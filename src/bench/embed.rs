@@ -34,11 +34,14 @@ pub struct EmbedBenchArgs {
     /// Repetitions of every figure.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Batch sizes to compare, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 16, 32, 64])]
+    batch_sizes: Vec<usize>,
 }
 
 impl EmbedBenchArgs {
     pub fn smoke() -> Self {
-        Self { customers: 300, events_per_customer: 20, texts: 64, runs: 1 }
+        Self { customers: 300, events_per_customer: 20, texts: 64, runs: 1, batch_sizes: vec![16] }
     }
 }
 
@@ -80,7 +83,7 @@ pub async fn run(bench: &Bench, args: &EmbedBenchArgs) -> Result<()> {
     let texts = profile_texts(bench, &dataset, args.texts).await?;
     let cores = floor.cores;
     let mut layouts = Vec::new();
-    for batch_size in [16, 32, 64] {
+    for &batch_size in &args.batch_sizes {
         layouts.push(EmbedLayout { sessions: 1, threads_per_session: cores, batch_size });
         if cores > 1 {
             layouts.push(EmbedLayout { sessions: cores, threads_per_session: 1, batch_size });

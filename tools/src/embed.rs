@@ -37,12 +37,12 @@ pub struct EmbedLayout {
 
 impl EmbedLayout {
     /// The layout `audience bench embed` measured fastest: one single-threaded session per core, because at
-    /// ~45-token profiles one batch is too small to keep two intra-op threads busy (they wait on each other
-    /// at every operator), while independent sessions never wait; and batches of 32 sorted texts, which pad
-    /// little and still amortise each run's fixed cost. Figures in BENCHMARKS.md.
+    /// ~50-token profiles one batch is too small to keep two intra-op threads busy (they meet at every
+    /// operator), while independent sessions never wait: 146 against 132 profiles/s on 2 cores; and batches of
+    /// 16 length-sorted texts, which pad least (146 against 140 at 32 and 131 at 64). Figures in BENCHMARKS.md.
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Self { sessions: cores, threads_per_session: 1, batch_size: 32 }
+        Self { sessions: cores, threads_per_session: 1, batch_size: 16 }
     }
 }
 
