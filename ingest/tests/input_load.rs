@@ -145,6 +145,7 @@ async fn loads_good_files_and_swaps_them_in_for_the_reader() {
                 "events_customer_id_idx",
                 "events_pkey",
                 "events_product_color_idx",
+                "events_ts_idx",
                 "events_type_ts_idx",
                 "profiles_country_idx",
                 "profiles_pkey",

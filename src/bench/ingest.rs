@@ -277,7 +277,7 @@ fn changed_customers(dataset: &Dataset) -> Result<std::path::PathBuf> {
         let record = record?;
         let id: u64 = record[id_at].parse().context("customer id")?;
         let mut fields: Vec<String> = record.iter().map(str::to_owned).collect();
-        if id % 100 == 0 {
+        if id.is_multiple_of(100) {
             let age: u32 = fields[age_at].parse().unwrap_or(30);
             fields[age_at] = (if age >= 90 { age - 1 } else { age + 1 }).to_string();
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use audience_tools::db::ReadLimits;
 use audience_tools::embed::LazyEmbedder;
-use audience_tools::hybrid_discovery::{HybridDiscovery, HybridDiscoveryArgs, STRATEGY_THRESHOLDS};
+use audience_tools::hybrid_discovery::{AUTO_STRATEGY, HybridDiscovery, HybridDiscoveryArgs};
 use audience_tools::semantic_search::{ProfileFilters, SemanticSearch, SemanticSearchArgs};
 use audience_tools::sql_data_retriever::{SqlDataRetriever, SqlDataRetrieverArgs};
 use audience_tools::stores::Stores;
@@ -149,7 +149,7 @@ async fn hybrid(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> Re
             }
             let name = match strategy {
                 Some(strategy) => strategy.as_str().to_owned(),
-                None => format!("auto ({})", STRATEGY_THRESHOLDS.pick(phases.gate.median() as usize).as_str()),
+                None => format!("auto ({})", AUTO_STRATEGY.as_str()),
             };
             if let Some(strategy) = strategy {
                 let p95 = phases.total.percentile(95.0);

@@ -46,6 +46,9 @@ impl EmbedLayout {
     }
 }
 
+/// What one embedding worker produced: per batch, its index in the queue, its vectors and its token count.
+type BatchResults = Vec<(usize, Vec<Vec<f32>>, u64)>;
+
 /// A loaded model. `embed` takes `&self`; each ONNX session is behind a mutex because fastembed needs `&mut`.
 pub struct Embedder {
     sessions: Vec<Mutex<TextEmbedding>>,
@@ -115,7 +118,7 @@ impl Embedder {
         let batches: Vec<&[&str]> = sorted.chunks(self.layout.batch_size).collect();
         let next = AtomicUsize::new(0);
         let workers = self.sessions.len().min(batches.len());
-        let work = |session: &Mutex<TextEmbedding>| -> Result<Vec<(usize, Vec<Vec<f32>>, u64)>> {
+        let work = |session: &Mutex<TextEmbedding>| -> Result<BatchResults> {
             let mut model = session.lock().map_err(|_| anyhow!("embedding model poisoned by an earlier panic"))?;
             let mut done = Vec::new();
             loop {
@@ -130,7 +133,7 @@ impl Embedder {
                 done.push((index, vectors, tokens));
             }
         };
-        let results: Vec<Result<Vec<(usize, Vec<Vec<f32>>, u64)>>> = if workers <= 1 {
+        let results: Vec<Result<BatchResults>> = if workers <= 1 {
             self.sessions.first().map(work).into_iter().collect()
         } else {
             std::thread::scope(|scope| {

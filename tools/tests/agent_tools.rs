@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use audience_tools::db::ReadLimits;
 use audience_tools::failure::{ToolFailure, is_fatal};
-use audience_tools::hybrid_discovery::{HybridDiscovery, HybridDiscoveryArgs};
+use audience_tools::hybrid_discovery::{AUTO_STRATEGY, HybridDiscovery, HybridDiscoveryArgs};
 use audience_tools::semantic_search::{ProfileFilters, SemanticSearch, SemanticSearchArgs};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_data_retriever::{SqlDataRetriever, SqlDataRetrieverArgs};
@@ -42,12 +42,12 @@ async fn hybrid_discovery_gates_then_ranks_the_same_with_every_strategy() {
     let auto = tool.call_traced(&mut context, args(None)).await.unwrap();
     let trace: ToolTrace = context.result::<ToolTrace>().unwrap().expect("trace published");
     assert_eq!(auto.gate_size, 3);
-    assert_eq!(auto.strategy, Strategy::Exact, "three ids are scored exactly");
+    assert_eq!(auto.strategy, AUTO_STRATEGY, "the measured fastest strategy, whatever the gate size");
     assert_eq!(ids(&auto.customers, |c| c.customer_id).into_iter().collect::<BTreeSet<_>>(), BTreeSet::from([1, 5, 8]));
     assert!(auto.customers.windows(2).all(|w| w[0].score >= w[1].score), "best first");
     assert_eq!(trace.tool, "hybrid_discovery");
     assert_eq!(trace.gate_size, Some(3));
-    assert_eq!(trace.strategy, Some(Strategy::Exact));
+    assert_eq!(trace.strategy, Some(AUTO_STRATEGY));
     assert!(trace.sql.as_deref().unwrap().contains("WHERE event_type = 'purchase' AND product = 'watch'"));
     assert!(trace.embedding_tokens > 0);
     assert!(trace.error.is_none() && trace.fatal.is_none());
