@@ -126,7 +126,7 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
 }
 
 /// The most memory this process has held (VmHWM), for the ingest report; `None` where /proc is missing.
-pub fn peak_rss_bytes() -> Option<u64> {
+fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;

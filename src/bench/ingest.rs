@@ -14,7 +14,7 @@ use serde_json::Value;
 use sqlx::{Postgres, QueryBuilder};
 
 use super::stats::{Samples, Table, thousands};
-use super::{Bench, Dataset, output_of, shown};
+use super::{Bench, Dataset, output_of};
 
 /// COPY data goes out in chunks of this size, as in the real loader.
 const COPY_CHUNK: usize = 1 << 20;
@@ -182,7 +182,7 @@ async fn reset(bench: &Bench, dataset: &Dataset) -> Result<()> {
     db.pool.close().await;
     let vectors = dataset.data_dir().join("vectors");
     if vectors.exists() {
-        std::fs::remove_dir_all(&vectors).with_context(|| format!("cannot remove {}", shown(&vectors)))?;
+        std::fs::remove_dir_all(&vectors).with_context(|| format!("cannot remove {}", vectors.display()))?;
     }
     Ok(())
 }
