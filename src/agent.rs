@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
-use audience_tools::db::{Db, ReadLimits};
+use audience_tools::db::ReadLimits;
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::hybrid_discovery::HybridDiscovery;
 use audience_tools::paths;
@@ -18,7 +18,7 @@ use audience_tools::semantic_search::SemanticSearch;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
-use audience_tools::vector::{self, VectorSearch};
+use audience_tools::vector::VectorStore;
 use rig_agent::completion::PromptError;
 use rig_agent::{Agent, AgentBuilder};
 use rig_core::message::Message;
@@ -77,7 +77,7 @@ impl AgentConfig {
 /// Opens PostgreSQL (`DATABASE_URL`, `AUDIENCE_SCHEMA`), the vector index (`QDRANT_URL`, else the embedded
 /// index under `data_dir`) and the lazily loaded embedder. Failures are store errors (exit 4).
 pub async fn open_stores(data_dir: &Path) -> Result<Stores> {
-    let db = Db::from_env().await.kind(FailureKind::Store)?;
+    let db = crate::data_commands::connect_db().await?;
     if !db.is_ingested().await.kind(FailureKind::Store)? {
         return Err(anyhow!(
             "schema {:?} has no data yet; run `audience ingest` (or `audience demo`) first",
@@ -85,9 +85,8 @@ pub async fn open_stores(data_dir: &Path) -> Result<Stores> {
         ))
         .kind(FailureKind::Store);
     }
-    let qdrant_url = std::env::var("QDRANT_URL").ok().filter(|url| !url.trim().is_empty());
-    let index = vector::open(qdrant_url.as_deref(), data_dir).await.kind(FailureKind::Store)?;
-    let vectors: Arc<dyn VectorSearch> = index;
+    // Opening the reader touches nothing: the index is copied and opened on the first vector search.
+    let vectors = VectorStore::from_env(data_dir, &db.schema).reader();
     let embedder = LazyEmbedder::new(paths::models_dir());
     Ok(Stores::new(db, vectors, embedder, ReadLimits::default()))
 }
@@ -329,7 +328,9 @@ mod tests {
     use super::*;
     use crate::exit::Failure;
     use crate::provider::{ProviderKind, RetryPolicy};
+    use audience_tools::db::Db;
     use audience_tools::schema::{READER_ROLE, TABLES};
+    use audience_tools::vector::VectorSearch;
     use audience_tools::vector::edge::EdgeIndex;
     use rig_agent::test_utils::{MockCompletionModel, MockTurn};
     use rig_core::completion::Usage;
@@ -351,11 +352,6 @@ mod tests {
             for table in TABLES {
                 statements.push(format!("CREATE TABLE {schema}.{} ({})", table.name, table.ddl));
             }
-            statements.push(format!(
-                "DO $$ BEGIN CREATE ROLE {READER_ROLE} NOLOGIN; \
-                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-            ));
-            statements.push(format!("GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}"));
             statements.push(format!("GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {READER_ROLE}"));
             statements.push(format!(
                 "INSERT INTO {schema}.customers VALUES \
@@ -363,11 +359,15 @@ mod tests {
                  (2, 'Ben', 'Kurz', 'b@example.com', 'DE', 40, 'blue', '2024-02-01'), \
                  (3, 'Cleo', 'Marin', 'c@example.com', 'FR', 50, 'green', '2024-03-01')"
             ));
-            for statement in statements {
+            for (index, statement) in statements.into_iter().enumerate() {
                 sqlx::query(&statement).execute(&db.pool).await.unwrap();
+                if index == 0 {
+                    audience_tools::db::prepare_reader(&db.pool, &schema).await.unwrap();
+                }
             }
             let dir = tempfile::tempdir().unwrap();
             let vectors: Arc<dyn VectorSearch> = Arc::new(EdgeIndex::open(&dir.path().join("vectors")).await.unwrap());
+            let vectors = audience_tools::vector::VectorReader::fixed(vectors);
             let embedder = LazyEmbedder::new(paths::models_dir());
             Self { stores: Stores::new(db, vectors, embedder, ReadLimits::default()), dir }
         }
@@ -574,7 +574,7 @@ mod tests {
         ]);
         let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
         // The database "goes down": every connection attempt fails from now on.
-        fixture.stores.db.pool.close().await;
+        fixture.stores.db.close().await;
         let error = session.ask("How many customers?").await.unwrap_err();
         assert_eq!(kind_of(&error), Some(FailureKind::Store), "{error:#}");
         assert!(format!("{error:#}").contains("sql_analytics failed"), "{error:#}");

@@ -1,7 +1,6 @@
 //! The data engineer's commands: `generate`, `ingest`, `reindex` and `demo`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{NaiveDate, Utc};
@@ -13,11 +12,11 @@ use audience_ingest::generate::{self, GenerateOptions};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{self, IngestReport, IngestRequest};
-use audience_ingest::sync::{self, SyncMode, SyncReport};
+use audience_ingest::sync::SyncReport;
 use audience_tools::db::{self, DEFAULT_SCHEMA, Db};
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::paths;
-use audience_tools::vector::{self, VectorIndex};
+use audience_tools::vector::{self, VectorStore};
 
 use crate::Global;
 use crate::exit::{FailureExt, FailureKind};
@@ -114,7 +113,7 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
         as_of: args.as_of,
     };
     let stores = Stores::open(global).await?;
-    let report = pipeline::ingest(&stores.db, stores.index.as_ref(), &stores.embedder, request).await?;
+    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.kind(FailureKind::Store)?;
     if args.json {
         let mut json = serde_json::to_value(&report)?;
         json["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
@@ -138,8 +137,8 @@ pub async fn reindex(global: &Global) -> Result<()> {
     if !stores.db.is_ingested().await.kind(FailureKind::Store)? {
         bail!("no profiles in schema {:?} yet; run `audience ingest` first", stores.db.schema);
     }
-    let report = sync::sync(&stores.db, stores.index.as_ref(), &stores.embedder, SyncMode::Full).await?;
-    println!("reindexed {}", stores.index.describe());
+    let report = pipeline::reindex(&stores.db, &stores.vectors, &stores.embedder).await.kind(FailureKind::Store)?;
+    println!("reindexed {}", stores.vectors.describe());
     print_sync(&report);
     Ok(())
 }
@@ -163,11 +162,13 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
         load: LoadOptions { strict: false, rejects_path: sample.join("rejects.csv"), mapping: None },
         as_of: None,
     };
-    let report = pipeline::ingest(&stores.db, stores.index.as_ref(), &stores.embedder, request).await?;
+    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.kind(FailureKind::Store)?;
     print_ingest(&report);
 
     let (vector, _) = stores.embedder.embed_one(DEMO_QUERY.to_owned()).await?;
-    let hits = stores.index.search(vector, None, 10).await.kind(FailureKind::Store)?;
+    let reader = stores.vectors.reader();
+    let index = reader.current().await.kind(FailureKind::Store)?.context("the demo index was not published")?;
+    let hits = index.search.search(vector, None, 10).await.kind(FailureKind::Store)?;
     println!("\nTop 10 customers for {DEMO_QUERY:?} (vector search, no LLM):");
     println!("{}", hits_table(&hits));
     Ok(())
@@ -176,25 +177,24 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
 /// The three stores every data command needs.
 struct Stores {
     db: Db,
-    index: Arc<dyn VectorIndex>,
+    vectors: VectorStore,
     embedder: LazyEmbedder,
 }
 
 impl Stores {
     async fn open(global: &Global) -> Result<Self> {
         let db = connect_db().await?;
-        let qdrant_url = std::env::var("QDRANT_URL").ok().filter(|v| !v.is_empty());
-        let index = vector::open(qdrant_url.as_deref(), &global.data_dir).await.kind(FailureKind::Store)?;
+        let vectors = VectorStore::from_env(&global.data_dir, &db.schema);
         let embedder = LazyEmbedder::new(paths::models_dir());
         // The model loads while PostgreSQL does its part of the ingest.
         embedder.prefetch();
-        Ok(Self { db, index, embedder })
+        Ok(Self { db, vectors, embedder })
     }
 }
 
 /// Connects to `DATABASE_URL`: a missing or malformed setting is a configuration error, an unreachable server a
-/// store error, so scripts can tell them apart by exit code.
-async fn connect_db() -> Result<Db> {
+/// store error, so scripts can tell them apart by exit code. Every command connects through here.
+pub async fn connect_db() -> Result<Db> {
     let url = std::env::var("DATABASE_URL")
         .map_err(|_| {
             anyhow!("DATABASE_URL is not set; set it to a PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/test")

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use audience_tools::db::check_identifier;
+use audience_tools::dataset::DATASET_DDL;
+use audience_tools::db::{check_identifier, prepare_reader, tolerate_existing};
 use audience_tools::schema::{CUSTOMERS_DDL, EVENTS_DDL, READER_ROLE, TABLES};
 use sqlx::postgres::PgCopyIn;
 use sqlx::{PgConnection, PgPool};
@@ -388,60 +389,15 @@ async fn ensure_primary_key(conn: &mut PgConnection, table: &str, column: &str) 
     Ok(())
 }
 
-/// Creates `schema` and the SELECT-only reader role (idempotent, safe when run concurrently), grants the role
-/// USAGE on the schema, and lets the current user `SET ROLE` to it.
+/// Creates `schema`, its `dataset` table and the SELECT-only reader role (idempotent, safe when run concurrently),
+/// and grants the role what it needs to read the schema.
 pub async fn prepare_schema(pool: &PgPool, schema: &str) -> Result<()> {
     check_identifier(schema)?;
     tolerate_existing(sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(pool).await)
         .with_context(|| format!("cannot create schema {schema}"))?;
-    let role_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-        .bind(READER_ROLE)
-        .fetch_one(pool)
-        .await
-        .context("cannot look up the reader role")?;
-    if !role_exists {
-        tolerate_existing(sqlx::query(&format!("CREATE ROLE {READER_ROLE} NOLOGIN")).execute(pool).await)
-            .with_context(|| format!("cannot create role {READER_ROLE} (the database user needs CREATEROLE)"))?;
-    }
-    retry_concurrent_update(pool, &format!("GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}"))
-        .await
-        .with_context(|| format!("cannot grant USAGE on schema {schema} to {READER_ROLE}"))?;
-    let member: bool = sqlx::query_scalar("SELECT pg_has_role(current_user, $1, 'MEMBER')")
-        .bind(READER_ROLE)
-        .fetch_one(pool)
-        .await
-        .context("cannot check membership of the reader role")?;
-    if !member {
-        tolerate_existing(sqlx::query(&format!("GRANT {READER_ROLE} TO CURRENT_USER")).execute(pool).await)
-            .with_context(|| format!("cannot let the current user SET ROLE {READER_ROLE}"))?;
-    }
-    Ok(())
-}
-
-/// Treats "already exists" races between concurrent callers as success: PostgreSQL reports them as
-/// duplicate_object / duplicate_schema, or as a unique_violation on the catalog when both insert at once.
-fn tolerate_existing<T>(result: Result<T, sqlx::Error>) -> Result<(), sqlx::Error> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(error)) if matches!(error.code().as_deref(), Some("42710" | "42P06" | "23505")) => {
-            Ok(())
-        }
-        Err(error) => Err(error),
-    }
-}
-
-/// Concurrent GRANTs on one object can fail with "tuple concurrently updated"; a retry then succeeds.
-async fn retry_concurrent_update(pool: &PgPool, statement: &str) -> Result<(), sqlx::Error> {
-    let mut attempt = 0;
-    loop {
-        match sqlx::query(statement).execute(pool).await {
-            Err(sqlx::Error::Database(error))
-                if attempt < 5 && error.message().contains("tuple concurrently updated") =>
-            {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
-            }
-            result => return result.map(|_| ()),
-        }
-    }
+    tolerate_existing(
+        sqlx::query(&format!("CREATE TABLE IF NOT EXISTS {schema}.dataset ({DATASET_DDL})")).execute(pool).await,
+    )
+    .with_context(|| format!("cannot create {schema}.dataset"))?;
+    prepare_reader(pool, schema).await
 }

@@ -1,23 +1,29 @@
-//! The ingest pipeline: load and validate CSV files, compute profiles, swap the new tables in, then embed.
+//! The ingest pipeline: load and validate CSV files, compute profiles, embed them into a new vector index
+//! version, swap the new tables in, commit, and publish the index version.
 //!
 //! Everything that touches PostgreSQL runs in ONE transaction holding a per-schema advisory lock, so two
-//! ingests never interleave, a failure leaves the old data untouched, and readers see old or new data, never a
-//! mix. Embedding runs after COMMIT: it is the slow part, and a sync that stops half-way is simply continued by
-//! the next ingest or `audience reindex` (see [`crate::sync`]).
+//! ingests (or an ingest and a reindex) never interleave, a failure leaves the old data untouched, and readers
+//! see old or new data, never a mix. The embedding runs inside that transaction, from the staging profiles into a
+//! staging index version that readers cannot see (see [`crate::sync`] and `vector::versions`); the version is
+//! published right after the commit. Until then readers keep the old data and the old index; a failed embedding
+//! rolls everything back. The `dataset` row written in the same transaction lets readers tell whether the index
+//! they have matches the data (`Stores::vectors`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use audience_tools::dataset::fingerprint_sql;
 use audience_tools::db::Db;
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::schema::TABLES;
-use audience_tools::vector::VectorIndex;
+use audience_tools::vector::{Manifest, StagingStart, VectorStore};
 use chrono::NaiveDate;
+use sqlx::PgConnection;
 
 use crate::load::{self, LoadOptions, LoadReport};
 use crate::profiles::{self, ProfileStats};
-use crate::sync::{self, SyncMode, SyncReport};
+use crate::sync::{self, ProfilesTable, SyncMode, SyncReport};
 
 /// What to ingest.
 #[derive(Clone, Debug)]
@@ -53,24 +59,15 @@ pub struct IngestReport {
     pub times: StageTimes,
 }
 
-/// Loads `req`'s files into `db`'s schema, recomputes all profiles, and embeds the new or changed ones into `index`.
-pub async fn ingest(
-    db: &Db,
-    index: &dyn VectorIndex,
-    embedder: &LazyEmbedder,
-    req: IngestRequest,
-) -> Result<IngestReport> {
+/// Loads `req`'s files into `db`'s schema, recomputes all profiles, and embeds the new or changed ones into a new
+/// version of `vectors`, published once the data is committed.
+pub async fn ingest(db: &Db, vectors: &VectorStore, embedder: &LazyEmbedder, req: IngestRequest) -> Result<IngestReport> {
     let started = Instant::now();
     let mut times = StageTimes::default();
     load::prepare_schema(&db.pool, &db.schema).await?;
 
     let mut tx = db.pool.begin().await.context("cannot start the ingest transaction")?;
-    // Waits for an ingest already running on this schema instead of failing: the second one then replaces its data.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(format!("audience.ingest.{}", db.schema))
-        .execute(&mut *tx)
-        .await
-        .context("cannot take the ingest lock")?;
+    lock_schema(&mut tx, &db.schema).await?;
 
     let stage = Instant::now();
     let load_report = load::load_staging(&mut tx, &req.customers, &req.events, &req.load).await?;
@@ -80,9 +77,20 @@ pub async fn ingest(
     let profile_stats = profiles::compute(&mut tx, req.as_of).await?;
     times.profiles = stage.elapsed().as_secs_f64();
 
+    let writer = vectors.begin(StagingStart::CopyCurrent).await.context("cannot start a new vector index version")?;
+    let sync_report =
+        sync::sync(&mut tx, ProfilesTable::Staging, writer.index()?, embedder, SyncMode::Incremental).await?;
+    times.embed = sync_report.seconds;
+
     let stage = Instant::now();
+    let (profiles, fingerprint) = fingerprint(&mut tx, ProfilesTable::Staging).await?;
     load::swap_in(&mut tx).await?;
+    let version = record_dataset(&mut tx, profiles, &fingerprint).await?;
     tx.commit().await.context("cannot commit the ingest")?;
+    writer
+        .publish(&Manifest { profiles, fingerprint, data_version: Some(version) })
+        .await
+        .context("the data is committed, but its vector index version could not be published; run `audience reindex`")?;
     times.swap = stage.elapsed().as_secs_f64();
 
     // Freshly loaded pages are not yet marked all-visible, so every index-only scan (the hybrid gate's DISTINCT
@@ -96,8 +104,56 @@ pub async fn ingest(
         .context("cannot vacuum the new tables")?;
     times.vacuum = stage.elapsed().as_secs_f64();
 
-    let sync_report = sync::sync(db, index, embedder, SyncMode::Incremental).await?;
-    times.embed = sync_report.seconds;
     times.total = started.elapsed().as_secs_f64();
     Ok(IngestReport { load: load_report, profiles: profile_stats, sync: sync_report, times })
+}
+
+/// Re-embeds every live profile into a fresh vector index version and publishes it (`audience reindex`). It holds
+/// the ingest lock, so it never publishes an index of data that an ingest is replacing.
+pub async fn reindex(db: &Db, vectors: &VectorStore, embedder: &LazyEmbedder) -> Result<SyncReport> {
+    let mut tx = db.pool.begin().await.context("cannot start the reindex transaction")?;
+    lock_schema(&mut tx, &db.schema).await?;
+    let writer = vectors.begin(StagingStart::Empty).await.context("cannot start a new vector index version")?;
+    let report = sync::sync(&mut tx, ProfilesTable::Live, writer.index()?, embedder, SyncMode::Full).await?;
+    let (profiles, fingerprint) = fingerprint(&mut tx, ProfilesTable::Live).await?;
+    let version: Option<i64> = sqlx::query_scalar("SELECT version FROM dataset WHERE id = 1")
+        .fetch_optional(&mut *tx)
+        .await
+        .context("cannot read the dataset version")?;
+    writer.publish(&Manifest { profiles, fingerprint, data_version: version }).await?;
+    tx.rollback().await.context("cannot end the reindex transaction")?;
+    Ok(report)
+}
+
+/// Waits for an ingest or reindex already running on this schema instead of failing: the second one then works on
+/// the first one's result.
+async fn lock_schema(conn: &mut PgConnection, schema: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("audience.ingest.{schema}"))
+        .execute(&mut *conn)
+        .await
+        .context("cannot take the ingest lock")?;
+    Ok(())
+}
+
+async fn fingerprint(conn: &mut PgConnection, table: ProfilesTable) -> Result<(u64, String)> {
+    let (count, fingerprint): (i64, String) = sqlx::query_as(&fingerprint_sql(table.name()))
+        .fetch_one(&mut *conn)
+        .await
+        .context("cannot fingerprint the profiles")?;
+    Ok((u64::try_from(count).unwrap_or(0), fingerprint))
+}
+
+/// Records the new data in the `dataset` row and returns its version number.
+async fn record_dataset(conn: &mut PgConnection, profiles: u64, fingerprint: &str) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO dataset (id, version, profiles, fingerprint, ingested_at) VALUES (1, 1, $1, $2, now()) \
+         ON CONFLICT (id) DO UPDATE SET version = dataset.version + 1, profiles = EXCLUDED.profiles, \
+         fingerprint = EXCLUDED.fingerprint, ingested_at = EXCLUDED.ingested_at RETURNING version",
+    )
+    .bind(i64::try_from(profiles).unwrap_or(i64::MAX))
+    .bind(fingerprint)
+    .fetch_one(&mut *conn)
+    .await
+    .context("cannot record the dataset version")
 }

@@ -1,20 +1,23 @@
-//! Incremental embedding: bring the vector index in line with the `profiles` table.
+//! Incremental embedding: bring a vector index version in line with a profiles table.
 //!
 //! Each point's payload carries the SHA-256 of the text it was embedded from. A profile is embedded again only
 //! when its text hash differs from the stored one (or it has no point yet); points of customers that are no
-//! longer in `profiles` are deleted. `SyncMode::Full` (`audience reindex`) embeds every profile. A sync that
-//! stops half-way leaves a consistent index: the next one continues where it stopped.
+//! longer in the table are deleted. `SyncMode::Full` (`audience reindex`) embeds every profile.
+//!
+//! The sync writes into a staging version that readers cannot see (`vector::VectorWriter`) and reads the profiles
+//! over the caller's connection, so ingest can embed `profiles_staging` inside its transaction and publish the
+//! version right after the commit: readers see old data with the old index, or new data with the new one.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use audience_tools::db::Db;
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::profile::{PAYLOAD_SELECT, ProfilePayload};
 use audience_tools::vector::{VectorIndex, VectorPoint};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sqlx::PgConnection;
 
 /// Profiles embedded and upserted per step. The embedder keeps a whole call's activations, so this bounds memory.
 pub const CHUNK: usize = 1024;
@@ -50,14 +53,38 @@ struct ProfileRow {
     profile_text: String,
 }
 
-/// Embeds new or changed profiles (all in `Full` mode) and deletes vectors of customers that no longer exist.
-pub async fn sync(db: &Db, index: &dyn VectorIndex, embedder: &LazyEmbedder, mode: SyncMode) -> Result<SyncReport> {
+/// The profiles table a sync reads: the live one (reindex) or the one an ingest is about to swap in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfilesTable {
+    Live,
+    Staging,
+}
+
+impl ProfilesTable {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Live => "profiles",
+            Self::Staging => "profiles_staging",
+        }
+    }
+}
+
+/// Embeds new or changed profiles of `table` (all in `Full` mode) into `index` and deletes vectors of customers
+/// that are not in it. `conn` is the caller's connection (an ingest's transaction sees its staging tables).
+pub async fn sync(
+    conn: &mut PgConnection,
+    table: ProfilesTable,
+    index: &dyn VectorIndex,
+    embedder: &LazyEmbedder,
+    mode: SyncMode,
+) -> Result<SyncReport> {
     let started = Instant::now();
+    let table = table.name();
     index.ensure_collection().await.context("cannot prepare the vector index")?;
     let stored = index.text_hashes().await.context("cannot read the vector index")?;
     let current: Vec<(i64, String)> =
-        sqlx::query_as("SELECT customer_id, text_hash FROM profiles ORDER BY customer_id")
-            .fetch_all(&db.pool)
+        sqlx::query_as(&format!("SELECT customer_id, text_hash FROM {table} ORDER BY customer_id"))
+            .fetch_all(&mut *conn)
             .await
             .context("cannot read profiles")?;
 
@@ -70,10 +97,10 @@ pub async fn sync(db: &Db, index: &dyn VectorIndex, embedder: &LazyEmbedder, mod
     let (mut embed_seconds, mut upsert_seconds) = (0.0, 0.0);
     for ids in to_embed.chunks(CHUNK) {
         let rows: Vec<ProfileRow> = sqlx::query_as(&format!(
-            "SELECT {PAYLOAD_SELECT}, profile_text FROM profiles WHERE customer_id = ANY($1) ORDER BY customer_id"
+            "SELECT {PAYLOAD_SELECT}, profile_text FROM {table} WHERE customer_id = ANY($1) ORDER BY customer_id"
         ))
         .bind(ids)
-        .fetch_all(&db.pool)
+        .fetch_all(&mut *conn)
         .await
         .context("cannot read profiles to embed")?;
         let texts: Vec<String> = rows.iter().map(|row| row.profile_text.clone()).collect();

@@ -142,6 +142,7 @@ async fn loads_good_files_and_swaps_them_in_for_the_reader() {
             indexes,
             [
                 "customers_pkey",
+                "dataset_pkey",
                 "events_customer_id_idx",
                 "events_pkey",
                 "events_product_color_idx",

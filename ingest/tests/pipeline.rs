@@ -15,23 +15,23 @@ use tempfile::TempDir;
 
 use audience_ingest::generate::{GenerateOptions, generate};
 use audience_ingest::load::LoadOptions;
-use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest};
+use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest, reindex};
 use audience_ingest::render::text_hash;
-use audience_ingest::sync::{SyncMode, sync};
 use audience_tools::db::Db;
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::paths;
-use audience_tools::vector::{self, VectorIndex};
+use audience_tools::vector::{VectorReader, VectorSearch, VectorStore};
 
 /// One model for the whole test binary: loading it is the slowest part of a small test.
 static EMBEDDER: LazyLock<LazyEmbedder> = LazyLock::new(|| LazyEmbedder::new(paths::models_dir()));
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
-/// Fields drop in order: the index must flush and close before its temporary directory is removed.
+/// Fields drop in order: the index reader must close its copy before the temporary directory is removed.
 struct Env {
     db: Db,
-    index: Arc<dyn VectorIndex>,
+    store: VectorStore,
+    reader: VectorReader,
     dir: TempDir,
 }
 
@@ -41,8 +41,9 @@ impl Env {
         let schema = format!("t_h3_{:08x}", rand::random::<u32>());
         let db = Db::connect(&url, &schema).await?;
         let dir = tempfile::tempdir()?;
-        let index = vector::open(None, dir.path()).await?;
-        Ok(Self { db, index, dir })
+        let store = VectorStore::new(None, dir.path(), &schema);
+        let reader = store.reader();
+        Ok(Self { db, store, reader, dir })
     }
 
     async fn ingest(&self, customers: &Path, events: &Path, as_of: Option<NaiveDate>) -> Result<IngestReport> {
@@ -52,7 +53,22 @@ impl Env {
             load: LoadOptions { strict: true, rejects_path: self.dir.path().join("rejects.csv"), mapping: None },
             as_of,
         };
-        ingest(&self.db, self.index.as_ref(), &EMBEDDER, request).await
+        ingest(&self.db, &self.store, &EMBEDDER, request).await
+    }
+
+    /// The current published version of the index, as readers see it.
+    async fn index(&self) -> Result<Arc<dyn VectorSearch>> {
+        Ok(self.reader.current().await?.expect("a published vector index version").search)
+    }
+
+    /// `customer_id -> text_hash` of every point of the current version.
+    async fn stored_hashes(&self) -> Result<HashMap<u64, String>> {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT customer_id FROM profiles").fetch_all(&self.db.pool).await?;
+        let points = self.index().await?.retrieve(ids.into_iter().map(|id| id as u64).collect(), false).await?;
+        Ok(points
+            .into_iter()
+            .filter_map(|p| p.payload.get("text_hash").and_then(|h| h.as_str()).map(|h| (p.id, h.to_owned())))
+            .collect())
     }
 
     /// Writes a variant of the small fixture into the temp dir and returns (customers, events) paths.
@@ -270,7 +286,7 @@ async fn second_ingest_embeds_only_changed_profiles_and_deletes_removed_ones() -
     let (older, same_events) = env.variant("older", |c, e| (c.replace("FR,52,", "FR,53,"), e.to_owned()))?;
     let changed = env.ingest(&older, &same_events, as_of).await?.sync;
     assert_eq!((changed.embedded, changed.unchanged, changed.deleted), (1, 4, 0));
-    let emma = env.index.retrieve(vec![5], false).await?;
+    let emma = env.index().await?.retrieve(vec![5], false).await?;
     assert_eq!(emma[0].payload.get("age").and_then(|v| v.as_i64()), Some(53));
 
     // David has no purchases, so removing him changes nobody else's quintiles.
@@ -282,15 +298,15 @@ async fn second_ingest_embeds_only_changed_profiles_and_deletes_removed_ones() -
     })?;
     let removed = env.ingest(&without_david, &his_events_gone, as_of).await?.sync;
     assert_eq!((removed.embedded, removed.unchanged, removed.deleted), (0, 4, 1));
-    assert_eq!(env.index.count(None).await?, 4);
-    let stored = env.index.text_hashes().await?;
+    assert_eq!(env.index().await?.count(None).await?, 4);
+    let stored = env.stored_hashes().await?;
     let in_db: Vec<(i64, String)> =
         sqlx::query_as("SELECT customer_id, text_hash FROM profiles").fetch_all(&env.db.pool).await?;
     let in_db: HashMap<u64, String> = in_db.into_iter().map(|(id, hash)| (id as u64, hash)).collect();
     assert_eq!(stored, in_db);
 
     // `audience reindex` embeds everything again.
-    let full = sync(&env.db, env.index.as_ref(), &EMBEDDER, SyncMode::Full).await?;
+    let full = reindex(&env.db, &env.store, &EMBEDDER).await?;
     assert_eq!((full.embedded, full.unchanged, full.deleted), (4, 0, 0));
 
     env.drop_schema().await
@@ -320,7 +336,7 @@ async fn luxury_query_ranks_luxury_personas_first() -> Result<()> {
     let luxury_total = persona.values().filter(|p| *p == "luxury").count();
 
     let (query, _) = EMBEDDER.embed_one("luxury watches and jewelry".into()).await?;
-    let hits = env.index.search(query, None, 10).await?;
+    let hits = env.index().await?.search(query, None, 10).await?;
     assert_eq!(hits.len(), 10);
     let relevant = hits.iter().filter(|hit| persona.get(&hit.id).is_some_and(|p| p == "luxury")).count();
     let precision = relevant as f64 / hits.len() as f64;
@@ -334,7 +350,7 @@ async fn luxury_query_ranks_luxury_personas_first() -> Result<()> {
 
     // R-precision (precision over as many hits as there are luxury customers) is the stricter, informative number.
     let (query, _) = EMBEDDER.embed_one("luxury watches and jewelry".into()).await?;
-    let hits = env.index.search(query, None, luxury_total).await?;
+    let hits = env.index().await?.search(query, None, luxury_total).await?;
     let relevant = hits.iter().filter(|hit| persona.get(&hit.id).is_some_and(|p| p == "luxury")).count();
     let r_precision = relevant as f64 / luxury_total as f64;
     println!("R-precision ({luxury_total} hits): {r_precision:.2}");

@@ -117,7 +117,7 @@ async fn profile_texts(bench: &Bench, dataset: &Dataset, limit: usize) -> Result
         .fetch_all(&db.pool)
         .await
         .context("cannot read profile texts")?;
-    db.pool.close().await;
+    db.close().await;
     Ok(texts)
 }
 

@@ -102,7 +102,7 @@ async fn loader(bench: &Bench, dataset: &Dataset, args: &IngestBenchArgs) -> Res
         copy.push(events.len() as f64 / copy_events(&db, &events).await?);
         insert.push(insert_rows as f64 / insert_events(&db, &events[..insert_rows]).await?);
     }
-    db.pool.close().await;
+    db.close().await;
 
     let mut table = Table::new(["stage", "rows", "rows/s: median (min–max)"]);
     table.row(["CSV parse + validate (both files)".to_owned(), thousands(rows as f64), rate(&parse)]);
@@ -179,7 +179,7 @@ async fn insert_events(db: &audience_tools::db::Db, events: &[Event]) -> Result<
 async fn reset(bench: &Bench, dataset: &Dataset) -> Result<()> {
     let db = bench.db(dataset).await?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", dataset.schema)).execute(&db.pool).await?;
-    db.pool.close().await;
+    db.close().await;
     let vectors = dataset.data_dir().join("vectors");
     if vectors.exists() {
         std::fs::remove_dir_all(&vectors).with_context(|| format!("cannot remove {}", vectors.display()))?;

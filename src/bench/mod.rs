@@ -178,7 +178,7 @@ impl Bench {
         } else {
             None
         };
-        db.pool.close().await;
+        db.close().await;
         if profiles == Some(dataset.customers as i64) && self.vectors_in_index(dataset).await? == dataset.customers {
             return Ok(());
         }
@@ -188,16 +188,14 @@ impl Bench {
 }
 
 impl Bench {
-    /// Points in the dataset's vector index (0 when it has none). A sync that stopped half-way leaves fewer
-    /// points than profiles, and such an index must not be benchmarked as complete. The index is closed again
-    /// before returning, so child commands can open it.
+    /// Points in the dataset's current vector index version (0 when it has none). An ingest that stopped before
+    /// publishing leaves the older version, and such an index must not be benchmarked as complete.
     async fn vectors_in_index(&self, dataset: &Dataset) -> Result<u64> {
-        if !dataset.data_dir().join("vectors").is_dir() && std::env::var_os("QDRANT_URL").is_none() {
-            return Ok(0);
+        let reader = vector::VectorStore::from_env(&dataset.data_dir(), &dataset.schema).reader();
+        match reader.current().await? {
+            Some(index) => index.search.count(None).await,
+            None => Ok(0),
         }
-        let url = std::env::var("QDRANT_URL").ok().filter(|url| !url.trim().is_empty());
-        let index = vector::open(url.as_deref(), &dataset.data_dir()).await?;
-        index.count(None).await
     }
 }
 

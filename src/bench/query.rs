@@ -6,7 +6,6 @@
 //! writes them, whose SQL reads the events table. The split comes from the tool's own trace (SQL gate, embedding
 //! of the intent, vector ranking).
 
-use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use audience_tools::db::ReadLimits;
@@ -107,9 +106,7 @@ pub async fn run(bench: &Bench, args: &QueryBenchArgs) -> Result<()> {
 
 async fn open(bench: &Bench, dataset: &Dataset) -> Result<Stores> {
     let db = bench.db(dataset).await?;
-    let url = std::env::var("QDRANT_URL").ok().filter(|url| !url.trim().is_empty());
-    let index = vector::open(url.as_deref(), &dataset.data_dir()).await?;
-    let vectors: Arc<dyn vector::VectorSearch> = index;
+    let vectors = vector::VectorStore::from_env(&dataset.data_dir(), &dataset.schema).reader();
     Ok(Stores::new(db, vectors, LazyEmbedder::new(paths::models_dir()), ReadLimits::default()))
 }
 

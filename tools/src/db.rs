@@ -11,41 +11,65 @@ use crate::schema::READER_ROLE;
 /// Default schema holding the `customers`, `events` and `profiles` tables.
 pub const DEFAULT_SCHEMA: &str = "audience";
 
-/// A connection pool bound to one schema. Every connection's `search_path` is that schema,
-/// so SQL (including model-written SQL) names tables without a schema prefix.
+/// Connection pools bound to one schema. Every connection's `search_path` is that schema, so SQL (including
+/// model-written SQL) names tables without a schema prefix.
+///
+/// `pool` logs in as the `DATABASE_URL` user, which owns the data (ingest) and reads the catalog. Model-written SQL
+/// never runs there: it runs on `reader`, whose connections log in as the SELECT-only [`READER_ROLE`], so that
+/// PostgreSQL itself refuses writes, file access and role changes even if the SQL guard had a hole (a superuser
+/// connection could `RESET ROLE` its way out of a `SET ROLE`).
 #[derive(Clone, Debug)]
 pub struct Db {
     pub pool: PgPool,
     pub schema: String,
+    reader: PgPool,
 }
 
 /// Limits applied to every model-written statement, enforced by PostgreSQL itself.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadLimits {
     pub statement_timeout: Duration,
+    /// Rows an analytics query may return to the model.
     pub row_cap: usize,
+    /// Customer ids a membership query may hand to the vector index for ranking: far above any real customer
+    /// base here (benchmarks run 100k), low enough that a runaway query cannot exhaust memory.
+    pub member_cap: usize,
 }
 
 impl Default for ReadLimits {
     fn default() -> Self {
-        Self { statement_timeout: Duration::from_secs(10), row_cap: 200 }
+        Self { statement_timeout: Duration::from_secs(10), row_cap: 200, member_cap: 2_000_000 }
     }
 }
 
 impl Db {
     /// Connects to `url` and binds connections to `schema` (from `AUDIENCE_SCHEMA`, default `audience`).
+    ///
+    /// The reader logs in as [`READER_ROLE`] with the same host and database; `AUDIENCE_READER_PASSWORD` gives its
+    /// password where the server asks for one (ingest sets it on the role), and `AUDIENCE_READER_URL` replaces the
+    /// whole reader URL. Its pool connects on first use, so commands that never run model SQL never log in.
     pub async fn connect(url: &str, schema: &str) -> Result<Self> {
         check_identifier(schema)?;
-        let options: PgConnectOptions =
-            url.parse().with_context(|| format!("DATABASE_URL is not a valid PostgreSQL URL: {}", redact(url)))?;
-        let options = options.options([("search_path", schema)]);
+        let options = parse_url(url, "DATABASE_URL")?.options([("search_path", schema)]);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
-        Ok(Self { pool, schema: schema.to_owned() })
+        let reader_options = match std::env::var("AUDIENCE_READER_URL").ok().filter(|v| !v.trim().is_empty()) {
+            Some(reader_url) => parse_url(&reader_url, "AUDIENCE_READER_URL")?.options([("search_path", schema)]),
+            None => {
+                let options = options.username(READER_ROLE);
+                match std::env::var("AUDIENCE_READER_PASSWORD").ok().filter(|v| !v.is_empty()) {
+                    Some(password) => options.password(&password),
+                    None => options,
+                }
+            }
+        };
+        let reader =
+            PgPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(reader_options);
+        Ok(Self { pool, schema: schema.to_owned(), reader })
     }
 
     /// Connects using `DATABASE_URL` and `AUDIENCE_SCHEMA` from the environment.
@@ -59,21 +83,28 @@ impl Db {
         Self::connect(&url, &schema).await
     }
 
-    /// Opens a transaction that cannot write: `READ ONLY`, running as the SELECT-only reader role,
-    /// with a statement timeout. Model-written SQL runs only inside one of these.
+    /// Opens a transaction that cannot write: on a connection logged in as the SELECT-only reader role, `READ
+    /// ONLY`, with a statement timeout. Model-written SQL runs only inside one of these.
     pub async fn begin_read_only(&self, limits: ReadLimits) -> Result<Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await.context("cannot start a database transaction")?;
+        let mut tx = self.reader.begin().await.with_context(|| {
+            format!(
+                "cannot log in to PostgreSQL as the read-only role {READER_ROLE} (`audience ingest` creates it; \
+                 where the server asks for a password, set AUDIENCE_READER_PASSWORD before ingesting)"
+            )
+        })?;
         sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
-        sqlx::query(&format!("SET LOCAL ROLE {READER_ROLE}"))
-            .execute(&mut *tx)
-            .await
-            .context("cannot switch to the read-only role; run `audience ingest` once to create it")?;
         let timeout_ms = limits.statement_timeout.as_millis();
         sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}")).execute(&mut *tx).await?;
         // `SET` commands do not count as queries, so until one runs `SET TRANSACTION READ WRITE` would still be
         // accepted. After this SELECT, PostgreSQL refuses to leave read-only mode for the rest of the transaction.
         sqlx::query("SELECT 1").execute(&mut *tx).await?;
         Ok(tx)
+    }
+
+    /// Closes both pools: every later query fails as with a database that went away.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.pool.close().await;
     }
 
     /// True when the profiles table exists in this schema, i.e. ingest has run.
@@ -84,6 +115,90 @@ impl Db {
             .await?;
         Ok(exists.is_some())
     }
+}
+
+/// Makes the read-only role able to read `schema` (idempotent, safe when run concurrently): creates
+/// [`READER_ROLE`] if needed, as a login role with no other attribute, sets its own defaults (read-only
+/// transactions, a statement timeout) so that even a session that skips `begin_read_only` cannot write or run long,
+/// sets its password from `AUDIENCE_READER_PASSWORD` when given, and grants it USAGE on the schema. Ingest calls this;
+/// the SELECT grants follow each table swap. It needs a user with CREATEROLE, such as the default `postgres`.
+pub async fn prepare_reader(pool: &PgPool, schema: &str) -> Result<()> {
+    check_identifier(schema)?;
+    let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS";
+    let role: Option<(bool, Option<Vec<String>>)> =
+        sqlx::query_as("SELECT rolcanlogin, rolconfig FROM pg_roles WHERE rolname = $1")
+            .bind(READER_ROLE)
+            .fetch_optional(pool)
+            .await
+            .context("cannot look up the reader role")?;
+    let timeout = ReadLimits::default().statement_timeout.as_millis();
+    let defaults = [
+        ("default_transaction_read_only".to_owned(), "on".to_owned()),
+        ("statement_timeout".to_owned(), format!("{timeout}")),
+    ];
+    let mut statements = Vec::new();
+    match &role {
+        None => statements.push(format!("CREATE ROLE {READER_ROLE} {attributes}")),
+        // Releases before this one created the role NOLOGIN, for `SET ROLE` from the owner's connection.
+        Some((false, _)) => statements.push(format!("ALTER ROLE {READER_ROLE} {attributes}")),
+        Some((true, _)) => {}
+    }
+    let config = role.as_ref().and_then(|(_, config)| config.clone()).unwrap_or_default();
+    for (name, value) in &defaults {
+        if !config.contains(&format!("{name}={value}")) {
+            statements.push(format!("ALTER ROLE {READER_ROLE} SET {name} = '{value}'"));
+        }
+    }
+    statements.push(format!("GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}"));
+    for statement in statements {
+        retry_concurrent_update(pool, &statement)
+            .await
+            .with_context(|| format!("cannot prepare the read-only role {READER_ROLE} (`{statement}`); the database user needs CREATEROLE"))?;
+    }
+    if let Some(password) = std::env::var("AUDIENCE_READER_PASSWORD").ok().filter(|v| !v.is_empty()) {
+        // A parameter cannot carry a password in ALTER ROLE; the literal is quoted here.
+        let quoted = password.replace('\'', "''");
+        retry_concurrent_update(pool, &format!("ALTER ROLE {READER_ROLE} PASSWORD '{quoted}'"))
+            .await
+            .context("cannot set the password of the read-only role")?;
+    }
+    Ok(())
+}
+
+/// Treats "already exists" races between concurrent callers as success: PostgreSQL reports them as
+/// duplicate_object / duplicate_schema / duplicate_table, or as a unique_violation on the catalog when both insert
+/// at once.
+pub fn tolerate_existing<T>(result: Result<T, sqlx::Error>) -> Result<(), sqlx::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(error))
+            if matches!(error.code().as_deref(), Some("42710" | "42P06" | "42P07" | "23505")) =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Concurrent changes of one catalog row (a role, a schema's grants) can fail with "tuple concurrently updated",
+/// and concurrent CREATE ROLE with a duplicate; a retry then succeeds or finds the work done.
+async fn retry_concurrent_update(pool: &PgPool, statement: &str) -> Result<(), sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        match tolerate_existing(sqlx::query(statement).execute(pool).await) {
+            Err(sqlx::Error::Database(error))
+                if attempt < 8 && error.message().contains("tuple concurrently updated") =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn parse_url(url: &str, variable: &str) -> Result<PgConnectOptions> {
+    url.parse().with_context(|| format!("{variable} is not a valid PostgreSQL URL: {}", redact(url)))
 }
 
 /// Schema names are interpolated into SQL, so they must be plain lower-case identifiers.

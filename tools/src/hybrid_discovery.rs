@@ -68,8 +68,15 @@ impl HybridDiscovery {
     /// Runs the gate read-only and returns the distinct customer ids.
     async fn gate(&self, sql: &str) -> Result<Vec<u64>, ToolFailure> {
         let mut tx = self.stores.db.begin_read_only(self.stores.limits).await.map_err(ToolFailure::Fatal)?;
-        let ids: Vec<i64> = sqlx::query_scalar(sql).fetch_all(&mut *tx).await?;
+        let cap = self.stores.limits.member_cap;
+        let capped = format!("{sql} LIMIT {}", cap + 1);
+        let ids: Vec<i64> = sqlx::query_scalar(&capped).fetch_all(&mut *tx).await?;
         tx.rollback().await?;
+        if ids.len() > cap {
+            return Err(ToolFailure::correctable(format!(
+                "more than {cap} customers pass the condition; make it more selective"
+            )));
+        }
         // Customer ids are positive by construction; a negative one could not be a vector point id anyway.
         Ok(ids.into_iter().filter_map(|id| u64::try_from(id).ok()).collect())
     }
@@ -83,7 +90,7 @@ impl HybridDiscovery {
         filters: &ProfileFilters,
         limit: usize,
     ) -> Result<Vec<CustomerHit>, ToolFailure> {
-        let vectors = &self.stores.vectors;
+        let vectors = self.stores.vectors().await?;
         let id_condition = match strategy {
             Strategy::Exact => {
                 let points = vectors.retrieve(ids, true).await.map_err(ToolFailure::Fatal)?;

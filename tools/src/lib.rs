@@ -4,6 +4,7 @@
 //! (`vector::VectorIndex`) lives here so both engines are implemented once, but only the
 //! `audience-ingest` crate calls its write methods; tools receive `Arc<dyn VectorSearch>`.
 
+pub mod dataset;
 pub mod db;
 pub mod embed;
 pub mod failure;

@@ -207,8 +207,9 @@ impl TracedTool for SemanticSearch {
         let filter = (!filter.is_empty()).then_some(filter);
         trace.vector_filter = filter.clone();
         let start = Instant::now();
-        let points = self.stores.vectors.search(vector, filter.clone(), limit).await.map_err(ToolFailure::Fatal)?;
-        let count = self.stores.vectors.count(filter).await.map_err(ToolFailure::Fatal)?;
+        let vectors = self.stores.vectors().await?;
+        let points = vectors.search(vector, filter.clone(), limit).await.map_err(ToolFailure::Fatal)?;
+        let count = vectors.count(filter).await.map_err(ToolFailure::Fatal)?;
         trace.time("vector", start);
         Ok(SemanticSearchOutput { count, customers: points.iter().map(CustomerHit::from_scored).collect() })
     }

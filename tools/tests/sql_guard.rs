@@ -293,7 +293,7 @@ async fn read_only_transaction_refuses_writes_without_the_guard() {
 #[tokio::test(flavor = "multi_thread")]
 async fn statement_timeout_stops_a_sleep_without_the_guard() {
     let test = TestDb::new().await;
-    let limits = ReadLimits { statement_timeout: Duration::from_millis(300), row_cap: 10 };
+    let limits = ReadLimits { statement_timeout: Duration::from_millis(300), row_cap: 10, ..ReadLimits::default() };
     let mut tx = test.db.begin_read_only(limits).await.unwrap();
     let start = Instant::now();
     let error = sqlx::query("SELECT pg_sleep(10)").execute(&mut *tx).await.expect_err("the sleep must be cancelled");

@@ -254,6 +254,13 @@ impl VectorSearch for EdgeIndex {
             .collect()
     }
 
+    fn describe(&self) -> String {
+        format!("embedded:{}", self.dir.display())
+    }
+}
+
+#[async_trait]
+impl VectorIndex for EdgeIndex {
     async fn text_hashes(&self) -> Result<HashMap<u64, String>> {
         let selector = json_path(TEXT_HASH_FIELD)?;
         self.read(move |shard| {
@@ -285,13 +292,6 @@ impl VectorSearch for EdgeIndex {
         .await
     }
 
-    fn describe(&self) -> String {
-        format!("embedded:{}", self.dir.display())
-    }
-}
-
-#[async_trait]
-impl VectorIndex for EdgeIndex {
     async fn ensure_collection(&self) -> Result<()> {
         // The shard itself exists once opened; only missing payload indexes are created, so that a second call
         // neither rebuilds an index nor grows the write-ahead log.

@@ -8,15 +8,18 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub mod edge;
 pub mod server;
+pub mod versions;
 
-/// Name of the collection (server) that holds customer profiles; the embedded engine keeps one shard per directory.
+pub use versions::{EdgeReader, EdgeStore, EdgeWriter, Manifest, StagingStart};
+
+/// Prefix of the server collection that holds one schema's customer profiles (`customer_profiles_<schema>`).
 pub const COLLECTION: &str = "customer_profiles";
 /// Name of the dense vector inside each point.
 pub const VECTOR_NAME: &str = "profile";
@@ -134,13 +137,11 @@ pub trait VectorSearch: Send + Sync {
     async fn count(&self, filter: Option<Filter>) -> Result<u64>;
     /// Points by id (missing ids are skipped), with their vectors when `with_vectors`.
     async fn retrieve(&self, ids: Vec<u64>, with_vectors: bool) -> Result<Vec<StoredPoint>>;
-    /// `customer_id -> text_hash` of every stored point: what is embedded now, for incremental ingest.
-    async fn text_hashes(&self) -> Result<HashMap<u64, String>>;
-    /// A short description for logs and traces, e.g. `embedded:/path` or `server:http://…`.
+    /// A short description for messages and traces, e.g. `embedded:/path (v000003)` or `server:http://…`.
     fn describe(&self) -> String;
 }
 
-/// Write access to the index. Only ingest calls these.
+/// Write access to the index. Only ingest calls these, on a version that readers cannot see yet.
 #[async_trait]
 pub trait VectorIndex: VectorSearch {
     /// Creates the collection and payload indexes if they do not exist.
@@ -149,18 +150,140 @@ pub trait VectorIndex: VectorSearch {
     async fn upsert(&self, points: Vec<VectorPoint>) -> Result<()>;
     /// Deletes points by id; unknown ids are ignored.
     async fn delete(&self, ids: Vec<u64>) -> Result<()>;
+    /// `customer_id -> text_hash` of every stored point: what is embedded now, for incremental ingest.
+    async fn text_hashes(&self) -> Result<HashMap<u64, String>>;
 }
 
-/// Opens the configured engine: a Qdrant server when `qdrant_url` is given, else the embedded engine under `data_dir`.
-pub async fn open(qdrant_url: Option<&str>, data_dir: &Path) -> Result<Arc<dyn VectorIndex>> {
-    match qdrant_url {
-        Some(url) => Ok(Arc::new(server::ServerIndex::connect(url, COLLECTION).await?)),
-        None => Ok(Arc::new(edge::EdgeIndex::open(&data_dir.join("vectors")).await?)),
+/// Where one schema's vectors live: the embedded engine's versioned directory under the data directory, or a
+/// collection on a Qdrant server (`QDRANT_URL`).
+#[derive(Clone, Debug)]
+pub enum VectorStore {
+    Embedded(EdgeStore),
+    Server { url: String, collection: String },
+}
+
+impl VectorStore {
+    /// The store of `schema`: on the server at `qdrant_url` when given, else under `<data_dir>/vectors/<schema>`.
+    pub fn new(qdrant_url: Option<&str>, data_dir: &Path, schema: &str) -> Self {
+        match qdrant_url {
+            Some(url) => Self::Server { url: url.to_owned(), collection: format!("{COLLECTION}_{schema}") },
+            None => Self::Embedded(EdgeStore::new(data_dir.join("vectors").join(schema))),
+        }
+    }
+
+    /// [`Self::new`] with `QDRANT_URL` from the environment.
+    pub fn from_env(data_dir: &Path, schema: &str) -> Self {
+        let url = std::env::var("QDRANT_URL").ok().filter(|url| !url.trim().is_empty());
+        Self::new(url.as_deref(), data_dir, schema)
+    }
+
+    /// Where the index is, for messages: `embedded:DIR` or `server:URL (collection NAME)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Embedded(store) => format!("embedded:{}", store.root().display()),
+            Self::Server { url, collection } => format!("server:{url} (collection {collection})"),
+        }
+    }
+
+    /// A reader that always serves the current version.
+    pub fn reader(&self) -> VectorReader {
+        match self {
+            Self::Embedded(store) => VectorReader(ReaderKind::Embedded(EdgeReader::new(store.clone()))),
+            Self::Server { url, collection } => VectorReader(ReaderKind::Server {
+                url: url.clone(),
+                collection: collection.clone(),
+                index: tokio::sync::OnceCell::new(),
+            }),
+        }
+    }
+
+    /// Starts writing a new version. With the embedded engine readers keep the current version until
+    /// [`VectorWriter::publish`]; a Qdrant server collection is written in place (see [`server`]).
+    pub async fn begin(&self, start: StagingStart) -> Result<VectorWriter> {
+        match self {
+            Self::Embedded(store) => Ok(VectorWriter::Embedded(store.begin(start).await?)),
+            Self::Server { url, collection } => {
+                let index = server::ServerIndex::connect(url, collection).await?;
+                if start == StagingStart::Empty {
+                    index.drop_collection().await?;
+                }
+                Ok(VectorWriter::Server(index))
+            }
+        }
     }
 }
 
-/// Opens the engine chosen by the environment (`QDRANT_URL`, `AUDIENCE_DATA_DIR`).
-pub async fn open_from_env() -> Result<Arc<dyn VectorIndex>> {
-    let url = std::env::var("QDRANT_URL").ok().filter(|v| !v.is_empty());
-    open(url.as_deref(), &crate::paths::data_dir()).await
+/// A version being written: sync into [`Self::index`], then [`Self::publish`]. Dropped unpublished, the
+/// embedded engine's version is discarded.
+pub enum VectorWriter {
+    Embedded(EdgeWriter),
+    Server(server::ServerIndex),
+}
+
+impl VectorWriter {
+    pub fn index(&self) -> Result<&dyn VectorIndex> {
+        match self {
+            Self::Embedded(writer) => {
+                writer.index().map(|index| index as &dyn VectorIndex).ok_or_else(|| anyhow!("the staging index is closed"))
+            }
+            Self::Server(index) => Ok(index),
+        }
+    }
+
+    /// Makes the version current for every reader, recording what it was built from.
+    pub async fn publish(self, manifest: &Manifest) -> Result<()> {
+        match self {
+            Self::Embedded(writer) => writer.publish(manifest).await.map(drop),
+            Self::Server(_) => Ok(()),
+        }
+    }
+}
+
+/// The read side of a [`VectorStore`], shared by every tool of a process.
+pub struct VectorReader(ReaderKind);
+
+enum ReaderKind {
+    Embedded(EdgeReader),
+    Server { url: String, collection: String, index: tokio::sync::OnceCell<Arc<server::ServerIndex>> },
+    /// One index, as it is (tests and benchmarks that build their own).
+    Fixed(Arc<dyn VectorSearch>),
+}
+
+/// The index a reader serves now, and what it was built from when the engine records that.
+pub struct CurrentIndex {
+    pub search: Arc<dyn VectorSearch>,
+    pub manifest: Option<Manifest>,
+}
+
+impl VectorReader {
+    /// A reader over one given index, which is never replaced.
+    pub fn fixed(index: Arc<dyn VectorSearch>) -> Self {
+        Self(ReaderKind::Fixed(index))
+    }
+
+    /// Where the index is, for messages.
+    pub fn describe(&self) -> String {
+        match &self.0 {
+            ReaderKind::Embedded(reader) => format!("embedded:{}", reader.store().root().display()),
+            ReaderKind::Server { url, collection, .. } => format!("server:{url} (collection {collection})"),
+            ReaderKind::Fixed(index) => index.describe(),
+        }
+    }
+
+    /// The current index; `None` when the embedded engine has no published version yet.
+    pub async fn current(&self) -> Result<Option<CurrentIndex>> {
+        match &self.0 {
+            ReaderKind::Embedded(reader) => Ok(reader.current().await?.map(|copy| {
+                let manifest = Some(copy.manifest().clone());
+                CurrentIndex { search: copy, manifest }
+            })),
+            ReaderKind::Server { url, collection, index } => {
+                let index = index
+                    .get_or_try_init(|| async { server::ServerIndex::connect(url, collection).await.map(Arc::new) })
+                    .await?;
+                Ok(Some(CurrentIndex { search: index.clone(), manifest: None }))
+            }
+            ReaderKind::Fixed(index) => Ok(Some(CurrentIndex { search: index.clone(), manifest: None })),
+        }
+    }
 }

@@ -203,6 +203,13 @@ impl VectorSearch for ServerIndex {
             .collect()
     }
 
+    fn describe(&self) -> String {
+        format!("server:{}", self.url)
+    }
+}
+
+#[async_trait]
+impl VectorIndex for ServerIndex {
     async fn text_hashes(&self) -> Result<HashMap<u64, String>> {
         let mut hashes = HashMap::new();
         let mut offset: Option<PointId> = None;
@@ -228,13 +235,6 @@ impl VectorSearch for ServerIndex {
         }
     }
 
-    fn describe(&self) -> String {
-        format!("server:{}", self.url)
-    }
-}
-
-#[async_trait]
-impl VectorIndex for ServerIndex {
     async fn ensure_collection(&self) -> Result<()> {
         if !self.exists().await? {
             let mut vectors = VectorsConfigBuilder::default();

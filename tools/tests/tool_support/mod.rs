@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use audience_tools::db::{Db, ReadLimits};
+use audience_tools::db::{Db, ReadLimits, prepare_reader};
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::profile::{PAYLOAD_SELECT, ProfilePayload};
 use audience_tools::schema::{READER_ROLE, TABLES};
 use audience_tools::stores::Stores;
 use audience_tools::vector::edge::EdgeIndex;
-use audience_tools::vector::{VectorIndex, VectorPoint, VectorSearch};
+use audience_tools::vector::{VectorIndex, VectorPoint, VectorReader, VectorSearch};
 
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
@@ -159,16 +159,8 @@ impl TestDb {
         for table in TABLES {
             exec(&db, &format!("CREATE TABLE {}.{} ({})", schema, table.name, table.ddl)).await;
         }
-        // The role is global and other tests create it concurrently.
-        exec(
-            &db,
-            &format!(
-                "DO $$ BEGIN CREATE ROLE {READER_ROLE} NOLOGIN; \
-                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-            ),
-        )
-        .await;
-        exec(&db, &format!("GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}")).await;
+        // The role is global and other tests prepare it concurrently, as ingest does.
+        prepare_reader(&db.pool, &schema).await.expect("prepare the read-only role");
         exec(&db, &format!("GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {READER_ROLE}")).await;
         let this = Self { db, schema };
         this.insert_fixture().await;
@@ -274,12 +266,12 @@ impl TestDb {
             index.upsert(points).await.expect("upsert profiles");
         }
         let vectors: Arc<dyn VectorSearch> = index;
-        Stores::new(self.db.clone(), vectors, embedder, limits)
+        Stores::new(self.db.clone(), VectorReader::fixed(vectors), embedder, limits)
     }
 
     pub async fn drop(self) {
         exec(&self.db, &format!("DROP SCHEMA {} CASCADE", self.schema)).await;
-        self.db.pool.close().await;
+        self.db.close().await;
     }
 }
 

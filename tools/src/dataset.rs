@@ -1,0 +1,68 @@
+//! What PostgreSQL holds now: the data version each ingest commits and a fingerprint of the profile texts, which
+//! the vector index must match before a tool may rank with it.
+//!
+//! The `dataset` table has one row, written by ingest in the same transaction that swaps the data in. A vector
+//! index version records the fingerprint it was built from (`vector::Manifest`), so a reader can tell a current
+//! index from a missing, partial or foreign one (another data directory, another database, an interrupted sync)
+//! instead of silently answering from it.
+
+use anyhow::{Context, Result};
+
+use crate::db::Db;
+
+/// The one-row table: `version` counts ingests; `profiles` and `fingerprint` describe the profiles it left.
+pub const DATASET_DDL: &str = "
+    id          SMALLINT PRIMARY KEY CHECK (id = 1),
+    version     BIGINT NOT NULL,
+    profiles    BIGINT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    ingested_at TIMESTAMPTZ NOT NULL";
+
+/// The profile count and fingerprint of `table` (`profiles` or `profiles_staging`): the md5 of every text hash in
+/// customer order, so any added, removed or changed profile changes it.
+pub fn fingerprint_sql(table: &str) -> String {
+    format!(
+        "SELECT count(*)::bigint, md5(coalesce(string_agg(text_hash, ',' ORDER BY customer_id), '')) FROM {table}"
+    )
+}
+
+/// The dataset row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    pub version: i64,
+    pub profiles: u64,
+    pub fingerprint: String,
+}
+
+impl Dataset {
+    /// The row, or `None` when the schema has none yet (never ingested, or ingested by an older release).
+    pub async fn read(db: &Db) -> Result<Option<Self>> {
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(format!("{}.dataset", db.schema))
+            .fetch_one(&db.pool)
+            .await
+            .context("cannot look up the dataset table")?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let row: Option<(i64, i64, String)> =
+            sqlx::query_as("SELECT version, profiles, fingerprint FROM dataset WHERE id = 1")
+                .fetch_optional(&db.pool)
+                .await
+                .context("cannot read the dataset version")?;
+        Ok(row.map(|(version, profiles, fingerprint)| Self {
+            version,
+            profiles: u64::try_from(profiles).unwrap_or(0),
+            fingerprint,
+        }))
+    }
+
+    /// The profile count of the live `profiles` table, for schemas without a dataset row.
+    pub async fn count_profiles(db: &Db) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM profiles")
+            .fetch_one(&db.pool)
+            .await
+            .context("cannot count the profiles")?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+}
