@@ -510,3 +510,58 @@ fn prompt_budget_of_a_typical_question() {
         assert!(total < MAX_PROMPT_TOKENS, "{script}: {total} prompt tokens in {} LLM calls", requests.len());
     }
 }
+
+/// Regression: with profiles in PostgreSQL and an empty or out-of-date data directory, semantic_search answered
+/// 0 customers and hybrid_discovery an empty list, exit 0. A missing or mismatched index is a store error (exit 4)
+/// that names the directory and says what to do, and `reindex` repairs it.
+#[test]
+fn a_missing_or_outdated_vector_index_is_a_store_error_until_reindexed() {
+    let env = TestEnv::ingested("stale");
+    let in_dir = |dir: &std::path::Path, args: &[&str]| {
+        let mut command = env.command(args);
+        command.env("AUDIENCE_DATA_DIR", dir);
+        common::Run::from(command.output().unwrap())
+    };
+    // A second ingest of other data from another data directory: the first directory's index is now outdated.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let sample = elsewhere.path().join("sample");
+    let generated = in_dir(
+        elsewhere.path(),
+        &["generate", "--customers", "45", "--seed", "8", "--end-date", "2025-06-30", "--out", sample.to_str().unwrap()],
+    );
+    assert_eq!(generated.code, 0, "{}", generated.stderr);
+    let (customers, events) = (sample.join("customers.csv"), sample.join("events.csv"));
+    let ingested = in_dir(
+        elsewhere.path(),
+        &["ingest", "--customers", customers.to_str().unwrap(), "--events", events.to_str().unwrap()],
+    );
+    assert_eq!(ingested.code, 0, "{}", ingested.stderr);
+
+    let search = ["tool", "semantic_search", "--args", r#"{"intent": "luxury watches", "limit": 3}"#];
+    let hybrid = [
+        "tool",
+        "hybrid_discovery",
+        "--args",
+        r#"{"condition": "event_type = 'purchase'", "intent": "luxury watches", "limit": 3}"#,
+    ];
+    let empty = tempfile::tempdir().unwrap();
+    for args in [&search[..], &hybrid[..]] {
+        let run = in_dir(empty.path(), args);
+        assert_eq!(run.code, 4, "{}", run.stderr);
+        assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
+        assert!(run.stderr.contains("holds 0 of 45 profiles: run `audience reindex`"), "{}", run.stderr);
+        assert!(run.stderr.contains(&empty.path().display().to_string()), "names the directory: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "no answer on stdout: {}", run.stdout);
+
+        let run = in_dir(env.data_dir(), args);
+        assert_eq!(run.code, 4, "{}", run.stderr);
+        assert!(run.stderr.contains("was built from an older ingest"), "{}", run.stderr);
+    }
+
+    // `reindex` rebuilds the index for the data in PostgreSQL, and the tools answer again.
+    let reindexed = in_dir(env.data_dir(), &["reindex"]);
+    assert_eq!(reindexed.code, 0, "{}", reindexed.stderr);
+    let run = in_dir(env.data_dir(), &search);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["count"], json!(45));
+}

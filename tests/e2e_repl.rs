@@ -430,3 +430,45 @@ fn ctrl_c_cancels_a_slow_question_and_a_missing_provider_is_named() {
     repl.send("\x04");
     assert!(repl.wait().success());
 }
+
+/// Regression: while a chat was open every other command on its data directory failed with "vector index busy",
+/// ingest and `tool sql_analytics` included. Now an ingest and other readers run beside an open chat, and the
+/// chat's next question uses the newly ingested data without a restart.
+#[test]
+fn an_open_chat_shares_its_data_directory_and_follows_a_new_ingest() {
+    let env = TestEnv::ingested("share");
+    let search = || Reply::tool("c", "semantic_search", json!({"intent": "outdoor hiking and camping", "limit": 3}));
+    let llm = FakeLlm::start(vec![search(), Reply::text("First."), search(), Reply::text("Second.")]);
+    let mut repl = chat(&env, Some(&llm.base_url));
+    let first = repl.ask("who likes hiking?");
+    assert!(first.contains("Audience: 60 customers"), "{first}");
+
+    // With the chat holding its index open: other readers and a new ingest of other data.
+    let run = |args: &[&str]| common::Run::from(env.command(args).output().unwrap());
+    let tool = run(&["tool", "semantic_search", "--args", r#"{"intent": "luxury watches", "limit": 2}"#]);
+    assert_eq!(tool.code, 0, "{}", tool.stderr);
+    let sql = run(&["tool", "sql_analytics", "--args", r#"{"sql": "SELECT count(*) FROM customers"}"#]);
+    assert_eq!(sql.code, 0, "{}", sql.stderr);
+    let sample = env.data_dir().join("sample40");
+    let generated = run(&[
+        "generate",
+        "--customers",
+        "40",
+        "--seed",
+        "9",
+        "--end-date",
+        "2025-06-30",
+        "--out",
+        sample.to_str().unwrap(),
+    ]);
+    assert_eq!(generated.code, 0, "{}", generated.stderr);
+    let (customers, events) = (sample.join("customers.csv"), sample.join("events.csv"));
+    let ingest = run(&["ingest", "--customers", customers.to_str().unwrap(), "--events", events.to_str().unwrap()]);
+    assert_eq!(ingest.code, 0, "{}", ingest.stderr);
+    assert!(!ingest.stderr.contains("busy"), "{}", ingest.stderr);
+
+    let second = repl.ask("and now?");
+    assert!(second.contains("Audience: 40 customers"), "the open chat sees the new data: {second}");
+    repl.line("/quit");
+    assert!(repl.wait().success());
+}

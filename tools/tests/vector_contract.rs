@@ -8,7 +8,8 @@ use std::sync::Arc;
 use audience_tools::vector::edge::EdgeIndex;
 use audience_tools::vector::server::ServerIndex;
 use audience_tools::vector::{
-    Condition, Filter, MatchValue, ScoredPoint, TEXT_HASH_FIELD, VectorIndex, VectorPoint, VectorSearch,
+    Condition, EdgeReader, EdgeStore, Filter, Manifest, MatchValue, ScoredPoint, StagingStart, TEXT_HASH_FIELD,
+    VectorIndex, VectorPoint, VectorSearch,
 };
 use serde_json::{Map, Value, json};
 
@@ -488,4 +489,87 @@ async fn embedded_rejects_wrong_dimension() {
     let err = index.upsert(vec![point]).await.unwrap_err().to_string();
     assert!(err.contains("3-d vector"), "{err}");
     assert_eq!(index.count(None).await.unwrap(), 0);
+}
+
+// ---- embedded engine: published versions shared by one writer and many readers ----
+
+fn manifest(points: &[VectorPoint], tag: &str) -> Manifest {
+    Manifest { profiles: points.len() as u64, fingerprint: format!("{tag}-{}", points.len()), data_version: None }
+}
+
+/// Regression: a second process on one data directory got "vector index busy", even for an ingest while a chat
+/// was open. Readers now work on copies of published versions, so a writer and several readers run side by side,
+/// a reader keeps one whole version until a newer one is published, then moves to it without reopening.
+#[tokio::test]
+async fn embedded_readers_and_a_writer_share_one_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeStore::new(dir.path().join("vectors").join("schema_a"));
+    let first = dataset(120, 21);
+
+    let reader = EdgeReader::new(store.clone());
+    assert!(reader.current().await.unwrap().is_none(), "nothing published yet");
+
+    let writer = store.begin(StagingStart::Empty).await.unwrap();
+    let staged = writer.index().unwrap();
+    staged.ensure_collection().await.unwrap();
+    staged.upsert(first.clone()).await.unwrap();
+    assert!(reader.current().await.unwrap().is_none(), "an unpublished version is invisible");
+    writer.publish(&manifest(&first, "a")).await.unwrap();
+
+    // Two readers at once (two chats), each on its own copy.
+    let other = EdgeReader::new(store.clone());
+    let held = reader.current().await.unwrap().unwrap();
+    let held_by_other = other.current().await.unwrap().unwrap();
+    assert_eq!(held.count(None).await.unwrap(), 120);
+    assert_eq!(held_by_other.count(None).await.unwrap(), 120);
+    assert_eq!(held.manifest(), &manifest(&first, "a"));
+
+    // A writer starts from a copy of the current version while both readers hold theirs.
+    let writer = store.begin(StagingStart::CopyCurrent).await.unwrap();
+    let staged = writer.index().unwrap();
+    assert_eq!(staged.count(None).await.unwrap(), 120, "the staging copy starts from the current version");
+    let extra: Vec<VectorPoint> = dataset(150, 22).into_iter().filter(|p| p.id > 120).collect();
+    staged.upsert(extra).await.unwrap();
+    staged.delete((1..=10).collect()).await.unwrap();
+    // Mid-write, every reader still sees the whole old version: the same copy, and a fresh reader too.
+    assert_eq!(reader.current().await.unwrap().unwrap().count(None).await.unwrap(), 120);
+    let fresh = EdgeReader::new(store.clone());
+    assert_eq!(fresh.current().await.unwrap().unwrap().count(None).await.unwrap(), 120);
+    let second: Vec<VectorPoint> = first
+        .iter()
+        .filter(|p| p.id > 10)
+        .cloned()
+        .chain(dataset(150, 22).into_iter().filter(|p| p.id > 120))
+        .collect();
+    writer.publish(&manifest(&second, "b")).await.unwrap();
+
+    // After the publication the same reader moves to the new version; a handle taken before keeps answering
+    // from the old one until it is dropped.
+    let moved = reader.current().await.unwrap().unwrap();
+    assert_eq!(moved.count(None).await.unwrap(), 140);
+    assert_eq!(moved.manifest(), &manifest(&second, "b"));
+    assert_ne!(moved.version(), held.version());
+    assert_eq!(held.count(None).await.unwrap(), 120);
+    let query = query_vector(5);
+    let got = moved.search(query.clone(), None, 10).await.unwrap();
+    assert_ranked(&got, &brute_force(&second, &query, None), 10, &second, &query);
+
+    // A writer that fails (dropped unpublished) changes nothing and leaves no staging directory.
+    let writer = store.begin(StagingStart::CopyCurrent).await.unwrap();
+    writer.index().unwrap().delete((1..=150).collect()).await.unwrap();
+    drop(writer);
+    assert_eq!(reader.current().await.unwrap().unwrap().count(None).await.unwrap(), 140);
+
+    // Once the readers let go, old versions and private copies are collected by the next writer.
+    drop((held, held_by_other, moved, reader, other, fresh));
+    let writer = store.begin(StagingStart::CopyCurrent).await.unwrap();
+    writer.publish(&manifest(&second, "c")).await.unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(store.root())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "readers")
+        .collect();
+    left.sort();
+    assert_eq!(left, ["CURRENT", "v000003", "writer.lock"], "only the current version is kept");
+    assert_eq!(std::fs::read_dir(store.root().join("readers")).unwrap().count(), 0, "no reader copies are left");
 }
