@@ -7,3 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/setup-models.sh
 ensure_postgres
 cargo test --workspace --locked "$@"
+# The server-engine contract tests are ignored unless a Qdrant server is configured; then they must pass too.
+if [ -n "${QDRANT_URL:-}" ]; then
+  cargo test --locked -p audience-tools --test vector_contract -- --ignored
+fi

@@ -312,9 +312,14 @@ pub fn system_prompt() -> String {
     SYSTEM_PROMPT.trim().to_owned()
 }
 
+/// Output tokens one agent call may produce: an answer of a few sentences or one tool call. It also bounds what a
+/// runaway model can write into the conversation (a megabyte "condition"), which every later call would resend.
+pub const MAX_OUTPUT_TOKENS: u64 = 1_024;
+
 fn build_agent(model: ChatModel, stores: Stores, max_turns: usize) -> Agent {
     AgentBuilder::new(model.clone())
         .preamble(system_prompt())
+        .max_tokens(MAX_OUTPUT_TOKENS)
         .default_max_turns(max_turns)
         .tool(HybridDiscovery::new(stores.clone()))
         .tool(SemanticSearch::new(stores.clone()))

@@ -19,7 +19,7 @@ use audience_tools::paths;
 use audience_tools::vector::{self, VectorStore};
 
 use crate::Global;
-use crate::exit::{FailureExt, FailureKind};
+use crate::exit::{self, FailureExt, FailureKind};
 
 /// The query the demo runs against the freshly ingested sample.
 const DEMO_QUERY: &str = "luxury watches and jewelry";
@@ -113,7 +113,7 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
         as_of: args.as_of,
     };
     let stores = Stores::open(global).await?;
-    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.kind(FailureKind::Store)?;
+    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.map_err(exit::database_is_store)?;
     if args.json {
         let mut json = serde_json::to_value(&report)?;
         json["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
@@ -137,7 +137,7 @@ pub async fn reindex(global: &Global) -> Result<()> {
     if !stores.db.is_ingested().await.kind(FailureKind::Store)? {
         bail!("no profiles in schema {:?} yet; run `audience ingest` first", stores.db.schema);
     }
-    let report = pipeline::reindex(&stores.db, &stores.vectors, &stores.embedder).await.kind(FailureKind::Store)?;
+    let report = pipeline::reindex(&stores.db, &stores.vectors, &stores.embedder).await.map_err(exit::database_is_store)?;
     println!("reindexed {}", stores.vectors.describe());
     print_sync(&report);
     Ok(())
@@ -162,7 +162,7 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
         load: LoadOptions { strict: false, rejects_path: sample.join("rejects.csv"), mapping: None },
         as_of: None,
     };
-    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.kind(FailureKind::Store)?;
+    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.map_err(exit::database_is_store)?;
     print_ingest(&report);
 
     let (vector, _) = stores.embedder.embed_one(DEMO_QUERY.to_owned()).await?;

@@ -1,27 +1,32 @@
-//! Exit codes for scripts, and the error kinds that choose them.
+//! Exit codes for scripts, and the error kinds that choose them. The same table holds for every command; the README
+//! copies it and `tests/e2e_exit_codes.rs` checks it command by command.
 //!
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | any other failure (bad arguments, I/O, bad input files) |
-//! | 2 | configuration error (missing or invalid variable, no provider configured) |
-//! | 3 | LLM provider error (unreachable, rejected, rate limited after retries) |
-//! | 4 | tool or database error (database down, vector index busy, unsafe SQL the agent could not fix) |
+//! | 1 | failure: unreadable or malformed input files, rejected data, I/O |
+//! | 2 | usage or configuration error: bad arguments or flags, a missing or invalid variable, no provider |
+//! | 3 | LLM provider error: unreachable, rejected, rate limited after retries, empty answers, turn budget |
+//! | 4 | tool or store error: database down, vector index missing or outdated, SQL the agent could not fix |
 
 use std::fmt;
 use std::process::ExitCode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
+    /// Bad arguments: clap's errors, a `--args` that is not the tool's JSON, an empty or oversized question.
+    Usage,
     Config,
     Provider,
     Store,
 }
 
 impl FailureKind {
+    pub const ALL: [FailureKind; 4] = [FailureKind::Usage, FailureKind::Config, FailureKind::Provider, FailureKind::Store];
+
     pub fn code(self) -> u8 {
         match self {
-            FailureKind::Config => 2,
+            FailureKind::Usage | FailureKind::Config => 2,
             FailureKind::Provider => 3,
             FailureKind::Store => 4,
         }
@@ -35,6 +40,7 @@ pub struct Failure(pub FailureKind);
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self.0 {
+            FailureKind::Usage => "usage error",
             FailureKind::Config => "configuration error",
             FailureKind::Provider => "LLM provider error",
             FailureKind::Store => "tool or database error",
@@ -56,6 +62,16 @@ impl<T, E: Into<anyhow::Error>> FailureExt<T> for Result<T, E> {
     }
 }
 
+/// Tags an error as a store error (exit 4) when PostgreSQL caused it, leaving input errors (exit 1) as they are:
+/// an ingest fails on a malformed file or on the database, and scripts must tell the two apart.
+pub fn database_is_store(error: anyhow::Error) -> anyhow::Error {
+    if error.chain().any(|cause| cause.downcast_ref::<sqlx::Error>().is_some()) {
+        error.context(Failure(FailureKind::Store))
+    } else {
+        error
+    }
+}
+
 /// The exit code for an error: the outermost [`Failure`] tag in its chain, else 1.
 ///
 /// `anyhow::Error::downcast_ref` is used because it sees context values at any depth; the `&dyn Error`
@@ -67,7 +83,7 @@ pub fn code_for(error: &anyhow::Error) -> ExitCode {
 
 /// Prints an error as one line: the message chain without our kind tags.
 pub fn one_line(error: &anyhow::Error) -> String {
-    let tags = [FailureKind::Config, FailureKind::Provider, FailureKind::Store].map(|kind| Failure(kind).to_string());
+    let tags = FailureKind::ALL.map(|kind| Failure(kind).to_string());
     error.chain().map(|e| e.to_string()).filter(|text| !tags.contains(text)).collect::<Vec<_>>().join(": ")
 }
 

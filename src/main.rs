@@ -8,6 +8,7 @@ mod exit;
 mod ledger;
 mod provider;
 mod repl;
+mod terminal;
 mod tool_command;
 mod trace;
 
@@ -60,7 +61,14 @@ pub struct Global {
 
 fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout and succeed; a usage error is exit 2, like every configuration error.
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { ExitCode::from(exit::FailureKind::Usage.code()) } else { ExitCode::SUCCESS };
+        }
+    };
     init_logging(cli.verbose);
     let global =
         Global { data_dir: cli.data_dir.unwrap_or_else(audience_tools::paths::data_dir), verbose: cli.verbose };
@@ -74,7 +82,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, &global)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", exit::one_line(&error));
+            eprintln!("error: {}", terminal::safe(&exit::one_line(&error)));
             exit::code_for(&error)
         }
     }

@@ -18,8 +18,9 @@ use serde_json::Value;
 
 use crate::Global;
 use crate::agent::{AgentConfig, Answer, Audience, Session, open_stores};
-use crate::ask::customer_table;
+use crate::ask::{check_question, customer_table};
 use crate::exit;
+use crate::terminal;
 use crate::ledger::UsageTotals;
 
 const PROMPT: &str = "audience> ";
@@ -125,11 +126,18 @@ impl Chat {
         if matches!(self.agent, Agent::Unconfigured) {
             // Re-read the configuration: the user may have edited config.toml since the REPL started.
             if let Err(error) = self.configure().await {
-                println!("error: {}", exit::one_line(&error));
+                println!("error: {}", terminal::safe(&exit::one_line(&error)));
                 return;
             }
         }
         let Agent::Ready(session) = &mut self.agent else { return };
+        let question = match check_question(question) {
+            Ok(question) => question,
+            Err(error) => {
+                println!("error: {error}");
+                return;
+            }
+        };
         // Listening for Ctrl-C only while a question runs: at the prompt the terminal is in raw mode and
         // rustyline reads Ctrl-C as a key. Cancelling drops the run's HTTP request and tool calls; the session
         // records what the run had spent and keeps the conversation as it was before the question.
@@ -139,7 +147,7 @@ impl Chat {
         match session.ask_until(question, ctrl_c).await {
             Ok(Some(answer)) => print_answer(&answer),
             Err(error) => {
-                println!("error: {}", exit::one_line(&error));
+                println!("error: {}", terminal::safe(&exit::one_line(&error)));
                 if let Some(usage) = session.last_usage() {
                     println!("{}", usage.summary_line());
                 }
@@ -191,7 +199,7 @@ impl Chat {
                             path.display(),
                             shown_of_size(audience)
                         ),
-                        Err(error) => println!("error: {}", exit::one_line(&error)),
+                        Err(error) => println!("error: {}", terminal::safe(&exit::one_line(&error))),
                     },
                 }
             }
@@ -201,7 +209,7 @@ impl Chat {
 }
 
 fn print_answer(answer: &Answer) {
-    println!("{}", answer.text.trim());
+    println!("{}", terminal::safe(answer.text.trim()));
     if let Some(audience) = &answer.audience {
         println!();
         let shown = audience.customers.len().min(TABLE_ROWS);

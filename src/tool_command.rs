@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use audience_tools::failure::ToolFailure;
 use audience_tools::hybrid_discovery::HybridDiscovery;
 use audience_tools::semantic_search::SemanticSearch;
@@ -38,7 +38,7 @@ Examples:
   audience tool semantic_search --args '{\"intent\": \"luxury watches\", \"limit\": 5}'
   audience tool sql_data_retriever --args '{\"customer_ids\": [1, 2], \"fields\": [\"email\", \"segment\"]}'
 
-Exit codes: 0 ok, 1 bad arguments, 2 configuration, 3 provider, 4 tool or database error.";
+Exit codes: 0 ok, 1 failure, 2 usage or configuration, 3 provider, 4 tool or store error.";
 
 #[derive(Args, Debug)]
 #[command(after_help = EXAMPLES)]
@@ -61,12 +61,19 @@ pub async fn run(args: ToolArgs, global: &Global) -> Result<()> {
         }
         return Ok(());
     }
-    let name = args.name.ok_or_else(|| anyhow!("name a tool, or pass --list"))?;
+    let name = args.name.ok_or_else(|| anyhow!("name a tool, or pass --list")).kind(FailureKind::Usage)?;
     if !TOOLS.iter().any(|(tool, _)| *tool == name) {
         let names: Vec<&str> = TOOLS.iter().map(|(tool, _)| *tool).collect();
-        bail!("unknown tool {name:?}; the tools are {}", names.join(", "));
+        return Err(anyhow!("unknown tool {name:?}; the tools are {}", names.join(", "))).kind(FailureKind::Usage);
     }
-    let json: Value = serde_json::from_str(&args.args).context("--args is not valid JSON")?;
+    let json: Value = serde_json::from_str(&args.args).context("--args is not valid JSON").kind(FailureKind::Usage)?;
+    // Arguments are checked before any store opens: a typo is a usage error whatever the state of the database.
+    match name.as_str() {
+        "hybrid_discovery" => parse_args::<HybridDiscovery>(&json).map(drop)?,
+        "semantic_search" => parse_args::<SemanticSearch>(&json).map(drop)?,
+        "sql_data_retriever" => parse_args::<SqlDataRetriever>(&json).map(drop)?,
+        _ => parse_args::<SqlAnalytics<ChatModel>>(&json).map(drop)?,
+    }
     let stores = open_stores(&global.data_dir).await?;
     let start = Instant::now();
     let (output, trace) = match name.as_str() {
@@ -81,7 +88,7 @@ pub async fn run(args: ToolArgs, global: &Global) -> Result<()> {
 /// `sql_analytics` runs `{"sql"}` without a provider; `{"question"}` needs one for the text-to-SQL call,
 /// whose usage is recorded in the ledger like an agent question.
 async fn run_sql_analytics(stores: Stores, json: Value, global: &Global, start: Instant) -> Result<()> {
-    let parsed: SqlAnalyticsArgs = serde_json::from_value(json.clone()).context("invalid --args for sql_analytics")?;
+    let parsed: SqlAnalyticsArgs = parse_args::<SqlAnalytics<ChatModel>>(&json)?;
     let needs_model = parsed.sql.as_deref().is_none_or(|sql| sql.trim().is_empty());
     if !needs_model {
         let (output, trace) = call(SqlAnalytics::<ChatModel>::sql_only(stores), json).await?;
@@ -112,7 +119,7 @@ async fn run_sql_analytics(stores: Stores, json: Value, global: &Global, start: 
 /// Runs a tool the way rig's `Tool::call` does in the agent loop (so it publishes the same trace), keeping the
 /// full output rather than the compact observation the model is sent.
 async fn call<T: TracedTool>(tool: T, json: Value) -> Result<(Value, Option<ToolTrace>)> {
-    let args: T::Args = serde_json::from_value(json).with_context(|| format!("invalid --args for {}", T::NAME))?;
+    let args = parse_args::<T>(&json)?;
     let mut context = ToolContext::new();
     let result = tool.call_traced(&mut context, args).await;
     let trace = context.result::<ToolTrace>().ok().flatten();
@@ -123,9 +130,14 @@ async fn call<T: TracedTool>(tool: T, json: Value) -> Result<(Value, Option<Tool
     }
 }
 
+/// The tool's arguments from `--args`; a mismatch is a usage error.
+fn parse_args<T: rig_core::tool::Tool>(json: &Value) -> Result<T::Args> {
+    serde_json::from_value(json.clone()).with_context(|| format!("invalid --args for {}", T::NAME)).kind(FailureKind::Usage)
+}
+
 /// The output on stdout; with --verbose the trace (exact SQL, filter, strategy, timings) on stderr.
 fn print(output: &Value, trace: Option<&ToolTrace>, verbose: bool) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(output)?);
+    println!("{}", crate::terminal::safe_json(output)?);
     if verbose && let Some(trace) = trace {
         eprintln!("trace: {}", serde_json::to_string(trace)?);
     }

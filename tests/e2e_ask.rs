@@ -333,7 +333,9 @@ fn plain_output_shows_the_answer_and_audience_and_verbose_shows_each_step() {
     let stdout: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(stdout[0], "Two luxury watch fans.");
     assert!(run.stdout.contains("customers (top 2 shown)"), "{}", run.stdout);
-    assert!(stdout.last().unwrap().starts_with("usage: 2 LLM calls to gpt-4o-mini"), "{}", run.stdout);
+    // Regression: the usage line was printed on stdout; stdout holds only the answer.
+    assert!(!run.stdout.contains("usage:"), "{}", run.stdout);
+    assert!(run.stderr.lines().any(|line| line.starts_with("usage: 2 LLM calls to gpt-4o-mini")), "{}", run.stderr);
     for expected in
         ["· thought: Searching for luxury lovers.", "→ action: semantic_search", "vector filter: {", "← observation ("]
     {
@@ -406,7 +408,7 @@ fn the_tool_command_runs_tools_without_an_llm() {
     );
     assert_eq!(needs_llm.code, 2, "{}", needs_llm.stderr);
     let unknown = common::Run::from(env.command(&["tool", "nope"]).output().unwrap());
-    assert_eq!(unknown.code, 1);
+    assert_eq!(unknown.code, 2, "a usage error");
 }
 
 /// tiktoken o200k_base, the counter `src/ledger.rs` estimates with.
@@ -564,4 +566,23 @@ fn a_missing_or_outdated_vector_index_is_a_store_error_until_reindexed() {
     let run = in_dir(env.data_dir(), &search);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.json()["count"], json!(45));
+}
+
+/// Regression: an answer containing `ESC[2J`, BEL or U+202E cleared or reversed the user's screen. Text from the
+/// model is printed with such characters escaped, in plain and JSON output alike (the JSON keeps its value).
+#[test]
+fn control_and_bidi_characters_from_the_model_are_escaped() {
+    let env = TestEnv::ingested("ctrl");
+    let hostile = "Done.\u{1b}[2J\u{7} \u{202e}lanigiro\u{9b}";
+    let llm = FakeLlm::start(vec![Reply::text(hostile), Reply::text(hostile)]);
+    let plain = env.ask_plain(&llm, "hello");
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    for raw in ['\u{1b}', '\u{7}', '\u{202e}', '\u{9b}'] {
+        assert!(!plain.stdout.contains(raw), "{:?} reached the terminal: {:?}", raw, plain.stdout);
+    }
+    assert!(plain.stdout.contains("Done.\\u{1b}[2J\\u{7} \\u{202e}lanigiro\\u{9b}"), "{:?}", plain.stdout);
+    let json = env.ask_json(&llm, "hello");
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    assert!(!json.stdout.contains('\u{202e}') && !json.stdout.contains('\u{9b}'), "{:?}", json.stdout);
+    assert_eq!(json.json()["answer"], json!(hostile), "the JSON value is unchanged");
 }

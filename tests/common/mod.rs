@@ -296,6 +296,11 @@ impl TestEnv {
         Run::from(self.llm_command(llm, &["ask", "--json", question]).output().unwrap())
     }
 
+    /// Runs plain `ask QUESTION` (text output) against `llm`.
+    pub fn ask_plain(&self, llm: &FakeLlm, question: &str) -> Run {
+        Run::from(self.llm_command(llm, &["ask", question]).output().unwrap())
+    }
+
     /// Runs a SQL statement as the superuser in this test's schema and returns the first column as text.
     pub fn sql_scalar(&self, sql: &str) -> String {
         let url = database_url();
