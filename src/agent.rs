@@ -191,7 +191,17 @@ impl Session {
             result = run_future => Some(result),
             () = cancel => None,
         };
-        let run = std::mem::take(&mut *lock(&log));
+        let mut run = std::mem::take(&mut *lock(&log));
+        // The hook asks again after an empty turn, but a run can still end on one (a provider that closes a turn
+        // without content): that is the provider failing, not an answer.
+        let answered = matches!(&result, Some(Ok(response)) if !response.output().trim().is_empty());
+        match &result {
+            Some(Ok(response)) => {
+                let reported: Vec<_> = response.completion_calls.iter().map(|call| call.usage).collect();
+                run.reconcile(&reported);
+            }
+            _ => run.record_unanswered_call(),
+        }
         let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let usage = UsageRecord::new(
             &self.label.provider,
@@ -200,12 +210,16 @@ impl Session {
             run.embedding_tokens,
             self.ledger.prices(),
             latency_ms,
-            matches!(result, Some(Ok(_))),
+            answered,
         );
         self.ledger.record(&usage);
         self.last_usage = Some(usage.clone());
         let Some(result) = result else { return Ok(None) };
         let response = result.map_err(|error| self.run_error(error, &run))?;
+        if !answered {
+            return Err(tagged(FailureKind::Provider, "the model returned an empty answer".to_owned()));
+        }
+        let text = response.output();
         self.history.push(response.messages.clone());
         if self.history.len() > HISTORY_QUESTIONS {
             self.history.remove(0);
@@ -213,7 +227,7 @@ impl Session {
         if run.audience.is_some() {
             self.last_audience = run.audience.clone();
         }
-        Ok(Some(Answer { text: response.output(), audience: run.audience, steps: run.steps, usage }))
+        Ok(Some(Answer { text, audience: run.audience, steps: run.steps, usage }))
     }
 
     /// Forgets the conversation and the last audience (the session totals stay).
@@ -534,12 +548,12 @@ mod tests {
         );
         assert_eq!(answer.steps.len(), 2);
         assert!(answer.steps[0].ok && !answer.steps[1].ok);
-        // The refused call was paid for: it is counted, estimated since its reply never finished a turn.
+        // Regression: the refused call was recorded as an estimate although the provider reported its usage.
+        // It is counted with the reported numbers.
         assert_eq!(answer.usage.llm_calls, 3);
-        assert!(answer.usage.estimated);
-        assert_eq!(answer.usage.calls[0].prompt_tokens, 1000);
-        assert!(answer.usage.calls[1].estimated && answer.usage.calls[1].prompt_tokens > 0);
-        assert_eq!(answer.usage.calls[2].prompt_tokens, 1200);
+        assert!(!answer.usage.estimated, "{:?}", answer.usage.calls);
+        let prompts: Vec<u64> = answer.usage.calls.iter().map(|call| call.prompt_tokens).collect();
+        assert_eq!(prompts, [1000, 1100, 1200]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,13 @@ pub struct CallUsage {
     /// True when the provider did not report usage and the counts are a tiktoken estimate.
     pub estimated: bool,
     pub ms: u64,
+    /// False for a call that got no reply (the provider failed or the question was cancelled).
+    #[serde(default = "answered_default")]
+    pub answered: bool,
+}
+
+fn answered_default() -> bool {
+    true
 }
 
 /// The usage of one question (all its LLM calls and embeddings).
@@ -132,12 +139,14 @@ impl UsageRecord {
         latency_ms: u64,
         ok: bool,
     ) -> Self {
-        let prompt_tokens: u64 = calls.iter().map(|c| c.prompt_tokens).sum();
-        let completion_tokens: u64 = calls.iter().map(|c| c.completion_tokens).sum();
+        let prompt_tokens = calls.iter().fold(0u64, |sum, c| sum.saturating_add(c.prompt_tokens));
+        let completion_tokens = calls.iter().fold(0u64, |sum, c| sum.saturating_add(c.completion_tokens));
         let embedding_model = audience_tools::embed::MODEL_NAME;
-        let cost_usd = price_of(prices, model, prompt_tokens, completion_tokens)
-            .zip(price_of(prices, embedding_model, embedding_tokens, 0))
-            .map(|(llm, embedding)| llm + embedding);
+        // A model that was called, even without reported tokens, needs its price: unknown is never 0.
+        let llm_cost = if calls.is_empty() { Some(0.0) } else { price_of(prices, model, prompt_tokens, completion_tokens) };
+        let embedding_cost =
+            if embedding_tokens == 0 { Some(0.0) } else { price_of(prices, embedding_model, embedding_tokens, 0) };
+        let cost_usd = llm_cost.zip(embedding_cost).map(|(llm, embedding)| llm + embedding);
         if cost_usd.is_none() {
             let missing = if prices.get(model).is_none() { model } else { embedding_model };
             tracing::warn!(
@@ -152,7 +161,7 @@ impl UsageRecord {
             llm_calls: u32::try_from(calls.len()).unwrap_or(u32::MAX),
             prompt_tokens,
             completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
             estimated: calls.iter().any(|c| c.estimated),
             embedding_tokens,
             embedding_model: embedding_model.to_owned(),
@@ -181,10 +190,6 @@ impl UsageRecord {
 }
 
 fn price_of(prices: &PriceTable, model: &str, input: u64, output: u64) -> Option<f64> {
-    if input == 0 && output == 0 {
-        // Nothing used: no price needed (e.g. a question that never embedded anything).
-        return Some(0.0);
-    }
     let price = prices.get(model)?;
     Some((input as f64 * price.input + output as f64 * price.output) / 1_000_000.0)
 }
@@ -214,10 +219,10 @@ pub struct UsageTotals {
 impl UsageTotals {
     pub fn add(&mut self, record: &UsageRecord) {
         self.questions += 1;
-        self.llm_calls += record.llm_calls;
-        self.prompt_tokens += record.prompt_tokens;
-        self.completion_tokens += record.completion_tokens;
-        self.embedding_tokens += record.embedding_tokens;
+        self.llm_calls = self.llm_calls.saturating_add(record.llm_calls);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(record.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(record.completion_tokens);
+        self.embedding_tokens = self.embedding_tokens.saturating_add(record.embedding_tokens);
         match record.cost_usd {
             Some(cost) => self.cost_usd += cost,
             None => self.unpriced_questions += 1,
@@ -305,6 +310,7 @@ mod tests {
             completion_tokens: completion,
             estimated,
             ms: 5,
+            answered: true,
         }
     }
 

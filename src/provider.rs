@@ -334,6 +334,48 @@ fn retry_delay(error: &http_client::Error, attempt: u32, policy: &RetryPolicy) -
     }
 }
 
+/// The reply with implausible token counts removed, so that they read as "not reported" (and are estimated, marked
+/// as such) instead of being priced, or overflowing a sum: negative, fractional or above
+/// [`crate::trace::PLAUSIBLE_TOKENS_PER_CALL`]. Only the usage objects of the providers' JSON replies are touched.
+fn believable_usage<U: From<Bytes> + Send + 'static>(response: Response<LazyBody<Bytes>>) -> Response<LazyBody<U>> {
+    response.map(|body| -> LazyBody<U> {
+        Box::pin(async move {
+            let bytes = body.await?;
+            Ok(U::from(scrub_usage(bytes)))
+        })
+    })
+}
+
+/// [`believable_usage`] on one body; anything that is not a JSON object with such counters is returned as it came.
+fn scrub_usage(bytes: Bytes) -> Bytes {
+    let Ok(serde_json::Value::Object(mut reply)) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return bytes;
+    };
+    let believable = |value: &serde_json::Value| {
+        value.as_u64().is_some_and(|count| count <= crate::trace::PLAUSIBLE_TOKENS_PER_CALL)
+    };
+    let mut changed = false;
+    // OpenAI-style `usage`, Gemini's `usageMetadata`, and Ollama's top-level counters.
+    for key in ["usage", "usageMetadata"] {
+        if let Some(serde_json::Value::Object(usage)) = reply.get_mut(key) {
+            let before = usage.len();
+            usage.retain(|_, value| !value.is_number() || believable(value));
+            changed |= usage.len() != before;
+        }
+    }
+    for key in ["prompt_eval_count", "eval_count"] {
+        if reply.get(key).is_some_and(|value| value.is_number() && !believable(value)) {
+            reply.remove(key);
+            changed = true;
+        }
+    }
+    if !changed {
+        return bytes;
+    }
+    tracing::warn!("the LLM provider reported implausible token counts; they are estimated instead");
+    serde_json::to_vec(&reply).map(Bytes::from).unwrap_or(bytes)
+}
+
 /// A request with the same method, URI, headers and body, for another attempt.
 fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Result<Request<Bytes>, http::Error> {
     let mut builder = Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).version(parts.version);
@@ -362,7 +404,7 @@ impl HttpClientExt for RetryingHttp {
             let mut attempt = 0;
             loop {
                 let request = rebuild(&parts, &body)?;
-                match inner.send::<Bytes, U>(request).await {
+                match inner.send::<Bytes, Bytes>(request).await.map(believable_usage) {
                     Err(error) if attempt < policy.max_retries => match retry_delay(&error, attempt, &policy) {
                         Some(delay) => {
                             tracing::warn!(
@@ -426,6 +468,16 @@ mod tests {
         assert_eq!(retry_delay(&status_error(401, None), 0, &policy), None);
         // A provider asking for a long pause is treated as unavailable rather than hanging the command.
         assert_eq!(retry_delay(&status_error(429, Some("3600")), 0, &policy), None);
+    }
+
+    #[test]
+    fn implausible_usage_counts_are_removed_and_others_kept() {
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":-5,"completion_tokens":9000000000000000,"total_tokens":12.5,"prompt_tokens_details":{"cached_tokens":1}}}"#;
+        let scrubbed: serde_json::Value = serde_json::from_slice(&scrub_usage(Bytes::from_static(body))).unwrap();
+        assert_eq!(scrubbed["usage"], serde_json::json!({"prompt_tokens_details": {"cached_tokens": 1}}));
+        let fine = br#"{"usage":{"prompt_tokens":100,"completion_tokens":10}}"#;
+        assert_eq!(scrub_usage(Bytes::from_static(fine)), Bytes::from_static(fine));
+        assert_eq!(scrub_usage(Bytes::from_static(b"not json")), Bytes::from_static(b"not json"));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use serde_json::Value;
 use crate::Global;
 use crate::agent::open_stores;
 use crate::exit::{FailureExt, FailureKind};
-use crate::ledger::{CallPurpose, CallUsage, Ledger, UsageRecord};
+use crate::ledger::{Ledger, UsageRecord};
+use crate::trace::inner_call_usage;
 use crate::provider::{ChatModel, ProviderConfig};
 
 /// The tools and their model-facing descriptions (the same files the tools send to the model).
@@ -98,14 +99,10 @@ async fn run_sql_analytics(stores: Stores, json: Value, global: &Global, start: 
     let tool = SqlAnalytics::new(stores, provider.chat_model()?);
     let mut ledger = Ledger::open(&global.data_dir)?;
     let result = call(tool, json).await;
-    if let Some(inner) = result.as_ref().ok().and_then(|(_, trace)| trace.as_ref()?.inner_llm.clone()) {
-        let usage = CallUsage {
-            purpose: CallPurpose::SqlWriter,
-            prompt_tokens: inner.usage.input_tokens.unwrap_or(0),
-            completion_tokens: inner.usage.output_tokens.unwrap_or(0),
-            estimated: inner.usage.input_tokens.is_none() || inner.usage.output_tokens.is_none(),
-            ms: inner.ms,
-        };
+    if let Some((_, Some(trace))) = result.as_ref().ok()
+        && let Some(inner) = &trace.inner_llm
+    {
+        let usage = inner_call_usage(inner, trace.sql.as_deref());
         let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let record =
             UsageRecord::new(provider.kind.name(), &provider.model, vec![usage], 0, ledger.prices(), elapsed, true);

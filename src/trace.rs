@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use audience_tools::failure::is_fatal;
-use audience_tools::trace::{FullOutput, ToolTrace};
+use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
 use rig_agent::agent::{
     AgentHook, CompletionCallAction, CompletionCallEvent, DispatchAction, DispatchEvent, HookContext,
     InvalidToolCallAction, InvalidToolCallContext, InvalidToolCallReason, ModelTurnAction, ModelTurnFinished,
@@ -83,7 +83,48 @@ pub struct RunLog {
     refused_call: Option<usize>,
     /// Each tool call of this question and how it went, for choosing the tools the next call is offered.
     outcomes: Vec<(String, Outcome)>,
+    /// Model turns that came back with neither text nor a tool call.
+    empty_answers: u32,
 }
+
+impl RunLog {
+    /// The model call in flight when the run ended without its reply (the provider failed, or the question was
+    /// cancelled): it is still a call, with no tokens reported. Its prompt is estimated, since a provider may bill
+    /// a request it failed to answer; the completion is 0.
+    pub fn record_unanswered_call(&mut self) {
+        if self.refused_call.is_some() {
+            // The call in flight was answered, with a refused tool call, and is already counted.
+            return;
+        }
+        if let Some((started, request)) = self.pending_completion.take() {
+            self.calls.push(CallUsage {
+                purpose: CallPurpose::Agent,
+                prompt_tokens: estimate_tokens(&request),
+                completion_tokens: 0,
+                estimated: true,
+                ms: elapsed_ms(started),
+                answered: false,
+            });
+        }
+    }
+
+    /// Replaces the counts of the agent's calls with what the provider reported for them (rig keeps every call's
+    /// usage, including calls whose turn the hook never saw finish, such as a refused tool call). Reported usage
+    /// always wins over an estimate; implausible counts are not believed.
+    pub fn reconcile(&mut self, reported: &[Usage]) {
+        let agent_calls = self.calls.iter_mut().filter(|call| call.purpose == CallPurpose::Agent);
+        for (call, usage) in agent_calls.zip(reported) {
+            if let (Some(prompt), Some(completion)) = (plausible(usage.input_tokens), plausible(usage.output_tokens)) {
+                call.prompt_tokens = prompt;
+                call.completion_tokens = completion;
+                call.estimated = false;
+            }
+        }
+    }
+}
+
+/// Model turns with neither text nor a tool call that are asked again before the run fails.
+const EMPTY_ANSWER_RETRIES: u32 = 1;
 
 /// How a tool call went, as far as the next step is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,17 +205,41 @@ fn elapsed_ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The most tokens one call can plausibly have used: above every model's context window. A provider reporting more
+/// (a counter gone wrong, a hostile proxy) is not believed: the call is estimated instead, and never priced at that.
+pub const PLAUSIBLE_TOKENS_PER_CALL: u64 = 10_000_000;
+
+/// A reported counter, or `None` when it is missing or implausible.
+pub fn plausible(count: Option<u64>) -> Option<u64> {
+    count.filter(|count| *count <= PLAUSIBLE_TOKENS_PER_CALL)
+}
+
 /// Usage of one call: the provider's counts, or a tiktoken estimate for the counts it did not report.
 fn call_usage(usage: &Usage, request_json: Option<&str>, content: &[AssistantContent], ms: u64) -> CallUsage {
-    let prompt = usage.input_tokens;
-    let completion = usage.output_tokens;
+    let prompt = plausible(usage.input_tokens);
+    let completion = plausible(usage.output_tokens);
     let estimated = prompt.is_none() || completion.is_none();
     let prompt_tokens = prompt.unwrap_or_else(|| request_json.map_or(0, estimate_tokens));
     let completion_tokens = completion.unwrap_or_else(|| {
         let text = serde_json::to_string(content).unwrap_or_default();
         estimate_tokens(&text)
     });
-    CallUsage { purpose: CallPurpose::Agent, prompt_tokens, completion_tokens, estimated, ms }
+    CallUsage { purpose: CallPurpose::Agent, prompt_tokens, completion_tokens, estimated, ms, answered: true }
+}
+
+/// Usage of the inner text-to-SQL call of `sql_analytics`, as its trace recorded it.
+pub fn inner_call_usage(inner: &InnerLlmCall, sql: Option<&str>) -> CallUsage {
+    let prompt = plausible(inner.usage.input_tokens);
+    let completion = plausible(inner.usage.output_tokens);
+    CallUsage {
+        purpose: CallPurpose::SqlWriter,
+        // The tool keeps no prompt text to estimate from; 0 is flagged as estimated.
+        prompt_tokens: prompt.unwrap_or(0),
+        completion_tokens: completion.unwrap_or_else(|| sql.map_or(0, estimate_tokens)),
+        estimated: prompt.is_none() || completion.is_none(),
+        ms: inner.ms,
+        answered: true,
+    }
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -275,16 +340,7 @@ impl TraceHook {
         if let Some(trace) = &trace {
             log.embedding_tokens += trace.embedding_tokens;
             if let Some(inner) = &trace.inner_llm {
-                let prompt = inner.usage.input_tokens;
-                let completion = inner.usage.output_tokens;
-                log.calls.push(CallUsage {
-                    purpose: CallPurpose::SqlWriter,
-                    // The tool keeps no prompt text to estimate from; 0 is flagged as estimated.
-                    prompt_tokens: prompt.unwrap_or(0),
-                    completion_tokens: completion.unwrap_or_else(|| trace.sql.as_deref().map_or(0, estimate_tokens)),
-                    estimated: prompt.is_none() || completion.is_none(),
-                    ms: inner.ms,
-                });
+                log.calls.push(inner_call_usage(inner, trace.sql.as_deref()));
             }
         }
         if let Some(output) = &output
@@ -349,6 +405,7 @@ impl TraceHook {
             completion_tokens: estimate_tokens(&call),
             estimated: true,
             ms: elapsed_ms(*started),
+            answered: true,
         };
         log.calls.push(usage);
         log.refused_call = Some(log.calls.len() - 1);
@@ -412,6 +469,18 @@ impl AgentHook for TraceHook {
             let thought = text.join("\n");
             self.say(format!("· thought: {thought}"));
             log.pending_thought = Some(thought);
+        }
+        if !has_calls && text.is_empty() {
+            // An empty reply is a provider failure, not an answer: ask once more, then fail the question.
+            log.empty_answers += 1;
+            if log.empty_answers > EMPTY_ANSWER_RETRIES {
+                let reason = format!("the model returned an empty answer {} times in a row", log.empty_answers);
+                log.fatal = Some(reason.clone());
+                log.fatal_in_provider = true;
+                return ModelTurnAction::stop(reason);
+            }
+            self.say("! empty answer from the model; asking again");
+            return ModelTurnAction::repeat();
         }
         ModelTurnAction::Continue
     }

@@ -586,3 +586,53 @@ fn control_and_bidi_characters_from_the_model_are_escaped() {
     assert!(!json.stdout.contains('\u{202e}') && !json.stdout.contains('\u{9b}'), "{:?}", json.stdout);
     assert_eq!(json.json()["answer"], json!(hostile), "the JSON value is unchanged");
 }
+
+/// Regression: an empty or null assistant message was a success (`"answer": ""`, exit 0). It is asked for once
+/// more; a second empty one is a provider failure (exit 3), and both calls are in the ledger.
+#[test]
+fn an_empty_answer_is_asked_again_once_then_is_a_provider_error() {
+    let env = TestEnv::ingested("empty");
+    let null_answer = || Reply::Chat { content: None, tool_calls: Vec::new(), usage: Some((100, 0)) };
+    let llm = FakeLlm::start(vec![Reply::text(""), Reply::text("The real answer.")]);
+    let run = env.ask_json(&llm, "hello");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["answer"], "The real answer.");
+    assert_eq!(run.json()["usage"]["llm_calls"], 2, "the empty reply was paid for");
+
+    let llm = FakeLlm::start(vec![Reply::text("   "), null_answer(), Reply::text("never asked")]);
+    let run = env.ask_json(&llm, "hello");
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("empty answer"), "{}", run.stderr);
+    assert_eq!(llm.remaining(), 1);
+    let ledger = std::fs::read_to_string(common::data_file(&env, "usage.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(ledger.lines().last().unwrap()).unwrap();
+    assert_eq!((last["ok"].clone(), last["llm_calls"].clone()), (json!(false), json!(2)), "{last}");
+}
+
+/// Regression: a question that failed at the provider on an unpriced model recorded `cost_usd: 0.0` and
+/// `llm_calls: 0`. The call is counted, and an unknown price is never 0. Absurd reported counts (9e15 tokens)
+/// are not priced: the call is estimated instead.
+#[test]
+fn failed_calls_are_counted_and_absurd_usage_is_estimated() {
+    let env = TestEnv::ingested("badusage");
+    let llm = FakeLlm::start(vec![Reply::status(500)]);
+    let mut command = env.llm_command(&llm, &["ask", "--json", "hello"]);
+    command.env("AUDIENCE_MODEL", "mystery-model-2").env("AUDIENCE_MAX_RETRIES", "0");
+    let run = common::Run::from(command.output().unwrap());
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let ledger = std::fs::read_to_string(common::data_file(&env, "usage.jsonl")).unwrap();
+    let failed: Value = serde_json::from_str(ledger.lines().last().unwrap()).unwrap();
+    assert_eq!(failed["llm_calls"], 1, "{failed}");
+    assert!(failed["cost_usd"].is_null(), "unknown is never 0: {failed}");
+    assert_eq!(failed["calls"][0]["answered"], false, "{failed}");
+
+    let llm = FakeLlm::start(vec![Reply::text("Fine.").usage(Some((9_000_000_000_000_000, 10)))]);
+    let run = env.ask_json(&llm, "hello");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let usage = &run.json()["usage"];
+    assert_eq!(usage["estimated"], true, "{usage}");
+    assert!(usage["prompt_tokens"].as_u64().unwrap() < 100_000, "{usage}");
+    assert!(usage["cost_usd"].as_f64().unwrap() < 0.01, "{usage}");
+}
