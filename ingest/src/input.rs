@@ -630,6 +630,8 @@ pub struct CustomerReader {
     derived: bool,
     /// Derived mode: why a customer id has no valid row yet, reported on its events.
     failed: HashMap<i64, String>,
+    /// The first row that gave no customer, with why: the example when a file gives none at all.
+    first_failure: Option<Reject>,
 }
 
 /// The customers a [`CustomerReader`] accepted, handed to the [`EventReader`].
@@ -655,12 +657,22 @@ impl CustomerReader {
         let derived = mapping.is_some_and(Mapping::customers_from_events);
         let path = if derived { events } else { customers };
         let source = CsvInput::open(path, Table::Customers, mapping.and_then(|m| m.table(Table::Customers)))?;
-        Ok(Self { source, seen: IdSet::default(), derived, failed: HashMap::new() })
+        Ok(Self { source, seen: IdSet::default(), derived, failed: HashMap::new(), first_failure: None })
     }
 
     /// The file rows are read from.
     pub fn file(&self) -> &str {
         &self.source.file
+    }
+
+    /// The data rows read so far.
+    pub fn rows_read(&self) -> u64 {
+        self.source.row_number
+    }
+
+    /// The first row that gave no customer (rejected, or in derived mode skipped), and why.
+    pub fn first_failure(&self) -> Option<&Reject> {
+        self.first_failure.as_ref()
     }
 
     /// The next accepted or rejected row; `Ok(None)` at the end. In derived mode rows whose customer was already
@@ -669,7 +681,13 @@ impl CustomerReader {
         while self.source.advance()? {
             let id = parse_id(self.source.get(0), "customer_id");
             if self.derived {
-                let Ok(id) = id else { continue };
+                let id = match id {
+                    Ok(id) => id,
+                    Err(reason) => {
+                        self.note_failure(&reason);
+                        continue;
+                    }
+                };
                 if self.seen.contains(id) {
                     continue;
                 }
@@ -680,6 +698,7 @@ impl CustomerReader {
                         return Ok(Some(Checked::Row(customer)));
                     }
                     Err(reason) => {
+                        self.note_failure(&reason);
                         self.failed.entry(id).or_insert(reason);
                     }
                 }
@@ -691,10 +710,19 @@ impl CustomerReader {
             });
             return Ok(Some(match checked {
                 Ok(customer) => Checked::Row(customer),
-                Err(reason) => Checked::Rejected(self.source.reject(reason)),
+                Err(reason) => {
+                    self.note_failure(&reason);
+                    Checked::Rejected(self.source.reject(reason))
+                }
             }));
         }
         Ok(None)
+    }
+
+    fn note_failure(&mut self, reason: &str) {
+        if self.first_failure.is_none() {
+            self.first_failure = Some(self.source.reject(reason.to_owned()));
+        }
     }
 
     fn customer(&self, customer_id: i64) -> Result<Customer, String> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use audience_ingest::generate::{GenerateOptions, generate};
 use audience_ingest::input::Mapping;
-use audience_ingest::load::{LoadOptions, LoadReport, load_staging, prepare_schema, swap_in};
+use audience_ingest::load::{LoadOptions, LoadReport, RejectLimit, load_staging, prepare_schema, swap_in};
 use audience_tools::db::{Db, ReadLimits};
 use audience_tools::schema::PROFILES_DDL;
 use chrono::NaiveDate;
@@ -69,8 +69,10 @@ fn files(customers: &[u8], events: &[u8]) -> (tempfile::TempDir, PathBuf, PathBu
     (dir, customers_path, events_path)
 }
 
+/// Options without a reject limit: these tests reject a row or two of a few, far over the default 10%. The
+/// reject limit has tests of its own.
 fn options(dir: &Path, strict: bool) -> LoadOptions {
-    LoadOptions { strict, rejects_path: dir.join("rejects.csv"), mapping: None }
+    LoadOptions { strict, rejects_path: dir.join("rejects.csv"), max_rejects: RejectLimit::NONE, mapping: None }
 }
 
 /// Everything a reader could see in the live tables.
@@ -357,7 +359,13 @@ async fn transaction_log_example_loads_through_its_mapping() {
         assert!(mapping.customers_from_events());
         let sample = root.join("examples/transaction_log_sample.csv");
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = LoadOptions { strict: false, rejects_path: dir.path().join("rejects.csv"), mapping: Some(mapping) };
+        // 2 of its 14 lines are bad on purpose, over the default limit of 10%.
+        let opts = LoadOptions {
+            strict: false,
+            rejects_path: dir.path().join("rejects.csv"),
+            max_rejects: RejectLimit::Rows(2),
+            mapping: Some(mapping),
+        };
         // With from_events the customers path is never read.
         let report = ingest(&db, Path::new("/nonexistent/customers.csv"), &sample, &opts).await.expect("load");
         assert_eq!((report.customers, report.events, report.rejected), (8, 12, 2));
@@ -501,6 +509,135 @@ async fn generated_sample_loads_without_rejects() {
         let opts = options(dir.path(), true);
         let report = ingest(&db, &generated.customers_path, &generated.events_path, &opts).await.expect("load");
         assert_eq!((report.customers, report.events, report.rejected), (200, generated.events, 0));
+    })
+    .await;
+}
+
+/// The rejects as (file name, line).
+fn reject_lines(path: &Path) -> Vec<(String, u64)> {
+    read_rejects(path)
+        .into_iter()
+        .map(|(file, line, _)| (Path::new(&file).file_name().unwrap().to_string_lossy().into_owned(), line))
+        .collect()
+}
+
+/// The transaction log example and its mapping, which derives customers from the log.
+fn transaction_log() -> (String, Mapping) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sample = std::fs::read_to_string(root.join("examples/transaction_log_sample.csv")).expect("sample");
+    let mapping = Mapping::from_file(&root.join("examples/mappings/transaction_log.toml")).expect("mapping");
+    (sample, mapping)
+}
+
+#[tokio::test]
+async fn a_file_over_the_reject_limit_fails_changes_nothing_and_keeps_its_rejects() {
+    with_schema(|db| async move {
+        let (good_dir, good_customers, good_events) = files(GOOD_CUSTOMERS.as_bytes(), GOOD_EVENTS.as_bytes());
+        ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("good load");
+        let before = snapshot(&db).await;
+
+        // 3 of 6 customer rows are bad, two of them for the same reason with different values.
+        let (customers_text, events_text) = changed_good();
+        let customers_text = format!(
+            "{customers_text}4,Bad,Country,bc4@example.com,Poland,30,red,\n5,Bad,Mail,not-an-email,PL,30,red,\n\
+             6,Bad,Mail,also@not,PL,30,red,\n"
+        );
+        let (dir, customers, events) = files(customers_text.as_bytes(), events_text.as_bytes());
+        let rejects_path = dir.path().join("rejects.csv");
+        let default_limit = LoadOptions { max_rejects: RejectLimit::default(), ..options(dir.path(), false) };
+        let error = ingest(&db, &customers, &events, &default_limit).await.expect_err("over the limit");
+        let message = format!("{error:#}");
+        let expected = format!(
+            "{}: 3 of 6 rows rejected, more than --max-rejects 10% allows; most common reason (2 rows), e.g. line 6: \
+             email \"not-an-email\" is not an e-mail address; nothing was changed; all rejects are in {}",
+            customers.display(),
+            rejects_path.display()
+        );
+        assert_eq!(message, expected);
+        assert_eq!(snapshot(&db).await, before, "a load over the limit changed live data");
+        assert_eq!(reject_lines(&rejects_path).iter().map(|r| r.1).collect::<Vec<_>>(), [5, 6, 7]);
+        assert!(!dir.path().join("rejects.csv.partial").exists());
+
+        // Exactly at the limit is within it, as a count or as a share.
+        for limit in [RejectLimit::Rows(3), "50%".parse().expect("limit")] {
+            let opts = LoadOptions { max_rejects: limit, ..options(dir.path(), false) };
+            let report = ingest(&db, &customers, &events, &opts).await.expect("at the limit");
+            assert_eq!((report.customers, report.rejected), (3, 3), "{limit}");
+        }
+        ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("restore");
+
+        // Each file has its own count: 1 bad event of 7 is over 10% although 0 of 3 customers are bad.
+        let (customers_text, events_text) = changed_good();
+        let events_text = format!("{events_text}7,1,click,socks,red,1.00,1,2024-03-04T10:00:00Z\n");
+        let (dir, customers, events) = files(customers_text.as_bytes(), events_text.as_bytes());
+        let opts = LoadOptions { max_rejects: RejectLimit::default(), ..options(dir.path(), false) };
+        let error = ingest(&db, &customers, &events, &opts).await.expect_err("events over the limit");
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with(&format!(
+                "{}: 1 of 7 rows rejected, more than --max-rejects 10% allows",
+                events.display()
+            )),
+            "{message}"
+        );
+        assert_eq!(snapshot(&db).await, before);
+        assert_eq!(reject_lines(&dir.path().join("rejects.csv")), [("events.csv".to_owned(), 8)]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_load_that_leaves_no_customers_fails_whatever_the_reject_limit() {
+    with_schema(|db| async move {
+        let (good_dir, good_customers, good_events) = files(GOOD_CUSTOMERS.as_bytes(), GOOD_EVENTS.as_bytes());
+        ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("good load");
+        let before = snapshot(&db).await;
+
+        // Every id in another format: each row is rejected, and so would be every event.
+        let bad_ids = GOOD_CUSTOMERS
+            .replace("\n1,", "\nuser_0001,")
+            .replace("\n2,", "\nuser_0002,")
+            .replace("\n3,", "\nuser_0003,");
+        let (dir, customers, events) = files(bad_ids.as_bytes(), GOOD_EVENTS.as_bytes());
+        let rejects_path = dir.path().join("rejects.csv");
+        for limit in [RejectLimit::default(), RejectLimit::NONE] {
+            let opts = LoadOptions { max_rejects: limit, ..options(dir.path(), false) };
+            let error = ingest(&db, &customers, &events, &opts).await.expect_err("no customers");
+            let expected = format!(
+                "no valid customers in {}: 3 rows rejected, e.g. line 2: customer_id \"user_0001\" is not an integer; \
+                 nothing was changed; all rejects are in {}",
+                customers.display(),
+                rejects_path.display()
+            );
+            assert_eq!(format!("{error:#}"), expected, "{limit}");
+            assert_eq!(snapshot(&db).await, before, "{limit}: the live data was replaced");
+            assert_eq!(read_rejects(&rejects_path).len(), 3, "only the customers are read");
+        }
+
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.lines().next().unwrap().as_bytes(), GOOD_EVENTS.as_bytes());
+        let error = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect_err("header only");
+        let expected = format!("no customers in {}: it has no data rows; nothing was changed", customers.display());
+        assert_eq!(format!("{error:#}"), expected);
+        assert_eq!(snapshot(&db).await, before);
+
+        // Derived from a log in which no line has a usable country.
+        let (sample, mapping) = transaction_log();
+        let mut lines = sample.lines();
+        let header = lines.next().unwrap();
+        let rows: String = lines.map(|line| format!("{},Atlantis\n", line.rsplit_once(',').unwrap().0)).collect();
+        let no_country = format!("{header}\n{rows}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("transaction_log.csv");
+        std::fs::write(&log, no_country).expect("write log");
+        let opts = LoadOptions { mapping: Some(mapping), ..options(dir.path(), false) };
+        let error = ingest(&db, &log, &log, &opts).await.expect_err("no derived customers");
+        let expected = format!(
+            "no valid customers in {}: 14 rows rejected, e.g. line 2: country \"Atlantis\" is not an ISO 3166-1 \
+             alpha-2 code; nothing was changed",
+            log.display()
+        );
+        assert_eq!(format!("{error:#}"), expected);
+        assert_eq!(snapshot(&db).await, before);
     })
     .await;
 }

@@ -49,7 +49,12 @@ impl Env {
         let request = IngestRequest {
             customers: customers.to_path_buf(),
             events: events.to_path_buf(),
-            load: LoadOptions { strict: true, rejects_path: self.dir.path().join("rejects.csv"), mapping: None },
+            load: LoadOptions {
+                strict: true,
+                rejects_path: self.dir.path().join("rejects.csv"),
+                max_rejects: Default::default(),
+                mapping: None,
+            },
             as_of,
         };
         ingest(&self.db, self.index.as_ref(), &EMBEDDER, request).await
