@@ -300,12 +300,12 @@ async fn unreadable_files_fail_whole_with_one_line_and_change_nothing() {
             (
                 format!("{customers_text}{unterminated}").into_bytes(),
                 events_text.clone().into_bytes(),
-                "customers.csv:5: expected 8 fields like the header, found 2 (unterminated quote",
+                "customers.csv:5: the quote opened on this line is never closed (unterminated quote)",
             ),
             (
                 format!("{customers_text}{unterminated_last}").into_bytes(),
                 events_text.clone().into_bytes(),
-                "customers.csv:5: a quoted field runs over a line break (unterminated quote?)",
+                "customers.csv:5: the quote opened on this line is never closed (unterminated quote)",
             ),
             (
                 customers_text.clone().into_bytes(),
@@ -513,6 +513,11 @@ async fn generated_sample_loads_without_rejects() {
     .await;
 }
 
+/// `text` with its LF line ends replaced by `eol`.
+fn with_line_ends(text: &str, eol: &str) -> String {
+    text.replace('\n', eol)
+}
+
 /// The rejects as (file name, line).
 fn reject_lines(path: &Path) -> Vec<(String, u64)> {
     read_rejects(path)
@@ -521,12 +526,147 @@ fn reject_lines(path: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
+#[tokio::test]
+async fn rejects_name_the_physical_line_with_lf_crlf_or_cr_line_ends_and_blank_lines() {
+    with_schema(|db| async move {
+        // The blank line before the bad customer is skipped by the reader, but it is line 5 of the file.
+        let customers_text = format!("{GOOD_CUSTOMERS}\n4,Bad,Mail,not-an-email,PL,30,red,2024-01-01\n");
+        let events_text = format!(
+            "{GOOD_EVENTS}7,1,click,socks,red,1.00,1,2024-03-04T10:00:00Z\n8,99,view,socks,red,1.00,1,2024-03-04T10:00:00Z\n"
+        );
+        for eol in ["\n", "\r\n", "\r"] {
+            let (dir, customers, events) = files(
+                with_line_ends(&customers_text, eol).as_bytes(),
+                with_line_ends(&events_text, eol).as_bytes(),
+            );
+            let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("lenient load");
+            assert_eq!((report.customers, report.events, report.rejected), (3, 6, 3), "{eol:?}");
+            let expected = [("customers.csv".to_owned(), 6), ("events.csv".to_owned(), 8), ("events.csv".to_owned(), 9)];
+            assert_eq!(reject_lines(&dir.path().join("rejects.csv")), expected, "{eol:?}");
+
+            let error = ingest(&db, &customers, &events, &options(dir.path(), true)).await.expect_err("strict");
+            let message = format!("{error:#}");
+            assert!(message.ends_with("customers.csv:6: email \"not-an-email\" is not an e-mail address"), "{eol:?}: {message}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quoted_fields_may_span_lines_and_later_rows_keep_their_physical_lines() {
+    with_schema(|db| async move {
+        for eol in ["\n", "\r\n"] {
+            let customers_text = [
+                "customer_id,first_name,last_name,email,country,age,favorite_color,signup_date",
+                "1,\"Anna",
+                "Maria\",Nowak,anna.nowak1@example.com,PL,34,black,2023-01-15",
+                "2,Liam,Smith,liam.smith2@example.com,GB,41,gold,2022-11-02",
+                "3,Emma,\"Muller",
+                "",
+                "Schmidt\",emma.muller3@example.com,DE,,,",
+                "4,Bad,Mail,not-an-email,PL,30,red,2024-01-01",
+                "",
+            ]
+            .join(eol);
+            let events_text = [
+                "event_id,customer_id,event_type,product,color,price,quantity,ts",
+                "1,1,view,\"watches",
+                "steel\",gold,1200.00,1,2024-03-01T10:00:00Z",
+                "2,1,purchase,watches,gold,1200.00,1,2024-03-01T10:05:00Z",
+                "3,2,view,\"socks, \"\"striped\"\"\",,4.99,1,2024-03-02T09:00:00Z",
+                "4,2,click,socks,,4.99,2,2024-03-02T09:00:00Z",
+                "",
+            ]
+            .join(eol);
+            let (dir, customers, events) = files(customers_text.as_bytes(), events_text.as_bytes());
+            let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("load");
+            assert_eq!((report.customers, report.events, report.rejected), (3, 3, 2), "{eol:?}");
+            let expected = [("customers.csv".to_owned(), 8), ("events.csv".to_owned(), 6)];
+            assert_eq!(reject_lines(&dir.path().join("rejects.csv")), expected, "{eol:?}");
+
+            // The values keep their line breaks, through COPY and back.
+            let names: Vec<(String, String)> =
+                sqlx::query_as("SELECT first_name, last_name FROM customers ORDER BY customer_id")
+                    .fetch_all(&db.pool)
+                    .await
+                    .expect("names");
+            assert_eq!(names[0].0, format!("Anna{eol}Maria"));
+            assert_eq!(names[2].1, format!("Muller{eol}{eol}Schmidt"));
+            let products: Vec<String> = sqlx::query_scalar("SELECT product FROM events ORDER BY event_id")
+                .fetch_all(&db.pool)
+                .await
+                .expect("products");
+            assert_eq!(products, [format!("watches{eol}steel"), "watches".to_owned(), "socks, \"striped\"".to_owned()]);
+
+            let error = ingest(&db, &customers, &events, &options(dir.path(), true)).await.expect_err("strict");
+            assert!(format!("{error:#}").ends_with("customers.csv:8: email \"not-an-email\" is not an e-mail address"));
+
+            // A quote still open at the end of the file fails the whole file, at the line where it opened.
+            let open_quote = format!(
+                "{customers_text}5,\"Open,Quote,oq5@example.com,PL,30,red,2024-01-01{eol}6,Next,Row,n6@example.com,PL,1,red,{eol}"
+            );
+            let (dir, customers, events) = files(open_quote.as_bytes(), events_text.as_bytes());
+            let error = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect_err("open quote");
+            let message = format!("{error:#}");
+            assert!(
+                message.ends_with("customers.csv:9: the quote opened on this line is never closed (unterminated quote)"),
+                "{eol:?}: {message}"
+            );
+        }
+    })
+    .await;
+}
+
 /// The transaction log example and its mapping, which derives customers from the log.
 fn transaction_log() -> (String, Mapping) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let sample = std::fs::read_to_string(root.join("examples/transaction_log_sample.csv")).expect("sample");
     let mapping = Mapping::from_file(&root.join("examples/mappings/transaction_log.toml")).expect("mapping");
     (sample, mapping)
+}
+
+#[tokio::test]
+async fn derived_customers_report_bad_customer_ids_on_their_physical_line() {
+    with_schema(|db| async move {
+        let (sample, mapping) = transaction_log();
+        // As a spreadsheet on Windows exports it: CRLF line ends, and a product name over two lines (lines 2-3).
+        let export = sample
+            .replace("Set Of 2 Wooden Market Crates", "\"Set Of 2\nWooden Market Crates\"")
+            .replace('\n', "\r\n");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("transaction_log.csv");
+        std::fs::write(&log, export).expect("write log");
+        let opts = LoadOptions {
+            strict: false,
+            rejects_path: dir.path().join("rejects.csv"),
+            max_rejects: RejectLimit::Rows(2),
+            mapping: Some(mapping),
+        };
+        let report = ingest(&db, &log, &log, &opts).await.expect("load");
+        assert_eq!((report.customers, report.events, report.rejected), (8, 12, 2));
+        let rejects: Vec<(u64, String)> =
+            read_rejects(&dir.path().join("rejects.csv")).into_iter().map(|(_, line, reason)| (line, reason)).collect();
+        assert_eq!(
+            rejects,
+            [
+                (14, "customer_id is empty".to_owned()),
+                (
+                    15,
+                    "customer_id 12346 has no valid customer row (country \"Unspecified\" is not an ISO 3166-1 alpha-2 code)"
+                        .to_owned()
+                ),
+            ]
+        );
+        let product: String = sqlx::query_scalar("SELECT product FROM events WHERE event_id = 1")
+            .fetch_one(&db.pool)
+            .await
+            .expect("product");
+        assert_eq!(product, "Set Of 2\r\nWooden Market Crates");
+
+        let error = ingest(&db, &log, &log, &LoadOptions { strict: true, ..opts }).await.expect_err("strict");
+        assert!(format!("{error:#}").ends_with("transaction_log.csv:14: customer_id is empty"), "{error:#}");
+    })
+    .await;
 }
 
 #[tokio::test]

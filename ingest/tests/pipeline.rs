@@ -301,6 +301,32 @@ async fn second_ingest_embeds_only_changed_profiles_and_deletes_removed_ones() -
     env.drop_schema().await
 }
 
+/// A value with a line break (a quoted CSV field over two lines) goes through both COPY paths intact: the customer
+/// row, and the profile text rendered from it.
+#[tokio::test]
+async fn a_value_with_a_line_break_reaches_the_profile_text_intact() -> Result<()> {
+    let env = Env::new().await?;
+    let (customers, events) = env.variant("line_break", |c, e| {
+        let c = c.replace("Anna,Nowak", "\"Anna\nMaria\",Nowak").replace("PL,34,black,", "PL,34,\"jet\nblack\",");
+        (c, e.to_owned())
+    })?;
+    let report = env.ingest(&customers, &events, Some(day("2024-06-30"))).await?;
+    assert_eq!((report.load.customers, report.load.rejected, report.profiles.profiles), (5, 0, 5));
+    let (first_name, color, text, hash): (String, String, String, String) = sqlx::query_as(
+        "SELECT c.first_name, c.favorite_color, p.profile_text, p.text_hash \
+         FROM customers c JOIN profiles p USING (customer_id) WHERE customer_id = 1",
+    )
+    .fetch_one(&env.db.pool)
+    .await?;
+    assert_eq!((first_name.as_str(), color.as_str()), ("Anna\nMaria", "jet\nblack"));
+    assert!(text.starts_with("Customer from PL, age 34, favorite color jet\nblack. Total spent: 950."), "{text:?}");
+    assert_eq!(hash, text_hash(&text));
+    let stored = env.index.retrieve(vec![1], false).await?;
+    assert_eq!(stored[0].payload.get("favorite_color").and_then(|v| v.as_str()), Some("jet\nblack"));
+
+    env.drop_schema().await
+}
+
 /// On the generated 500-customer sample, "luxury watches and jewelry" should find the hidden luxury persona.
 #[tokio::test]
 async fn luxury_query_ranks_luxury_personas_first() -> Result<()> {
