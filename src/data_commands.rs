@@ -57,7 +57,12 @@ pub struct IngestArgs {
     /// Stop at the first bad row instead of rejecting it.
     #[arg(long)]
     strict: bool,
-    /// Where rejected rows are written (default: rejects.csv in the data directory).
+    /// Fail, changing nothing, when more rows of one file are rejected than this: a number of rows (100) or a share
+    /// of the file's rows (5%, 0.5%); 100% turns the limit off. A load that leaves no valid customer always fails.
+    #[arg(long, value_name = "ROWS|PERCENT", default_value_t = audience_ingest::load::RejectLimit::default())]
+    max_rejects: audience_ingest::load::RejectLimit,
+    /// Where rejected rows are written (default: rejects.csv in the data directory). Kept also when the ingest
+    /// fails because of its rejects.
     #[arg(long)]
     rejects: Option<PathBuf>,
     /// Compute profiles as of this day (YYYY-MM-DD); default: the day of the newest event.
@@ -108,6 +113,7 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
         load: LoadOptions {
             strict: args.strict,
             rejects_path: args.rejects.unwrap_or_else(|| global.data_dir.join("rejects.csv")),
+            max_rejects: args.max_rejects,
             mapping,
         },
         as_of: args.as_of,
@@ -159,7 +165,12 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
     let request = IngestRequest {
         customers: generated.customers_path,
         events: generated.events_path,
-        load: LoadOptions { strict: false, rejects_path: sample.join("rejects.csv"), mapping: None },
+        load: LoadOptions {
+            strict: false,
+            rejects_path: sample.join("rejects.csv"),
+            max_rejects: Default::default(),
+            mapping: None,
+        },
         as_of: None,
     };
     let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.map_err(exit::database_is_store)?;
@@ -210,10 +221,11 @@ pub async fn connect_db() -> Result<Db> {
 
 fn print_ingest(report: &IngestReport) {
     let load = &report.load;
-    let mut loaded = format!("loaded {} customers and {} events", load.customers, load.events);
+    let count = |n: u64, noun: &str| if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") };
+    let mut loaded = format!("loaded {} and {}", count(load.customers, "customer"), count(load.events, "event"));
     match &load.rejects_path {
         Some(path) if load.rejected > 0 => {
-            loaded.push_str(&format!("; {} rows rejected, see {}", load.rejected, path.display()));
+            loaded.push_str(&format!("; {} rejected, see {}", count(load.rejected, "row"), path.display()));
         }
         _ => loaded.push_str("; no rows rejected"),
     }

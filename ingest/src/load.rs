@@ -7,13 +7,21 @@
 //!
 //! Memory stays flat: rows are validated one at a time, encoded as COPY text lines into a ~1 MB buffer and sent
 //! chunk by chunk; only the sets of customer and event ids are kept (see [`crate::input::IdSet`]).
+//!
+//! A load never replaces live data with little or nothing because of its own rejects: it fails when more rows of
+//! one file are rejected than [`LoadOptions::max_rejects`] allows, and always when no customer is left. Both
+//! checks run in [`load_staging`], so the caller's transaction rolls back and nothing changes; the rejects file is
+//! kept in these two cases, since it is what the user needs to fix the data.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use audience_tools::dataset::DATASET_DDL;
 use audience_tools::db::{check_identifier, prepare_reader, tolerate_existing};
 use audience_tools::schema::{CUSTOMERS_DDL, EVENTS_DDL, READER_ROLE, TABLES};
@@ -25,16 +33,89 @@ use crate::input::{Checked, Customer, CustomerReader, Event, EventReader, KnownC
 /// COPY data is sent in chunks of about this many bytes.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// How to load: strictness, where rejected rows go, and an optional column mapping.
+/// How to load: strictness, where rejected rows go, how many may be rejected, and an optional column mapping.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Stop at the first bad row with `<file>:<line>: <reason>` instead of rejecting it.
     pub strict: bool,
     /// Where rejected rows are written as CSV (`file,line,reason`). The file is written only when a row is
-    /// rejected, and only once the load has succeeded (a failed load leaves no rejects file behind).
+    /// rejected, and only once the load has succeeded or has failed because of its rejects (over `max_rejects`,
+    /// or no customer left); a load that fails for any other reason leaves no rejects file behind.
     pub rejects_path: PathBuf,
+    /// How many rows of one file may be rejected before the load fails (default 10% of the file's rows).
+    pub max_rejects: RejectLimit,
     /// Maps a foreign export's columns and values onto ours; `None` expects our own column names.
     pub mapping: Option<Mapping>,
+}
+
+/// How many rows of one file may be rejected before the load fails, changing nothing: a number of rows, or a
+/// share of the rows read from the file. Written `100` or `5%` (`0.5%` too); `100%` turns the limit off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectLimit {
+    /// At most this many rejected rows per file.
+    Rows(u64),
+    /// At most this share of a file's rows, in hundredths of a percent (1000 = 10%, 10000 = no limit).
+    Share(u32),
+}
+
+/// 10%: a few bad rows in a big export load, but a file that is mostly wrong (a wrong column, a wrong id format,
+/// the wrong file) fails instead of replacing the live data with a fraction of it.
+impl Default for RejectLimit {
+    fn default() -> Self {
+        RejectLimit::Share(1000)
+    }
+}
+
+impl RejectLimit {
+    /// No limit: `100%`.
+    pub const NONE: RejectLimit = RejectLimit::Share(10_000);
+
+    /// True when `rejected` of `read` rows is within the limit.
+    pub fn allows(self, rejected: u64, read: u64) -> bool {
+        match self {
+            RejectLimit::Rows(rows) => rejected <= rows,
+            RejectLimit::Share(hundredths) => {
+                u128::from(rejected) * 10_000 <= u128::from(read) * u128::from(hundredths)
+            }
+        }
+    }
+}
+
+impl FromStr for RejectLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let invalid = || format!("{text:?} is not a row count (100) or a percentage of the rows (5%, 0.5%, 100%)");
+        let Some(percent) = text.strip_suffix('%') else {
+            return text.parse().map(RejectLimit::Rows).map_err(|_| invalid());
+        };
+        let (whole, fraction) = percent.split_once('.').unwrap_or((percent, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || !digits(whole) || !digits(fraction) || fraction.len() > 2 {
+            return Err(invalid());
+        }
+        let whole: u32 = whole.parse().map_err(|_| invalid())?;
+        let fraction: u32 = format!("{fraction:0<2}").parse().map_err(|_| invalid())?;
+        match whole.checked_mul(100).and_then(|w| w.checked_add(fraction)) {
+            Some(hundredths) if hundredths <= 10_000 => Ok(RejectLimit::Share(hundredths)),
+            _ => Err(format!("{text:?} is more than 100%")),
+        }
+    }
+}
+
+/// Writes the limit as it is given on the command line (`100`, `10%`, `0.5%`).
+impl fmt::Display for RejectLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RejectLimit::Rows(rows) => write!(f, "{rows}"),
+            RejectLimit::Share(hundredths) if hundredths % 100 == 0 => write!(f, "{}%", hundredths / 100),
+            RejectLimit::Share(hundredths) => {
+                let fraction = format!("{:02}", hundredths % 100);
+                write!(f, "{}.{}%", hundredths / 100, fraction.trim_end_matches('0'))
+            }
+        }
+    }
 }
 
 /// What a load did.
@@ -57,7 +138,9 @@ pub struct LoadReport {
 /// the `customers` path is not read. Run it inside the caller's transaction; on error, roll back.
 ///
 /// Errors: a whole-file problem (see [`crate::input`]) or, with `strict`, the first rejected row, as one line
-/// `<file>:<line>: <reason>`; or a database error.
+/// `<file>:<line>: <reason>`; a file with more rejected rows than `max_rejects` allows, or no valid customer at
+/// all, as one line saying "nothing was changed" (the caller rolls back) and where the rejects file is; or a
+/// database error.
 pub async fn load_staging(
     conn: &mut PgConnection,
     customers: &Path,
@@ -79,10 +162,25 @@ pub async fn load_staging(
     let customers_loaded =
         copy_table(conn, "customers_staging", &TABLES[0].columns(), &mut customer_reader, &mut rejects, &mut copy_secs)
             .await?;
+    // Checked before the events are read: they cannot help, and their rejects would only repeat the customers'.
+    if customers_loaded == 0 {
+        let file = customer_reader.file().to_owned();
+        let read = customer_reader.rows_read();
+        let example = customer_reader.first_failure().cloned();
+        return Err(no_customers(&file, read, example, rejects));
+    }
+    let customer_rejects = rejects.end_file();
+    if !opts.max_rejects.allows(customer_rejects.count, customers_loaded + customer_rejects.count) {
+        return Err(over_limit(customer_reader.file(), customers_loaded, customer_rejects, opts.max_rejects, rejects));
+    }
     let mut event_reader = EventReader::open(events, mapping, customer_reader.into_known())?;
     let events_loaded =
         copy_table(conn, "events_staging", &TABLES[1].columns(), &mut event_reader, &mut rejects, &mut copy_secs)
             .await?;
+    let event_rejects = rejects.end_file();
+    if !opts.max_rejects.allows(event_rejects.count, events_loaded + event_rejects.count) {
+        return Err(over_limit(event_reader.file(), events_loaded, event_rejects, opts.max_rejects, rejects));
+    }
 
     let rejected = rejects.count;
     let rejects_path = rejects.finish()?;
@@ -94,6 +192,53 @@ pub async fn load_staging(
         parse_secs: (started.elapsed().as_secs_f64() - copy_secs).max(0.0),
         copy_secs,
     })
+}
+
+/// "1 row", "2 rows".
+fn rows(count: u64) -> String {
+    if count == 1 { "1 row".to_owned() } else { format!("{count} rows") }
+}
+
+/// Where the rejects went, for a failure message; empty when none were written.
+fn kept_rejects(rejects: RejectSink) -> String {
+    match rejects.finish() {
+        Ok(Some(path)) => format!("; all rejects are in {}", path.display()),
+        Ok(None) => String::new(),
+        Err(error) => format!("; the rejects could not be kept: {error:#}"),
+    }
+}
+
+/// The error for a customers file that gave no customer; keeps the rejects file.
+fn no_customers(file: &str, read: u64, example: Option<Reject>, rejects: RejectSink) -> anyhow::Error {
+    if read == 0 {
+        return anyhow!("no customers in {file}: it has no data rows; nothing was changed");
+    }
+    let example = example.map(|first| format!(", e.g. line {}: {}", first.line, first.reason)).unwrap_or_default();
+    let kept = kept_rejects(rejects);
+    anyhow!("no valid customers in {file}: {} rejected{example}; nothing was changed{kept}", rows(read))
+}
+
+/// The error for a file with more rejects than the limit allows; keeps the rejects file.
+fn over_limit(
+    file: &str,
+    loaded: u64,
+    file_rejects: FileRejects,
+    limit: RejectLimit,
+    rejects: RejectSink,
+) -> anyhow::Error {
+    let read = loaded + file_rejects.count;
+    let common = match file_rejects.most_common() {
+        Some((count, example)) => {
+            format!("; most common reason ({}), e.g. line {}: {}", rows(count), example.line, example.reason)
+        }
+        None => String::new(),
+    };
+    let kept = kept_rejects(rejects);
+    anyhow!(
+        "{file}: {} of {} rejected, more than --max-rejects {limit} allows{common}; nothing was changed{kept}",
+        file_rejects.count,
+        rows(read)
+    )
 }
 
 async fn create_staging(conn: &mut PgConnection) -> Result<()> {
@@ -267,20 +412,106 @@ pub fn encode_event(e: &Event, buf: &mut Vec<u8>) {
     );
 }
 
-/// Collects rejected rows into `<rejects_path>.partial`, renamed to `rejects_path` only when the load succeeds.
+/// Distinct reasons counted per file: beyond this, new reasons still count as rejects but not for "most common"
+/// (masked reasons are few; this bounds memory should some value escape the masking).
+const MAX_REASON_PATTERNS: usize = 1000;
+
+/// The rejects of one file, for the reject limit's message.
+#[derive(Debug, Default)]
+struct FileRejects {
+    count: u64,
+    /// Per reason with its values masked ([`reason_pattern`]): how many rows, and the first of them.
+    by_reason: HashMap<String, (u64, Reject)>,
+}
+
+impl FileRejects {
+    fn add(&mut self, reject: &Reject) {
+        self.count += 1;
+        let pattern = reason_pattern(&reject.reason);
+        if let Some((count, _)) = self.by_reason.get_mut(&pattern) {
+            *count += 1;
+        } else if self.by_reason.len() < MAX_REASON_PATTERNS {
+            self.by_reason.insert(pattern, (1, reject.clone()));
+        }
+    }
+
+    /// The reason most rows were rejected for (the earliest on a tie): how many, and its first row.
+    fn most_common(&self) -> Option<(u64, &Reject)> {
+        self.by_reason
+            .values()
+            .min_by_key(|(count, first)| (std::cmp::Reverse(*count), first.line))
+            .map(|(count, first)| (*count, first))
+    }
+}
+
+/// A reason with its values masked, so rows rejected for the same reason with different values count together:
+/// quoted values (`"user_0001"`, written by `{:?}`) become `"…"`, and numbers standing alone (ids) become `#`.
+/// Numbers that are part of a word (`ISO 3166-1`, `alpha-2`) stay.
+fn reason_pattern(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut chars = reason.chars().peekable();
+    let mut prev = ' ';
+    let part_of_word = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.');
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            // Skip to the closing quote; `{:?}` escapes quotes and backslashes inside with a backslash.
+            while let Some(inner) = chars.next() {
+                match inner {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => break,
+                    _ => {}
+                }
+            }
+            out.push_str("\"…\"");
+            prev = '"';
+        } else if c.is_ascii_digit() && !part_of_word(prev) {
+            let mut number = String::from(c);
+            while let Some(&digit) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                number.push(digit);
+                chars.next();
+            }
+            let standalone = chars.peek().is_none_or(|&next| !part_of_word(next));
+            out.push_str(if standalone { "#" } else { &number });
+            prev = '0';
+        } else {
+            out.push(c);
+            prev = c;
+        }
+    }
+    out
+}
+
+/// Collects rejected rows into `<rejects_path>.partial`, renamed to `rejects_path` when the load succeeds or fails
+/// because of its rejects.
 struct RejectSink {
     path: PathBuf,
     partial: PathBuf,
     strict: bool,
     writer: Option<csv::Writer<File>>,
     count: u64,
+    /// The rejects of the file being read.
+    file: FileRejects,
 }
 
 impl RejectSink {
     fn new(path: &Path, strict: bool) -> Self {
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
-        Self { path: path.to_owned(), partial: PathBuf::from(partial), strict, writer: None, count: 0 }
+        Self {
+            path: path.to_owned(),
+            partial: PathBuf::from(partial),
+            strict,
+            writer: None,
+            count: 0,
+            file: FileRejects::default(),
+        }
+    }
+
+    /// The rejects of the file just read; the next rejects count for the next file.
+    fn end_file(&mut self) -> FileRejects {
+        std::mem::take(&mut self.file)
     }
 
     fn push(&mut self, reject: Reject) -> Result<()> {
@@ -303,6 +534,7 @@ impl RejectSink {
                 .with_context(|| format!("cannot write the rejects file {}", self.partial.display()))?;
         }
         self.count += 1;
+        self.file.add(&reject);
         Ok(())
     }
 
@@ -400,4 +632,59 @@ pub async fn prepare_schema(pool: &PgPool, schema: &str) -> Result<()> {
     )
     .with_context(|| format!("cannot create {schema}.dataset"))?;
     prepare_reader(pool, schema).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reject_limits_parse_from_counts_and_percentages_and_print_back() {
+        let parse = |text: &str| text.parse::<RejectLimit>();
+        assert_eq!(parse("100"), Ok(RejectLimit::Rows(100)));
+        assert_eq!(parse("0"), Ok(RejectLimit::Rows(0)));
+        assert_eq!(parse("5%"), Ok(RejectLimit::Share(500)));
+        assert_eq!(parse("0.5%"), Ok(RejectLimit::Share(50)));
+        assert_eq!(parse("12.25%"), Ok(RejectLimit::Share(1225)));
+        assert_eq!(parse("100%"), Ok(RejectLimit::NONE));
+        for bad in ["", "-1", "x", "5 %", "%", ".5%", "1.234%", "1e3", "-5%"] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+        assert!(parse("100.01%").unwrap_err().contains("more than 100%"));
+        for text in ["100", "10%", "0.5%", "12.25%", "100%"] {
+            assert_eq!(parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(RejectLimit::default().to_string(), "10%");
+    }
+
+    #[test]
+    fn reject_limits_allow_up_to_the_limit_and_fail_above_it() {
+        let ten_percent = RejectLimit::default();
+        assert!(ten_percent.allows(0, 0));
+        assert!(ten_percent.allows(1, 10));
+        assert!(!ten_percent.allows(2, 10));
+        assert!(!ten_percent.allows(1, 9));
+        assert!(ten_percent.allows(100_000_000, 1_000_000_000));
+        assert!(RejectLimit::Rows(2).allows(2, 3));
+        assert!(!RejectLimit::Rows(2).allows(3, 1_000));
+        assert!(!RejectLimit::Rows(0).allows(1, 1_000_000));
+        assert!(RejectLimit::NONE.allows(u64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn reasons_with_different_values_share_a_pattern() {
+        assert_eq!(
+            reason_pattern("customer_id \"user_0001\" is not an integer"),
+            "customer_id \"…\" is not an integer"
+        );
+        assert_eq!(reason_pattern("customer_id \"a\\\"b\" is not an integer"), "customer_id \"…\" is not an integer");
+        assert_eq!(reason_pattern("duplicate event_id 6"), reason_pattern("duplicate event_id 1234"));
+        assert_eq!(
+            reason_pattern(
+                "customer_id 12346 has no valid customer row (country \"XX\" is not an ISO 3166-1 alpha-2 code)"
+            ),
+            "customer_id # has no valid customer row (country \"…\" is not an ISO 3166-1 alpha-2 code)"
+        );
+        assert_eq!(reason_pattern("unknown customer_id -5"), "unknown customer_id -5");
+    }
 }

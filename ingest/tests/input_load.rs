@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use audience_ingest::generate::{GenerateOptions, generate};
 use audience_ingest::input::Mapping;
-use audience_ingest::load::{LoadOptions, LoadReport, load_staging, prepare_schema, swap_in};
+use audience_ingest::load::{LoadOptions, LoadReport, RejectLimit, load_staging, prepare_schema, swap_in};
 use audience_tools::db::{Db, ReadLimits};
 use audience_tools::schema::PROFILES_DDL;
 use chrono::NaiveDate;
@@ -69,8 +69,10 @@ fn files(customers: &[u8], events: &[u8]) -> (tempfile::TempDir, PathBuf, PathBu
     (dir, customers_path, events_path)
 }
 
+/// Options without a reject limit: these tests reject a row or two of a few, far over the default 10%. The
+/// reject limit has tests of its own.
 fn options(dir: &Path, strict: bool) -> LoadOptions {
-    LoadOptions { strict, rejects_path: dir.join("rejects.csv"), mapping: None }
+    LoadOptions { strict, rejects_path: dir.join("rejects.csv"), max_rejects: RejectLimit::NONE, mapping: None }
 }
 
 /// Everything a reader could see in the live tables.
@@ -299,12 +301,12 @@ async fn unreadable_files_fail_whole_with_one_line_and_change_nothing() {
             (
                 format!("{customers_text}{unterminated}").into_bytes(),
                 events_text.clone().into_bytes(),
-                "customers.csv:5: expected 8 fields like the header, found 2 (unterminated quote",
+                "customers.csv:5: the quote opened on this line is never closed (unterminated quote)",
             ),
             (
                 format!("{customers_text}{unterminated_last}").into_bytes(),
                 events_text.clone().into_bytes(),
-                "customers.csv:5: a quoted field runs over a line break (unterminated quote?)",
+                "customers.csv:5: the quote opened on this line is never closed (unterminated quote)",
             ),
             (
                 customers_text.clone().into_bytes(),
@@ -358,7 +360,13 @@ async fn transaction_log_example_loads_through_its_mapping() {
         assert!(mapping.customers_from_events());
         let sample = root.join("examples/transaction_log_sample.csv");
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = LoadOptions { strict: false, rejects_path: dir.path().join("rejects.csv"), mapping: Some(mapping) };
+        // 2 of its 14 lines are bad on purpose, over the default limit of 10%.
+        let opts = LoadOptions {
+            strict: false,
+            rejects_path: dir.path().join("rejects.csv"),
+            max_rejects: RejectLimit::Rows(2),
+            mapping: Some(mapping),
+        };
         // With from_events the customers path is never read.
         let report = ingest(&db, Path::new("/nonexistent/customers.csv"), &sample, &opts).await.expect("load");
         assert_eq!((report.customers, report.events, report.rejected), (8, 12, 2));
@@ -502,6 +510,275 @@ async fn generated_sample_loads_without_rejects() {
         let opts = options(dir.path(), true);
         let report = ingest(&db, &generated.customers_path, &generated.events_path, &opts).await.expect("load");
         assert_eq!((report.customers, report.events, report.rejected), (200, generated.events, 0));
+    })
+    .await;
+}
+
+/// `text` with its LF line ends replaced by `eol`.
+fn with_line_ends(text: &str, eol: &str) -> String {
+    text.replace('\n', eol)
+}
+
+/// The rejects as (file name, line).
+fn reject_lines(path: &Path) -> Vec<(String, u64)> {
+    read_rejects(path)
+        .into_iter()
+        .map(|(file, line, _)| (Path::new(&file).file_name().unwrap().to_string_lossy().into_owned(), line))
+        .collect()
+}
+
+#[tokio::test]
+async fn rejects_name_the_physical_line_with_lf_crlf_or_cr_line_ends_and_blank_lines() {
+    with_schema(|db| async move {
+        // The blank line before the bad customer is skipped by the reader, but it is line 5 of the file.
+        let customers_text = format!("{GOOD_CUSTOMERS}\n4,Bad,Mail,not-an-email,PL,30,red,2024-01-01\n");
+        let events_text = format!(
+            "{GOOD_EVENTS}7,1,click,socks,red,1.00,1,2024-03-04T10:00:00Z\n8,99,view,socks,red,1.00,1,2024-03-04T10:00:00Z\n"
+        );
+        for eol in ["\n", "\r\n", "\r"] {
+            let (dir, customers, events) = files(
+                with_line_ends(&customers_text, eol).as_bytes(),
+                with_line_ends(&events_text, eol).as_bytes(),
+            );
+            let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("lenient load");
+            assert_eq!((report.customers, report.events, report.rejected), (3, 6, 3), "{eol:?}");
+            let expected = [("customers.csv".to_owned(), 6), ("events.csv".to_owned(), 8), ("events.csv".to_owned(), 9)];
+            assert_eq!(reject_lines(&dir.path().join("rejects.csv")), expected, "{eol:?}");
+
+            let error = ingest(&db, &customers, &events, &options(dir.path(), true)).await.expect_err("strict");
+            let message = format!("{error:#}");
+            assert!(message.ends_with("customers.csv:6: email \"not-an-email\" is not an e-mail address"), "{eol:?}: {message}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quoted_fields_may_span_lines_and_later_rows_keep_their_physical_lines() {
+    with_schema(|db| async move {
+        for eol in ["\n", "\r\n"] {
+            let customers_text = [
+                "customer_id,first_name,last_name,email,country,age,favorite_color,signup_date",
+                "1,\"Anna",
+                "Maria\",Nowak,anna.nowak1@example.com,PL,34,black,2023-01-15",
+                "2,Liam,Smith,liam.smith2@example.com,GB,41,gold,2022-11-02",
+                "3,Emma,\"Muller",
+                "",
+                "Schmidt\",emma.muller3@example.com,DE,,,",
+                "4,Bad,Mail,not-an-email,PL,30,red,2024-01-01",
+                "",
+            ]
+            .join(eol);
+            let events_text = [
+                "event_id,customer_id,event_type,product,color,price,quantity,ts",
+                "1,1,view,\"watches",
+                "steel\",gold,1200.00,1,2024-03-01T10:00:00Z",
+                "2,1,purchase,watches,gold,1200.00,1,2024-03-01T10:05:00Z",
+                "3,2,view,\"socks, \"\"striped\"\"\",,4.99,1,2024-03-02T09:00:00Z",
+                "4,2,click,socks,,4.99,2,2024-03-02T09:00:00Z",
+                "",
+            ]
+            .join(eol);
+            let (dir, customers, events) = files(customers_text.as_bytes(), events_text.as_bytes());
+            let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("load");
+            assert_eq!((report.customers, report.events, report.rejected), (3, 3, 2), "{eol:?}");
+            let expected = [("customers.csv".to_owned(), 8), ("events.csv".to_owned(), 6)];
+            assert_eq!(reject_lines(&dir.path().join("rejects.csv")), expected, "{eol:?}");
+
+            // The values keep their line breaks, through COPY and back.
+            let names: Vec<(String, String)> =
+                sqlx::query_as("SELECT first_name, last_name FROM customers ORDER BY customer_id")
+                    .fetch_all(&db.pool)
+                    .await
+                    .expect("names");
+            assert_eq!(names[0].0, format!("Anna{eol}Maria"));
+            assert_eq!(names[2].1, format!("Muller{eol}{eol}Schmidt"));
+            let products: Vec<String> = sqlx::query_scalar("SELECT product FROM events ORDER BY event_id")
+                .fetch_all(&db.pool)
+                .await
+                .expect("products");
+            assert_eq!(products, [format!("watches{eol}steel"), "watches".to_owned(), "socks, \"striped\"".to_owned()]);
+
+            let error = ingest(&db, &customers, &events, &options(dir.path(), true)).await.expect_err("strict");
+            assert!(format!("{error:#}").ends_with("customers.csv:8: email \"not-an-email\" is not an e-mail address"));
+
+            // A quote still open at the end of the file fails the whole file, at the line where it opened.
+            let open_quote = format!(
+                "{customers_text}5,\"Open,Quote,oq5@example.com,PL,30,red,2024-01-01{eol}6,Next,Row,n6@example.com,PL,1,red,{eol}"
+            );
+            let (dir, customers, events) = files(open_quote.as_bytes(), events_text.as_bytes());
+            let error = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect_err("open quote");
+            let message = format!("{error:#}");
+            assert!(
+                message.ends_with("customers.csv:9: the quote opened on this line is never closed (unterminated quote)"),
+                "{eol:?}: {message}"
+            );
+        }
+    })
+    .await;
+}
+
+/// The transaction log example and its mapping, which derives customers from the log.
+fn transaction_log() -> (String, Mapping) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sample = std::fs::read_to_string(root.join("examples/transaction_log_sample.csv")).expect("sample");
+    let mapping = Mapping::from_file(&root.join("examples/mappings/transaction_log.toml")).expect("mapping");
+    (sample, mapping)
+}
+
+#[tokio::test]
+async fn derived_customers_report_bad_customer_ids_on_their_physical_line() {
+    with_schema(|db| async move {
+        let (sample, mapping) = transaction_log();
+        // As a spreadsheet on Windows exports it: CRLF line ends, and a product name over two lines (lines 2-3).
+        let export = sample
+            .replace("Set Of 2 Wooden Market Crates", "\"Set Of 2\nWooden Market Crates\"")
+            .replace('\n', "\r\n");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("transaction_log.csv");
+        std::fs::write(&log, export).expect("write log");
+        let opts = LoadOptions {
+            strict: false,
+            rejects_path: dir.path().join("rejects.csv"),
+            max_rejects: RejectLimit::Rows(2),
+            mapping: Some(mapping),
+        };
+        let report = ingest(&db, &log, &log, &opts).await.expect("load");
+        assert_eq!((report.customers, report.events, report.rejected), (8, 12, 2));
+        let rejects: Vec<(u64, String)> =
+            read_rejects(&dir.path().join("rejects.csv")).into_iter().map(|(_, line, reason)| (line, reason)).collect();
+        assert_eq!(
+            rejects,
+            [
+                (14, "customer_id is empty".to_owned()),
+                (
+                    15,
+                    "customer_id 12346 has no valid customer row (country \"Unspecified\" is not an ISO 3166-1 alpha-2 code)"
+                        .to_owned()
+                ),
+            ]
+        );
+        let product: String = sqlx::query_scalar("SELECT product FROM events WHERE event_id = 1")
+            .fetch_one(&db.pool)
+            .await
+            .expect("product");
+        assert_eq!(product, "Set Of 2\r\nWooden Market Crates");
+
+        let error = ingest(&db, &log, &log, &LoadOptions { strict: true, ..opts }).await.expect_err("strict");
+        assert!(format!("{error:#}").ends_with("transaction_log.csv:14: customer_id is empty"), "{error:#}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_file_over_the_reject_limit_fails_changes_nothing_and_keeps_its_rejects() {
+    with_schema(|db| async move {
+        let (good_dir, good_customers, good_events) = files(GOOD_CUSTOMERS.as_bytes(), GOOD_EVENTS.as_bytes());
+        ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("good load");
+        let before = snapshot(&db).await;
+
+        // 3 of 6 customer rows are bad, two of them for the same reason with different values.
+        let (customers_text, events_text) = changed_good();
+        let customers_text = format!(
+            "{customers_text}4,Bad,Country,bc4@example.com,Poland,30,red,\n5,Bad,Mail,not-an-email,PL,30,red,\n\
+             6,Bad,Mail,also@not,PL,30,red,\n"
+        );
+        let (dir, customers, events) = files(customers_text.as_bytes(), events_text.as_bytes());
+        let rejects_path = dir.path().join("rejects.csv");
+        let default_limit = LoadOptions { max_rejects: RejectLimit::default(), ..options(dir.path(), false) };
+        let error = ingest(&db, &customers, &events, &default_limit).await.expect_err("over the limit");
+        let message = format!("{error:#}");
+        let expected = format!(
+            "{}: 3 of 6 rows rejected, more than --max-rejects 10% allows; most common reason (2 rows), e.g. line 6: \
+             email \"not-an-email\" is not an e-mail address; nothing was changed; all rejects are in {}",
+            customers.display(),
+            rejects_path.display()
+        );
+        assert_eq!(message, expected);
+        assert_eq!(snapshot(&db).await, before, "a load over the limit changed live data");
+        assert_eq!(reject_lines(&rejects_path).iter().map(|r| r.1).collect::<Vec<_>>(), [5, 6, 7]);
+        assert!(!dir.path().join("rejects.csv.partial").exists());
+
+        // Exactly at the limit is within it, as a count or as a share.
+        for limit in [RejectLimit::Rows(3), "50%".parse().expect("limit")] {
+            let opts = LoadOptions { max_rejects: limit, ..options(dir.path(), false) };
+            let report = ingest(&db, &customers, &events, &opts).await.expect("at the limit");
+            assert_eq!((report.customers, report.rejected), (3, 3), "{limit}");
+        }
+        ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("restore");
+
+        // Each file has its own count: 1 bad event of 7 is over 10% although 0 of 3 customers are bad.
+        let (customers_text, events_text) = changed_good();
+        let events_text = format!("{events_text}7,1,click,socks,red,1.00,1,2024-03-04T10:00:00Z\n");
+        let (dir, customers, events) = files(customers_text.as_bytes(), events_text.as_bytes());
+        let opts = LoadOptions { max_rejects: RejectLimit::default(), ..options(dir.path(), false) };
+        let error = ingest(&db, &customers, &events, &opts).await.expect_err("events over the limit");
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with(&format!(
+                "{}: 1 of 7 rows rejected, more than --max-rejects 10% allows",
+                events.display()
+            )),
+            "{message}"
+        );
+        assert_eq!(snapshot(&db).await, before);
+        assert_eq!(reject_lines(&dir.path().join("rejects.csv")), [("events.csv".to_owned(), 8)]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_load_that_leaves_no_customers_fails_whatever_the_reject_limit() {
+    with_schema(|db| async move {
+        let (good_dir, good_customers, good_events) = files(GOOD_CUSTOMERS.as_bytes(), GOOD_EVENTS.as_bytes());
+        ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("good load");
+        let before = snapshot(&db).await;
+
+        // Every id in another format: each row is rejected, and so would be every event.
+        let bad_ids = GOOD_CUSTOMERS
+            .replace("\n1,", "\nuser_0001,")
+            .replace("\n2,", "\nuser_0002,")
+            .replace("\n3,", "\nuser_0003,");
+        let (dir, customers, events) = files(bad_ids.as_bytes(), GOOD_EVENTS.as_bytes());
+        let rejects_path = dir.path().join("rejects.csv");
+        for limit in [RejectLimit::default(), RejectLimit::NONE] {
+            let opts = LoadOptions { max_rejects: limit, ..options(dir.path(), false) };
+            let error = ingest(&db, &customers, &events, &opts).await.expect_err("no customers");
+            let expected = format!(
+                "no valid customers in {}: 3 rows rejected, e.g. line 2: customer_id \"user_0001\" is not an integer; \
+                 nothing was changed; all rejects are in {}",
+                customers.display(),
+                rejects_path.display()
+            );
+            assert_eq!(format!("{error:#}"), expected, "{limit}");
+            assert_eq!(snapshot(&db).await, before, "{limit}: the live data was replaced");
+            assert_eq!(read_rejects(&rejects_path).len(), 3, "only the customers are read");
+        }
+
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.lines().next().unwrap().as_bytes(), GOOD_EVENTS.as_bytes());
+        let error = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect_err("header only");
+        let expected = format!("no customers in {}: it has no data rows; nothing was changed", customers.display());
+        assert_eq!(format!("{error:#}"), expected);
+        assert_eq!(snapshot(&db).await, before);
+
+        // Derived from a log in which no line has a usable country.
+        let (sample, mapping) = transaction_log();
+        let mut lines = sample.lines();
+        let header = lines.next().unwrap();
+        let rows: String = lines.map(|line| format!("{},Atlantis\n", line.rsplit_once(',').unwrap().0)).collect();
+        let no_country = format!("{header}\n{rows}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("transaction_log.csv");
+        std::fs::write(&log, no_country).expect("write log");
+        let opts = LoadOptions { mapping: Some(mapping), ..options(dir.path(), false) };
+        let error = ingest(&db, &log, &log, &opts).await.expect_err("no derived customers");
+        let expected = format!(
+            "no valid customers in {}: 14 rows rejected, e.g. line 2: country \"Atlantis\" is not an ISO 3166-1 \
+             alpha-2 code; nothing was changed",
+            log.display()
+        );
+        assert_eq!(format!("{error:#}"), expected);
+        assert_eq!(snapshot(&db).await, before);
     })
     .await;
 }

@@ -50,7 +50,12 @@ impl Env {
         let request = IngestRequest {
             customers: customers.to_path_buf(),
             events: events.to_path_buf(),
-            load: LoadOptions { strict: true, rejects_path: self.dir.path().join("rejects.csv"), mapping: None },
+            load: LoadOptions {
+                strict: true,
+                rejects_path: self.dir.path().join("rejects.csv"),
+                max_rejects: Default::default(),
+                mapping: None,
+            },
             as_of,
         };
         ingest(&self.db, &self.store, &EMBEDDER, request).await
@@ -308,6 +313,32 @@ async fn second_ingest_embeds_only_changed_profiles_and_deletes_removed_ones() -
     // `audience reindex` embeds everything again.
     let full = reindex(&env.db, &env.store, &EMBEDDER).await?;
     assert_eq!((full.embedded, full.unchanged, full.deleted), (4, 0, 0));
+
+    env.drop_schema().await
+}
+
+/// A value with a line break (a quoted CSV field over two lines) goes through both COPY paths intact: the customer
+/// row, and the profile text rendered from it.
+#[tokio::test]
+async fn a_value_with_a_line_break_reaches_the_profile_text_intact() -> Result<()> {
+    let env = Env::new().await?;
+    let (customers, events) = env.variant("line_break", |c, e| {
+        let c = c.replace("Anna,Nowak", "\"Anna\nMaria\",Nowak").replace("PL,34,black,", "PL,34,\"jet\nblack\",");
+        (c, e.to_owned())
+    })?;
+    let report = env.ingest(&customers, &events, Some(day("2024-06-30"))).await?;
+    assert_eq!((report.load.customers, report.load.rejected, report.profiles.profiles), (5, 0, 5));
+    let (first_name, color, text, hash): (String, String, String, String) = sqlx::query_as(
+        "SELECT c.first_name, c.favorite_color, p.profile_text, p.text_hash \
+         FROM customers c JOIN profiles p USING (customer_id) WHERE customer_id = 1",
+    )
+    .fetch_one(&env.db.pool)
+    .await?;
+    assert_eq!((first_name.as_str(), color.as_str()), ("Anna\nMaria", "jet\nblack"));
+    assert!(text.starts_with("Customer from PL, age 34, favorite color jet\nblack. Total spent: 950."), "{text:?}");
+    assert_eq!(hash, text_hash(&text));
+    let stored = env.index().await?.retrieve(vec![1], false).await?;
+    assert_eq!(stored[0].payload.get("favorite_color").and_then(|v| v.as_str()), Some("jet\nblack"));
 
     env.drop_schema().await
 }
