@@ -3,6 +3,7 @@
 //! Every attack is refused by the guard and, run through the tool, comes back as a correctable error;
 //! afterwards every table has the same rows and the schema the same relations. Separately, writes and
 //! long sleeps sent straight into `Db::begin_read_only` (bypassing the guard) are stopped by PostgreSQL.
+//! Oversized and deeply nested input is refused without crashing a thread that has a tokio worker's 2 MiB stack.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod tool_support;
@@ -13,7 +14,10 @@ use audience_tools::db::ReadLimits;
 use audience_tools::failure::ToolFailure;
 use audience_tools::hybrid_discovery::{HybridDiscovery, HybridDiscoveryArgs};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
-use audience_tools::sql_guard::{check_analytics, check_gate, gate_query};
+use audience_tools::sql_guard::{
+    MAX_ANALYTICS_SQL_CHARS, MAX_CHAIN, MAX_GATE_CONDITION_CHARS, MAX_NESTING, Refusal, check_analytics, check_gate,
+    gate_query,
+};
 use audience_tools::trace::TracedTool;
 use rig_core::DynModel;
 use rig_core::operation::Completion;
@@ -103,6 +107,10 @@ const ATTACKS: &[&str] = &[
     "SELECT * FROM customers WHERE email = $1",
     "TABLE customers",
     "SELECT * FROM ONLY customers LIMIT 1; SELECT 2",
+    // NUL characters, which PostgreSQL's protocol cannot carry (they used to break the connection)
+    "SELECT 'a\u{0}b' AS nul",
+    "SELECT count(*) FROM customers WHERE first_name = 'x\u{0}'",
+    "SELECT U&'\\0000' AS nul",
 ];
 
 /// Gate conditions that must be refused.
@@ -119,6 +127,7 @@ const GATE_ATTACKS: &[&str] = &[
     "set_config('role', 'postgres', false) IS NOT NULL",
     "country = 'DE' AND \u{0441}ountry = 'PL'",
     "ts > $1",
+    "country = 'D\u{0}E'",
 ];
 
 /// Valid analytics queries: accepted, and the guard's rendering runs on PostgreSQL.
@@ -218,6 +227,154 @@ fn guard_accepts_ordinary_analytics_and_gates() {
     );
 }
 
+/// Runs `check` on a thread with a tokio worker's stack (2 MiB), where the tools run: a recursion too deep for it
+/// aborts the whole test binary, as it aborted the CLI.
+fn on_worker_stack<T: Send + 'static>(check: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new().stack_size(2 * 1024 * 1024).spawn(check).unwrap().join().unwrap()
+}
+
+/// `price > 0 OR price > 1 OR ...`, as in the hostile test run that crashed the process.
+fn or_chain(terms: usize) -> String {
+    (0..terms).map(|i| format!("price > {i}")).collect::<Vec<_>>().join(" OR ")
+}
+
+fn refusal_of(result: Result<String, Refusal>) -> String {
+    match result {
+        Ok(accepted) => panic!("accepted: {}", &accepted[..accepted.len().min(200)]),
+        Err(refusal) => refusal.0,
+    }
+}
+
+/// Regression: the 2,000-term OR chain `hybrid_discovery` was sent overflowed the stack (exit 134).
+#[test]
+fn a_2000_term_gate_or_chain_is_refused_without_a_crash() {
+    let condition = or_chain(2000);
+    let (gate, query) = on_worker_stack(move || (check_gate(&condition), gate_query(&condition)));
+    let reason = refusal_of(gate);
+    assert!(reason.contains(&format!("at most {MAX_GATE_CONDITION_CHARS} are allowed")), "{reason}");
+    assert!(reason.contains("IN (...)"), "the refusal says what to do instead: {reason}");
+    assert_eq!(query.unwrap_err().0, reason);
+}
+
+/// Regression: a 3,000-term WHERE sent to `sql_analytics` overflowed the stack.
+#[test]
+fn a_3000_term_analytics_where_is_refused_without_a_crash() {
+    let sql = format!("SELECT count(*) FROM events WHERE {}", or_chain(3000));
+    let reason = refusal_of(on_worker_stack(move || check_analytics(&sql)));
+    assert!(reason.contains(&format!("at most {MAX_ANALYTICS_SQL_CHARS} are allowed")), "{reason}");
+    assert!(reason.contains("IN (...)"), "{reason}");
+}
+
+/// Short terms fit hundreds of them under the length cap; the chain is what is refused, before it is parsed.
+#[test]
+fn a_long_chain_under_the_length_cap_is_refused_with_advice() {
+    let terms = |n: usize| vec!["age=1"; n].join(" OR ");
+    let gate = terms(400);
+    let analytics = format!("SELECT count(*) FROM customers WHERE {}", terms(900));
+    let arithmetic = format!("SELECT {} AS n", vec!["1"; 2000].join("+"));
+    assert!(gate.len() <= MAX_GATE_CONDITION_CHARS && analytics.len() <= MAX_ANALYTICS_SQL_CHARS);
+    let (gate, query, analytics, arithmetic) = on_worker_stack(move || {
+        (check_gate(&gate), gate_query(&gate), check_analytics(&analytics), check_analytics(&arithmetic))
+    });
+    for reason in [refusal_of(gate), refusal_of(query), refusal_of(analytics), refusal_of(arithmetic)] {
+        assert!(reason.contains(&format!("more than {MAX_CHAIN} operators")), "{reason}");
+        assert!(reason.contains("use IN (...) for a list of values"), "{reason}");
+    }
+    // UNION chains whole SELECTs: their commas do not break the chain.
+    let unions = vec!["SELECT 1, 2"; 300].join(" UNION ");
+    let reason = refusal_of(on_worker_stack(move || check_analytics(&unions)));
+    assert!(reason.contains(&format!("more than {MAX_CHAIN} operators")), "{reason}");
+}
+
+/// Ordinary long inputs stay accepted: a 100-term OR chain, and a long IN list (a flat list, not a chain).
+#[test]
+fn chains_and_lists_within_the_limits_are_accepted() {
+    let gate = or_chain(MAX_CHAIN / 2);
+    let analytics = format!("SELECT count(*) FROM events WHERE {}", or_chain(MAX_CHAIN / 2 - 10));
+    let values = (0..600).map(|i| format!("'{}'", i % 100)).collect::<Vec<_>>().join(", ");
+    let list = format!("country IN ({values})");
+    assert!(list.len() > MAX_GATE_CONDITION_CHARS / 2 && list.len() <= MAX_GATE_CONDITION_CHARS);
+    on_worker_stack(move || {
+        assert_eq!(check_gate(&gate).unwrap(), gate);
+        assert!(gate_query(&gate).is_ok());
+        assert_eq!(check_analytics(&analytics).unwrap(), analytics);
+        assert_eq!(check_gate(&list).unwrap(), list);
+    });
+}
+
+#[test]
+fn deep_nesting_is_refused_as_nesting() {
+    let parenthesized = |depth: usize| format!("{}price > 0{}", "(".repeat(depth), ")".repeat(depth));
+    let cases = |depth: usize| "CASE WHEN price > 0 THEN ".repeat(depth) + "1" + &" END".repeat(depth) + " > 0";
+    let calls = |depth: usize| format!("SELECT {}price{} FROM events", "abs(".repeat(depth), ")".repeat(depth));
+    let (accepted, refused) = on_worker_stack(move || {
+        let accepted = [check_gate(&parenthesized(MAX_NESTING)), check_gate(&cases(MAX_NESTING - 1))];
+        let refused = [
+            check_gate(&parenthesized(MAX_NESTING + 1)),
+            check_gate(&parenthesized(1_500)),
+            gate_query(&parenthesized(1_900)),
+            check_gate(&cases(MAX_NESTING + 1)),
+            check_analytics(&calls(MAX_NESTING + 1)),
+            check_analytics(&calls(1_500)),
+            check_analytics(&format!("SELECT count(*) FROM events WHERE {}", parenthesized(4_000))),
+        ];
+        (accepted, refused)
+    });
+    for result in accepted {
+        result.unwrap();
+    }
+    for result in refused {
+        let reason = refusal_of(result);
+        assert!(reason.contains(&format!("more than {MAX_NESTING} levels deep")), "{reason}");
+    }
+    // sqlparser's own recursion limit stops unary chains; its error reads as a nesting refusal too.
+    let reason = refusal_of(check_gate(&format!("{}price > 0", "- ".repeat(60))));
+    assert!(reason.contains("nests too deeply"), "{reason}");
+}
+
+/// Regression: a NUL inside a string literal reached PostgreSQL and broke the connection.
+#[test]
+fn nul_characters_are_refused() {
+    for condition in ["country = 'D\u{0}E'", "price > 0\u{0}", "country = U&'\\0000'"] {
+        let reason = refusal_of(check_gate(condition));
+        assert!(reason.contains("NUL characters are not allowed"), "{condition:?}: {reason}");
+    }
+    for sql in ["SELECT 'a\u{0}b'", "SELECT $$\u{0}$$", "SELECT \"a\u{0}\" FROM customers"] {
+        let reason = refusal_of(check_analytics(sql));
+        assert!(reason.contains("NUL characters are not allowed"), "{sql:?}: {reason}");
+    }
+}
+
+#[test]
+fn input_over_the_length_caps_is_refused_stating_the_cap() {
+    // A flat, otherwise valid IN list exactly at the cap and one character over it.
+    let list = |chars: usize, prefix: &str| {
+        let mut text = format!("{prefix}country IN ('DE'");
+        while text.len() + ", 'DE')".len() <= chars {
+            text.push_str(", 'DE'");
+        }
+        text.push_str(&" ".repeat(chars - 1 - text.len()));
+        text + ")"
+    };
+    let at_cap = list(MAX_GATE_CONDITION_CHARS, "");
+    assert_eq!(at_cap.len(), MAX_GATE_CONDITION_CHARS);
+    check_gate(&at_cap).unwrap();
+    let over = list(MAX_GATE_CONDITION_CHARS + 1, "");
+    let reason = refusal_of(check_gate(&over));
+    assert!(
+        reason.contains(&format!("{} characters long; at most {MAX_GATE_CONDITION_CHARS}", over.len())),
+        "{reason}"
+    );
+
+    let prefix = "SELECT count(*) FROM customers WHERE ";
+    check_analytics(&list(MAX_ANALYTICS_SQL_CHARS, prefix)).unwrap();
+    let reason = refusal_of(check_analytics(&list(MAX_ANALYTICS_SQL_CHARS + 1, prefix)));
+    assert!(reason.contains(&format!("at most {MAX_ANALYTICS_SQL_CHARS} are allowed")), "{reason}");
+    // The cap counts characters, not bytes: a literal of multi-byte letters is as long as it looks.
+    let letters = format!("first_name = '{}'", "\u{00EB}".repeat(MAX_GATE_CONDITION_CHARS - 20));
+    check_gate(&letters).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn attacks_through_the_tools_change_nothing() {
     let test = TestDb::new().await;
@@ -251,6 +408,32 @@ async fn attacks_through_the_tools_change_nothing() {
     }
 
     assert_eq!(before, (test.checksums().await, test.relations().await), "a table or relation changed");
+    test.drop().await;
+}
+
+/// Regression: a refused query was echoed back whole (megabytes of it) into the next model request.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_through_the_tools_quote_only_a_short_prefix() {
+    let test = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stores = test.stores(dir.path(), false, ReadLimits::default()).await;
+    let values = vec!["'DE'"; 1_000].join(", ");
+    let analytics = SqlAnalytics::<DynModel<Completion>>::sql_only(stores.clone());
+    let hybrid = HybridDiscovery::new(stores);
+    let too_long = format!("SELECT count(*) FROM customers WHERE country IN ({})", [values.as_str(); 10].join(", "));
+    let unknown_column = format!("SELECT nope FROM customers WHERE country IN ({values})");
+    for sql in [too_long, unknown_column] {
+        let result = analytics.run(SqlAnalyticsArgs { question: None, sql: Some(sql) }).await;
+        let Err(ToolFailure::Correctable(message)) = result else { panic!("expected a correctable refusal") };
+        assert!(message.contains("The SQL was: SELECT"), "the start of the SQL is still quoted: {message}");
+        assert!(message.len() < 400 && message.ends_with("..."), "{message}");
+    }
+    let condition = format!("country IN ({})", vec![values.as_str(); 300].join(", "));
+    let args = HybridDiscoveryArgs { condition, intent: "anyone".into(), ..Default::default() };
+    let Err(ToolFailure::Correctable(message)) = hybrid.run(args).await else {
+        panic!("expected a correctable refusal")
+    };
+    assert!(message.len() < 400, "{message}");
     test.drop().await;
 }
 
