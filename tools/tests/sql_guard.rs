@@ -3,7 +3,8 @@
 //! Every attack is refused by the guard and, run through the tool, comes back as a correctable error;
 //! afterwards every table has the same rows and the schema the same relations. Separately, writes and
 //! long sleeps sent straight into `Db::begin_read_only` (bypassing the guard) are stopped by PostgreSQL.
-//! Oversized and deeply nested input is refused without crashing a thread that has a tokio worker's 2 MiB stack.
+//! Oversized and deeply nested input, hand-written and generated, is refused without crashing a thread
+//! that has a tokio worker's 2 MiB stack.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod tool_support;
@@ -373,6 +374,142 @@ fn input_over_the_length_caps_is_refused_stating_the_cap() {
     // The cap counts characters, not bytes: a literal of multi-byte letters is as long as it looks.
     let letters = format!("first_name = '{}'", "\u{00EB}".repeat(MAX_GATE_CONDITION_CHARS - 20));
     check_gate(&letters).unwrap();
+}
+
+/// A small seeded generator (SplitMix64): the same cases on every run, and no dependency for a few random numbers.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+
+    /// A repetition count: mostly small, often around the guard's limits, sometimes far beyond them.
+    fn size(&mut self, limit: usize) -> usize {
+        match self.below(10) {
+            0..=4 => 1 + self.below(8),
+            5..=7 => (limit * 3 / 4) + self.below(limit / 2 + 2),
+            _ => limit + self.below(limit * 3),
+        }
+    }
+}
+
+/// Random boolean conditions over gate columns, built from the shapes that nest: parentheses, AND/OR chains,
+/// arithmetic chains, nested calls, CASE, NOT and minus chains, casts, IN lists, IS chains, subqueries and UNION
+/// chains, and mixtures of these (`budget` bounds the generator's own recursion, not the size of what it writes).
+fn condition(rng: &mut Seeded, budget: usize) -> String {
+    let number = |rng: &mut Seeded| -> String {
+        let column = rng.pick(&["price", "quantity", "age", "events.price", "customers.age", "1"]);
+        match rng.below(7) {
+            0 => format!("{column}{}", " + 1".repeat(rng.size(MAX_CHAIN))),
+            1 => {
+                let depth = rng.size(MAX_NESTING);
+                format!("{}{column}{}", "abs(".repeat(depth), ")".repeat(depth))
+            }
+            2 => format!("{}{column}", "- ".repeat(rng.size(MAX_CHAIN))),
+            3 => format!("{column}{}", "::int".repeat(rng.size(MAX_CHAIN))),
+            4 => {
+                let depth = rng.size(MAX_NESTING);
+                format!("{}{column}{}", "coalesce(".repeat(depth), ", 0)".repeat(depth))
+            }
+            _ => column.to_owned(),
+        }
+    };
+    let leaf = |rng: &mut Seeded| -> String {
+        match rng.below(4) {
+            0 => {
+                let values = (0..rng.size(300)).map(|i| format!("'v{i}'")).collect::<Vec<_>>();
+                format!("country IN ({})", values.join(", "))
+            }
+            1 => format!("{} BETWEEN 1 AND 9", number(rng)),
+            _ => format!("{} {} {}", number(rng), rng.pick(&["=", "<", ">=", "<>"]), rng.below(100)),
+        }
+    };
+    if budget == 0 {
+        return leaf(rng);
+    }
+    match rng.below(10) {
+        0 => {
+            let depth = rng.size(MAX_NESTING);
+            format!("{}{}{}", "(".repeat(depth), condition(rng, budget - 1), ")".repeat(depth))
+        }
+        1 | 2 => {
+            let terms: Vec<String> = (0..rng.size(MAX_CHAIN / 2))
+                .map(|i| if i < 3 { condition(rng, budget - 1) } else { leaf(rng) })
+                .collect();
+            terms.join(if rng.below(2) == 0 { " AND " } else { " OR " })
+        }
+        3 => format!("{}({})", "NOT ".repeat(rng.size(MAX_NESTING)), condition(rng, budget - 1)),
+        4 => {
+            let depth = rng.size(MAX_NESTING);
+            let inner = condition(rng, budget - 1);
+            "CASE WHEN price > 0 THEN ".repeat(depth) + &format!("({inner})") + &" ELSE false END".repeat(depth)
+        }
+        5 => format!("({}){}", condition(rng, budget - 1), " IS NOT FALSE".repeat(rng.size(MAX_CHAIN / 3))),
+        6 => format!("{}({})", rng.pick(&["", "NOT ", "- 1 < 0 OR "]), condition(rng, budget - 1)),
+        // Subqueries (analytics only; a gate refuses them), chained by UNION.
+        7 => {
+            let select = format!("SELECT customer_id FROM events WHERE {}", condition(rng, budget - 1));
+            // Copies of one SELECT: their number is capped so nested UNIONs do not multiply into gigabytes.
+            let copies = rng.size(MAX_CHAIN / 4).min(1 + 50_000 / select.len());
+            format!("events.customer_id IN ({})", vec![select; copies].join(" UNION "))
+        }
+        _ => leaf(rng),
+    }
+}
+
+/// Generated deep and long input, up to well beyond every limit: each call returns a result (never crashes a
+/// worker-sized stack), a refusal is one short sentence, and what is accepted renders to SQL the guard accepts again
+/// unchanged.
+#[test]
+fn generated_deep_and_long_input_is_accepted_or_refused_without_a_crash() {
+    let (accepted, refused) = on_worker_stack(|| {
+        let mut rng = Seeded(0x5EED_6A7E);
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..1_500 {
+            let condition = condition(&mut rng, 3);
+            let analytics = format!("SELECT count(*) FROM events JOIN customers USING (customer_id) WHERE {condition}");
+            let head = |text: &str| text.chars().take(300).collect::<String>();
+            // The gate query wraps the condition, so near the limits it may be refused as analytics SQL; it must
+            // agree with check_gate instead.
+            let gate = check_gate(&condition);
+            match (&gate, gate_query(&condition)) {
+                (Ok(rendered), Ok(query)) => assert!(query.contains(rendered.as_str()), "{}", head(&query)),
+                (Err(refusal), Err(same)) => assert_eq!(refusal, &same),
+                (gate, query) => panic!("check_gate and gate_query disagree: {gate:?} / {query:?}"),
+            }
+            for (input, result, recheck) in [
+                (&condition, gate, check_gate as fn(&str) -> Result<String, Refusal>),
+                (&analytics, check_analytics(&analytics), check_analytics),
+            ] {
+                match result {
+                    Ok(rendered) => {
+                        accepted += 1;
+                        assert_eq!(recheck(&rendered), Ok(rendered.clone()), "rendering of {}", head(input));
+                    }
+                    Err(refusal) => {
+                        refused += 1;
+                        assert!(refusal.0.len() < 300, "a refusal echoes too much: {}", head(&refusal.0));
+                    }
+                }
+            }
+        }
+        (accepted, refused)
+    });
+    // Both outcomes are exercised, or the generator is not testing the limits.
+    assert!(accepted > 100 && refused > 100, "accepted {accepted}, refused {refused}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
