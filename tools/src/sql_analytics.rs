@@ -162,8 +162,9 @@ impl<M: CompletionModel> TracedTool for SqlAnalytics<M> {
             (_, Some(question)) if !question.trim().is_empty() => self.write_sql(&question, trace).await?,
             _ => return Err(ToolFailure::correctable("pass a non-empty `question`")),
         };
-        let checked = sql_guard::check_analytics(&sql)
-            .map_err(|refusal| ToolFailure::Correctable(format!("{refusal}. The SQL was: {}", sql.trim())))?;
+        let checked = sql_guard::check_analytics(&sql).map_err(|refusal| {
+            ToolFailure::Correctable(format!("{refusal}. The SQL was: {}", sql_guard::excerpt(&sql)))
+        })?;
         trace.sql = Some(checked.clone());
         let start = Instant::now();
         let table = run_select(&self.stores.db, self.stores.limits, &checked).await;

@@ -8,6 +8,12 @@
 //! The guard is the first of three layers: the statement then runs in a `READ ONLY` transaction
 //! as the SELECT-only reader role with a statement timeout (`Db::begin_read_only`). Refusals are
 //! one clear sentence, shown to the model so it can correct itself.
+//!
+//! Nothing the model sends may crash the process. Size and shape are therefore judged from the token stream,
+//! before any AST exists: the text's length, how deeply groups nest and how many operators chain along one
+//! path. An AST is built only for input within those bounds, so parsing it, walking it (the checker),
+//! rendering it (`Display`) and dropping it (a recursive `Drop` of boxed expressions) all recurse a bounded
+//! number of levels, on a stack of the guard's own that is sized for them (see [`GUARD_STACK_BYTES`]).
 
 use std::collections::HashSet;
 
@@ -19,7 +25,8 @@ use sqlparser::ast::{
     TableWithJoins, UnaryOperator, Value, WildcardAdditionalOptions, WindowFrameBound, WindowType,
 };
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
 use crate::schema::TABLES;
@@ -105,6 +112,41 @@ pub const ALLOWED_FUNCTIONS: &[&str] = &[
     "width_bucket",
 ];
 
+/// Longest gate condition accepted, in characters. A gate is a WHERE-clause fragment, typically under 300
+/// characters; 4,000 still fits an IN list of several hundred values, and anything longer is not a condition a
+/// model means to write (and would be echoed into every later request of the conversation).
+pub const MAX_GATE_CONDITION_CHARS: usize = 4_000;
+
+/// Longest analytics SQL accepted, in characters. The text-to-SQL call may answer with at most 800 tokens (about
+/// 3,200 characters), so 10,000 leaves room for SQL passed directly while refusing megabytes of it.
+pub const MAX_ANALYTICS_SQL_CHARS: usize = 10_000;
+
+/// How deeply parentheses, brackets and CASE ... END may nest. Ordinary model SQL nests under 8 levels
+/// (`round(avg(coalesce(x, 0)), 2)` is 3); every level is a few frames of recursion in the parser and the checker.
+pub const MAX_NESTING: usize = 20;
+
+/// How many operators and keywords may chain along one path of the syntax tree, counting the groups around
+/// them (see [`TreeShape::of`]). `a OR b OR c` is a left-deep tree as deep as the chain is long, and recursing
+/// over thousands of levels overflows a thread's stack; 200 is about 100 OR-ed comparisons, several times
+/// what an ordinary WHERE clause chains, and a longer list of alternatives is better written as IN (...).
+pub const MAX_CHAIN: usize = 200;
+
+/// sqlparser's recursion limit: its default, named so an upgrade cannot loosen it silently. Input within
+/// [`MAX_NESTING`] and [`MAX_CHAIN`] reaches it only through a long unary chain (`- - - ... x`) or subqueries
+/// nested about 15 deep; its error is reported as a nesting refusal.
+const PARSER_RECURSION_LIMIT: usize = 50;
+
+/// The stack the guard parses, checks, renders and drops an AST on, whichever thread calls it. A debug build of
+/// sqlparser spends about 75 KiB of stack per level of its recursion (a subquery level about 150 KiB), so input
+/// near [`PARSER_RECURSION_LIMIT`] needs about 4 MiB: more than a 2 MiB tokio worker has, and more per level
+/// than the 128 KiB of room sqlparser's own stack growth (`recursive-protection`) checks for. The pages are
+/// reserved, not committed, so only what a check touches costs memory.
+const GUARD_STACK_BYTES: usize = 16 * 1024 * 1024;
+
+/// At most this many characters of the model's own text are quoted back in a refusal: enough to recognise
+/// the statement or name, without resending a long input to the model.
+const ECHO_CHARS: usize = 120;
+
 /// Cast and literal types model SQL may use (`x::date`, `DATE '2024-01-01'`).
 fn allowed_type(data_type: &DataType) -> bool {
     match data_type {
@@ -163,14 +205,26 @@ fn refuse<T>(reason: impl Into<String>) -> Checked<T> {
 
 /// Checks an analytics query and returns the SQL to run: the guard's rendering of the one SELECT.
 pub fn check_analytics(sql: &str) -> Checked<String> {
-    let sql = lexical_check(sql, true)?;
-    let statements =
-        Parser::parse_sql(&PostgreSqlDialect {}, sql).or_else(|e| refuse(format!("the SQL does not parse: {e}")))?;
+    let sql = lexical_check(sql, Mode::Analytics)?;
+    on_guard_stack(|| checked_query(sql))
+}
+
+/// The part of [`check_analytics`] that builds, walks, renders and drops an AST.
+fn checked_query(sql: &str) -> Checked<String> {
+    let dialect = PostgreSqlDialect {};
+    let statements = Parser::new(&dialect)
+        .with_recursion_limit(PARSER_RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(|e| parse_refusal(Mode::Analytics, e))?;
     let [statement] = statements.as_slice() else {
         return refuse(format!("exactly one statement is allowed, found {}", statements.len()));
     };
     let Statement::Query(query) = statement else {
-        return refuse(format!("only a SELECT query is allowed, not `{}`", leading_words(&statement.to_string())));
+        return refuse(format!(
+            "only a SELECT query is allowed, not `{}`",
+            excerpt(&leading_words(&statement.to_string()))
+        ));
     };
     let mut checker = Checker::new(Mode::Analytics);
     checker.query(query)?;
@@ -186,12 +240,18 @@ pub fn check_gate(condition: &str) -> Checked<String> {
 
 /// [`check_gate`], plus the names (columns and table qualifiers, lowercased) the condition uses.
 fn checked_gate(condition: &str) -> Checked<(String, Vec<String>)> {
-    let condition = lexical_check(condition, false)?;
+    let condition = lexical_check(condition, Mode::Gate)?;
+    on_guard_stack(|| checked_condition(condition))
+}
+
+/// The part of [`checked_gate`] that builds, walks, renders and drops an AST.
+fn checked_condition(condition: &str) -> Checked<(String, Vec<String>)> {
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect)
+        .with_recursion_limit(PARSER_RECURSION_LIMIT)
         .try_with_sql(condition)
-        .or_else(|e| refuse(format!("the condition does not parse: {e}")))?;
-    let expr = parser.parse_expr().or_else(|e| refuse(format!("the condition does not parse: {e}")))?;
+        .map_err(|e| parse_refusal(Mode::Gate, e))?;
+    let expr = parser.parse_expr().map_err(|e| parse_refusal(Mode::Gate, e))?;
     if parser.peek_token().token != Token::EOF {
         return refuse("the condition must be exactly one boolean expression (nothing after it)");
     }
@@ -199,6 +259,11 @@ fn checked_gate(condition: &str) -> Checked<(String, Vec<String>)> {
     checker.expr(&expr)?;
     checker.check_identifiers()?;
     Ok((expr.to_string(), checker.used))
+}
+
+/// Runs `check` on a fresh stack of [`GUARD_STACK_BYTES`]; everything it builds must be dropped inside it.
+fn on_guard_stack<T>(check: impl FnOnce() -> T) -> T {
+    stacker::grow(GUARD_STACK_BYTES, check)
 }
 
 /// The gate query `hybrid_discovery` runs: the ids of customers with an event matching `condition`.
@@ -230,12 +295,28 @@ pub fn gate_query(condition: &str) -> Checked<String> {
     })
 }
 
-/// Checks the raw text: no comments, no statement separators (one trailing `;` in a query is dropped),
-/// and no non-ASCII characters outside string literals (look-alike letters and invisible spaces).
-fn lexical_check(sql: &str, trailing_semicolon_ok: bool) -> Checked<&str> {
+/// Checks the raw text before anything is parsed: its length, no NUL characters, no comments, no statement
+/// separators (one trailing `;` in a query is dropped), no non-ASCII characters outside string literals (look-alike
+/// letters and invisible spaces), and a shape within [`MAX_NESTING`] and [`MAX_CHAIN`].
+fn lexical_check(sql: &str, mode: Mode) -> Checked<&str> {
+    let noun = mode.noun();
+    let length = sql.chars().count();
+    if length > mode.max_chars() {
+        return refuse(format!(
+            "the {noun} is {length} characters long; at most {} are allowed: write a shorter one (use IN (...) \
+             for a list of values, BETWEEN for a range)",
+            mode.max_chars()
+        ));
+    }
+    // PostgreSQL's wire protocol ends the query text at a NUL and its text types cannot hold one, so a NUL would
+    // break the connection rather than fail the statement. Every other character is valid in a UTF-8 database.
+    if sql.contains('\0') {
+        return refuse("NUL characters are not allowed, not even in string literals");
+    }
     let dialect = PostgreSqlDialect {};
-    let tokens =
-        Tokenizer::new(&dialect, sql).tokenize().or_else(|e| refuse(format!("the SQL does not tokenize: {e}")))?;
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize()
+        .or_else(|e| refuse(format!("the {noun} does not tokenize: {}", excerpt(&e.to_string()))))?;
     let last_significant = tokens.iter().rposition(|t| !matches!(t, Token::Whitespace(_)));
     let mut text = sql;
     for (index, token) in tokens.iter().enumerate() {
@@ -244,34 +325,153 @@ fn lexical_check(sql: &str, trailing_semicolon_ok: bool) -> Checked<&str> {
                 return refuse("comments are not allowed");
             }
             Token::SemiColon => {
-                if !(trailing_semicolon_ok && Some(index) == last_significant) {
+                if !(mode == Mode::Analytics && Some(index) == last_significant) {
                     return refuse("`;` is not allowed: send exactly one statement");
                 }
                 text = sql.trim_end().trim_end_matches(';');
             }
-            token if is_string_literal(token) => {}
-            token => {
-                if !token.to_string().is_ascii() {
+            token => match string_literal(token) {
+                // An escape such as `U&'\0000'` spells a NUL without one in the text.
+                Some(text) if text.contains('\0') => {
+                    return refuse("NUL characters are not allowed, not even in string literals");
+                }
+                Some(_) => {}
+                None if !token.to_string().is_ascii() => {
                     return refuse("non-ASCII characters are allowed only inside string literals");
                 }
-            }
+                None => {}
+            },
         }
     }
     if text.trim().is_empty() {
-        return refuse("the SQL is empty");
+        return refuse(format!("the {noun} is empty"));
+    }
+    let shape = TreeShape::of(&tokens);
+    if shape.nesting > MAX_NESTING {
+        return refuse(format!(
+            "the {noun} nests parentheses, brackets and CASE more than {MAX_NESTING} levels deep; \
+             write a flatter expression"
+        ));
+    }
+    if shape.depth > MAX_CHAIN {
+        return refuse(format!(
+            "the {noun} chains more than {MAX_CHAIN} operators in one expression (such as a long OR chain); \
+             use IN (...) for a list of values, BETWEEN for a range, or fewer conditions"
+        ));
     }
     Ok(text)
 }
 
-fn is_string_literal(token: &Token) -> bool {
-    matches!(
-        token,
-        Token::SingleQuotedString(_)
-            | Token::DollarQuotedString(_)
-            | Token::EscapedStringLiteral(_)
-            | Token::NationalStringLiteral(_)
-            | Token::UnicodeStringLiteral(_)
-    )
+/// How the syntax tree of a text will be shaped, measured from its tokens before it is parsed.
+struct TreeShape {
+    /// The deepest nesting of `(`, `[`, `{` and CASE ... END.
+    nesting: usize,
+    /// An upper bound on the depth of the tree, in operators, keywords and groups.
+    depth: usize,
+}
+
+impl TreeShape {
+    /// Every level of an expression tree is an operator or keyword token (`OR`, `>`, `::`, `NOT`, `IS`, ...) or
+    /// a group (a call's or subquery's parentheses, brackets, CASE), never a bare name or literal. Items of a
+    /// list (commas; WHEN, THEN and ELSE in a CASE) are siblings, so the deepest path through a group is its set
+    /// operations plus its deepest item: that item's operators plus the deepest group inside it. Counting every
+    /// keyword over-estimates (FROM, WHERE, AS and BY each count one), which only makes the bound safer.
+    fn of(tokens: &[Token]) -> Self {
+        let mut open: Vec<Group> = Vec::new();
+        let mut current = Group::default();
+        let mut nesting = 0;
+        for token in tokens {
+            let keyword = match token {
+                Token::Word(word) => Some(word.keyword),
+                _ => None,
+            };
+            match (token, keyword) {
+                (Token::LParen | Token::LBracket | Token::LBrace, _) | (_, Some(Keyword::CASE)) => {
+                    // The group is itself one level of the item it is in (a call, a nested expression, a CASE).
+                    current.item_operators += 1;
+                    let inner = Group { case: keyword.is_some(), ..Group::default() };
+                    open.push(std::mem::replace(&mut current, inner));
+                    nesting = nesting.max(open.len());
+                }
+                // A CASE closes only with END and a bracket only with a bracket; a mismatch is the parser's to refuse.
+                (Token::RParen | Token::RBracket | Token::RBrace, _) if !current.case && !open.is_empty() => {
+                    Group::close(&mut open, &mut current)
+                }
+                (_, Some(Keyword::END)) if current.case => Group::close(&mut open, &mut current),
+                (_, Some(Keyword::WHEN | Keyword::THEN | Keyword::ELSE)) if current.case => current.end_item(),
+                (_, Some(Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT)) => current.set_operations += 1,
+                (Token::Comma, _) => current.end_item(),
+                (Token::Whitespace(_) | Token::Number(..) | Token::Placeholder(_), _)
+                | (Token::Word(_), Some(Keyword::NoKeyword)) => {}
+                (token, _) if string_literal(token).is_some() => {}
+                _ => current.item_operators += 1,
+            }
+        }
+        // Unclosed groups are the parser's to refuse; they still count towards the depth.
+        while !open.is_empty() {
+            Group::close(&mut open, &mut current);
+        }
+        Self { nesting, depth: current.depth() }
+    }
+}
+
+/// A group being measured by [`TreeShape::of`]: `(`, `[`, `{` or CASE ... END, or the whole text.
+#[derive(Default)]
+struct Group {
+    case: bool,
+    /// UNION, INTERSECT and EXCEPT: they chain whole SELECTs, so commas inside those do not end the chain.
+    set_operations: usize,
+    /// Operators and keywords in the current comma-separated item.
+    item_operators: usize,
+    /// The deepest group closed inside the current item.
+    item_child_depth: usize,
+    /// The deepest item seen so far.
+    deepest_item: usize,
+}
+
+impl Group {
+    fn end_item(&mut self) {
+        self.deepest_item = self.deepest_item.max(self.item_operators + self.item_child_depth);
+        self.item_operators = 0;
+        self.item_child_depth = 0;
+    }
+
+    fn depth(mut self) -> usize {
+        self.end_item();
+        self.set_operations + self.deepest_item
+    }
+
+    /// Ends the innermost open group, `current`, and continues measuring the group around it.
+    fn close(open: &mut Vec<Group>, current: &mut Group) {
+        if let Some(outer) = open.pop() {
+            let inner = std::mem::replace(current, outer);
+            current.item_child_depth = current.item_child_depth.max(inner.depth());
+        }
+    }
+}
+
+/// The refusal for a parser error; hitting the recursion limit is a nesting problem, said as such.
+fn parse_refusal(mode: Mode, error: ParserError) -> Refusal {
+    match error {
+        ParserError::RecursionLimitExceeded => Refusal(format!(
+            "the {} nests too deeply (operators such as NOT or - applied many times over, or subqueries inside \
+             subqueries); write a flatter expression",
+            mode.noun()
+        )),
+        other => Refusal(format!("the {} does not parse: {}", mode.noun(), excerpt(&other.to_string()))),
+    }
+}
+
+/// The text of a string literal token, as the tokenizer unescaped it.
+fn string_literal(token: &Token) -> Option<&str> {
+    match token {
+        Token::SingleQuotedString(text)
+        | Token::EscapedStringLiteral(text)
+        | Token::NationalStringLiteral(text)
+        | Token::UnicodeStringLiteral(text) => Some(text),
+        Token::DollarQuotedString(dollar) => Some(&dollar.value),
+        _ => None,
+    }
 }
 
 fn leading_words(sql: &str) -> String {
@@ -291,6 +491,23 @@ enum Mode {
     Analytics,
     /// One expression over events and customers columns, no subqueries.
     Gate,
+}
+
+impl Mode {
+    /// What refusals call the model's text.
+    fn noun(self) -> &'static str {
+        match self {
+            Mode::Analytics => "SQL",
+            Mode::Gate => "condition",
+        }
+    }
+
+    fn max_chars(self) -> usize {
+        match self {
+            Mode::Analytics => MAX_ANALYTICS_SQL_CHARS,
+            Mode::Gate => MAX_GATE_CONDITION_CHARS,
+        }
+    }
 }
 
 struct Checker {
@@ -320,7 +537,8 @@ impl Checker {
     fn check_identifiers(&self) -> Checked<()> {
         match self.used.iter().find(|name| !self.names.contains(*name)) {
             Some(name) => refuse(format!(
-                "unknown column or table `{name}`; use only the columns of {}",
+                "unknown column or table `{}`; use only the columns of {}",
+                excerpt(name),
                 match self.mode {
                     Mode::Analytics => "customers, events and profiles",
                     Mode::Gate => "events and customers",
@@ -433,7 +651,7 @@ impl Checker {
         }
         let name = cte.alias.name.value.to_lowercase();
         if name.starts_with("pg_") {
-            return refuse(format!("the name `{name}` is reserved"));
+            return refuse(format!("the name `{}` is reserved", excerpt(&name)));
         }
         self.define_alias(&Some(cte.alias.clone()));
         self.query(&cte.query)
@@ -529,7 +747,10 @@ impl Checker {
                 self.use_ident(ident);
                 Ok(())
             }
-            _ => refuse(format!("`{name}.*` is not allowed; qualify with a table name or alias only")),
+            _ => refuse(format!(
+                "`{}.*` is not allowed; qualify with a table name or alias only",
+                excerpt(&name.to_string())
+            )),
         }
     }
 
@@ -589,7 +810,10 @@ impl Checker {
                 inheritance: _,
             } => {
                 if args.is_some() {
-                    return refuse(format!("`{name}(...)` in FROM is not allowed; only tables may be read"));
+                    return refuse(format!(
+                        "`{}(...)` in FROM is not allowed; only tables may be read",
+                        excerpt(&name.to_string())
+                    ));
                 }
                 if !with_hints.is_empty()
                     || version.is_some()
@@ -635,7 +859,8 @@ impl Checker {
     fn relation(&mut self, name: &ObjectName) -> Checked<()> {
         let Some(table) = single_name(name) else {
             return refuse(format!(
-                "`{name}` is not allowed; read only the tables customers, events and profiles, without a schema"
+                "`{}` is not allowed; read only the tables customers, events and profiles, without a schema",
+                excerpt(&name.to_string())
             ));
         };
         if self.cte_scopes.iter().any(|scope| scope.contains(&table)) {
@@ -648,7 +873,7 @@ impl Checker {
         if allowed {
             Ok(())
         } else {
-            refuse(format!("table `{table}` is not allowed; read only customers, events and profiles"))
+            refuse(format!("table `{}` is not allowed; read only customers, events and profiles", excerpt(&table)))
         }
     }
 
@@ -748,7 +973,7 @@ impl Checker {
             }
             Expr::UnaryOp { op, expr } => match op {
                 UnaryOperator::Not | UnaryOperator::Minus | UnaryOperator::Plus => self.expr(expr),
-                _ => refuse(format!("operator `{op}` is not allowed")),
+                _ => refuse(format!("operator `{}` is not allowed", excerpt(&op.to_string()))),
             },
             Expr::Cast { kind: _, expr, data_type, format } => {
                 if format.is_some() {
@@ -822,7 +1047,7 @@ impl Checker {
             }
             Expr::Wildcard(_) => Ok(()),
             Expr::QualifiedWildcard(name, _) => self.qualifier(name),
-            other => refuse(format!("the expression `{}` is not allowed", shorten(&other.to_string()))),
+            other => refuse(format!("the expression `{}` is not allowed", excerpt(&other.to_string()))),
         }
     }
 
@@ -830,11 +1055,15 @@ impl Checker {
         let Function { name, uses_odbc_syntax, parameters, args, within_group, filter, null_treatment, over } =
             function;
         let Some(function_name) = single_name(name) else {
-            return refuse(format!("function `{name}` is not allowed; call functions without a schema"));
+            return refuse(format!(
+                "function `{}` is not allowed; call functions without a schema",
+                excerpt(&name.to_string())
+            ));
         };
         if !ALLOWED_FUNCTIONS.contains(&function_name.as_str()) {
             return refuse(format!(
-                "function `{function_name}` is not allowed; use common aggregates, date, string and math functions"
+                "function `{}` is not allowed; use common aggregates, date, string and math functions",
+                excerpt(&function_name)
             ));
         }
         if *uses_odbc_syntax || !matches!(parameters, FunctionArguments::None) || null_treatment.is_some() {
@@ -903,7 +1132,10 @@ fn check_type(data_type: &DataType) -> Checked<()> {
     if allowed_type(data_type) {
         Ok(())
     } else {
-        refuse(format!("the type `{data_type}` is not allowed; cast to numbers, text, booleans, dates or times"))
+        refuse(format!(
+            "the type `{}` is not allowed; cast to numbers, text, booleans, dates or times",
+            excerpt(&data_type.to_string())
+        ))
     }
 }
 
@@ -916,8 +1148,10 @@ fn check_value(value: &Value) -> Checked<()> {
         | Value::NationalStringLiteral(_)
         | Value::Boolean(_)
         | Value::Null => Ok(()),
-        Value::Placeholder(p) => refuse(format!("parameter placeholders like `{p}` are not allowed; inline the value")),
-        other => refuse(format!("the literal `{}` is not allowed", shorten(&other.to_string()))),
+        Value::Placeholder(p) => {
+            refuse(format!("parameter placeholders like `{}` are not allowed; inline the value", excerpt(p)))
+        }
+        other => refuse(format!("the literal `{}` is not allowed", excerpt(&other.to_string()))),
     }
 }
 
@@ -951,15 +1185,15 @@ fn check_binary_operator(op: &BinaryOperator) -> Checked<()> {
         | B::PGStartsWith
         | B::AtArrow
         | B::ArrowAt => Ok(()),
-        other => refuse(format!("operator `{other}` is not allowed")),
+        other => refuse(format!("operator `{}` is not allowed", excerpt(&other.to_string()))),
     }
 }
 
-/// The first characters of a rendered expression, for a refusal message.
-fn shorten(text: &str) -> String {
-    const MAX: usize = 60;
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
+/// The model's text as quoted in a refusal: one line, at most [`ECHO_CHARS`] characters.
+pub fn excerpt(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line,
     }
 }

@@ -3,6 +3,8 @@
 //! Every attack is refused by the guard and, run through the tool, comes back as a correctable error;
 //! afterwards every table has the same rows and the schema the same relations. Separately, writes and
 //! long sleeps sent straight into `Db::begin_read_only` (bypassing the guard) are stopped by PostgreSQL.
+//! Oversized and deeply nested input, hand-written and generated, is refused without crashing a thread
+//! that has a tokio worker's 2 MiB stack.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod tool_support;
@@ -13,7 +15,10 @@ use audience_tools::db::ReadLimits;
 use audience_tools::failure::ToolFailure;
 use audience_tools::hybrid_discovery::{HybridDiscovery, HybridDiscoveryArgs};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
-use audience_tools::sql_guard::{check_analytics, check_gate, gate_query};
+use audience_tools::sql_guard::{
+    MAX_ANALYTICS_SQL_CHARS, MAX_CHAIN, MAX_GATE_CONDITION_CHARS, MAX_NESTING, Refusal, check_analytics, check_gate,
+    gate_query,
+};
 use audience_tools::trace::TracedTool;
 use rig_core::DynModel;
 use rig_core::operation::Completion;
@@ -103,6 +108,10 @@ const ATTACKS: &[&str] = &[
     "SELECT * FROM customers WHERE email = $1",
     "TABLE customers",
     "SELECT * FROM ONLY customers LIMIT 1; SELECT 2",
+    // NUL characters, which PostgreSQL's protocol cannot carry (they used to break the connection)
+    "SELECT 'a\u{0}b' AS nul",
+    "SELECT count(*) FROM customers WHERE first_name = 'x\u{0}'",
+    "SELECT U&'\\0000' AS nul",
 ];
 
 /// Gate conditions that must be refused.
@@ -119,6 +128,7 @@ const GATE_ATTACKS: &[&str] = &[
     "set_config('role', 'postgres', false) IS NOT NULL",
     "country = 'DE' AND \u{0441}ountry = 'PL'",
     "ts > $1",
+    "country = 'D\u{0}E'",
 ];
 
 /// Valid analytics queries: accepted, and the guard's rendering runs on PostgreSQL.
@@ -218,6 +228,290 @@ fn guard_accepts_ordinary_analytics_and_gates() {
     );
 }
 
+/// Runs `check` on a thread with a tokio worker's stack (2 MiB), where the tools run: a recursion too deep for it
+/// aborts the whole test binary, as it aborted the CLI.
+fn on_worker_stack<T: Send + 'static>(check: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new().stack_size(2 * 1024 * 1024).spawn(check).unwrap().join().unwrap()
+}
+
+/// `price > 0 OR price > 1 OR ...`, as in the hostile test run that crashed the process.
+fn or_chain(terms: usize) -> String {
+    (0..terms).map(|i| format!("price > {i}")).collect::<Vec<_>>().join(" OR ")
+}
+
+fn refusal_of(result: Result<String, Refusal>) -> String {
+    match result {
+        Ok(accepted) => panic!("accepted: {}", &accepted[..accepted.len().min(200)]),
+        Err(refusal) => refusal.0,
+    }
+}
+
+/// Regression: the 2,000-term OR chain `hybrid_discovery` was sent overflowed the stack (exit 134).
+#[test]
+fn a_2000_term_gate_or_chain_is_refused_without_a_crash() {
+    let condition = or_chain(2000);
+    let (gate, query) = on_worker_stack(move || (check_gate(&condition), gate_query(&condition)));
+    let reason = refusal_of(gate);
+    assert!(reason.contains(&format!("at most {MAX_GATE_CONDITION_CHARS} are allowed")), "{reason}");
+    assert!(reason.contains("IN (...)"), "the refusal says what to do instead: {reason}");
+    assert_eq!(query.unwrap_err().0, reason);
+}
+
+/// Regression: a 3,000-term WHERE sent to `sql_analytics` overflowed the stack.
+#[test]
+fn a_3000_term_analytics_where_is_refused_without_a_crash() {
+    let sql = format!("SELECT count(*) FROM events WHERE {}", or_chain(3000));
+    let reason = refusal_of(on_worker_stack(move || check_analytics(&sql)));
+    assert!(reason.contains(&format!("at most {MAX_ANALYTICS_SQL_CHARS} are allowed")), "{reason}");
+    assert!(reason.contains("IN (...)"), "{reason}");
+}
+
+/// Short terms fit hundreds of them under the length cap; the chain is what is refused, before it is parsed.
+#[test]
+fn a_long_chain_under_the_length_cap_is_refused_with_advice() {
+    let terms = |n: usize| vec!["age=1"; n].join(" OR ");
+    let gate = terms(400);
+    let analytics = format!("SELECT count(*) FROM customers WHERE {}", terms(900));
+    let arithmetic = format!("SELECT {} AS n", vec!["1"; 2000].join("+"));
+    assert!(gate.len() <= MAX_GATE_CONDITION_CHARS && analytics.len() <= MAX_ANALYTICS_SQL_CHARS);
+    let (gate, query, analytics, arithmetic) = on_worker_stack(move || {
+        (check_gate(&gate), gate_query(&gate), check_analytics(&analytics), check_analytics(&arithmetic))
+    });
+    for reason in [refusal_of(gate), refusal_of(query), refusal_of(analytics), refusal_of(arithmetic)] {
+        assert!(reason.contains(&format!("more than {MAX_CHAIN} operators")), "{reason}");
+        assert!(reason.contains("use IN (...) for a list of values"), "{reason}");
+    }
+    // UNION chains whole SELECTs: their commas do not break the chain.
+    let unions = vec!["SELECT 1, 2"; 300].join(" UNION ");
+    let reason = refusal_of(on_worker_stack(move || check_analytics(&unions)));
+    assert!(reason.contains(&format!("more than {MAX_CHAIN} operators")), "{reason}");
+}
+
+/// Ordinary long inputs stay accepted: a 100-term OR chain, and a long IN list (a flat list, not a chain).
+#[test]
+fn chains_and_lists_within_the_limits_are_accepted() {
+    let gate = or_chain(MAX_CHAIN / 2);
+    let analytics = format!("SELECT count(*) FROM events WHERE {}", or_chain(MAX_CHAIN / 2 - 10));
+    let values = (0..600).map(|i| format!("'{}'", i % 100)).collect::<Vec<_>>().join(", ");
+    let list = format!("country IN ({values})");
+    assert!(list.len() > MAX_GATE_CONDITION_CHARS / 2 && list.len() <= MAX_GATE_CONDITION_CHARS);
+    on_worker_stack(move || {
+        assert_eq!(check_gate(&gate).unwrap(), gate);
+        assert!(gate_query(&gate).is_ok());
+        assert_eq!(check_analytics(&analytics).unwrap(), analytics);
+        assert_eq!(check_gate(&list).unwrap(), list);
+    });
+}
+
+#[test]
+fn deep_nesting_is_refused_as_nesting() {
+    let parenthesized = |depth: usize| format!("{}price > 0{}", "(".repeat(depth), ")".repeat(depth));
+    let cases = |depth: usize| "CASE WHEN price > 0 THEN ".repeat(depth) + "1" + &" END".repeat(depth) + " > 0";
+    let calls = |depth: usize| format!("SELECT {}price{} FROM events", "abs(".repeat(depth), ")".repeat(depth));
+    let (accepted, refused) = on_worker_stack(move || {
+        let accepted = [check_gate(&parenthesized(MAX_NESTING)), check_gate(&cases(MAX_NESTING - 1))];
+        let refused = [
+            check_gate(&parenthesized(MAX_NESTING + 1)),
+            check_gate(&parenthesized(1_500)),
+            gate_query(&parenthesized(1_900)),
+            check_gate(&cases(MAX_NESTING + 1)),
+            check_analytics(&calls(MAX_NESTING + 1)),
+            check_analytics(&calls(1_500)),
+            check_analytics(&format!("SELECT count(*) FROM events WHERE {}", parenthesized(4_000))),
+        ];
+        (accepted, refused)
+    });
+    for result in accepted {
+        result.unwrap();
+    }
+    for result in refused {
+        let reason = refusal_of(result);
+        assert!(reason.contains(&format!("more than {MAX_NESTING} levels deep")), "{reason}");
+    }
+    // sqlparser's own recursion limit stops unary chains; its error reads as a nesting refusal too.
+    let reason = refusal_of(check_gate(&format!("{}price > 0", "- ".repeat(60))));
+    assert!(reason.contains("nests too deeply"), "{reason}");
+}
+
+/// Regression: a NUL inside a string literal reached PostgreSQL and broke the connection.
+#[test]
+fn nul_characters_are_refused() {
+    for condition in ["country = 'D\u{0}E'", "price > 0\u{0}", "country = U&'\\0000'"] {
+        let reason = refusal_of(check_gate(condition));
+        assert!(reason.contains("NUL characters are not allowed"), "{condition:?}: {reason}");
+    }
+    for sql in ["SELECT 'a\u{0}b'", "SELECT $$\u{0}$$", "SELECT \"a\u{0}\" FROM customers"] {
+        let reason = refusal_of(check_analytics(sql));
+        assert!(reason.contains("NUL characters are not allowed"), "{sql:?}: {reason}");
+    }
+}
+
+#[test]
+fn input_over_the_length_caps_is_refused_stating_the_cap() {
+    // A flat, otherwise valid IN list exactly at the cap and one character over it.
+    let list = |chars: usize, prefix: &str| {
+        let mut text = format!("{prefix}country IN ('DE'");
+        while text.len() + ", 'DE')".len() <= chars {
+            text.push_str(", 'DE'");
+        }
+        text.push_str(&" ".repeat(chars - 1 - text.len()));
+        text + ")"
+    };
+    let at_cap = list(MAX_GATE_CONDITION_CHARS, "");
+    assert_eq!(at_cap.len(), MAX_GATE_CONDITION_CHARS);
+    check_gate(&at_cap).unwrap();
+    let over = list(MAX_GATE_CONDITION_CHARS + 1, "");
+    let reason = refusal_of(check_gate(&over));
+    assert!(
+        reason.contains(&format!("{} characters long; at most {MAX_GATE_CONDITION_CHARS}", over.len())),
+        "{reason}"
+    );
+
+    let prefix = "SELECT count(*) FROM customers WHERE ";
+    check_analytics(&list(MAX_ANALYTICS_SQL_CHARS, prefix)).unwrap();
+    let reason = refusal_of(check_analytics(&list(MAX_ANALYTICS_SQL_CHARS + 1, prefix)));
+    assert!(reason.contains(&format!("at most {MAX_ANALYTICS_SQL_CHARS} are allowed")), "{reason}");
+    // The cap counts characters, not bytes: a literal of multi-byte letters is as long as it looks.
+    let letters = format!("first_name = '{}'", "\u{00EB}".repeat(MAX_GATE_CONDITION_CHARS - 20));
+    check_gate(&letters).unwrap();
+}
+
+/// A small seeded generator (SplitMix64): the same cases on every run, and no dependency for a few random numbers.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+
+    /// A repetition count: mostly small, often around the guard's limits, sometimes far beyond them.
+    fn size(&mut self, limit: usize) -> usize {
+        match self.below(10) {
+            0..=4 => 1 + self.below(8),
+            5..=7 => (limit * 3 / 4) + self.below(limit / 2 + 2),
+            _ => limit + self.below(limit * 3),
+        }
+    }
+}
+
+/// Random boolean conditions over gate columns, built from the shapes that nest: parentheses, AND/OR chains,
+/// arithmetic chains, nested calls, CASE, NOT and minus chains, casts, IN lists, IS chains, subqueries and UNION
+/// chains, and mixtures of these (`budget` bounds the generator's own recursion, not the size of what it writes).
+fn condition(rng: &mut Seeded, budget: usize) -> String {
+    let number = |rng: &mut Seeded| -> String {
+        let column = rng.pick(&["price", "quantity", "age", "events.price", "customers.age", "1"]);
+        match rng.below(7) {
+            0 => format!("{column}{}", " + 1".repeat(rng.size(MAX_CHAIN))),
+            1 => {
+                let depth = rng.size(MAX_NESTING);
+                format!("{}{column}{}", "abs(".repeat(depth), ")".repeat(depth))
+            }
+            2 => format!("{}{column}", "- ".repeat(rng.size(MAX_CHAIN))),
+            3 => format!("{column}{}", "::int".repeat(rng.size(MAX_CHAIN))),
+            4 => {
+                let depth = rng.size(MAX_NESTING);
+                format!("{}{column}{}", "coalesce(".repeat(depth), ", 0)".repeat(depth))
+            }
+            _ => column.to_owned(),
+        }
+    };
+    let leaf = |rng: &mut Seeded| -> String {
+        match rng.below(4) {
+            0 => {
+                let values = (0..rng.size(300)).map(|i| format!("'v{i}'")).collect::<Vec<_>>();
+                format!("country IN ({})", values.join(", "))
+            }
+            1 => format!("{} BETWEEN 1 AND 9", number(rng)),
+            _ => format!("{} {} {}", number(rng), rng.pick(&["=", "<", ">=", "<>"]), rng.below(100)),
+        }
+    };
+    if budget == 0 {
+        return leaf(rng);
+    }
+    match rng.below(10) {
+        0 => {
+            let depth = rng.size(MAX_NESTING);
+            format!("{}{}{}", "(".repeat(depth), condition(rng, budget - 1), ")".repeat(depth))
+        }
+        1 | 2 => {
+            let terms: Vec<String> = (0..rng.size(MAX_CHAIN / 2))
+                .map(|i| if i < 3 { condition(rng, budget - 1) } else { leaf(rng) })
+                .collect();
+            terms.join(if rng.below(2) == 0 { " AND " } else { " OR " })
+        }
+        3 => format!("{}({})", "NOT ".repeat(rng.size(MAX_NESTING)), condition(rng, budget - 1)),
+        4 => {
+            let depth = rng.size(MAX_NESTING);
+            let inner = condition(rng, budget - 1);
+            "CASE WHEN price > 0 THEN ".repeat(depth) + &format!("({inner})") + &" ELSE false END".repeat(depth)
+        }
+        5 => format!("({}){}", condition(rng, budget - 1), " IS NOT FALSE".repeat(rng.size(MAX_CHAIN / 3))),
+        6 => format!("{}({})", rng.pick(&["", "NOT ", "- 1 < 0 OR "]), condition(rng, budget - 1)),
+        // Subqueries (analytics only; a gate refuses them), chained by UNION.
+        7 => {
+            let select = format!("SELECT customer_id FROM events WHERE {}", condition(rng, budget - 1));
+            // Copies of one SELECT: their number is capped so nested UNIONs do not multiply into gigabytes.
+            let copies = rng.size(MAX_CHAIN / 4).min(1 + 50_000 / select.len());
+            format!("events.customer_id IN ({})", vec![select; copies].join(" UNION "))
+        }
+        _ => leaf(rng),
+    }
+}
+
+/// Generated deep and long input, up to well beyond every limit: each call returns a result (never crashes a
+/// worker-sized stack), a refusal is one short sentence, and what is accepted renders to SQL the guard accepts again
+/// unchanged.
+#[test]
+fn generated_deep_and_long_input_is_accepted_or_refused_without_a_crash() {
+    let (accepted, refused) = on_worker_stack(|| {
+        let mut rng = Seeded(0x5EED_6A7E);
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..1_500 {
+            let condition = condition(&mut rng, 3);
+            let analytics = format!("SELECT count(*) FROM events JOIN customers USING (customer_id) WHERE {condition}");
+            let head = |text: &str| text.chars().take(300).collect::<String>();
+            // The gate query wraps the condition, so near the limits it may be refused as analytics SQL; it must
+            // agree with check_gate instead.
+            let gate = check_gate(&condition);
+            match (&gate, gate_query(&condition)) {
+                (Ok(rendered), Ok(query)) => assert!(query.contains(rendered.as_str()), "{}", head(&query)),
+                (Err(refusal), Err(same)) => assert_eq!(refusal, &same),
+                (gate, query) => panic!("check_gate and gate_query disagree: {gate:?} / {query:?}"),
+            }
+            for (input, result, recheck) in [
+                (&condition, gate, check_gate as fn(&str) -> Result<String, Refusal>),
+                (&analytics, check_analytics(&analytics), check_analytics),
+            ] {
+                match result {
+                    Ok(rendered) => {
+                        accepted += 1;
+                        assert_eq!(recheck(&rendered), Ok(rendered.clone()), "rendering of {}", head(input));
+                    }
+                    Err(refusal) => {
+                        refused += 1;
+                        assert!(refusal.0.len() < 300, "a refusal echoes too much: {}", head(&refusal.0));
+                    }
+                }
+            }
+        }
+        (accepted, refused)
+    });
+    // Both outcomes are exercised, or the generator is not testing the limits.
+    assert!(accepted > 100 && refused > 100, "accepted {accepted}, refused {refused}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn attacks_through_the_tools_change_nothing() {
     let test = TestDb::new().await;
@@ -251,6 +545,32 @@ async fn attacks_through_the_tools_change_nothing() {
     }
 
     assert_eq!(before, (test.checksums().await, test.relations().await), "a table or relation changed");
+    test.drop().await;
+}
+
+/// Regression: a refused query was echoed back whole (megabytes of it) into the next model request.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_through_the_tools_quote_only_a_short_prefix() {
+    let test = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stores = test.stores(dir.path(), false, ReadLimits::default()).await;
+    let values = vec!["'DE'"; 1_000].join(", ");
+    let analytics = SqlAnalytics::<DynModel<Completion>>::sql_only(stores.clone());
+    let hybrid = HybridDiscovery::new(stores);
+    let too_long = format!("SELECT count(*) FROM customers WHERE country IN ({})", [values.as_str(); 10].join(", "));
+    let unknown_column = format!("SELECT nope FROM customers WHERE country IN ({values})");
+    for sql in [too_long, unknown_column] {
+        let result = analytics.run(SqlAnalyticsArgs { question: None, sql: Some(sql) }).await;
+        let Err(ToolFailure::Correctable(message)) = result else { panic!("expected a correctable refusal") };
+        assert!(message.contains("The SQL was: SELECT"), "the start of the SQL is still quoted: {message}");
+        assert!(message.len() < 400 && message.ends_with("..."), "{message}");
+    }
+    let condition = format!("country IN ({})", vec![values.as_str(); 300].join(", "));
+    let args = HybridDiscoveryArgs { condition, intent: "anyone".into(), ..Default::default() };
+    let Err(ToolFailure::Correctable(message)) = hybrid.run(args).await else {
+        panic!("expected a correctable refusal")
+    };
+    assert!(message.len() < 400, "{message}");
     test.drop().await;
 }
 
