@@ -1,24 +1,20 @@
-//! The agent: a rig loop over the four audience tools with a short system prompt, an explicit turn budget,
-//! conversation history for follow-ups, a trace of every step and a usage record per question.
+//! The agent: a rig loop over the tools (`find_audience`, `sql_analytics`, `sql_data_retriever`) with a short
+//! system prompt, an explicit turn budget, conversation history for follow-ups, the conversation's audience, a trace
+//! of every step and a usage record per question.
 //!
 //! [`Session`] is the API the `ask` command and the REPL use:
-//! `Session::new(config, stores, verbose)`, then `ask(question)` any number of times (each question sees
-//! the previous ones, so follow-ups refine), `reset()`, `totals()` and `last_audience()`.
+//! `Session::new(config, stores, verbose)`, then `ask(question)` any number of times (each question sees the
+//! previous ones and edits the same audience, so follow-ups refine), `audience()`, `reset()` and `totals()`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
-use audience_tools::db::ReadLimits;
-use audience_tools::embed::LazyEmbedder;
-use audience_tools::hybrid_discovery::HybridDiscovery;
-use audience_tools::paths;
-use audience_tools::semantic_search::SemanticSearch;
+use audience_tools::audience::{AudienceReport, AudienceSession, FindAudience};
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
-use audience_tools::vector::VectorStore;
 use rig_agent::completion::PromptError;
 use rig_agent::{Agent, AgentBuilder};
 use rig_core::message::Message;
@@ -27,7 +23,7 @@ use serde::Serialize;
 use crate::exit::{Failure, FailureExt, FailureKind};
 use crate::ledger::{Ledger, UsageRecord, UsageTotals};
 use crate::provider::{ChatModel, ProviderConfig, Settings};
-pub use crate::trace::{Audience, Step};
+pub use crate::trace::Step;
 use crate::trace::{RunLog, SharedLog, TraceHook, lock};
 
 /// Model calls allowed per question, the first included (`AUDIENCE_MAX_TURNS`). A typical question takes
@@ -74,31 +70,14 @@ impl AgentConfig {
     }
 }
 
-/// Opens PostgreSQL (`DATABASE_URL`, `AUDIENCE_SCHEMA`), the vector index (`QDRANT_URL`, else the embedded
-/// index under `data_dir`) and the lazily loaded embedder. Failures are store errors (exit 4).
-pub async fn open_stores(data_dir: &Path) -> Result<Stores> {
-    let db = crate::data_commands::connect_db().await?;
-    if !db.is_ingested().await.kind(FailureKind::Store)? {
-        return Err(anyhow!(
-            "schema {:?} has no data yet; run `audience ingest` (or `audience demo`) first",
-            db.schema
-        ))
-        .kind(FailureKind::Store);
-    }
-    // Opening the reader touches nothing: the index is copied and opened on the first vector search.
-    let vectors = VectorStore::from_env(data_dir, &db.schema).reader();
-    let embedder = LazyEmbedder::new(paths::models_dir());
-    Ok(Stores::new(db, vectors, embedder, ReadLimits::default()))
-}
-
 /// The answer to one question.
 #[derive(Clone, Debug, Serialize)]
 pub struct Answer {
     /// The model's final text.
     #[serde(rename = "answer")]
     pub text: String,
-    /// The customers of this question's last discovery call (`hybrid_discovery` / `semantic_search`).
-    pub audience: Option<Audience>,
+    /// The audience this question's last `find_audience` call evaluated: definition, size, breakdown, members.
+    pub audience: Option<AudienceReport>,
     /// Thought / Action / Observation steps, in order.
     pub steps: Vec<Step>,
     pub usage: UsageRecord,
@@ -121,7 +100,8 @@ pub struct Session {
     /// The messages of each earlier question's run (prompt, tool calls, results, answer).
     history: Vec<Vec<Message>>,
     ledger: Ledger,
-    last_audience: Option<Audience>,
+    /// The audience the conversation works on; the host keeps it, so it outlives the trimmed history.
+    audience: AudienceSession,
     last_usage: Option<UsageRecord>,
     /// Redacts the API key from provider error messages.
     redact: Arc<dyn Fn(&str) -> String + Send + Sync>,
@@ -149,7 +129,8 @@ impl Session {
         ledger: Ledger,
         verbose: bool,
     ) -> Self {
-        let agent = build_agent(model, stores, config.max_turns);
+        let audience = AudienceSession::default();
+        let agent = build_agent(model, stores, config.max_turns, audience.clone());
         Self {
             agent,
             label,
@@ -158,7 +139,7 @@ impl Session {
             verbose,
             history: Vec::new(),
             ledger,
-            last_audience: None,
+            audience,
             last_usage: None,
             redact: Arc::new(str::to_owned),
         }
@@ -179,9 +160,10 @@ impl Session {
         let log = SharedLog::default();
         let start = Instant::now();
         let history: Vec<Message> = self.history.iter().flatten().cloned().collect();
+        let prompt = with_audience_context(question, &self.audience);
         let run_future = self
             .agent
-            .prompt(question)
+            .prompt(prompt)
             .history(history)
             .max_turns(self.max_turns)
             .max_invalid_tool_call_retries(self.unknown_tool_retries)
@@ -224,16 +206,14 @@ impl Session {
         if self.history.len() > HISTORY_QUESTIONS {
             self.history.remove(0);
         }
-        if run.audience.is_some() {
-            self.last_audience = run.audience.clone();
-        }
+
         Ok(Some(Answer { text, audience: run.audience, steps: run.steps, usage }))
     }
 
     /// Forgets the conversation and the last audience (the session totals stay).
     pub fn reset(&mut self) {
         self.history.clear();
-        self.last_audience = None;
+        self.audience.reset();
     }
 
     /// Usage totals of this session.
@@ -241,9 +221,9 @@ impl Session {
         self.ledger.totals()
     }
 
-    /// The customers of the latest discovery call in this conversation.
-    pub fn last_audience(&self) -> Option<&Audience> {
-        self.last_audience.as_ref()
+    /// The conversation's audience: its current definition, its undo history and its last evaluation.
+    pub fn audience(&self) -> &AudienceSession {
+        &self.audience
     }
 
     /// The usage record of the latest question, including a failed one.
@@ -320,6 +300,21 @@ fn one_line(text: &str) -> String {
     }
 }
 
+/// The question, preceded by the current audience when there is one: the model refines what it is told here, not
+/// what the (trimmed) history happens to still hold.
+fn with_audience_context(question: &str, audience: &AudienceSession) -> String {
+    let Some(definition) = audience.current() else { return question.to_owned() };
+    let clauses: Vec<String> = definition
+        .clauses()
+        .map(|(clause, exclude)| {
+            format!("{} {} {}", clause.id, if exclude { "exclude" } else { "include" }, clause.rule.predicate())
+        })
+        .collect();
+    let intent = definition.intent.as_deref().map(|i| format!("; intent: {i}")).unwrap_or_default();
+    let clauses = if clauses.is_empty() { "no clauses".to_owned() } else { clauses.join("; ") };
+    format!("[current audience: {clauses}{intent}]\n{question}")
+}
+
 /// The system prompt: prompts/system.md. It carries no schema: every call resends it, so the columns a
 /// tool's arguments refer to are described by that tool, and sent only while the tool is offered.
 pub fn system_prompt() -> String {
@@ -330,13 +325,12 @@ pub fn system_prompt() -> String {
 /// runaway model can write into the conversation (a megabyte "condition"), which every later call would resend.
 pub const MAX_OUTPUT_TOKENS: u64 = 1_024;
 
-fn build_agent(model: ChatModel, stores: Stores, max_turns: usize) -> Agent {
+fn build_agent(model: ChatModel, stores: Stores, max_turns: usize, audience: AudienceSession) -> Agent {
     AgentBuilder::new(model.clone())
         .preamble(system_prompt())
         .max_tokens(MAX_OUTPUT_TOKENS)
         .default_max_turns(max_turns)
-        .tool(HybridDiscovery::new(stores.clone()))
-        .tool(SemanticSearch::new(stores.clone()))
+        .tool(FindAudience::new(stores.clone(), audience))
         .tool(SqlAnalytics::new(stores.clone(), model))
         .tool(SqlDataRetriever::new(stores))
         .build()
@@ -369,7 +363,7 @@ mod tests {
             let db = Db::connect(&url, &schema).await.unwrap();
             let mut statements = vec![format!("CREATE SCHEMA {schema}")];
             for table in TABLES {
-                statements.push(format!("CREATE TABLE {schema}.{} ({})", table.name, table.ddl));
+                statements.push(format!("CREATE TABLE {schema}.{} ({})", table.name, table.ddl()));
             }
             statements.push(format!("GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {READER_ROLE}"));
             statements.push(format!(

@@ -1,21 +1,15 @@
-//! `audience`: the command-line entry point. Parses arguments, loads `.env`, dispatches, and maps errors to exit codes.
+//! `audience`: the command-line entry point. Parses arguments, loads `.env`, dispatches to `cli`, and maps errors to
+//! exit codes.
 
-mod agent;
-mod ask;
-mod bench;
-mod data_commands;
-mod exit;
-mod ledger;
-mod provider;
-mod repl;
-mod terminal;
-mod tool_command;
-mod trace;
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use audience::exit;
 use clap::{Parser, Subcommand};
+
+use cli::{ask, bench, data_commands, repl, terminal, tool_command};
 
 /// Agentic audience discovery over customer data in PostgreSQL and a vector index.
 #[derive(Parser, Debug)]

@@ -1,14 +1,16 @@
 //! The agent's trace: a rig hook recording each Thought (assistant text), Action (tool and arguments), the
 //! exact SQL and vector filter a tool ran (from the tool's host-only `ToolTrace`), the Observation, per-step
-//! latency and per-call token usage. It also stops the run on a fatal tool failure, steers the model back
-//! after an unknown tool name, and narrows the tools each model call is offered to the steps that can still
-//! follow ([`offered_tools`]), so a question's later calls do not resend every tool schema.
+//! latency and per-call token usage. It also stops the run on a fatal tool failure, asks again after an empty
+//! answer, steers the model back after a tool call it cannot make, and chooses the tools each model call is
+//! offered ([`offer`]), so a question's later calls do not resend every tool schema.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use audience_tools::failure::is_fatal;
+use audience_tools::audience::AudienceReport;
+use audience_tools::registry;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
 use rig_agent::agent::{
     AgentHook, CompletionCallAction, CompletionCallEvent, DispatchAction, DispatchEvent, HookContext,
@@ -16,17 +18,15 @@ use rig_agent::agent::{
     OutcomeAction, OutcomeEvent, RequestPatch,
 };
 use rig_core::completion::Usage;
-use rig_core::message::AssistantContent;
+use rig_core::message::{AssistantContent, ToolChoice};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
 
-/// Tools whose result defines "the audience": the customers they returned.
-const AUDIENCE_TOOLS: [&str; 2] = ["hybrid_discovery", "semantic_search"];
-/// Tool calls with a result that one question may make; the call after the last one is offered no tools, so
-/// the model answers. One is usual; the second fetches details of the customers the first one found.
-pub const MAX_TOOL_CALLS: usize = 2;
+/// Tool calls with a result that one question may make; the call after the last one must answer. One is usual;
+/// a second fetches details of the members found, or refines the audience once more.
+pub const MAX_TOOL_RESULTS: usize = 3;
 /// Longest observation kept in a step (the model saw the whole output).
 const OBSERVATION_CHARS: usize = 300;
 
@@ -41,24 +41,14 @@ pub struct Step {
     pub sql: Option<String>,
     /// The vector filter the tool used (our filter JSON, same for both engines).
     pub vector_filter: Option<Value>,
+    /// The size of the audience `find_audience` evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gate_size: Option<u64>,
+    pub audience_size: Option<u64>,
     /// A short summary of what the tool returned (or its error).
     pub observation: String,
     pub ok: bool,
     /// Tool wall time.
     pub ms: u64,
-}
-
-/// The customers a discovery tool returned last.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Audience {
-    /// How many customers match: the gate size for `hybrid_discovery`, else the number returned.
-    pub size: u64,
-    /// The ranked customers as the tool returned them.
-    pub customers: Vec<Value>,
 }
 
 /// What the hook recorded during one run.
@@ -67,7 +57,8 @@ pub struct RunLog {
     pub steps: Vec<Step>,
     pub calls: Vec<CallUsage>,
     pub embedding_tokens: u64,
-    pub audience: Option<Audience>,
+    /// The audience of this question's last successful `find_audience` call.
+    pub audience: Option<AudienceReport>,
     /// Set when a tool failed fatally; the run was stopped with this message.
     pub fatal: Option<String>,
     /// True when that fatal failure was the LLM provider's (the inner text-to-SQL call), not a store's.
@@ -140,7 +131,7 @@ enum Outcome {
 impl Outcome {
     fn of(output: Option<&Value>) -> Self {
         let Some(output) = output else { return Self::Failed };
-        let empty = ["customers", "rows", "records"]
+        let empty = ["members", "rows", "records"]
             .iter()
             .find_map(|key| output.get(key).and_then(Value::as_array))
             .is_some_and(Vec::is_empty);
@@ -148,36 +139,37 @@ impl Outcome {
     }
 }
 
-/// What may follow a tool that found something, in the same question. A discovery is followed by the
-/// details of the customers it found. An analytics result is followed by a discovery whose condition uses
-/// it ("who are the luxury fans in the country with the most customers?"); details need no second call, as
-/// the analytics query can select any profile column itself. A tool that found something is not offered
-/// again: a refinement is the user's next question, which is offered every tool.
+/// What the next model call of a question is offered, given its tool calls so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Offer {
+    /// Every tool: the first call, and after an error or an empty result (fix the arguments, or try another).
+    Every,
+    /// These tools, or an answer.
+    Only(&'static [&'static str]),
+    /// An answer: the tool budget of the question is used. `tool` stays declared (with tool choice `none`) so the
+    /// history keeps its tool calls and results in their own roles; a call without tools would make rig rewrite
+    /// them as user text, and stored customer text must never read as the user's words.
+    Answer { tool: &'static str },
+}
+
+/// What may follow a tool that found something, in the same question: the audience can always be refined
+/// again; a found audience is followed by its members' details, an analytics result by another query.
 fn follow_ups(tool: &str) -> &'static [&'static str] {
     match tool {
-        "hybrid_discovery" | "semantic_search" => &["sql_data_retriever"],
-        "sql_analytics" => &["hybrid_discovery"],
-        _ => &[],
+        "find_audience" | "sql_data_retriever" => &["find_audience", "sql_data_retriever"],
+        _ => &["sql_analytics", "find_audience"],
     }
 }
 
-/// The tools the next model call of a question is offered, given its tool calls so far; `None` is every tool.
-///
-/// Every call resends the schemas of the tools it offers, so offering only the steps that can still follow
-/// keeps a typical question's later calls small, and it enforces the plan the system prompt states: after
-/// an error or an empty result every tool (fix the arguments, or try another tool); after a result, only
-/// its follow-ups; after [`MAX_TOOL_CALLS`] results, none (answer).
-fn offered_tools(outcomes: &[(String, Outcome)]) -> Option<Vec<&'static str>> {
-    let found: Vec<&str> =
-        outcomes.iter().filter(|(_, outcome)| *outcome == Outcome::Found).map(|(tool, _)| tool.as_str()).collect();
-    if found.len() >= MAX_TOOL_CALLS {
-        return Some(Vec::new());
-    }
+/// The offer for the next call. Every call resends the schemas of the tools it offers, so offering what can
+/// still follow keeps a typical question's later calls small; nothing that can follow is withheld.
+fn offer(outcomes: &[(String, Outcome)]) -> Offer {
+    let found = outcomes.iter().filter(|(_, outcome)| *outcome == Outcome::Found).count();
     match outcomes.last() {
-        None | Some((_, Outcome::Failed | Outcome::Empty)) => None,
-        Some((tool, Outcome::Found)) => {
-            Some(follow_ups(tool).iter().copied().filter(|next| !found.contains(next)).collect())
-        }
+        None | Some((_, Outcome::Failed | Outcome::Empty)) if found < MAX_TOOL_RESULTS => Offer::Every,
+        _ if found >= MAX_TOOL_RESULTS => Offer::Answer { tool: "sql_analytics" },
+        Some((tool, _)) => Offer::Only(follow_ups(tool)),
+        None => Offer::Every,
     }
 }
 
@@ -253,16 +245,16 @@ fn truncate(text: &str, max: usize) -> String {
 /// A short, human-readable summary of a tool's JSON output.
 pub fn summarize_output(output: &Value) -> String {
     let count = |key: &str| output.get(key).and_then(Value::as_array).map(Vec::len);
-    if let Some(customers) = count("customers") {
-        let ids: Vec<String> = output["customers"]
+    if let Some(members) = count("members") {
+        let ids: Vec<String> = output["members"]
             .as_array()
             .into_iter()
             .flatten()
             .take(5)
             .filter_map(|c| c.get("customer_id").map(|id| id.to_string()))
             .collect();
-        let of = matching(output).map(|n| format!(" of {n} matching"));
-        return format!("{customers} customers ranked{}; top ids: {}", of.unwrap_or_default(), ids.join(", "));
+        let size = output.get("size").and_then(Value::as_u64).unwrap_or(members as u64);
+        return format!("audience of {size}; {members} members listed; top ids: {}", ids.join(", "));
     }
     if let Some(rows) = count("rows") {
         let total = output.get("row_count").and_then(Value::as_u64).unwrap_or(rows as u64);
@@ -275,18 +267,6 @@ pub fn summarize_output(output: &Value) -> String {
         return format!("{records} customer records");
     }
     truncate(&output.to_string(), OBSERVATION_CHARS)
-}
-
-/// How many customers matched: `gate_size` (hybrid_discovery) or `count` (semantic_search).
-fn matching(output: &Value) -> Option<u64> {
-    output.get("gate_size").or_else(|| output.get("count")).and_then(Value::as_u64)
-}
-
-/// The audience a discovery tool's output describes.
-fn audience_of(output: &Value) -> Option<Audience> {
-    let customers = output.get("customers")?.as_array()?.clone();
-    let size = matching(output).unwrap_or(customers.len() as u64);
-    Some(Audience { size, customers })
 }
 
 impl TraceHook {
@@ -344,9 +324,9 @@ impl TraceHook {
             }
         }
         if let Some(output) = &output
-            && AUDIENCE_TOOLS.contains(&tool)
+            && tool == registry::FIND_AUDIENCE.name
         {
-            log.audience = audience_of(output);
+            log.audience = serde_json::from_value(output.clone()).ok();
         }
         let outcome = if error.is_some() { Outcome::Failed } else { Outcome::of(output.as_ref()) };
         log.outcomes.push((tool.to_owned(), outcome));
@@ -359,8 +339,7 @@ impl TraceHook {
                 .as_ref()
                 .and_then(|t| t.vector_filter.as_ref())
                 .and_then(|f| serde_json::to_value(f).ok()),
-            strategy: trace.as_ref().and_then(|t| t.strategy).map(|s| s.as_str().to_owned()),
-            gate_size: trace.as_ref().and_then(|t| t.gate_size),
+            audience_size: trace.as_ref().and_then(|t| t.audience_size),
             observation,
             ok: error.is_none(),
             ms,
@@ -370,9 +349,6 @@ impl TraceHook {
         }
         if let Some(filter) = &step.vector_filter {
             self.say(format!("  vector filter: {filter}"));
-        }
-        if let Some(strategy) = &step.strategy {
-            self.say(format!("  strategy: {strategy}"));
         }
         self.say(format!("← observation ({} ms): {}", step.ms, step.observation));
         log.steps.push(step);
@@ -414,16 +390,16 @@ impl TraceHook {
 
 impl AgentHook for TraceHook {
     async fn on_completion_call(&self, _ctx: &HookContext, _event: CompletionCallEvent<'_>) -> CompletionCallAction {
-        let offered = offered_tools(&lock(&self.log).outcomes);
-        match offered {
-            None => CompletionCallAction::continue_run(),
-            Some(tools) => {
-                if tools.is_empty() {
-                    self.say("· next call: no tools, the model answers");
-                } else {
-                    self.say(format!("· next call offers: {}", tools.join(", ")));
-                }
-                CompletionCallAction::patch(RequestPatch::new().active_tools(tools))
+        let offer = offer(&lock(&self.log).outcomes);
+        match offer {
+            Offer::Every => CompletionCallAction::continue_run(),
+            Offer::Only(tools) => {
+                self.say(format!("· next call offers: {}", tools.join(", ")));
+                CompletionCallAction::patch(RequestPatch::new().active_tools(tools.to_vec()))
+            }
+            Offer::Answer { tool } => {
+                self.say("· next call: the model answers");
+                CompletionCallAction::patch(RequestPatch::new().active_tools([tool]).tool_choice(ToolChoice::None))
             }
         }
     }
@@ -498,21 +474,27 @@ impl AgentHook for TraceHook {
         event: &InvalidToolCallContext,
     ) -> Option<InvalidToolCallAction> {
         self.record_refused_call(event);
-        if !matches!(event.reason, InvalidToolCallReason::UnknownTool) {
-            return None;
-        }
-        // Tell the model which tools this step offers (see `offered_tools`), possibly none; the retry budget
-        // (AgentConfig::unknown_tool_retries) bounds this.
-        let feedback = if event.available_tools.is_empty() {
-            format!("There is no tool named `{}` at this step. Answer from the tool results you have.", event.tool_name)
-        } else {
-            format!(
-                "There is no tool named `{}` at this step. Call one of: {}.",
-                event.tool_name,
+        // Tell the model, truthfully, why the call cannot be made and what it can do instead (see `offer`); the
+        // retry budget (AgentConfig::unknown_tool_retries) bounds this.
+        let name = &event.tool_name;
+        let feedback = match &event.reason {
+            // Arguments that are not JSON get rig's own correction; reasons added later are rig's to handle too.
+            InvalidToolCallReason::MalformedArguments { .. } => return None,
+            InvalidToolCallReason::DisallowedByToolChoice => {
+                "This question has used its tool calls: answer now from the tool results you have.".to_owned()
+            }
+            InvalidToolCallReason::UnknownTool if registry::find(name).is_none() => {
+                let names: Vec<&str> = registry::TOOLS.iter().map(|tool| tool.name).collect();
+                format!("There is no tool named `{name}`; the tools are {}.", names.join(", "))
+            }
+            InvalidToolCallReason::UnknownTool => format!(
+                "`{name}` cannot follow the results this question already has; call one of {}, or answer from \
+                 the results.",
                 event.available_tools.join(", ")
-            )
+            ),
+            _ => return None,
         };
-        self.say(format!("! unknown tool `{}`; asking the model to use a listed tool", event.tool_name));
+        self.say(format!("! cannot call `{name}` now; telling the model why"));
         let mut log = lock(&self.log);
         let thought = log.pending_thought.take();
         log.steps.push(Step {
@@ -521,9 +503,8 @@ impl AgentHook for TraceHook {
             args: event.args.as_deref().and_then(|a| serde_json::from_str(a).ok()).unwrap_or(Value::Null),
             sql: None,
             vector_filter: None,
-            strategy: None,
-            gate_size: None,
-            observation: format!("error: unknown tool; available: {}", event.available_tools.join(", ")),
+            audience_size: None,
+            observation: format!("error: {feedback}"),
             ok: false,
             ms: 0,
         });
@@ -537,60 +518,46 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn summarizes_discovery_and_analytics_outputs() {
-        let discovery = json!({"gate_size": 42, "customers": [{"customer_id": 7}, {"customer_id": 9}]});
-        assert_eq!(summarize_output(&discovery), "2 customers ranked of 42 matching; top ids: 7, 9");
+    fn summarizes_audience_and_analytics_outputs() {
+        let audience = json!({"size": 42, "members": [{"customer_id": 7}, {"customer_id": 9}]});
+        assert_eq!(summarize_output(&audience), "audience of 42; 2 members listed; top ids: 7, 9");
         let analytics = json!({"rows": [{"n": 3}], "row_count": 1, "truncated": false});
         assert_eq!(summarize_output(&analytics), "1 rows; first: {\"n\":3}");
         let long = json!({"text": "x".repeat(1000)});
         assert!(summarize_output(&long).chars().count() <= OBSERVATION_CHARS + 1);
     }
 
+    /// Regression: after one discovery the model could only fetch details; a second gate or a refinement was told
+    /// "there is no tool named hybrid_discovery". The audience can now always be refined within the budget.
     #[test]
-    fn audience_uses_gate_size_when_present() {
-        let out = json!({"gate_size": 42, "customers": [{"customer_id": 7}]});
-        assert_eq!(audience_of(&out).unwrap().size, 42);
-        let out = json!({"count": 30, "customers": [{"customer_id": 7}]});
-        assert_eq!(audience_of(&out).unwrap().size, 30);
-        let out = json!({"customers": [{"customer_id": 7}, {"customer_id": 8}]});
-        assert_eq!(audience_of(&out).unwrap().size, 2);
-        assert!(audience_of(&json!({"rows": []})).is_none());
-    }
-
-    #[test]
-    fn each_call_is_offered_only_the_steps_that_can_follow() {
+    fn each_call_is_offered_what_can_follow_and_the_audience_stays_refinable() {
         let calls = |steps: &[(&str, Outcome)]| -> Vec<(String, Outcome)> {
             steps.iter().map(|(tool, outcome)| ((*tool).to_owned(), *outcome)).collect()
         };
         use Outcome::{Empty, Failed, Found};
-        assert_eq!(offered_tools(&[]), None, "the first call chooses among every tool");
-        assert_eq!(offered_tools(&calls(&[("hybrid_discovery", Found)])), Some(vec!["sql_data_retriever"]));
-        assert_eq!(offered_tools(&calls(&[("semantic_search", Found)])), Some(vec!["sql_data_retriever"]));
-        assert_eq!(offered_tools(&calls(&[("sql_analytics", Found)])), Some(vec!["hybrid_discovery"]));
-        assert_eq!(offered_tools(&calls(&[("sql_data_retriever", Found)])), Some(vec![]));
-        // Errors and empty results leave every tool: fix the arguments, or try another tool.
-        assert_eq!(offered_tools(&calls(&[("sql_analytics", Failed)])), None);
-        assert_eq!(offered_tools(&calls(&[("hybrid_discovery", Empty)])), None);
+        assert_eq!(offer(&[]), Offer::Every, "the first call chooses among every tool");
+        assert_eq!(offer(&calls(&[("find_audience", Found)])), Offer::Only(&["find_audience", "sql_data_retriever"]));
+        assert_eq!(offer(&calls(&[("sql_analytics", Found)])), Offer::Only(&["sql_analytics", "find_audience"]));
         assert_eq!(
-            offered_tools(&calls(&[("hybrid_discovery", Failed), ("hybrid_discovery", Found)])),
-            Some(vec!["sql_data_retriever"])
+            offer(&calls(&[("find_audience", Found), ("find_audience", Found)])),
+            Offer::Only(&["find_audience", "sql_data_retriever"]),
+            "a refinement can follow a refinement"
         );
-        // Two results, then the answer.
-        let two = calls(&[("hybrid_discovery", Found), ("sql_data_retriever", Found)]);
-        assert_eq!(offered_tools(&two), Some(vec![]));
-        let two = calls(&[("sql_analytics", Found), ("sql_data_retriever", Failed), ("semantic_search", Found)]);
-        assert_eq!(offered_tools(&two), Some(vec![]));
+        // Errors and empty results leave every tool: fix the arguments, or try another tool.
+        assert_eq!(offer(&calls(&[("sql_analytics", Failed)])), Offer::Every);
+        assert_eq!(offer(&calls(&[("find_audience", Empty)])), Offer::Every);
+        let three = calls(&[("find_audience", Found), ("sql_data_retriever", Found), ("find_audience", Found)]);
+        assert_eq!(offer(&three), Offer::Answer { tool: "sql_analytics" });
     }
 
     #[test]
     fn empty_results_are_told_apart_from_results() {
         assert_eq!(Outcome::of(None), Outcome::Failed);
-        assert_eq!(Outcome::of(Some(&json!({"gate_size": 0, "customers": []}))), Outcome::Empty);
+        assert_eq!(Outcome::of(Some(&json!({"size": 0, "members": []}))), Outcome::Empty);
         assert_eq!(Outcome::of(Some(&json!({"rows": [], "row_count": 0}))), Outcome::Empty);
         assert_eq!(Outcome::of(Some(&json!({"records": [], "missing_ids": [4]}))), Outcome::Empty);
-        assert_eq!(Outcome::of(Some(&json!({"count": 3, "customers": [{"customer_id": 1}]}))), Outcome::Found);
+        assert_eq!(Outcome::of(Some(&json!({"size": 3, "members": [{"customer_id": 1}]}))), Outcome::Found);
     }
-
     #[test]
     fn estimates_missing_usage_only() {
         let reported = Usage::new().input_tokens(100).output_tokens(5);

@@ -56,7 +56,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use audience_tools::schema::TABLES;
+use audience_tools::schema::{CUSTOMERS, EVENTS, TableSpec};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use csv::StringRecord;
 use serde::Deserialize;
@@ -92,11 +92,15 @@ impl Table {
         }
     }
 
-    fn columns(self) -> Vec<&'static str> {
+    fn spec(self) -> &'static TableSpec {
         match self {
-            Table::Customers => TABLES[0].columns(),
-            Table::Events => TABLES[1].columns(),
+            Table::Customers => &CUSTOMERS,
+            Table::Events => &EVENTS,
         }
+    }
+
+    fn columns(self) -> Vec<&'static str> {
+        self.spec().columns()
     }
 
     fn required(self) -> &'static [&'static str] {
@@ -388,6 +392,8 @@ struct CsvInput {
     record: StringRecord,
     row_number: u64,
     line: u64,
+    /// Our table's columns, in registry order.
+    table: Table,
     fields: Vec<Field>,
 }
 
@@ -448,7 +454,7 @@ impl CsvInput {
             let values = mapping.and_then(|m| m.values.get(target)).cloned();
             fields.push(Field { getter, values, format });
         }
-        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, fields })
+        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields })
     }
 
     /// Reads the next record; false at the end of the file. Unreadable input is a whole-file error.
@@ -467,8 +473,8 @@ impl CsvInput {
     }
 
     /// The value of our column number `index` in the current record; None when absent or empty.
-    fn get(&self, index: usize) -> Option<Cow<'_, str>> {
-        let field = &self.fields[index];
+    fn get(&self, column: &str) -> Option<Cow<'_, str>> {
+        let field = self.field(column)?;
         let raw: Cow<'_, str> = match field.getter.as_ref()? {
             Getter::Column(i) => Cow::Borrowed(self.record.get(*i).unwrap_or("").trim()),
             Getter::Value(value) => Cow::Borrowed(value.as_str()),
@@ -491,8 +497,15 @@ impl CsvInput {
         (!mapped.is_empty()).then_some(mapped)
     }
 
-    fn format(&self, index: usize) -> Option<&str> {
-        self.fields[index].format.as_deref()
+    fn format(&self, column: &str) -> Option<&str> {
+        self.field(column)?.format.as_deref()
+    }
+
+    /// Our column `column` (a registry name) as read from this file.
+    fn field(&self, column: &str) -> Option<&Field> {
+        let index = self.table.spec().index(column);
+        debug_assert!(index.is_some(), "{column} is not a {} column", self.table.name());
+        self.fields.get(index?)
     }
 
     fn reject(&self, reason: String) -> Reject {
@@ -876,7 +889,7 @@ impl CustomerReader {
     /// derived are skipped, and bad rows are not rejected here: their events are rejected with the reason.
     pub fn next_row(&mut self) -> Result<Option<Checked<Customer>>> {
         while self.source.advance()? {
-            let id = parse_id(self.source.get(0), "customer_id");
+            let id = parse_id(self.source.get("customer_id"), "customer_id");
             if self.derived {
                 let id = match id {
                     Ok(id) => id,
@@ -924,10 +937,10 @@ impl CustomerReader {
 
     fn customer(&self, customer_id: i64) -> Result<Customer, String> {
         let s = &self.source;
-        let text = |index: usize, column: &str| required(s.get(index).as_ref(), column).map(str::to_owned);
-        let email = text(3, "email")?;
+        let text = |column: &str| required(s.get(column).as_ref(), column).map(str::to_owned);
+        let email = text("email")?;
         check_email(&email)?;
-        let age = match s.get(5) {
+        let age = match s.get("age") {
             None => None,
             Some(age) => match age.parse::<i32>() {
                 Ok(age) if (0..=130).contains(&age) => Some(age),
@@ -936,13 +949,13 @@ impl CustomerReader {
         };
         Ok(Customer {
             customer_id,
-            first_name: text(1, "first_name")?,
-            last_name: text(2, "last_name")?,
+            first_name: text("first_name")?,
+            last_name: text("last_name")?,
             email,
-            country: parse_country(&text(4, "country")?)?,
+            country: parse_country(&text("country")?)?,
             age,
-            favorite_color: s.get(6).map(Cow::into_owned),
-            signup_date: s.get(7).map(|d| parse_date(&d, s.format(7), "signup_date")).transpose()?,
+            favorite_color: s.get("favorite_color").map(Cow::into_owned),
+            signup_date: s.get("signup_date").map(|d| parse_date(&d, s.format("signup_date"), "signup_date")).transpose()?,
         })
     }
 
@@ -988,13 +1001,13 @@ impl EventReader {
 
     fn event(&mut self) -> Result<Event, String> {
         let s = &self.source;
-        let event_id = parse_id(s.get(0), "event_id")?;
-        let customer_id = parse_id(s.get(1), "customer_id")?;
-        let event_type = parse_event_type(required(s.get(2).as_ref(), "event_type")?)?;
-        let product = required(s.get(3).as_ref(), "product")?.to_owned();
-        let color = s.get(4).map(Cow::into_owned);
-        let price_cents = parse_price(required(s.get(5).as_ref(), "price")?)?;
-        let quantity_text = s.get(6);
+        let event_id = parse_id(s.get("event_id"), "event_id")?;
+        let customer_id = parse_id(s.get("customer_id"), "customer_id")?;
+        let event_type = parse_event_type(required(s.get("event_type").as_ref(), "event_type")?)?;
+        let product = required(s.get("product").as_ref(), "product")?.to_owned();
+        let color = s.get("color").map(Cow::into_owned);
+        let price_cents = parse_price(required(s.get("price").as_ref(), "price")?)?;
+        let quantity_text = s.get("quantity");
         let quantity_text = required(quantity_text.as_ref(), "quantity")?;
         let quantity: i32 = match quantity_text.parse() {
             Ok(0) | Err(_) => return Err(format!("quantity {quantity_text:?} is not a non-zero integer")),
@@ -1003,7 +1016,7 @@ impl EventReader {
         if quantity < 0 && event_type != "purchase" {
             return Err(format!("negative quantity on a {event_type} event (only a purchase can be returned)"));
         }
-        let ts = parse_ts(required(s.get(7).as_ref(), "ts")?, s.format(7))?;
+        let ts = parse_ts(required(s.get("ts").as_ref(), "ts")?, s.format("ts"))?;
         if !self.known.ids.contains(customer_id) {
             return Err(match self.known.failed.get(&customer_id) {
                 Some(reason) => format!("customer_id {customer_id} has no valid customer row ({reason})"),

@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use audience_tools::dataset::DATASET_DDL;
 use audience_tools::db::{check_identifier, prepare_reader, tolerate_existing};
-use audience_tools::schema::{CUSTOMERS_DDL, EVENTS_DDL, READER_ROLE, TABLES};
+use audience_tools::schema::{CUSTOMERS, EVENTS, READER_ROLE, TABLES};
 use sqlx::postgres::PgCopyIn;
 use sqlx::{PgConnection, PgPool};
 
@@ -160,7 +160,7 @@ pub async fn load_staging(
     copy_secs += timer.elapsed().as_secs_f64();
 
     let customers_loaded =
-        copy_table(conn, "customers_staging", &TABLES[0].columns(), &mut customer_reader, &mut rejects, &mut copy_secs)
+        copy_table(conn, "customers_staging", &CUSTOMERS.columns(), &mut customer_reader, &mut rejects, &mut copy_secs)
             .await?;
     // Checked before the events are read: they cannot help, and their rejects would only repeat the customers'.
     if customers_loaded == 0 {
@@ -175,7 +175,7 @@ pub async fn load_staging(
     }
     let mut event_reader = EventReader::open(events, mapping, customer_reader.into_known())?;
     let events_loaded =
-        copy_table(conn, "events_staging", &TABLES[1].columns(), &mut event_reader, &mut rejects, &mut copy_secs)
+        copy_table(conn, "events_staging", &EVENTS.columns(), &mut event_reader, &mut rejects, &mut copy_secs)
             .await?;
     let event_rejects = rejects.end_file();
     if !opts.max_rejects.allows(event_rejects.count, events_loaded + event_rejects.count) {
@@ -244,8 +244,8 @@ fn over_limit(
 async fn create_staging(conn: &mut PgConnection) -> Result<()> {
     let statements = [
         "DROP TABLE IF EXISTS customers_staging, events_staging".to_owned(),
-        format!("CREATE TABLE customers_staging ({CUSTOMERS_DDL})"),
-        format!("CREATE TABLE events_staging ({EVENTS_DDL})"),
+        format!("CREATE TABLE customers_staging ({})", CUSTOMERS.ddl()),
+        format!("CREATE TABLE events_staging ({})", EVENTS.ddl()),
     ];
     for statement in statements {
         sqlx::query(&statement).execute(&mut *conn).await.context("cannot create the staging tables")?;
@@ -559,7 +559,7 @@ impl Drop for RejectSink {
 }
 
 /// Replaces live `customers`/`events`/`profiles` with the `*_staging` tables (the caller creates
-/// `profiles_staging`, e.g. from `PROFILES_DDL`), names each primary key `<table>_pkey`, creates the indexes
+/// `profiles_staging`, e.g. from `PROFILES.ddl()`), names each primary key `<table>_pkey`, creates the indexes
 /// (events by customer_id, by (event_type, ts), by ts, by (product, color); profiles by segment and by country),
 /// grants SELECT to the reader role and analyzes the tables. Run it inside the caller's transaction.
 pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
@@ -582,7 +582,7 @@ pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
             .execute(&mut *conn)
             .await
             .with_context(|| format!("cannot rename {}_staging", table.name))?;
-        ensure_primary_key(conn, table.name, table.columns()[0]).await?;
+        ensure_primary_key(conn, table.name, table.primary_key()).await?;
     }
     let statements = [
         "CREATE INDEX IF NOT EXISTS events_customer_id_idx ON events (customer_id)".to_owned(),
@@ -631,6 +631,11 @@ pub async fn prepare_schema(pool: &PgPool, schema: &str) -> Result<()> {
         sqlx::query(&format!("CREATE TABLE IF NOT EXISTS {schema}.dataset ({DATASET_DDL})")).execute(pool).await,
     )
     .with_context(|| format!("cannot create {schema}.dataset"))?;
+    // Added after the first release of the table.
+    sqlx::query(&format!("ALTER TABLE {schema}.dataset ADD COLUMN IF NOT EXISTS as_of DATE"))
+        .execute(pool)
+        .await
+        .with_context(|| format!("cannot update {schema}.dataset"))?;
     prepare_reader(pool, schema).await
 }
 

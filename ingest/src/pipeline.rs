@@ -85,7 +85,7 @@ pub async fn ingest(db: &Db, vectors: &VectorStore, embedder: &LazyEmbedder, req
     let stage = Instant::now();
     let (profiles, fingerprint) = fingerprint(&mut tx, ProfilesTable::Staging).await?;
     load::swap_in(&mut tx).await?;
-    let version = record_dataset(&mut tx, profiles, &fingerprint).await?;
+    let version = record_dataset(&mut tx, profiles, &fingerprint, profile_stats.as_of).await?;
     tx.commit().await.context("cannot commit the ingest")?;
     writer
         .publish(&Manifest { profiles, fingerprint, data_version: Some(version) })
@@ -145,14 +145,16 @@ async fn fingerprint(conn: &mut PgConnection, table: ProfilesTable) -> Result<(u
 }
 
 /// Records the new data in the `dataset` row and returns its version number.
-async fn record_dataset(conn: &mut PgConnection, profiles: u64, fingerprint: &str) -> Result<i64> {
+async fn record_dataset(conn: &mut PgConnection, profiles: u64, fingerprint: &str, as_of: NaiveDate) -> Result<i64> {
     sqlx::query_scalar(
-        "INSERT INTO dataset (id, version, profiles, fingerprint, ingested_at) VALUES (1, 1, $1, $2, now()) \
+        "INSERT INTO dataset (id, version, profiles, fingerprint, ingested_at, as_of) VALUES (1, 1, $1, $2, now(), $3) \
          ON CONFLICT (id) DO UPDATE SET version = dataset.version + 1, profiles = EXCLUDED.profiles, \
-         fingerprint = EXCLUDED.fingerprint, ingested_at = EXCLUDED.ingested_at RETURNING version",
+         fingerprint = EXCLUDED.fingerprint, ingested_at = EXCLUDED.ingested_at, as_of = EXCLUDED.as_of \
+         RETURNING version",
     )
     .bind(i64::try_from(profiles).unwrap_or(i64::MAX))
     .bind(fingerprint)
+    .bind(as_of)
     .fetch_one(&mut *conn)
     .await
     .context("cannot record the dataset version")

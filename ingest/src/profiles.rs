@@ -25,7 +25,7 @@ use chrono::{NaiveDate, Utc};
 use sqlx::PgConnection;
 
 use crate::render::{self, ProfileFacts};
-use audience_tools::schema::PROFILES_DDL;
+use audience_tools::schema::PROFILES;
 
 /// Days without a purchase after which a customer counts as churned.
 pub const CHURN_DAYS: i32 = 90;
@@ -82,10 +82,11 @@ pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Resul
 
     render_texts(conn).await.context("cannot write profile texts")?;
 
-    sqlx::query(&format!("CREATE TABLE profiles_staging ({PROFILES_DDL})")).execute(&mut *conn).await?;
+    sqlx::query(&format!("CREATE TABLE profiles_staging ({})", PROFILES.ddl())).execute(&mut *conn).await?;
+    let facts = fact_columns().join(", ");
     sqlx::query(&format!(
-        "INSERT INTO profiles_staging ({FACT_COLUMNS}, profile_text, text_hash) \
-         SELECT {FACT_COLUMNS}, t.profile_text, t.text_hash FROM profile_facts JOIN profile_texts t USING (customer_id)"
+        "INSERT INTO profiles_staging ({facts}, profile_text, text_hash) \
+         SELECT {facts}, t.profile_text, t.text_hash FROM profile_facts JOIN profile_texts t USING (customer_id)"
     ))
     .execute(&mut *conn)
     .await
@@ -154,10 +155,10 @@ fn copy_escape(value: &str) -> String {
     out
 }
 
-/// The profile columns computed in SQL, i.e. all of `PROFILES_DDL` but the rendered text and its hash.
-const FACT_COLUMNS: &str = "customer_id, first_name, last_name, email, country, age, favorite_color, total_spent, \
-    order_count, return_count, first_purchase, last_purchase, recency_days, frequency, monetary, r_score, f_score, \
-    m_score, churned, segment, interests, preferred_colors, likes_luxury";
+/// The profile columns computed in SQL: every profiles column but the rendered text and its hash.
+fn fact_columns() -> Vec<&'static str> {
+    PROFILES.columns().into_iter().filter(|c| !matches!(*c, "profile_text" | "text_hash")).collect()
+}
 
 /// `$1` = as_of (date), `$2` = churn days, `$3` = luxury spend. Events are scanned twice: once for purchase totals,
 /// once (pre-aggregated per customer, product and color) for interests and colors.

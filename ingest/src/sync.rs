@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use audience_tools::embed::LazyEmbedder;
-use audience_tools::profile::{PAYLOAD_SELECT, ProfilePayload};
+use audience_tools::schema::payload_json_sql;
 use audience_tools::vector::{VectorIndex, VectorPoint};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sqlx::PgConnection;
@@ -46,10 +46,11 @@ pub struct SyncReport {
     pub upsert_seconds: f64,
 }
 
+/// One profile to embed: its id, its vector payload as JSON text (see `schema::payload_json_sql`) and its text.
 #[derive(sqlx::FromRow)]
 struct ProfileRow {
-    #[sqlx(flatten)]
-    payload: ProfilePayload,
+    customer_id: i64,
+    payload: String,
     profile_text: String,
 }
 
@@ -97,7 +98,9 @@ pub async fn sync(
     let (mut embed_seconds, mut upsert_seconds) = (0.0, 0.0);
     for ids in to_embed.chunks(CHUNK) {
         let rows: Vec<ProfileRow> = sqlx::query_as(&format!(
-            "SELECT {PAYLOAD_SELECT}, profile_text FROM {table} WHERE customer_id = ANY($1) ORDER BY customer_id"
+            "SELECT customer_id, {} AS payload, profile_text FROM {table} WHERE customer_id = ANY($1) \
+             ORDER BY customer_id",
+            payload_json_sql()
         ))
         .bind(ids)
         .fetch_all(&mut *conn)
@@ -112,9 +115,10 @@ pub async fn sync(
             .into_iter()
             .zip(embedded.vectors)
             .map(|(row, vector)| {
-                let id = u64::try_from(row.payload.customer_id)
-                    .with_context(|| format!("customer id {} cannot be a vector id", row.payload.customer_id))?;
-                Ok(VectorPoint { id, vector, payload: row.payload.to_payload() })
+                let id = u64::try_from(row.customer_id)
+                    .with_context(|| format!("customer id {} cannot be a vector id", row.customer_id))?;
+                let payload = serde_json::from_str(&row.payload).context("a profile payload is not a JSON object")?;
+                Ok(VectorPoint { id, vector, payload })
             })
             .collect::<Result<Vec<_>>>()?;
         let count = points.len() as u64;

@@ -13,7 +13,7 @@ use audience_ingest::generate::{GenerateOptions, generate};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::{LoadOptions, LoadReport, RejectLimit, load_staging, prepare_schema, swap_in};
 use audience_tools::db::{Db, ReadLimits};
-use audience_tools::schema::PROFILES_DDL;
+use audience_tools::schema::PROFILES;
 use chrono::NaiveDate;
 use futures::FutureExt;
 
@@ -53,7 +53,7 @@ where
 async fn ingest(db: &Db, customers: &Path, events: &Path, opts: &LoadOptions) -> Result<LoadReport> {
     let mut tx = db.pool.begin().await?;
     let report = load_staging(&mut tx, customers, events, opts).await?;
-    sqlx::query(&format!("CREATE TABLE profiles_staging ({PROFILES_DDL})")).execute(&mut *tx).await?;
+    sqlx::query(&format!("CREATE TABLE profiles_staging ({})", PROFILES.ddl())).execute(&mut *tx).await?;
     swap_in(&mut tx).await?;
     tx.commit().await?;
     Ok(report)

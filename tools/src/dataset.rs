@@ -7,6 +7,7 @@
 //! instead of silently answering from it.
 
 use anyhow::{Context, Result};
+use chrono::NaiveDate;
 
 use crate::db::Db;
 
@@ -16,7 +17,8 @@ pub const DATASET_DDL: &str = "
     version     BIGINT NOT NULL,
     profiles    BIGINT NOT NULL,
     fingerprint TEXT NOT NULL,
-    ingested_at TIMESTAMPTZ NOT NULL";
+    ingested_at TIMESTAMPTZ NOT NULL,
+    as_of       DATE";
 
 /// The profile count and fingerprint of `table` (`profiles` or `profiles_staging`): the md5 of every text hash in
 /// customer order, so any added, removed or changed profile changes it.
@@ -32,6 +34,8 @@ pub struct Dataset {
     pub version: i64,
     pub profiles: u64,
     pub fingerprint: String,
+    /// The day the profiles were computed for: relative days in audience clauses count back from it.
+    pub as_of: Option<NaiveDate>,
 }
 
 impl Dataset {
@@ -45,15 +49,16 @@ impl Dataset {
         if exists.is_none() {
             return Ok(None);
         }
-        let row: Option<(i64, i64, String)> =
-            sqlx::query_as("SELECT version, profiles, fingerprint FROM dataset WHERE id = 1")
+        let row: Option<(i64, i64, String, Option<NaiveDate>)> =
+            sqlx::query_as("SELECT version, profiles, fingerprint, as_of FROM dataset WHERE id = 1")
                 .fetch_optional(&db.pool)
                 .await
                 .context("cannot read the dataset version")?;
-        Ok(row.map(|(version, profiles, fingerprint)| Self {
+        Ok(row.map(|(version, profiles, fingerprint, as_of)| Self {
             version,
             profiles: u64::try_from(profiles).unwrap_or(0),
             fingerprint,
+            as_of,
         }))
     }
 

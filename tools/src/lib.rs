@@ -4,16 +4,15 @@
 //! (`vector::VectorIndex`) lives here so both engines are implemented once, but only the
 //! `audience-ingest` crate calls its write methods; tools receive `Arc<dyn VectorSearch>`.
 
+pub mod audience;
 pub mod dataset;
 pub mod db;
 pub mod embed;
 pub mod failure;
-pub mod hybrid_discovery;
 pub mod observe;
 pub mod paths;
-pub mod profile;
+pub mod registry;
 pub mod schema;
-pub mod semantic_search;
 pub mod sql_analytics;
 pub mod sql_data_retriever;
 pub mod sql_guard;

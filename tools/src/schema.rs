@@ -1,126 +1,217 @@
-//! The PostgreSQL data model: table DDL, the columns the tools may read, and the read-only role.
+//! The PostgreSQL data model as one column registry: table DDL, the columns the tools may read, the vector
+//! payload and its indexes, and the read-only role.
 //!
-//! This is the one source of truth for table and column names: ingest creates tables from it,
-//! the SQL guard allows exactly these tables and columns, and the retriever builds its SELECT
-//! from `PROFILE_FIELDS`.
+//! This is the one source of truth for table and column names. Ingest creates tables from it (`TableSpec::ddl`)
+//! and reads CSV columns by these names, the SQL guard allows exactly these tables and columns, the retriever
+//! builds its SELECT from the retrievable profile columns, and the vector payload (and its payload indexes) is
+//! built from the columns marked for it.
 
-/// The role that runs all model-written SQL. It has USAGE on the schema and SELECT on its tables, nothing else.
+use crate::vector::FieldKind;
+
+/// The role that runs all model-written SQL. It logs in with SELECT on the schema's tables and nothing else.
 pub const READER_ROLE: &str = "audience_reader";
 
-/// Customer rows from the CRM export.
-pub const CUSTOMERS_DDL: &str = "
-    customer_id    BIGINT PRIMARY KEY,
-    first_name     TEXT NOT NULL,
-    last_name      TEXT NOT NULL,
-    email          TEXT NOT NULL,
-    country        TEXT NOT NULL,
-    age            INTEGER,
-    favorite_color TEXT,
-    signup_date    DATE";
-
-/// Clickstream and purchase events. A negative quantity is a return.
-pub const EVENTS_DDL: &str = "
-    event_id    BIGINT PRIMARY KEY,
-    customer_id BIGINT NOT NULL,
-    event_type  TEXT NOT NULL CHECK (event_type IN ('view', 'add_to_cart', 'purchase')),
-    product     TEXT NOT NULL,
-    color       TEXT,
-    price       NUMERIC(12,2) NOT NULL,
-    quantity    INTEGER NOT NULL,
-    ts          TIMESTAMPTZ NOT NULL";
-
-/// One row per customer, computed in SQL by ingest.
-pub const PROFILES_DDL: &str = "
-    customer_id      BIGINT PRIMARY KEY,
-    first_name       TEXT NOT NULL,
-    last_name        TEXT NOT NULL,
-    email            TEXT NOT NULL,
-    country          TEXT NOT NULL,
-    age              INTEGER,
-    favorite_color   TEXT,
-    total_spent      NUMERIC(14,2) NOT NULL,
-    order_count      INTEGER NOT NULL,
-    return_count     INTEGER NOT NULL,
-    first_purchase   TIMESTAMPTZ,
-    last_purchase    TIMESTAMPTZ,
-    recency_days     INTEGER,
-    frequency        INTEGER NOT NULL,
-    monetary         NUMERIC(14,2) NOT NULL,
-    r_score          SMALLINT NOT NULL,
-    f_score          SMALLINT NOT NULL,
-    m_score          SMALLINT NOT NULL,
-    churned          BOOLEAN NOT NULL,
-    segment          TEXT NOT NULL,
-    interests        TEXT[] NOT NULL,
-    preferred_colors TEXT[] NOT NULL,
-    likes_luxury     BOOLEAN NOT NULL,
-    profile_text     TEXT NOT NULL,
-    text_hash        TEXT NOT NULL";
-
-/// Table name and its column list, in DDL order.
-pub struct TableSpec {
-    pub name: &'static str,
-    pub ddl: &'static str,
+/// Whether and how a profile column travels in the vector payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    No,
+    /// Stored under `key`, without a payload index.
+    Stored { key: &'static str },
+    /// Stored under `key`, with a payload index of `kind` (so vector filters can use it).
+    Indexed { key: &'static str, kind: FieldKind },
 }
 
-pub const TABLES: [TableSpec; 3] = [
-    TableSpec { name: "customers", ddl: CUSTOMERS_DDL },
-    TableSpec { name: "events", ddl: EVENTS_DDL },
-    TableSpec { name: "profiles", ddl: PROFILES_DDL },
-];
+/// One column of one table.
+#[derive(Clone, Copy, Debug)]
+pub struct Column {
+    pub name: &'static str,
+    /// The PostgreSQL type and column constraints, as written in the DDL.
+    pub sql: &'static str,
+    /// `sql_data_retriever` may return it (profiles only).
+    pub retrievable: bool,
+    pub payload: Payload,
+}
+
+const fn column(name: &'static str, sql: &'static str) -> Column {
+    Column { name, sql, retrievable: false, payload: Payload::No }
+}
+
+/// A profile column that the retriever may return, with its place in the vector payload.
+const fn field(name: &'static str, sql: &'static str, payload: Payload) -> Column {
+    Column { name, sql, retrievable: true, payload }
+}
+
+const fn stored(key: &'static str) -> Payload {
+    Payload::Stored { key }
+}
+
+const fn indexed(key: &'static str, kind: FieldKind) -> Payload {
+    Payload::Indexed { key, kind }
+}
+
+/// A table: its name, its columns in DDL order (the first is the primary key), and table constraints.
+#[derive(Debug)]
+pub struct TableSpec {
+    pub name: &'static str,
+    pub columns: &'static [Column],
+    pub constraints: &'static [&'static str],
+}
 
 impl TableSpec {
-    /// Column names in DDL order (the first word of each non-constraint line).
+    /// The column list of `CREATE TABLE name (...)`.
+    pub fn ddl(&self) -> String {
+        let mut lines: Vec<String> = self.columns.iter().map(|c| format!("{} {}", c.name, c.sql)).collect();
+        lines.extend(self.constraints.iter().map(|c| (*c).to_owned()));
+        lines.join(",\n    ")
+    }
+
+    /// Column names in DDL order.
     pub fn columns(&self) -> Vec<&'static str> {
-        self.ddl
-            .split(',')
-            .filter_map(|line| line.split_whitespace().next())
-            .filter(|word| word.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-            .filter(|word| !matches!(*word, "primary" | "check"))
-            .collect()
+        self.columns.iter().map(|c| c.name).collect()
+    }
+
+    /// The position of `name` in the DDL order (a CSV reader's field index), if it is a column.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn primary_key(&self) -> &'static str {
+        self.columns.first().map_or("", |c| c.name)
     }
 }
 
+/// Customer rows from the CRM export.
+pub const CUSTOMERS: TableSpec = TableSpec {
+    name: "customers",
+    columns: &[
+        column("customer_id", "BIGINT PRIMARY KEY"),
+        column("first_name", "TEXT NOT NULL"),
+        column("last_name", "TEXT NOT NULL"),
+        column("email", "TEXT NOT NULL"),
+        column("country", "TEXT NOT NULL"),
+        column("age", "INTEGER"),
+        column("favorite_color", "TEXT"),
+        column("signup_date", "DATE"),
+    ],
+    constraints: &[],
+};
+
+/// Clickstream and purchase events. A negative quantity is a return.
+pub const EVENTS: TableSpec = TableSpec {
+    name: "events",
+    columns: &[
+        column("event_id", "BIGINT PRIMARY KEY"),
+        column("customer_id", "BIGINT NOT NULL"),
+        column("event_type", "TEXT NOT NULL CHECK (event_type IN ('view', 'add_to_cart', 'purchase'))"),
+        column("product", "TEXT NOT NULL"),
+        column("color", "TEXT"),
+        column("price", "NUMERIC(12,2) NOT NULL"),
+        column("quantity", "INTEGER NOT NULL"),
+        column("ts", "TIMESTAMPTZ NOT NULL"),
+    ],
+    constraints: &[],
+};
+
+/// One row per customer, computed in SQL by ingest.
+pub const PROFILES: TableSpec = TableSpec {
+    name: "profiles",
+    columns: &[
+        field("customer_id", "BIGINT PRIMARY KEY", indexed("customer_id", FieldKind::Integer)),
+        field("first_name", "TEXT NOT NULL", stored("first_name")),
+        field("last_name", "TEXT NOT NULL", stored("last_name")),
+        field("email", "TEXT NOT NULL", stored("email")),
+        field("country", "TEXT NOT NULL", indexed("country", FieldKind::Keyword)),
+        field("age", "INTEGER", indexed("age", FieldKind::Integer)),
+        field("favorite_color", "TEXT", indexed("favorite_color", FieldKind::Keyword)),
+        field("total_spent", "NUMERIC(14,2) NOT NULL", indexed("total_spent", FieldKind::Float)),
+        field("order_count", "INTEGER NOT NULL", Payload::No),
+        field("return_count", "INTEGER NOT NULL", Payload::No),
+        field("first_purchase", "TIMESTAMPTZ", Payload::No),
+        field("last_purchase", "TIMESTAMPTZ", Payload::No),
+        field("recency_days", "INTEGER", stored("recency_days")),
+        field("frequency", "INTEGER NOT NULL", stored("frequency")),
+        field("monetary", "NUMERIC(14,2) NOT NULL", stored("monetary")),
+        field("r_score", "SMALLINT NOT NULL", stored("r_score")),
+        field("f_score", "SMALLINT NOT NULL", stored("f_score")),
+        field("m_score", "SMALLINT NOT NULL", stored("m_score")),
+        field("churned", "BOOLEAN NOT NULL", indexed("churned", FieldKind::Bool)),
+        field("segment", "TEXT NOT NULL", indexed("segment", FieldKind::Keyword)),
+        // `calculated_interests` is the design's payload name for the interests.
+        field("interests", "TEXT[] NOT NULL", indexed("calculated_interests", FieldKind::Keyword)),
+        field("preferred_colors", "TEXT[] NOT NULL", stored("preferred_colors")),
+        field("likes_luxury", "BOOLEAN NOT NULL", indexed("likes_luxury", FieldKind::Bool)),
+        // Ingest's bookkeeping: the rendered text and its hash (the hash also travels, for incremental embedding).
+        column("profile_text", "TEXT NOT NULL"),
+        Column { name: "text_hash", sql: "TEXT NOT NULL", retrievable: false, payload: stored("text_hash") },
+    ],
+    constraints: &[],
+};
+
+/// The tables ingest loads and swaps, and the tools read.
+pub const TABLES: [TableSpec; 3] = [CUSTOMERS, EVENTS, PROFILES];
+
 /// Columns the `sql_data_retriever` tool may return, the allow-list its query is built from.
-pub const PROFILE_FIELDS: &[&str] = &[
-    "customer_id",
-    "first_name",
-    "last_name",
-    "email",
-    "country",
-    "age",
-    "favorite_color",
-    "total_spent",
-    "order_count",
-    "return_count",
-    "first_purchase",
-    "last_purchase",
-    "recency_days",
-    "frequency",
-    "monetary",
-    "r_score",
-    "f_score",
-    "m_score",
-    "churned",
-    "segment",
-    "interests",
-    "preferred_colors",
-    "likes_luxury",
-];
+pub fn profile_fields() -> Vec<&'static str> {
+    PROFILES.columns.iter().filter(|c| c.retrievable).map(|c| c.name).collect()
+}
+
+/// Payload fields that get a payload index in the vector engine, and their kind.
+pub fn indexed_payload_fields() -> Vec<(&'static str, FieldKind)> {
+    PROFILES
+        .columns
+        .iter()
+        .filter_map(|c| match c.payload {
+            Payload::Indexed { key, kind } => Some((key, kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A SQL expression over `profiles` that renders one profile's vector payload as JSON text: every payload column
+/// under its key (numbers as JSON numbers), plus `rfm_score` (e.g. "545") for display.
+pub fn payload_json_sql() -> String {
+    let mut pairs: Vec<String> = PROFILES
+        .columns
+        .iter()
+        .filter_map(|c| {
+            let key = match c.payload {
+                Payload::No => return None,
+                Payload::Stored { key } | Payload::Indexed { key, .. } => key,
+            };
+            // NUMERIC would come out as a JSON number anyway, but float8 keeps the payload's range queries simple.
+            let value = if c.sql.starts_with("NUMERIC") { format!("{}::float8", c.name) } else { c.name.to_owned() };
+            Some(format!("'{key}', {value}"))
+        })
+        .collect();
+    pairs.push("'rfm_score', r_score::text || f_score::text || m_score::text".to_owned());
+    format!("json_build_object({})::text", pairs.join(", "))
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn columns_follow_ddl_order() {
+    fn ddl_and_columns_follow_the_registry() {
         assert_eq!(
-            TABLES[1].columns(),
+            EVENTS.columns(),
             ["event_id", "customer_id", "event_type", "product", "color", "price", "quantity", "ts"]
         );
-        let profile_columns = TABLES[2].columns();
-        for field in PROFILE_FIELDS {
-            assert!(profile_columns.contains(field), "{field} is not a profiles column");
+        assert!(EVENTS.ddl().starts_with("event_id BIGINT PRIMARY KEY,\n    customer_id BIGINT NOT NULL"));
+        assert_eq!(CUSTOMERS.index("email"), Some(3));
+        assert_eq!(PROFILES.primary_key(), "customer_id");
+        let fields = profile_fields();
+        assert!(fields.contains(&"interests") && !fields.contains(&"profile_text") && !fields.contains(&"text_hash"));
+    }
+
+    #[test]
+    fn payload_carries_the_indexed_fields_and_the_text_hash() {
+        let sql = payload_json_sql();
+        for (key, _) in indexed_payload_fields() {
+            assert!(sql.contains(&format!("'{key}', ")), "{key} missing from {sql}");
         }
+        assert!(sql.contains("'calculated_interests', interests"), "{sql}");
+        assert!(sql.contains("'text_hash', text_hash") && sql.contains("'total_spent', total_spent::float8"), "{sql}");
+        assert!(!sql.contains("profile_text"), "{sql}");
     }
 }

@@ -22,7 +22,7 @@ use sqlx::{Executor, Statement};
 use crate::db::{Db, ReadLimits};
 use crate::failure::ToolFailure;
 use crate::observe;
-use crate::schema::{PROFILE_FIELDS, TABLES};
+use crate::schema::{TABLES, profile_fields};
 use crate::sql_guard;
 use crate::stores::Stores;
 use crate::trace::{InnerLlmCall, ToolTrace, TracedTool};
@@ -181,13 +181,13 @@ impl<M: CompletionModel> TracedTool for SqlAnalytics<M> {
 }
 
 impl<M: CompletionModel> Tool for SqlAnalytics<M> {
-    const NAME: &'static str = "sql_analytics";
+    const NAME: &'static str = crate::registry::SQL_ANALYTICS.name;
     type Args = SqlAnalyticsArgs;
     type Output = ToolOutput;
     type Error = ToolFailure;
 
     fn description(&self) -> String {
-        include_str!("../../prompts/tools/sql_analytics.md").trim().to_owned()
+        crate::registry::SQL_ANALYTICS.text().to_owned()
     }
 
     fn parameters(&self) -> Value {
@@ -296,11 +296,12 @@ impl Grounding {
         .context("cannot read the table columns from information_schema")?;
         // Text is the common type, so only the other types are written. Profile columns that are not profile
         // fields (the rendered text and its hash) are ingest's bookkeeping, not data to count.
+        let fields = profile_fields();
         let mut prompt = String::from("Tables (PostgreSQL; columns are text unless typed):\n");
         for table in &tables {
             let list: Vec<String> = columns
                 .iter()
-                .filter(|(t, column, _)| t == table && (t != "profiles" || PROFILE_FIELDS.contains(&column.as_str())))
+                .filter(|(t, column, _)| t == table && (t != "profiles" || fields.contains(&column.as_str())))
                 .map(|(_, column, data_type)| match short_type(data_type) {
                     text if text == "text" => column.clone(),
                     other => format!("{column} {other}"),

@@ -1,5 +1,5 @@
 //! `sql_data_retriever`: profile records for given customer ids. It builds its own SELECT from the
-//! allow-listed `PROFILE_FIELDS` and binds the ids; no model-written SQL is involved.
+//! allow-listed retrievable profile columns (`schema::profile_fields`) and binds the ids; no model-written SQL is involved.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::failure::ToolFailure;
 use crate::observe;
-use crate::schema::PROFILE_FIELDS;
+use crate::schema::profile_fields;
 use crate::stores::Stores;
 use crate::trace::{ToolTrace, TracedTool};
 
@@ -65,17 +65,18 @@ impl SqlDataRetriever {
     }
 }
 
-/// The SELECT for the requested fields; only names from `PROFILE_FIELDS` reach the SQL text.
+/// The SELECT for the requested fields; only names from `schema::profile_fields` reach the SQL text.
 fn select_sql(fields: Option<&[String]>) -> Result<String, ToolFailure> {
     let mut columns: Vec<&str> = vec!["customer_id"];
     match fields {
         None => columns.extend(DEFAULT_FIELDS.iter().filter(|f| **f != "customer_id")),
         Some(fields) => {
             for field in fields {
-                let Some(known) = PROFILE_FIELDS.iter().find(|known| **known == field.trim()) else {
+                let allowed = profile_fields();
+                let Some(known) = allowed.iter().find(|known| **known == field.trim()) else {
                     return Err(ToolFailure::Correctable(format!(
                         "unknown field `{field}`; choose from: {}",
-                        PROFILE_FIELDS.join(", ")
+                        allowed.join(", ")
                     )));
                 };
                 if !columns.contains(known) {
@@ -154,18 +155,18 @@ impl TracedTool for SqlDataRetriever {
 }
 
 impl Tool for SqlDataRetriever {
-    const NAME: &'static str = "sql_data_retriever";
+    const NAME: &'static str = crate::registry::SQL_DATA_RETRIEVER.name;
     type Args = SqlDataRetrieverArgs;
     type Output = ToolOutput;
     type Error = ToolFailure;
 
     fn description(&self) -> String {
-        include_str!("../../prompts/tools/sql_data_retriever.md").trim().to_owned()
+        crate::registry::SQL_DATA_RETRIEVER.text().to_owned()
     }
 
     fn parameters(&self) -> Value {
         // customer_id comes with every record; the limit on ids is in the description.
-        let fields: Vec<&str> = PROFILE_FIELDS.iter().copied().filter(|field| *field != "customer_id").collect();
+        let fields: Vec<&str> = profile_fields().into_iter().filter(|field| *field != "customer_id").collect();
         json!({
             "type": "object",
             "properties": {

@@ -29,7 +29,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 
-use crate::schema::TABLES;
+use crate::schema::{EVENTS, PROFILES, TABLES, TableSpec};
 
 /// Functions model SQL may call. None of them reads files, sleeps, talks to the network or changes settings.
 pub const ALLOWED_FUNCTIONS: &[&str] = &[
@@ -112,10 +112,10 @@ pub const ALLOWED_FUNCTIONS: &[&str] = &[
     "width_bucket",
 ];
 
-/// Longest gate condition accepted, in characters. A gate is a WHERE-clause fragment, typically under 300
+/// Longest clause condition accepted, in characters. A condition is a WHERE-clause fragment, typically under 300
 /// characters; 4,000 still fits an IN list of several hundred values, and anything longer is not a condition a
 /// model means to write (and would be echoed into every later request of the conversation).
-pub const MAX_GATE_CONDITION_CHARS: usize = 4_000;
+pub const MAX_CONDITION_CHARS: usize = 4_000;
 
 /// Longest analytics SQL accepted, in characters. The text-to-SQL call may answer with at most 800 tokens (about
 /// 3,200 characters), so 10,000 leaves room for SQL passed directly while refusing megabytes of it.
@@ -232,67 +232,52 @@ fn checked_query(sql: &str) -> Checked<String> {
     Ok(query.to_string())
 }
 
-/// Checks a gate condition: one boolean expression over `events` and `customers` columns, without subqueries.
-/// Returns the condition as the guard renders it.
-pub fn check_gate(condition: &str) -> Checked<String> {
-    checked_gate(condition).map(|(condition, _)| condition)
+/// The table an audience clause's condition reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionTable {
+    /// A condition on one event (`Event::sql`).
+    Events,
+    /// A condition on one customer's profile (`Rule::Sql`).
+    Profiles,
 }
 
-/// [`check_gate`], plus the names (columns and table qualifiers, lowercased) the condition uses.
-fn checked_gate(condition: &str) -> Checked<(String, Vec<String>)> {
-    let condition = lexical_check(condition, Mode::Gate)?;
-    on_guard_stack(|| checked_condition(condition))
+impl ConditionTable {
+    fn spec(self) -> &'static TableSpec {
+        match self {
+            Self::Events => &EVENTS,
+            Self::Profiles => &PROFILES,
+        }
+    }
 }
 
-/// The part of [`checked_gate`] that builds, walks, renders and drops an AST.
-fn checked_condition(condition: &str) -> Checked<(String, Vec<String>)> {
+/// Checks a clause condition: one boolean expression over the bare column names of one table, without
+/// subqueries. Returns the condition as the guard renders it.
+pub fn check_condition(condition: &str, table: ConditionTable) -> Checked<String> {
+    let mode = Mode::Condition(table);
+    let condition = lexical_check(condition, mode)?;
+    on_guard_stack(|| checked_condition(condition, mode))
+}
+
+/// The part of [`check_condition`] that builds, walks, renders and drops an AST.
+fn checked_condition(condition: &str, mode: Mode) -> Checked<String> {
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect)
         .with_recursion_limit(PARSER_RECURSION_LIMIT)
         .try_with_sql(condition)
-        .map_err(|e| parse_refusal(Mode::Gate, e))?;
-    let expr = parser.parse_expr().map_err(|e| parse_refusal(Mode::Gate, e))?;
+        .map_err(|e| parse_refusal(mode, e))?;
+    let expr = parser.parse_expr().map_err(|e| parse_refusal(mode, e))?;
     if parser.peek_token().token != Token::EOF {
         return refuse("the condition must be exactly one boolean expression (nothing after it)");
     }
-    let mut checker = Checker::new(Mode::Gate);
+    let mut checker = Checker::new(mode);
     checker.expr(&expr)?;
     checker.check_identifiers()?;
-    Ok((expr.to_string(), checker.used))
+    Ok(expr.to_string())
 }
 
 /// Runs `check` on a fresh stack of [`GUARD_STACK_BYTES`]; everything it builds must be dropped inside it.
 fn on_guard_stack<T>(check: impl FnOnce() -> T) -> T {
     stacker::grow(GUARD_STACK_BYTES, check)
-}
-
-/// The gate query `hybrid_discovery` runs: the ids of customers with an event matching `condition`.
-///
-/// Every event belongs to a loaded customer (ingest rejects the others), so the join is needed only when the
-/// condition reads both tables. The query takes the cheapest of three equivalent shapes, by what it reads:
-/// - customers' columns only: customers matching it that have any event, one index probe per customer (a
-///   10k-customer gate over 5M events takes about 1 ms instead of a 500k-row DISTINCT);
-/// - events' columns only: DISTINCT over the matching events, without the join;
-/// - both: DISTINCT over the join.
-///
-/// `customer_id` is in both tables and decides nothing.
-pub fn gate_query(condition: &str) -> Checked<String> {
-    let (condition, used) = checked_gate(condition)?;
-    let reads = |table: &str| {
-        let spec = TABLES.iter().find(|t| t.name == table);
-        let columns = spec.map(|t| t.columns()).unwrap_or_default();
-        used.iter().any(|name| name == table || (name != "customer_id" && columns.contains(&name.as_str())))
-    };
-    Ok(match (reads("events"), reads("customers")) {
-        (false, _) => format!(
-            "SELECT customer_id FROM customers WHERE ({condition}) \
-             AND EXISTS (SELECT 1 FROM events WHERE events.customer_id = customers.customer_id)"
-        ),
-        (true, false) => format!("SELECT DISTINCT customer_id FROM events WHERE {condition}"),
-        (true, true) => {
-            format!("SELECT DISTINCT customer_id FROM events JOIN customers USING (customer_id) WHERE {condition}")
-        }
-    })
 }
 
 /// Checks the raw text before anything is parsed: its length, no NUL characters, no comments, no statement
@@ -489,8 +474,8 @@ fn single_name(name: &ObjectName) -> Option<String> {
 enum Mode {
     /// A full SELECT over customers, events and profiles.
     Analytics,
-    /// One expression over events and customers columns, no subqueries.
-    Gate,
+    /// One expression over one table's bare columns, no subqueries.
+    Condition(ConditionTable),
 }
 
 impl Mode {
@@ -498,14 +483,14 @@ impl Mode {
     fn noun(self) -> &'static str {
         match self {
             Mode::Analytics => "SQL",
-            Mode::Gate => "condition",
+            Mode::Condition(_) => "condition",
         }
     }
 
     fn max_chars(self) -> usize {
         match self {
             Mode::Analytics => MAX_ANALYTICS_SQL_CHARS,
-            Mode::Gate => MAX_GATE_CONDITION_CHARS,
+            Mode::Condition(_) => MAX_CONDITION_CHARS,
         }
     }
 }
@@ -522,14 +507,16 @@ struct Checker {
 
 impl Checker {
     fn new(mode: Mode) -> Self {
-        let tables: Vec<_> = match mode {
-            Mode::Analytics => TABLES.iter().collect(),
-            Mode::Gate => TABLES.iter().filter(|t| matches!(t.name, "events" | "customers")).collect(),
-        };
         let mut names = HashSet::new();
-        for table in tables {
-            names.insert(table.name.to_owned());
-            names.extend(table.columns().into_iter().map(str::to_owned));
+        match mode {
+            Mode::Analytics => {
+                for table in &TABLES {
+                    names.insert(table.name.to_owned());
+                    names.extend(table.columns().into_iter().map(str::to_owned));
+                }
+            }
+            // Bare columns only: the compiled query gives the table an alias of its own.
+            Mode::Condition(table) => names.extend(table.spec().columns().into_iter().map(str::to_owned)),
         }
         Self { mode, names, used: Vec::new(), cte_scopes: Vec::new() }
     }
@@ -541,7 +528,7 @@ impl Checker {
                 excerpt(name),
                 match self.mode {
                     Mode::Analytics => "customers, events and profiles",
-                    Mode::Gate => "events and customers",
+                    Mode::Condition(table) => table.spec().name,
                 }
             )),
             None => Ok(()),
@@ -568,7 +555,7 @@ impl Checker {
     fn subqueries_allowed(&self) -> Checked<()> {
         match self.mode {
             Mode::Analytics => Ok(()),
-            Mode::Gate => refuse("subqueries are not allowed in a gate condition"),
+            Mode::Condition(_) => refuse("subqueries are not allowed in a condition"),
         }
     }
 
@@ -868,7 +855,7 @@ impl Checker {
         }
         let allowed = match self.mode {
             Mode::Analytics => TABLES.iter().any(|t| t.name == table),
-            Mode::Gate => false,
+            Mode::Condition(_) => false,
         };
         if allowed {
             Ok(())

@@ -17,30 +17,6 @@ use serde_json::Value;
 use crate::failure::ToolFailure;
 use crate::vector::Filter;
 
-/// How a gated vector ranking was computed (see `hybrid_discovery`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Vector search restricted by a `has_id` filter on the gated ids.
-    HasId,
-    /// Vector search restricted by a payload match-any on `customer_id`.
-    MatchAny,
-    /// Retrieve the gated vectors and score them with a dot product here.
-    Exact,
-}
-
-impl Strategy {
-    pub const ALL: [Strategy; 3] = [Strategy::HasId, Strategy::MatchAny, Strategy::Exact];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::HasId => "has_id",
-            Self::MatchAny => "match_any",
-            Self::Exact => "exact",
-        }
-    }
-}
-
 /// The inner LLM call of `sql_analytics` (text to SQL).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InnerLlmCall {
@@ -62,12 +38,9 @@ pub struct ToolTrace {
     /// The vector filter, in our own filter model (the same JSON for both engines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector_filter: Option<Filter>,
-    /// The gated-ranking strategy used by `hybrid_discovery`.
+    /// The size of the audience `find_audience` evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<Strategy>,
-    /// Number of customers that passed the SQL gate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gate_size: Option<u64>,
+    pub audience_size: Option<u64>,
     /// Tokens embedded for the query text (0 when nothing was embedded).
     #[serde(default)]
     pub embedding_tokens: u64,

@@ -1,4 +1,4 @@
-//! The four agent tools against a small real dataset: PostgreSQL in a private schema, real embeddings
+//! The agent tools against a small real dataset: PostgreSQL in a private schema, real embeddings
 //! of the profiles in an embedded index, and rig's scripted model for the inner text-to-SQL call.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
@@ -8,11 +8,10 @@ use std::collections::BTreeSet;
 
 use audience_tools::db::ReadLimits;
 use audience_tools::failure::{ToolFailure, is_fatal};
-use audience_tools::hybrid_discovery::{AUTO_STRATEGY, HybridDiscovery, HybridDiscoveryArgs};
-use audience_tools::semantic_search::{ProfileFilters, SemanticSearch, SemanticSearchArgs};
+use audience_tools::audience::{AudienceReport, AudienceSession, Edit, FindAudience};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_data_retriever::{SqlDataRetriever, SqlDataRetrieverArgs};
-use audience_tools::trace::{FullOutput, Strategy, ToolTrace, TracedTool};
+use audience_tools::trace::{FullOutput, ToolTrace, TracedTool};
 use rig_agent::agent::{AgentBuilder, AgentHook, HookContext, OutcomeAction, OutcomeEvent};
 use rig_agent::test_utils::{MockCompletionModel, MockTurn};
 use rig_core::completion::Usage;
@@ -20,166 +19,81 @@ use rig_core::tool::{Tool, ToolContext};
 use serde_json::json;
 use tool_support::TestDb;
 
-fn ids<T>(items: &[T], id: impl Fn(&T) -> u64) -> Vec<u64> {
-    items.iter().map(id).collect()
+fn edit(value: serde_json::Value) -> Edit {
+    serde_json::from_value(value).unwrap()
+}
+
+fn member_ids(report: &AudienceReport) -> BTreeSet<i64> {
+    report.members.iter().map(|m| m.customer_id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn hybrid_discovery_gates_then_ranks_the_same_with_every_strategy() {
+async fn find_audience_defines_refines_and_ranks_within_the_membership() {
     let test = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let stores = test.stores(dir.path(), true, ReadLimits::default()).await;
-    let tool = HybridDiscovery::new(stores);
-    let args = |strategy| HybridDiscoveryArgs {
-        condition: "event_type = 'purchase' AND product = 'watch'".into(),
-        intent: "collector of expensive luxury watches".into(),
-        strategy,
-        ..Default::default()
-    };
+    let session = AudienceSession::default();
+    let tool = FindAudience::new(stores, session.clone());
 
     // As in the agent loop, so the trace lands in the context.
     let mut context = ToolContext::new();
-    let auto = tool.call_traced(&mut context, args(None)).await.unwrap();
+    let first = edit(json!({
+        "include": [{"type": "event", "event_type": "purchase", "products": ["watch"]}],
+        "intent": "collector of expensive luxury watches"
+    }));
+    let report = tool.call_traced(&mut context, first).await.unwrap();
     let trace: ToolTrace = context.result::<ToolTrace>().unwrap().expect("trace published");
-    assert_eq!(auto.gate_size, 3);
-    assert_eq!(auto.strategy, AUTO_STRATEGY, "the measured fastest strategy, whatever the gate size");
-    assert_eq!(ids(&auto.customers, |c| c.customer_id).into_iter().collect::<BTreeSet<_>>(), BTreeSet::from([1, 5, 8]));
-    assert!(auto.customers.windows(2).all(|w| w[0].score >= w[1].score), "best first");
-    assert_eq!(trace.tool, "hybrid_discovery");
-    assert_eq!(trace.gate_size, Some(3));
-    assert_eq!(trace.strategy, Some(AUTO_STRATEGY));
-    assert!(trace.sql.as_deref().unwrap().contains("WHERE event_type = 'purchase' AND product = 'watch'"));
+    assert_eq!((report.size, report.total_customers), (3, 8));
+    assert_eq!(member_ids(&report), BTreeSet::from([1, 5, 8]));
+    assert_eq!(report.ranked_by, "intent");
+    assert!(report.members.windows(2).all(|w| w[0].score >= w[1].score), "best first");
+    assert!(report.members.iter().all(|m| m.why.iter().any(|why| why.starts_with("bought watch ("))), "{:?}", report.members);
+    assert_eq!(report.funnel.iter().map(|s| s.size).collect::<Vec<_>>(), [3]);
+    let countries: u64 = report.breakdown.country.iter().map(|s| s.count).sum();
+    assert_eq!(countries, 3, "the breakdown adds up to the size");
+    assert_eq!(trace.audience_size, Some(3));
+    assert!(trace.sql.as_deref().unwrap().starts_with("SELECT p.customer_id FROM profiles p WHERE EXISTS"));
     assert!(trace.embedding_tokens > 0);
-    assert!(trace.error.is_none() && trace.fatal.is_none());
 
-    // Through rig's interface the model is sent the audience size and the ranked customers (no SQL, no scores);
-    // the full output stays with the host.
+    // A follow-up sends only the change; the session holds the rest.
+    let report = tool.run(edit(json!({"include": [{"type": "profile", "field": "likes_luxury", "op": "=", "value": true}]}))).await.unwrap();
+    assert_eq!(member_ids(&report), BTreeSet::from([1, 8]));
+    assert_eq!(report.funnel.iter().map(|s| s.size).collect::<Vec<_>>(), [3, 2]);
+    let report = tool.run(edit(json!({"exclude": [{"type": "profile", "field": "country", "op": "=", "value": "de"}]}))).await.unwrap();
+    assert_eq!(member_ids(&report), BTreeSet::from([8]));
+    assert_eq!(report.explanation, "Customers who bought watch, who like luxury, excluding customers from DE; ranked by: collector of expensive luxury watches");
+    let report = tool.run(edit(json!({"remove": ["c2"], "intent": ""}))).await.unwrap();
+    assert_eq!((report.size, report.ranked_by.as_str()), (2, "total_spent"));
+    assert_eq!(report.members.iter().map(|m| m.customer_id).collect::<Vec<_>>(), [8, 5], "by total spent");
+    assert_eq!(session.current().unwrap().include.len(), 1);
+
+    // Through rig's interface the model is sent the definition with clause ids and sizes, the breakdown and the
+    // members (no SQL); the full report stays with the host.
     let mut context = ToolContext::new();
-    let observed = Tool::call(&tool, &mut context, args(None)).await.unwrap();
+    let observed = Tool::call(&tool, &mut context, edit(json!({"limit": 5}))).await.unwrap();
     let text = observed.as_text().unwrap();
-    let header = "3 customers pass the condition; best matches first:\ncustomer_id|name|country|interests\n";
-    assert!(text.starts_with(header), "{text}");
-    assert_eq!(text.lines().count(), 5, "{text}");
-    assert!(!text.contains("SELECT") && !text.contains("exact"), "{text}");
+    assert!(text.starts_with("audience: 2 of 8 customers. Customers who bought watch"), "{text}");
+    assert!(text.contains("c1 include who bought watch -> 3; c3 exclude customers from DE -> 2"), "{text}");
+    assert!(text.contains("|bought watch (1200.00) 8 days ago\n"), "why, one line per member: {text}");
+    assert!(text.contains("customer_id|name|country|segment|spent|why"), "{text}");
+    assert!(!text.contains("SELECT"), "{text}");
     let full = context.result::<FullOutput>().unwrap().expect("the full output is kept");
-    assert_eq!(full.0, serde_json::to_value(&auto).unwrap());
+    assert_eq!(full.0["size"], json!(2));
 
-    for strategy in Strategy::ALL {
-        let out = tool.run(args(Some(strategy))).await.unwrap();
-        assert_eq!(out.strategy, strategy);
-        assert_eq!(ids(&out.customers, |c| c.customer_id), ids(&auto.customers, |c| c.customer_id), "{strategy:?}");
-        for (a, b) in out.customers.iter().zip(&auto.customers) {
-            assert!((a.score - b.score).abs() < 1e-3, "{strategy:?}: {} vs {}", a.score, b.score);
-        }
+    // Mistakes the model can correct leave the audience as it was.
+    let before = session.current();
+    for bad in [
+        json!({"include": [{"type": "profile", "field": "total_spent", "op": ">", "value": "lots"}]}),
+        json!({"include": [{"type": "sql", "condition": "price > 10"}]}),
+        json!({"include": [{"type": "sql", "condition": "total_spent > 'abc'"}]}),
+        json!({"remove": ["c9"]}),
+    ] {
+        let result = tool.run(edit(bad.clone())).await;
+        assert!(matches!(&result, Err(ToolFailure::Correctable(_))), "{bad}: {result:?}");
     }
-
-    // Profile filters narrow the ranked set, identically for every strategy; the gate size stays the SQL count.
-    for strategy in Strategy::ALL {
-        let filters = ProfileFilters { likes_luxury: Some(true), ..Default::default() };
-        let out = tool.run(HybridDiscoveryArgs { filters: Some(filters), ..args(Some(strategy)) }).await.unwrap();
-        assert_eq!(out.gate_size, 3);
-        let found: BTreeSet<u64> = ids(&out.customers, |c| c.customer_id).into_iter().collect();
-        assert_eq!(found, BTreeSet::from([1, 8]), "{strategy:?}");
-    }
-
-    // A customers column in the gate, and a gate nobody passes.
-    let out = tool
-        .run(HybridDiscoveryArgs { condition: "country = 'DE'".into(), limit: Some(1), ..args(None) })
-        .await
-        .unwrap();
-    assert_eq!((out.gate_size, out.customers.len()), (2, 1));
-    let empty = tool.run(HybridDiscoveryArgs { condition: "price > 100000".into(), ..args(None) }).await.unwrap();
-    assert_eq!((empty.gate_size, empty.customers.len()), (0, 0));
-    assert_eq!(HybridDiscovery::observe(&empty), "0 customers pass the condition");
-
-    // Mistakes the model can correct.
-    let refused = tool.run(HybridDiscoveryArgs { condition: "total_spent > 10".into(), ..args(None) }).await;
-    assert!(matches!(refused, Err(ToolFailure::Correctable(m)) if m.contains("total_spent")));
-    let pg_error = tool.run(HybridDiscoveryArgs { condition: "price > 'abc'".into(), ..args(None) }).await;
-    assert!(matches!(&pg_error, Err(ToolFailure::Correctable(m)) if m.contains("PostgreSQL")), "{pg_error:?}");
-    test.drop().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn semantic_search_ranks_by_intent_with_filters() {
-    let test = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let stores = test.stores(dir.path(), true, ReadLimits::default()).await;
-    let tool = SemanticSearch::new(stores);
-
-    let out = tool
-        .run(SemanticSearchArgs { intent: "hiking, camping and outdoor trekking".into(), ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!(out.count, 8);
-    assert_eq!(out.customers[0].customer_id, 2, "{:?}", out.customers);
-    assert_eq!(out.customers[0].name, "Ben Weber");
-    assert_eq!(out.customers[0].interests, ["hiking", "camping"]);
-    assert_eq!(out.customers.len(), 8);
-
-    let filters = ProfileFilters { country: Some("DE".into()), min_spent: Some(1000.0), ..Default::default() };
-    let mut context = ToolContext::new();
-    let args = SemanticSearchArgs { intent: "watches".into(), filters: Some(filters), limit: Some(5) };
-    let out = tool.call_traced(&mut context, args).await.unwrap();
-    assert_eq!(out.count, 1);
-    assert_eq!(ids(&out.customers, |c| c.customer_id), [1]);
-    let trace = context.result::<ToolTrace>().unwrap().unwrap();
-    assert_eq!(
-        serde_json::to_value(trace.vector_filter.unwrap()).unwrap(),
-        json!({"must": [
-            {"match": {"key": "country", "value": "DE"}},
-            {"range": {"key": "total_spent", "gte": 1000.0}}
-        ]})
-    );
-    assert!(trace.sql.is_none());
-
-    let bad = tool
-        .run(SemanticSearchArgs {
-            intent: "x".into(),
-            filters: Some(ProfileFilters { min_spent: Some(10.0), max_spent: Some(1.0), ..Default::default() }),
-            limit: None,
-        })
-        .await;
-    assert!(matches!(bad, Err(ToolFailure::Correctable(_))));
-    // Unknown filter keys are argument errors, before the tool runs.
-    assert!(
-        serde_json::from_value::<SemanticSearchArgs>(json!({"intent": "x", "filters": {"city": "Paris"}})).is_err()
-    );
-    test.drop().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sql_data_retriever_returns_allowed_fields_in_order() {
-    let test = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let stores = test.stores(dir.path(), false, ReadLimits::default()).await;
-    let tool = SqlDataRetriever::new(stores);
-
-    let fields = Some(vec!["email".to_owned(), "total_spent".to_owned(), "interests".to_owned()]);
-    let out = tool.run(SqlDataRetrieverArgs { customer_ids: vec![3, 1, 999, 3], fields }).await.unwrap();
-    assert_eq!(out.missing_ids, [999]);
-    assert_eq!(
-        serde_json::to_value(&out.records).unwrap(),
-        json!([
-            {"customer_id": 3, "email": "chloe@example.com", "total_spent": 1800.00, "interests": ["handbags", "fashion"]},
-            {"customer_id": 1, "email": "anna@example.com", "total_spent": 2500.00, "interests": ["watches", "jewelry"]}
-        ])
-    );
-
-    assert_eq!(
-        SqlDataRetriever::observe(&out),
-        "customer_id|email|total_spent|interests\n3|chloe@example.com|1800|handbags,fashion\n\
-         1|anna@example.com|2500|watches,jewelry\nno profile for ids: 999"
-    );
-
-    let default = tool.run(SqlDataRetrieverArgs { customer_ids: vec![7], fields: None }).await.unwrap();
-    assert_eq!(default.records[0]["first_name"], "Greta");
-    assert!(default.records[0].get("profile_text").is_none());
-
-    let unknown = tool.run(SqlDataRetrieverArgs { customer_ids: vec![1], fields: Some(vec!["password".into()]) }).await;
-    assert!(matches!(unknown, Err(ToolFailure::Correctable(m)) if m.contains("unknown field `password`")));
-    let too_many = tool.run(SqlDataRetrieverArgs { customer_ids: (1..=201).collect(), fields: None }).await;
-    assert!(matches!(too_many, Err(ToolFailure::Correctable(m)) if m.contains("at most 200")));
+    assert_eq!(session.current(), before);
+    // Unknown keys are argument errors, before the tool runs.
+    assert!(serde_json::from_value::<Edit>(json!({"include": [], "city": "Paris"})).is_err());
     test.drop().await;
 }
 

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use audience_tools::db::ReadLimits;
 use audience_tools::failure::ToolFailure;
-use audience_tools::hybrid_discovery::{HybridDiscovery, HybridDiscoveryArgs};
+use audience_tools::audience::{AudienceSession, Edit, FindAudience};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_guard::{
-    MAX_ANALYTICS_SQL_CHARS, MAX_CHAIN, MAX_GATE_CONDITION_CHARS, MAX_NESTING, Refusal, check_analytics, check_gate,
-    gate_query,
+    ConditionTable, MAX_ANALYTICS_SQL_CHARS, MAX_CHAIN, MAX_CONDITION_CHARS, MAX_NESTING, Refusal, check_analytics,
+    check_condition,
 };
 use audience_tools::trace::TracedTool;
 use rig_core::DynModel;
@@ -164,12 +164,23 @@ const VALID: &[&str] = &[
     "SELECT to_char(ts, 'YYYY-MM') AS ym, count(*) FROM events GROUP BY 1",
 ];
 
-const VALID_GATES: &[&str] = &[
+/// Valid clause conditions over one event, and over one profile.
+const VALID_EVENT_CONDITIONS: &[&str] = &[
     "event_type = 'purchase' AND price > 100",
-    "country = 'DE' AND ts > now() - interval '30 days'",
-    "lower(product) LIKE '%watch%' OR events.color IN ('gold', 'silver')",
-    "customers.age BETWEEN 20 AND 40 AND NOT (event_type = 'view')",
+    "product = 'socks' AND ts > now() - interval '30 days'",
+    "lower(product) LIKE '%watch%' OR color IN ('gold', 'silver')",
+    "quantity BETWEEN 2 AND 40 AND NOT (event_type = 'view')",
 ];
+const VALID_PROFILE_CONDITIONS: &[&str] = &[
+    "total_spent > 500 AND churned",
+    "country IN ('PL', 'DE') OR 'watches' = ANY(interests)",
+    "recency_days BETWEEN 30 AND 90 AND NOT likes_luxury",
+];
+
+/// A condition on one event, as an event clause's `sql` is checked.
+fn check_gate(condition: &str) -> Result<String, Refusal> {
+    check_condition(condition, ConditionTable::Events)
+}
 
 #[test]
 fn guard_refuses_every_attack_with_a_reason() {
@@ -197,6 +208,10 @@ fn guard_gives_specific_reasons() {
     assert!(reason("DELETE FROM customers").contains("SELECT"));
     assert!(check_gate("EXISTS (SELECT 1)").unwrap_err().0.contains("subqueries"));
     assert!(check_gate("total_spent > 1").unwrap_err().0.contains("total_spent"));
+    // Bare columns only: the compiled query aliases the table itself.
+    assert!(check_gate("events.price > 1").unwrap_err().0.contains("events"));
+    let profile = |c: &str| check_condition(c, ConditionTable::Profiles).unwrap_err().0;
+    assert!(profile("price > 1").contains("use only the columns of profiles"), "{}", profile("price > 1"));
 }
 
 #[test]
@@ -204,28 +219,13 @@ fn guard_accepts_ordinary_analytics_and_gates() {
     for sql in VALID {
         check_analytics(sql).unwrap_or_else(|e| panic!("refused a valid query: {sql}\n{e}"));
     }
-    for condition in VALID_GATES {
-        check_gate(condition).unwrap_or_else(|e| panic!("refused a valid gate: {condition}\n{e}"));
+    for condition in VALID_EVENT_CONDITIONS {
+        check_gate(condition).unwrap_or_else(|e| panic!("refused a valid event condition: {condition}\n{e}"));
     }
-    // The query shape follows the tables the condition reads.
-    assert_eq!(
-        gate_query("event_type = 'purchase'").unwrap(),
-        "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase'"
-    );
-    assert_eq!(
-        gate_query("country = 'PL' AND customer_id < 100").unwrap(),
-        "SELECT customer_id FROM customers WHERE (country = 'PL' AND customer_id < 100) \
-         AND EXISTS (SELECT 1 FROM events WHERE events.customer_id = customers.customer_id)"
-    );
-    assert_eq!(
-        gate_query("events.customer_id < 100").unwrap(),
-        "SELECT DISTINCT customer_id FROM events WHERE events.customer_id < 100"
-    );
-    assert_eq!(
-        gate_query("product = 'socks' AND customers.age > 30").unwrap(),
-        "SELECT DISTINCT customer_id FROM events JOIN customers USING (customer_id) \
-         WHERE product = 'socks' AND customers.age > 30"
-    );
+    for condition in VALID_PROFILE_CONDITIONS {
+        check_condition(condition, ConditionTable::Profiles)
+            .unwrap_or_else(|e| panic!("refused a valid profile condition: {condition}\n{e}"));
+    }
 }
 
 /// Runs `check` on a thread with a tokio worker's stack (2 MiB), where the tools run: a recursion too deep for it
@@ -250,9 +250,9 @@ fn refusal_of(result: Result<String, Refusal>) -> String {
 #[test]
 fn a_2000_term_gate_or_chain_is_refused_without_a_crash() {
     let condition = or_chain(2000);
-    let (gate, query) = on_worker_stack(move || (check_gate(&condition), gate_query(&condition)));
+    let (gate, query) = on_worker_stack(move || (check_gate(&condition), check_condition(&condition, ConditionTable::Profiles)));
     let reason = refusal_of(gate);
-    assert!(reason.contains(&format!("at most {MAX_GATE_CONDITION_CHARS} are allowed")), "{reason}");
+    assert!(reason.contains(&format!("at most {MAX_CONDITION_CHARS} are allowed")), "{reason}");
     assert!(reason.contains("IN (...)"), "the refusal says what to do instead: {reason}");
     assert_eq!(query.unwrap_err().0, reason);
 }
@@ -273,9 +273,14 @@ fn a_long_chain_under_the_length_cap_is_refused_with_advice() {
     let gate = terms(400);
     let analytics = format!("SELECT count(*) FROM customers WHERE {}", terms(900));
     let arithmetic = format!("SELECT {} AS n", vec!["1"; 2000].join("+"));
-    assert!(gate.len() <= MAX_GATE_CONDITION_CHARS && analytics.len() <= MAX_ANALYTICS_SQL_CHARS);
+    assert!(gate.len() <= MAX_CONDITION_CHARS && analytics.len() <= MAX_ANALYTICS_SQL_CHARS);
     let (gate, query, analytics, arithmetic) = on_worker_stack(move || {
-        (check_gate(&gate), gate_query(&gate), check_analytics(&analytics), check_analytics(&arithmetic))
+        (
+            check_gate(&gate),
+            check_condition(&gate, ConditionTable::Profiles),
+            check_analytics(&analytics),
+            check_analytics(&arithmetic),
+        )
     });
     for reason in [refusal_of(gate), refusal_of(query), refusal_of(analytics), refusal_of(arithmetic)] {
         assert!(reason.contains(&format!("more than {MAX_CHAIN} operators")), "{reason}");
@@ -294,10 +299,10 @@ fn chains_and_lists_within_the_limits_are_accepted() {
     let analytics = format!("SELECT count(*) FROM events WHERE {}", or_chain(MAX_CHAIN / 2 - 10));
     let values = (0..600).map(|i| format!("'{}'", i % 100)).collect::<Vec<_>>().join(", ");
     let list = format!("country IN ({values})");
-    assert!(list.len() > MAX_GATE_CONDITION_CHARS / 2 && list.len() <= MAX_GATE_CONDITION_CHARS);
+    assert!(list.len() > MAX_CONDITION_CHARS / 2 && list.len() <= MAX_CONDITION_CHARS);
     on_worker_stack(move || {
         assert_eq!(check_gate(&gate).unwrap(), gate);
-        assert!(gate_query(&gate).is_ok());
+        assert!(check_condition(&gate, ConditionTable::Events).is_ok());
         assert_eq!(check_analytics(&analytics).unwrap(), analytics);
         assert_eq!(check_gate(&list).unwrap(), list);
     });
@@ -313,7 +318,7 @@ fn deep_nesting_is_refused_as_nesting() {
         let refused = [
             check_gate(&parenthesized(MAX_NESTING + 1)),
             check_gate(&parenthesized(1_500)),
-            gate_query(&parenthesized(1_900)),
+            check_condition(&parenthesized(1_900), ConditionTable::Profiles),
             check_gate(&cases(MAX_NESTING + 1)),
             check_analytics(&calls(MAX_NESTING + 1)),
             check_analytics(&calls(1_500)),
@@ -357,13 +362,13 @@ fn input_over_the_length_caps_is_refused_stating_the_cap() {
         text.push_str(&" ".repeat(chars - 1 - text.len()));
         text + ")"
     };
-    let at_cap = list(MAX_GATE_CONDITION_CHARS, "");
-    assert_eq!(at_cap.len(), MAX_GATE_CONDITION_CHARS);
+    let at_cap = list(MAX_CONDITION_CHARS, "");
+    assert_eq!(at_cap.len(), MAX_CONDITION_CHARS);
     check_gate(&at_cap).unwrap();
-    let over = list(MAX_GATE_CONDITION_CHARS + 1, "");
+    let over = list(MAX_CONDITION_CHARS + 1, "");
     let reason = refusal_of(check_gate(&over));
     assert!(
-        reason.contains(&format!("{} characters long; at most {MAX_GATE_CONDITION_CHARS}", over.len())),
+        reason.contains(&format!("{} characters long; at most {MAX_CONDITION_CHARS}", over.len())),
         "{reason}"
     );
 
@@ -372,7 +377,7 @@ fn input_over_the_length_caps_is_refused_stating_the_cap() {
     let reason = refusal_of(check_analytics(&list(MAX_ANALYTICS_SQL_CHARS + 1, prefix)));
     assert!(reason.contains(&format!("at most {MAX_ANALYTICS_SQL_CHARS} are allowed")), "{reason}");
     // The cap counts characters, not bytes: a literal of multi-byte letters is as long as it looks.
-    let letters = format!("first_name = '{}'", "\u{00EB}".repeat(MAX_GATE_CONDITION_CHARS - 20));
+    let letters = format!("first_name = '{}'", "\u{00EB}".repeat(MAX_CONDITION_CHARS - 20));
     check_gate(&letters).unwrap();
 }
 
@@ -411,7 +416,7 @@ impl Seeded {
 /// chains, and mixtures of these (`budget` bounds the generator's own recursion, not the size of what it writes).
 fn condition(rng: &mut Seeded, budget: usize) -> String {
     let number = |rng: &mut Seeded| -> String {
-        let column = rng.pick(&["price", "quantity", "age", "events.price", "customers.age", "1"]);
+        let column = rng.pick(&["price", "quantity", "price", "quantity", "1"]);
         match rng.below(7) {
             0 => format!("{column}{}", " + 1".repeat(rng.size(MAX_CHAIN))),
             1 => {
@@ -431,7 +436,7 @@ fn condition(rng: &mut Seeded, budget: usize) -> String {
         match rng.below(4) {
             0 => {
                 let values = (0..rng.size(300)).map(|i| format!("'v{i}'")).collect::<Vec<_>>();
-                format!("country IN ({})", values.join(", "))
+                format!("product IN ({})", values.join(", "))
             }
             1 => format!("{} BETWEEN 1 AND 9", number(rng)),
             _ => format!("{} {} {}", number(rng), rng.pick(&["=", "<", ">=", "<>"]), rng.below(100)),
@@ -482,14 +487,7 @@ fn generated_deep_and_long_input_is_accepted_or_refused_without_a_crash() {
             let condition = condition(&mut rng, 3);
             let analytics = format!("SELECT count(*) FROM events JOIN customers USING (customer_id) WHERE {condition}");
             let head = |text: &str| text.chars().take(300).collect::<String>();
-            // The gate query wraps the condition, so near the limits it may be refused as analytics SQL; it must
-            // agree with check_gate instead.
             let gate = check_gate(&condition);
-            match (&gate, gate_query(&condition)) {
-                (Ok(rendered), Ok(query)) => assert!(query.contains(rendered.as_str()), "{}", head(&query)),
-                (Err(refusal), Err(same)) => assert_eq!(refusal, &same),
-                (gate, query) => panic!("check_gate and gate_query disagree: {gate:?} / {query:?}"),
-            }
             for (input, result, recheck) in [
                 (&condition, gate, check_gate as fn(&str) -> Result<String, Refusal>),
                 (&analytics, check_analytics(&analytics), check_analytics),
@@ -527,14 +525,18 @@ async fn attacks_through_the_tools_change_nothing() {
             other => panic!("{sql}: expected a correctable refusal, got {other:?}"),
         }
     }
-    let hybrid = HybridDiscovery::new(stores.clone());
+    let find = FindAudience::new(stores.clone(), AudienceSession::default());
     for condition in GATE_ATTACKS {
-        let args =
-            HybridDiscoveryArgs { condition: condition.to_string(), intent: "anyone".into(), ..Default::default() };
-        assert!(
-            matches!(hybrid.run(args).await, Err(ToolFailure::Correctable(_))),
-            "gate attack not refused: {condition}"
-        );
+        for clause in [
+            serde_json::json!({"type": "event", "sql": condition}),
+            serde_json::json!({"type": "sql", "condition": condition}),
+        ] {
+            let edit: Edit = serde_json::from_value(serde_json::json!({"include": [clause]})).unwrap();
+            assert!(
+                matches!(find.run(edit).await, Err(ToolFailure::Correctable(_))),
+                "condition attack not refused: {condition}"
+            );
+        }
     }
     // The valid corpus really runs, so the guard's rendering is SQL PostgreSQL accepts.
     for sql in VALID {
@@ -556,7 +558,7 @@ async fn refusals_through_the_tools_quote_only_a_short_prefix() {
     let stores = test.stores(dir.path(), false, ReadLimits::default()).await;
     let values = vec!["'DE'"; 1_000].join(", ");
     let analytics = SqlAnalytics::<DynModel<Completion>>::sql_only(stores.clone());
-    let hybrid = HybridDiscovery::new(stores);
+    let find = FindAudience::new(stores, AudienceSession::default());
     let too_long = format!("SELECT count(*) FROM customers WHERE country IN ({})", [values.as_str(); 10].join(", "));
     let unknown_column = format!("SELECT nope FROM customers WHERE country IN ({values})");
     for sql in [too_long, unknown_column] {
@@ -566,8 +568,9 @@ async fn refusals_through_the_tools_quote_only_a_short_prefix() {
         assert!(message.len() < 400 && message.ends_with("..."), "{message}");
     }
     let condition = format!("country IN ({})", vec![values.as_str(); 300].join(", "));
-    let args = HybridDiscoveryArgs { condition, intent: "anyone".into(), ..Default::default() };
-    let Err(ToolFailure::Correctable(message)) = hybrid.run(args).await else {
+    let edit: Edit =
+        serde_json::from_value(serde_json::json!({"include": [{"type": "sql", "condition": condition}]})).unwrap();
+    let Err(ToolFailure::Correctable(message)) = find.run(edit).await else {
         panic!("expected a correctable refusal")
     };
     assert!(message.len() < 400, "{message}");
@@ -626,37 +629,3 @@ async fn statement_timeout_stops_a_sleep_without_the_guard() {
     test.drop().await;
 }
 
-/// Regression guard for the gate's query shapes: each shape returns exactly the customers the plain
-/// events-join-customers DISTINCT returns, on real data.
-#[tokio::test(flavor = "multi_thread")]
-async fn every_gate_shape_returns_the_same_customers_as_the_join() {
-    let test = TestDb::new().await;
-    let conditions = [
-        "event_type = 'purchase'",
-        "country = 'PL'",
-        "customer_id BETWEEN 2 AND 4",
-        "customers.customer_id > 1 AND age > 30",
-        "events.customer_id < 3",
-        "product = 'socks' OR country = 'DE'",
-        "true",
-    ];
-    for condition in conditions {
-        let ids = |sql: String| {
-            let pool = test.db.pool.clone();
-            async move {
-                let mut ids: Vec<i64> = sqlx::query_scalar(&sql).fetch_all(&pool).await.unwrap();
-                ids.sort_unstable();
-                ids
-            }
-        };
-        let shaped = ids(gate_query(condition).unwrap()).await;
-        let joined = ids(format!(
-            "SELECT DISTINCT customer_id FROM events JOIN customers USING (customer_id) WHERE {}",
-            check_gate(condition).unwrap()
-        ))
-        .await;
-        assert_eq!(shaped, joined, "{condition}: {}", gate_query(condition).unwrap());
-        assert!(!joined.is_empty() || condition.contains("socks"), "{condition} gates nobody: a weak test");
-    }
-    test.drop().await;
-}

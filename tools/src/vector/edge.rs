@@ -19,7 +19,7 @@ use qdrant_edge::{
 use serde_json::{Map, Value};
 
 use super::{
-    Condition, FieldKind, Filter, INDEXED_FIELDS, MatchValue, ScoredPoint, StoredPoint, TEXT_HASH_FIELD, VECTOR_NAME,
+    Condition, FieldKind, Filter, MatchValue, ScoredPoint, StoredPoint, TEXT_HASH_FIELD, VECTOR_NAME,
     VectorIndex, VectorPoint, VectorSearch,
 };
 
@@ -297,14 +297,14 @@ impl VectorIndex for EdgeIndex {
         // neither rebuilds an index nor grows the write-ahead log.
         let existing = self.read(|shard| Ok(shard.info().payload_schema)).await?;
         let mut operations = Vec::new();
-        for (field, kind) in INDEXED_FIELDS {
+        for (field, kind) in crate::schema::indexed_payload_fields() {
             let field_name = json_path(field)?;
             if existing.contains_key(&field_name) {
                 continue;
             }
             operations.push(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
                 field_name,
-                field_schema: Some(PayloadFieldSchema::FieldType(schema_type(*kind))),
+                field_schema: Some(PayloadFieldSchema::FieldType(schema_type(kind))),
             })));
         }
         if operations.is_empty() {

@@ -26,19 +26,7 @@ pub const VECTOR_NAME: &str = "profile";
 /// Payload field holding the hash of the embedded profile text, used for incremental re-embedding.
 pub const TEXT_HASH_FIELD: &str = "text_hash";
 
-/// Payload fields that get an index, and their kind.
-pub const INDEXED_FIELDS: &[(&str, FieldKind)] = &[
-    ("customer_id", FieldKind::Integer),
-    ("country", FieldKind::Keyword),
-    ("segment", FieldKind::Keyword),
-    ("favorite_color", FieldKind::Keyword),
-    ("calculated_interests", FieldKind::Keyword),
-    ("likes_luxury", FieldKind::Bool),
-    ("churned", FieldKind::Bool),
-    ("total_spent", FieldKind::Float),
-    ("age", FieldKind::Integer),
-];
-
+/// How a payload field is indexed (see `schema::indexed_payload_fields`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldKind {
     Keyword,

@@ -20,7 +20,7 @@ use qdrant_client::qdrant::{
 use serde_json::{Map, Value};
 
 use super::{
-    Condition, FieldKind, Filter, INDEXED_FIELDS, MatchValue, ScoredPoint, StoredPoint, TEXT_HASH_FIELD, VECTOR_NAME,
+    Condition, FieldKind, Filter, MatchValue, ScoredPoint, StoredPoint, TEXT_HASH_FIELD, VECTOR_NAME,
     VectorIndex, VectorPoint, VectorSearch,
 };
 
@@ -250,13 +250,13 @@ impl VectorIndex for ServerIndex {
             .await
             .with_context(|| format!("cannot read collection {} on {}", self.collection, self.url))?;
         let existing = info.result.map(|r| r.payload_schema).unwrap_or_default();
-        for (field, kind) in INDEXED_FIELDS {
-            if existing.contains_key(*field) {
+        for (field, kind) in crate::schema::indexed_payload_fields() {
+            if existing.contains_key(field) {
                 continue;
             }
             self.client
                 .create_field_index(
-                    CreateFieldIndexCollectionBuilder::new(&self.collection, *field, field_type(*kind)).wait(true),
+                    CreateFieldIndexCollectionBuilder::new(&self.collection, field, field_type(kind)).wait(true),
                 )
                 .await
                 .with_context(|| format!("cannot create payload index {field} on {}", self.collection))?;

@@ -9,8 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use audience_tools::db::{Db, ReadLimits, prepare_reader};
 use audience_tools::embed::LazyEmbedder;
-use audience_tools::profile::{PAYLOAD_SELECT, ProfilePayload};
-use audience_tools::schema::{READER_ROLE, TABLES};
+use audience_tools::schema::{READER_ROLE, TABLES, payload_json_sql};
 use audience_tools::stores::Stores;
 use audience_tools::vector::edge::EdgeIndex;
 use audience_tools::vector::{VectorIndex, VectorPoint, VectorReader, VectorSearch};
@@ -157,7 +156,7 @@ impl TestDb {
         let db = Db::connect(&database_url(), &schema).await.expect("connect to PostgreSQL (DATABASE_URL)");
         exec(&db, &format!("CREATE SCHEMA {schema}")).await;
         for table in TABLES {
-            exec(&db, &format!("CREATE TABLE {}.{} ({})", schema, table.name, table.ddl)).await;
+            exec(&db, &format!("CREATE TABLE {}.{} ({})", schema, table.name, table.ddl())).await;
         }
         // The role is global and other tests prepare it concurrently, as ingest does.
         prepare_reader(&db.pool, &schema).await.expect("prepare the read-only role");
@@ -247,20 +246,22 @@ impl TestDb {
         index.ensure_collection().await.expect("create the collection");
         let embedder = LazyEmbedder::new(audience_tools::paths::models_dir());
         if fill {
-            let profiles: Vec<ProfilePayload> =
-                sqlx::query_as(&format!("SELECT {PAYLOAD_SELECT} FROM profiles ORDER BY customer_id"))
-                    .fetch_all(&self.db.pool)
-                    .await
-                    .expect("read profiles");
+            let profiles: Vec<(i64, String)> = sqlx::query_as(&format!(
+                "SELECT customer_id, {} FROM profiles ORDER BY customer_id",
+                payload_json_sql()
+            ))
+            .fetch_all(&self.db.pool)
+            .await
+            .expect("read profiles");
             let texts: Vec<String> = PEOPLE.iter().map(|p| p.text.to_owned()).collect();
             let embedded = embedder.embed(texts).await.expect("embed the profiles (run scripts/setup-models.sh)");
             let points = profiles
                 .iter()
                 .zip(embedded.vectors)
-                .map(|(profile, vector)| VectorPoint {
-                    id: profile.customer_id as u64,
+                .map(|((id, payload), vector)| VectorPoint {
+                    id: *id as u64,
                     vector,
-                    payload: profile.to_payload(),
+                    payload: serde_json::from_str(payload).expect("a payload object"),
                 })
                 .collect();
             index.upsert(points).await.expect("upsert profiles");

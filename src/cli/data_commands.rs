@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use chrono::{NaiveDate, Utc};
 use clap::Args;
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
@@ -13,13 +13,13 @@ use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{self, IngestReport, IngestRequest};
 use audience_ingest::sync::SyncReport;
-use audience_tools::db::{self, DEFAULT_SCHEMA, Db};
+use audience_tools::db::Db;
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::paths;
 use audience_tools::vector::{self, VectorStore};
 
 use crate::Global;
-use crate::exit::{self, FailureExt, FailureKind};
+use audience::exit::{self, FailureExt, FailureKind};
 
 /// The query the demo runs against the freshly ingested sample.
 const DEMO_QUERY: &str = "luxury watches and jewelry";
@@ -194,29 +194,13 @@ struct Stores {
 
 impl Stores {
     async fn open(global: &Global) -> Result<Self> {
-        let db = connect_db().await?;
+        let db = audience::stores::connect_db().await?;
         let vectors = VectorStore::from_env(&global.data_dir, &db.schema);
         let embedder = LazyEmbedder::new(paths::models_dir());
         // The model loads while PostgreSQL does its part of the ingest.
         embedder.prefetch();
         Ok(Self { db, vectors, embedder })
     }
-}
-
-/// Connects to `DATABASE_URL`: a missing or malformed setting is a configuration error, an unreachable server a
-/// store error, so scripts can tell them apart by exit code. Every command connects through here.
-pub async fn connect_db() -> Result<Db> {
-    let url = std::env::var("DATABASE_URL")
-        .map_err(|_| {
-            anyhow!("DATABASE_URL is not set; set it to a PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/test")
-        })
-        .kind(FailureKind::Config)?;
-    let schema = std::env::var("AUDIENCE_SCHEMA").unwrap_or_else(|_| DEFAULT_SCHEMA.to_owned());
-    db::check_identifier(&schema).context("AUDIENCE_SCHEMA").kind(FailureKind::Config)?;
-    url.parse::<sqlx::postgres::PgConnectOptions>()
-        .with_context(|| format!("DATABASE_URL is not a valid PostgreSQL URL: {}", db::redact(&url)))
-        .kind(FailureKind::Config)?;
-    Db::connect(&url, &schema).await.kind(FailureKind::Store)
 }
 
 fn print_ingest(report: &IngestReport) {

@@ -17,37 +17,38 @@ use rustyline::{Config, Editor, Helper};
 use serde_json::Value;
 
 use crate::Global;
-use crate::agent::{AgentConfig, Answer, Audience, Session, open_stores};
-use crate::ask::{check_question, customer_table};
-use crate::exit;
-use crate::terminal;
-use crate::ledger::UsageTotals;
+use crate::cli::ask::{audience_summary, member_table};
+use audience::agent::{AgentConfig, Answer, Session};
+use audience::stores::open_stores;
+use crate::cli::ask::check_question;
+use audience_tools::audience::export::for_each_member;
+use audience_tools::audience::report::evaluate;
+use audience_tools::audience::{AudienceDefinition, AudienceReport, AudienceSession};
+use audience_tools::registry;
+use audience_tools::schema::profile_fields;
+use audience_tools::trace::ToolTrace;
+use audience::exit;
+use crate::cli::terminal;
+use audience::ledger::UsageTotals;
 
 const PROMPT: &str = "audience> ";
 /// Shown for the continuation lines of a multi-line question when the terminal cannot edit in place.
 const CONTINUATION_PROMPT: &str = "      ... ";
 const HISTORY_FILE: &str = "history.txt";
 const HISTORY_SIZE: usize = 1000;
-/// Customers shown under an answer; `/export` writes all of them.
-const TABLE_ROWS: usize = 10;
-
 /// The slash commands with their help text, in the order `/help` lists them.
-const COMMANDS: [(&str, &str); 7] = [
+const COMMANDS: [(&str, &str); 11] = [
     ("/help", "show this help"),
+    ("/audience", "the current audience: its definition, size and makeup"),
+    ("/explain", "the current audience in plain words, clause by clause"),
+    ("/undo", "go back one edit of the audience"),
+    ("/export FILE", "write every member of the audience to FILE (.csv, .json or .jsonl)"),
     ("/tools", "list the agent's tools"),
     ("/verbose", "toggle the live trace of each step (thought, action, SQL, observation)"),
     ("/cost", "session totals: questions, LLM calls, tokens, embedding tokens, cost"),
-    ("/reset", "forget the conversation (the next question starts fresh)"),
-    ("/export FILE", "write the last audience to FILE (.csv or .json)"),
+    ("/reset", "forget the conversation and the audience (the next question starts fresh)"),
     ("/quit", "leave (or Ctrl-D)"),
-];
-
-/// The tools' model-facing descriptions; `/tools` shows their first sentence.
-const TOOLS: [(&str, &str); 4] = [
-    ("hybrid_discovery", include_str!("../prompts/tools/hybrid_discovery.md")),
-    ("semantic_search", include_str!("../prompts/tools/semantic_search.md")),
-    ("sql_analytics", include_str!("../prompts/tools/sql_analytics.md")),
-    ("sql_data_retriever", include_str!("../prompts/tools/sql_data_retriever.md")),
+    ("Ctrl-C", "cancel a running question; at the prompt, clear the line"),
 ];
 
 /// Runs the REPL until `/quit` or Ctrl-D.
@@ -88,7 +89,7 @@ pub async fn run(global: &Global) -> Result<()> {
         if input.starts_with('/') {
             match parse_command(input) {
                 Ok(Command::Quit) => break,
-                Ok(command) => chat.command(command),
+                Ok(command) => chat.command(command).await,
                 Err(message) => println!("{message}"),
             }
         } else {
@@ -156,12 +157,12 @@ impl Chat {
         }
     }
 
-    fn command(&mut self, command: Command) {
+    async fn command(&mut self, command: Command) {
         match command {
             Command::Help => print_help(),
             Command::Tools => {
-                for (name, description) in TOOLS {
-                    println!("{name:<20} {}", first_sentence(description));
+                for tool in registry::TOOLS {
+                    println!("{:<20} {}", tool.name, first_sentence(tool.text()));
                 }
             }
             Command::Verbose => {
@@ -182,62 +183,89 @@ impl Chat {
                 if let Agent::Ready(session) = &mut self.agent {
                     session.reset();
                 }
-                println!("conversation cleared; the next question starts fresh.");
+                println!("conversation and audience cleared; the next question starts fresh.");
             }
-            Command::Export(path) => {
-                let audience = match &self.agent {
-                    Agent::Ready(session) => session.last_audience(),
-                    Agent::Unconfigured => None,
-                };
-                match audience {
-                    None => println!("no audience yet: ask a question that finds customers first."),
-                    Some(audience) => match export(audience, &path) {
-                        Ok(()) => println!(
-                            "exported {} customer{} to {}{}",
-                            audience.customers.len(),
-                            plural(audience.customers.len()),
-                            path.display(),
-                            shown_of_size(audience)
-                        ),
-                        Err(error) => println!("error: {}", terminal::safe(&exit::one_line(&error))),
-                    },
+            Command::Audience => match self.current_report().await {
+                Ok(Some(report)) => {
+                    println!("{}", audience_summary(&report));
+                    if !report.members.is_empty() {
+                        println!("{}", member_table(&report.members));
+                    }
                 }
-            }
+                Ok(None) => println!("no audience yet: ask a question that finds customers first."),
+                Err(error) => println!("error: {}", terminal::safe(&exit::one_line(&error))),
+            },
+            Command::Explain => match self.audience().and_then(|audience| audience.current()) {
+                Some(definition) => {
+                    println!("{}", terminal::safe(&definition.explain()));
+                    for (clause, exclude) in definition.clauses() {
+                        let verb = if exclude { "exclude" } else { "include" };
+                        println!("  {} {verb} {}", clause.id, terminal::safe(&clause.rule.predicate()));
+                    }
+                }
+                None => println!("no audience yet: ask a question that finds customers first."),
+            },
+            Command::Undo => match self.audience() {
+                Some(audience) if audience.undo() => match audience.current() {
+                    Some(definition) => println!("back to: {}", terminal::safe(&definition.explain())),
+                    None => println!("back to no audience."),
+                },
+                _ => println!("nothing to undo."),
+            },
+            Command::Export(path) => match self.audience().and_then(|audience| audience.current()) {
+                None => println!("no audience yet: ask a question that finds customers first."),
+                Some(definition) => match export(&self.stores, &definition, &path).await {
+                    Ok(count) => println!("exported {count} member{} to {}", plural(count), path.display()),
+                    Err(error) => println!("error: {}", terminal::safe(&exit::one_line(&error))),
+                },
+            },
             Command::Quit => {}
         }
+    }
+
+    fn audience(&self) -> Option<&AudienceSession> {
+        match &self.agent {
+            Agent::Ready(session) => Some(session.audience()),
+            Agent::Unconfigured => None,
+        }
+    }
+
+    /// The current audience's evaluation: the last one, or a fresh one (after `/undo`).
+    async fn current_report(&self) -> Result<Option<AudienceReport>> {
+        let Some(audience) = self.audience() else { return Ok(None) };
+        if let Some(report) = audience.last_report() {
+            return Ok(Some(report));
+        }
+        let Some(definition) = audience.current() else { return Ok(None) };
+        let report = evaluate(&self.stores, &definition, &mut ToolTrace::new("audience"))
+            .await
+            .map_err(|failure| anyhow::anyhow!("{failure}"))?;
+        audience.remember(report.clone());
+        Ok(Some(report))
     }
 }
 
 fn print_answer(answer: &Answer) {
     println!("{}", terminal::safe(answer.text.trim()));
     if let Some(audience) = &answer.audience {
-        println!();
-        let shown = audience.customers.len().min(TABLE_ROWS);
-        println!("Audience: {} customer{} (showing {shown})", audience.size, plural(audience.size as usize));
-        if shown > 0 {
-            println!("{}", customer_table(&audience.customers[..shown]));
+        println!("\n{}", audience_summary(audience));
+        if !audience.members.is_empty() {
+            println!("{}", member_table(&audience.members));
         }
     }
     println!("{}", answer.usage.summary_line());
 }
 
 fn print_help() {
-    println!("Ask a question in plain words; follow-ups refine the previous answer.");
+    println!("Ask a question in plain words; follow-ups refine the current audience (\"now only PL\").");
     println!("End a line with \\ to continue the question on the next line.");
     for (command, help) in COMMANDS {
         println!("  {command:<14} {help}");
     }
-    println!("Ctrl-C cancels a running question; at the prompt it clears the line.");
 }
 
-fn plural(count: usize) -> &'static str {
+fn plural(count: u64) -> &'static str {
     if count == 1 { "" } else { "s" }
-}
-
-/// The tools return the top of a larger audience; say so when an export holds fewer than all of it.
-fn shown_of_size(audience: &Audience) -> String {
-    let size = audience.size as usize;
-    if size > audience.customers.len() { format!(" (the top of {size} matching)") } else { String::new() }
 }
 
 /// The first sentence of a description: up to the first ". " that does not end "e.g." or "i.e.", within the
@@ -255,6 +283,9 @@ fn first_sentence(text: &str) -> &str {
 #[derive(Debug, PartialEq)]
 enum Command {
     Help,
+    Audience,
+    Explain,
+    Undo,
     Tools,
     Verbose,
     Cost,
@@ -275,64 +306,94 @@ fn parse_command(line: &str) -> std::result::Result<Command, String> {
     match name {
         "/help" | "/?" => no_argument(Command::Help),
         "/tools" => no_argument(Command::Tools),
+        "/audience" => no_argument(Command::Audience),
+        "/explain" => no_argument(Command::Explain),
+        "/undo" => no_argument(Command::Undo),
         "/verbose" => no_argument(Command::Verbose),
         "/cost" => no_argument(Command::Cost),
         "/reset" => no_argument(Command::Reset),
         "/quit" | "/exit" => no_argument(Command::Quit),
-        "/export" if rest.is_empty() => Err("usage: /export FILE (.csv or .json)".to_owned()),
+        "/export" if rest.is_empty() => Err("usage: /export FILE (.csv, .json or .jsonl)".to_owned()),
         "/export" => Ok(Command::Export(PathBuf::from(rest.trim_matches('"')))),
         _ => Err(format!("unknown command {name}; /help lists the commands")),
     }
 }
 
-/// Writes the audience as CSV (one row per customer) or JSON (`{size, customers}`), by the file's extension.
-fn export(audience: &Audience, path: &Path) -> Result<()> {
+/// Writes every member of the audience to `path` (CSV, JSON array or JSON lines, by its extension), through a
+/// temporary file renamed into place, so an interrupted export leaves no half file under the name.
+async fn export(stores: &Stores, definition: &AudienceDefinition, path: &Path) -> Result<u64> {
     let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    let bytes = match extension.as_deref() {
-        Some("json") => {
-            let mut text = serde_json::to_string_pretty(audience)?;
-            text.push('\n');
-            text.into_bytes()
-        }
-        Some("csv") => audience_csv(&audience.customers)?,
-        _ => bail!("cannot tell the format of {}: name it .csv or .json", path.display()),
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let open = || -> Result<std::io::BufWriter<std::fs::File>> {
+        let file = std::fs::File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
+        Ok(std::io::BufWriter::new(file))
     };
-    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    let columns = profile_fields();
+    let mut sink = match extension.as_deref() {
+        Some("csv") => {
+            let mut writer = csv::Writer::from_writer(open()?);
+            writer.write_record(&columns)?;
+            Sink::Csv(writer)
+        }
+        Some("json") => Sink::Json { out: open()?, array: true, first: true },
+        Some("jsonl") => Sink::Json { out: open()?, array: false, first: true },
+        _ => bail!("cannot tell the format of {}: name it .csv, .json or .jsonl", path.display()),
+    };
+    let written = for_each_member(stores, definition, |record| sink.write(&columns, &record))
+        .await
+        .map_err(|failure| anyhow::anyhow!("{failure}"))
+        .and_then(|count| {
+            sink.finish()?;
+            std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(count)
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }
 
-/// Columns in a reading order first, then any other field the tool returned, so nothing is dropped.
-fn csv_columns(customers: &[Value]) -> Vec<String> {
-    const FIRST: [&str; 7] = ["customer_id", "name", "country", "segment", "total_spent", "interests", "score"];
-    let mut columns: Vec<String> = Vec::new();
-    for customer in customers {
-        let Some(fields) = customer.as_object() else { continue };
-        for key in FIRST.iter().copied().filter(|key| fields.contains_key(*key)) {
-            if !columns.iter().any(|c| c == key) {
-                columns.push(key.to_owned());
+/// Where an export writes its members.
+enum Sink {
+    Csv(csv::Writer<std::io::BufWriter<std::fs::File>>),
+    /// A JSON array (`array`) or one JSON object per line.
+    Json { out: std::io::BufWriter<std::fs::File>, array: bool, first: bool },
+}
+
+impl Sink {
+    fn write(&mut self, columns: &[&str], record: &serde_json::Map<String, Value>) -> Result<()> {
+        match self {
+            Sink::Csv(writer) => writer.write_record(columns.iter().map(|column| csv_cell(record.get(*column))))?,
+            Sink::Json { out, array, first } => {
+                out.write_all(match (*array, *first) {
+                    (true, true) => b"[\n",
+                    (true, false) => b",\n",
+                    (false, _) => b"",
+                })?;
+                serde_json::to_writer(&mut *out, record)?;
+                if !*array {
+                    out.write_all(b"\n")?;
+                }
+                *first = false;
             }
         }
+        Ok(())
     }
-    let mut rest: Vec<String> = customers
-        .iter()
-        .filter_map(Value::as_object)
-        .flat_map(|fields| fields.keys())
-        .filter(|key| !columns.contains(key))
-        .cloned()
-        .collect();
-    rest.sort();
-    rest.dedup();
-    columns.extend(rest);
-    columns
-}
 
-fn audience_csv(customers: &[Value]) -> Result<Vec<u8>> {
-    let columns = csv_columns(customers);
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    writer.write_record(&columns)?;
-    for customer in customers {
-        writer.write_record(columns.iter().map(|column| csv_cell(customer.get(column))))?;
+    fn finish(&mut self) -> Result<()> {
+        match self {
+            Sink::Csv(writer) => writer.flush()?,
+            Sink::Json { out, array, first } => {
+                if *array {
+                    out.write_all(if *first { b"[]\n" } else { b"\n]\n" })?;
+                }
+                out.flush()?;
+            }
+        }
+        Ok(())
     }
-    writer.into_inner().context("cannot finish the CSV")
 }
 
 fn csv_cell(value: Option<&Value>) -> String {

@@ -4,15 +4,10 @@
 
 use std::borrow::Cow;
 
-/// True for characters that change how a terminal shows text instead of showing a glyph.
+/// True for characters that change how a terminal shows text instead of showing a glyph; line breaks and tabs are
+/// layout.
 fn unsafe_char(c: char) -> bool {
-    match c {
-        '\n' | '\t' => false,
-        c if c.is_control() => true, // C0, DEL, C1 (CSI, OSC...)
-        // Bidirectional marks, embeddings, overrides and isolates; zero-width characters; the BOM.
-        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' => true,
-        _ => false,
-    }
+    !matches!(c, '\n' | '\t') && audience_tools::observe::is_hidden_control(c)
 }
 
 /// `text` with every unsafe character written as `\u{hex}`; borrowed when there is none.

@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
+use audience_tools::audience::{AudienceDefinition, AudienceSession, FindAudience};
 use audience_tools::failure::ToolFailure;
-use audience_tools::hybrid_discovery::HybridDiscovery;
-use audience_tools::semantic_search::SemanticSearch;
+use audience_tools::registry::{self, FIND_AUDIENCE, SQL_ANALYTICS, SQL_DATA_RETRIEVER};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
@@ -16,27 +16,21 @@ use rig_core::tool::ToolContext;
 use serde_json::Value;
 
 use crate::Global;
-use crate::agent::open_stores;
-use crate::exit::{FailureExt, FailureKind};
-use crate::ledger::{Ledger, UsageRecord};
-use crate::trace::inner_call_usage;
-use crate::provider::{ChatModel, ProviderConfig};
-
-/// The tools and their model-facing descriptions (the same files the tools send to the model).
-const TOOLS: [(&str, &str); 4] = [
-    ("hybrid_discovery", include_str!("../prompts/tools/hybrid_discovery.md")),
-    ("semantic_search", include_str!("../prompts/tools/semantic_search.md")),
-    ("sql_analytics", include_str!("../prompts/tools/sql_analytics.md")),
-    ("sql_data_retriever", include_str!("../prompts/tools/sql_data_retriever.md")),
-];
+use audience::exit::{FailureExt, FailureKind};
+use audience::ledger::{Ledger, UsageRecord};
+use audience::provider::{ChatModel, ProviderConfig};
+use audience::stores::open_stores;
+use audience::trace::inner_call_usage;
 
 const EXAMPLES: &str = "\
 Examples:
   audience tool --list
   audience tool sql_analytics --args '{\"sql\": \"SELECT country, count(*) FROM customers GROUP BY 1\"}'
   audience tool sql_analytics --args '{\"question\": \"revenue by month\"}'   (needs a provider)
-  audience tool hybrid_discovery --args '{\"condition\": \"event_type = '\\''purchase'\\''\", \"intent\": \"hiking\"}'
-  audience tool semantic_search --args '{\"intent\": \"luxury watches\", \"limit\": 5}'
+  audience tool find_audience --args '{\"include\": [{\"type\": \"event\", \"event_type\": \"purchase\",
+    \"products\": [\"socks\"], \"within_days\": 60}], \"intent\": \"likes luxury\"}'
+  audience tool find_audience --from vip.json --args '{\"exclude\": [{\"type\": \"profile\",
+    \"field\": \"churned\", \"op\": \"=\", \"value\": true}]}'
   audience tool sql_data_retriever --args '{\"customer_ids\": [1, 2], \"fields\": [\"email\", \"segment\"]}'
 
 Exit codes: 0 ok, 1 failure, 2 usage or configuration, 3 provider, 4 tool or store error.";
@@ -53,37 +47,60 @@ pub struct ToolArgs {
     /// List the tools and their descriptions.
     #[arg(long, conflicts_with = "name")]
     list: bool,
+    /// For find_audience: an audience definition (JSON, as `ask --json` prints it) that the arguments refine.
+    #[arg(long, value_name = "FILE")]
+    from: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: ToolArgs, global: &Global) -> Result<()> {
     if args.list {
-        for (name, description) in TOOLS {
-            println!("{name}\n  {}\n", description.trim().replace('\n', "\n  "));
+        for tool in registry::TOOLS {
+            println!("{}\n  {}\n", tool.name, tool.text().replace('\n', "\n  "));
         }
         return Ok(());
     }
     let name = args.name.ok_or_else(|| anyhow!("name a tool, or pass --list")).kind(FailureKind::Usage)?;
-    if !TOOLS.iter().any(|(tool, _)| *tool == name) {
-        let names: Vec<&str> = TOOLS.iter().map(|(tool, _)| *tool).collect();
+    let Some(tool) = registry::find(&name) else {
+        let names: Vec<&str> = registry::TOOLS.iter().map(|tool| tool.name).collect();
         return Err(anyhow!("unknown tool {name:?}; the tools are {}", names.join(", "))).kind(FailureKind::Usage);
-    }
+    };
     let json: Value = serde_json::from_str(&args.args).context("--args is not valid JSON").kind(FailureKind::Usage)?;
     // Arguments are checked before any store opens: a typo is a usage error whatever the state of the database.
-    match name.as_str() {
-        "hybrid_discovery" => parse_args::<HybridDiscovery>(&json).map(drop)?,
-        "semantic_search" => parse_args::<SemanticSearch>(&json).map(drop)?,
-        "sql_data_retriever" => parse_args::<SqlDataRetriever>(&json).map(drop)?,
+    if args.from.is_some() && tool != FIND_AUDIENCE {
+        return Err(anyhow!("--from applies to find_audience only")).kind(FailureKind::Usage);
+    }
+    let session = match &args.from {
+        Some(path) => AudienceSession::starting_from(read_definition(path)?),
+        None => AudienceSession::default(),
+    };
+    match tool.name {
+        name if name == FIND_AUDIENCE.name => parse_args::<FindAudience>(&json).map(drop)?,
+        name if name == SQL_DATA_RETRIEVER.name => parse_args::<SqlDataRetriever>(&json).map(drop)?,
         _ => parse_args::<SqlAnalytics<ChatModel>>(&json).map(drop)?,
     }
     let stores = open_stores(&global.data_dir).await?;
     let start = Instant::now();
-    let (output, trace) = match name.as_str() {
-        "hybrid_discovery" => call(HybridDiscovery::new(stores), json).await?,
-        "semantic_search" => call(SemanticSearch::new(stores), json).await?,
-        "sql_data_retriever" => call(SqlDataRetriever::new(stores), json).await?,
-        _ => return run_sql_analytics(stores, json, global, start).await,
+    let (output, trace) = match tool.name {
+        name if name == FIND_AUDIENCE.name => call(FindAudience::new(stores, session), json).await?,
+        name if name == SQL_DATA_RETRIEVER.name => call(SqlDataRetriever::new(stores), json).await?,
+        name if name == SQL_ANALYTICS.name => return run_sql_analytics(stores, json, global, start).await,
+        name => return Err(anyhow!("the tool command cannot run {name}")).kind(FailureKind::Usage),
     };
     print(&output, trace.as_ref(), global.verbose)
+}
+
+/// An audience definition from a file in its canonical JSON form (or an `ask --json` answer's `audience`).
+pub fn read_definition(path: &std::path::Path) -> Result<AudienceDefinition> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the audience definition {}", path.display()))?;
+    // A whole report (from `ask --json` or `tool find_audience`) carries the definition under `definition`.
+    let value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not JSON", path.display()))
+        .kind(FailureKind::Usage)?;
+    let definition = value.get("definition").or_else(|| value.get("audience")?.get("definition")).unwrap_or(&value);
+    AudienceDefinition::from_json(&definition.to_string())
+        .with_context(|| format!("invalid audience definition in {}", path.display()))
+        .kind(FailureKind::Usage)
 }
 
 /// `sql_analytics` runs `{"sql"}` without a provider; `{"question"}` needs one for the text-to-SQL call,
@@ -134,7 +151,7 @@ fn parse_args<T: rig_core::tool::Tool>(json: &Value) -> Result<T::Args> {
 
 /// The output on stdout; with --verbose the trace (exact SQL, filter, strategy, timings) on stderr.
 fn print(output: &Value, trace: Option<&ToolTrace>, verbose: bool) -> Result<()> {
-    println!("{}", crate::terminal::safe_json(output)?);
+    println!("{}", crate::cli::terminal::safe_json(output)?);
     if verbose && let Some(trace) = trace {
         eprintln!("trace: {}", serde_json::to_string(trace)?);
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use audience_ingest::input::{Checked, CustomerReader, Event, EventReader};
 use audience_ingest::load::encode_event;
-use audience_tools::schema::EVENTS_DDL;
+use audience_tools::schema::EVENTS;
 use clap::Args;
 use serde_json::Value;
 use sqlx::{Postgres, QueryBuilder};
@@ -129,9 +129,9 @@ fn rate(samples: &Samples) -> String {
 /// Seconds to COPY `events` into a new staging-shaped table (rolled back).
 async fn copy_events(db: &audience_tools::db::Db, events: &[Event]) -> Result<f64> {
     let mut tx = db.pool.begin().await?;
-    sqlx::query(&format!("CREATE TABLE bench_events ({EVENTS_DDL})")).execute(&mut *tx).await?;
+    sqlx::query(&format!("CREATE TABLE bench_events ({})", EVENTS.ddl())).execute(&mut *tx).await?;
     let start = Instant::now();
-    let columns = audience_tools::schema::TABLES[1].columns().join(", ");
+    let columns = EVENTS.columns().join(", ");
     let mut copy = tx.copy_in_raw(&format!("COPY bench_events ({columns}) FROM STDIN")).await?;
     let mut buf = Vec::with_capacity(COPY_CHUNK + 4096);
     for event in events {
@@ -151,7 +151,7 @@ async fn copy_events(db: &audience_tools::db::Db, events: &[Event]) -> Result<f6
 /// Seconds to insert `events` with multi-row INSERT statements into a new staging-shaped table (rolled back).
 async fn insert_events(db: &audience_tools::db::Db, events: &[Event]) -> Result<f64> {
     let mut tx = db.pool.begin().await?;
-    sqlx::query(&format!("CREATE TABLE bench_events ({EVENTS_DDL})")).execute(&mut *tx).await?;
+    sqlx::query(&format!("CREATE TABLE bench_events ({})", EVENTS.ddl())).execute(&mut *tx).await?;
     let start = Instant::now();
     for chunk in events.chunks(INSERT_ROWS_PER_STATEMENT) {
         let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(

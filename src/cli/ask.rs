@@ -1,0 +1,170 @@
+//! `audience ask "question" [--json]`: one question to the agent, answered on stdout.
+
+use std::io::Read;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::Global;
+use crate::cli::tool_command::read_definition;
+use audience::agent::{AgentConfig, Answer, Session};
+use audience::stores::open_stores;
+use audience_tools::audience::report::{Member, Share};
+use audience_tools::audience::AudienceReport;
+use audience::exit::{FailureExt, FailureKind};
+use crate::cli::terminal;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  answered
+  1  other failure (unreadable stdin)
+  2  usage or configuration error (bad arguments, an empty or oversized question, no provider key, a bad
+     AUDIENCE_* or DATABASE_URL value); the message names what to change
+  3  LLM provider error (unreachable, rejected, rate limited after retries, empty answers, out of turns)
+  4  tool or store error (database down, no data ingested, vector index missing or outdated)
+
+Provider settings: AUDIENCE_PROVIDER (openrouter, openai, groq, gemini, ollama, openai-compatible),
+AUDIENCE_MODEL, AUDIENCE_BASE_URL, AUDIENCE_API_KEY (or the provider's own key variable),
+AUDIENCE_TIMEOUT_SECS, AUDIENCE_MAX_RETRIES, AUDIENCE_MAX_TURNS; also read from <data_dir>/config.toml.";
+
+#[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES)]
+pub struct AskArgs {
+    /// The question, in plain words; `-` reads it from stdin.
+    question: String,
+    /// Print one JSON document on stdout: {answer, audience, steps, usage} (README "ask --json"). Logs and the
+    /// usage line go to stderr in both modes, so stdout holds only the answer.
+    #[arg(long)]
+    json: bool,
+    /// Start from a saved audience definition (JSON, e.g. the `audience` of an earlier `ask --json`): the question
+    /// refines it.
+    #[arg(long, value_name = "FILE")]
+    from: Option<std::path::PathBuf>,
+}
+
+pub async fn run(args: AskArgs, global: &Global) -> Result<()> {
+    let question = if args.question == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("cannot read the question from stdin")?;
+        text
+    } else {
+        args.question
+    };
+    let question = check_question(&question).kind(FailureKind::Usage)?;
+    let start_from = args.from.as_deref().map(read_definition).transpose()?;
+    // Configuration first: a missing key is reported even when the database is down.
+    let config = AgentConfig::load(&global.data_dir)?;
+    let stores = open_stores(&global.data_dir).await?;
+    let mut session = Session::new(config, stores, global.verbose).await?;
+    if let Some(definition) = start_from {
+        session.audience().start_from(definition);
+    }
+    let answer = match session.ask(question).await {
+        Ok(answer) => answer,
+        Err(error) => {
+            if let Some(usage) = session.last_usage().filter(|usage| usage.llm_calls > 0) {
+                eprintln!("{}", usage.summary_line());
+            }
+            return Err(error);
+        }
+    };
+    if args.json {
+        println!("{}", terminal::safe_json(&answer)?);
+    } else {
+        print_answer(&answer);
+    }
+    eprintln!("{}", answer.usage.summary_line());
+    Ok(())
+}
+
+/// The longest question accepted: a question is resent with every model call of the session, and a pasted
+/// document is not a question.
+pub const MAX_QUESTION_CHARS: usize = 4_000;
+
+/// The question trimmed, or why it cannot be asked.
+pub fn check_question(question: &str) -> Result<&str> {
+    let question = question.trim();
+    if question.is_empty() {
+        bail!("the question is empty");
+    }
+    let chars = question.chars().count();
+    if chars > MAX_QUESTION_CHARS {
+        bail!("the question is {chars} characters long; ask in at most {MAX_QUESTION_CHARS}");
+    }
+    if question.contains('\0') {
+        bail!("the question contains a NUL character");
+    }
+    Ok(question)
+}
+
+fn print_answer(answer: &Answer) {
+    println!("{}", terminal::safe(answer.text.trim()));
+    if let Some(audience) = &answer.audience {
+        println!("\n{}", audience_summary(audience));
+        if !audience.members.is_empty() {
+            println!("{}", member_table(&audience.members));
+        }
+    }
+}
+
+/// The audience in a few lines: its size, what defines it (with the size after each clause) and its makeup.
+pub fn audience_summary(report: &AudienceReport) -> String {
+    let mut lines = vec![format!(
+        "Audience: {} of {} customers: {}",
+        report.size,
+        report.total_customers,
+        terminal::safe(&report.explanation)
+    )];
+    for step in &report.funnel {
+        let verb = if step.exclude { "excluding" } else { "" };
+        let text = terminal::safe(&step.text);
+        lines.push(format!("  {} {verb:<9} {text:<60} {:>8}", step.clause, step.size).trim_end().to_owned());
+    }
+    let shares = |shares: &[Share]| -> String {
+        shares
+            .iter()
+            .take(4)
+            .map(|s| format!("{} {}%", terminal::safe(&s.value), (s.share * 100.0).round()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if report.size > 0 {
+        let b = &report.breakdown;
+        lines.push(format!(
+            "  by country: {}; segment: {}; status: {}; spend: {}",
+            shares(&b.country),
+            shares(&b.segment),
+            shares(&b.status),
+            shares(&b.spend_band)
+        ));
+    }
+    lines.join("\n")
+}
+
+/// The listed members as a table: who, where, value, score (when ranked by an intent) and why they fit.
+pub fn member_table(members: &[Member]) -> Table {
+    let scored = members.iter().any(|member| member.score.is_some());
+    let mut header = vec!["customer_id", "name", "country", "segment", "total_spent"];
+    if scored {
+        header.push("score");
+    }
+    header.push("why");
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    for member in members {
+        let mut row = vec![
+            member.customer_id.to_string(),
+            terminal::safe(&member.name).into_owned(),
+            terminal::safe(member.country.as_deref().unwrap_or("unknown")).into_owned(),
+            terminal::safe(&member.segment).into_owned(),
+            format!("{:.2}", member.total_spent),
+        ];
+        if scored {
+            row.push(member.score.map(|score| format!("{score:.3}")).unwrap_or_default());
+        }
+        row.push(terminal::safe(&member.why.join("; ")).into_owned());
+        table.add_row(row);
+    }
+    table
+}

@@ -1,0 +1,8 @@
+//! The command line: one module per command family, over the engine in the `audience` library.
+
+pub mod ask;
+pub mod bench;
+pub mod data_commands;
+pub mod repl;
+pub mod terminal;
+pub mod tool_command;

@@ -1,0 +1,10 @@
+//! The engine of `audience`: the conversation with the agent ([`agent::Session`]), its providers, its usage
+//! ledger and the trace of each step, and opening the stores from the environment. The `audience` binary is a
+//! thin command line over it; tests and later features (evaluation, saved audiences) call it directly.
+
+pub mod agent;
+pub mod exit;
+pub mod ledger;
+pub mod provider;
+pub mod stores;
+pub mod trace;

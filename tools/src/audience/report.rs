@@ -1,0 +1,408 @@
+//! Evaluates an audience definition against the data: its exact size, the size after each clause, a breakdown by
+//! country, segment, status and spend band, and the top members ranked by the intent, each with why it fits.
+//!
+//! Every number comes from the compiled membership query (or its prefixes), run in one read-only, repeatable-read
+//! transaction, so size, funnel, breakdown and members describe the same snapshot. The vector index orders the
+//! members by the intent within the membership (by id); it never adds or drops one.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::compile::{Compiled, compile};
+use super::definition::{AudienceDefinition, Invalid, ProfileField, Rule};
+use crate::dataset::Dataset;
+use crate::failure::ToolFailure;
+use crate::stores::Stores;
+use crate::trace::ToolTrace;
+use crate::vector::{Condition, Filter};
+
+/// An evaluated audience: what `ask --json` prints under `audience`, and what the REPL shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AudienceReport {
+    /// The definition, in its canonical JSON form.
+    pub definition: AudienceDefinition,
+    /// The definition in plain language, generated from it.
+    pub explanation: String,
+    /// The membership query: exactly the customers in the audience.
+    pub sql: String,
+    /// Customers in the audience.
+    pub size: u64,
+    /// Customers in the data, for shares.
+    pub total_customers: u64,
+    /// The size after each clause, includes first, then excludes.
+    pub funnel: Vec<FunnelStep>,
+    pub breakdown: Breakdown,
+    /// `intent` (vector similarity within the audience) or `total_spent` (no intent).
+    pub ranked_by: String,
+    /// The top members, best first (at most the definition's limit).
+    pub members: Vec<Member>,
+    /// The day the data was computed for; relative days count back from it.
+    pub as_of: NaiveDate,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunnelStep {
+    pub clause: String,
+    pub exclude: bool,
+    pub text: String,
+    /// Customers left after this clause and every one before it.
+    pub size: u64,
+}
+
+/// Counts and shares of the audience's members.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Breakdown {
+    pub country: Vec<Share>,
+    pub segment: Vec<Share>,
+    /// `churned` or `active`.
+    pub status: Vec<Share>,
+    pub spend_band: Vec<Share>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    pub value: String,
+    pub count: u64,
+    /// Of the audience's size, 0 to 1.
+    pub share: f64,
+}
+
+/// One listed member.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub customer_id: i64,
+    pub name: String,
+    pub country: Option<String>,
+    pub segment: String,
+    pub total_spent: f64,
+    pub interests: Vec<String>,
+    /// Similarity to the intent (cosine), when ranked by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    /// Why the member is in the audience: the latest event that meets each event clause, and the profile facts
+    /// the other clauses and the intent look at.
+    pub why: Vec<String>,
+}
+
+/// Spend bands of the breakdown, as `CASE` arms over `total_spent`, in order.
+const SPEND_BANDS: &str = "CASE WHEN p.total_spent <= 0 THEN '0' WHEN p.total_spent < 100 THEN 'under 100' \
+    WHEN p.total_spent < 500 THEN '100-499' WHEN p.total_spent < 1000 THEN '500-999' ELSE '1000 or more' END";
+const BAND_ORDER: [&str; 5] = ["0", "under 100", "100-499", "500-999", "1000 or more"];
+
+/// Evaluates `definition`, recording the membership SQL, timings and embedding tokens in `trace`.
+pub async fn evaluate(
+    stores: &Stores,
+    definition: &AudienceDefinition,
+    trace: &mut ToolTrace,
+) -> Result<AudienceReport, ToolFailure> {
+    let as_of = as_of_day(stores).await?;
+    let compiled = compile(definition, as_of).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
+    trace.sql = Some(compiled.membership.clone());
+
+    let start = Instant::now();
+    let mut tx = stores.db.begin_read_only(stores.limits).await.map_err(ToolFailure::Fatal)?;
+    let counts = funnel_counts(&mut tx, &compiled).await?;
+    let (size, breakdown) = breakdown(&mut tx, &compiled).await?;
+    trace.time("sql", start);
+    trace.audience_size = Some(size);
+
+    let (ranked, ranked_by) = match &definition.intent {
+        Some(intent) if size > 0 => {
+            let ids = member_ids(&mut tx, &compiled, stores.limits.member_cap).await?;
+            tx.rollback().await?;
+            let ranked = rank_by_intent(stores, intent, ids, counts.total, definition.limit, trace).await?;
+            tx = stores.db.begin_read_only(stores.limits).await.map_err(ToolFailure::Fatal)?;
+            (ranked, "intent")
+        }
+        _ => (top_spenders(&mut tx, &compiled, definition.limit).await?, "total_spent"),
+    };
+    let start = Instant::now();
+    let members = describe_members(&mut tx, definition, &compiled, &ranked, as_of).await?;
+    tx.rollback().await?;
+    trace.time("members", start);
+
+    let steps: Vec<(String, bool, String)> = definition
+        .clauses()
+        .map(|(clause, exclude)| {
+            let text = if exclude { clause.rule.noun() } else { clause.rule.predicate() };
+            (clause.id.clone(), exclude, text)
+        })
+        .collect();
+    let funnel = steps
+        .into_iter()
+        .zip(counts.after_each.iter().copied().chain(std::iter::repeat(size)))
+        .map(|((clause, exclude, text), size)| FunnelStep { clause, exclude, text, size })
+        .collect();
+    Ok(AudienceReport {
+        definition: definition.clone(),
+        explanation: definition.explain(),
+        sql: compiled.membership,
+        size,
+        total_customers: counts.total,
+        funnel,
+        breakdown,
+        ranked_by: ranked_by.to_owned(),
+        members,
+        as_of,
+    })
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// The day the data was computed for: from the dataset row, or (schemas ingested before it recorded one) the day of
+/// the newest event.
+pub(crate) async fn as_of_day(stores: &Stores) -> Result<NaiveDate, ToolFailure> {
+    let dataset = Dataset::read(&stores.db).await.map_err(ToolFailure::Fatal)?;
+    if let Some(day) = dataset.and_then(|d| d.as_of) {
+        return Ok(day);
+    }
+    let day: Option<NaiveDate> = sqlx::query_scalar("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events")
+        .fetch_one(&stores.db.pool)
+        .await?;
+    Ok(day.unwrap_or_else(|| Utc::now().date_naive()))
+}
+
+struct Counts {
+    total: u64,
+    /// Sizes after each clause but the last (the last is the size itself).
+    after_each: Vec<u64>,
+}
+
+/// The customer count and the funnel's prefix sizes, in one round trip.
+async fn funnel_counts(tx: &mut Tx, compiled: &Compiled) -> Result<Counts, ToolFailure> {
+    let mut parts = vec!["(SELECT count(*) FROM profiles)".to_owned()];
+    let inner = compiled.prefixes.len().saturating_sub(1);
+    parts.extend(compiled.prefixes[..inner].iter().map(|sql| format!("(SELECT count(*) FROM ({sql}) f)")));
+    let counts: Vec<i64> = sqlx::query_scalar(&format!("SELECT ARRAY[{}]::bigint[]", parts.join(", ")))
+        .fetch_one(&mut **tx)
+        .await?;
+    let counts: Vec<u64> = counts.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect();
+    Ok(Counts { total: counts.first().copied().unwrap_or(0), after_each: counts.into_iter().skip(1).collect() })
+}
+
+/// The size and the breakdown, in one query over the membership.
+async fn breakdown(tx: &mut Tx, compiled: &Compiled) -> Result<(u64, Breakdown), ToolFailure> {
+    let sql = format!(
+        "WITH m AS ({membership}), \
+         r AS (SELECT coalesce(p.country, 'unknown') AS country, p.segment, \
+               CASE WHEN p.churned THEN 'churned' ELSE 'active' END AS status, {SPEND_BANDS} AS band \
+               FROM m JOIN profiles p ON p.customer_id = m.customer_id) \
+         SELECT GROUPING(country)::int, GROUPING(segment)::int, GROUPING(status)::int, GROUPING(band)::int, \
+                country, segment, status, band, count(*) \
+         FROM r GROUP BY GROUPING SETS ((), (country), (segment), (status), (band))",
+        membership = compiled.membership
+    );
+    type Row = (i32, i32, i32, i32, Option<String>, Option<String>, Option<String>, Option<String>, i64);
+    let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(&mut **tx).await?;
+    let mut size = 0u64;
+    let mut groups: HashMap<&str, Vec<(String, u64)>> = HashMap::new();
+    for (g_country, g_segment, g_status, g_band, country, segment, status, band, count) in rows {
+        let count = u64::try_from(count).unwrap_or(0);
+        let entry = match (g_country, g_segment, g_status, g_band) {
+            (0, 1, 1, 1) => ("country", country),
+            (1, 0, 1, 1) => ("segment", segment),
+            (1, 1, 0, 1) => ("status", status),
+            (1, 1, 1, 0) => ("spend_band", band),
+            _ => {
+                size = count;
+                continue;
+            }
+        };
+        groups.entry(entry.0).or_default().push((entry.1.unwrap_or_else(|| "unknown".to_owned()), count));
+    }
+    let shares = |name: &str, order: Option<&[&str]>| -> Vec<Share> {
+        let mut values = groups.get(name).cloned().unwrap_or_default();
+        match order {
+            Some(order) => values.sort_by_key(|(value, _)| order.iter().position(|o| o == value).unwrap_or(order.len())),
+            None => values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0))),
+        }
+        values
+            .into_iter()
+            .map(|(value, count)| Share {
+                value,
+                count,
+                share: if size == 0 { 0.0 } else { (count as f64 / size as f64 * 10_000.0).round() / 10_000.0 },
+            })
+            .collect()
+    };
+    let breakdown = Breakdown {
+        country: shares("country", None),
+        segment: shares("segment", None),
+        status: shares("status", Some(&["active", "churned"])),
+        spend_band: shares("spend_band", Some(&BAND_ORDER)),
+    };
+    Ok((size, breakdown))
+}
+
+async fn member_ids(tx: &mut Tx, compiled: &Compiled, cap: usize) -> Result<Vec<u64>, ToolFailure> {
+    let ids: Vec<i64> =
+        sqlx::query_scalar(&format!("SELECT customer_id FROM ({}) m LIMIT {}", compiled.membership, cap + 1))
+            .fetch_all(&mut **tx)
+            .await?;
+    if ids.len() > cap {
+        return Err(ToolFailure::correctable(format!(
+            "the audience has more than {cap} members, too many to rank; add a clause"
+        )));
+    }
+    // Customer ids are positive by construction; a negative one could not be a vector point id anyway.
+    Ok(ids.into_iter().filter_map(|id| u64::try_from(id).ok()).collect())
+}
+
+/// The `limit` members most similar to the intent: the vector index searches only the members' ids (or everyone,
+/// when the audience is every customer).
+async fn rank_by_intent(
+    stores: &Stores,
+    intent: &str,
+    ids: Vec<u64>,
+    total: u64,
+    limit: usize,
+    trace: &mut ToolTrace,
+) -> Result<Vec<(i64, Option<f32>)>, ToolFailure> {
+    let start = Instant::now();
+    let embedded = stores.embedder.embed_one(intent.trim().to_owned()).await;
+    trace.time("embed", start);
+    let (vector, tokens) = embedded.map_err(ToolFailure::Fatal)?;
+    trace.embedding_tokens += tokens;
+    let vectors = stores.vectors().await?;
+    let filter = (ids.len() as u64 != total).then(|| Filter::must([Condition::HasId { ids }]));
+    let start = Instant::now();
+    let hits = vectors.search(vector, filter, limit).await.map_err(ToolFailure::Fatal)?;
+    trace.time("vector", start);
+    Ok(hits
+        .into_iter()
+        .filter_map(|hit| Some((i64::try_from(hit.id).ok()?, Some((hit.score * 10_000.0).round() / 10_000.0))))
+        .collect())
+}
+
+async fn top_spenders(tx: &mut Tx, compiled: &Compiled, limit: usize) -> Result<Vec<(i64, Option<f32>)>, ToolFailure> {
+    let ids: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT p.customer_id FROM ({}) m JOIN profiles p ON p.customer_id = m.customer_id \
+         ORDER BY p.total_spent DESC, p.customer_id LIMIT {limit}",
+        compiled.membership
+    ))
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(ids.into_iter().map(|id| (id, None)).collect())
+}
+
+type ProfileRow = (i64, String, String, Option<String>, String, f64, Vec<String>, Option<i32>, bool, bool);
+
+/// The listed members with their profile facts and the evidence for each clause.
+async fn describe_members(
+    tx: &mut Tx,
+    definition: &AudienceDefinition,
+    compiled: &Compiled,
+    ranked: &[(i64, Option<f32>)],
+    as_of: NaiveDate,
+) -> Result<Vec<Member>, ToolFailure> {
+    if ranked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
+    let rows: Vec<ProfileRow> = sqlx::query_as(
+        "SELECT customer_id, first_name, last_name, country, segment, total_spent::float8, interests, recency_days, \
+         churned, likes_luxury FROM profiles WHERE customer_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut profiles: HashMap<i64, ProfileRow> = rows.into_iter().map(|row| (row.0, row)).collect();
+    // The latest event meeting each event clause, per listed member.
+    let mut evidence: HashMap<i64, Vec<String>> = HashMap::new();
+    for (_, condition) in &compiled.evidence {
+        let rows: Vec<(i64, String, String, f64, DateTime<Utc>)> = sqlx::query_as(&format!(
+            "SELECT DISTINCT ON (e.customer_id) e.customer_id, e.event_type, e.product, e.price::float8, e.ts \
+             FROM events e WHERE e.customer_id = ANY($1) AND {condition} ORDER BY e.customer_id, e.ts DESC"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (id, event_type, product, price, ts) in rows {
+            let verb = match event_type.as_str() {
+                "purchase" => "bought",
+                "view" => "viewed",
+                _ => "added to the cart",
+            };
+            let days = (as_of - ts.date_naive()).num_days().max(0);
+            let when = match days {
+                0 => "on the last day".to_owned(),
+                1 => "1 day ago".to_owned(),
+                days => format!("{days} days ago"),
+            };
+            evidence.entry(id).or_default().push(format!("{verb} {product} ({}) {when}", money(price)));
+        }
+    }
+    let mut members = Vec::with_capacity(ranked.len());
+    for (id, score) in ranked {
+        let Some((_, first, last, country, segment, spent, interests, recency, churned, luxury)) = profiles.remove(id)
+        else {
+            continue;
+        };
+        let mut why = evidence.remove(id).unwrap_or_default();
+        // The profile facts that the include clauses looked at (an event clause's evidence is its event).
+        for clause in &definition.include {
+            let fact = match &clause.rule {
+                Rule::Event { .. } => None,
+                Rule::Profile { field, .. } => match field {
+                    ProfileField::Country => country.clone().map(|c| format!("from {c}")),
+                    ProfileField::Segment => Some(format!("segment {segment}")),
+                    ProfileField::Churned => Some(if churned { "churned" } else { "active" }.to_owned()),
+                    ProfileField::LikesLuxury => Some(if luxury { "likes luxury" } else { "no luxury leaning" }.to_owned()),
+                    ProfileField::TotalSpent => Some(format!("spent {}", money(spent))),
+                    ProfileField::RecencyDays => recency.map(|days| format!("last purchase {days} days ago")),
+                    ProfileField::Interests => Some(format!("interests: {}", interests.join(", "))),
+                    other => Some(format!("{} fits", other.column())),
+                },
+                Rule::Sql { .. } => Some(format!("matches clause {}", clause.id)),
+            };
+            if let Some(fact) = fact.filter(|fact| !why.contains(fact)) {
+                why.push(fact);
+            }
+        }
+        if definition.intent.is_some() && !interests.is_empty() {
+            let fact = format!("interests: {}", interests.join(", "));
+            if !why.contains(&fact) {
+                why.push(fact);
+            }
+        }
+        members.push(Member {
+            customer_id: *id,
+            name: format!("{first} {last}").trim().to_owned(),
+            country,
+            segment,
+            total_spent: spent,
+            interests,
+            score: *score,
+            why,
+        });
+    }
+    Ok(members)
+}
+
+fn money(amount: f64) -> String {
+    format!("{amount:.2}")
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// An evaluated-looking report of `definition` with no data.
+    pub fn report(definition: AudienceDefinition) -> AudienceReport {
+        AudienceReport {
+            explanation: definition.explain(),
+            definition,
+            sql: String::new(),
+            size: 0,
+            total_customers: 0,
+            funnel: Vec::new(),
+            breakdown: Breakdown::default(),
+            ranked_by: "total_spent".to_owned(),
+            members: Vec::new(),
+            as_of: NaiveDate::MIN,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The agent's tools by name, with the descriptions they send to the model: the one list that the agent, the
+//! `tool` command, the REPL's `/tools` and the tests read.
+
+/// A tool of the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ToolInfo {
+    pub name: &'static str,
+    /// What the model is told the tool does (prompts/tools/NAME.md).
+    pub description: &'static str,
+}
+
+pub const FIND_AUDIENCE: ToolInfo =
+    ToolInfo { name: "find_audience", description: include_str!("../../prompts/tools/find_audience.md") };
+pub const SQL_ANALYTICS: ToolInfo =
+    ToolInfo { name: "sql_analytics", description: include_str!("../../prompts/tools/sql_analytics.md") };
+pub const SQL_DATA_RETRIEVER: ToolInfo =
+    ToolInfo { name: "sql_data_retriever", description: include_str!("../../prompts/tools/sql_data_retriever.md") };
+
+/// Every tool, in the order they are offered and listed.
+pub const TOOLS: [ToolInfo; 3] = [FIND_AUDIENCE, SQL_ANALYTICS, SQL_DATA_RETRIEVER];
+
+/// The tool called `name`, if there is one.
+pub fn find(name: &str) -> Option<ToolInfo> {
+    TOOLS.into_iter().find(|tool| tool.name == name)
+}
+
+impl ToolInfo {
+    /// The description as sent: trimmed.
+    pub fn text(&self) -> &'static str {
+        self.description.trim()
+    }
+}
