@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Result, anyhow};
 use audience_tools::audience::{AudienceReport, AudienceSession, FindAudience};
+use audience_tools::registry;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
@@ -252,10 +253,14 @@ impl Session {
                 "the agent did not reach an answer within {max_turns} model calls (AUDIENCE_MAX_TURNS); \
                  ask a narrower question or raise the budget"
             ),
-            PromptError::UnknownToolCall { tool_name, available_tools, .. } => format!(
-                "the model kept calling a tool that does not exist (`{tool_name}`; available: {})",
-                available_tools.join(", ")
+            PromptError::UnknownToolCall { tool_name, .. } if registry::find(tool_name).is_some() => format!(
+                "the model kept calling `{tool_name}` at a step it cannot follow (the question's tool calls were \
+                 used up, or another step had to come first)"
             ),
+            PromptError::UnknownToolCall { tool_name, .. } => {
+                let names: Vec<&str> = registry::TOOLS.iter().map(|tool| tool.name).collect();
+                format!("the model kept calling a tool that does not exist (`{tool_name}`; the tools are {})", names.join(", "))
+            }
             other => {
                 let detail = one_line(&(self.redact)(&error_chain(other)));
                 // A request that got no reply at all: say where we tried to go.
@@ -341,7 +346,9 @@ mod tests {
     use super::*;
     use crate::exit::Failure;
     use crate::provider::{ProviderKind, RetryPolicy};
-    use audience_tools::db::Db;
+    use audience_tools::db::{Db, ReadLimits};
+    use audience_tools::embed::LazyEmbedder;
+    use audience_tools::paths;
     use audience_tools::schema::{READER_ROLE, TABLES};
     use audience_tools::vector::VectorSearch;
     use audience_tools::vector::edge::EdgeIndex;
@@ -516,14 +523,16 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn later_calls_are_offered_only_the_steps_that_can_follow() {
+    async fn later_calls_are_offered_what_can_follow_and_the_last_one_answers() {
         let fixture = Fixture::new().await;
         let count = || MockTurn::tool_call("c", "sql_analytics", json!({"sql": "SELECT count(*) AS n FROM customers"}));
         let model = MockCompletionModel::from_turns([
             count().with_usage(usage(1000, 20)),
-            // Not offered after a result of its own: refused, and the model is told what it may call.
-            count().with_usage(usage(1100, 20)),
-            MockTurn::text("There are 3 customers.").with_usage(usage(1200, 10)),
+            // Not among what can follow an analytics result: refused with the reason and what can be called.
+            MockTurn::tool_call("d", "sql_data_retriever", json!({"customer_ids": [1]})).with_usage(usage(1100, 20)),
+            count().with_usage(usage(1200, 20)),
+            count().with_usage(usage(1300, 20)),
+            MockTurn::text("There are 3 customers.").with_usage(usage(1400, 10)),
         ]);
         let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
         let answer = session.ask("How many customers?").await.unwrap();
@@ -531,23 +540,26 @@ mod tests {
         let offered = |request: usize| -> Vec<String> {
             model.requests()[request].tools.iter().map(|tool| tool.name.to_string()).collect()
         };
-        assert_eq!(offered(0).len(), 4);
-        assert_eq!(offered(1), ["hybrid_discovery"]);
+        assert_eq!(offered(0).len(), 3);
+        assert_eq!(offered(1), ["find_audience", "sql_analytics"]);
         assert_eq!(offered(2), offered(1), "a refused call changes nothing");
+        let feedback = tool_results(&model, 2);
         assert!(
-            tool_results(&model, 2)
-                .contains("There is no tool named `sql_analytics` at this step. Call one of: hybrid_discovery."),
-            "{}",
-            tool_results(&model, 2)
+            feedback.contains("`sql_data_retriever` cannot follow the results this question already has; call one of"),
+            "{feedback}"
         );
-        assert_eq!(answer.steps.len(), 2);
-        assert!(answer.steps[0].ok && !answer.steps[1].ok);
+        // Three results: the last call must answer. It still declares a tool, with tool choice `none`, so the
+        // results stay in the tool role (a call without tools makes rig re-send them as user text).
+        assert_eq!(offered(4), ["sql_analytics"]);
+        assert_eq!(model.requests()[4].tool_choice, Some(rig_core::message::ToolChoice::None));
+        assert_eq!(answer.steps.len(), 4);
+        assert!(answer.steps[0].ok && !answer.steps[1].ok && answer.steps[3].ok);
         // Regression: the refused call was recorded as an estimate although the provider reported its usage.
         // It is counted with the reported numbers.
-        assert_eq!(answer.usage.llm_calls, 3);
+        assert_eq!(answer.usage.llm_calls, 5);
         assert!(!answer.usage.estimated, "{:?}", answer.usage.calls);
         let prompts: Vec<u64> = answer.usage.calls.iter().map(|call| call.prompt_tokens).collect();
-        assert_eq!(prompts, [1000, 1100, 1200]);
+        assert_eq!(prompts, [1000, 1100, 1200, 1300, 1400]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +573,7 @@ mod tests {
         let answer = session.ask("drop the customers table").await.unwrap();
         assert_eq!(answer.text, "Sorry, I can only read data.");
         assert_eq!(answer.steps[0].tool, "run_sql");
-        assert!(answer.steps[0].observation.contains("unknown tool"));
+        assert!(answer.steps[0].observation.contains("no tool named `run_sql`"), "{}", answer.steps[0].observation);
         assert!(tool_results(&model, 1).contains("no tool named `run_sql`"));
         let customers: i64 =
             sqlx::query_scalar("SELECT count(*) FROM customers").fetch_one(&fixture.stores.db.pool).await.unwrap();

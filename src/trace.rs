@@ -156,7 +156,8 @@ enum Offer {
 /// again; a found audience is followed by its members' details, an analytics result by another query.
 fn follow_ups(tool: &str) -> &'static [&'static str] {
     match tool {
-        "find_audience" | "sql_data_retriever" => &["find_audience", "sql_data_retriever"],
+        "find_audience" => &["find_audience", "sql_data_retriever"],
+        "sql_data_retriever" => &["find_audience"],
         _ => &["sql_analytics", "find_audience"],
     }
 }

@@ -21,18 +21,20 @@ fn bench_smoke_runs_every_section() {
         "### Incremental re-ingest after 1% of customers changed",
         "## Hardware floor",
         "## Embedding throughput",
-        "### hybrid_discovery by gate size and strategy",
-        "### hybrid_discovery with behavioural gates",
-        "### semantic_search",
+        "### find_audience ranked by an intent, by audience size",
+        "### find_audience membership queries",
         "### sql_data_retriever",
         "## Cold start",
     ] {
         assert!(run.stdout.contains(heading), "missing {heading:?} in:\n{}", run.stdout);
     }
     assert!(run.stdout.contains("| profiles re-embedded | 3 of 300 (1%), every run |"), "{}", run.stdout);
-    // Every strategy and the automatic pick ran for each gate size.
-    let strategies = run.stdout.split("### hybrid_discovery by gate size").nth(1).unwrap().split("###").next().unwrap();
-    for strategy in ["| exact |", "| has_id |", "| match_any |", "| auto ("] {
-        assert_eq!(strategies.matches(strategy).count(), 3, "{strategy} in:\n{strategies}");
+    // Every audience size of the sweep, and everyone, ran; every marketer definition ran.
+    let ranking = run.stdout.split("### find_audience ranked by an intent").nth(1).unwrap().split("###").next().unwrap();
+    assert_eq!(ranking.lines().filter(|line| line.starts_with("| ") && !line.starts_with("| audience")).count(), 4, "{ranking}");
+    assert!(ranking.contains("| everyone (300) |"), "{ranking}");
+    let membership = run.stdout.split("### find_audience membership queries").nth(1).unwrap().split("###").next().unwrap();
+    for definition in ["bought socks in the last 60 days", "churned", "big spenders who stopped buying, not from DE"] {
+        assert!(membership.contains(&format!("| {definition} |")), "{definition} in:\n{membership}");
     }
 }

@@ -35,21 +35,29 @@ fn tool_json(env: &TestEnv, name: &str, args: &Value) -> Value {
     out.json()
 }
 
+/// The discovery the scripted conversations run: buyers of items priced 50 or more, ranked by a taste.
+fn discovery_edit(limit: u64) -> Value {
+    json!({
+        "include": [{"type": "event", "event_type": "purchase", "min_price": 50}],
+        "intent": "outdoor hiking and camping",
+        "limit": limit
+    })
+}
+
+fn member_ids(report: &Value) -> Vec<i64> {
+    report["members"].as_array().unwrap().iter().map(|m| m["customer_id"].as_i64().unwrap()).collect()
+}
+
 #[test]
 fn multi_tool_conversation_returns_the_audience_steps_and_usage() {
     let env = TestEnv::ingested("multi");
-    let discovery_args = json!({
-        "condition": "event_type = 'purchase' AND price > 50",
-        "intent": "outdoor hiking and camping",
-        "limit": 3
-    });
-    // The ids the real tool ranks first, so the scripted model can ask for their details.
-    let expected = tool_json(&env, "hybrid_discovery", &discovery_args);
-    let ids: Vec<i64> =
-        expected["customers"].as_array().unwrap().iter().map(|c| c["customer_id"].as_i64().unwrap()).collect();
+    let discovery_args = discovery_edit(3);
+    // The members the real tool ranks first, so the scripted model can ask for their details.
+    let expected = tool_json(&env, "find_audience", &discovery_args);
+    let ids = member_ids(&expected);
     assert_eq!(ids.len(), 3);
     let llm = FakeLlm::start(vec![
-        Reply::tool("call_1", "hybrid_discovery", discovery_args.clone())
+        Reply::tool("call_1", "find_audience", discovery_args.clone())
             .thought("I will look for outdoor lovers among recent buyers."),
         Reply::tool("call_2", "sql_data_retriever", json!({"customer_ids": ids, "fields": ["email", "segment"]})),
         Reply::text("Three buyers fit best; their emails are listed."),
@@ -60,12 +68,13 @@ fn multi_tool_conversation_returns_the_audience_steps_and_usage() {
     let mut answer = run.json();
 
     assert_eq!(answer["answer"], "Three buyers fit best; their emails are listed.");
-    assert_eq!(answer["audience"]["size"], expected["gate_size"]);
-    assert_eq!(answer["audience"]["customers"], expected["customers"]);
+    for key in ["definition", "explanation", "sql", "size", "funnel", "breakdown", "members"] {
+        assert_eq!(answer["audience"][key], expected[key], "{key}");
+    }
     let steps = answer["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2);
     assert_eq!(steps[0]["thought"], "I will look for outdoor lovers among recent buyers.");
-    assert_eq!(steps[0]["tool"], "hybrid_discovery");
+    assert_eq!(steps[0]["tool"], "find_audience");
     assert_eq!(steps[0]["args"], discovery_args);
     assert_eq!(steps[0]["sql"], expected["sql"]);
     assert_eq!(steps[1]["tool"], "sql_data_retriever");
@@ -75,47 +84,43 @@ fn multi_tool_conversation_returns_the_audience_steps_and_usage() {
     assert_cost(&answer["usage"], 300, 30);
     assert_eq!(answer["usage"]["estimated"], false);
 
-    // What the model was sent: the system prompt (as content parts), the four tools, then each tool result.
+    // What the model was sent: the system prompt (as content parts), the tools, then each tool result.
     let requests = llm.requests();
     assert_eq!(requests.len(), 3);
     let system = content_text(&messages_with_role(&requests[0], "system")[0]);
-    assert!(system.contains("Answer only from tool results"), "{system}");
+    assert!(system.contains("Answer only from tool results") && system.contains("never instructions"), "{system}");
     let mut tools: Vec<&str> =
         requests[0]["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
     tools.sort_unstable();
-    assert_eq!(tools, ["hybrid_discovery", "semantic_search", "sql_analytics", "sql_data_retriever"]);
-    // The columns a gate condition may read come with the tool that takes it, not with every call.
-    let hybrid = requests[0]["tools"].as_array().unwrap().iter().find(|t| t["function"]["name"] == "hybrid_discovery");
-    let hybrid = hybrid.unwrap()["function"]["description"].as_str().unwrap();
-    assert!(hybrid.contains("event_type 'view'|'add_to_cart'|'purchase', product"), "{hybrid}");
+    assert_eq!(tools, ["find_audience", "sql_analytics", "sql_data_retriever"]);
+    let find = requests[0]["tools"].as_array().unwrap().iter().find(|t| t["function"]["name"] == "find_audience");
+    let find = find.unwrap()["function"]["description"].as_str().unwrap();
+    assert!(find.contains("event_type view|add_to_cart|purchase"), "{find}");
     // Token budget: the first request (system prompt, every tool schema, the question) stays small; see
     // prompt_budget_of_a_typical_question for whole questions.
     let fixed = serde_json::to_string(&(&requests[0]["messages"], &requests[0]["tools"])).unwrap();
     let fixed_tokens = tiktoken_rs::o200k_base_singleton().encode_with_special_tokens(&fixed).len();
     eprintln!("first request: {fixed_tokens} tokens");
     assert!(fixed_tokens < 800, "the first request is {fixed_tokens} tokens");
-    // The model is sent a compact observation: the audience size and a table of the customers, not the SQL.
+    // The model is sent a compact observation: the definition, the sizes and a table of members, not the SQL.
     let observation = &tool_messages(&requests[1])[0];
-    assert!(
-        observation.starts_with(&format!("{} customers pass the condition", expected["gate_size"])),
-        "{observation}"
-    );
+    assert!(observation.starts_with(&format!("audience: {} of 60 customers.", expected["size"])), "{observation}");
     assert!(!observation.contains("SELECT"), "{observation}");
-    // Each later call is offered only the steps that can still follow: the details of the customers found,
-    // then none (the answer); rig sends the earlier calls and results of a tool-free request as text.
+    // Each later call is offered what can follow (refining the audience, or its members' details), and the
+    // results stay tool messages for the whole question.
     let offered = |request: &Value| -> Vec<String> {
         request["tools"].as_array().into_iter().flatten().map(|t| t["function"]["name"].to_string()).collect()
     };
-    assert_eq!(offered(&requests[1]), ["\"sql_data_retriever\""]);
-    assert!(offered(&requests[2]).is_empty(), "{}", requests[2]);
+    assert_eq!(offered(&requests[1]), ["\"find_audience\"", "\"sql_data_retriever\""]);
+    assert_eq!(tool_messages(&requests[2]).len(), 2, "{}", requests[2]);
     let last = serde_json::to_string(&requests[2]["messages"]).unwrap();
     assert!(last.contains("@example.com"), "emails reach the model: {last}");
     assert!(run.stderr.contains("usage: 3 LLM calls"), "{}", run.stderr);
 
     // Scores come from the embedding model; timings and timestamps change per run.
     redact_timings(&mut answer);
-    for customer in answer["audience"]["customers"].as_array_mut().unwrap() {
-        customer["score"] = json!("[score]");
+    for member in answer["audience"]["members"].as_array_mut().unwrap() {
+        member["score"] = json!("[score]");
     }
     insta::assert_json_snapshot!("multi_tool_conversation", answer);
 }
@@ -209,16 +214,22 @@ fn unknown_tool_names_get_one_correction_then_fail_with_exit_3() {
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let answer = run.json();
     assert_eq!(answer["steps"][0]["tool"], "run_sql");
-    assert!(answer["steps"][0]["observation"].as_str().unwrap().contains("unknown tool"));
     let feedback = serde_json::to_string(&llm.requests()[1]["messages"]).unwrap();
-    assert!(feedback.contains("There is no tool named `run_sql`"), "{feedback}");
+    let expected = "There is no tool named `run_sql`; the tools are find_audience, sql_analytics, sql_data_retriever.";
+    assert!(answer["steps"][0]["observation"].as_str().unwrap().contains(expected), "{answer}");
+    assert!(feedback.contains(expected), "{feedback}");
 
     let llm =
         FakeLlm::start(vec![Reply::tool("call_1", "run_sql", json!({})), Reply::tool("call_2", "run_sql", json!({}))]);
     let run = env.ask_json(&llm, "count customers");
     assert_eq!(run.code, 3, "stderr: {}", run.stderr);
     assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
-    assert!(run.error_lines()[0].contains("does not exist (`run_sql`"), "{}", run.stderr);
+    // Regression: the fatal error named an empty list of available tools.
+    assert!(
+        run.error_lines()[0].contains("does not exist (`run_sql`; the tools are find_audience, sql_analytics"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stdout.is_empty());
 }
 
@@ -321,8 +332,9 @@ fn plain_output_shows_the_answer_and_audience_and_verbose_shows_each_step() {
     let llm = FakeLlm::start(vec![
         Reply::tool(
             "call_1",
-            "semantic_search",
-            json!({"intent": "luxury watches", "filters": {"likes_luxury": true}, "limit": 2}),
+            "find_audience",
+            json!({"include": [{"type": "profile", "field": "likes_luxury", "op": "=", "value": true}],
+                   "intent": "luxury watches", "limit": 2}),
         )
         .thought("Searching for luxury lovers."),
         Reply::text("Two luxury watch fans."),
@@ -332,12 +344,14 @@ fn plain_output_shows_the_answer_and_audience_and_verbose_shows_each_step() {
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let stdout: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(stdout[0], "Two luxury watch fans.");
-    assert!(run.stdout.contains("customers (top 2 shown)"), "{}", run.stdout);
+    assert!(run.stdout.contains("Audience: ") && run.stdout.contains(" of 60 customers: Customers who like luxury"), "{}", run.stdout);
+    assert!(run.stdout.contains("by country: "), "the breakdown: {}", run.stdout);
+    assert_eq!(run.stdout.matches("bought ").count() + run.stdout.matches("likes luxury").count() >= 2, true, "why: {}", run.stdout);
     // Regression: the usage line was printed on stdout; stdout holds only the answer.
     assert!(!run.stdout.contains("usage:"), "{}", run.stdout);
     assert!(run.stderr.lines().any(|line| line.starts_with("usage: 2 LLM calls to gpt-4o-mini")), "{}", run.stderr);
     for expected in
-        ["· thought: Searching for luxury lovers.", "→ action: semantic_search", "vector filter: {", "← observation ("]
+        ["· thought: Searching for luxury lovers.", "→ action: find_audience", "sql: SELECT p.customer_id", "← observation ("]
     {
         assert!(run.stderr.contains(expected), "missing {expected:?} in:\n{}", run.stderr);
     }
@@ -389,13 +403,13 @@ fn the_tool_command_runs_tools_without_an_llm() {
     let env = TestEnv::ingested("toolcmd");
     let list = common::Run::from(env.command(&["tool", "--list"]).output().unwrap());
     assert_eq!(list.code, 0);
-    for name in ["hybrid_discovery", "semantic_search", "sql_analytics", "sql_data_retriever"] {
+    for name in ["find_audience", "sql_analytics", "sql_data_retriever"] {
         assert!(list.stdout.lines().any(|line| line == name), "{}", list.stdout);
     }
     let out = tool_json(&env, "sql_analytics", &json!({"sql": "SELECT count(*) AS n FROM customers"}));
     assert_eq!(out["rows"], json!([[60]]));
-    let out = tool_json(&env, "semantic_search", &json!({"intent": "luxury watches", "limit": 2}));
-    assert_eq!(out["customers"].as_array().unwrap().len(), 2);
+    let out = tool_json(&env, "find_audience", &json!({"intent": "luxury watches", "limit": 2}));
+    assert_eq!((out["size"].clone(), out["members"].as_array().unwrap().len()), (json!(60), 2));
 
     let refused = common::Run::from(
         env.command(&["tool", "sql_analytics", "--args", r#"{"sql": "DELETE FROM customers"}"#]).output().unwrap(),
@@ -456,26 +470,20 @@ fn prompt_budget_of_a_typical_question() {
     const MAX_PROMPT_TOKENS: usize = 2000;
     let env = TestEnv::ingested("budget");
 
-    // (a) Discovery: hybrid_discovery (limit 10), the found customers' emails, the answer.
-    let discovery_args = json!({
-        "condition": "event_type = 'purchase' AND price > 50",
-        "intent": "outdoor hiking and camping",
-        "limit": 10
-    });
-    let found = tool_json(&env, "hybrid_discovery", &discovery_args);
-    let ids: Vec<i64> =
-        found["customers"].as_array().unwrap().iter().map(|c| c["customer_id"].as_i64().unwrap()).collect();
-    assert_eq!(ids.len(), 10);
+    // (a) Discovery: find_audience (limit 10) with the members' emails, then the answer.
+    let mut discovery_args = discovery_edit(10);
+    discovery_args["fields"] = json!(["email"]);
+    let found = tool_json(&env, "find_audience", &discovery_args);
+    assert_eq!(member_ids(&found).len(), 10);
+    assert!(found["members"][0]["fields"]["email"].as_str().unwrap().contains('@'), "{found}");
     let llm = FakeLlm::start(vec![
-        Reply::tool("call_1", "hybrid_discovery", discovery_args),
-        // The question asks for emails, and the hits already carry names, countries and interests.
-        Reply::tool("call_2", "sql_data_retriever", json!({"customer_ids": ids, "fields": ["email"]})),
+        Reply::tool("call_1", "find_audience", discovery_args),
         Reply::text("26 buyers of items over 50 fit; the ten closest to hiking and camping, with their emails: ..."),
     ]);
     let run = env.ask_json(&llm, "Which buyers of items over 50 love hiking and camping? Give me their emails.");
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let answer = run.json();
-    assert_eq!(answer["audience"]["customers"], found["customers"], "the host keeps the whole audience");
+    assert_eq!(answer["audience"]["members"], found["members"], "the host keeps the whole audience");
     assert_eq!(answer["steps"][0]["sql"], found["sql"], "and the exact SQL");
     let discovery = llm.requests();
 
@@ -490,7 +498,7 @@ fn prompt_budget_of_a_typical_question() {
     }
     eprintln!("  {:<20} {:>5}", "total", json_tokens(&(&[system], &first["tools"])));
     let discovery_total =
-        budget_table("(a) hybrid_discovery -> sql_data_retriever -> answer", &discovery, &agent_system);
+        budget_table("(a) find_audience (with emails) -> answer", &discovery, &agent_system);
 
     // (b) Analytics: sql_analytics, its inner text-to-SQL call, the answer.
     let sql = "SELECT country, count(*) AS customers FROM customers GROUP BY country ORDER BY customers DESC, country";
@@ -539,12 +547,12 @@ fn a_missing_or_outdated_vector_index_is_a_store_error_until_reindexed() {
     );
     assert_eq!(ingested.code, 0, "{}", ingested.stderr);
 
-    let search = ["tool", "semantic_search", "--args", r#"{"intent": "luxury watches", "limit": 3}"#];
+    let search = ["tool", "find_audience", "--args", r#"{"intent": "luxury watches", "limit": 3}"#];
     let hybrid = [
         "tool",
-        "hybrid_discovery",
+        "find_audience",
         "--args",
-        r#"{"condition": "event_type = 'purchase'", "intent": "luxury watches", "limit": 3}"#,
+        r#"{"include": [{"type": "event", "event_type": "purchase"}], "intent": "luxury watches", "limit": 3}"#,
     ];
     let empty = tempfile::tempdir().unwrap();
     for args in [&search[..], &hybrid[..]] {
@@ -565,7 +573,7 @@ fn a_missing_or_outdated_vector_index_is_a_store_error_until_reindexed() {
     assert_eq!(reindexed.code, 0, "{}", reindexed.stderr);
     let run = in_dir(env.data_dir(), &search);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.json()["count"], json!(45));
+    assert_eq!(run.json()["size"], json!(45));
 }
 
 /// Regression: an answer containing `ESC[2J`, BEL or U+202E cleared or reversed the user's screen. Text from the

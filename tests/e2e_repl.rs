@@ -202,10 +202,6 @@ fn redact_seconds(text: &str) -> String {
         .join("\n")
 }
 
-fn discovery(id: &str, condition: &str, intent: &str, limit: u64) -> Reply {
-    Reply::tool(id, "hybrid_discovery", json!({"condition": condition, "intent": intent, "limit": limit}))
-}
-
 fn chat(env: &TestEnv, llm_url: Option<&str>) -> Terminal {
     let mut command = env.command(&["chat"]);
     if let Some(url) = llm_url {
@@ -222,10 +218,13 @@ fn chat(env: &TestEnv, llm_url: Option<&str>) -> Terminal {
 #[test]
 fn conversation_refines_reports_cost_exports_and_quits() {
     let env = TestEnv::ingested("repl");
+    let first_edit = json!({"include": [{"type": "event", "event_type": "purchase"}],
+                            "intent": "outdoor hiking and camping gear", "limit": 5});
     let llm = FakeLlm::start(vec![
-        discovery("call_1", "event_type = 'purchase'", "outdoor hiking and camping gear", 5),
+        Reply::tool("call_1", "find_audience", first_edit),
         Reply::text("These are the buyers most into hiking."),
-        discovery("call_2", "event_type = 'purchase' AND price > 50", "outdoor hiking and camping gear", 3),
+        // The follow-up sends only the change.
+        Reply::tool("call_2", "find_audience", json!({"include": [{"type": "event", "event_type": "purchase", "min_price": 50}], "limit": 3})),
         Reply::text("Narrowed to buyers of items over 50."),
         Reply::text("A fresh start."),
     ]);
@@ -234,24 +233,21 @@ fn conversation_refines_reports_cost_exports_and_quits() {
     let help = repl.ask("/help");
     insta::assert_snapshot!("help", help);
     let tools = repl.ask("/tools");
-    for name in ["hybrid_discovery", "semantic_search", "sql_analytics", "sql_data_retriever"] {
+    for name in ["find_audience", "sql_analytics", "sql_data_retriever"] {
         assert_eq!(tools.lines().filter(|line| line.starts_with(&format!("{name} "))).count(), 1, "{tools}");
     }
+    assert!(repl.ask("/audience").starts_with("no audience yet"));
 
     let first = repl.ask("who buys hiking gear?");
     assert!(first.starts_with("These are the buyers most into hiking.\n"), "{first}");
-    let audience_line = first.lines().find(|line| line.starts_with("Audience: ")).unwrap_or_else(|| panic!("{first}"));
-    let size: u64 = audience_line
-        .strip_prefix("Audience: ")
-        .and_then(|rest| rest.strip_suffix(" customers (showing 5)"))
-        .and_then(|size| size.parse().ok())
-        .unwrap_or_else(|| panic!("{first}"));
-    assert!(size >= 5, "{first}");
+    let size = env.sql_scalar(
+        "SELECT count(DISTINCT customer_id)::text FROM events WHERE event_type = 'purchase' AND quantity > 0",
+    );
+    assert!(first.contains(&format!("Audience: {size} of 60 customers: Customers who bought anything; ranked by: outdoor hiking")), "{first}");
     let table_rows = first.lines().filter(|line| line.starts_with("│") && !line.contains("customer_id")).count();
     assert_eq!(table_rows, 5, "{first}");
     let usage = first.lines().last().unwrap();
     insta::assert_snapshot!("first_answer_usage", redact_seconds(usage));
-
     assert!(!first.contains("action:"), "the trace is off by default: {first}");
 
     // Two commands typed ahead in one go both run (rustyline keeps its read buffer between prompts).
@@ -265,45 +261,63 @@ fn conversation_refines_reports_cost_exports_and_quits() {
     repl.expect("\n");
     let second = repl.ask("more than 50 on an item");
     assert!(second.contains("Narrowed to buyers of items over 50."), "{second}");
-    assert!(second.contains("(showing 3)"), "{second}");
-    assert!(second.contains("action: hybrid_discovery"), "{second}");
-    assert!(second.contains("price > 50"), "the trace shows the SQL: {second}");
+    assert!(second.contains("action: find_audience"), "{second}");
+    assert!(second.contains("e.price >= 50"), "the trace shows the SQL: {second}");
+    let narrowed = env.sql_scalar(
+        "SELECT count(DISTINCT customer_id)::text FROM events WHERE event_type = 'purchase' AND quantity > 0 AND price >= 50",
+    );
+    assert!(second.contains(&format!("Audience: {narrowed} of 60 customers")), "{second}");
     assert!(repl.ask("/verbose").contains("verbose trace off"));
 
-    // The follow-up's first request carries the whole first exchange: question, tool call, result, answer.
+    // The follow-up's request carries the whole first exchange and the current audience, which the host holds.
     let requests = llm.requests();
     assert_eq!(requests.len(), 4);
     let follow_up = &requests[2];
     let users: Vec<String> = messages_with_role(follow_up, "user").iter().map(content_text).collect();
     assert_eq!(users.first().map(String::as_str), Some("who buys hiking gear?"), "{follow_up}");
-    assert_eq!(users.last().map(String::as_str), Some("only those who spent \nmore than 50 on an item"));
+    let last = users.last().unwrap();
+    assert!(last.starts_with("[current audience: c1 include who bought anything; intent: outdoor hiking and camping gear]\n"), "{last}");
+    assert!(last.ends_with("only those who spent \nmore than 50 on an item"), "{last}");
     let assistant = messages_with_role(follow_up, "assistant");
-    assert!(assistant.iter().any(|m| m["tool_calls"][0]["function"]["name"] == "hybrid_discovery"), "{follow_up}");
-    assert!(assistant.iter().any(|m| content_text(m).contains("most into hiking")), "{follow_up}");
+    assert!(assistant.iter().any(|m| m["tool_calls"][0]["function"]["name"] == "find_audience"), "{follow_up}");
     assert_eq!(messages_with_role(follow_up, "tool").len(), 1, "{follow_up}");
+
+    // The audience, its explanation, and undo.
+    let audience = repl.ask("/audience");
+    assert!(audience.contains(&format!("Audience: {narrowed} of 60 customers")), "{audience}");
+    assert!(audience.contains(&format!("c1           who bought anything")), "{audience}");
+    let explain = repl.ask("/explain");
+    assert!(explain.starts_with("Customers who bought anything, who bought anything priced at least 50"), "{explain}");
+    assert!(explain.contains("  c2 include who bought anything priced at least 50"), "{explain}");
 
     let cost = repl.ask("/cost");
     insta::assert_snapshot!("cost", cost);
 
+    // Regression: /export wrote only the listed top members; it writes every member of the audience.
     let csv_path = env.data_dir().join("audience.csv");
     let exported = repl.ask(&format!("/export {}", csv_path.display()));
-    assert!(exported.starts_with("exported 3 customers to "), "{exported}");
+    assert!(exported.starts_with(&format!("exported {narrowed} members to ")), "{exported}");
     let csv = std::fs::read_to_string(&csv_path).unwrap();
     let mut lines = csv.lines();
-    assert!(lines.next().unwrap().starts_with("customer_id,name,country,segment,total_spent"), "{csv}");
-    assert_eq!(lines.count(), 3, "{csv}");
+    assert!(lines.next().unwrap().starts_with("customer_id,first_name,last_name,email,country"), "{csv}");
+    assert_eq!(lines.count().to_string(), narrowed, "{csv}");
+    assert!(!env.data_dir().join("audience.csv.partial").exists());
+
+    assert!(repl.ask("/undo").starts_with("back to: Customers who bought anything; ranked by: outdoor hiking"));
     let json_path = env.data_dir().join("audience.json");
     repl.ask(&format!("/export {}", json_path.display()));
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    assert_eq!(json["customers"].as_array().map(Vec::len), Some(3), "{json}");
-    assert!(json["size"].as_u64().unwrap() >= 3, "{json}");
+    assert_eq!(json.as_array().map(Vec::len).map(|n| n.to_string()), Some(size.clone()), "after undo, the first audience");
+    let audience = repl.ask("/audience");
+    assert!(audience.contains(&format!("Audience: {size} of 60 customers")), "re-evaluated after undo: {audience}");
 
-    // After /reset the next question carries no history.
-    assert!(repl.ask("/reset").contains("conversation cleared"));
+    // After /reset the next question carries no history and no audience.
+    assert!(repl.ask("/reset").contains("conversation and audience cleared"));
     assert!(repl.ask("a new topic").starts_with("A fresh start.\n"));
     let after_reset = &llm.requests()[4];
     assert_eq!(after_reset["messages"].as_array().map(Vec::len), Some(2), "system + question only: {after_reset}");
     assert!(repl.ask("/export out.csv").starts_with("no audience yet"));
+    assert!(repl.ask("/undo").starts_with("nothing to undo"));
     repl.line("/quit");
     assert!(repl.wait().success());
     let history = std::fs::read_to_string(env.data_dir().join("history.txt")).unwrap();
@@ -421,7 +435,8 @@ fn ctrl_c_cancels_a_slow_question_and_a_missing_provider_is_named() {
 
     // Regression: the cancelled question is still in the ledger (it had spent nothing the provider reported).
     let cost = repl.ask("/cost");
-    assert!(cost.starts_with("session: 2 question(s), 1 LLM calls"), "{cost}");
+    // The cancelled question's call is counted too: it was sent, and a provider may bill it.
+    assert!(cost.starts_with("session: 2 question(s), 2 LLM calls"), "{cost}");
     let ledger = std::fs::read_to_string(env.data_dir().join("usage.jsonl")).unwrap();
     let oks: Vec<bool> =
         ledger.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["ok"] == true).collect();
@@ -437,15 +452,15 @@ fn ctrl_c_cancels_a_slow_question_and_a_missing_provider_is_named() {
 #[test]
 fn an_open_chat_shares_its_data_directory_and_follows_a_new_ingest() {
     let env = TestEnv::ingested("share");
-    let search = || Reply::tool("c", "semantic_search", json!({"intent": "outdoor hiking and camping", "limit": 3}));
+    let search = || Reply::tool("c", "find_audience", json!({"new": true, "intent": "outdoor hiking and camping", "limit": 3}));
     let llm = FakeLlm::start(vec![search(), Reply::text("First."), search(), Reply::text("Second.")]);
     let mut repl = chat(&env, Some(&llm.base_url));
     let first = repl.ask("who likes hiking?");
-    assert!(first.contains("Audience: 60 customers"), "{first}");
+    assert!(first.contains("Audience: 60 of 60 customers"), "{first}");
 
     // With the chat holding its index open: other readers and a new ingest of other data.
     let run = |args: &[&str]| common::Run::from(env.command(args).output().unwrap());
-    let tool = run(&["tool", "semantic_search", "--args", r#"{"intent": "luxury watches", "limit": 2}"#]);
+    let tool = run(&["tool", "find_audience", "--args", r#"{"intent": "luxury watches", "limit": 2}"#]);
     assert_eq!(tool.code, 0, "{}", tool.stderr);
     let sql = run(&["tool", "sql_analytics", "--args", r#"{"sql": "SELECT count(*) FROM customers"}"#]);
     assert_eq!(sql.code, 0, "{}", sql.stderr);
@@ -468,7 +483,7 @@ fn an_open_chat_shares_its_data_directory_and_follows_a_new_ingest() {
     assert!(!ingest.stderr.contains("busy"), "{}", ingest.stderr);
 
     let second = repl.ask("and now?");
-    assert!(second.contains("Audience: 40 customers"), "the open chat sees the new data: {second}");
+    assert!(second.contains("Audience: 40 of 40 customers"), "the open chat sees the new data: {second}");
     repl.line("/quit");
     assert!(repl.wait().success());
 }

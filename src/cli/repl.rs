@@ -237,7 +237,7 @@ impl Chat {
             return Ok(Some(report));
         }
         let Some(definition) = audience.current() else { return Ok(None) };
-        let report = evaluate(&self.stores, &definition, &mut ToolTrace::new("audience"))
+        let report = evaluate(&self.stores, &definition, &[], &mut ToolTrace::new("audience"))
             .await
             .map_err(|failure| anyhow::anyhow!("{failure}"))?;
         audience.remember(report.clone());
@@ -556,7 +556,10 @@ mod tests {
         assert_eq!(parse_command("/help"), Ok(Command::Help));
         assert_eq!(parse_command("/quit"), Ok(Command::Quit));
         assert_eq!(parse_command("/export out/a b.csv"), Ok(Command::Export(PathBuf::from("out/a b.csv"))));
-        assert_eq!(parse_command("/export"), Err("usage: /export FILE (.csv or .json)".to_owned()));
+        assert_eq!(parse_command("/export"), Err("usage: /export FILE (.csv, .json or .jsonl)".to_owned()));
+        assert_eq!(parse_command("/undo"), Ok(Command::Undo));
+        assert_eq!(parse_command("/audience"), Ok(Command::Audience));
+        assert_eq!(parse_command("/explain"), Ok(Command::Explain));
         assert_eq!(parse_command("/cost now"), Err("/cost takes no argument".to_owned()));
         assert!(parse_command("/nope").unwrap_err().contains("unknown command /nope"));
     }
@@ -571,33 +574,19 @@ mod tests {
     }
 
     #[test]
-    fn exports_csv_with_every_field_and_lists_in_one_cell() {
-        let customers = vec![
-            json!({"score": 0.5, "customer_id": 7, "name": "Ann, B", "interests": ["hiking", "tea"], "extra": true}),
-            json!({"customer_id": 9, "name": "Bo", "interests": [], "score": 0.25}),
-        ];
-        let csv = String::from_utf8(audience_csv(&customers).unwrap()).unwrap();
-        assert_eq!(csv, "customer_id,name,interests,score,extra\n7,\"Ann, B\",hiking;tea,0.5,true\n9,Bo,,0.25,\n");
-    }
-
-    #[test]
-    fn export_needs_a_known_extension() {
-        let dir = tempfile::tempdir().unwrap();
-        let audience = Audience { size: 3, customers: vec![json!({"customer_id": 1})] };
-        let error = export(&audience, &dir.path().join("a.txt")).unwrap_err();
-        assert!(error.to_string().contains("name it .csv or .json"), "{error}");
-        export(&audience, &dir.path().join("a.JSON")).unwrap();
-        let written: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("a.JSON")).unwrap()).unwrap();
-        assert_eq!(written, json!({"size": 3, "customers": [{"customer_id": 1}]}));
+    fn csv_cells_keep_lists_in_one_cell() {
+        assert_eq!(csv_cell(Some(&json!(["hiking", "tea"]))), "hiking;tea");
+        assert_eq!(csv_cell(Some(&json!("Ann, B"))), "Ann, B");
+        assert_eq!(csv_cell(Some(&json!(12.5))), "12.5");
+        assert_eq!(csv_cell(None), "");
     }
 
     #[test]
     fn tool_summaries_are_one_sentence() {
-        for (name, description) in TOOLS {
-            let summary = first_sentence(description);
-            assert!(summary.ends_with('.') && summary.len() > 30, "{name}: {summary}");
-            assert_eq!(summary.matches('(').count(), summary.matches(')').count(), "{name}: {summary}");
+        for tool in registry::TOOLS {
+            let summary = first_sentence(tool.text());
+            assert!(summary.ends_with('.') && summary.len() > 30, "{}: {summary}", tool.name);
+            assert_eq!(summary.matches('(').count(), summary.matches(')').count(), "{}: {summary}", tool.name);
         }
     }
 }

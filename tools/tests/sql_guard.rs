@@ -304,7 +304,7 @@ fn chains_and_lists_within_the_limits_are_accepted() {
         assert_eq!(check_gate(&gate).unwrap(), gate);
         assert!(check_condition(&gate, ConditionTable::Events).is_ok());
         assert_eq!(check_analytics(&analytics).unwrap(), analytics);
-        assert_eq!(check_gate(&list).unwrap(), list);
+        assert_eq!(check_condition(&list, ConditionTable::Profiles).unwrap(), list);
     });
 }
 
@@ -364,9 +364,10 @@ fn input_over_the_length_caps_is_refused_stating_the_cap() {
     };
     let at_cap = list(MAX_CONDITION_CHARS, "");
     assert_eq!(at_cap.len(), MAX_CONDITION_CHARS);
-    check_gate(&at_cap).unwrap();
+    let profile = |condition: &str| check_condition(condition, ConditionTable::Profiles);
+    profile(&at_cap).unwrap();
     let over = list(MAX_CONDITION_CHARS + 1, "");
-    let reason = refusal_of(check_gate(&over));
+    let reason = refusal_of(profile(&over));
     assert!(
         reason.contains(&format!("{} characters long; at most {MAX_CONDITION_CHARS}", over.len())),
         "{reason}"
@@ -378,7 +379,7 @@ fn input_over_the_length_caps_is_refused_stating_the_cap() {
     assert!(reason.contains(&format!("at most {MAX_ANALYTICS_SQL_CHARS} are allowed")), "{reason}");
     // The cap counts characters, not bytes: a literal of multi-byte letters is as long as it looks.
     let letters = format!("first_name = '{}'", "\u{00EB}".repeat(MAX_CONDITION_CHARS - 20));
-    check_gate(&letters).unwrap();
+    profile(&letters).unwrap();
 }
 
 /// A small seeded generator (SplitMix64): the same cases on every run, and no dependency for a few random numbers.
@@ -527,10 +528,15 @@ async fn attacks_through_the_tools_change_nothing() {
     }
     let find = FindAudience::new(stores.clone(), AudienceSession::default());
     for condition in GATE_ATTACKS {
-        for clause in [
-            serde_json::json!({"type": "event", "sql": condition}),
-            serde_json::json!({"type": "sql", "condition": condition}),
-        ] {
+        // Each form must be refused where its table makes the condition an attack (`total_spent > 100` is a valid
+        // profile condition, and no event condition).
+        let forms = [
+            (ConditionTable::Events, serde_json::json!({"type": "event", "sql": condition})),
+            (ConditionTable::Profiles, serde_json::json!({"type": "sql", "condition": condition})),
+        ];
+        let refused: Vec<_> = forms.into_iter().filter(|(table, _)| check_condition(condition, *table).is_err()).collect();
+        assert!(!refused.is_empty(), "{condition} is no attack in any table");
+        for (_, clause) in refused {
             let edit: Edit = serde_json::from_value(serde_json::json!({"include": [clause]})).unwrap();
             assert!(
                 matches!(find.run(edit).await, Err(ToolFailure::Correctable(_))),

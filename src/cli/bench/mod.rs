@@ -40,7 +40,7 @@ enum Which {
     Ingest(ingest::IngestBenchArgs),
     /// The hardware floor (clock, fp32 GEMM) and embedding throughput for several session layouts.
     Embed(embed::EmbedBenchArgs),
-    /// Tool latency (p50/p95): hybrid_discovery per gate size and strategy, semantic_search, sql_data_retriever.
+    /// Tool latency (p50/p95): find_audience by audience size and for marketer definitions, sql_data_retriever.
     Query(query::QueryBenchArgs),
     /// Cold start: time until the REPL prompt, and until a direct tool call answers (model load included).
     Startup(startup::StartupBenchArgs),

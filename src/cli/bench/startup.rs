@@ -1,6 +1,6 @@
 //! `audience bench startup`: cold start as a user meets it. The time from launching `audience chat` on a
 //! terminal until its prompt is drawn, and the wall time of direct tool calls, each a new process: one that
-//! needs no model (`sql_data_retriever`) and one that loads the model to embed its query (`semantic_search`).
+//! needs no model (`sql_data_retriever`) and one that loads the model to embed its intent (`find_audience` ranked by an intent).
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -50,12 +50,12 @@ pub async fn run(bench: &Bench, args: &StartupBenchArgs) -> Result<()> {
     for _ in 0..args.runs {
         prompt.push(time_to_prompt(bench.chat_command(&dataset))?);
         retriever.push(time_tool(bench, &dataset, "sql_data_retriever", r#"{"customer_ids": [1, 2, 3]}"#)?);
-        semantic.push(time_tool(bench, &dataset, "semantic_search", r#"{"intent": "luxury watches", "limit": 5}"#)?);
+        semantic.push(time_tool(bench, &dataset, "find_audience", r#"{"intent": "luxury watches", "limit": 5}"#)?);
     }
     let mut table = Table::new(["from launch to", "seconds: median (min–max)"]);
     table.row(["the REPL prompt (`audience chat` on a terminal)".to_owned(), prompt.spread(3)]);
     table.row(["a `sql_data_retriever` answer (no model)".to_owned(), retriever.spread(3)]);
-    table.row(["a `semantic_search` answer (model load included)".to_owned(), semantic.spread(3)]);
+    table.row(["a `find_audience` answer ranked by an intent (model load included)".to_owned(), semantic.spread(3)]);
     table.print(&format!(
         "## Cold start, index of {} customers ({} runs, each a new process)",
         thousands(dataset.customers as f64),

@@ -14,6 +14,10 @@ use crate::registry;
 use crate::stores::Stores;
 use crate::trace::{ToolTrace, TracedTool};
 
+/// Members the model is shown: enough to name the best ones and say why they fit; the user sees every listed one,
+/// and every later call resends what the model was shown.
+const OBSERVED_MEMBERS: usize = 5;
+
 /// The `find_audience` tool, working on one conversation's [`AudienceSession`].
 #[derive(Clone)]
 pub struct FindAudience {
@@ -61,18 +65,26 @@ impl TracedTool for FindAudience {
         }
         if !report.members.is_empty() {
             let order = if report.ranked_by == "intent" { "best match first" } else { "by total spent" };
-            lines.push(format!("top {} members, {order}:", report.members.len()));
-            let rows = report.members.iter().map(|m| {
-                [
+            let shown = report.members.len().min(OBSERVED_MEMBERS);
+            let more = match report.members.len() - shown {
+                0 => String::new(),
+                hidden => format!(" ({hidden} more listed to the user)"),
+            };
+            lines.push(format!("top {shown} members, {order}{more}:"));
+            let extra: Vec<&str> = report.members[0].fields.keys().map(String::as_str).collect();
+            let mut columns = vec!["customer_id", "name", "country", "why"];
+            columns.extend(&extra);
+            let rows = report.members[..shown].iter().map(|m| {
+                let mut row = vec![
                     m.customer_id.to_string(),
                     observe::cell(&Value::String(m.name.clone())),
                     observe::cell(&json!(m.country)),
-                    observe::cell(&Value::String(m.segment.clone())),
-                    observe::round(m.total_spent),
                     observe::cell(&Value::String(m.why.join("; "))),
-                ]
+                ];
+                row.extend(extra.iter().map(|field| m.fields.get(*field).map(observe::cell).unwrap_or_default()));
+                row
             });
-            lines.push(observe::table(&["customer_id", "name", "country", "segment", "spent", "why"], rows));
+            lines.push(observe::table(&columns, rows));
         }
         lines.join("\n")
     }
@@ -80,7 +92,7 @@ impl TracedTool for FindAudience {
     async fn execute(&self, edit: Edit, trace: &mut ToolTrace) -> Result<AudienceReport, ToolFailure> {
         let current = self.session.current();
         let definition = edit.apply(current.as_ref()).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
-        let report = evaluate(&self.stores, &definition, trace).await?;
+        let report = evaluate(&self.stores, &definition, &edit.fields, trace).await?;
         self.session.commit(report.clone());
         Ok(report)
     }
@@ -121,7 +133,8 @@ impl Tool for FindAudience {
                 "exclude": {"type": "array", "items": clause},
                 "remove": {"type": "array", "items": {"type": "string"}},
                 "intent": {"type": "string"},
-                "limit": {"type": "integer", "maximum": MAX_LIMIT}
+                "limit": {"type": "integer", "maximum": MAX_LIMIT},
+                "fields": {"type": "array", "items": {"type": "string"}}
             }
         })
     }

@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::compile::{Compiled, compile};
 use super::definition::{AudienceDefinition, Invalid, ProfileField, Rule};
 use crate::dataset::Dataset;
 use crate::failure::ToolFailure;
+use crate::schema::profile_fields;
 use crate::stores::Stores;
 use crate::trace::ToolTrace;
 use crate::vector::{Condition, Filter};
@@ -79,12 +81,15 @@ pub struct Member {
     pub segment: String,
     pub total_spent: f64,
     pub interests: Vec<String>,
-    /// Similarity to the intent (cosine), when ranked by one.
+    /// Similarity to the intent (cosine, four decimals), when ranked by one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub score: Option<f32>,
+    pub score: Option<f64>,
     /// Why the member is in the audience: the latest event that meets each event clause, and the profile facts
     /// the other clauses and the intent look at.
     pub why: Vec<String>,
+    /// Further profile fields the caller asked for (`fields`), by name.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub fields: Map<String, Value>,
 }
 
 /// Spend bands of the breakdown, as `CASE` arms over `total_spent`, in order.
@@ -92,12 +97,15 @@ const SPEND_BANDS: &str = "CASE WHEN p.total_spent <= 0 THEN '0' WHEN p.total_sp
     WHEN p.total_spent < 500 THEN '100-499' WHEN p.total_spent < 1000 THEN '500-999' ELSE '1000 or more' END";
 const BAND_ORDER: [&str; 5] = ["0", "under 100", "100-499", "500-999", "1000 or more"];
 
-/// Evaluates `definition`, recording the membership SQL, timings and embedding tokens in `trace`.
+/// Evaluates `definition`, recording the membership SQL, timings and embedding tokens in `trace`. The listed members
+/// carry the profile `fields` asked for besides their usual ones.
 pub async fn evaluate(
     stores: &Stores,
     definition: &AudienceDefinition,
+    fields: &[String],
     trace: &mut ToolTrace,
 ) -> Result<AudienceReport, ToolFailure> {
+    let fields = checked_fields(fields)?;
     let as_of = as_of_day(stores).await?;
     let compiled = compile(definition, as_of).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
     trace.sql = Some(compiled.membership.clone());
@@ -120,7 +128,8 @@ pub async fn evaluate(
         _ => (top_spenders(&mut tx, &compiled, definition.limit).await?, "total_spent"),
     };
     let start = Instant::now();
-    let members = describe_members(&mut tx, definition, &compiled, &ranked, as_of).await?;
+    let mut members = describe_members(&mut tx, definition, &compiled, &ranked, as_of).await?;
+    add_fields(&mut tx, &mut members, &fields).await?;
     tx.rollback().await?;
     trace.time("members", start);
 
@@ -151,6 +160,50 @@ pub async fn evaluate(
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Most extra fields one call may ask for.
+const MAX_FIELDS: usize = 10;
+
+/// The requested extra fields, each one a retrievable profile column.
+fn checked_fields(fields: &[String]) -> Result<Vec<&'static str>, ToolFailure> {
+    let allowed = profile_fields();
+    if fields.len() > MAX_FIELDS {
+        return Err(ToolFailure::correctable(format!("at most {MAX_FIELDS} fields")));
+    }
+    fields
+        .iter()
+        .map(|field| {
+            allowed.iter().copied().find(|known| *known == field.trim()).ok_or_else(|| {
+                ToolFailure::Correctable(format!("unknown field `{field}`; choose from: {}", allowed.join(", ")))
+            })
+        })
+        .collect()
+}
+
+/// Adds the requested fields to each listed member, in one query (the names come from the registry).
+async fn add_fields(tx: &mut Tx, members: &mut [Member], fields: &[&'static str]) -> Result<(), ToolFailure> {
+    if fields.is_empty() || members.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = members.iter().map(|m| m.customer_id).collect();
+    let sql = format!(
+        "SELECT customer_id, row_to_json(r)::text FROM (SELECT customer_id, {} FROM profiles \
+         WHERE customer_id = ANY($1)) r",
+        fields.join(", ")
+    );
+    let rows: Vec<(i64, String)> = sqlx::query_as(&sql).bind(&ids).fetch_all(&mut **tx).await?;
+    let mut by_id: HashMap<i64, Map<String, Value>> = HashMap::new();
+    for (id, text) in rows {
+        let mut record: Map<String, Value> = serde_json::from_str(&text)
+            .map_err(|e| ToolFailure::Fatal(anyhow::anyhow!("PostgreSQL returned a row that is not JSON: {e}")))?;
+        record.remove("customer_id");
+        by_id.insert(id, record);
+    }
+    for member in members {
+        member.fields = by_id.remove(&member.customer_id).unwrap_or_default();
+    }
+    Ok(())
+}
 
 /// The day the data was computed for: from the dataset row, or (schemas ingested before it recorded one) the day of
 /// the newest event.
@@ -260,7 +313,7 @@ async fn rank_by_intent(
     total: u64,
     limit: usize,
     trace: &mut ToolTrace,
-) -> Result<Vec<(i64, Option<f32>)>, ToolFailure> {
+) -> Result<Vec<(i64, Option<f64>)>, ToolFailure> {
     let start = Instant::now();
     let embedded = stores.embedder.embed_one(intent.trim().to_owned()).await;
     trace.time("embed", start);
@@ -273,11 +326,11 @@ async fn rank_by_intent(
     trace.time("vector", start);
     Ok(hits
         .into_iter()
-        .filter_map(|hit| Some((i64::try_from(hit.id).ok()?, Some((hit.score * 10_000.0).round() / 10_000.0))))
+        .filter_map(|hit| Some((i64::try_from(hit.id).ok()?, Some((f64::from(hit.score) * 10_000.0).round() / 10_000.0))))
         .collect())
 }
 
-async fn top_spenders(tx: &mut Tx, compiled: &Compiled, limit: usize) -> Result<Vec<(i64, Option<f32>)>, ToolFailure> {
+async fn top_spenders(tx: &mut Tx, compiled: &Compiled, limit: usize) -> Result<Vec<(i64, Option<f64>)>, ToolFailure> {
     let ids: Vec<i64> = sqlx::query_scalar(&format!(
         "SELECT p.customer_id FROM ({}) m JOIN profiles p ON p.customer_id = m.customer_id \
          ORDER BY p.total_spent DESC, p.customer_id LIMIT {limit}",
@@ -295,7 +348,7 @@ async fn describe_members(
     tx: &mut Tx,
     definition: &AudienceDefinition,
     compiled: &Compiled,
-    ranked: &[(i64, Option<f32>)],
+    ranked: &[(i64, Option<f64>)],
     as_of: NaiveDate,
 ) -> Result<Vec<Member>, ToolFailure> {
     if ranked.is_empty() {
@@ -313,14 +366,14 @@ async fn describe_members(
     // The latest event meeting each event clause, per listed member.
     let mut evidence: HashMap<i64, Vec<String>> = HashMap::new();
     for (_, condition) in &compiled.evidence {
-        let rows: Vec<(i64, String, String, f64, DateTime<Utc>)> = sqlx::query_as(&format!(
-            "SELECT DISTINCT ON (e.customer_id) e.customer_id, e.event_type, e.product, e.price::float8, e.ts \
+        let rows: Vec<(i64, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(
+            "SELECT DISTINCT ON (e.customer_id) e.customer_id, e.event_type, e.product, e.ts \
              FROM events e WHERE e.customer_id = ANY($1) AND {condition} ORDER BY e.customer_id, e.ts DESC"
         ))
         .bind(&ids)
         .fetch_all(&mut **tx)
         .await?;
-        for (id, event_type, product, price, ts) in rows {
+        for (id, event_type, product, ts) in rows {
             let verb = match event_type.as_str() {
                 "purchase" => "bought",
                 "view" => "viewed",
@@ -332,7 +385,7 @@ async fn describe_members(
                 1 => "1 day ago".to_owned(),
                 days => format!("{days} days ago"),
             };
-            evidence.entry(id).or_default().push(format!("{verb} {product} ({}) {when}", money(price)));
+            evidence.entry(id).or_default().push(format!("{verb} {product} {when}"));
         }
     }
     let mut members = Vec::with_capacity(ranked.len());
@@ -377,6 +430,7 @@ async fn describe_members(
             interests,
             score: *score,
             why,
+            fields: Map::new(),
         });
     }
     Ok(members)

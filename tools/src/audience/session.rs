@@ -25,7 +25,8 @@ struct State {
 
 /// A change to the current definition, as the `find_audience` tool receives it: with `new`, start from an empty
 /// definition; otherwise refine the current one. Clauses are added, `remove` drops clauses by id, `intent`
-/// replaces the intent ("" removes it) and `limit` the number of members listed.
+/// replaces the intent ("" removes it) and `limit` the number of members listed; `fields` only changes what is
+/// listed of each member.
 #[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Edit {
@@ -41,6 +42,9 @@ pub struct Edit {
     pub intent: Option<String>,
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Profile fields to list with each member besides the usual ones (not part of the definition).
+    #[serde(default)]
+    pub fields: Vec<String>,
 }
 
 impl Edit {
