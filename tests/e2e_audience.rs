@@ -1,0 +1,269 @@
+//! The audience definition against real data: the binary's `find_audience` (and `ask`) on a sample loaded by the
+//! real `generate` + `ingest`, every number checked against an independent SQL query written here by hand.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{FakeLlm, Reply, Run, TestEnv, content_text, messages_with_role};
+use serde_json::{Value, json};
+
+/// `audience tool find_audience --args EDIT [--from FILE]`, as JSON.
+fn find(env: &TestEnv, edit: &Value, from: Option<&std::path::Path>) -> Value {
+    let edit = edit.to_string();
+    let mut args = vec!["tool", "find_audience", "--args", edit.as_str()];
+    let from = from.map(|path| path.display().to_string());
+    if let Some(path) = &from {
+        args.extend(["--from", path.as_str()]);
+    }
+    let run = Run::from(env.command(&args).output().unwrap());
+    assert_eq!(run.code, 0, "find_audience {edit}: {}", run.stderr);
+    run.json()
+}
+
+fn count(env: &TestEnv, sql: &str) -> u64 {
+    env.sql_scalar(&format!("SELECT count(*)::text FROM ({sql}) independent")).parse().unwrap()
+}
+
+fn ids(env: &TestEnv, sql: &str) -> BTreeSet<i64> {
+    let list = env.sql_scalar(&format!("SELECT coalesce(string_agg(customer_id::text, ','), '') FROM ({sql}) s"));
+    list.split(',').filter(|id| !id.is_empty()).map(|id| id.parse().unwrap()).collect()
+}
+
+/// The breakdown adds up to the size in every dimension, and every listed member is in the independent set.
+fn assert_consistent(report: &Value, members: &BTreeSet<i64>, what: &str) {
+    let size = report["size"].as_u64().unwrap();
+    for dimension in ["country", "segment", "status", "spend_band"] {
+        let sum: u64 = report["breakdown"][dimension].as_array().unwrap().iter().map(|s| s["count"].as_u64().unwrap()).sum();
+        assert_eq!(sum, size, "{what}: the {dimension} breakdown adds up to {sum}, not {size}");
+    }
+    for member in report["members"].as_array().unwrap() {
+        let id = member["customer_id"].as_i64().unwrap();
+        assert!(members.contains(&id), "{what}: member {id} is not in the audience");
+    }
+    let listed = report["members"].as_array().unwrap().len() as u64;
+    assert_eq!(listed, size.min(report["definition"]["limit"].as_u64().unwrap()), "{what}");
+}
+
+/// The data's last day, as the definition's relative days count from it.
+const AS_OF: &str = "(SELECT as_of FROM dataset)";
+
+#[test]
+fn size_equals_an_independent_count_for_each_clause_kind() {
+    let env = TestEnv::ingested("aud_kinds");
+    let profile = |field: &str, op: &str, value: Value| json!({"type": "profile", "field": field, "op": op, "value": value});
+    let cases: Vec<(&str, Value, String)> = vec![
+        (
+            "events: bought scarves in the last 120 days",
+            json!({"include": [{"type": "event", "event_type": "purchase", "products": ["scarves"], "within_days": 120}]}),
+            format!(
+                "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 AND product = 'scarves' \
+                 AND ts >= {AS_OF} - 119 AND ts < {AS_OF} + 1"
+            ),
+        ),
+        (
+            "events: viewed at least 3 times",
+            json!({"include": [{"type": "event", "event_type": "view", "min_count": 3}]}),
+            "SELECT customer_id FROM events WHERE event_type = 'view' GROUP BY customer_id HAVING count(*) >= 3".to_owned(),
+        ),
+        (
+            "events: bought an item priced 100 or more, in black or blue",
+            json!({"include": [{"type": "event", "event_type": "purchase", "min_price": 100, "colors": ["black", "blue"]}]}),
+            "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 AND price >= 100 \
+             AND color IN ('black', 'blue')"
+                .to_owned(),
+        ),
+        (
+            "customers: from PL or DE",
+            json!({"include": [profile("country", "in", json!(["pl", "DE"]))]}),
+            "SELECT customer_id FROM customers WHERE country IN ('PL', 'DE')".to_owned(),
+        ),
+        (
+            "profiles: spent over 500",
+            json!({"include": [profile("total_spent", ">", json!(500))]}),
+            "SELECT customer_id FROM profiles WHERE total_spent > 500".to_owned(),
+        ),
+        (
+            "profiles: churned, in any case of segment name",
+            json!({"include": [profile("churned", "=", json!(true)), profile("segment", "=", json!("churn recovery"))]}),
+            "SELECT customer_id FROM profiles WHERE churned AND segment = 'Churn Recovery'".to_owned(),
+        ),
+        (
+            "profiles: last purchase 90+ days ago, interested in shoes",
+            json!({"include": [profile("recency_days", ">=", json!(90)), profile("interests", "contains", json!("shoes"))]}),
+            "SELECT customer_id FROM profiles WHERE recency_days >= 90 AND 'shoes' = ANY(interests)".to_owned(),
+        ),
+        (
+            "exclusions: buyers, excluding churned and those from PL",
+            json!({"include": [{"type": "event", "event_type": "purchase"}],
+                   "exclude": [profile("churned", "=", json!(true)), profile("country", "=", json!("PL"))]}),
+            "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 \
+             AND customer_id NOT IN (SELECT customer_id FROM profiles WHERE churned OR country = 'PL')"
+                .to_owned(),
+        ),
+        (
+            "exclusions: everyone who never viewed socks (an exclude of an event clause)",
+            json!({"exclude": [{"type": "event", "event_type": "view", "products": ["socks"]}]}),
+            "SELECT customer_id FROM profiles WHERE customer_id NOT IN \
+             (SELECT customer_id FROM events WHERE event_type = 'view' AND product = 'socks')"
+                .to_owned(),
+        ),
+        (
+            "sql: a guarded profile condition, and an event condition",
+            json!({"include": [{"type": "sql", "condition": "age > 40 AND country <> 'US'"},
+                               {"type": "event", "sql": "quantity >= 2"}]}),
+            "SELECT customer_id FROM profiles WHERE age > 40 AND country <> 'US' \
+             AND customer_id IN (SELECT customer_id FROM events WHERE quantity >= 2)"
+                .to_owned(),
+        ),
+    ];
+    for (what, edit, independent) in cases {
+        let report = find(&env, &edit, None);
+        let expected = count(&env, &independent);
+        assert_eq!(report["size"].as_u64().unwrap(), expected, "{what}: {}", report["sql"]);
+        assert!(expected > 0 && expected < 60, "{what}: a weak case ({expected} of 60)");
+        // The membership query is the audience: run on its own, it returns exactly the independent set.
+        assert_eq!(ids(&env, report["sql"].as_str().unwrap()), ids(&env, &independent), "{what}");
+        assert_consistent(&report, &ids(&env, &independent), what);
+        // The funnel ends at the size and never grows.
+        let funnel: Vec<u64> = report["funnel"].as_array().unwrap().iter().map(|s| s["size"].as_u64().unwrap()).collect();
+        assert_eq!(funnel.last().copied(), Some(expected), "{what}");
+        assert!(funnel.windows(2).all(|w| w[0] >= w[1]), "{what}: {funnel:?}");
+    }
+}
+
+/// Each refinement a marketer says changes the definition and the size as an independent query says; the intent
+/// reorders members but never changes who is in.
+#[test]
+fn refinements_change_the_definition_and_the_size_as_an_independent_query_says() {
+    let env = TestEnv::ingested("aud_refine");
+    let saved = env.data_dir().join("audience.json");
+    let buyers = "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 AND product = 'shoes'";
+    let steps: Vec<(&str, Value, String)> = vec![
+        (
+            "buyers of shoes who like luxury",
+            json!({"include": [{"type": "event", "event_type": "purchase", "products": ["shoes"]}], "intent": "likes luxury"}),
+            buyers.to_owned(),
+        ),
+        (
+            "now only PL",
+            json!({"include": [{"type": "profile", "field": "country", "op": "=", "value": "PL"}]}),
+            format!("{buyers} AND customer_id IN (SELECT customer_id FROM profiles WHERE country = 'PL')"),
+        ),
+        (
+            "drop PL again, exclude churned",
+            json!({"remove": ["c2"], "exclude": [{"type": "profile", "field": "churned", "op": "=", "value": true}]}),
+            format!("{buyers} AND customer_id IN (SELECT customer_id FROM profiles WHERE NOT churned)"),
+        ),
+        (
+            "only those who spent over 100",
+            json!({"include": [{"type": "profile", "field": "total_spent", "op": ">", "value": 100}]}),
+            format!("{buyers} AND customer_id IN (SELECT customer_id FROM profiles WHERE NOT churned AND total_spent > 100)"),
+        ),
+        (
+            "drop the luxury part",
+            json!({"intent": ""}),
+            format!("{buyers} AND customer_id IN (SELECT customer_id FROM profiles WHERE NOT churned AND total_spent > 100)"),
+        ),
+        (
+            "same but for jackets",
+            json!({"remove": ["c1"], "include": [{"type": "event", "event_type": "purchase", "products": ["jackets"]}]}),
+            "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 AND product = 'jackets' \
+             AND customer_id IN (SELECT customer_id FROM profiles WHERE NOT churned AND total_spent > 100)"
+                .to_owned(),
+        ),
+    ];
+    let mut previous: Option<Value> = None;
+    for (index, (what, edit, independent)) in steps.into_iter().enumerate() {
+        let report = find(&env, &edit, (index > 0).then_some(saved.as_path()));
+        assert_eq!(report["size"].as_u64().unwrap(), count(&env, &independent), "{what}: {}", report["sql"]);
+        assert_consistent(&report, &ids(&env, &independent), what);
+        if let Some(previous) = &previous {
+            assert_ne!(report["definition"], previous["definition"], "{what} changes the definition");
+        }
+        std::fs::write(&saved, serde_json::to_string(&report).unwrap()).unwrap();
+        previous = Some(report);
+    }
+    let last = previous.unwrap();
+    assert_eq!(last["ranked_by"], "total_spent", "the luxury intent was dropped");
+    assert_eq!(
+        last["explanation"],
+        "Customers who spent over 100, who bought jackets, excluding churned customers; ranked by total spent"
+    );
+    // The intent only orders members: the same clauses with an intent have the same size and members.
+    let ranked = find(&env, &json!({"intent": "outdoor jackets for winter", "limit": 50}), Some(&saved));
+    let unranked = find(&env, &json!({"limit": 50}), Some(&saved));
+    assert_eq!(ranked["size"], unranked["size"]);
+    let set = |report: &Value| -> BTreeSet<i64> {
+        report["members"].as_array().unwrap().iter().map(|m| m["customer_id"].as_i64().unwrap()).collect()
+    };
+    assert_eq!(set(&ranked), set(&unranked));
+}
+
+/// An end-to-end scripted conversation of three follow-ups through `ask --json --from`, as a script drives it:
+/// each question refines the audience the previous answer saved, the model is told the current audience, and the
+/// last definition is exactly the intended one.
+#[test]
+fn a_scripted_conversation_of_three_follow_ups_ends_with_the_right_definition() {
+    let env = TestEnv::ingested("aud_chat");
+    let saved = env.data_dir().join("audience.json");
+    let turns = [
+        ("find customers who bought shoes and like luxury",
+         json!({"new": true, "include": [{"type": "event", "event_type": "purchase", "products": ["shoes"]}], "intent": "likes luxury"})),
+        ("now only those from PL or DE", json!({"include": [{"type": "profile", "field": "country", "op": "in", "value": ["PL", "DE"]}]})),
+        ("exclude churned", json!({"exclude": [{"type": "profile", "field": "churned", "op": "=", "value": true}]})),
+        ("same but for jackets", json!({"remove": ["c1"], "include": [{"type": "event", "event_type": "purchase", "products": ["jackets"]}]})),
+    ];
+    for (index, (question, edit)) in turns.iter().enumerate() {
+        let llm = FakeLlm::start(vec![Reply::tool("call_1", "find_audience", edit.clone()), Reply::text("Done.")]);
+        let mut args = vec!["ask", "--json", question];
+        let from = saved.display().to_string();
+        if index > 0 {
+            args.extend(["--from", from.as_str()]);
+        }
+        let run = Run::from(env.llm_command(&llm, &args).output().unwrap());
+        assert_eq!(run.code, 0, "{question}: {}", run.stderr);
+        let answer = run.json();
+        std::fs::write(&saved, serde_json::to_string(&answer).unwrap()).unwrap();
+        let asked = messages_with_role(&llm.requests()[0], "user").iter().map(content_text).collect::<Vec<_>>().join("\n");
+        if index > 0 {
+            assert!(asked.starts_with("[current audience: c1 include who bought shoes"), "{question}: {asked}");
+        }
+        assert!(asked.ends_with(question), "{asked}");
+    }
+    let answer: Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert_eq!(
+        answer["audience"]["definition"],
+        json!({
+            "version": 1,
+            "include": [
+                {"id": "c2", "type": "profile", "field": "country", "op": "in", "value": ["PL", "DE"]},
+                {"id": "c4", "type": "event", "event_type": "purchase", "products": ["jackets"]}
+            ],
+            "exclude": [{"id": "c3", "type": "profile", "field": "churned", "op": "=", "value": true}],
+            "intent": "likes luxury",
+            "limit": 10
+        })
+    );
+    let independent = "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 \
+        AND product = 'jackets' AND customer_id IN (SELECT customer_id FROM profiles WHERE country IN ('PL', 'DE') AND NOT churned)";
+    assert_eq!(answer["audience"]["size"].as_u64().unwrap(), count(&env, independent));
+}
+
+/// A definition file that is not one is a usage error, before anything runs.
+#[test]
+fn a_bad_definition_file_is_a_usage_error() {
+    let env = TestEnv::ingested("aud_bad");
+    let path = env.data_dir().join("bad.json");
+    for (text, reason) in [
+        ("{not json", "is not JSON"),
+        (r#"{"version": 9, "limit": 10}"#, "version 9 is not supported"),
+        (r#"{"version": 1, "include": [{"type": "profile", "field": "shoe_size", "op": "=", "value": 1}], "limit": 10}"#, "not an audience definition"),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let run = Run::from(env.command(&["tool", "find_audience", "--from", path.to_str().unwrap()]).output().unwrap());
+        assert_eq!(run.code, 2, "{text}: {}", run.stderr);
+        assert!(run.stderr.contains(reason), "{text}: {}", run.stderr);
+    }
+}
