@@ -15,7 +15,8 @@
 //! - `segment`: `Churn Recovery` when churned; else `VIP Loyalty` when monetary or frequency is at or above the 80th
 //!   percentile (continuous, among customers with purchases); else `Standard Promo`.
 //! - Interests: each event weighs purchase 3, add_to_cart 2, view 1 towards its product category; `interests` are
-//!   the top 3 categories by weight (ties by name), `preferred_colors` the top 2 colors by the same weights.
+//!   the top 3 categories by weight (ties by name), with their weights in `interest_weights`; `preferred_colors`
+//!   the top 2 colors by the same weights.
 //! - `likes_luxury`: `total_spent > 800`.
 
 use std::fmt::Write as _;
@@ -116,9 +117,7 @@ async fn render_texts(conn: &mut PgConnection) -> Result<()> {
     let mut after = i64::MIN;
     loop {
         let page: Vec<ProfileFacts> = sqlx::query_as(
-            "SELECT customer_id, first_name, last_name, email, country, age, favorite_color, \
-             total_spent::float8 AS total_spent, order_count, return_count, recency_days, r_score, f_score, m_score, \
-             segment, interests, preferred_colors, likes_luxury \
+            "SELECT customer_id, favorite_color, interests, interest_weights, preferred_colors, likes_luxury \
              FROM profile_facts WHERE customer_id > $1 ORDER BY customer_id LIMIT $2",
         )
         .bind(after)
@@ -183,12 +182,13 @@ cells AS (
     GROUP BY customer_id, product, color
 ),
 interest_rank AS (
-    SELECT customer_id, product,
+    SELECT customer_id, product, sum(weight) AS weight,
            row_number() OVER (PARTITION BY customer_id ORDER BY sum(weight) DESC, product) AS rank
     FROM cells GROUP BY customer_id, product
 ),
 interests AS (
-    SELECT customer_id, array_agg(product ORDER BY rank) AS interests
+    SELECT customer_id, array_agg(product ORDER BY rank) AS interests,
+           array_agg(weight::integer ORDER BY rank) AS interest_weights
     FROM interest_rank WHERE rank <= 3 GROUP BY customer_id
 ),
 color_rank AS (
@@ -208,6 +208,7 @@ base AS (
            p.first_purchase, p.last_purchase,
            ($1::date - (p.last_purchase AT TIME ZONE 'UTC')::date)::integer AS recency_days,
            coalesce(i.interests, '{}') AS interests,
+           coalesce(i.interest_weights, '{}') AS interest_weights,
            coalesce(co.colors, '{}') AS preferred_colors
     FROM customers_staging c
     LEFT JOIN purchases p USING (customer_id)
@@ -238,7 +239,7 @@ SELECT customer_id, first_name, last_name, email, country, age, favorite_color, 
        order_count, return_count, first_purchase, last_purchase, recency_days,
        order_count AS frequency, total_spent AS monetary, r_score, f_score, m_score, churned,
        CASE WHEN churned THEN 'Churn Recovery' WHEN top_buyer THEN 'VIP Loyalty' ELSE 'Standard Promo' END AS segment,
-       interests, preferred_colors,
+       interests, interest_weights, preferred_colors,
        total_spent > $3::numeric AS likes_luxury
 FROM scored";
 

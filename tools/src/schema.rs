@@ -36,17 +36,9 @@ const fn column(name: &'static str, sql: &'static str) -> Column {
     Column { name, sql, retrievable: false, payload: Payload::No }
 }
 
-/// A profile column that the retriever may return, with its place in the vector payload.
-const fn field(name: &'static str, sql: &'static str, payload: Payload) -> Column {
-    Column { name, sql, retrievable: true, payload }
-}
-
-const fn stored(key: &'static str) -> Payload {
-    Payload::Stored { key }
-}
-
-const fn indexed(key: &'static str, kind: FieldKind) -> Payload {
-    Payload::Indexed { key, kind }
+/// A profile column that the retriever may return.
+const fn field(name: &'static str, sql: &'static str) -> Column {
+    Column { name, sql, retrievable: true, payload: Payload::No }
 }
 
 /// A table: its name, its columns in DDL order (the first is the primary key), and table constraints.
@@ -113,36 +105,46 @@ pub const EVENTS: TableSpec = TableSpec {
 };
 
 /// One row per customer, computed in SQL by ingest.
+///
+/// The vector payload holds only the id and the text hash: membership and every profile fact come from
+/// PostgreSQL (the index only ranks by taste, within ids it is given), so a payload of profile facts would only go
+/// stale when facts change without the text (the text carries tastes, not numbers, and the hash covers only it).
 pub const PROFILES: TableSpec = TableSpec {
     name: "profiles",
     columns: &[
-        field("customer_id", "BIGINT PRIMARY KEY", indexed("customer_id", FieldKind::Integer)),
-        field("first_name", "TEXT NOT NULL", stored("first_name")),
-        field("last_name", "TEXT NOT NULL", stored("last_name")),
-        field("email", "TEXT NOT NULL", stored("email")),
-        field("country", "TEXT NOT NULL", indexed("country", FieldKind::Keyword)),
-        field("age", "INTEGER", indexed("age", FieldKind::Integer)),
-        field("favorite_color", "TEXT", indexed("favorite_color", FieldKind::Keyword)),
-        field("total_spent", "NUMERIC(14,2) NOT NULL", indexed("total_spent", FieldKind::Float)),
-        field("order_count", "INTEGER NOT NULL", Payload::No),
-        field("return_count", "INTEGER NOT NULL", Payload::No),
-        field("first_purchase", "TIMESTAMPTZ", Payload::No),
-        field("last_purchase", "TIMESTAMPTZ", Payload::No),
-        field("recency_days", "INTEGER", stored("recency_days")),
-        field("frequency", "INTEGER NOT NULL", stored("frequency")),
-        field("monetary", "NUMERIC(14,2) NOT NULL", stored("monetary")),
-        field("r_score", "SMALLINT NOT NULL", stored("r_score")),
-        field("f_score", "SMALLINT NOT NULL", stored("f_score")),
-        field("m_score", "SMALLINT NOT NULL", stored("m_score")),
-        field("churned", "BOOLEAN NOT NULL", indexed("churned", FieldKind::Bool)),
-        field("segment", "TEXT NOT NULL", indexed("segment", FieldKind::Keyword)),
-        // `calculated_interests` is the design's payload name for the interests.
-        field("interests", "TEXT[] NOT NULL", indexed("calculated_interests", FieldKind::Keyword)),
-        field("preferred_colors", "TEXT[] NOT NULL", stored("preferred_colors")),
-        field("likes_luxury", "BOOLEAN NOT NULL", indexed("likes_luxury", FieldKind::Bool)),
+        Column {
+            name: "customer_id",
+            sql: "BIGINT PRIMARY KEY",
+            retrievable: true,
+            payload: Payload::Indexed { key: "customer_id", kind: FieldKind::Integer },
+        },
+        field("first_name", "TEXT NOT NULL"),
+        field("last_name", "TEXT NOT NULL"),
+        field("email", "TEXT NOT NULL"),
+        field("country", "TEXT NOT NULL"),
+        field("age", "INTEGER"),
+        field("favorite_color", "TEXT"),
+        field("total_spent", "NUMERIC(14,2) NOT NULL"),
+        field("order_count", "INTEGER NOT NULL"),
+        field("return_count", "INTEGER NOT NULL"),
+        field("first_purchase", "TIMESTAMPTZ"),
+        field("last_purchase", "TIMESTAMPTZ"),
+        field("recency_days", "INTEGER"),
+        field("frequency", "INTEGER NOT NULL"),
+        field("monetary", "NUMERIC(14,2) NOT NULL"),
+        field("r_score", "SMALLINT NOT NULL"),
+        field("f_score", "SMALLINT NOT NULL"),
+        field("m_score", "SMALLINT NOT NULL"),
+        field("churned", "BOOLEAN NOT NULL"),
+        field("segment", "TEXT NOT NULL"),
+        field("interests", "TEXT[] NOT NULL"),
+        // The weight of each interest (purchase 3, add to cart 2, view 1 per event), for the profile text.
+        column("interest_weights", "INTEGER[] NOT NULL"),
+        field("preferred_colors", "TEXT[] NOT NULL"),
+        field("likes_luxury", "BOOLEAN NOT NULL"),
         // Ingest's bookkeeping: the rendered text and its hash (the hash also travels, for incremental embedding).
         column("profile_text", "TEXT NOT NULL"),
-        Column { name: "text_hash", sql: "TEXT NOT NULL", retrievable: false, payload: stored("text_hash") },
+        Column { name: "text_hash", sql: "TEXT NOT NULL", retrievable: false, payload: Payload::Stored { key: "text_hash" } },
     ],
     constraints: &[],
 };
@@ -168,9 +170,9 @@ pub fn indexed_payload_fields() -> Vec<(&'static str, FieldKind)> {
 }
 
 /// A SQL expression over `profiles` that renders one profile's vector payload as JSON text: every payload column
-/// under its key (numbers as JSON numbers), plus `rfm_score` (e.g. "545") for display.
+/// under its key.
 pub fn payload_json_sql() -> String {
-    let mut pairs: Vec<String> = PROFILES
+    let pairs: Vec<String> = PROFILES
         .columns
         .iter()
         .filter_map(|c| {
@@ -183,7 +185,6 @@ pub fn payload_json_sql() -> String {
             Some(format!("'{key}', {value}"))
         })
         .collect();
-    pairs.push("'rfm_score', r_score::text || f_score::text || m_score::text".to_owned());
     format!("json_build_object({})::text", pairs.join(", "))
 }
 
@@ -205,13 +206,8 @@ mod tests {
     }
 
     #[test]
-    fn payload_carries_the_indexed_fields_and_the_text_hash() {
-        let sql = payload_json_sql();
-        for (key, _) in indexed_payload_fields() {
-            assert!(sql.contains(&format!("'{key}', ")), "{key} missing from {sql}");
-        }
-        assert!(sql.contains("'calculated_interests', interests"), "{sql}");
-        assert!(sql.contains("'text_hash', text_hash") && sql.contains("'total_spent', total_spent::float8"), "{sql}");
-        assert!(!sql.contains("profile_text"), "{sql}");
+    fn payload_carries_the_id_and_the_text_hash_only() {
+        assert_eq!(payload_json_sql(), "json_build_object('customer_id', customer_id, 'text_hash', text_hash)::text");
+        assert_eq!(indexed_payload_fields(), [("customer_id", FieldKind::Integer)]);
     }
 }

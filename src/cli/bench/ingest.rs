@@ -263,14 +263,15 @@ async fn full_ingest(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()
     Ok(())
 }
 
-/// Writes a copy of the customers file with the age of every 100th customer (ids divisible by 100) changed, so
-/// exactly 1% of profile texts change; returns its path.
+/// Writes a copy of the customers file with the favourite colour (a taste, so part of the profile text) of every
+/// 100th customer (ids divisible by 100) changed, so exactly 1% of profile texts change; returns its path.
 fn changed_customers(dataset: &Dataset) -> Result<std::path::PathBuf> {
     let path = dataset.dir.join("customers_1pct_changed.csv");
     let mut reader = csv::Reader::from_path(&dataset.customers_csv)?;
     let header = reader.headers()?.clone();
     let id_at = header.iter().position(|h| h == "customer_id").context("customers.csv has no customer_id")?;
-    let age_at = header.iter().position(|h| h == "age").context("customers.csv has no age")?;
+    let color_at =
+        header.iter().position(|h| h == "favorite_color").context("customers.csv has no favorite_color")?;
     let mut writer = csv::Writer::from_path(&path)?;
     writer.write_record(&header)?;
     for record in reader.records() {
@@ -278,8 +279,8 @@ fn changed_customers(dataset: &Dataset) -> Result<std::path::PathBuf> {
         let id: u64 = record[id_at].parse().context("customer id")?;
         let mut fields: Vec<String> = record.iter().map(str::to_owned).collect();
         if id.is_multiple_of(100) {
-            let age: u32 = fields[age_at].parse().unwrap_or(30);
-            fields[age_at] = (if age >= 90 { age - 1 } else { age + 1 }).to_string();
+            // No generated colour is called this, so the text changes whatever the colour was.
+            fields[color_at] = "changed-ochre".to_owned();
         }
         writer.write_record(&fields)?;
     }

@@ -30,7 +30,8 @@ const SCROLL_PAGE: usize = 1_000;
 
 /// The embedded vector index.
 pub struct EdgeIndex {
-    shard: Arc<EdgeShard>,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    shard: Option<Arc<EdgeShard>>,
     /// Readers share, writers (update + flush) are exclusive; see the module comment.
     lock: Arc<RwLock<()>>,
     dir: PathBuf,
@@ -59,7 +60,11 @@ impl EdgeIndex {
         })
         .await
         .context("vector index open task failed")??;
-        Ok(Self { shard: Arc::new(shard), lock: Arc::new(RwLock::new(())), dir })
+        Ok(Self { shard: Some(Arc::new(shard)), lock: Arc::new(RwLock::new(())), dir })
+    }
+
+    fn shard(&self) -> Result<Arc<EdgeShard>> {
+        self.shard.clone().ok_or_else(|| anyhow!("the vector index {} is closed", self.dir.display()))
     }
 
     /// Runs `op` on the blocking pool with shared access to the shard.
@@ -68,7 +73,7 @@ impl EdgeIndex {
         T: Send + 'static,
         F: FnOnce(&EdgeShard) -> Result<T> + Send + 'static,
     {
-        let shard = Arc::clone(&self.shard);
+        let shard = self.shard()?;
         let lock = Arc::clone(&self.lock);
         tokio::task::spawn_blocking(move || {
             let _guard = lock.read().map_err(|_| anyhow!("vector index lock poisoned"))?;
@@ -80,7 +85,7 @@ impl EdgeIndex {
 
     /// Applies `operations` in order with exclusive access, then flushes so another process sees them.
     async fn write(&self, operations: Vec<UpdateOperation>) -> Result<()> {
-        let shard = Arc::clone(&self.shard);
+        let shard = self.shard()?;
         let lock = Arc::clone(&self.lock);
         tokio::task::spawn_blocking(move || {
             let _guard = lock.write().map_err(|_| anyhow!("vector index lock poisoned"))?;
@@ -92,6 +97,19 @@ impl EdgeIndex {
         })
         .await
         .context("vector index task failed")?
+    }
+}
+
+impl Drop for EdgeIndex {
+    /// The shard flushes when it closes and panics if its files are gone (a data directory deleted under a running
+    /// process). Then there is nothing left to flush into: the shard is left unclosed rather than abort the process.
+    fn drop(&mut self) {
+        if let Some(shard) = self.shard.take()
+            && !self.dir.join("wal").is_dir()
+        {
+            tracing::warn!("the vector index directory {} disappeared while open", self.dir.display());
+            std::mem::forget(shard);
+        }
     }
 }
 
