@@ -98,6 +98,18 @@ async fn find_audience_defines_refines_and_ranks_within_the_membership() {
     assert_eq!(session.current(), before);
     // Unknown keys are argument errors, before the tool runs.
     assert!(serde_json::from_value::<Edit>(json!({"include": [], "city": "Paris"})).is_err());
+
+    // Regression: the gate query had no row cap. The ids handed to the vector index are capped, with a clear refusal.
+    let other = tempfile::tempdir().unwrap();
+    let capped = test.stores(other.path(), false, ReadLimits { member_cap: 2, ..ReadLimits::default() }).await;
+    let tool = FindAudience::new(capped, AudienceSession::default());
+    let watch_buyers = json!({"include": [{"type": "event", "event_type": "purchase", "products": ["watch"]}]});
+    let mut ranked = watch_buyers.clone();
+    ranked["intent"] = json!("watches");
+    let refused = tool.run(edit(ranked)).await;
+    assert!(matches!(&refused, Err(ToolFailure::Correctable(m)) if m.contains("more than 2 members")), "{refused:?}");
+    // Counting and listing by spend need no ids, so they work at any size.
+    assert_eq!(tool.run(edit(watch_buyers)).await.unwrap().size, 3);
     test.drop().await;
 }
 
