@@ -259,7 +259,10 @@ impl Session {
             ),
             PromptError::UnknownToolCall { tool_name, .. } => {
                 let names: Vec<&str> = registry::TOOLS.iter().map(|tool| tool.name).collect();
-                format!("the model kept calling a tool that does not exist (`{tool_name}`; the tools are {})", names.join(", "))
+                format!(
+                    "the model kept calling a tool that does not exist (`{tool_name}`; the tools are {})",
+                    names.join(", ")
+                )
             }
             other => {
                 let detail = one_line(&(self.redact)(&error_chain(other)));

@@ -22,7 +22,8 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 4] = [FailureKind::Usage, FailureKind::Config, FailureKind::Provider, FailureKind::Store];
+    pub const ALL: [FailureKind; 4] =
+        [FailureKind::Usage, FailureKind::Config, FailureKind::Provider, FailureKind::Store];
 
     pub fn code(self) -> u8 {
         match self {

@@ -143,7 +143,8 @@ impl UsageRecord {
         let completion_tokens = calls.iter().fold(0u64, |sum, c| sum.saturating_add(c.completion_tokens));
         let embedding_model = audience_tools::embed::MODEL_NAME;
         // A model that was called, even without reported tokens, needs its price: unknown is never 0.
-        let llm_cost = if calls.is_empty() { Some(0.0) } else { price_of(prices, model, prompt_tokens, completion_tokens) };
+        let llm_cost =
+            if calls.is_empty() { Some(0.0) } else { price_of(prices, model, prompt_tokens, completion_tokens) };
         let embedding_cost =
             if embedding_tokens == 0 { Some(0.0) } else { price_of(prices, embedding_model, embedding_tokens, 0) };
         let cost_usd = llm_cost.zip(embedding_cost).map(|(llm, embedding)| llm + embedding);

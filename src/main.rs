@@ -60,7 +60,11 @@ fn main() -> ExitCode {
         // Help and version go to stdout and succeed; a usage error is exit 2, like every configuration error.
         Err(error) => {
             let _ = error.print();
-            return if error.use_stderr() { ExitCode::from(exit::FailureKind::Usage.code()) } else { ExitCode::SUCCESS };
+            return if error.use_stderr() {
+                ExitCode::from(exit::FailureKind::Usage.code())
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     init_logging(cli.verbose);

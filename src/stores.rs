@@ -46,4 +46,3 @@ pub async fn open_stores(data_dir: &Path) -> Result<Stores> {
     let embedder = LazyEmbedder::new(paths::models_dir());
     Ok(Stores::new(db, vectors, embedder, ReadLimits::default()))
 }
-

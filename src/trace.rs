@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use audience_tools::failure::is_fatal;
 use audience_tools::audience::AudienceReport;
+use audience_tools::failure::is_fatal;
 use audience_tools::registry;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
 use rig_agent::agent::{

@@ -30,10 +30,16 @@ fn bench_smoke_runs_every_section() {
     }
     assert!(run.stdout.contains("| profiles re-embedded | 3 of 300 (1%), every run |"), "{}", run.stdout);
     // Every audience size of the sweep, and everyone, ran; every marketer definition ran.
-    let ranking = run.stdout.split("### find_audience ranked by an intent").nth(1).unwrap().split("###").next().unwrap();
-    assert_eq!(ranking.lines().filter(|line| line.starts_with("| ") && !line.starts_with("| audience")).count(), 4, "{ranking}");
+    let ranking =
+        run.stdout.split("### find_audience ranked by an intent").nth(1).unwrap().split("###").next().unwrap();
+    assert_eq!(
+        ranking.lines().filter(|line| line.starts_with("| ") && !line.starts_with("| audience")).count(),
+        4,
+        "{ranking}"
+    );
     assert!(ranking.contains("| everyone (300) |"), "{ranking}");
-    let membership = run.stdout.split("### find_audience membership queries").nth(1).unwrap().split("###").next().unwrap();
+    let membership =
+        run.stdout.split("### find_audience membership queries").nth(1).unwrap().split("###").next().unwrap();
     for definition in ["bought socks in the last 60 days", "churned", "big spenders who stopped buying, not from DE"] {
         assert!(membership.contains(&format!("| {definition} |")), "{definition} in:\n{membership}");
     }

@@ -344,15 +344,22 @@ fn plain_output_shows_the_answer_and_audience_and_verbose_shows_each_step() {
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let stdout: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(stdout[0], "Two luxury watch fans.");
-    assert!(run.stdout.contains("Audience: ") && run.stdout.contains(" of 60 customers: Customers who like luxury"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("Audience: ") && run.stdout.contains(" of 60 customers: Customers who like luxury"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("by country: "), "the breakdown: {}", run.stdout);
-    assert_eq!(run.stdout.matches("bought ").count() + run.stdout.matches("likes luxury").count() >= 2, true, "why: {}", run.stdout);
+    assert!(run.stdout.matches("likes luxury").count() >= 2, "why each member fits: {}", run.stdout);
     // Regression: the usage line was printed on stdout; stdout holds only the answer.
     assert!(!run.stdout.contains("usage:"), "{}", run.stdout);
     assert!(run.stderr.lines().any(|line| line.starts_with("usage: 2 LLM calls to gpt-4o-mini")), "{}", run.stderr);
-    for expected in
-        ["· thought: Searching for luxury lovers.", "→ action: find_audience", "sql: SELECT p.customer_id", "← observation ("]
-    {
+    for expected in [
+        "· thought: Searching for luxury lovers.",
+        "→ action: find_audience",
+        "sql: SELECT p.customer_id",
+        "← observation (",
+    ] {
         assert!(run.stderr.contains(expected), "missing {expected:?} in:\n{}", run.stderr);
     }
 }
@@ -497,8 +504,7 @@ fn prompt_budget_of_a_typical_question() {
         eprintln!("  {:<20} {:>5}", tool["function"]["name"].as_str().unwrap(), json_tokens(tool));
     }
     eprintln!("  {:<20} {:>5}", "total", json_tokens(&(&[system], &first["tools"])));
-    let discovery_total =
-        budget_table("(a) find_audience (with emails) -> answer", &discovery, &agent_system);
+    let discovery_total = budget_table("(a) find_audience (with emails) -> answer", &discovery, &agent_system);
 
     // (b) Analytics: sql_analytics, its inner text-to-SQL call, the answer.
     let sql = "SELECT country, count(*) AS customers FROM customers GROUP BY country ORDER BY customers DESC, country";
@@ -537,7 +543,17 @@ fn a_missing_or_outdated_vector_index_is_a_store_error_until_reindexed() {
     let sample = elsewhere.path().join("sample");
     let generated = in_dir(
         elsewhere.path(),
-        &["generate", "--customers", "45", "--seed", "8", "--end-date", "2025-06-30", "--out", sample.to_str().unwrap()],
+        &[
+            "generate",
+            "--customers",
+            "45",
+            "--seed",
+            "8",
+            "--end-date",
+            "2025-06-30",
+            "--out",
+            sample.to_str().unwrap(),
+        ],
     );
     assert_eq!(generated.code, 0, "{}", generated.stderr);
     let (customers, events) = (sample.join("customers.csv"), sample.join("events.csv"));
@@ -678,7 +694,11 @@ fn stored_injections_in_customer_data_stay_quoted_data() {
     let before = env.checksum();
 
     let llm = FakeLlm::start(vec![
-        Reply::tool("call_1", "find_audience", json!({"include": [{"type": "sql", "condition": format!("customer_id = {id}")}]})),
+        Reply::tool(
+            "call_1",
+            "find_audience",
+            json!({"include": [{"type": "sql", "condition": format!("customer_id = {id}")}]}),
+        ),
         Reply::tool("call_2", "sql_analytics", json!({"sql": "DROP TABLE customers"})),
         Reply::text("I will not change data."),
     ]);

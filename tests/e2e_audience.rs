@@ -35,7 +35,8 @@ fn ids(env: &TestEnv, sql: &str) -> BTreeSet<i64> {
 fn assert_consistent(report: &Value, members: &BTreeSet<i64>, what: &str) {
     let size = report["size"].as_u64().unwrap();
     for dimension in ["country", "segment", "status", "spend_band"] {
-        let sum: u64 = report["breakdown"][dimension].as_array().unwrap().iter().map(|s| s["count"].as_u64().unwrap()).sum();
+        let sum: u64 =
+            report["breakdown"][dimension].as_array().unwrap().iter().map(|s| s["count"].as_u64().unwrap()).sum();
         assert_eq!(sum, size, "{what}: the {dimension} breakdown adds up to {sum}, not {size}");
     }
     for member in report["members"].as_array().unwrap() {
@@ -52,7 +53,8 @@ const AS_OF: &str = "(SELECT as_of FROM dataset)";
 #[test]
 fn size_equals_an_independent_count_for_each_clause_kind() {
     let env = TestEnv::ingested("aud_kinds");
-    let profile = |field: &str, op: &str, value: Value| json!({"type": "profile", "field": field, "op": op, "value": value});
+    let profile =
+        |field: &str, op: &str, value: Value| json!({"type": "profile", "field": field, "op": op, "value": value});
     let cases: Vec<(&str, Value, String)> = vec![
         (
             "events: bought scarves in the last 120 days",
@@ -65,7 +67,8 @@ fn size_equals_an_independent_count_for_each_clause_kind() {
         (
             "events: viewed at least 3 times",
             json!({"include": [{"type": "event", "event_type": "view", "min_count": 3}]}),
-            "SELECT customer_id FROM events WHERE event_type = 'view' GROUP BY customer_id HAVING count(*) >= 3".to_owned(),
+            "SELECT customer_id FROM events WHERE event_type = 'view' GROUP BY customer_id HAVING count(*) >= 3"
+                .to_owned(),
         ),
         (
             "events: bought an item priced 100 or more, in black or blue",
@@ -127,7 +130,8 @@ fn size_equals_an_independent_count_for_each_clause_kind() {
         assert_eq!(ids(&env, report["sql"].as_str().unwrap()), ids(&env, &independent), "{what}");
         assert_consistent(&report, &ids(&env, &independent), what);
         // The funnel ends at the size and never grows.
-        let funnel: Vec<u64> = report["funnel"].as_array().unwrap().iter().map(|s| s["size"].as_u64().unwrap()).collect();
+        let funnel: Vec<u64> =
+            report["funnel"].as_array().unwrap().iter().map(|s| s["size"].as_u64().unwrap()).collect();
         assert_eq!(funnel.last().copied(), Some(expected), "{what}");
         assert!(funnel.windows(2).all(|w| w[0] >= w[1]), "{what}: {funnel:?}");
     }
@@ -139,7 +143,8 @@ fn size_equals_an_independent_count_for_each_clause_kind() {
 fn refinements_change_the_definition_and_the_size_as_an_independent_query_says() {
     let env = TestEnv::ingested("aud_refine");
     let saved = env.data_dir().join("audience.json");
-    let buyers = "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 AND product = 'shoes'";
+    let buyers =
+        "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 AND product = 'shoes'";
     let steps: Vec<(&str, Value, String)> = vec![
         (
             "buyers of shoes who like luxury",
@@ -209,11 +214,19 @@ fn a_scripted_conversation_of_three_follow_ups_ends_with_the_right_definition() 
     let env = TestEnv::ingested("aud_chat");
     let saved = env.data_dir().join("audience.json");
     let turns = [
-        ("find customers who bought shoes and like luxury",
-         json!({"new": true, "include": [{"type": "event", "event_type": "purchase", "products": ["shoes"]}], "intent": "likes luxury"})),
-        ("now only those from PL or DE", json!({"include": [{"type": "profile", "field": "country", "op": "in", "value": ["PL", "DE"]}]})),
+        (
+            "find customers who bought shoes and like luxury",
+            json!({"new": true, "include": [{"type": "event", "event_type": "purchase", "products": ["shoes"]}], "intent": "likes luxury"}),
+        ),
+        (
+            "now only those from PL or DE",
+            json!({"include": [{"type": "profile", "field": "country", "op": "in", "value": ["PL", "DE"]}]}),
+        ),
         ("exclude churned", json!({"exclude": [{"type": "profile", "field": "churned", "op": "=", "value": true}]})),
-        ("same but for jackets", json!({"remove": ["c1"], "include": [{"type": "event", "event_type": "purchase", "products": ["jackets"]}]})),
+        (
+            "same but for jackets",
+            json!({"remove": ["c1"], "include": [{"type": "event", "event_type": "purchase", "products": ["jackets"]}]}),
+        ),
     ];
     for (index, (question, edit)) in turns.iter().enumerate() {
         let llm = FakeLlm::start(vec![Reply::tool("call_1", "find_audience", edit.clone()), Reply::text("Done.")]);
@@ -226,7 +239,8 @@ fn a_scripted_conversation_of_three_follow_ups_ends_with_the_right_definition() 
         assert_eq!(run.code, 0, "{question}: {}", run.stderr);
         let answer = run.json();
         std::fs::write(&saved, serde_json::to_string(&answer).unwrap()).unwrap();
-        let asked = messages_with_role(&llm.requests()[0], "user").iter().map(content_text).collect::<Vec<_>>().join("\n");
+        let asked =
+            messages_with_role(&llm.requests()[0], "user").iter().map(content_text).collect::<Vec<_>>().join("\n");
         if index > 0 {
             assert!(asked.starts_with("[current audience: c1 include who bought shoes"), "{question}: {asked}");
         }
@@ -259,10 +273,14 @@ fn a_bad_definition_file_is_a_usage_error() {
     for (text, reason) in [
         ("{not json", "is not JSON"),
         (r#"{"version": 9, "limit": 10}"#, "version 9 is not supported"),
-        (r#"{"version": 1, "include": [{"type": "profile", "field": "shoe_size", "op": "=", "value": 1}], "limit": 10}"#, "not an audience definition"),
+        (
+            r#"{"version": 1, "include": [{"type": "profile", "field": "shoe_size", "op": "=", "value": 1}], "limit": 10}"#,
+            "not an audience definition",
+        ),
     ] {
         std::fs::write(&path, text).unwrap();
-        let run = Run::from(env.command(&["tool", "find_audience", "--from", path.to_str().unwrap()]).output().unwrap());
+        let run =
+            Run::from(env.command(&["tool", "find_audience", "--from", path.to_str().unwrap()]).output().unwrap());
         assert_eq!(run.code, 2, "{text}: {}", run.stderr);
         assert!(run.stderr.contains(reason), "{text}: {}", run.stderr);
     }

@@ -26,6 +26,9 @@ fn commands(env: &TestEnv) -> Vec<Vec<String>> {
     .collect()
 }
 
+/// A setting to break, the exit code and the message it must give, and how to break it.
+type Case = (&'static str, i32, &'static str, Box<dyn Fn(&mut std::process::Command)>);
+
 fn run(env: &TestEnv, args: &[String], edit: impl Fn(&mut std::process::Command)) -> Run {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut command = env.command(&args);
@@ -50,19 +53,39 @@ fn database_settings_fail_the_same_way_in_every_command() {
     );
     assert_eq!(generated.code, 0, "{}", generated.stderr);
     for args in commands(&env) {
-        let cases: [(&str, i32, &str, Box<dyn Fn(&mut std::process::Command)>); 4] = [
-            ("DATABASE_URL unset", 2, "DATABASE_URL is not set", Box::new(|c| {
-                c.env_remove("DATABASE_URL");
-            })),
-            ("DATABASE_URL malformed", 2, "DATABASE_URL is not a valid PostgreSQL URL", Box::new(|c| {
-                c.env("DATABASE_URL", "not a url");
-            })),
-            ("AUDIENCE_SCHEMA invalid", 2, "AUDIENCE_SCHEMA", Box::new(|c| {
-                c.env("AUDIENCE_SCHEMA", "Robert'); DROP");
-            })),
-            ("database down", 4, "cannot connect to PostgreSQL", Box::new(|c| {
-                c.env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/test");
-            })),
+        let cases: [Case; 4] = [
+            (
+                "DATABASE_URL unset",
+                2,
+                "DATABASE_URL is not set",
+                Box::new(|c| {
+                    c.env_remove("DATABASE_URL");
+                }),
+            ),
+            (
+                "DATABASE_URL malformed",
+                2,
+                "DATABASE_URL is not a valid PostgreSQL URL",
+                Box::new(|c| {
+                    c.env("DATABASE_URL", "not a url");
+                }),
+            ),
+            (
+                "AUDIENCE_SCHEMA invalid",
+                2,
+                "AUDIENCE_SCHEMA",
+                Box::new(|c| {
+                    c.env("AUDIENCE_SCHEMA", "Robert'); DROP");
+                }),
+            ),
+            (
+                "database down",
+                4,
+                "cannot connect to PostgreSQL",
+                Box::new(|c| {
+                    c.env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/test");
+                }),
+            ),
         ];
         for (case, code, message, edit) in cases {
             let result = run(&env, &args, edit);

@@ -955,7 +955,10 @@ impl CustomerReader {
             country: parse_country(&text("country")?)?,
             age,
             favorite_color: s.get("favorite_color").map(Cow::into_owned),
-            signup_date: s.get("signup_date").map(|d| parse_date(&d, s.format("signup_date"), "signup_date")).transpose()?,
+            signup_date: s
+                .get("signup_date")
+                .map(|d| parse_date(&d, s.format("signup_date"), "signup_date"))
+                .transpose()?,
         })
     }
 

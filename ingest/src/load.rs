@@ -175,8 +175,7 @@ pub async fn load_staging(
     }
     let mut event_reader = EventReader::open(events, mapping, customer_reader.into_known())?;
     let events_loaded =
-        copy_table(conn, "events_staging", &EVENTS.columns(), &mut event_reader, &mut rejects, &mut copy_secs)
-            .await?;
+        copy_table(conn, "events_staging", &EVENTS.columns(), &mut event_reader, &mut rejects, &mut copy_secs).await?;
     let event_rejects = rejects.end_file();
     if !opts.max_rejects.allows(event_rejects.count, events_loaded + event_rejects.count) {
         return Err(over_limit(event_reader.file(), events_loaded, event_rejects, opts.max_rejects, rejects));

@@ -61,7 +61,12 @@ pub struct IngestReport {
 
 /// Loads `req`'s files into `db`'s schema, recomputes all profiles, and embeds the new or changed ones into a new
 /// version of `vectors`, published once the data is committed.
-pub async fn ingest(db: &Db, vectors: &VectorStore, embedder: &LazyEmbedder, req: IngestRequest) -> Result<IngestReport> {
+pub async fn ingest(
+    db: &Db,
+    vectors: &VectorStore,
+    embedder: &LazyEmbedder,
+    req: IngestRequest,
+) -> Result<IngestReport> {
     let started = Instant::now();
     let mut times = StageTimes::default();
     load::prepare_schema(&db.pool, &db.schema).await?;
@@ -87,10 +92,9 @@ pub async fn ingest(db: &Db, vectors: &VectorStore, embedder: &LazyEmbedder, req
     load::swap_in(&mut tx).await?;
     let version = record_dataset(&mut tx, profiles, &fingerprint, profile_stats.as_of).await?;
     tx.commit().await.context("cannot commit the ingest")?;
-    writer
-        .publish(&Manifest { profiles, fingerprint, data_version: Some(version) })
-        .await
-        .context("the data is committed, but its vector index version could not be published; run `audience reindex`")?;
+    writer.publish(&Manifest { profiles, fingerprint, data_version: Some(version) }).await.context(
+        "the data is committed, but its vector index version could not be published; run `audience reindex`",
+    )?;
     times.swap = stage.elapsed().as_secs_f64();
 
     // Freshly loaded pages are not yet marked all-visible, so every index-only scan (the hybrid gate's DISTINCT

@@ -44,7 +44,9 @@ fn interests_sentence(facts: &ProfileFacts) -> String {
     match names.as_slice() {
         [] => "No shopping interests yet.".to_owned(),
         [only] => format!("Shops for {only}."),
-        [first, rest @ ..] if weight(0) >= 2 * weight(1) => format!("Shops mostly for {first}, also for {}.", and_list(rest)),
+        [first, rest @ ..] if weight(0) >= 2 * weight(1) => {
+            format!("Shops mostly for {first}, also for {}.", and_list(rest))
+        }
         all => format!("Shops for {}.", and_list(all)),
     }
 }

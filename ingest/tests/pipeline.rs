@@ -295,7 +295,8 @@ async fn second_ingest_embeds_only_changed_profiles_and_deletes_removed_ones() -
         env.variant("recoloured", |c, e| (c.replace("FR,52,green", "FR,52,purple"), e.to_owned()))?;
     let changed = env.ingest(&recoloured, &same_events, as_of).await?.sync;
     assert_eq!((changed.embedded, changed.unchanged, changed.deleted), (1, 4, 0));
-    let text: String = sqlx::query_scalar("SELECT profile_text FROM profiles WHERE customer_id = 5").fetch_one(&env.db.pool).await?;
+    let text: String =
+        sqlx::query_scalar("SELECT profile_text FROM profiles WHERE customer_id = 5").fetch_one(&env.db.pool).await?;
     assert!(text.contains("favourite colour purple"), "{text}");
 
     // David has no purchases, so removing him changes nobody else's quintiles.
@@ -420,7 +421,8 @@ async fn recency_questions_are_answered_by_clauses_not_by_the_text() -> Result<(
         r#"{"version": 1, "include": [{"type": "profile", "field": "recency_days", "op": ">=", "value": 120}], "limit": 10}"#,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let report = evaluate(&stores, &clause, &[], &mut ToolTrace::new("test")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report =
+        evaluate(&stores, &clause, &[], &mut ToolTrace::new("test")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let members: Vec<i64> = sqlx::query_scalar(&report.sql).fetch_all(&env.db.pool).await?;
     assert_eq!((report.size as usize, fits(&members)), (stale.len(), 1.0), "the clause is exact");
 

@@ -7,13 +7,13 @@ use clap::Args;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::Global;
+use crate::cli::terminal;
 use crate::cli::tool_command::read_definition;
 use audience::agent::{AgentConfig, Answer, Session};
-use audience::stores::open_stores;
-use audience_tools::audience::report::{Member, Share};
-use audience_tools::audience::AudienceReport;
 use audience::exit::{FailureExt, FailureKind};
-use crate::cli::terminal;
+use audience::stores::open_stores;
+use audience_tools::audience::AudienceReport;
+use audience_tools::audience::report::{Member, Share};
 
 const EXIT_CODES: &str = "\
 Exit codes:

@@ -119,7 +119,9 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
         as_of: args.as_of,
     };
     let stores = Stores::open(global).await?;
-    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.map_err(exit::database_is_store)?;
+    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request)
+        .await
+        .map_err(exit::database_is_store)?;
     if args.json {
         let mut json = serde_json::to_value(&report)?;
         json["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
@@ -143,7 +145,8 @@ pub async fn reindex(global: &Global) -> Result<()> {
     if !stores.db.is_ingested().await.kind(FailureKind::Store)? {
         bail!("no profiles in schema {:?} yet; run `audience ingest` first", stores.db.schema);
     }
-    let report = pipeline::reindex(&stores.db, &stores.vectors, &stores.embedder).await.map_err(exit::database_is_store)?;
+    let report =
+        pipeline::reindex(&stores.db, &stores.vectors, &stores.embedder).await.map_err(exit::database_is_store)?;
     println!("reindexed {}", stores.vectors.describe());
     print_sync(&report);
     Ok(())
@@ -173,7 +176,9 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
         },
         as_of: None,
     };
-    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.map_err(exit::database_is_store)?;
+    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request)
+        .await
+        .map_err(exit::database_is_store)?;
     print_ingest(&report);
 
     let (vector, _) = stores.embedder.embed_one(DEMO_QUERY.to_owned()).await?;

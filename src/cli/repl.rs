@@ -17,19 +17,19 @@ use rustyline::{Config, Editor, Helper};
 use serde_json::Value;
 
 use crate::Global;
-use crate::cli::ask::{audience_summary, member_table};
-use audience::agent::{AgentConfig, Answer, Session};
-use audience::stores::open_stores;
 use crate::cli::ask::check_question;
+use crate::cli::ask::{audience_summary, member_table};
+use crate::cli::terminal;
+use audience::agent::{AgentConfig, Answer, Session};
+use audience::exit;
+use audience::ledger::UsageTotals;
+use audience::stores::open_stores;
 use audience_tools::audience::export::for_each_member;
 use audience_tools::audience::report::evaluate;
 use audience_tools::audience::{AudienceDefinition, AudienceReport, AudienceSession};
 use audience_tools::registry;
 use audience_tools::schema::profile_fields;
 use audience_tools::trace::ToolTrace;
-use audience::exit;
-use crate::cli::terminal;
-use audience::ledger::UsageTotals;
 
 const PROMPT: &str = "audience> ";
 /// Shown for the continuation lines of a multi-line question when the terminal cannot edit in place.
@@ -335,7 +335,7 @@ async fn export(stores: &Stores, definition: &AudienceDefinition, path: &Path) -
         Some("csv") => {
             let mut writer = csv::Writer::from_writer(open()?);
             writer.write_record(&columns)?;
-            Sink::Csv(writer)
+            Sink::Csv(Box::new(writer))
         }
         Some("json") => Sink::Json { out: open()?, array: true, first: true },
         Some("jsonl") => Sink::Json { out: open()?, array: false, first: true },
@@ -357,7 +357,8 @@ async fn export(stores: &Stores, definition: &AudienceDefinition, path: &Path) -
 
 /// Where an export writes its members.
 enum Sink {
-    Csv(csv::Writer<std::io::BufWriter<std::fs::File>>),
+    /// Boxed: the CSV writer is much larger than the JSON variant.
+    Csv(Box<csv::Writer<std::io::BufWriter<std::fs::File>>>),
     /// A JSON array (`array`) or one JSON object per line.
     Json { out: std::io::BufWriter<std::fs::File>, array: bool, first: bool },
 }

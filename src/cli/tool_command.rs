@@ -146,7 +146,9 @@ async fn call<T: TracedTool>(tool: T, json: Value) -> Result<(Value, Option<Tool
 
 /// The tool's arguments from `--args`; a mismatch is a usage error.
 fn parse_args<T: rig_core::tool::Tool>(json: &Value) -> Result<T::Args> {
-    serde_json::from_value(json.clone()).with_context(|| format!("invalid --args for {}", T::NAME)).kind(FailureKind::Usage)
+    serde_json::from_value(json.clone())
+        .with_context(|| format!("invalid --args for {}", T::NAME))
+        .kind(FailureKind::Usage)
 }
 
 /// The output on stdout; with --verbose the trace (exact SQL, filter, strategy, timings) on stderr.

@@ -23,9 +23,7 @@ pub const DATASET_DDL: &str = "
 /// The profile count and fingerprint of `table` (`profiles` or `profiles_staging`): the md5 of every text hash in
 /// customer order, so any added, removed or changed profile changes it.
 pub fn fingerprint_sql(table: &str) -> String {
-    format!(
-        "SELECT count(*)::bigint, md5(coalesce(string_agg(text_hash, ',' ORDER BY customer_id), '')) FROM {table}"
-    )
+    format!("SELECT count(*)::bigint, md5(coalesce(string_agg(text_hash, ',' ORDER BY customer_id), '')) FROM {table}")
 }
 
 /// The dataset row.

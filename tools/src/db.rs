@@ -67,8 +67,10 @@ impl Db {
                 }
             }
         };
-        let reader =
-            PgPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(reader_options);
+        let reader = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(reader_options);
         Ok(Self { pool, schema: schema.to_owned(), reader })
     }
 
@@ -151,9 +153,11 @@ pub async fn prepare_reader(pool: &PgPool, schema: &str) -> Result<()> {
     }
     statements.push(format!("GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}"));
     for statement in statements {
-        retry_concurrent_update(pool, &statement)
-            .await
-            .with_context(|| format!("cannot prepare the read-only role {READER_ROLE} (`{statement}`); the database user needs CREATEROLE"))?;
+        retry_concurrent_update(pool, &statement).await.with_context(|| {
+            format!(
+                "cannot prepare the read-only role {READER_ROLE} (`{statement}`); the database user needs CREATEROLE"
+            )
+        })?;
     }
     if let Some(password) = std::env::var("AUDIENCE_READER_PASSWORD").ok().filter(|v| !v.is_empty()) {
         // A parameter cannot carry a password in ALTER ROLE; the literal is quoted here.

@@ -16,9 +16,14 @@ pub const READER_ROLE: &str = "audience_reader";
 pub enum Payload {
     No,
     /// Stored under `key`, without a payload index.
-    Stored { key: &'static str },
+    Stored {
+        key: &'static str,
+    },
     /// Stored under `key`, with a payload index of `kind` (so vector filters can use it).
-    Indexed { key: &'static str, kind: FieldKind },
+    Indexed {
+        key: &'static str,
+        kind: FieldKind,
+    },
 }
 
 /// One column of one table.
@@ -144,7 +149,12 @@ pub const PROFILES: TableSpec = TableSpec {
         field("likes_luxury", "BOOLEAN NOT NULL"),
         // Ingest's bookkeeping: the rendered text and its hash (the hash also travels, for incremental embedding).
         column("profile_text", "TEXT NOT NULL"),
-        Column { name: "text_hash", sql: "TEXT NOT NULL", retrievable: false, payload: Payload::Stored { key: "text_hash" } },
+        Column {
+            name: "text_hash",
+            sql: "TEXT NOT NULL",
+            retrievable: false,
+            payload: Payload::Stored { key: "text_hash" },
+        },
     ],
     constraints: &[],
 };

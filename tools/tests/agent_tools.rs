@@ -6,9 +6,9 @@ mod tool_support;
 
 use std::collections::BTreeSet;
 
+use audience_tools::audience::{AudienceReport, AudienceSession, Edit, FindAudience};
 use audience_tools::db::ReadLimits;
 use audience_tools::failure::{ToolFailure, is_fatal};
-use audience_tools::audience::{AudienceReport, AudienceSession, Edit, FindAudience};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_data_retriever::{SqlDataRetriever, SqlDataRetrieverArgs};
 use audience_tools::trace::{FullOutput, ToolTrace, TracedTool};
@@ -47,7 +47,11 @@ async fn find_audience_defines_refines_and_ranks_within_the_membership() {
     assert_eq!(member_ids(&report), BTreeSet::from([1, 5, 8]));
     assert_eq!(report.ranked_by, "intent");
     assert!(report.members.windows(2).all(|w| w[0].score >= w[1].score), "best first");
-    assert!(report.members.iter().all(|m| m.why.iter().any(|why| why.starts_with("bought watch "))), "{:?}", report.members);
+    assert!(
+        report.members.iter().all(|m| m.why.iter().any(|why| why.starts_with("bought watch "))),
+        "{:?}",
+        report.members
+    );
     assert_eq!(report.funnel.iter().map(|s| s.size).collect::<Vec<_>>(), [3]);
     let countries: u64 = report.breakdown.country.iter().map(|s| s.count).sum();
     assert_eq!(countries, 3, "the breakdown adds up to the size");
@@ -56,12 +60,21 @@ async fn find_audience_defines_refines_and_ranks_within_the_membership() {
     assert!(trace.embedding_tokens > 0);
 
     // A follow-up sends only the change; the session holds the rest.
-    let report = tool.run(edit(json!({"include": [{"type": "profile", "field": "likes_luxury", "op": "=", "value": true}]}))).await.unwrap();
+    let report = tool
+        .run(edit(json!({"include": [{"type": "profile", "field": "likes_luxury", "op": "=", "value": true}]})))
+        .await
+        .unwrap();
     assert_eq!(member_ids(&report), BTreeSet::from([1, 8]));
     assert_eq!(report.funnel.iter().map(|s| s.size).collect::<Vec<_>>(), [3, 2]);
-    let report = tool.run(edit(json!({"exclude": [{"type": "profile", "field": "country", "op": "=", "value": "de"}]}))).await.unwrap();
+    let report = tool
+        .run(edit(json!({"exclude": [{"type": "profile", "field": "country", "op": "=", "value": "de"}]})))
+        .await
+        .unwrap();
     assert_eq!(member_ids(&report), BTreeSet::from([8]));
-    assert_eq!(report.explanation, "Customers who bought watch, who like luxury, excluding customers from DE; ranked by: collector of expensive luxury watches");
+    assert_eq!(
+        report.explanation,
+        "Customers who bought watch, who like luxury, excluding customers from DE; ranked by: collector of expensive luxury watches"
+    );
     let report = tool.run(edit(json!({"remove": ["c2"], "intent": ""}))).await.unwrap();
     assert_eq!((report.size, report.ranked_by.as_str()), (2, "total_spent"));
     assert_eq!(report.members.iter().map(|m| m.customer_id).collect::<Vec<_>>(), [8, 5], "by total spent");

@@ -14,7 +14,8 @@ fn explain(value: Value) -> String {
 
 #[test]
 fn definitions_read_as_a_marketer_would_say_them() {
-    let profile = |field: &str, op: &str, value: Value| json!({"type": "profile", "field": field, "op": op, "value": value});
+    let profile =
+        |field: &str, op: &str, value: Value| json!({"type": "profile", "field": field, "op": op, "value": value});
     let event = |fields: Value| {
         let mut clause = json!({"type": "event"});
         for (key, value) in fields.as_object().unwrap() {

@@ -20,7 +20,8 @@ async fn model_sql_cannot_take_back_the_owner_role() {
     let test = TestDb::new().await;
     let before = test.checksums().await;
     let mut tx = test.db.begin_read_only(ReadLimits::default()).await.unwrap();
-    let users: (String, String) = sqlx::query_as("SELECT current_user::text, session_user::text").fetch_one(&mut *tx).await.unwrap();
+    let users: (String, String) =
+        sqlx::query_as("SELECT current_user::text, session_user::text").fetch_one(&mut *tx).await.unwrap();
     assert_eq!(users, (READER_ROLE.to_owned(), READER_ROLE.to_owned()));
     sqlx::query("RESET ROLE").execute(&mut *tx).await.unwrap();
     let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut *tx).await.unwrap();
@@ -45,7 +46,8 @@ async fn the_reader_role_is_read_only_and_time_limited_by_default() {
     let mut options: sqlx::postgres::PgConnectOptions = database_url().parse().unwrap();
     options = options.username(READER_ROLE).options([("search_path", test.schema.as_str())]);
     let mut conn = sqlx::PgConnection::connect_with(&options).await.expect("the reader role can log in");
-    let read_only: String = sqlx::query_scalar("SHOW default_transaction_read_only").fetch_one(&mut conn).await.unwrap();
+    let read_only: String =
+        sqlx::query_scalar("SHOW default_transaction_read_only").fetch_one(&mut conn).await.unwrap();
     assert_eq!(read_only, "on");
     let timeout: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&mut conn).await.unwrap();
     assert_eq!(timeout, "10s");

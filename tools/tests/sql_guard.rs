@@ -11,9 +11,9 @@ mod tool_support;
 
 use std::time::{Duration, Instant};
 
+use audience_tools::audience::{AudienceSession, Edit, FindAudience};
 use audience_tools::db::ReadLimits;
 use audience_tools::failure::ToolFailure;
-use audience_tools::audience::{AudienceSession, Edit, FindAudience};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_guard::{
     ConditionTable, MAX_ANALYTICS_SQL_CHARS, MAX_CHAIN, MAX_CONDITION_CHARS, MAX_NESTING, Refusal, check_analytics,
@@ -250,7 +250,8 @@ fn refusal_of(result: Result<String, Refusal>) -> String {
 #[test]
 fn a_2000_term_gate_or_chain_is_refused_without_a_crash() {
     let condition = or_chain(2000);
-    let (gate, query) = on_worker_stack(move || (check_gate(&condition), check_condition(&condition, ConditionTable::Profiles)));
+    let (gate, query) =
+        on_worker_stack(move || (check_gate(&condition), check_condition(&condition, ConditionTable::Profiles)));
     let reason = refusal_of(gate);
     assert!(reason.contains(&format!("at most {MAX_CONDITION_CHARS} are allowed")), "{reason}");
     assert!(reason.contains("IN (...)"), "the refusal says what to do instead: {reason}");
@@ -368,10 +369,7 @@ fn input_over_the_length_caps_is_refused_stating_the_cap() {
     profile(&at_cap).unwrap();
     let over = list(MAX_CONDITION_CHARS + 1, "");
     let reason = refusal_of(profile(&over));
-    assert!(
-        reason.contains(&format!("{} characters long; at most {MAX_CONDITION_CHARS}", over.len())),
-        "{reason}"
-    );
+    assert!(reason.contains(&format!("{} characters long; at most {MAX_CONDITION_CHARS}", over.len())), "{reason}");
 
     let prefix = "SELECT count(*) FROM customers WHERE ";
     check_analytics(&list(MAX_ANALYTICS_SQL_CHARS, prefix)).unwrap();
@@ -534,7 +532,8 @@ async fn attacks_through_the_tools_change_nothing() {
             (ConditionTable::Events, serde_json::json!({"type": "event", "sql": condition})),
             (ConditionTable::Profiles, serde_json::json!({"type": "sql", "condition": condition})),
         ];
-        let refused: Vec<_> = forms.into_iter().filter(|(table, _)| check_condition(condition, *table).is_err()).collect();
+        let refused: Vec<_> =
+            forms.into_iter().filter(|(table, _)| check_condition(condition, *table).is_err()).collect();
         assert!(!refused.is_empty(), "{condition} is no attack in any table");
         for (_, clause) in refused {
             let edit: Edit = serde_json::from_value(serde_json::json!({"include": [clause]})).unwrap();
@@ -576,9 +575,7 @@ async fn refusals_through_the_tools_quote_only_a_short_prefix() {
     let condition = format!("country IN ({})", vec![values.as_str(); 300].join(", "));
     let edit: Edit =
         serde_json::from_value(serde_json::json!({"include": [{"type": "sql", "condition": condition}]})).unwrap();
-    let Err(ToolFailure::Correctable(message)) = find.run(edit).await else {
-        panic!("expected a correctable refusal")
-    };
+    let Err(ToolFailure::Correctable(message)) = find.run(edit).await else { panic!("expected a correctable refusal") };
     assert!(message.len() < 400, "{message}");
     test.drop().await;
 }
@@ -634,4 +631,3 @@ async fn statement_timeout_stops_a_sleep_without_the_guard() {
     drop(tx);
     test.drop().await;
 }
-

@@ -270,8 +270,7 @@ fn changed_customers(dataset: &Dataset) -> Result<std::path::PathBuf> {
     let mut reader = csv::Reader::from_path(&dataset.customers_csv)?;
     let header = reader.headers()?.clone();
     let id_at = header.iter().position(|h| h == "customer_id").context("customers.csv has no customer_id")?;
-    let color_at =
-        header.iter().position(|h| h == "favorite_color").context("customers.csv has no favorite_color")?;
+    let color_at = header.iter().position(|h| h == "favorite_color").context("customers.csv has no favorite_color")?;
     let mut writer = csv::Writer::from_path(&path)?;
     writer.write_record(&header)?;
     for record in reader.records() {

@@ -168,13 +168,17 @@ async fn ranking(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> R
 
 /// Definitions as a marketer says them: clauses over events, profiles, or both.
 fn marketer_definitions() -> [(&'static str, Value); 7] {
-    let profile = |field: &str, op: &str, value: Value| json!({"type": "profile", "field": field, "op": op, "value": value});
+    let profile =
+        |field: &str, op: &str, value: Value| json!({"type": "profile", "field": field, "op": op, "value": value});
     [
         (
             "bought socks in the last 60 days",
             json!({"include": [{"type": "event", "event_type": "purchase", "products": ["socks"], "within_days": 60}]}),
         ),
-        ("bought anything priced 500 or more", json!({"include": [{"type": "event", "event_type": "purchase", "min_price": 500}]})),
+        (
+            "bought anything priced 500 or more",
+            json!({"include": [{"type": "event", "event_type": "purchase", "min_price": 500}]}),
+        ),
         (
             "viewed watches, from PL",
             json!({"include": [{"type": "event", "event_type": "view", "products": ["watches"]}, profile("country", "=", json!("PL"))]}),
@@ -191,7 +195,8 @@ fn marketer_definitions() -> [(&'static str, Value); 7] {
 }
 
 async fn membership(stores: &Stores, args: &QueryBenchArgs) -> Result<()> {
-    let mut table = Table::new(["definition", "size", "size, funnel, breakdown p50 / p95", "members p50 / p95", "total p50 / p95"]);
+    let mut table =
+        Table::new(["definition", "size", "size, funnel, breakdown p50 / p95", "members p50 / p95", "total p50 / p95"]);
     for (name, edit) in marketer_definitions() {
         let mut phases = Phases::default();
         for _ in 0..args.queries {

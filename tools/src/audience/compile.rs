@@ -38,7 +38,8 @@ pub fn compile(definition: &AudienceDefinition, as_of: NaiveDate) -> Result<Comp
         clauses.push((clause.id.clone(), expression.clone()));
         conditions.push(expression);
         if !exclude && matches!(clause.rule, Rule::Event { .. }) {
-            let events = event_conditions(&clause.rule, as_of).map_err(|Invalid(r)| Invalid(format!("clause {}: {r}", clause.id)))?;
+            let events = event_conditions(&clause.rule, as_of)
+                .map_err(|Invalid(r)| Invalid(format!("clause {}: {r}", clause.id)))?;
             evidence.push((clause.id.clone(), events));
         }
     }
@@ -86,7 +87,8 @@ fn clause_sql(clause: &Clause, as_of: NaiveDate, exclude: bool) -> Result<String
 
 /// The conditions on an event `e` that an event rule sets.
 fn event_conditions(rule: &Rule, as_of: NaiveDate) -> Result<String, Invalid> {
-    let Rule::Event { event_type, products, colors, min_price, max_price, within_days, min_count: _, sql } = rule else {
+    let Rule::Event { event_type, products, colors, min_price, max_price, within_days, min_count: _, sql } = rule
+    else {
         return Err(Invalid("not an event clause".to_owned()));
     };
     let mut conditions = Vec::new();
@@ -112,10 +114,12 @@ fn event_conditions(rule: &Rule, as_of: NaiveDate) -> Result<String, Invalid> {
     if let Some(days) = within_days {
         let from = as_of.checked_sub_days(Days::new(u64::from(days.saturating_sub(1)))).unwrap_or(NaiveDate::MIN);
         let until = as_of.checked_add_days(Days::new(1)).unwrap_or(NaiveDate::MAX);
-        conditions.push(format!("e.ts >= TIMESTAMPTZ '{from} 00:00:00+00' AND e.ts < TIMESTAMPTZ '{until} 00:00:00+00'"));
+        conditions
+            .push(format!("e.ts >= TIMESTAMPTZ '{from} 00:00:00+00' AND e.ts < TIMESTAMPTZ '{until} 00:00:00+00'"));
     }
     if let Some(sql) = sql {
-        let checked = sql_guard::check_condition(sql, ConditionTable::Events).map_err(|refusal| Invalid(refusal.to_string()))?;
+        let checked =
+            sql_guard::check_condition(sql, ConditionTable::Events).map_err(|refusal| Invalid(refusal.to_string()))?;
         conditions.push(format!("({checked})"));
     }
     if conditions.is_empty() {
@@ -142,8 +146,13 @@ fn profile_condition(field: ProfileField, op: Op, value: &Value) -> Result<Strin
     let scalar = |value: &Value| -> Result<String, Invalid> {
         match field.kind() {
             FieldKind::Text | FieldKind::TextList => text(value),
-            FieldKind::Number => value.as_f64().map(number).ok_or_else(|| Invalid(format!("{} takes numbers", field.column()))),
-            FieldKind::Bool => value.as_bool().map(|b| b.to_string()).ok_or_else(|| Invalid(format!("{} takes true or false", field.column()))),
+            FieldKind::Number => {
+                value.as_f64().map(number).ok_or_else(|| Invalid(format!("{} takes numbers", field.column())))
+            }
+            FieldKind::Bool => value
+                .as_bool()
+                .map(|b| b.to_string())
+                .ok_or_else(|| Invalid(format!("{} takes true or false", field.column()))),
         }
     };
     Ok(match op {

@@ -40,7 +40,13 @@ pub struct AudienceDefinition {
 
 impl Default for AudienceDefinition {
     fn default() -> Self {
-        Self { version: DEFINITION_VERSION, include: Vec::new(), exclude: Vec::new(), intent: None, limit: DEFAULT_LIMIT }
+        Self {
+            version: DEFINITION_VERSION,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            intent: None,
+            limit: DEFAULT_LIMIT,
+        }
     }
 }
 
@@ -318,7 +324,9 @@ impl AudienceDefinition {
                 return invalid("the intent is empty; leave it out to rank by total spent");
             }
             if intent.chars().count() > MAX_INTENT_CHARS {
-                return invalid(format!("the intent is longer than {MAX_INTENT_CHARS} characters; describe tastes briefly"));
+                return invalid(format!(
+                    "the intent is longer than {MAX_INTENT_CHARS} characters; describe tastes briefly"
+                ));
             }
         }
         let mut ids = std::collections::HashSet::new();
@@ -621,12 +629,18 @@ mod tests {
         let refuse = |value: Value| AudienceDefinition::from_json(&value.to_string()).unwrap_err().0;
         let base = |clause: Value| json!({"version": 1, "include": [clause], "limit": 10});
         assert!(refuse(json!({"version": 2, "limit": 10})).contains("version 2 is not supported"));
-        assert!(refuse(base(json!({"type": "profile", "field": "total_spent", "op": ">", "value": "lots"})))
-            .contains("total_spent > takes a number"));
-        assert!(refuse(base(json!({"type": "profile", "field": "interests", "op": "=", "value": "x"})))
-            .contains("use op \"contains\""));
-        assert!(refuse(base(json!({"type": "profile", "field": "shoe_size", "op": "=", "value": 42})))
-            .contains("not an audience definition"));
+        assert!(
+            refuse(base(json!({"type": "profile", "field": "total_spent", "op": ">", "value": "lots"})))
+                .contains("total_spent > takes a number")
+        );
+        assert!(
+            refuse(base(json!({"type": "profile", "field": "interests", "op": "=", "value": "x"})))
+                .contains("use op \"contains\"")
+        );
+        assert!(
+            refuse(base(json!({"type": "profile", "field": "shoe_size", "op": "=", "value": 42})))
+                .contains("not an audience definition")
+        );
         assert!(refuse(base(json!({"type": "event", "min_price": 10, "max_price": 5}))).contains("above max_price"));
         assert!(refuse(json!({"version": 1, "limit": 0})).contains("limit must be between 1 and 50"));
     }

@@ -37,12 +37,8 @@ impl TracedTool for FindAudience {
     /// The definition with its clause ids and the size after each, the breakdown in a line, and the members in a
     /// table: what the model answers from and refers to when it refines. No SQL.
     fn observe(report: &AudienceReport) -> String {
-        let mut lines = vec![format!(
-            "audience: {} of {} customers. {}",
-            report.size,
-            report.total_customers,
-            report.explanation
-        )];
+        let mut lines =
+            vec![format!("audience: {} of {} customers. {}", report.size, report.total_customers, report.explanation)];
         if !report.funnel.is_empty() {
             let steps: Vec<String> = report
                 .funnel
@@ -60,7 +56,8 @@ impl TracedTool for FindAudience {
                 ("segment", &report.breakdown.segment),
                 ("status", &report.breakdown.status),
             ];
-            let parts: Vec<String> = dims.iter().map(|(name, shares)| format!("{name} {}", top_shares(shares))).collect();
+            let parts: Vec<String> =
+                dims.iter().map(|(name, shares)| format!("{name} {}", top_shares(shares))).collect();
             lines.push(format!("breakdown: {}", parts.join("; ")));
         }
         if !report.members.is_empty() {

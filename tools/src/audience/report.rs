@@ -212,9 +212,8 @@ pub(crate) async fn as_of_day(stores: &Stores) -> Result<NaiveDate, ToolFailure>
     if let Some(day) = dataset.and_then(|d| d.as_of) {
         return Ok(day);
     }
-    let day: Option<NaiveDate> = sqlx::query_scalar("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events")
-        .fetch_one(&stores.db.pool)
-        .await?;
+    let day: Option<NaiveDate> =
+        sqlx::query_scalar("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events").fetch_one(&stores.db.pool).await?;
     Ok(day.unwrap_or_else(|| Utc::now().date_naive()))
 }
 
@@ -229,9 +228,8 @@ async fn funnel_counts(tx: &mut Tx, compiled: &Compiled) -> Result<Counts, ToolF
     let mut parts = vec!["(SELECT count(*) FROM profiles)".to_owned()];
     let inner = compiled.prefixes.len().saturating_sub(1);
     parts.extend(compiled.prefixes[..inner].iter().map(|sql| format!("(SELECT count(*) FROM ({sql}) f)")));
-    let counts: Vec<i64> = sqlx::query_scalar(&format!("SELECT ARRAY[{}]::bigint[]", parts.join(", ")))
-        .fetch_one(&mut **tx)
-        .await?;
+    let counts: Vec<i64> =
+        sqlx::query_scalar(&format!("SELECT ARRAY[{}]::bigint[]", parts.join(", "))).fetch_one(&mut **tx).await?;
     let counts: Vec<u64> = counts.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect();
     Ok(Counts { total: counts.first().copied().unwrap_or(0), after_each: counts.into_iter().skip(1).collect() })
 }
@@ -269,7 +267,9 @@ async fn breakdown(tx: &mut Tx, compiled: &Compiled) -> Result<(u64, Breakdown),
     let shares = |name: &str, order: Option<&[&str]>| -> Vec<Share> {
         let mut values = groups.get(name).cloned().unwrap_or_default();
         match order {
-            Some(order) => values.sort_by_key(|(value, _)| order.iter().position(|o| o == value).unwrap_or(order.len())),
+            Some(order) => {
+                values.sort_by_key(|(value, _)| order.iter().position(|o| o == value).unwrap_or(order.len()))
+            }
             None => values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0))),
         }
         values
@@ -326,7 +326,9 @@ async fn rank_by_intent(
     trace.time("vector", start);
     Ok(hits
         .into_iter()
-        .filter_map(|hit| Some((i64::try_from(hit.id).ok()?, Some((f64::from(hit.score) * 10_000.0).round() / 10_000.0))))
+        .filter_map(|hit| {
+            Some((i64::try_from(hit.id).ok()?, Some((f64::from(hit.score) * 10_000.0).round() / 10_000.0)))
+        })
         .collect())
 }
 
@@ -403,7 +405,9 @@ async fn describe_members(
                     ProfileField::Country => country.clone().map(|c| format!("from {c}")),
                     ProfileField::Segment => Some(format!("segment {segment}")),
                     ProfileField::Churned => Some(if churned { "churned" } else { "active" }.to_owned()),
-                    ProfileField::LikesLuxury => Some(if luxury { "likes luxury" } else { "no luxury leaning" }.to_owned()),
+                    ProfileField::LikesLuxury => {
+                        Some(if luxury { "likes luxury" } else { "no luxury leaning" }.to_owned())
+                    }
                     ProfileField::TotalSpent => Some(format!("spent {}", money(spent))),
                     ProfileField::RecencyDays => recency.map(|days| format!("last purchase {days} days ago")),
                     ProfileField::Interests => Some(format!("interests: {}", interests.join(", "))),

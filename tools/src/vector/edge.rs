@@ -19,8 +19,8 @@ use qdrant_edge::{
 use serde_json::{Map, Value};
 
 use super::{
-    Condition, FieldKind, Filter, MatchValue, ScoredPoint, StoredPoint, TEXT_HASH_FIELD, VECTOR_NAME,
-    VectorIndex, VectorPoint, VectorSearch,
+    Condition, FieldKind, Filter, MatchValue, ScoredPoint, StoredPoint, TEXT_HASH_FIELD, VECTOR_NAME, VectorIndex,
+    VectorPoint, VectorSearch,
 };
 
 /// Dimension of the profile vectors (the embedding model's output size).

@@ -211,9 +211,10 @@ pub enum VectorWriter {
 impl VectorWriter {
     pub fn index(&self) -> Result<&dyn VectorIndex> {
         match self {
-            Self::Embedded(writer) => {
-                writer.index().map(|index| index as &dyn VectorIndex).ok_or_else(|| anyhow!("the staging index is closed"))
-            }
+            Self::Embedded(writer) => writer
+                .index()
+                .map(|index| index as &dyn VectorIndex)
+                .ok_or_else(|| anyhow!("the staging index is closed")),
             Self::Server(index) => Ok(index),
         }
     }
@@ -232,7 +233,11 @@ pub struct VectorReader(ReaderKind);
 
 enum ReaderKind {
     Embedded(EdgeReader),
-    Server { url: String, collection: String, index: tokio::sync::OnceCell<Arc<server::ServerIndex>> },
+    Server {
+        url: String,
+        collection: String,
+        index: tokio::sync::OnceCell<Arc<server::ServerIndex>>,
+    },
     /// One index, as it is (tests and benchmarks that build their own).
     Fixed(Arc<dyn VectorSearch>),
 }

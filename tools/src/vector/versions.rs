@@ -84,7 +84,10 @@ impl EdgeStore {
             Ok(text) => {
                 let name = text.trim();
                 if parse_version(name).is_none() {
-                    return Err(anyhow!("{} holds {name:?}, not a version name", self.root.join(CURRENT_FILE).display()));
+                    return Err(anyhow!(
+                        "{} holds {name:?}, not a version name",
+                        self.root.join(CURRENT_FILE).display()
+                    ));
                 }
                 Ok(Some(name.to_owned()))
             }
@@ -97,8 +100,9 @@ impl EdgeStore {
     /// a staging directory and opens it. Nothing is visible to readers until [`EdgeWriter::publish`].
     pub async fn begin(&self, start: StagingStart) -> Result<EdgeWriter> {
         let store = self.clone();
-        let (lock, staging, base) =
-            tokio::task::spawn_blocking(move || store.prepare_staging(start)).await.context("vector staging task failed")??;
+        let (lock, staging, base) = tokio::task::spawn_blocking(move || store.prepare_staging(start))
+            .await
+            .context("vector staging task failed")??;
         let index = EdgeIndex::open(&staging).await?;
         Ok(EdgeWriter { store: self.clone(), staging, base, index: Some(index), _lock: lock })
     }
@@ -157,7 +161,8 @@ impl EdgeStore {
     /// Copies the current version into a private directory and opens it; `None` when nothing was published.
     pub async fn open_copy(&self) -> Result<Option<ReaderCopy>> {
         let store = self.clone();
-        let prepared = tokio::task::spawn_blocking(move || store.copy_current()).await.context("vector copy task failed")??;
+        let prepared =
+            tokio::task::spawn_blocking(move || store.copy_current()).await.context("vector copy task failed")??;
         let Some((version, manifest, holder)) = prepared else { return Ok(None) };
         let index = EdgeIndex::open(&holder.dir).await?;
         Ok(Some(ReaderCopy { index, version, manifest, holder }))
@@ -180,7 +185,8 @@ impl EdgeStore {
             let id = unique_id();
             let lock = open_lock(&readers.join(format!("{id}.lock")))?;
             lock.lock().context("cannot lock the private copy of the vector index")?;
-            let holder = CopyHolder { dir: readers.join(&id), lock_path: readers.join(format!("{id}.lock")), _lock: lock };
+            let holder =
+                CopyHolder { dir: readers.join(&id), lock_path: readers.join(format!("{id}.lock")), _lock: lock };
             copy_dir(&source, &holder.dir)?;
             return Ok(Some((version, manifest, holder)));
         }
