@@ -10,7 +10,7 @@ use common::{Run, TestEnv};
 
 /// The generated sample's customers file (written by [`TestEnv::ingested`]) with `edit` applied to each data row.
 fn edited_customers(env: &TestEnv, name: &str, edit: impl Fn(usize, &str) -> String) -> PathBuf {
-    let original = std::fs::read_to_string(env.data_dir().join("sample/customers.csv")).unwrap();
+    let original = std::fs::read_to_string(env.sample_files().0).unwrap();
     let mut lines = original.lines();
     let mut text = format!("{}\n", lines.next().unwrap());
     for (row, line) in lines.enumerate() {
@@ -23,7 +23,7 @@ fn edited_customers(env: &TestEnv, name: &str, edit: impl Fn(usize, &str) -> Str
 }
 
 fn sample_events(env: &TestEnv) -> PathBuf {
-    env.data_dir().join("sample/events.csv")
+    env.sample_files().1
 }
 
 fn ingest(env: &TestEnv, customers: &Path, extra: &[&str]) -> Run {
@@ -103,7 +103,7 @@ fn max_rejects_sets_the_limit_and_the_summary_counts_rows_in_the_singular_and_pl
     assert!(run.stdout.contains(" rows rejected, see "), "{}", run.stdout);
 
     // One bad event and nothing else: "1 row", not "1 rows".
-    let customers = env.data_dir().join("sample/customers.csv");
+    let customers = env.sample_files().0;
     let mut events_text = std::fs::read_to_string(sample_events(&env)).unwrap();
     events_text.push_str("999999,1,click,socks,red,1.00,1,2025-06-01T00:00:00Z\n");
     let one_bad_event = env.data_dir().join("one_bad_event.csv");

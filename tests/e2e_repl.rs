@@ -483,23 +483,7 @@ fn an_open_chat_shares_its_data_directory_and_follows_a_new_ingest() {
     assert_eq!(tool.code, 0, "{}", tool.stderr);
     let sql = run(&["tool", "sql_analytics", "--args", r#"{"sql": "SELECT count(*) FROM customers"}"#]);
     assert_eq!(sql.code, 0, "{}", sql.stderr);
-    let sample = env.data_dir().join("sample40");
-    let generated = run(&[
-        "generate",
-        "--customers",
-        "40",
-        "--seed",
-        "9",
-        "--end-date",
-        "2025-06-30",
-        "--out",
-        sample.to_str().unwrap(),
-    ]);
-    assert_eq!(generated.code, 0, "{}", generated.stderr);
-    let (customers, events) = (sample.join("customers.csv"), sample.join("events.csv"));
-    let ingest = run(&["ingest", "--customers", customers.to_str().unwrap(), "--events", events.to_str().unwrap()]);
-    assert_eq!(ingest.code, 0, "{}", ingest.stderr);
-    assert!(!ingest.stderr.contains("busy"), "{}", ingest.stderr);
+    env.ingest_generated(env.data_dir(), 40, 9);
 
     let second = repl.ask("and now?");
     assert!(second.contains("Audience: 40 of 40 customers"), "the open chat sees the new data: {second}");

@@ -88,6 +88,27 @@ impl Env {
         Ok((customers_path, events_path))
     }
 
+    /// Generates and ingests the 500-customer sample (seed 42) and returns each customer's hidden persona
+    /// (labels.csv, never ingested).
+    async fn load_persona_sample(&self) -> Result<HashMap<u64, String>> {
+        let generated = generate(&GenerateOptions {
+            customers: 500,
+            events_per_customer: 20,
+            seed: 42,
+            end_date: day("2025-01-01"),
+            out_dir: self.dir.path().join("sample"),
+        })?;
+        let report = self.ingest(&generated.customers_path, &generated.events_path, None).await?;
+        assert_eq!(report.sync.embedded, 500);
+        let mut labels = csv::Reader::from_path(&generated.labels_path)?;
+        let mut persona = HashMap::new();
+        for record in labels.records() {
+            let record = record?;
+            persona.insert(record[0].parse::<u64>()?, record[1].to_owned());
+        }
+        Ok(persona)
+    }
+
     async fn drop_schema(self) -> Result<()> {
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.db.schema)).execute(&self.db.pool).await?;
         Ok(())
@@ -353,23 +374,7 @@ async fn a_value_with_a_line_break_reaches_the_profile_text_intact() -> Result<(
 #[tokio::test]
 async fn taste_intents_rank_their_persona_first() -> Result<()> {
     let env = Env::new().await?;
-    let sample = env.dir.path().join("sample");
-    let generated = generate(&GenerateOptions {
-        customers: 500,
-        events_per_customer: 20,
-        seed: 42,
-        end_date: day("2025-01-01"),
-        out_dir: sample.clone(),
-    })?;
-    let report = env.ingest(&generated.customers_path, &generated.events_path, None).await?;
-    assert_eq!(report.sync.embedded, 500);
-
-    let mut labels = csv::Reader::from_path(&generated.labels_path)?;
-    let mut persona = HashMap::new();
-    for record in labels.records() {
-        let record = record?;
-        persona.insert(record[0].parse::<u64>()?, record[1].to_owned());
-    }
+    let persona = env.load_persona_sample().await?;
     let index = env.index().await?;
     let mut lowest: f64 = 1.0;
     for (intent, expected) in [
@@ -402,15 +407,7 @@ async fn recency_questions_are_answered_by_clauses_not_by_the_text() -> Result<(
     use audience_tools::trace::ToolTrace;
 
     let env = Env::new().await?;
-    let sample = env.dir.path().join("sample");
-    let generated = generate(&GenerateOptions {
-        customers: 500,
-        events_per_customer: 20,
-        seed: 42,
-        end_date: day("2025-01-01"),
-        out_dir: sample.clone(),
-    })?;
-    env.ingest(&generated.customers_path, &generated.events_path, None).await?;
+    env.load_persona_sample().await?;
     let stale: Vec<i64> = sqlx::query_scalar("SELECT customer_id FROM profiles WHERE recency_days >= 120")
         .fetch_all(&env.db.pool)
         .await?;

@@ -98,7 +98,8 @@ pub fn check_question(question: &str) -> Result<&str> {
     Ok(question)
 }
 
-fn print_answer(answer: &Answer) {
+/// The answer's text and its audience (summary and members), as the REPL and plain `ask` show them.
+pub fn print_answer(answer: &Answer) {
     println!("{}", terminal::safe(answer.text.trim()));
     if let Some(audience) = &answer.audience {
         println!("\n{}", audience_summary(audience));

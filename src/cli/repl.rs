@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::Global;
 use crate::cli::ask::check_question;
-use crate::cli::ask::{audience_summary, member_table};
+use crate::cli::ask::{self, audience_summary, member_table};
 use crate::cli::terminal;
 use audience::agent::{AgentConfig, Answer, Session};
 use audience::exit;
@@ -245,14 +245,9 @@ impl Chat {
     }
 }
 
+/// In the chat the usage line follows each answer on screen.
 fn print_answer(answer: &Answer) {
-    println!("{}", terminal::safe(answer.text.trim()));
-    if let Some(audience) = &answer.audience {
-        println!("\n{}", audience_summary(audience));
-        if !audience.members.is_empty() {
-            println!("{}", member_table(&audience.members));
-        }
-    }
+    ask::print_answer(answer);
     println!("{}", answer.usage.summary_line());
 }
 

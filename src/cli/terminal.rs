@@ -25,23 +25,8 @@ pub fn safe(text: &str) -> Cow<'_, str> {
 /// Pretty JSON with the same characters escaped as JSON `\uXXXX` escapes: the document keeps its value, and a
 /// terminal shows it as written. Such characters can only occur inside JSON strings, so the escape stays valid.
 pub fn safe_json(value: &impl serde::Serialize) -> serde_json::Result<String> {
-    let text = serde_json::to_string_pretty(value)?;
-    if !text.chars().any(unsafe_char) {
-        return Ok(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        // Line breaks and tabs inside strings are already escaped by serde_json; the ones left are layout.
-        if unsafe_char(c) {
-            let mut units = [0u16; 2];
-            for unit in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{unit:04x}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Ok(out)
+    // Line breaks and tabs inside strings are already escaped by serde_json; the ones left are layout.
+    Ok(audience_tools::observe::escape_in_json(&serde_json::to_string_pretty(value)?, unsafe_char))
 }
 
 #[cfg(test)]

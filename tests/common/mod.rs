@@ -230,32 +230,42 @@ impl TestEnv {
     /// A schema filled by the real `audience generate` + `audience ingest` (small, deterministic sample).
     pub fn ingested(prefix: &str) -> Self {
         let env = Self::empty(prefix);
-        let sample = env.dir.path().join("sample");
-        let out = env
-            .command(&[
-                "generate",
-                "--customers",
-                "60",
-                "--events-per-customer",
-                "12",
-                "--seed",
-                "7",
-                "--end-date",
-                "2025-06-30",
-                "--out",
-                sample.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "generate failed: {}", String::from_utf8_lossy(&out.stderr));
-        let customers = sample.join("customers.csv");
-        let events = sample.join("events.csv");
-        let out = env
-            .command(&["ingest", "--customers", customers.to_str().unwrap(), "--events", events.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+        env.ingest_generated(env.dir.path(), 60, 7);
         env
+    }
+
+    /// Generates `customers` customers with `seed` (12 events each, up to 2025-06-30) into `data_dir/sample` and
+    /// ingests them into this test's schema with `data_dir` as the data directory.
+    pub fn ingest_generated(&self, data_dir: &Path, customers: u64, seed: u64) {
+        let sample = data_dir.join(format!("sample_{customers}_{seed}"));
+        let run = |args: &[&str]| {
+            let mut command = self.command(args);
+            command.env("AUDIENCE_DATA_DIR", data_dir);
+            let out = command.output().unwrap();
+            assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let (customers, seed) = (customers.to_string(), seed.to_string());
+        run(&[
+            "generate",
+            "--customers",
+            &customers,
+            "--events-per-customer",
+            "12",
+            "--seed",
+            &seed,
+            "--end-date",
+            "2025-06-30",
+            "--out",
+            sample.to_str().unwrap(),
+        ]);
+        let (customers, events) = (sample.join("customers.csv"), sample.join("events.csv"));
+        run(&["ingest", "--customers", customers.to_str().unwrap(), "--events", events.to_str().unwrap()]);
+    }
+
+    /// The sample [`Self::ingested`] loaded: its customers and events files.
+    pub fn sample_files(&self) -> (PathBuf, PathBuf) {
+        let sample = self.dir.path().join("sample_60_7");
+        (sample.join("customers.csv"), sample.join("events.csv"))
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -29,11 +29,12 @@ pub fn is_hidden_control(c: char) -> bool {
         || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
-/// A text value as a JSON string literal with hidden and control characters as `\uXXXX` escapes.
-fn quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    for c in Value::String(text.to_owned()).to_string().chars() {
-        if is_hidden_control(c) {
+/// JSON text with every character that `escape` picks written as a JSON `\uXXXX` escape. Such characters may only
+/// stand inside JSON strings (serde_json already escapes the C0 controls there), so the JSON keeps its value.
+pub fn escape_in_json(json: &str, escape: impl Fn(char) -> bool) -> String {
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if escape(c) {
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
                 out.push_str(&format!("\\u{unit:04x}"));
@@ -43,6 +44,11 @@ fn quoted(text: &str) -> String {
         }
     }
     out
+}
+
+/// A text value as a JSON string literal with hidden and control characters as `\uXXXX` escapes.
+fn quoted(text: &str) -> String {
+    escape_in_json(&Value::String(text.to_owned()).to_string(), is_hidden_control)
 }
 
 /// Text as it may stand in a cell or list: bare when it holds nothing that could end the cell or the list item,

@@ -10,7 +10,7 @@
 use chrono::{Days, NaiveDate};
 use serde_json::Value;
 
-use super::definition::{AudienceDefinition, Clause, FieldKind, Invalid, Op, ProfileField, Rule};
+use super::definition::{AudienceDefinition, Clause, FieldKind, Invalid, Op, ProfileField, Rule, number};
 use crate::sql_guard::{self, ConditionTable};
 
 /// The compiled queries of a definition.
@@ -184,10 +184,6 @@ pub fn literal(text: &str) -> Result<String, Invalid> {
         return Err(Invalid("values may not contain NUL characters".to_owned()));
     }
     Ok(format!("'{}'", text.replace('\'', "''")))
-}
-
-fn number(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 { format!("{}", value as i64) } else { format!("{value}") }
 }
 
 #[cfg(test)]

@@ -567,7 +567,8 @@ fn plain(value: &Value) -> String {
     }
 }
 
-fn number(value: f64) -> String {
+/// A number as SQL and plain words write it: whole numbers without a `.0`.
+pub(crate) fn number(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 { format!("{}", value as i64) } else { format!("{value}") }
 }
 
