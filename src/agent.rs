@@ -378,9 +378,9 @@ mod tests {
             statements.push(format!("GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {READER_ROLE}"));
             statements.push(format!(
                 "INSERT INTO {schema}.customers VALUES \
-                 (1, 'Anna', 'Berg', 'a@example.com', 'DE', 30, 'red', '2024-01-01'), \
-                 (2, 'Ben', 'Kurz', 'b@example.com', 'DE', 40, 'blue', '2024-02-01'), \
-                 (3, 'Cleo', 'Marin', 'c@example.com', 'FR', 50, 'green', '2024-03-01')"
+                 (1, '1', 'Anna', 'Berg', 'a@example.com', 'DE', 30, 'red', '2024-01-01'), \
+                 (2, '2', 'Ben', 'Kurz', 'b@example.com', 'DE', 40, 'blue', '2024-02-01'), \
+                 (3, '3', 'Cleo', 'Marin', 'c@example.com', 'FR', 50, 'green', '2024-03-01')"
             ));
             for (index, statement) in statements.into_iter().enumerate() {
                 sqlx::query(&statement).execute(&db.pool).await.unwrap();

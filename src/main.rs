@@ -32,6 +32,9 @@ enum Command {
     /// Write a deterministic synthetic CRM + clickstream sample (customers.csv, events.csv, labels.csv).
     Generate(data_commands::GenerateArgs),
     /// Validate and load customers and events, compute profiles, and embed new or changed profiles.
+    #[command(after_help = "File formats, columns, event types, the spend rule and example mappings: the README's \
+                            \"Ingest\" section, and examples/mappings/.\n\
+                            Try a new file or mapping first with --check: it changes nothing.")]
     Ingest(data_commands::IngestArgs),
     /// Re-embed every profile and rewrite the vector index (e.g. after a model change).
     Reindex,

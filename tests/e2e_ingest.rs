@@ -36,31 +36,49 @@ fn ingest_with_events(env: &TestEnv, customers: &Path, events: &Path, extra: &[&
     Run::from(env.command(&args).output().unwrap())
 }
 
-/// The reported bug: every customer id in another format (`user_0001`) was rejected, the ingest exited 0 and the
-/// live tables became empty.
+/// The reported bug: every customer row was rejected (ids in another format, `user_0001`), the ingest exited 0 and
+/// the live tables became empty. String ids load now, so every row is made bad another way: a country that is
+/// not a code.
 #[test]
 fn an_ingest_that_rejects_every_row_fails_with_exit_1_and_keeps_the_live_data() {
     let env = TestEnv::ingested("allbad");
     let before = env.checksum();
-    let bad_ids = edited_customers(&env, "bad_ids.csv", |_, line| {
-        let (id, rest) = line.split_once(',').unwrap();
-        format!("user_{:04},{rest}", id.parse::<u32>().unwrap())
+    let bad_countries = edited_customers(&env, "bad_countries.csv", |_, line| {
+        let mut fields: Vec<&str> = line.split(',').collect();
+        fields[4] = "Atlantis";
+        fields.join(",")
     });
 
     for extra in [&[][..], &["--max-rejects", "100%"][..]] {
-        let run = ingest(&env, &bad_ids, extra);
+        let run = ingest(&env, &bad_countries, extra);
         assert_eq!(run.code, 1, "{extra:?}: stdout {}\nstderr {}", run.stdout, run.stderr);
         let rejects = env.data_dir().join("rejects.csv");
         let expected = format!(
-            "error: no valid customers in {}: 60 rows rejected, e.g. line 2: customer_id \"user_0001\" is not an \
-             integer; nothing was changed; all rejects are in {}",
-            bad_ids.display(),
+            "error: no valid customers in {}: 60 rows rejected, e.g. line 2: country \"Atlantis\" is not an ISO \
+             3166-1 alpha-2 code; nothing was changed; all rejects are in {}",
+            bad_countries.display(),
             rejects.display()
         );
         assert_eq!(run.error_lines(), [expected.as_str()], "{extra:?}: {}", run.stderr);
         assert_eq!(env.checksum(), before, "{extra:?}: the live data changed");
         assert_eq!(std::fs::read_to_string(&rejects).unwrap().lines().count(), 61, "a header and 60 rejects");
     }
+
+    // The original file: its `user_0001` ids are customers now, but no event names them, so the events file is
+    // rejected whole and nothing changes.
+    let string_ids = edited_customers(&env, "string_ids.csv", |_, line| {
+        let (id, rest) = line.split_once(',').unwrap();
+        format!("user_{:04},{rest}", id.parse::<u32>().unwrap())
+    });
+    let run = ingest(&env, &string_ids, &[]);
+    assert_eq!(run.code, 1, "stdout {}\nstderr {}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("rows rejected, more than --max-rejects 10% allows; most common reason"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("unknown customer_id 1; nothing was changed"), "{}", run.stderr);
+    assert_eq!(env.checksum(), before, "the live data changed");
 }
 
 #[test]
@@ -112,4 +130,92 @@ fn max_rejects_sets_the_limit_and_the_summary_counts_rows_in_the_singular_and_pl
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.starts_with("loaded 60 customers and "), "{}", run.stdout);
     assert!(run.stdout.contains("; 1 row rejected, see "), "{}", run.stdout);
+}
+
+/// Every file under `dir` with its size: the vector index's footprint, to prove a dry run wrote nothing there.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push((path.clone(), entry.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `ingest --check` validates and reports (counts, rejects by reason, rendered profiles) and changes nothing: no
+/// table, no customer key, no vector index file, no rejects file.
+#[test]
+fn check_reports_what_would_load_and_changes_nothing() {
+    let env = TestEnv::ingested("check");
+    let before = (env.checksum(), files_under(env.data_dir()));
+    let two_bad = edited_customers(&env, "two_bad.csv", |row, line| {
+        let mut fields: Vec<&str> = line.split(',').collect();
+        if row < 2 {
+            fields[3] = "not-an-email";
+        }
+        fields.join(",")
+    });
+    let run = ingest(&env, &two_bad, &["--check"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // The two customers' events are rejected with them.
+    let their_events = env.sql_scalar("SELECT count(*)::text FROM events WHERE customer_id IN (1, 2)");
+    let kept_events = env.sql_scalar("SELECT count(*)::text FROM events WHERE customer_id NOT IN (1, 2)");
+    let rejected = 2 + their_events.parse::<u64>().unwrap();
+    assert!(
+        run.stdout.starts_with(&format!(
+            "check: would load 58 customers and {kept_events} events; {rejected} rows rejected (nothing was changed)"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains(&format!("  {their_events} rows of ")), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("  2 rows of ")
+            && run.stdout.contains(": email \"…\" is not an e-mail address (first at line 2: email \"not-an-email\""),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.stdout.matches("\ncustomer ").count(), 3, "three rendered profiles: {}", run.stdout);
+    let mut expected_files = before.1.clone();
+    expected_files.push((two_bad.clone(), std::fs::metadata(&two_bad).unwrap().len()));
+    expected_files.sort();
+    assert_eq!(env.checksum(), before.0, "the data changed");
+    assert_eq!(files_under(env.data_dir()), expected_files, "only the test's own input file is new");
+
+    // --json: the same report for scripts.
+    let run = ingest(&env, &two_bad, &["--check", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(report["load"]["customers"], 58);
+    assert_eq!(report["load"]["rejected"], rejected);
+    assert_eq!(report["load"]["rejects_by_reason"][0]["rows"], 2);
+    assert_eq!(report["samples"].as_array().map(Vec::len), Some(3));
+    assert_eq!(env.checksum(), before.0);
+
+    // On a database that has never been ingested, a check does not even create the schema.
+    let fresh = TestEnv::empty("checkfresh");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let log = root.join("ingest/tests/fixtures/purchase_log.txt");
+    let mapping = root.join("examples/mappings/purchase_log.toml");
+    let run = Run::from(
+        fresh
+            .command(&["ingest", "--check", "--events", log.to_str().unwrap(), "--mapping", mapping.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("check: would load 12 customers and 41 events; 0 rows rejected"), "{}", run.stdout);
+    assert!(run.stdout.contains("\ncustomer 00007:\n"), "the biggest spender, under the file's id: {}", run.stdout);
+    let schemas =
+        fresh.sql_scalar(&format!("SELECT count(*)::text FROM pg_namespace WHERE nspname = '{}'", fresh.schema));
+    assert_eq!(schemas, "0");
+    assert!(files_under(fresh.data_dir()).is_empty(), "{:?}", files_under(fresh.data_dir()));
 }

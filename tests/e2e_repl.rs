@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -253,7 +254,7 @@ fn conversation_refines_reports_cost_exports_and_quits() {
         )),
         "{first}"
     );
-    let table_rows = first.lines().filter(|line| line.starts_with("│") && !line.contains("customer_id")).count();
+    let table_rows = first.lines().filter(|line| line.starts_with("│") && !line.contains("total_spent")).count();
     assert_eq!(table_rows, 5, "{first}");
     let usage = first.lines().last().unwrap();
     insta::assert_snapshot!("first_answer_usage", redact_seconds(usage));
@@ -313,7 +314,7 @@ fn conversation_refines_reports_cost_exports_and_quits() {
     assert!(exported.starts_with(&format!("exported {narrowed} members to ")), "{exported}");
     let csv = std::fs::read_to_string(&csv_path).unwrap();
     let mut lines = csv.lines();
-    assert!(lines.next().unwrap().starts_with("customer_id,first_name,last_name,email,country"), "{csv}");
+    assert!(lines.next().unwrap().starts_with("external_id,first_name,last_name,email,country"), "{csv}");
     assert_eq!(lines.count().to_string(), narrowed, "{csv}");
     assert!(!env.data_dir().join("audience.csv.partial").exists());
 
@@ -487,6 +488,56 @@ fn an_open_chat_shares_its_data_directory_and_follows_a_new_ingest() {
 
     let second = repl.ask("and now?");
     assert!(second.contains("Audience: 40 of 40 customers"), "the open chat sees the new data: {second}");
+    repl.line("/quit");
+    assert!(repl.wait().success());
+}
+
+/// String ids round-trip: a clickstream whose users are `user_0203` and a UUID, loaded through its example mapping,
+/// shows those ids in the answer's table and in every exported row, never the internal keys.
+#[test]
+fn string_ids_from_the_file_are_the_ids_in_answers_and_exports() {
+    let env = TestEnv::empty("strids");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let clicks = root.join("ingest/tests/fixtures/clickstream.csv.gz");
+    let mapping = root.join("examples/mappings/clickstream.toml");
+    let out = env
+        .command(&["ingest", "--events", clicks.to_str().unwrap(), "--mapping", mapping.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file_ids: Vec<String> = ["user_0203", "user_0007", "user_0150", "user_0099", "user_0012"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(["7f3c9a2e-1b4d-4c8e-9a0f-3d2b1c0e9f8a".to_owned()])
+        .collect();
+
+    let llm = FakeLlm::start(vec![
+        Reply::tool(
+            "call_1",
+            "find_audience",
+            json!({"include": [{"type": "event", "event_type": "view"}], "limit": 10}),
+        ),
+        Reply::text("Everyone who viewed a page."),
+    ]);
+    let mut repl = chat(&env, Some(&llm.base_url));
+    let answer = repl.ask("who browsed?");
+    assert!(answer.contains("Audience: 6 of 6 customers"), "{answer}");
+    for id in &file_ids {
+        assert!(answer.contains(&format!("│ {id}")), "{id} is not in the table: {answer}");
+    }
+    // The model saw the same ids (the top 5 of them), so the ones it quotes back are the file's, never a key.
+    let observation = llm.requests()[1].to_string();
+    assert_eq!(file_ids.iter().filter(|id| observation.contains(id.as_str())).count(), 5, "{observation}");
+    assert!(!observation.contains("10000000000000"), "an internal key reached the model: {observation}");
+
+    let csv_path = env.data_dir().join("browsers.csv");
+    assert!(repl.ask(&format!("/export {}", csv_path.display())).starts_with("exported 6 members"));
+    let mut exported: Vec<String> =
+        csv::Reader::from_path(&csv_path).unwrap().records().map(|record| record.unwrap()[0].to_owned()).collect();
+    exported.sort();
+    let mut expected = file_ids.clone();
+    expected.sort();
+    assert_eq!(exported, expected);
     repl.line("/quit");
     assert!(repl.wait().success());
 }

@@ -17,34 +17,39 @@
 //! A row whose values are wrong is rejected: it is skipped, counted, and written to the rejects CSV
 //! (`file,line,reason`). With `--strict` the first rejected row stops the load instead, with the error
 //! `<file>:<line>: <reason>`. Rows are rejected for:
-//! - an id (`customer_id`, `event_id`) that is empty, not an integer, or a duplicate of an earlier row's id
-//!   (the first row wins);
-//! - an empty required value (`first_name`, `last_name`, `email`, `country`, `product`, `price`, `quantity`, `ts`);
+//! - a customer id that is empty, longer than 128 characters, has control characters, or repeats an earlier row's
+//!   id (the first row wins); an event id that is not an integer or repeats;
+//! - an empty essential value (`event_type`, `ts`);
 //! - an e-mail address that is not `local@domain.tld`;
 //! - a country that is not an ISO 3166-1 alpha-2 code (after the mapping's value map);
 //! - an age that is not an integer between 0 and 130, a date or timestamp that does not parse;
-//! - a price that is not a non-negative decimal; a quantity that is not a non-zero integer;
+//! - a price or amount that is not a decimal (a price must not be negative); a quantity that is not a non-zero
+//!   integer;
 //! - an event type other than `view`, `add_to_cart`, `purchase`;
 //! - an event whose customer is not in the customers file;
 //! - a negative quantity on anything but a purchase.
 //!
 //! A negative quantity on a purchase is a return: it is kept, and the profile SQL excludes it from spend.
 //!
-//! Required columns: customers `customer_id, first_name, last_name, email, country`; events `event_id,
-//! customer_id, event_type, product, price, quantity, ts`. The optional columns (`age, favorite_color,
-//! signup_date`; `color`) may be absent and load as NULL; an empty value is NULL too.
+//! Customer ids are text, kept as the file has them (`external_id`); [`crate::keys`] gives each its integer key.
+//! Essential columns: customers `customer_id`; events `customer_id, event_type, ts`. Every other column may be
+//! absent from the file or empty in a row, and is then unknown (NULL): `event_id` defaults to the row number and
+//! `quantity` to 1. `amount` is the line total; without it, it is price x quantity when the price is known.
 //! Timestamps without a format are RFC 3339 (`2024-05-01T10:00:00Z`), `YYYY-MM-DD HH:MM:SS` (UTC) or
 //! `YYYY-MM-DD` (midnight UTC); dates are `YYYY-MM-DD`.
 //!
 //! # Column mapping
 //!
-//! A [`Mapping`] (TOML, see `examples/mappings/transaction_log.toml`) maps a foreign export onto our columns.
+//! A [`Mapping`] (TOML, see `examples/mappings/`) maps a foreign export onto our columns.
 //! Each key of `[customers]` or `[events]` is one of our columns and its value says where it comes from:
 //! `"TheirColumn"`; `{ column = "Date", format = "%m/%d/%Y" }` (chrono format, for `ts` and `signup_date`);
-//! `{ value = "purchase" }` (a constant); `{ row_number = true }` (the data row number, 1 for the first row);
-//! `{ template = "customer{CustomerNo}@unknown.invalid" }` (their columns substituted in braces).
+//! `{ column = "event", map = { cart = "add_to_cart" }, default = "view" }` (a value map with a default for the
+//! values it does not list); `{ value = "purchase" }` (a constant); `{ row_number = true }` (the data row number,
+//! 1 for the first row); `{ template = "customer{CustomerNo}@unknown.invalid" }` (their columns in braces).
 //! `[events.values.<column>]` / `[customers.values.<column>]` tables translate values, e.g.
 //! `"United Kingdom" = "GB"`; a value missing from the table passes through unchanged.
+//! `delimiter` (comma, tab, semicolon, pipe, whitespace) and `has_header = false` with `columns = [...]` describe
+//! the file's layout; a `.gz` file is decompressed while it is read.
 //! A table that is not in the mapping uses our own column names.
 //! `[customers] from_events = true` says there is no customer file: one customer is derived from the first
 //! valid row of each customer id in the events file, with the `[customers]` keys read from that file.
@@ -52,19 +57,22 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use audience_tools::schema::{CUSTOMERS, EVENTS, TableSpec};
+
+use crate::keys::{CustomerKeys, check_external_id};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use csv::StringRecord;
 use serde::Deserialize;
 
-/// Customer columns that must have a value.
-const CUSTOMER_REQUIRED: &[&str] = &["customer_id", "first_name", "last_name", "email", "country"];
-/// Event columns that must have a value.
-const EVENT_REQUIRED: &[&str] = &["event_id", "customer_id", "event_type", "product", "price", "quantity", "ts"];
+/// Customer columns that must have a value: only the id; every other fact may be unknown.
+const CUSTOMER_REQUIRED: &[&str] = &["customer_id"];
+/// Event columns that must have a value: whose event, what kind, when. Without `event_id` the row number is the
+/// id; without `quantity` it is 1; price and amount may be absent (a clickstream).
+const EVENT_REQUIRED: &[&str] = &["customer_id", "event_type", "ts"];
 /// The event types the `events.event_type` CHECK constraint allows.
 pub const EVENT_TYPES: &[&str] = &["view", "add_to_cart", "purchase"];
 
@@ -123,17 +131,67 @@ pub struct Mapping {
     customers_from_events: bool,
 }
 
-/// One table's sources, keyed by our column name.
+/// One table's sources, keyed by our column name, and how its file is laid out.
 #[derive(Clone, Debug, Default)]
 struct TableMapping {
     sources: BTreeMap<String, Source>,
     values: BTreeMap<String, HashMap<String, String>>,
+    layout: Layout,
+}
+
+/// How a file separates its fields and whether it names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub delimiter: Delimiter,
+    /// The column names of a file without a header row (`has_header = false`, `columns = [...]`).
+    pub columns: Option<Vec<String>>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self { delimiter: Delimiter::Byte(b','), columns: None }
+    }
+}
+
+/// A field separator: one byte, or any run of spaces and tabs (a fixed-width or `ls`-style export).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delimiter {
+    Byte(u8),
+    Whitespace,
+}
+
+impl Delimiter {
+    fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "," | "comma" => Self::Byte(b','),
+            "\t" | "\\t" | "tab" => Self::Byte(b'\t'),
+            ";" | "semicolon" => Self::Byte(b';'),
+            "|" | "pipe" => Self::Byte(b'|'),
+            "whitespace" | "space" | " " => Self::Whitespace,
+            other => bail!("delimiter {other:?} is not one of comma, tab, semicolon, pipe, whitespace"),
+        })
+    }
+
+    /// The byte csv splits on (whitespace is turned into tabs before csv sees it).
+    fn byte(self) -> u8 {
+        match self {
+            Self::Byte(byte) => byte,
+            Self::Whitespace => b'\t',
+        }
+    }
 }
 
 /// Where one of our columns comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Source {
-    Column { name: String, format: Option<String> },
+    /// A column of the file, with an optional format (dates) and an inline value map with a default for the values
+    /// it does not list.
+    Column {
+        name: String,
+        format: Option<String>,
+        map: BTreeMap<String, String>,
+        default: Option<String>,
+    },
     Value(String),
     RowNumber,
     Template(String),
@@ -152,6 +210,9 @@ struct TableFile {
     from_events: bool,
     #[serde(default)]
     values: BTreeMap<String, BTreeMap<String, String>>,
+    delimiter: Option<String>,
+    has_header: Option<bool>,
+    columns: Option<Vec<String>>,
     /// Kept as raw values so a typo inside `{ ... }` gets serde's precise "unknown field" message.
     #[serde(flatten)]
     sources: BTreeMap<String, toml::Value>,
@@ -162,6 +223,8 @@ struct TableFile {
 struct SourceSpec {
     column: Option<String>,
     format: Option<String>,
+    map: Option<BTreeMap<String, String>>,
+    default: Option<String>,
     value: Option<String>,
     row_number: Option<bool>,
     template: Option<String>,
@@ -201,6 +264,12 @@ impl Mapping {
             Table::Events => self.events.as_ref(),
         }
     }
+
+    /// The layout of the file `table` is read from: customers derived from events are read from the events file.
+    fn layout(&self, table: Table) -> Layout {
+        let file_table = if table == Table::Customers && self.customers_from_events { Table::Events } else { table };
+        self.table(file_table).map(|t| t.layout.clone()).unwrap_or_default()
+    }
 }
 
 impl TableMapping {
@@ -213,7 +282,7 @@ impl TableMapping {
             }
             let context = || format!("[{}] {target}", table.name());
             let source = match spec {
-                toml::Value::String(name) => Source::Column { name, format: None },
+                toml::Value::String(name) => Source::Column { name, format: None, map: BTreeMap::new(), default: None },
                 toml::Value::Table(spec) => spec
                     .try_into::<SourceSpec>()
                     .map_err(|e| anyhow!("{}", e.message()))
@@ -239,21 +308,41 @@ impl TableMapping {
             }
             values.insert(target, map.into_iter().collect());
         }
-        Ok(Self { sources, values })
+        let delimiter = match &file.delimiter {
+            Some(name) => Delimiter::parse(name).with_context(|| format!("[{}] delimiter", table.name()))?,
+            None => Delimiter::Byte(b','),
+        };
+        let columns = match (file.has_header, file.columns) {
+            (Some(false), Some(columns)) if !columns.is_empty() => Some(columns),
+            (Some(false), _) => bail!("[{}] has_header = false needs columns = [\"name\", ...]", table.name()),
+            (_, Some(_)) => bail!(
+                "[{}] columns = [...] names the fields of a file without a header: add has_header = false",
+                table.name()
+            ),
+            (_, None) => None,
+        };
+        Ok(Self { sources, values, layout: Layout { delimiter, columns } })
     }
 }
 
 impl SourceSpec {
     fn into_source(self) -> Result<Source> {
         let source = match (self.column, self.value, self.row_number, self.template) {
-            (Some(name), None, None, None) => return Ok(Source::Column { name, format: self.format }),
+            (Some(name), None, None, None) => {
+                return Ok(Source::Column {
+                    name,
+                    format: self.format,
+                    map: self.map.unwrap_or_default(),
+                    default: self.default,
+                });
+            }
             (None, Some(value), None, None) => Source::Value(value),
             (None, None, Some(true), None) => Source::RowNumber,
             (None, None, None, Some(template)) => Source::Template(template),
             _ => bail!("give exactly one of column, value, row_number = true, template"),
         };
-        if self.format.is_some() {
-            bail!("format only applies to column = ...");
+        if self.format.is_some() || self.map.is_some() || self.default.is_some() {
+            bail!("format, map and default only apply to column = ...");
         }
         Ok(source)
     }
@@ -263,29 +352,32 @@ impl SourceSpec {
 // Rows
 // ---------------------------------------------------------------------------------------------------------------
 
-/// A validated customer row.
+/// A validated customer row: its key (see [`crate::keys`]), its id as the file has it, and what is known of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Customer {
     pub customer_id: i64,
-    pub first_name: String,
-    pub last_name: String,
-    pub email: String,
-    pub country: String,
+    pub external_id: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub country: Option<String>,
     pub age: Option<i32>,
     pub favorite_color: Option<String>,
     pub signup_date: Option<NaiveDate>,
 }
 
-/// A validated event row. `price` is in cents; a negative `quantity` is a return.
+/// A validated event row. Money is in cents; `amount` is the line total (the file's, else price x quantity); a
+/// negative `quantity` is a return.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     pub event_id: i64,
     pub customer_id: i64,
     pub event_type: &'static str,
-    pub product: String,
+    pub product: Option<String>,
     pub color: Option<String>,
-    pub price_cents: i64,
+    pub price_cents: Option<i64>,
     pub quantity: i32,
+    pub amount_cents: Option<i64>,
     pub ts: DateTime<Utc>,
 }
 
@@ -376,11 +468,13 @@ enum Piece {
     Column(usize),
 }
 
-/// Per target column: its getter (None = absent optional column), its value map and its format.
+/// Per target column: its getter (None = absent optional column), its value map with the default for values it
+/// does not list, and its format.
 #[derive(Debug)]
 struct Field {
     getter: Option<Getter>,
     values: Option<HashMap<String, String>>,
+    default: Option<String>,
     format: Option<String>,
 }
 
@@ -388,7 +482,7 @@ struct Field {
 struct CsvInput {
     file: String,
     /// csv buffers the file itself, so the tracker sees each byte once, just before csv parses it.
-    reader: csv::Reader<LineTracker<File>>,
+    reader: csv::Reader<LineTracker<Box<dyn Read>>>,
     record: StringRecord,
     row_number: u64,
     line: u64,
@@ -398,15 +492,33 @@ struct CsvInput {
 }
 
 impl CsvInput {
-    fn open(path: &Path, table: Table, mapping: Option<&TableMapping>) -> Result<Self> {
+    fn open(path: &Path, table: Table, mapping: Option<&TableMapping>, layout: &Layout) -> Result<Self> {
         let file = path.display().to_string();
         let handle = File::open(path).with_context(|| format!("cannot open {file}"))?;
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(LineTracker::new(handle));
-        let header = reader.headers().cloned();
-        let tracker = reader.get_mut();
-        check_quotes_closed(&file, tracker)?;
-        let header = header.map_err(|e| csv_error(&file, e, tracker))?;
-        let header_line = header.position().map_or(1, |p| tracker.line_at(p.byte()));
+        // A `.gz` export is read as it is; whitespace-separated lines become tab-separated before csv sees them.
+        let mut input: Box<dyn Read> = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(handle)))
+        } else {
+            Box::new(handle)
+        };
+        if layout.delimiter == Delimiter::Whitespace {
+            input = Box::new(WhitespaceToTabs::new(input));
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(layout.columns.is_none())
+            .delimiter(layout.delimiter.byte())
+            .from_reader(LineTracker::new(input, layout.delimiter.byte()));
+        let (header, header_line) = match &layout.columns {
+            Some(columns) => (StringRecord::from(columns.clone()), 0),
+            None => {
+                let header = reader.headers().cloned();
+                let tracker = reader.get_mut();
+                check_quotes_closed(&file, tracker)?;
+                let header = header.map_err(|e| csv_error(&file, e, tracker))?;
+                let line = header.position().map_or(1, |p| tracker.line_at(p.byte()));
+                (header, line)
+            }
+        };
         let find = |name: &str| {
             let name = name.trim();
             header
@@ -415,27 +527,39 @@ impl CsvInput {
                 .or_else(|| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name)))
         };
         let missing = |column: &str, target: &str| {
-            if column == target {
-                anyhow!("{file}:{header_line}: missing required column {column:?}")
+            let what = if column == target {
+                format!("missing required column {column:?}")
             } else {
-                anyhow!("{file}:{header_line}: missing column {column:?} (mapped to {target})")
-            }
+                format!("missing column {column:?} (mapped to {target})")
+            };
+            let place =
+                if header_line == 0 { format!("{file}: in columns = [...]") } else { format!("{file}:{header_line}") };
+            anyhow!("{place}: {what}{}", header_hint(&header, layout))
         };
         let mut fields = Vec::new();
         for target in table.columns() {
             let required = table.required().contains(&target);
             let source = match mapping {
                 Some(m) => m.sources.get(target).cloned(),
-                None => Some(Source::Column { name: target.to_owned(), format: None }),
+                None => {
+                    Some(Source::Column { name: target.to_owned(), format: None, map: BTreeMap::new(), default: None })
+                }
             };
+            let mut values: HashMap<String, String> =
+                mapping.and_then(|m| m.values.get(target)).cloned().unwrap_or_default();
+            let mut default = None;
             let (getter, format) = match source {
                 None => (None, None),
-                Some(Source::Column { name, format }) => match find(&name) {
-                    Some(index) => (Some(Getter::Column(index)), format),
-                    // Our own format may leave out optional columns; a mapping that names a column means it.
-                    None if !required && mapping.is_none() => (None, None),
-                    None => return Err(missing(&name, target)),
-                },
+                Some(Source::Column { name, format, map, default: fallback }) => {
+                    values.extend(map);
+                    default = fallback;
+                    match find(&name) {
+                        Some(index) => (Some(Getter::Column(index)), format),
+                        // Our own format may leave out optional columns; a mapping that names a column means it.
+                        None if !required && mapping.is_none() => (None, None),
+                        None => return Err(missing(&name, target)),
+                    }
+                }
                 Some(Source::Value(value)) => (Some(Getter::Value(value)), None),
                 Some(Source::RowNumber) => (Some(Getter::RowNumber), None),
                 Some(Source::Template(template)) => {
@@ -451,8 +575,8 @@ impl CsvInput {
                     (Some(Getter::Template(pieces)), None)
                 }
             };
-            let values = mapping.and_then(|m| m.values.get(target)).cloned();
-            fields.push(Field { getter, values, format });
+            let values = (!values.is_empty()).then_some(values);
+            fields.push(Field { getter, values, default, format });
         }
         Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields })
     }
@@ -490,9 +614,13 @@ impl CsvInput {
                 Cow::Owned(out)
             }
         };
-        let mapped = match field.values.as_ref().and_then(|values| values.get(raw.as_ref())) {
-            Some(mapped) => Cow::Owned(mapped.clone()),
-            None => raw,
+        if raw.is_empty() {
+            return None;
+        }
+        let mapped = match (field.values.as_ref().and_then(|values| values.get(raw.as_ref())), &field.default) {
+            (Some(mapped), _) => Cow::Owned(mapped.clone()),
+            (None, Some(default)) => Cow::Owned(default.clone()),
+            (None, None) => raw,
         };
         (!mapped.is_empty()).then_some(mapped)
     }
@@ -535,8 +663,67 @@ fn parse_template(template: &str) -> Result<Vec<TemplatePiece>> {
     Ok(pieces)
 }
 
+/// What a header that lacks a column looks like, and the layout it suggests: a one-field header with spaces, tabs,
+/// `;` or `|` in it is a file split on something other than the mapping's delimiter.
+fn header_hint(header: &StringRecord, layout: &Layout) -> String {
+    let fields: Vec<&str> = header.iter().collect();
+    let shown = fields.iter().take(8).map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+    let found = format!("; the header has {} field{}: {shown}", fields.len(), if fields.len() == 1 { "" } else { "s" });
+    let suggestion = match fields.as_slice() {
+        [only] if layout.delimiter == Delimiter::Byte(b',') => {
+            [('\t', "tab"), (';', "semicolon"), ('|', "pipe"), (' ', "whitespace")]
+                .iter()
+                .find(|(c, _)| only.contains(*c))
+                .map(|(_, name)| format!("; it looks {name}-separated: set delimiter = \"{name}\" in the mapping"))
+        }
+        _ => None,
+    };
+    format!("{found}{}", suggestion.unwrap_or_default())
+}
+
+/// Turns each run of spaces and tabs into one tab, line by line, so csv can split a whitespace-separated file.
+/// Leading and trailing runs go; line ends stay, so line numbers stay true.
+struct WhitespaceToTabs<R> {
+    inner: BufReader<R>,
+    line: Vec<u8>,
+    out: Vec<u8>,
+    at: usize,
+}
+
+impl<R: Read> WhitespaceToTabs<R> {
+    fn new(inner: R) -> Self {
+        Self { inner: BufReader::new(inner), line: Vec::new(), out: Vec::new(), at: 0 }
+    }
+}
+
+impl<R: Read> Read for WhitespaceToTabs<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.out.len() {
+            self.line.clear();
+            if std::io::BufRead::read_until(&mut self.inner, b'\n', &mut self.line)? == 0 {
+                return Ok(0);
+            }
+            let body_end = self.line.iter().rposition(|b| !matches!(b, b'\n' | b'\r')).map_or(0, |i| i + 1);
+            let (body, end) = self.line.split_at(body_end);
+            self.out.clear();
+            self.at = 0;
+            for (index, field) in body.split(|b| matches!(b, b' ' | b'\t')).filter(|f| !f.is_empty()).enumerate() {
+                if index > 0 {
+                    self.out.push(b'\t');
+                }
+                self.out.extend_from_slice(field);
+            }
+            self.out.extend_from_slice(end);
+        }
+        let n = buf.len().min(self.out.len() - self.at);
+        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Fails when the file ended inside a quoted field, naming the line where the quote opened.
-fn check_quotes_closed(file: &str, tracker: &LineTracker<File>) -> Result<()> {
+fn check_quotes_closed(file: &str, tracker: &LineTracker<Box<dyn Read>>) -> Result<()> {
     match tracker.unclosed_quote_line() {
         Some(line) => bail!("{file}:{line}: the quote opened on this line is never closed (unterminated quote)"),
         None => Ok(()),
@@ -544,7 +731,7 @@ fn check_quotes_closed(file: &str, tracker: &LineTracker<File>) -> Result<()> {
 }
 
 /// One line naming the file and line for a CSV error.
-fn csv_error(file: &str, error: csv::Error, tracker: &mut LineTracker<File>) -> anyhow::Error {
+fn csv_error(file: &str, error: csv::Error, tracker: &mut LineTracker<Box<dyn Read>>) -> anyhow::Error {
     let line = error.position().map_or(tracker.line(), |p| tracker.line_at(p.byte()));
     match error.kind() {
         csv::ErrorKind::Utf8 { err, .. } => {
@@ -617,11 +804,14 @@ struct LineTracker<R> {
     /// The line where the current quoted field opened.
     quote_line: u64,
     at_end: bool,
+    /// The field separator: a quote right after it opens a field.
+    delimiter: u8,
 }
 
 impl<R: Read> LineTracker<R> {
-    fn new(inner: R) -> Self {
+    fn new(inner: R, delimiter: u8) -> Self {
         Self {
+            delimiter,
             inner,
             offset: 0,
             line: 1,
@@ -676,7 +866,7 @@ impl<R: Read> LineTracker<R> {
                         let found = at + skip;
                         if bytes[found] == b'"' {
                             // Elsewhere in a field a quote is a plain character, as in csv.
-                            if prev_of(found, self.prev) == b',' || base + found as u64 == self.record_start {
+                            if prev_of(found, self.prev) == self.delimiter || base + found as u64 == self.record_start {
                                 self.state = Scan::Quoted;
                                 self.quote_line = self.line;
                             }
@@ -820,6 +1010,16 @@ fn parse_price(text: &str) -> Result<i64, String> {
     Ok(whole_value * 100 + digit(0) * 10 + digit(1) + round)
 }
 
+/// Parses a line total into cents: a decimal, negative for a return.
+fn parse_amount(text: &str) -> Result<i64, String> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let cents = parse_price(digits).map_err(|_| format!("amount {text:?} is not a decimal"))?;
+    Ok(if negative { -cents } else { cents })
+}
+
 fn parse_event_type(text: &str) -> Result<&'static str, String> {
     EVENT_TYPES
         .iter()
@@ -836,7 +1036,9 @@ fn parse_event_type(text: &str) -> Result<&'static str, String> {
 /// says `from_events = true`.
 pub struct CustomerReader {
     source: CsvInput,
+    /// The keys of the customers accepted so far.
     seen: IdSet,
+    keys: CustomerKeys,
     derived: bool,
     /// Derived mode: why a customer id has no valid row yet, reported on its events.
     failed: HashMap<i64, String>,
@@ -844,10 +1046,11 @@ pub struct CustomerReader {
     first_failure: Option<Reject>,
 }
 
-/// The customers a [`CustomerReader`] accepted, handed to the [`EventReader`].
+/// The customers a [`CustomerReader`] accepted, handed to the [`EventReader`], and the keys of their ids.
 #[derive(Debug, Default)]
 pub struct KnownCustomers {
     ids: IdSet,
+    keys: CustomerKeys,
     failed: HashMap<i64, String>,
 }
 
@@ -859,15 +1062,22 @@ impl KnownCustomers {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// The keys, with the ones this ingest assigned (to save with the data).
+    pub fn keys(&self) -> &CustomerKeys {
+        &self.keys
+    }
 }
 
 impl CustomerReader {
-    /// Opens `customers` (or `events` when the mapping derives customers from it) and checks its header.
-    pub fn open(customers: &Path, events: &Path, mapping: Option<&Mapping>) -> Result<Self> {
+    /// Opens `customers` (or `events` when the mapping derives customers from it) and checks its header. `keys`
+    /// are the stored keys of string ids; new ids get new keys.
+    pub fn open(customers: &Path, events: &Path, mapping: Option<&Mapping>, keys: CustomerKeys) -> Result<Self> {
         let derived = mapping.is_some_and(Mapping::customers_from_events);
         let path = if derived { events } else { customers };
-        let source = CsvInput::open(path, Table::Customers, mapping.and_then(|m| m.table(Table::Customers)))?;
-        Ok(Self { source, seen: IdSet::default(), derived, failed: HashMap::new(), first_failure: None })
+        let layout = mapping.map(|m| m.layout(Table::Customers)).unwrap_or_default();
+        let source = CsvInput::open(path, Table::Customers, mapping.and_then(|m| m.table(Table::Customers)), &layout)?;
+        Ok(Self { source, seen: IdSet::default(), keys, derived, failed: HashMap::new(), first_failure: None })
     }
 
     /// The file rows are read from.
@@ -889,9 +1099,9 @@ impl CustomerReader {
     /// derived are skipped, and bad rows are not rejected here: their events are rejected with the reason.
     pub fn next_row(&mut self) -> Result<Option<Checked<Customer>>> {
         while self.source.advance()? {
-            let id = parse_id(self.source.get("customer_id"), "customer_id");
+            let id = self.external_id().map(|external| (self.keys.key(&external), external));
             if self.derived {
-                let id = match id {
+                let (id, external) = match id {
                     Ok(id) => id,
                     Err(reason) => {
                         self.note_failure(&reason);
@@ -901,7 +1111,7 @@ impl CustomerReader {
                 if self.seen.contains(id) {
                     continue;
                 }
-                match self.customer(id) {
+                match self.customer(id, external) {
                     Ok(customer) => {
                         self.seen.insert(id);
                         self.failed.remove(&id);
@@ -914,9 +1124,13 @@ impl CustomerReader {
                 }
                 continue;
             }
-            let checked = id.and_then(|id| {
-                let customer = self.customer(id)?;
-                if self.seen.insert(id) { Ok(customer) } else { Err(format!("duplicate customer_id {id}")) }
+            let checked = id.and_then(|(id, external)| {
+                let customer = self.customer(id, external)?;
+                if self.seen.insert(id) {
+                    Ok(customer)
+                } else {
+                    Err(format!("duplicate customer_id {}", customer.external_id))
+                }
             });
             return Ok(Some(match checked {
                 Ok(customer) => Checked::Row(customer),
@@ -935,11 +1149,20 @@ impl CustomerReader {
         }
     }
 
-    fn customer(&self, customer_id: i64) -> Result<Customer, String> {
+    /// The current row's customer id as the file has it.
+    fn external_id(&self) -> Result<String, String> {
+        let external = required(self.source.get("customer_id").as_ref(), "customer_id")?.to_owned();
+        check_external_id(&external)?;
+        Ok(external)
+    }
+
+    fn customer(&self, customer_id: i64, external_id: String) -> Result<Customer, String> {
         let s = &self.source;
-        let text = |column: &str| required(s.get(column).as_ref(), column).map(str::to_owned);
-        let email = text("email")?;
-        check_email(&email)?;
+        let text = |column: &str| s.get(column).map(Cow::into_owned);
+        let email = text("email");
+        if let Some(email) = &email {
+            check_email(email)?;
+        }
         let age = match s.get("age") {
             None => None,
             Some(age) => match age.parse::<i32>() {
@@ -949,10 +1172,11 @@ impl CustomerReader {
         };
         Ok(Customer {
             customer_id,
-            first_name: text("first_name")?,
-            last_name: text("last_name")?,
+            external_id,
+            first_name: text("first_name"),
+            last_name: text("last_name"),
             email,
-            country: parse_country(&text("country")?)?,
+            country: text("country").map(|country| parse_country(&country)).transpose()?,
             age,
             favorite_color: s.get("favorite_color").map(Cow::into_owned),
             signup_date: s
@@ -962,9 +1186,9 @@ impl CustomerReader {
         })
     }
 
-    /// The accepted customer ids, for checking events.
+    /// The accepted customer ids and their keys, for checking events.
     pub fn into_known(self) -> KnownCustomers {
-        KnownCustomers { ids: self.seen, failed: self.failed }
+        KnownCustomers { ids: self.seen, keys: self.keys, failed: self.failed }
     }
 }
 
@@ -982,8 +1206,14 @@ pub struct EventReader {
 impl EventReader {
     /// Opens `events` and checks its header.
     pub fn open(events: &Path, mapping: Option<&Mapping>, known: KnownCustomers) -> Result<Self> {
-        let source = CsvInput::open(events, Table::Events, mapping.and_then(|m| m.table(Table::Events)))?;
+        let layout = mapping.map(|m| m.layout(Table::Events)).unwrap_or_default();
+        let source = CsvInput::open(events, Table::Events, mapping.and_then(|m| m.table(Table::Events)), &layout)?;
         Ok(Self { source, seen: IdSet::default(), known })
+    }
+
+    /// The customers and keys the events were checked against.
+    pub fn known(&self) -> &KnownCustomers {
+        &self.known
     }
 
     /// The file rows are read from.
@@ -1004,32 +1234,44 @@ impl EventReader {
 
     fn event(&mut self) -> Result<Event, String> {
         let s = &self.source;
-        let event_id = parse_id(s.get("event_id"), "event_id")?;
-        let customer_id = parse_id(s.get("customer_id"), "customer_id")?;
+        // Without an event id, the row number is one: unique within the file, as ids must be.
+        let event_id = match s.get("event_id") {
+            Some(_) => parse_id(s.get("event_id"), "event_id")?,
+            None => i64::try_from(s.row_number).map_err(|_| "too many rows".to_owned())?,
+        };
+        let external = required(s.get("customer_id").as_ref(), "customer_id")?.to_owned();
         let event_type = parse_event_type(required(s.get("event_type").as_ref(), "event_type")?)?;
-        let product = required(s.get("product").as_ref(), "product")?.to_owned();
+        let product = s.get("product").map(Cow::into_owned);
         let color = s.get("color").map(Cow::into_owned);
-        let price_cents = parse_price(required(s.get("price").as_ref(), "price")?)?;
-        let quantity_text = s.get("quantity");
-        let quantity_text = required(quantity_text.as_ref(), "quantity")?;
-        let quantity: i32 = match quantity_text.parse() {
-            Ok(0) | Err(_) => return Err(format!("quantity {quantity_text:?} is not a non-zero integer")),
-            Ok(q) => q,
+        let price_cents = s.get("price").map(|price| parse_price(&price)).transpose()?;
+        let quantity: i32 = match s.get("quantity") {
+            None => 1,
+            Some(text) => match text.parse() {
+                Ok(0) | Err(_) => return Err(format!("quantity {text:?} is not a non-zero integer")),
+                Ok(q) => q,
+            },
         };
         if quantity < 0 && event_type != "purchase" {
             return Err(format!("negative quantity on a {event_type} event (only a purchase can be returned)"));
         }
+        // The line total: the file's own, else price x quantity.
+        let amount_cents = match s.get("amount") {
+            Some(amount) => Some(parse_amount(&amount)?),
+            None => price_cents.map(|price| price * i64::from(quantity)),
+        };
         let ts = parse_ts(required(s.get("ts").as_ref(), "ts")?, s.format("ts"))?;
-        if !self.known.ids.contains(customer_id) {
-            return Err(match self.known.failed.get(&customer_id) {
-                Some(reason) => format!("customer_id {customer_id} has no valid customer row ({reason})"),
-                None => format!("unknown customer_id {customer_id}"),
+        let customer_id = self.known.keys.lookup(&external).filter(|key| self.known.ids.contains(*key));
+        let Some(customer_id) = customer_id else {
+            let key = self.known.keys.lookup(&external);
+            return Err(match key.and_then(|key| self.known.failed.get(&key)) {
+                Some(reason) => format!("customer_id {external} has no valid customer row ({reason})"),
+                None => format!("unknown customer_id {external}"),
             });
-        }
+        };
         if !self.seen.insert(event_id) {
             return Err(format!("duplicate event_id {event_id}"));
         }
-        Ok(Event { event_id, customer_id, event_type, product, color, price_cents, quantity, ts })
+        Ok(Event { event_id, customer_id, event_type, product, color, price_cents, quantity, amount_cents, ts })
     }
 }
 
@@ -1081,7 +1323,7 @@ mod tests {
             let len = (random() % 40) as usize;
             let mut data: Vec<u8> = if case % 5 == 0 { UTF8_BOM.to_vec() } else { Vec::new() };
             data.extend((0..len).map(|_| alphabet[(random() % alphabet.len() as u64) as usize]));
-            let tracker = LineTracker::new(Trickle { data: &data, step: 16 });
+            let tracker = LineTracker::new(Trickle { data: &data, step: 16 }, b',');
             let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(tracker);
             let mut record = csv::ByteRecord::new();
             while reader.read_byte_record(&mut record).unwrap() {
@@ -1095,7 +1337,7 @@ mod tests {
     #[test]
     fn line_tracker_finds_a_quote_left_open_at_the_end() {
         let open = |text: &str| {
-            let mut reader = csv::Reader::from_reader(LineTracker::new(text.as_bytes()));
+            let mut reader = csv::Reader::from_reader(LineTracker::new(text.as_bytes(), b','));
             while reader.records().next().is_some() {}
             reader.get_ref().unclosed_quote_line()
         };

@@ -5,6 +5,7 @@
 
 pub mod generate;
 pub mod input;
+pub mod keys;
 pub mod load;
 pub mod pipeline;
 pub mod profiles;

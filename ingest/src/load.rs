@@ -29,6 +29,7 @@ use sqlx::postgres::PgCopyIn;
 use sqlx::{PgConnection, PgPool};
 
 use crate::input::{Checked, Customer, CustomerReader, Event, EventReader, KnownCustomers, Mapping, Reject};
+use crate::keys::{CUSTOMER_KEYS_DDL, CustomerKeys};
 
 /// COPY data is sent in chunks of about this many bytes.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -46,6 +47,8 @@ pub struct LoadOptions {
     pub max_rejects: RejectLimit,
     /// Maps a foreign export's columns and values onto ours; `None` expects our own column names.
     pub mapping: Option<Mapping>,
+    /// A dry run (`ingest --check`): rejects are counted by reason, but no rejects file is written.
+    pub dry_run: bool,
 }
 
 /// How many rows of one file may be rejected before the load fails, changing nothing: a number of rows, or a
@@ -124,8 +127,10 @@ pub struct LoadReport {
     pub customers: u64,
     pub events: u64,
     pub rejected: u64,
-    /// Set when at least one row was rejected.
+    /// Set when at least one row was rejected (and the load was not a dry run).
     pub rejects_path: Option<PathBuf>,
+    /// The rejects of each file by reason, most rows first.
+    pub rejects_by_reason: Vec<RejectReason>,
     /// Seconds spent reading, validating and encoding rows.
     pub parse_secs: f64,
     /// Seconds spent waiting on PostgreSQL: creating the staging tables, sending COPY data (PostgreSQL ingests
@@ -150,11 +155,12 @@ pub async fn load_staging(
     let started = Instant::now();
     let mapping = opts.mapping.as_ref();
     // Both headers are checked before any SQL runs, so a missing column fails fast.
-    let mut customer_reader = CustomerReader::open(customers, events, mapping)?;
+    let keys = CustomerKeys::load(conn).await?;
+    let mut customer_reader = CustomerReader::open(customers, events, mapping, keys)?;
     EventReader::open(events, mapping, KnownCustomers::default())?;
 
     let mut copy_secs = 0.0;
-    let mut rejects = RejectSink::new(&opts.rejects_path, opts.strict);
+    let mut rejects = RejectSink::new(&opts.rejects_path, opts.strict, opts.dry_run);
     let timer = Instant::now();
     create_staging(conn).await?;
     copy_secs += timer.elapsed().as_secs_f64();
@@ -170,6 +176,7 @@ pub async fn load_staging(
         return Err(no_customers(&file, read, example, rejects));
     }
     let customer_rejects = rejects.end_file();
+    let mut rejects_by_reason = customer_rejects.reasons();
     if !opts.max_rejects.allows(customer_rejects.count, customers_loaded + customer_rejects.count) {
         return Err(over_limit(customer_reader.file(), customers_loaded, customer_rejects, opts.max_rejects, rejects));
     }
@@ -177,9 +184,12 @@ pub async fn load_staging(
     let events_loaded =
         copy_table(conn, "events_staging", &EVENTS.columns(), &mut event_reader, &mut rejects, &mut copy_secs).await?;
     let event_rejects = rejects.end_file();
+    rejects_by_reason.extend(event_rejects.reasons());
     if !opts.max_rejects.allows(event_rejects.count, events_loaded + event_rejects.count) {
         return Err(over_limit(event_reader.file(), events_loaded, event_rejects, opts.max_rejects, rejects));
     }
+    // In the same transaction as the data: a rolled-back ingest assigns no key, a committed one keeps its keys.
+    event_reader.known().keys().save(conn).await?;
 
     let rejected = rejects.count;
     let rejects_path = rejects.finish()?;
@@ -188,6 +198,7 @@ pub async fn load_staging(
         events: events_loaded,
         rejected,
         rejects_path,
+        rejects_by_reason,
         parse_secs: (started.elapsed().as_secs_f64() - copy_secs).max(0.0),
         copy_secs,
     })
@@ -342,6 +353,14 @@ async fn send_rows(
 
 // COPY text format: tab-separated, `\N` for NULL, backslash escapes for the separators.
 
+/// `text` as a COPY text field.
+pub fn copy_text(text: &str) -> String {
+    let mut buf = Vec::with_capacity(text.len());
+    push_text(&mut buf, text);
+    // Escaping replaces ASCII bytes with ASCII bytes, so the UTF-8 stays valid.
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 fn push_text(buf: &mut Vec<u8>, text: &str) {
     if !text.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
         buf.extend_from_slice(text.as_bytes());
@@ -365,57 +384,73 @@ fn push_opt_text(buf: &mut Vec<u8>, text: Option<&str>) {
     }
 }
 
-fn encode_customer(c: &Customer, buf: &mut Vec<u8>) {
-    // Writing to a Vec cannot fail, so the io::Result of write! carries nothing.
-    let _ = write!(buf, "{}\t", c.customer_id);
-    push_text(buf, &c.first_name);
-    buf.push(b'\t');
-    push_text(buf, &c.last_name);
-    buf.push(b'\t');
-    push_text(buf, &c.email);
-    buf.push(b'\t');
-    push_text(buf, &c.country);
-    buf.push(b'\t');
-    match c.age {
-        Some(age) => {
-            let _ = write!(buf, "{age}");
+/// Appends `value`, or `\N` when it is unknown.
+fn push_opt(buf: &mut Vec<u8>, value: Option<impl fmt::Display>) {
+    match value {
+        // Writing to a Vec cannot fail, so the io::Result of write! carries nothing.
+        Some(value) => {
+            let _ = write!(buf, "{value}");
         }
         None => buf.extend_from_slice(b"\\N"),
     }
+}
+
+/// Cents as a NUMERIC literal (`-1234` is `-12.34`).
+struct Cents(i64);
+
+impl fmt::Display for Cents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        write!(f, "{sign}{}.{:02}", self.0.unsigned_abs() / 100, self.0.unsigned_abs() % 100)
+    }
+}
+
+fn encode_customer(c: &Customer, buf: &mut Vec<u8>) {
+    let _ = write!(buf, "{}\t", c.customer_id);
+    push_text(buf, &c.external_id);
+    for text in [&c.first_name, &c.last_name, &c.email, &c.country] {
+        buf.push(b'\t');
+        push_opt_text(buf, text.as_deref());
+    }
+    buf.push(b'\t');
+    push_opt(buf, c.age);
     buf.push(b'\t');
     push_opt_text(buf, c.favorite_color.as_deref());
     buf.push(b'\t');
-    match c.signup_date {
-        Some(date) => {
-            let _ = write!(buf, "{}", date.format("%Y-%m-%d"));
-        }
-        None => buf.extend_from_slice(b"\\N"),
-    }
+    push_opt(buf, c.signup_date.map(|date| date.format("%Y-%m-%d")));
     buf.push(b'\n');
 }
 
 /// Appends `e` to `buf` as one COPY text line (also used by `audience bench` to time COPY alone).
 pub fn encode_event(e: &Event, buf: &mut Vec<u8>) {
-    // Writing to a Vec cannot fail, so the io::Result of write! carries nothing.
     let _ = write!(buf, "{}\t{}\t{}\t", e.event_id, e.customer_id, e.event_type);
-    push_text(buf, &e.product);
+    push_opt_text(buf, e.product.as_deref());
     buf.push(b'\t');
     push_opt_text(buf, e.color.as_deref());
-    let _ = writeln!(
-        buf,
-        "\t{}.{:02}\t{}\t{}",
-        e.price_cents / 100,
-        e.price_cents % 100,
-        e.quantity,
-        e.ts.format("%Y-%m-%d %H:%M:%S%.f+00")
-    );
+    buf.push(b'\t');
+    push_opt(buf, e.price_cents.map(Cents));
+    let _ = write!(buf, "\t{}\t", e.quantity);
+    push_opt(buf, e.amount_cents.map(Cents));
+    let _ = writeln!(buf, "\t{}", e.ts.format("%Y-%m-%d %H:%M:%S%.f+00"));
 }
 
 /// Distinct reasons counted per file: beyond this, new reasons still count as rejects but not for "most common"
 /// (masked reasons are few; this bounds memory should some value escape the masking).
 const MAX_REASON_PATTERNS: usize = 1000;
 
-/// The rejects of one file, for the reject limit's message.
+/// Rows of one file rejected for one reason.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RejectReason {
+    pub file: String,
+    /// The reason with its values masked (`customer_id "…" is not an integer`).
+    pub reason: String,
+    pub rows: u64,
+    /// The first such row: its line and its full reason.
+    pub first_line: u64,
+    pub first_reason: String,
+}
+
+/// The rejects of one file, for the reject limit's message and the report.
 #[derive(Debug, Default)]
 struct FileRejects {
     count: u64,
@@ -432,6 +467,23 @@ impl FileRejects {
         } else if self.by_reason.len() < MAX_REASON_PATTERNS {
             self.by_reason.insert(pattern, (1, reject.clone()));
         }
+    }
+
+    /// Every reason, most rows first (the earliest first on a tie).
+    fn reasons(&self) -> Vec<RejectReason> {
+        let mut reasons: Vec<RejectReason> = self
+            .by_reason
+            .iter()
+            .map(|(pattern, (rows, first))| RejectReason {
+                file: first.file.clone(),
+                reason: pattern.clone(),
+                rows: *rows,
+                first_line: first.line,
+                first_reason: first.reason.clone(),
+            })
+            .collect();
+        reasons.sort_by_key(|r| (std::cmp::Reverse(r.rows), r.first_line));
+        reasons
     }
 
     /// The reason most rows were rejected for (the earliest on a tie): how many, and its first row.
@@ -488,6 +540,8 @@ struct RejectSink {
     path: PathBuf,
     partial: PathBuf,
     strict: bool,
+    /// Count, write nothing.
+    dry_run: bool,
     writer: Option<csv::Writer<File>>,
     count: u64,
     /// The rejects of the file being read.
@@ -495,13 +549,14 @@ struct RejectSink {
 }
 
 impl RejectSink {
-    fn new(path: &Path, strict: bool) -> Self {
+    fn new(path: &Path, strict: bool, dry_run: bool) -> Self {
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         Self {
             path: path.to_owned(),
             partial: PathBuf::from(partial),
             strict,
+            dry_run,
             writer: None,
             count: 0,
             file: FileRejects::default(),
@@ -517,7 +572,7 @@ impl RejectSink {
         if self.strict {
             bail!("{reject}");
         }
-        if self.writer.is_none() {
+        if self.writer.is_none() && !self.dry_run {
             if let Some(parent) = self.partial.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
             }
@@ -591,6 +646,9 @@ pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
         "CREATE INDEX IF NOT EXISTS events_product_color_idx ON events (product, color)".to_owned(),
         "CREATE INDEX IF NOT EXISTS profiles_segment_idx ON profiles (segment)".to_owned(),
         "CREATE INDEX IF NOT EXISTS profiles_country_idx ON profiles (country)".to_owned(),
+        // The tools look customers up by the ids users know; the reader already refused duplicates.
+        "CREATE UNIQUE INDEX IF NOT EXISTS customers_external_id_idx ON customers (external_id)".to_owned(),
+        "CREATE UNIQUE INDEX IF NOT EXISTS profiles_external_id_idx ON profiles (external_id)".to_owned(),
         format!("GRANT SELECT ON {live} TO {READER_ROLE}"),
         format!("ANALYZE {live}"),
     ];
@@ -623,19 +681,36 @@ async fn ensure_primary_key(conn: &mut PgConnection, table: &str, column: &str) 
 /// Creates `schema`, its `dataset` table and the SELECT-only reader role (idempotent, safe when run concurrently),
 /// and grants the role what it needs to read the schema.
 pub async fn prepare_schema(pool: &PgPool, schema: &str) -> Result<()> {
-    check_identifier(schema)?;
-    tolerate_existing(sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(pool).await)
-        .with_context(|| format!("cannot create schema {schema}"))?;
-    tolerate_existing(
-        sqlx::query(&format!("CREATE TABLE IF NOT EXISTS {schema}.dataset ({DATASET_DDL})")).execute(pool).await,
-    )
-    .with_context(|| format!("cannot create {schema}.dataset"))?;
-    // Added after the first release of the table.
-    sqlx::query(&format!("ALTER TABLE {schema}.dataset ADD COLUMN IF NOT EXISTS as_of DATE"))
-        .execute(pool)
-        .await
-        .with_context(|| format!("cannot update {schema}.dataset"))?;
+    for statement in schema_statements(schema)? {
+        tolerate_existing(sqlx::query(&statement).execute(pool).await)
+            .with_context(|| format!("cannot prepare schema {schema}: {statement}"))?;
+    }
     prepare_reader(pool, schema).await
+}
+
+/// The tables a load needs besides its staging tables, created inside the caller's transaction (a dry run: the
+/// rollback then removes whatever it created). The reader role is not needed, since nothing is swapped in.
+pub async fn prepare_schema_in(conn: &mut PgConnection, schema: &str) -> Result<()> {
+    for statement in schema_statements(schema)? {
+        sqlx::query(&statement)
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("cannot prepare schema {schema}: {statement}"))?;
+    }
+    Ok(())
+}
+
+/// The idempotent statements that create `schema`, its `dataset` table and its `customer_keys` table.
+fn schema_statements(schema: &str) -> Result<[String; 4]> {
+    check_identifier(schema)?;
+    Ok([
+        format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
+        format!("CREATE TABLE IF NOT EXISTS {schema}.dataset ({DATASET_DDL})"),
+        // Added after the first release of the table.
+        format!("ALTER TABLE {schema}.dataset ADD COLUMN IF NOT EXISTS as_of DATE"),
+        // Never dropped or swapped: a string id keeps its key across ingests (see `crate::keys`).
+        format!("CREATE TABLE IF NOT EXISTS {schema}.customer_keys ({CUSTOMER_KEYS_DDL})"),
+    ])
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! staging index version that readers cannot see (see [`crate::sync`] and `vector::versions`); the version is
 //! published right after the commit. Until then readers keep the old data and the old index; a failed embedding
 //! rolls everything back. The `dataset` row written in the same transaction lets readers tell whether the index
-//! they have matches the data (`Stores::vectors`).
+//! they have matches the data (`Stores::vectors`). [`check`] runs the PostgreSQL part alone and rolls it back.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -110,6 +110,53 @@ pub async fn ingest(
 
     times.total = started.elapsed().as_secs_f64();
     Ok(IngestReport { load: load_report, profiles: profile_stats, sync: sync_report, times })
+}
+
+/// What `ingest --check` found: what the files would load, and a few of the profiles they would make.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckReport {
+    pub load: LoadReport,
+    pub profiles: ProfileStats,
+    pub samples: Vec<SampleProfile>,
+}
+
+/// One profile as the embedding model would read it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SampleProfile {
+    pub external_id: String,
+    pub profile_text: String,
+}
+
+/// How many rendered profiles a check shows.
+const CHECK_SAMPLES: i64 = 3;
+
+/// A dry run of [`ingest`] (`audience ingest --check`): validates and loads `req`'s files and computes their
+/// profiles exactly as an ingest would, in one transaction that is then rolled back, so nothing changes: no table,
+/// no customer key, no vector index, no rejects file (rejects are counted by reason in the report instead).
+pub async fn check(db: &Db, req: IngestRequest) -> Result<CheckReport> {
+    let mut tx = db.pool.begin().await.context("cannot start the check transaction")?;
+    // Under the ingest lock, so the staging tables of a running ingest are not touched.
+    lock_schema(&mut tx, &db.schema).await?;
+    load::prepare_schema_in(&mut tx, &db.schema).await?;
+    let options = LoadOptions { dry_run: true, ..req.load };
+    let load_report = load::load_staging(&mut tx, &req.customers, &req.events, &options).await?;
+    let profile_stats = profiles::compute(&mut tx, req.as_of).await?;
+    let samples: Vec<(String, String)> = sqlx::query_as(
+        "SELECT external_id, profile_text FROM profiles_staging ORDER BY total_spent DESC, customer_id LIMIT $1",
+    )
+    .bind(CHECK_SAMPLES)
+    .fetch_all(&mut *tx)
+    .await
+    .context("cannot read the rendered profiles")?;
+    tx.rollback().await.context("cannot end the check transaction")?;
+    Ok(CheckReport {
+        load: load_report,
+        profiles: profile_stats,
+        samples: samples
+            .into_iter()
+            .map(|(external_id, profile_text)| SampleProfile { external_id, profile_text })
+            .collect(),
+    })
 }
 
 /// Re-embeds every live profile into a fresh vector index version and publishes it (`audience reindex`). It holds

@@ -5,15 +5,20 @@
 //!   that day are ignored, so a profile "as of" a past day is what it would have been on that day.
 //! - A purchase is a `purchase` event with a positive quantity; a negative quantity is a return. Returns count in
 //!   `return_count` and are excluded from spend, orders and interests.
-//! - `total_spent` = `monetary` = sum of price x quantity over purchases; `order_count` = `frequency` = number of
-//!   purchases; `recency_days` = `as_of` minus the UTC day of the last purchase (NULL without purchases).
-//! - `r_score`, `f_score`, `m_score` are quintiles 1..5 (5 = most recent / most frequent / highest spend) among
-//!   customers with at least one purchase, computed as `ceil(5 x cume_dist)` so that equal values share a score
-//!   (`ntile` would split ties arbitrarily). Customers without purchases get 1, 1, 1.
+//! - `total_spent` = `monetary` = sum of the line totals (`amount`: the file's own, else price x quantity; 0 when
+//!   the file gives neither) over purchases; `order_count` = `frequency` = number of purchases; `recency_days` =
+//!   `as_of` minus the UTC day of the last purchase (NULL without purchases).
+//! - `r_score`, `f_score`, `m_score` are 1..5 (5 = most recent / most frequent / highest spend) among customers with
+//!   at least one purchase. Equal values share a score: each tie group is placed at the middle of its share of the
+//!   buyers, and the places are stretched so the lowest group scores 1 and the highest 5 (so 51% one-time buyers
+//!   score f 1, not 3). A dimension in which every buyer has the same value (every spend 0 in a clickstream) carries
+//!   no information: every buyer scores 3 in it, and the ingest summary says so ([`ProfileStats::notes`]).
+//!   Customers without purchases get 1, 1, 1.
 //! - `churned`: has purchased, but not within the 90 days up to `as_of` (`recency_days >= 90`). A customer who never
 //!   purchased is NOT churned: there is nothing to win back, they are a prospect (segment `Standard Promo`).
 //! - `segment`: `Churn Recovery` when churned; else `VIP Loyalty` when monetary or frequency is at or above the 80th
-//!   percentile (continuous, among customers with purchases); else `Standard Promo`.
+//!   percentile (continuous, among customers with purchases) and above that dimension's lowest value (so a tie at
+//!   the bottom, such as every spend 0, makes nobody VIP); else `Standard Promo`.
 //! - Interests: each event weighs purchase 3, add_to_cart 2, view 1 towards its product category; `interests` are
 //!   the top 3 categories by weight (ties by name), with their weights in `interest_weights`; `preferred_colors`
 //!   the top 2 colors by the same weights.
@@ -44,6 +49,8 @@ pub struct ProfileStats {
     pub churn_recovery: u64,
     pub standard: u64,
     pub likes_luxury: u64,
+    /// What the data could not tell: a dimension every buyer ties in, or no purchases at all.
+    pub notes: Vec<String>,
 }
 
 /// Creates and fills `profiles_staging` (replacing any earlier one) from the staging tables on `conn`.
@@ -102,6 +109,7 @@ pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Resul
     .fetch_one(&mut *conn)
     .await?;
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let notes = uninformative_dimensions(conn).await?;
     Ok(ProfileStats {
         profiles: count(profiles),
         as_of,
@@ -109,7 +117,32 @@ pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Resul
         churn_recovery: count(churn_recovery),
         standard: count(standard),
         likes_luxury: count(likes_luxury),
+        notes,
     })
+}
+
+/// Notes on the RFM dimensions in which every buyer has the same value, and on data without purchases.
+async fn uninformative_dimensions(conn: &mut PgConnection) -> Result<Vec<String>> {
+    let (buyers, recencies, frequencies, spends, spend): (i64, i64, i64, i64, Option<String>) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT recency_days), count(DISTINCT order_count), count(DISTINCT total_spent), \
+         min(total_spent)::text FROM profiles_staging WHERE order_count > 0",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if buyers == 0 {
+        return Ok(vec!["no purchases: every customer is a prospect (RFM scores 1, none churned, no VIP)".to_owned()]);
+    }
+    let mut notes = Vec::new();
+    let mut note = |distinct: i64, dimension: &str, what: String| {
+        if distinct == 1 && buyers > 1 {
+            notes.push(format!("{dimension} carries no information: {what}, so every buyer scores 3 in it"));
+        }
+    };
+    note(recencies, "recency", "every buyer last purchased on the same day".to_owned());
+    note(frequencies, "frequency", "every buyer has the same number of purchases".to_owned());
+    let spend = spend.unwrap_or_default();
+    note(spends, "monetary", format!("every buyer spent {spend} (no prices or amounts in the file?)"));
+    Ok(notes)
 }
 
 /// Reads facts page by page (keyset on customer_id), renders each text and COPYs it into `profile_texts`.
@@ -165,7 +198,7 @@ const FACTS_SQL: &str = "
 CREATE TEMP TABLE profile_facts AS
 WITH purchases AS (
     SELECT customer_id,
-           sum(price * quantity) FILTER (WHERE quantity > 0) AS total_spent,
+           sum(coalesce(amount, 0)) FILTER (WHERE quantity > 0) AS total_spent,
            count(*) FILTER (WHERE quantity > 0) AS order_count,
            count(*) FILTER (WHERE quantity < 0) AS return_count,
            min(ts) FILTER (WHERE quantity > 0) AS first_purchase,
@@ -184,7 +217,7 @@ cells AS (
 interest_rank AS (
     SELECT customer_id, product, sum(weight) AS weight,
            row_number() OVER (PARTITION BY customer_id ORDER BY sum(weight) DESC, product) AS rank
-    FROM cells GROUP BY customer_id, product
+    FROM cells WHERE product IS NOT NULL AND product <> '' GROUP BY customer_id, product
 ),
 interests AS (
     SELECT customer_id, array_agg(product ORDER BY rank) AS interests,
@@ -201,7 +234,7 @@ colors AS (
     FROM color_rank WHERE rank <= 2 GROUP BY customer_id
 ),
 base AS (
-    SELECT c.customer_id, c.first_name, c.last_name, c.email, c.country, c.age, c.favorite_color,
+    SELECT c.customer_id, c.external_id, c.first_name, c.last_name, c.email, c.country, c.age, c.favorite_color,
            coalesce(p.total_spent, 0)::numeric(14,2) AS total_spent,
            coalesce(p.order_count, 0)::integer AS order_count,
            coalesce(p.return_count, 0)::integer AS return_count,
@@ -217,25 +250,43 @@ base AS (
 ),
 thresholds AS (
     SELECT percentile_cont(0.8) WITHIN GROUP (ORDER BY total_spent) AS monetary_p80,
-           percentile_cont(0.8) WITHIN GROUP (ORDER BY order_count) AS frequency_p80
+           percentile_cont(0.8) WITHIN GROUP (ORDER BY order_count) AS frequency_p80,
+           min(total_spent) AS monetary_min, min(order_count) AS frequency_min
     FROM base WHERE order_count > 0
+),
+-- Each buyer's place in each dimension: the middle of its tie group's share of the buyers (ties share a place).
+placed AS (
+    SELECT b.*,
+           ((rank() OVER r - 1)::float8 / count(*) OVER () + cume_dist() OVER r) / 2 AS r_place,
+           ((rank() OVER f - 1)::float8 / count(*) OVER () + cume_dist() OVER f) / 2 AS f_place,
+           ((rank() OVER m - 1)::float8 / count(*) OVER () + cume_dist() OVER m) / 2 AS m_place
+    FROM base b WHERE b.order_count > 0
+    WINDOW r AS (ORDER BY b.recency_days DESC), f AS (ORDER BY b.order_count), m AS (ORDER BY b.total_spent)
+),
+-- Places stretched so the lowest tie group scores 1 and the highest 5 (to the nearest, halves up); a dimension in which every buyer has the
+-- same value says nothing, and scores a neutral 3.
+scores AS (
+    SELECT customer_id,
+           coalesce(1 + floor(0.5 + 4 * (r_place - min(r_place) OVER ())
+                                 / nullif(max(r_place) OVER () - min(r_place) OVER (), 0)), 3) AS r_score,
+           coalesce(1 + floor(0.5 + 4 * (f_place - min(f_place) OVER ())
+                                 / nullif(max(f_place) OVER () - min(f_place) OVER (), 0)), 3) AS f_score,
+           coalesce(1 + floor(0.5 + 4 * (m_place - min(m_place) OVER ())
+                                 / nullif(max(m_place) OVER () - min(m_place) OVER (), 0)), 3) AS m_score
+    FROM placed
 ),
 scored AS (
     SELECT b.*,
-           CASE WHEN b.order_count > 0
-                THEN ceil(5 * cume_dist() OVER (PARTITION BY b.order_count > 0 ORDER BY b.recency_days DESC))
-                ELSE 1 END::smallint AS r_score,
-           CASE WHEN b.order_count > 0
-                THEN ceil(5 * cume_dist() OVER (PARTITION BY b.order_count > 0 ORDER BY b.order_count))
-                ELSE 1 END::smallint AS f_score,
-           CASE WHEN b.order_count > 0
-                THEN ceil(5 * cume_dist() OVER (PARTITION BY b.order_count > 0 ORDER BY b.total_spent))
-                ELSE 1 END::smallint AS m_score,
+           coalesce(s.r_score, 1)::smallint AS r_score,
+           coalesce(s.f_score, 1)::smallint AS f_score,
+           coalesce(s.m_score, 1)::smallint AS m_score,
            (b.order_count > 0 AND b.recency_days >= $2) AS churned,
-           (b.order_count > 0 AND (b.total_spent >= t.monetary_p80 OR b.order_count >= t.frequency_p80)) AS top_buyer
-    FROM base b CROSS JOIN thresholds t
+           -- Above the lowest value too: when most buyers tie at the bottom (every spend 0), the tie is not VIP.
+           (b.order_count > 0 AND ((b.total_spent >= t.monetary_p80 AND b.total_spent > t.monetary_min)
+                                   OR (b.order_count >= t.frequency_p80 AND b.order_count > t.frequency_min))) AS top_buyer
+    FROM base b CROSS JOIN thresholds t LEFT JOIN scores s USING (customer_id)
 )
-SELECT customer_id, first_name, last_name, email, country, age, favorite_color, total_spent,
+SELECT customer_id, external_id, first_name, last_name, email, country, age, favorite_color, total_spent,
        order_count, return_count, first_purchase, last_purchase, recency_days,
        order_count AS frequency, total_spent AS monetary, r_score, f_score, m_score, churned,
        CASE WHEN churned THEN 'Churn Recovery' WHEN top_buyer THEN 'VIP Loyalty' ELSE 'Standard Promo' END AS segment,

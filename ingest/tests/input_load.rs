@@ -72,7 +72,13 @@ fn files(customers: &[u8], events: &[u8]) -> (tempfile::TempDir, PathBuf, PathBu
 /// Options without a reject limit: these tests reject a row or two of a few, far over the default 10%. The
 /// reject limit has tests of its own.
 fn options(dir: &Path, strict: bool) -> LoadOptions {
-    LoadOptions { strict, rejects_path: dir.join("rejects.csv"), max_rejects: RejectLimit::NONE, mapping: None }
+    LoadOptions {
+        strict,
+        rejects_path: dir.join("rejects.csv"),
+        max_rejects: RejectLimit::NONE,
+        mapping: None,
+        dry_run: false,
+    }
 }
 
 /// Everything a reader could see in the live tables.
@@ -143,6 +149,9 @@ async fn loads_good_files_and_swaps_them_in_for_the_reader() {
         assert_eq!(
             indexes,
             [
+                "customer_keys_customer_id_key",
+                "customer_keys_pkey",
+                "customers_external_id_idx",
                 "customers_pkey",
                 "dataset_pkey",
                 "events_customer_id_idx",
@@ -151,6 +160,7 @@ async fn loads_good_files_and_swaps_them_in_for_the_reader() {
                 "events_ts_idx",
                 "events_type_ts_idx",
                 "profiles_country_idx",
+                "profiles_external_id_idx",
                 "profiles_pkey",
                 "profiles_segment_idx",
             ]
@@ -187,7 +197,7 @@ const ROW_CASES: &[RowCase] = &[
         row: "2,Dup,Licate,dup2@example.com,PL,30,red,2024-01-01",
         reason: "duplicate customer_id 2",
     },
-    RowCase { in_events: false, row: "4,,Nobody,nobody4@example.com,PL,30,red,", reason: "first_name is empty" },
+    RowCase { in_events: false, row: ",Nobody,Noname,nobody4@example.com,PL,30,red,", reason: "customer_id is empty" },
     RowCase {
         in_events: true,
         row: "7,1,view,socks,red,1.00,1,yesterday",
@@ -281,10 +291,11 @@ async fn unreadable_files_fail_whole_with_one_line_and_change_nothing() {
         let (customers_text, events_text) = changed_good();
         let mut non_utf8 = events_text.as_bytes().to_vec();
         non_utf8.extend_from_slice(b"7,1,view,soc\xffks,red,1.00,1,2024-03-04T10:00:00Z\n");
-        let missing_email = customers_text
+        // The id is the one column a customers file cannot do without.
+        let missing_id = customers_text
             .lines()
             .map(|line| {
-                line.split(',').enumerate().filter(|(i, _)| *i != 3).map(|(_, f)| f).collect::<Vec<_>>().join(",")
+                line.split(',').enumerate().filter(|(i, _)| *i != 0).map(|(_, f)| f).collect::<Vec<_>>().join(",")
             })
             .collect::<Vec<_>>()
             .join("\n");
@@ -293,9 +304,9 @@ async fn unreadable_files_fail_whole_with_one_line_and_change_nothing() {
             "4,Ann,Lee,al4@example.com,PL,30,red,\"2024-01-01\n5,Next,Row,n5@example.com,PL,1,red,\n";
         let cases: Vec<(Vec<u8>, Vec<u8>, &str)> = vec![
             (
-                missing_email.into_bytes(),
+                missing_id.into_bytes(),
                 events_text.clone().into_bytes(),
-                "customers.csv:1: missing required column \"email\"",
+                "customers.csv:1: missing required column \"customer_id\"",
             ),
             (customers_text.clone().into_bytes(), non_utf8, "events.csv:8: field 4 is not valid UTF-8"),
             (
@@ -366,6 +377,7 @@ async fn transaction_log_example_loads_through_its_mapping() {
             rejects_path: dir.path().join("rejects.csv"),
             max_rejects: RejectLimit::Rows(2),
             mapping: Some(mapping),
+            dry_run: false,
         };
         // With from_events the customers path is never read.
         let report = ingest(&db, Path::new("/nonexistent/customers.csv"), &sample, &opts).await.expect("load");
@@ -405,7 +417,7 @@ async fn transaction_log_example_loads_through_its_mapping() {
         let opts = LoadOptions { mapping: Some(renamed), ..opts };
         let error = ingest(&db, &sample, &sample, &opts).await.expect_err("missing mapped column");
         assert!(
-            format!("{error:#}").ends_with("transaction_log_sample.csv:1: missing column \"Product\" (mapped to product)"),
+            format!("{error:#}").contains("transaction_log_sample.csv:1: missing column \"Product\" (mapped to product)"),
             "{error:#}"
         );
     })
@@ -642,6 +654,7 @@ async fn derived_customers_report_bad_customer_ids_on_their_physical_line() {
             rejects_path: dir.path().join("rejects.csv"),
             max_rejects: RejectLimit::Rows(2),
             mapping: Some(mapping),
+            dry_run: false,
         };
         let report = ingest(&db, &log, &log, &opts).await.expect("load");
         assert_eq!((report.customers, report.events, report.rejected), (8, 12, 2));
@@ -734,19 +747,17 @@ async fn a_load_that_leaves_no_customers_fails_whatever_the_reject_limit() {
         ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("good load");
         let before = snapshot(&db).await;
 
-        // Every id in another format: each row is rejected, and so would be every event.
-        let bad_ids = GOOD_CUSTOMERS
-            .replace("\n1,", "\nuser_0001,")
-            .replace("\n2,", "\nuser_0002,")
-            .replace("\n3,", "\nuser_0003,");
-        let (dir, customers, events) = files(bad_ids.as_bytes(), GOOD_EVENTS.as_bytes());
+        // Every country spelled out: each row is rejected, and so would be every event.
+        let bad_countries =
+            GOOD_CUSTOMERS.replace(",PL,", ",Poland,").replace(",gb,", ",Britain,").replace(",DE,", ",Germany,");
+        let (dir, customers, events) = files(bad_countries.as_bytes(), GOOD_EVENTS.as_bytes());
         let rejects_path = dir.path().join("rejects.csv");
         for limit in [RejectLimit::default(), RejectLimit::NONE] {
             let opts = LoadOptions { max_rejects: limit, ..options(dir.path(), false) };
             let error = ingest(&db, &customers, &events, &opts).await.expect_err("no customers");
             let expected = format!(
-                "no valid customers in {}: 3 rows rejected, e.g. line 2: customer_id \"user_0001\" is not an integer; \
-                 nothing was changed; all rejects are in {}",
+                "no valid customers in {}: 3 rows rejected, e.g. line 2: country \"Poland\" is not an ISO 3166-1 \
+                 alpha-2 code; nothing was changed; all rejects are in {}",
                 customers.display(),
                 rejects_path.display()
             );
@@ -779,6 +790,26 @@ async fn a_load_that_leaves_no_customers_fails_whatever_the_reject_limit() {
         );
         assert_eq!(format!("{error:#}"), expected);
         assert_eq!(snapshot(&db).await, before);
+    })
+    .await;
+}
+
+/// The reported case: a whitespace-separated file failed with `missing required column "customer_id"` although its
+/// header has it. The message says what was found and which delimiter to set.
+#[tokio::test]
+async fn a_whitespace_file_read_as_csv_names_its_header_and_the_delimiter_to_set() {
+    with_schema(|db| async move {
+        let customers = "customer_id first_name last_name email country\n1 Ann Lee ann@example.com PL\n";
+        let (dir, customers, events) = files(customers.as_bytes(), GOOD_EVENTS.as_bytes());
+        let error = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect_err("whitespace");
+        assert!(
+            format!("{error:#}").ends_with(
+                "customers.csv:1: missing required column \"customer_id\"; the header has 1 field: \
+                 \"customer_id first_name last_name email country\"; it looks whitespace-separated: set delimiter = \
+                 \"whitespace\" in the mapping"
+            ),
+            "{error:#}"
+        );
     })
     .await;
 }

@@ -14,6 +14,7 @@ use chrono::NaiveDate;
 use tempfile::TempDir;
 
 use audience_ingest::generate::{GenerateOptions, generate};
+use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest, reindex};
 use audience_ingest::render::text_hash;
@@ -26,6 +27,8 @@ use audience_tools::vector::{VectorReader, VectorSearch, VectorStore};
 static EMBEDDER: LazyLock<LazyEmbedder> = LazyLock::new(|| LazyEmbedder::new(paths::models_dir()));
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+/// The example mappings the README documents: the tests ingest real-shaped files through them and nothing else.
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 
 /// Fields drop in order: the index reader must close its copy before the temporary directory is removed.
 struct Env {
@@ -47,18 +50,34 @@ impl Env {
     }
 
     async fn ingest(&self, customers: &Path, events: &Path, as_of: Option<NaiveDate>) -> Result<IngestReport> {
-        let request = IngestRequest {
+        ingest(&self.db, &self.store, &EMBEDDER, self.request(customers, events, None, as_of)).await
+    }
+
+    /// Ingests an events file through one of the example mappings, which derive customers from the events.
+    async fn ingest_mapped(&self, events: &Path, mapping: &str) -> Result<IngestReport> {
+        let mapping = Mapping::from_file(&Path::new(EXAMPLES).join("mappings").join(mapping))?;
+        ingest(&self.db, &self.store, &EMBEDDER, self.request(events, events, Some(mapping), None)).await
+    }
+
+    fn request(
+        &self,
+        customers: &Path,
+        events: &Path,
+        mapping: Option<Mapping>,
+        as_of: Option<NaiveDate>,
+    ) -> IngestRequest {
+        IngestRequest {
             customers: customers.to_path_buf(),
             events: events.to_path_buf(),
             load: LoadOptions {
                 strict: true,
                 rejects_path: self.dir.path().join("rejects.csv"),
                 max_rejects: Default::default(),
-                mapping: None,
+                mapping,
+                dry_run: false,
             },
             as_of,
-        };
-        ingest(&self.db, &self.store, &EMBEDDER, request).await
+        }
     }
 
     /// The current published version of the index, as readers see it.
@@ -187,8 +206,9 @@ async fn read_facts(db: &Db) -> Result<Vec<Facts>> {
 /// - Carla: 120 + 80 = 200, last purchase 02-01 -> 150 days -> churned; the recent scarf view still counts as interest.
 /// - David: views only -> no purchases, not churned, scores 1/1/1.
 /// - Emma: 60 + 2x40 = 140; her 999 watch on 07-05 is after as_of and ignored.
-/// Scores are ceil(5 x cume_dist) over the 4 buyers: spend 45/140/200/950 -> 2/3/4/5, orders 2,2/3/4 -> 3,3/4/5,
-/// recency 150/29/10/2 days -> 2/3/4/5. VIP thresholds (80th percentile, continuous): spend 200 + 0.4 x 750 = 500,
+/// Scores place each tie group at the middle of its share of the 4 buyers and stretch the places to 1..5:
+/// spend 45/140/200/950 -> places 1/8, 3/8, 5/8, 7/8 -> 1/2/4/5; orders 2,2/3/4 -> places 1/4, 5/8, 7/8 -> 1,1/3/5;
+/// recency 150/29/10/2 days -> 1/2/4/5. VIP thresholds (80th percentile, continuous): spend 200 + 0.4 x 750 = 500,
 /// orders 3 + 0.4 x 1 = 3.4 -> Anna (spend) and Ben (orders).
 #[tokio::test]
 async fn profile_facts_match_hand_computed_values() -> Result<()> {
@@ -209,7 +229,7 @@ async fn profile_facts_match_hand_computed_values() -> Result<()> {
             "950.00",
             (3, 1),
             Some(10),
-            (4, 4, 5),
+            (4, 3, 5),
             false,
             "VIP Loyalty",
             &["jewelry", "watches", "bags"],
@@ -221,7 +241,7 @@ async fn profile_facts_match_hand_computed_values() -> Result<()> {
             "45.00",
             (4, 0),
             Some(2),
-            (5, 5, 2),
+            (5, 5, 1),
             false,
             "VIP Loyalty",
             &["socks", "t_shirts", "hats"],
@@ -233,7 +253,7 @@ async fn profile_facts_match_hand_computed_values() -> Result<()> {
             "200.00",
             (2, 0),
             Some(150),
-            (2, 3, 4),
+            (1, 1, 4),
             true,
             "Churn Recovery",
             &["dresses", "jeans", "scarves"],
@@ -246,7 +266,7 @@ async fn profile_facts_match_hand_computed_values() -> Result<()> {
             "140.00",
             (2, 0),
             Some(29),
-            (3, 3, 3),
+            (2, 1, 2),
             false,
             "Standard Promo",
             &["running_gear", "yoga_wear"],
@@ -433,5 +453,213 @@ async fn recency_questions_are_answered_by_clauses_not_by_the_text() -> Result<(
     );
     assert!(by_intent < 1.0, "the text carries no recency, so the intent cannot be exact ({by_intent:.2})");
     drop(stores);
+    env.drop_schema().await
+}
+
+/// Spend, orders, last purchase and churn of every customer, keyed by the id as the file has it.
+type Outcome = HashMap<String, (String, i32, Option<NaiveDate>, bool)>;
+
+async fn outcomes(db: &Db) -> Result<Outcome> {
+    let rows: Vec<(String, String, i32, Option<NaiveDate>, bool)> = sqlx::query_as(
+        "SELECT external_id, total_spent::text, order_count, (last_purchase AT TIME ZONE 'UTC')::date, churned \
+         FROM profiles",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.into_iter().map(|(id, spent, orders, last, churned)| (id, (spent, orders, last, churned))).collect())
+}
+
+/// The same outcome computed by independent SQL over `raw(customer TEXT, day DATE, purchased BOOL, value NUMERIC)`
+/// in schema `db.schema`: churned when the last purchase is 90 or more days before the newest event.
+async fn independent_outcomes(db: &Db) -> Result<Outcome> {
+    let rows: Vec<(String, String, i32, Option<NaiveDate>, bool)> = sqlx::query_as(
+        "SELECT customer, (coalesce(sum(value) FILTER (WHERE purchased), 0))::numeric(14,2)::text, \
+                (count(*) FILTER (WHERE purchased))::int, max(day) FILTER (WHERE purchased), \
+                coalesce((SELECT max(day) FROM raw) - max(day) FILTER (WHERE purchased) >= 90, false) \
+         FROM raw GROUP BY customer",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.into_iter().map(|(id, spent, orders, last, churned)| (id, (spent, orders, last, churned))).collect())
+}
+
+/// Loads the test's own reading of a raw fixture into `raw`, for [`independent_outcomes`].
+async fn load_raw(db: &Db, rows: &[(String, NaiveDate, bool, Option<String>)]) -> Result<()> {
+    sqlx::query("CREATE TABLE raw (customer TEXT, day DATE, purchased BOOL, value NUMERIC)").execute(&db.pool).await?;
+    for (customer, day, purchased, value) in rows {
+        sqlx::query("INSERT INTO raw VALUES ($1, $2, $3, $4::numeric)")
+            .bind(customer)
+            .bind(day)
+            .bind(purchased)
+            .bind(value)
+            .execute(&db.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The real case: a headerless, whitespace-separated purchase log (customer, YYYYMMDD, items, dollar value of the
+/// line) with no customers file, ingested through examples/mappings/purchase_log.toml alone. The dollar value is
+/// the line total: spend must not multiply it by the item count.
+#[tokio::test]
+async fn a_headerless_whitespace_purchase_log_loads_through_its_mapping_alone() -> Result<()> {
+    let env = Env::new().await?;
+    let log = fixture("purchase_log.txt");
+    let report = env.ingest_mapped(&log, "purchase_log.toml").await?;
+    assert_eq!((report.load.customers, report.load.events, report.load.rejected), (12, 41, 0));
+
+    let raw: Vec<(String, NaiveDate, bool, Option<String>)> = std::fs::read_to_string(&log)?
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let day = NaiveDate::parse_from_str(fields[1], "%Y%m%d").unwrap();
+            (fields[0].to_owned(), day, true, Some(fields[3].to_owned()))
+        })
+        .collect();
+    load_raw(&env.db, &raw).await?;
+    let expected = independent_outcomes(&env.db).await?;
+    assert_eq!(outcomes(&env.db).await?, expected);
+    // Spot checks against the file: the ids keep their leading zeros; 00003 spent 20.76+20.76+19.54+57.45+20.96+16.99.
+    assert_eq!(expected["00003"], ("156.46".to_owned(), 6, Some(day("1998-05-28")), false));
+    assert!(expected["00001"].3, "a single purchase in January 1997 is churned by June 1998");
+
+    // Nothing but the id is known of these customers: unknown, not invented.
+    let unknown: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM profiles WHERE country IS NULL AND email IS NULL AND first_name IS NULL",
+    )
+    .fetch_one(&env.db.pool)
+    .await?;
+    assert_eq!(unknown, 12);
+
+    // Ties share a score, and the scale still runs 1..5: the one-time buyers score f 1, not a middling 3.
+    let (one_time, lowest, highest): (Vec<i16>, i16, i16) = sqlx::query_as(
+        "SELECT array_agg(DISTINCT f_score) FILTER (WHERE order_count = 1), min(f_score), max(f_score) FROM profiles",
+    )
+    .fetch_one(&env.db.pool)
+    .await?;
+    assert_eq!((one_time, lowest, highest), (vec![1], 1, 5));
+    env.drop_schema().await
+}
+
+/// The real case: a gzipped web clickstream with string and UUID user ids, page events mapped by a value map with a
+/// default, no prices and no country, ingested through examples/mappings/clickstream.toml alone.
+#[tokio::test]
+async fn a_gzipped_clickstream_with_string_ids_loads_through_its_mapping_alone() -> Result<()> {
+    let env = Env::new().await?;
+    let clicks = fixture("clickstream.csv.gz");
+    let report = env.ingest_mapped(&clicks, "clickstream.toml").await?;
+    assert_eq!((report.load.customers, report.load.events, report.load.rejected), (6, 120, 0));
+    // No prices: every buyer ties on spend, which the summary says, and spend makes nobody VIP.
+    assert!(report.profiles.notes.iter().any(|note| note.contains("monetary")), "{:?}", report.profiles.notes);
+
+    let text = {
+        use std::io::Read;
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&clicks)?).read_to_string(&mut text)?;
+        text
+    };
+    let raw: Vec<(String, NaiveDate, bool, Option<String>)> = text
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let day = NaiveDate::parse_from_str(&fields[1][..10], "%Y-%m-%d").unwrap();
+            (fields[0].to_owned(), day, fields[2] == "purchase_complete", None)
+        })
+        .collect();
+    load_raw(&env.db, &raw).await?;
+    assert_eq!(outcomes(&env.db).await?, independent_outcomes(&env.db).await?);
+
+    // The ids are the file's; the value map turned carts into add_to_cart and every other page into a view.
+    let kinds: Vec<(String, i64)> =
+        sqlx::query_as("SELECT event_type, count(*) FROM events GROUP BY event_type ORDER BY event_type")
+            .fetch_all(&env.db.pool)
+            .await?;
+    let carts = text.lines().filter(|l| l.split(',').nth(2) == Some("cart")).count() as i64;
+    let purchases = raw.iter().filter(|r| r.2).count() as i64;
+    assert_eq!(
+        kinds,
+        [
+            ("add_to_cart".to_owned(), carts),
+            ("purchase".to_owned(), purchases),
+            ("view".to_owned(), 120 - carts - purchases)
+        ]
+    );
+    let (country_unknown, vip): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE country IS NULL), count(*) FILTER (WHERE segment = 'VIP Loyalty' AND order_count = 0) FROM profiles",
+    )
+    .fetch_one(&env.db.pool)
+    .await?;
+    assert_eq!((country_unknown, vip), (6, 0));
+    // Spend says nothing here: every buyer scores the neutral 3 in it, and nobody is VIP by spend.
+    let m_scores: Vec<i16> = sqlx::query_scalar("SELECT DISTINCT m_score FROM profiles WHERE order_count > 0")
+        .fetch_all(&env.db.pool)
+        .await?;
+    assert_eq!(m_scores, [3]);
+    let uuid: String = sqlx::query_scalar("SELECT external_id FROM profiles WHERE external_id LIKE '7f3c%'")
+        .fetch_one(&env.db.pool)
+        .await?;
+    assert_eq!(uuid, "7f3c9a2e-1b4d-4c8e-9a0f-3d2b1c0e9f8a");
+    env.drop_schema().await
+}
+
+/// A clickstream of 200 string-id users, each with a few page views and a purchase; `changed` users view one more
+/// page, which changes their interests and nothing else of anyone.
+fn string_id_clickstream(changed: &[usize], dropped: Option<usize>) -> String {
+    let categories = ["shoes", "bags", "watches", "socks", "books", "hats"];
+    let mut text = String::from("user_id,timestamp,event_name,category,platform\n");
+    for user in (0..200).filter(|user| Some(*user) != dropped) {
+        for step in 0..3 {
+            let category = categories[(user + step) % categories.len()];
+            let event = if step == 2 { "purchase_complete" } else { "product_page" };
+            text.push_str(&format!(
+                "user_{user:04},2024-03-{:02}T10:00:00Z,{event},{category},web\n",
+                1 + step + user % 20
+            ));
+        }
+        if changed.contains(&user) {
+            text.push_str(&format!("user_{user:04},2024-03-25T10:00:00Z,product_page,jewelry,web\n"));
+        }
+    }
+    text
+}
+
+/// Re-ingest after 1% of the users changed re-embeds exactly those users, with string ids; every id keeps its
+/// key across ingests, also when another user leaves.
+#[tokio::test]
+async fn string_ids_keep_their_keys_and_a_one_percent_change_re_embeds_exactly_those_users() -> Result<()> {
+    let env = Env::new().await?;
+    let write = |name: &str, text: String| -> Result<PathBuf> {
+        let path = env.dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let keys = || async {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT external_id, customer_id FROM profiles").fetch_all(&env.db.pool).await?;
+        anyhow::Ok(rows.into_iter().collect::<HashMap<String, i64>>())
+    };
+    let first = env.ingest_mapped(&write("v1.csv", string_id_clickstream(&[], None))?, "clickstream.toml").await?;
+    assert_eq!((first.sync.embedded, first.load.customers), (200, 200));
+    let keys_before = keys().await?;
+    assert!(keys_before.values().all(|key| *key > audience_ingest::keys::STRING_KEY_BASE));
+
+    let changed =
+        env.ingest_mapped(&write("v2.csv", string_id_clickstream(&[17, 140], None))?, "clickstream.toml").await?;
+    assert_eq!((changed.sync.embedded, changed.sync.unchanged, changed.sync.deleted), (2, 198, 0));
+    let texts: Vec<String> =
+        sqlx::query_scalar("SELECT external_id FROM profiles WHERE 'jewelry' = ANY(interests) ORDER BY external_id")
+            .fetch_all(&env.db.pool)
+            .await?;
+    assert_eq!(texts, ["user_0017", "user_0140"]);
+    assert_eq!(keys().await?, keys_before, "an unchanged id keeps its key");
+
+    // user_0050 leaves: only their point goes, and the ids after them keep their keys.
+    let left =
+        env.ingest_mapped(&write("v3.csv", string_id_clickstream(&[17, 140], Some(50)))?, "clickstream.toml").await?;
+    assert_eq!((left.sync.embedded, left.sync.unchanged, left.sync.deleted), (0, 199, 1));
+    let mut expected = keys_before.clone();
+    expected.remove("user_0050");
+    assert_eq!(keys().await?, expected);
     env.drop_schema().await
 }

@@ -146,7 +146,8 @@ pub fn audience_summary(report: &AudienceReport) -> String {
 /// The listed members as a table: who, where, value, score (when ranked by an intent) and why they fit.
 pub fn member_table(members: &[Member]) -> Table {
     let scored = members.iter().any(|member| member.score.is_some());
-    let mut header = vec!["customer_id", "name", "country", "segment", "total_spent"];
+    // The id column is the file's id (`external_id`), the one users know; the internal key stays internal.
+    let mut header = vec!["customer", "name", "country", "segment", "total_spent"];
     if scored {
         header.push("score");
     }
@@ -155,7 +156,7 @@ pub fn member_table(members: &[Member]) -> Table {
     table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
     for member in members {
         let mut row = vec![
-            member.customer_id.to_string(),
+            terminal::safe(&member.external_id).into_owned(),
             terminal::safe(&member.name).into_owned(),
             terminal::safe(member.country.as_deref().unwrap_or("unknown")).into_owned(),
             terminal::safe(&member.segment).into_owned(),

@@ -2,23 +2,27 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use chrono::{NaiveDate, Utc};
 use clap::Args;
-use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
-use serde_json::Value;
 
 use audience_ingest::generate::{self, GenerateOptions};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
-use audience_ingest::pipeline::{self, IngestReport, IngestRequest};
+use audience_ingest::pipeline::{self, CheckReport, IngestReport, IngestRequest};
+use audience_ingest::profiles::ProfileStats;
 use audience_ingest::sync::SyncReport;
-use audience_tools::db::Db;
+use audience_tools::audience::definition::AudienceDefinition;
+use audience_tools::audience::report::evaluate;
+use audience_tools::db::{Db, ReadLimits};
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::paths;
-use audience_tools::vector::{self, VectorStore};
+use audience_tools::trace::ToolTrace;
+use audience_tools::vector::VectorStore;
 
 use crate::Global;
+use crate::cli::ask::member_table;
+use crate::cli::terminal;
 use audience::exit::{self, FailureExt, FailureKind};
 
 /// The query the demo runs against the freshly ingested sample.
@@ -71,6 +75,10 @@ pub struct IngestArgs {
     /// Print the report as one JSON document (counts, stage times, peak memory) instead of text.
     #[arg(long)]
     json: bool,
+    /// Dry run: validate the files and the mapping, and print what would be loaded (counts, rejects by reason, a
+    /// few rendered profiles), changing nothing: no table, no vector index, no rejects file.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args, Debug)]
@@ -115,9 +123,20 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
             rejects_path: args.rejects.unwrap_or_else(|| global.data_dir.join("rejects.csv")),
             max_rejects: args.max_rejects,
             mapping,
+            dry_run: false,
         },
         as_of: args.as_of,
     };
+    if args.check {
+        let db = audience::stores::connect_db().await?;
+        let report = pipeline::check(&db, request).await.map_err(exit::database_is_store)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print_check(&report);
+        }
+        return Ok(());
+    }
     let stores = Stores::open(global).await?;
     let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request)
         .await
@@ -173,6 +192,7 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
             rejects_path: sample.join("rejects.csv"),
             max_rejects: Default::default(),
             mapping: None,
+            dry_run: false,
         },
         as_of: None,
     };
@@ -181,12 +201,16 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
         .map_err(exit::database_is_store)?;
     print_ingest(&report);
 
-    let (vector, _) = stores.embedder.embed_one(DEMO_QUERY.to_owned()).await?;
-    let reader = stores.vectors.reader();
-    let index = reader.current().await.kind(FailureKind::Store)?.context("the demo index was not published")?;
-    let hits = index.search.search(vector, None, 10).await.kind(FailureKind::Store)?;
-    println!("\nTop 10 customers for {DEMO_QUERY:?} (vector search, no LLM):");
-    println!("{}", hits_table(&hits));
+    // The demo asks what a user would: the audience ranked by a taste, through the same report `ask` prints.
+    let Stores { db, vectors, embedder } = stores;
+    let stores = audience_tools::stores::Stores::new(db, vectors.reader(), embedder, ReadLimits::default());
+    let definition = AudienceDefinition { intent: Some(DEMO_QUERY.to_owned()), limit: 10, ..Default::default() };
+    let report = evaluate(&stores, &definition, &[], &mut ToolTrace::new("demo"))
+        .await
+        .map_err(|failure| anyhow::anyhow!("{failure}"))
+        .kind(FailureKind::Store)?;
+    println!("\nTop 10 customers for {DEMO_QUERY:?} (vector ranking, no LLM):");
+    println!("{}", member_table(&report.members));
     Ok(())
 }
 
@@ -219,11 +243,7 @@ fn print_ingest(report: &IngestReport) {
         _ => loaded.push_str("; no rows rejected"),
     }
     println!("{loaded}");
-    let p = &report.profiles;
-    println!(
-        "profiles: {} as of {} (VIP Loyalty {}, Churn Recovery {}, Standard Promo {}; {} like luxury)",
-        p.profiles, p.as_of, p.vip, p.churn_recovery, p.standard, p.likes_luxury
-    );
+    print_profiles(&report.profiles);
     print_sync(&report.sync);
     let t = &report.times;
     let peak = peak_rss_bytes().map(|bytes| format!(", peak memory {} MiB", bytes >> 20)).unwrap_or_default();
@@ -231,6 +251,38 @@ fn print_ingest(report: &IngestReport) {
         "times: load {:.2} s, profiles {:.2} s, swap {:.2} s, vacuum {:.2} s, embed {:.2} s, total {:.2} s{peak}",
         t.load, t.profiles, t.swap, t.vacuum, t.embed, t.total
     );
+}
+
+fn print_profiles(p: &ProfileStats) {
+    println!(
+        "profiles: {} as of {} (VIP Loyalty {}, Churn Recovery {}, Standard Promo {}; {} like luxury)",
+        p.profiles, p.as_of, p.vip, p.churn_recovery, p.standard, p.likes_luxury
+    );
+    for note in &p.notes {
+        println!("note: {note}");
+    }
+}
+
+fn print_check(report: &CheckReport) {
+    let load = &report.load;
+    println!(
+        "check: would load {} customers and {} events; {} rows rejected (nothing was changed)",
+        load.customers, load.events, load.rejected
+    );
+    for reason in &load.rejects_by_reason {
+        println!(
+            "  {} rows of {}: {} (first at line {}: {})",
+            reason.rows,
+            reason.file,
+            reason.reason,
+            reason.first_line,
+            terminal::safe(&reason.first_reason)
+        );
+    }
+    print_profiles(&report.profiles);
+    for sample in &report.samples {
+        println!("\ncustomer {}:\n{}", terminal::safe(&sample.external_id), terminal::safe(&sample.profile_text));
+    }
 }
 
 fn print_sync(report: &SyncReport) {
@@ -244,40 +296,4 @@ fn print_sync(report: &SyncReport) {
         report.embed_seconds,
         report.upsert_seconds
     );
-}
-
-fn hits_table(hits: &[vector::ScoredPoint]) -> Table {
-    let text = |payload: &serde_json::Map<String, Value>, key: &str| match payload.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    };
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header([
-        "#",
-        "score",
-        "customer",
-        "country",
-        "spent",
-        "segment",
-        "interests",
-    ]);
-    for (rank, hit) in hits.iter().enumerate() {
-        let p = &hit.payload;
-        let spent = p.get("total_spent").and_then(Value::as_f64).unwrap_or(0.0);
-        let interests = match p.get("calculated_interests") {
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-            _ => String::new(),
-        };
-        table.add_row(vec![
-            Cell::new(rank + 1).set_alignment(CellAlignment::Right),
-            Cell::new(format!("{:.3}", hit.score)).set_alignment(CellAlignment::Right),
-            Cell::new(format!("{} {} (#{})", text(p, "first_name"), text(p, "last_name"), hit.id)),
-            Cell::new(text(p, "country")),
-            Cell::new(format!("{spent:.2}")).set_alignment(CellAlignment::Right),
-            Cell::new(text(p, "segment")),
-            Cell::new(interests),
-        ]);
-    }
-    table
 }

@@ -24,11 +24,10 @@ use audience::agent::{AgentConfig, Answer, Session};
 use audience::exit;
 use audience::ledger::UsageTotals;
 use audience::stores::open_stores;
-use audience_tools::audience::export::for_each_member;
+use audience_tools::audience::export::{export_fields, for_each_member};
 use audience_tools::audience::report::evaluate;
 use audience_tools::audience::{AudienceDefinition, AudienceReport, AudienceSession};
 use audience_tools::registry;
-use audience_tools::schema::profile_fields;
 use audience_tools::trace::ToolTrace;
 
 const PROMPT: &str = "audience> ";
@@ -325,7 +324,7 @@ async fn export(stores: &Stores, definition: &AudienceDefinition, path: &Path) -
         let file = std::fs::File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
         Ok(std::io::BufWriter::new(file))
     };
-    let columns = profile_fields();
+    let columns = export_fields();
     let mut sink = match extension.as_deref() {
         Some("csv") => {
             let mut writer = csv::Writer::from_writer(open()?);

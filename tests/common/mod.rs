@@ -327,8 +327,13 @@ impl TestEnv {
 
     /// A checksum of every table in the schema, to prove nothing changed.
     pub fn checksum(&self) -> String {
-        ["customers", "events", "profiles"]
-            .iter()
+        let tables = self.sql_scalar(&format!(
+            "SELECT string_agg(tablename::text, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = '{}'",
+            self.schema
+        ));
+        assert!(tables.contains("profiles"), "nothing to checksum in {}: {tables:?}", self.schema);
+        tables
+            .split(',')
             .map(|table| {
                 self.sql_scalar(&format!("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {table} t"))
             })

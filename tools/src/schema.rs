@@ -77,15 +77,17 @@ impl TableSpec {
     }
 }
 
-/// Customer rows from the CRM export.
+/// Customer rows from the CRM export. `customer_id` is the internal key; `external_id` is the id as the file has
+/// it (see `ingest::keys`): only the id is required, any other fact may be unknown (NULL).
 pub const CUSTOMERS: TableSpec = TableSpec {
     name: "customers",
     columns: &[
         column("customer_id", "BIGINT PRIMARY KEY"),
-        column("first_name", "TEXT NOT NULL"),
-        column("last_name", "TEXT NOT NULL"),
-        column("email", "TEXT NOT NULL"),
-        column("country", "TEXT NOT NULL"),
+        column("external_id", "TEXT NOT NULL"),
+        column("first_name", "TEXT"),
+        column("last_name", "TEXT"),
+        column("email", "TEXT"),
+        column("country", "TEXT"),
         column("age", "INTEGER"),
         column("favorite_color", "TEXT"),
         column("signup_date", "DATE"),
@@ -93,17 +95,19 @@ pub const CUSTOMERS: TableSpec = TableSpec {
     constraints: &[],
 };
 
-/// Clickstream and purchase events. A negative quantity is a return.
+/// Clickstream and purchase events. A negative quantity is a return. `amount` is the line total that spend sums:
+/// the file's own (a mapped `amount`), else price x quantity; unknown when neither is given (a clickstream).
 pub const EVENTS: TableSpec = TableSpec {
     name: "events",
     columns: &[
         column("event_id", "BIGINT PRIMARY KEY"),
         column("customer_id", "BIGINT NOT NULL"),
         column("event_type", "TEXT NOT NULL CHECK (event_type IN ('view', 'add_to_cart', 'purchase'))"),
-        column("product", "TEXT NOT NULL"),
+        column("product", "TEXT"),
         column("color", "TEXT"),
-        column("price", "NUMERIC(12,2) NOT NULL"),
+        column("price", "NUMERIC(12,2)"),
         column("quantity", "INTEGER NOT NULL"),
+        column("amount", "NUMERIC(14,2)"),
         column("ts", "TIMESTAMPTZ NOT NULL"),
     ],
     constraints: &[],
@@ -123,10 +127,11 @@ pub const PROFILES: TableSpec = TableSpec {
             retrievable: true,
             payload: Payload::Indexed { key: "customer_id", kind: FieldKind::Integer },
         },
-        field("first_name", "TEXT NOT NULL"),
-        field("last_name", "TEXT NOT NULL"),
-        field("email", "TEXT NOT NULL"),
-        field("country", "TEXT NOT NULL"),
+        field("external_id", "TEXT NOT NULL"),
+        field("first_name", "TEXT"),
+        field("last_name", "TEXT"),
+        field("email", "TEXT"),
+        field("country", "TEXT"),
         field("age", "INTEGER"),
         field("favorite_color", "TEXT"),
         field("total_spent", "NUMERIC(14,2) NOT NULL"),
@@ -206,10 +211,10 @@ mod tests {
     fn ddl_and_columns_follow_the_registry() {
         assert_eq!(
             EVENTS.columns(),
-            ["event_id", "customer_id", "event_type", "product", "color", "price", "quantity", "ts"]
+            ["event_id", "customer_id", "event_type", "product", "color", "price", "quantity", "amount", "ts"]
         );
         assert!(EVENTS.ddl().starts_with("event_id BIGINT PRIMARY KEY,\n    customer_id BIGINT NOT NULL"));
-        assert_eq!(CUSTOMERS.index("email"), Some(3));
+        assert_eq!(CUSTOMERS.index("email"), Some(4));
         assert_eq!(PROFILES.primary_key(), "customer_id");
         let fields = profile_fields();
         assert!(fields.contains(&"interests") && !fields.contains(&"profile_text") && !fields.contains(&"text_hash"));

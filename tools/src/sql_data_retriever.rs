@@ -1,5 +1,8 @@
 //! `sql_data_retriever`: profile records for given customer ids. It builds its own SELECT from the
 //! allow-listed retrievable profile columns (`schema::profile_fields`) and binds the ids; no model-written SQL is involved.
+//!
+//! Ids are the customers' ids as their files give them (`external_id`): numbers or strings (`user_0203`), as users
+//! and the other tools show them. A plain number is also the internal key, so both spellings of such an id agree.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -20,6 +23,7 @@ pub const MAX_IDS: usize = 200;
 /// Fields returned when the model does not name any.
 pub const DEFAULT_FIELDS: &[&str] = &[
     "customer_id",
+    "external_id",
     "first_name",
     "last_name",
     "email",
@@ -32,18 +36,42 @@ pub const DEFAULT_FIELDS: &[&str] = &[
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SqlDataRetrieverArgs {
-    pub customer_ids: Vec<i64>,
+    pub customer_ids: Vec<CustomerRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<String>>,
+}
+
+/// A customer id as the model or a script writes it: `17` or `"user_0203"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CustomerRef {
+    Number(i64),
+    Text(String),
+}
+
+impl CustomerRef {
+    /// The id as its file has it (`external_id`): a number's canonical digits, a string as given.
+    pub fn external_id(&self) -> String {
+        match self {
+            CustomerRef::Number(id) => id.to_string(),
+            CustomerRef::Text(id) => id.trim().to_owned(),
+        }
+    }
+}
+
+impl From<i64> for CustomerRef {
+    fn from(id: i64) -> Self {
+        CustomerRef::Number(id)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SqlDataRetrieverOutput {
     /// One object per found customer, in the order asked.
     pub records: Vec<Map<String, Value>>,
-    /// Asked-for ids with no profile.
+    /// Asked-for ids with no profile, as asked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub missing_ids: Vec<i64>,
+    pub missing_ids: Vec<CustomerRef>,
 }
 
 /// The `sql_data_retriever` tool.
@@ -57,7 +85,7 @@ impl SqlDataRetriever {
         Self { stores }
     }
 
-    async fn fetch(&self, sql: &str, ids: &[i64]) -> Result<Vec<String>, ToolFailure> {
+    async fn fetch(&self, sql: &str, ids: &[String]) -> Result<Vec<String>, ToolFailure> {
         let mut tx = self.stores.db.begin_read_only(self.stores.limits).await.map_err(ToolFailure::Fatal)?;
         let texts: Vec<String> = sqlx::query_scalar(sql).bind(ids).fetch_all(&mut *tx).await?;
         tx.rollback().await?;
@@ -67,9 +95,9 @@ impl SqlDataRetriever {
 
 /// The SELECT for the requested fields; only names from `schema::profile_fields` reach the SQL text.
 fn select_sql(fields: Option<&[String]>) -> Result<String, ToolFailure> {
-    let mut columns: Vec<&str> = vec!["customer_id"];
+    let mut columns: Vec<&str> = vec!["customer_id", "external_id"];
     match fields {
-        None => columns.extend(DEFAULT_FIELDS.iter().filter(|f| **f != "customer_id")),
+        None => columns.extend(DEFAULT_FIELDS.iter().filter(|f| !matches!(**f, "customer_id" | "external_id"))),
         Some(fields) => {
             for field in fields {
                 let allowed = profile_fields();
@@ -86,7 +114,7 @@ fn select_sql(fields: Option<&[String]>) -> Result<String, ToolFailure> {
         }
     }
     Ok(format!(
-        "SELECT row_to_json(p)::text FROM (SELECT {} FROM profiles WHERE customer_id = ANY($1)) p",
+        "SELECT row_to_json(p)::text FROM (SELECT {} FROM profiles WHERE external_id = ANY($1)) p",
         columns.join(", ")
     ))
 }
@@ -106,7 +134,7 @@ impl TracedTool for SqlDataRetriever {
             parts.push(observe::table(&columns, rows));
         }
         if !report.missing_ids.is_empty() {
-            let ids: Vec<String> = report.missing_ids.iter().map(i64::to_string).collect();
+            let ids: Vec<String> = report.missing_ids.iter().map(CustomerRef::external_id).collect();
             parts.push(format!("no profile for ids: {}", ids.join(", ")));
         }
         parts.join("\n")
@@ -118,7 +146,9 @@ impl TracedTool for SqlDataRetriever {
         trace: &mut ToolTrace,
     ) -> Result<SqlDataRetrieverOutput, ToolFailure> {
         let mut seen = HashSet::new();
-        let ids: Vec<i64> = args.customer_ids.into_iter().filter(|id| seen.insert(*id)).collect();
+        let asked: Vec<CustomerRef> =
+            args.customer_ids.into_iter().filter(|id| seen.insert(id.external_id())).collect();
+        let ids: Vec<String> = asked.iter().map(CustomerRef::external_id).collect();
         if ids.is_empty() {
             return Err(ToolFailure::correctable("`customer_ids` is empty"));
         }
@@ -133,21 +163,21 @@ impl TracedTool for SqlDataRetriever {
         let start = Instant::now();
         let texts = self.fetch(&sql, &ids).await;
         trace.time("sql", start);
-        let mut by_id: HashMap<i64, Map<String, Value>> = HashMap::new();
+        let mut by_id: HashMap<String, Map<String, Value>> = HashMap::new();
         for text in texts? {
             let record: Map<String, Value> = serde_json::from_str(&text)
                 .context("PostgreSQL returned a row that is not a JSON object")
                 .map_err(ToolFailure::Fatal)?;
-            if let Some(id) = record.get("customer_id").and_then(Value::as_i64) {
-                by_id.insert(id, record);
+            if let Some(id) = record.get("external_id").and_then(Value::as_str) {
+                by_id.insert(id.to_owned(), record);
             }
         }
         let mut records = Vec::with_capacity(by_id.len());
         let mut missing_ids = Vec::new();
-        for id in ids {
-            match by_id.remove(&id) {
+        for (id, asked) in ids.iter().zip(asked) {
+            match by_id.remove(id) {
                 Some(record) => records.push(record),
-                None => missing_ids.push(id),
+                None => missing_ids.push(asked),
             }
         }
         Ok(SqlDataRetrieverOutput { records, missing_ids })
@@ -165,12 +195,13 @@ impl Tool for SqlDataRetriever {
     }
 
     fn parameters(&self) -> Value {
-        // customer_id comes with every record; the limit on ids is in the description.
-        let fields: Vec<&str> = profile_fields().into_iter().filter(|field| *field != "customer_id").collect();
+        // The ids come with every record; the limit on ids is in the description.
+        let fields: Vec<&str> =
+            profile_fields().into_iter().filter(|field| !matches!(*field, "customer_id" | "external_id")).collect();
         json!({
             "type": "object",
             "properties": {
-                "customer_ids": {"type": "array", "items": {"type": "integer"}},
+                "customer_ids": {"type": "array", "items": {"type": ["integer", "string"]}},
                 "fields": {"type": "array", "items": {"type": "string", "enum": fields}}
             },
             "required": ["customer_ids"]
@@ -193,7 +224,7 @@ mod tests {
     #[test]
     fn builds_select_from_allowed_fields_only() {
         let sql = select_sql(Some(&["email".to_owned(), "segment".to_owned()])).unwrap();
-        assert!(sql.contains("SELECT customer_id, email, segment FROM profiles"), "{sql}");
+        assert!(sql.contains("SELECT customer_id, external_id, email, segment FROM profiles"), "{sql}");
         let err = select_sql(Some(&["email; DROP TABLE profiles".to_owned()])).unwrap_err();
         assert!(matches!(err, ToolFailure::Correctable(m) if m.contains("unknown field")));
         assert!(select_sql(None).unwrap().contains("first_name"));

@@ -157,7 +157,7 @@ async fn sql_analytics_writes_sql_with_one_grounded_model_call() {
     let system = request.system_instructions().unwrap_or_default();
     assert!(system.contains("ONE read-only PostgreSQL SELECT"), "{system}");
     let prompt = format!("{:?}", request.chat_history.last().unwrap());
-    assert!(prompt.contains("customers(customer_id int, first_name, "), "{prompt}");
+    assert!(prompt.contains("customers(customer_id int, external_id, first_name, "), "{prompt}");
     assert!(prompt.contains("events.event_type: add_to_cart, purchase, view"), "{prompt}");
     assert!(!prompt.contains("profile_text") && !prompt.contains("text_hash"), "{prompt}");
     assert!(prompt.contains("profiles.interests: "), "{prompt}");
@@ -225,7 +225,7 @@ async fn a_lost_database_is_fatal() {
 
     let tool = SqlDataRetriever::new(stores.clone());
     let mut context = ToolContext::new();
-    let failure = Tool::call(&tool, &mut context, SqlDataRetrieverArgs { customer_ids: vec![1], fields: None })
+    let failure = Tool::call(&tool, &mut context, SqlDataRetrieverArgs { customer_ids: vec![1.into()], fields: None })
         .await
         .unwrap_err();
     assert!(failure.is_fatal(), "{failure:?}");

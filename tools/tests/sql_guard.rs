@@ -585,7 +585,7 @@ async fn read_only_transaction_refuses_writes_without_the_guard() {
     let test = TestDb::new().await;
     let before = test.checksums().await;
     let writes = [
-        "INSERT INTO customers VALUES (100, 'a', 'b', 'c', 'PL', 1, 'red', NULL)",
+        "INSERT INTO customers VALUES (100, '100', 'a', 'b', 'c', 'PL', 1, 'red', NULL)",
         "UPDATE profiles SET total_spent = 0",
         "DELETE FROM events",
         "CREATE TABLE stolen (x int)",

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use audience_ingest::input::{Checked, CustomerReader, Event, EventReader};
+use audience_ingest::keys::CustomerKeys;
 use audience_ingest::load::encode_event;
 use audience_tools::schema::EVENTS;
 use clap::Args;
@@ -66,7 +67,9 @@ pub async fn run(bench: &Bench, args: &IngestBenchArgs) -> Result<()> {
 /// Reads and validates both files without a database; the accepted events, and the seconds it took.
 fn parse_and_validate(dataset: &Dataset) -> Result<(Vec<Event>, u64, f64)> {
     let start = Instant::now();
-    let mut customers = CustomerReader::open(&dataset.customers_csv, &dataset.events_csv, None)?;
+    // The generated ids are numeric, their own keys: no stored keys are needed.
+    let keys = CustomerKeys::default();
+    let mut customers = CustomerReader::open(&dataset.customers_csv, &dataset.events_csv, None, keys)?;
     let mut rows = 0u64;
     while let Some(checked) = customers.next_row()? {
         rows += u64::from(matches!(checked, Checked::Row(_)));
@@ -155,7 +158,7 @@ async fn insert_events(db: &audience_tools::db::Db, events: &[Event]) -> Result<
     let start = Instant::now();
     for chunk in events.chunks(INSERT_ROWS_PER_STATEMENT) {
         let mut insert: QueryBuilder<Postgres> = QueryBuilder::new(
-            "INSERT INTO bench_events (event_id, customer_id, event_type, product, color, price, quantity, ts) ",
+            "INSERT INTO bench_events (event_id, customer_id, event_type, product, color, price, quantity, amount, ts) ",
         );
         insert.push_values(chunk, |mut row, e| {
             row.push_bind(e.event_id)
@@ -163,9 +166,11 @@ async fn insert_events(db: &audience_tools::db::Db, events: &[Event]) -> Result<
                 .push_bind(e.event_type)
                 .push_bind(&e.product)
                 .push_bind(&e.color)
-                .push_bind(e.price_cents as f64 / 100.0)
+                .push_bind(e.price_cents.map(|cents| cents as f64 / 100.0))
                 .push_unseparated("::numeric")
                 .push_bind(e.quantity)
+                .push_bind(e.amount_cents.map(|cents| cents as f64 / 100.0))
+                .push_unseparated("::numeric")
                 .push_bind(e.ts);
         });
         insert.build().execute(&mut *tx).await.context("multi-row INSERT failed")?;

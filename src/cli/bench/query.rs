@@ -221,7 +221,7 @@ async fn retriever(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) ->
     for ids in [10usize, 50, 200] {
         let mut phases = Phases::default();
         for _ in 0..args.queries {
-            let customer_ids: Vec<i64> = (0..ids).map(|_| rng.random_range(1..=dataset.customers) as i64).collect();
+            let customer_ids = (0..ids).map(|_| (rng.random_range(1..=dataset.customers) as i64).into()).collect();
             let mut trace = ToolTrace::new("sql_data_retriever");
             let output = tool
                 .run_traced(SqlDataRetrieverArgs { customer_ids, fields: None }, &mut trace)

@@ -11,7 +11,14 @@ use crate::failure::ToolFailure;
 use crate::schema::profile_fields;
 use crate::stores::Stores;
 
-/// Streams every member of `definition`, in customer order, to `write`; returns how many there were.
+/// The columns an export writes: the retrievable profile fields, led by the id users know (`external_id`); the
+/// internal key stays out, since a campaign tool matches on the file's id.
+pub fn export_fields() -> Vec<&'static str> {
+    profile_fields().into_iter().filter(|field| *field != "customer_id").collect()
+}
+
+/// Streams every member of `definition` (the [`export_fields`]), in customer order, to `write`; returns how many
+/// there were.
 pub async fn for_each_member(
     stores: &Stores,
     definition: &AudienceDefinition,
@@ -19,7 +26,7 @@ pub async fn for_each_member(
 ) -> Result<u64, ToolFailure> {
     let as_of = as_of_day(stores).await?;
     let compiled = compile(definition, as_of).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
-    let fields: Vec<String> = profile_fields().into_iter().map(|field| format!("p.{field}")).collect();
+    let fields: Vec<String> = export_fields().into_iter().map(|field| format!("p.{field}")).collect();
     let sql = format!(
         "SELECT row_to_json(r)::text FROM (SELECT {} FROM ({}) m JOIN profiles p ON p.customer_id = m.customer_id \
          ORDER BY p.customer_id) r",

@@ -73,7 +73,7 @@ impl TracedTool for FindAudience {
             columns.extend(&extra);
             let rows = report.members[..shown].iter().map(|m| {
                 let mut row = vec![
-                    m.customer_id.to_string(),
+                    observe::cell(&Value::String(m.external_id.clone())),
                     observe::cell(&Value::String(m.name.clone())),
                     observe::cell(&json!(m.country)),
                     observe::cell(&Value::String(m.why.join("; "))),

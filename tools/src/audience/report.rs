@@ -75,7 +75,11 @@ pub struct Share {
 /// One listed member.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Member {
+    /// The internal key (the file's id when that is a plain number).
     pub customer_id: i64,
+    /// The id as the customer's file has it, as users know it.
+    pub external_id: String,
+    /// First and last name; else the e-mail; else empty (the file has neither).
     pub name: String,
     pub country: Option<String>,
     pub segment: String,
@@ -343,7 +347,7 @@ async fn top_spenders(tx: &mut Tx, compiled: &Compiled, limit: usize) -> Result<
     Ok(ids.into_iter().map(|id| (id, None)).collect())
 }
 
-type ProfileRow = (i64, String, String, Option<String>, String, f64, Vec<String>, Option<i32>, bool, bool);
+type ProfileRow = (i64, String, Option<String>, Option<String>, String, f64, Vec<String>, Option<i32>, bool, bool);
 
 /// The listed members with their profile facts and the evidence for each clause.
 async fn describe_members(
@@ -358,8 +362,9 @@ async fn describe_members(
     }
     let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
     let rows: Vec<ProfileRow> = sqlx::query_as(
-        "SELECT customer_id, first_name, last_name, country, segment, total_spent::float8, interests, recency_days, \
-         churned, likes_luxury FROM profiles WHERE customer_id = ANY($1)",
+        "SELECT customer_id, external_id, \
+         coalesce(nullif(trim(concat_ws(' ', first_name, last_name)), ''), email), country, segment, \
+         total_spent::float8, interests, recency_days, churned, likes_luxury FROM profiles WHERE customer_id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(&mut **tx)
@@ -368,7 +373,7 @@ async fn describe_members(
     // The latest event meeting each event clause, per listed member.
     let mut evidence: HashMap<i64, Vec<String>> = HashMap::new();
     for (_, condition) in &compiled.evidence {
-        let rows: Vec<(i64, String, String, DateTime<Utc>)> = sqlx::query_as(&format!(
+        let rows: Vec<(i64, String, Option<String>, DateTime<Utc>)> = sqlx::query_as(&format!(
             "SELECT DISTINCT ON (e.customer_id) e.customer_id, e.event_type, e.product, e.ts \
              FROM events e WHERE e.customer_id = ANY($1) AND {condition} ORDER BY e.customer_id, e.ts DESC"
         ))
@@ -376,11 +381,13 @@ async fn describe_members(
         .fetch_all(&mut **tx)
         .await?;
         for (id, event_type, product, ts) in rows {
-            let verb = match event_type.as_str() {
-                "purchase" => "bought",
-                "view" => "viewed",
-                _ => "added to the cart",
+            // A clickstream may name no product: then a page was viewed, an item bought.
+            let (verb, unnamed) = match event_type.as_str() {
+                "purchase" => ("bought", "an item"),
+                "view" => ("viewed", "a page"),
+                _ => ("added to the cart", "an item"),
             };
+            let product = product.unwrap_or_else(|| unnamed.to_owned());
             let days = (as_of - ts.date_naive()).num_days().max(0);
             let when = match days {
                 0 => "on the last day".to_owned(),
@@ -392,7 +399,8 @@ async fn describe_members(
     }
     let mut members = Vec::with_capacity(ranked.len());
     for (id, score) in ranked {
-        let Some((_, first, last, country, segment, spent, interests, recency, churned, luxury)) = profiles.remove(id)
+        let Some((_, external_id, name, country, segment, spent, interests, recency, churned, luxury)) =
+            profiles.remove(id)
         else {
             continue;
         };
@@ -427,7 +435,8 @@ async fn describe_members(
         }
         members.push(Member {
             customer_id: *id,
-            name: format!("{first} {last}").trim().to_owned(),
+            external_id,
+            name: name.unwrap_or_default(),
             country,
             segment,
             total_spent: spent,

@@ -171,7 +171,8 @@ impl TestDb {
             exec(
                 &self.db,
                 &format!(
-                    "INSERT INTO customers VALUES ({}, '{}', '{}', '{}@example.com', '{}', {}, 'blue', DATE '2024-01-{:02}')",
+                    "INSERT INTO customers VALUES ({}, '{}', '{}', '{}', '{}@example.com', '{}', {}, 'blue', DATE '2024-01-{:02}')",
+                    p.id,
                     p.id,
                     p.first,
                     p.last,
@@ -186,7 +187,7 @@ impl TestDb {
             exec(
                 &self.db,
                 &format!(
-                    "INSERT INTO profiles VALUES ({id}, '{first}', '{last}', '{mail}@example.com', '{country}', {age}, 'blue', \
+                    "INSERT INTO profiles VALUES ({id}, '{id}', '{first}', '{last}', '{mail}@example.com', '{country}', {age}, 'blue', \
                      {spent}, 1, 0, now() - interval '60 days', now() - interval '{id} days', {id}, 1, {spent}, 5, 1, 4, \
                      false, '{segment}', ARRAY[{interests}]::text[], ARRAY[3, 1]::int[], ARRAY['blue']::text[], {luxury}, \
                      '{text}', 'h{id}')",
@@ -209,7 +210,7 @@ impl TestDb {
                 &self.db,
                 &format!(
                     "INSERT INTO events VALUES ({id}, {customer}, '{kind}', '{product}', '{color}', {price}, {quantity}, \
-                     now() - interval '{id} days')"
+                     {price} * {quantity}, now() - interval '{id} days')"
                 ),
             )
             .await;
