@@ -18,6 +18,9 @@ use crate::sql_guard::{self, ConditionTable};
 pub struct Compiled {
     /// `SELECT p.customer_id FROM profiles p WHERE ...`: the audience.
     pub membership: String,
+    /// The same query selecting what a report summarises of each member besides the id (`country`, `segment`,
+    /// `churned`, `total_spent`), so one scan serves size, breakdown and the top spenders.
+    pub membership_facts: String,
     /// One membership query per clause, with the clauses up to and including it (includes first, then excludes):
     /// the funnel. The last one equals `membership`.
     pub prefixes: Vec<String>,
@@ -26,6 +29,9 @@ pub struct Compiled {
     /// For each include event clause, by clause id, its condition on an event `e`: the evidence a member fits.
     pub evidence: Vec<(String, String)>,
 }
+
+/// The member columns of [`Compiled::membership_facts`].
+const MEMBER_FACTS: &str = "p.customer_id, p.country, p.segment, p.churned, p.total_spent";
 
 /// Compiles `definition` for data whose last day is `as_of` (relative days count back from it).
 pub fn compile(definition: &AudienceDefinition, as_of: NaiveDate) -> Result<Compiled, Invalid> {
@@ -43,15 +49,22 @@ pub fn compile(definition: &AudienceDefinition, as_of: NaiveDate) -> Result<Comp
             evidence.push((clause.id.clone(), events));
         }
     }
-    let query = |conditions: &[String]| -> String {
+    let select = |columns: &str, conditions: &[String]| -> String {
         if conditions.is_empty() {
-            "SELECT p.customer_id FROM profiles p".to_owned()
+            format!("SELECT {columns} FROM profiles p")
         } else {
-            format!("SELECT p.customer_id FROM profiles p WHERE {}", conditions.join("\n  AND "))
+            format!("SELECT {columns} FROM profiles p WHERE {}", conditions.join("\n  AND "))
         }
     };
+    let query = |conditions: &[String]| select("p.customer_id", conditions);
     let prefixes = (1..=conditions.len()).map(|n| query(&conditions[..n])).collect();
-    Ok(Compiled { membership: query(&conditions), prefixes, clauses, evidence })
+    Ok(Compiled {
+        membership: query(&conditions),
+        membership_facts: select(MEMBER_FACTS, &conditions),
+        prefixes,
+        clauses,
+        evidence,
+    })
 }
 
 /// A clause as a condition on the profile `p`: as it is for an include, negated (NULL counting as false) for an

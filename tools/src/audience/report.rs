@@ -97,8 +97,8 @@ pub struct Member {
 }
 
 /// Spend bands of the breakdown, as `CASE` arms over `total_spent`, in order.
-const SPEND_BANDS: &str = "CASE WHEN p.total_spent <= 0 THEN '0' WHEN p.total_spent < 100 THEN 'under 100' \
-    WHEN p.total_spent < 500 THEN '100-499' WHEN p.total_spent < 1000 THEN '500-999' ELSE '1000 or more' END";
+const SPEND_BANDS: &str = "CASE WHEN total_spent <= 0 THEN '0' WHEN total_spent < 100 THEN 'under 100' \
+    WHEN total_spent < 500 THEN '100-499' WHEN total_spent < 1000 THEN '500-999' ELSE '1000 or more' END";
 const BAND_ORDER: [&str; 5] = ["0", "under 100", "100-499", "500-999", "1000 or more"];
 
 /// Evaluates `definition`, recording the membership SQL, timings and embedding tokens in `trace`. The listed members
@@ -116,21 +116,31 @@ pub async fn evaluate(
 
     let start = Instant::now();
     let mut tx = stores.db.begin_read_only(stores.limits).await.map_err(ToolFailure::Fatal)?;
-    let counts = funnel_counts(&mut tx, &compiled).await?;
-    let (size, breakdown) = breakdown(&mut tx, &compiled).await?;
+    let ranks_by_intent = definition.intent.is_some();
+    let summary = summarize(&mut tx, &compiled, definition.limit, ranks_by_intent.then_some(stores.limits.member_cap))
+        .await?;
     trace.time("sql", start);
+    let size = summary.size;
     trace.audience_size = Some(size);
 
-    let (ranked, ranked_by) = match &definition.intent {
-        Some(intent) if size > 0 => {
-            let ids = member_ids(&mut tx, &compiled, stores.limits.member_cap).await?;
+    let (ranked, ranked_by) = match (&definition.intent, summary.member_ids) {
+        (Some(intent), Some(ids)) if size > 0 => {
+            let cap = stores.limits.member_cap;
+            if ids.len() > cap {
+                return Err(ToolFailure::correctable(format!(
+                    "the audience has more than {cap} members, too many to rank; add a clause"
+                )));
+            }
             tx.rollback().await?;
-            let ranked = rank_by_intent(stores, intent, ids, counts.total, definition.limit, trace).await?;
+            // Customer ids are positive by construction; a negative one could not be a vector point id anyway.
+            let ids = ids.into_iter().filter_map(|id| u64::try_from(id).ok()).collect();
+            let ranked = rank_by_intent(stores, intent, ids, summary.total, definition.limit, trace).await?;
             tx = stores.db.begin_read_only(stores.limits).await.map_err(ToolFailure::Fatal)?;
             (ranked, "intent")
         }
-        _ => (top_spenders(&mut tx, &compiled, definition.limit).await?, "total_spent"),
+        _ => (summary.top_spenders.into_iter().map(|id| (id, None)).collect(), "total_spent"),
     };
+    let breakdown = summary.breakdown;
     let start = Instant::now();
     let mut members = describe_members(&mut tx, definition, &compiled, &ranked, as_of).await?;
     add_fields(&mut tx, &mut members, &fields).await?;
@@ -146,7 +156,7 @@ pub async fn evaluate(
         .collect();
     let funnel = steps
         .into_iter()
-        .zip(counts.after_each.iter().copied().chain(std::iter::repeat(size)))
+        .zip(summary.after_each.iter().copied().chain(std::iter::repeat(size)))
         .map(|((clause, exclude, text), size)| FunnelStep { clause, exclude, text, size })
         .collect();
     Ok(AudienceReport {
@@ -154,7 +164,7 @@ pub async fn evaluate(
         explanation: definition.explain(),
         sql: compiled.membership,
         size,
-        total_customers: counts.total,
+        total_customers: summary.total,
         funnel,
         breakdown,
         ranked_by: ranked_by.to_owned(),
@@ -221,55 +231,64 @@ pub(crate) async fn as_of_day(stores: &Stores) -> Result<NaiveDate, ToolFailure>
     Ok(day.unwrap_or_else(|| Utc::now().date_naive()))
 }
 
-struct Counts {
+/// What one scan of the membership gives: the customer count, the funnel, the size, the breakdown, the top
+/// spenders, and (when the members are to be ranked by an intent) their ids.
+struct Summary {
     total: u64,
     /// Sizes after each clause but the last (the last is the size itself).
     after_each: Vec<u64>,
+    size: u64,
+    breakdown: Breakdown,
+    top_spenders: Vec<i64>,
+    /// At most the cap plus one, so a caller can tell that the cap was passed.
+    member_ids: Option<Vec<i64>>,
 }
 
-/// The customer count and the funnel's prefix sizes, in one round trip.
-async fn funnel_counts(tx: &mut Tx, compiled: &Compiled) -> Result<Counts, ToolFailure> {
-    let mut parts = vec!["(SELECT count(*) FROM profiles)".to_owned()];
+/// Evaluates the membership ONCE (a materialized CTE) and derives size, breakdown, top spenders and the member ids
+/// from it in the same statement, with the funnel's prefix counts alongside: one round trip and one scan of the
+/// audience instead of one per figure. The breakdown is grouped once by every dimension together (a few hundred
+/// groups at most) and the marginals are summed here, which is cheaper than PostgreSQL's grouping sets.
+async fn summarize(
+    tx: &mut Tx,
+    compiled: &Compiled,
+    limit: usize,
+    member_cap: Option<usize>,
+) -> Result<Summary, ToolFailure> {
+    let mut counts = vec!["(SELECT count(*) FROM profiles)".to_owned()];
     let inner = compiled.prefixes.len().saturating_sub(1);
-    parts.extend(compiled.prefixes[..inner].iter().map(|sql| format!("(SELECT count(*) FROM ({sql}) f)")));
-    let counts: Vec<i64> =
-        sqlx::query_scalar(&format!("SELECT ARRAY[{}]::bigint[]", parts.join(", "))).fetch_one(&mut **tx).await?;
-    let counts: Vec<u64> = counts.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect();
-    Ok(Counts { total: counts.first().copied().unwrap_or(0), after_each: counts.into_iter().skip(1).collect() })
-}
-
-/// The size and the breakdown, in one query over the membership.
-async fn breakdown(tx: &mut Tx, compiled: &Compiled) -> Result<(u64, Breakdown), ToolFailure> {
+    counts.extend(compiled.prefixes[..inner].iter().map(|sql| format!("(SELECT count(*) FROM ({sql}) f)")));
+    let member_ids = match member_cap {
+        Some(cap) => format!("ARRAY(SELECT customer_id FROM m LIMIT {})", cap.saturating_add(1)),
+        None => "NULL::bigint[]".to_owned(),
+    };
     let sql = format!(
-        "WITH m AS ({membership}), \
-         r AS (SELECT coalesce(p.country, 'unknown') AS country, p.segment, \
-               CASE WHEN p.churned THEN 'churned' ELSE 'active' END AS status, {SPEND_BANDS} AS band \
-               FROM m JOIN profiles p ON p.customer_id = m.customer_id) \
-         SELECT GROUPING(country)::int, GROUPING(segment)::int, GROUPING(status)::int, GROUPING(band)::int, \
-                country, segment, status, band, count(*) \
-         FROM r GROUP BY GROUPING SETS ((), (country), (segment), (status), (band))",
-        membership = compiled.membership
+        "WITH m AS MATERIALIZED ({facts}) \
+         SELECT ARRAY[{counts}]::bigint[], \
+                (SELECT coalesce(json_agg(json_build_array(country, segment, churned, band, n)), '[]')::text \
+                 FROM (SELECT country, segment, churned, {SPEND_BANDS} AS band, count(*) AS n \
+                       FROM m GROUP BY 1, 2, 3, 4) g), \
+                ARRAY(SELECT customer_id FROM m ORDER BY total_spent DESC, customer_id LIMIT {limit}), \
+                {member_ids}",
+        facts = compiled.membership_facts,
+        counts = counts.join(", "),
     );
-    type Row = (i32, i32, i32, i32, Option<String>, Option<String>, Option<String>, Option<String>, i64);
-    let rows: Vec<Row> = sqlx::query_as(&sql).fetch_all(&mut **tx).await?;
-    let mut size = 0u64;
-    let mut groups: HashMap<&str, Vec<(String, u64)>> = HashMap::new();
-    for (g_country, g_segment, g_status, g_band, country, segment, status, band, count) in rows {
-        let count = u64::try_from(count).unwrap_or(0);
-        let entry = match (g_country, g_segment, g_status, g_band) {
-            (0, 1, 1, 1) => ("country", country),
-            (1, 0, 1, 1) => ("segment", segment),
-            (1, 1, 0, 1) => ("status", status),
-            (1, 1, 1, 0) => ("spend_band", band),
-            _ => {
-                size = count;
-                continue;
-            }
-        };
-        groups.entry(entry.0).or_default().push((entry.1.unwrap_or_else(|| "unknown".to_owned()), count));
+    let (counts, groups, top_spenders, member_ids): (Vec<i64>, String, Vec<i64>, Option<Vec<i64>>) =
+        sqlx::query_as(&sql).fetch_one(&mut **tx).await?;
+    let counts: Vec<u64> = counts.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect();
+    type Group = (Option<String>, String, bool, String, u64);
+    let groups: Vec<Group> = serde_json::from_str(&groups)
+        .map_err(|e| ToolFailure::Fatal(anyhow::anyhow!("PostgreSQL returned a breakdown that is not JSON: {e}")))?;
+    let size = groups.iter().map(|group| group.4).sum();
+    let mut marginals: [HashMap<String, u64>; 4] = Default::default();
+    for (country, segment, churned, band, count) in groups {
+        let status = if churned { "churned" } else { "active" };
+        for (dimension, value) in marginals.iter_mut().zip([country.unwrap_or_else(|| "unknown".to_owned()), segment, status.to_owned(), band]) {
+            *dimension.entry(value).or_default() += count;
+        }
     }
-    let shares = |name: &str, order: Option<&[&str]>| -> Vec<Share> {
-        let mut values = groups.get(name).cloned().unwrap_or_default();
+    let [country, segment, status, band] = marginals;
+    let shares = |values: HashMap<String, u64>, order: Option<&[&str]>| -> Vec<Share> {
+        let mut values: Vec<(String, u64)> = values.into_iter().collect();
         match order {
             Some(order) => {
                 values.sort_by_key(|(value, _)| order.iter().position(|o| o == value).unwrap_or(order.len()))
@@ -286,26 +305,19 @@ async fn breakdown(tx: &mut Tx, compiled: &Compiled) -> Result<(u64, Breakdown),
             .collect()
     };
     let breakdown = Breakdown {
-        country: shares("country", None),
-        segment: shares("segment", None),
-        status: shares("status", Some(&["active", "churned"])),
-        spend_band: shares("spend_band", Some(&BAND_ORDER)),
+        country: shares(country, None),
+        segment: shares(segment, None),
+        status: shares(status, Some(&["active", "churned"])),
+        spend_band: shares(band, Some(&BAND_ORDER)),
     };
-    Ok((size, breakdown))
-}
-
-async fn member_ids(tx: &mut Tx, compiled: &Compiled, cap: usize) -> Result<Vec<u64>, ToolFailure> {
-    let ids: Vec<i64> =
-        sqlx::query_scalar(&format!("SELECT customer_id FROM ({}) m LIMIT {}", compiled.membership, cap + 1))
-            .fetch_all(&mut **tx)
-            .await?;
-    if ids.len() > cap {
-        return Err(ToolFailure::correctable(format!(
-            "the audience has more than {cap} members, too many to rank; add a clause"
-        )));
-    }
-    // Customer ids are positive by construction; a negative one could not be a vector point id anyway.
-    Ok(ids.into_iter().filter_map(|id| u64::try_from(id).ok()).collect())
+    Ok(Summary {
+        total: counts.first().copied().unwrap_or(0),
+        after_each: counts.into_iter().skip(1).collect(),
+        size,
+        breakdown,
+        top_spenders,
+        member_ids,
+    })
 }
 
 /// The `limit` members most similar to the intent: the vector index searches only the members' ids (or everyone,
@@ -334,17 +346,6 @@ async fn rank_by_intent(
             Some((i64::try_from(hit.id).ok()?, Some((f64::from(hit.score) * 10_000.0).round() / 10_000.0)))
         })
         .collect())
-}
-
-async fn top_spenders(tx: &mut Tx, compiled: &Compiled, limit: usize) -> Result<Vec<(i64, Option<f64>)>, ToolFailure> {
-    let ids: Vec<i64> = sqlx::query_scalar(&format!(
-        "SELECT p.customer_id FROM ({}) m JOIN profiles p ON p.customer_id = m.customer_id \
-         ORDER BY p.total_spent DESC, p.customer_id LIMIT {limit}",
-        compiled.membership
-    ))
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(ids.into_iter().map(|id| (id, None)).collect())
 }
 
 type ProfileRow = (i64, String, Option<String>, Option<String>, String, f64, Vec<String>, Option<i32>, bool, bool);
