@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
+use audience_tools::audience::lookalike::Lookalike;
+use audience_tools::audience::saved::SavedAudiences;
 use audience_tools::audience::{AudienceReport, AudienceSession, FindAudience};
 use audience_tools::registry;
 use audience_tools::sql_analytics::SqlAnalytics;
@@ -103,6 +105,8 @@ pub struct Session {
     ledger: Ledger,
     /// The audience the conversation works on; the host keeps it, so it outlives the trimmed history.
     audience: AudienceSession,
+    /// Where saved audiences are looked up: `lookalike` is offered only when there is something to grow.
+    saved: Option<SavedAudiences>,
     last_usage: Option<UsageRecord>,
     /// Redacts the API key from provider error messages.
     redact: Arc<dyn Fn(&str) -> String + Send + Sync>,
@@ -131,6 +135,7 @@ impl Session {
         verbose: bool,
     ) -> Self {
         let audience = AudienceSession::default();
+        let saved = SavedAudiences::new(&stores.db).ok();
         let agent = build_agent(model, stores, config.max_turns, audience.clone());
         Self {
             agent,
@@ -141,6 +146,7 @@ impl Session {
             history: Vec::new(),
             ledger,
             audience,
+            saved,
             last_usage: None,
             redact: Arc::new(str::to_owned),
         }
@@ -162,13 +168,20 @@ impl Session {
         let start = Instant::now();
         let history: Vec<Message> = self.history.iter().flatten().cloned().collect();
         let prompt = with_audience_context(question, &self.audience);
+        // A lookalike needs a seed: the conversation's audience or a saved one. Without either its schema would
+        // only add tokens to every call. A lookup that fails offers it (the tool then says what is wrong).
+        let can_grow = self.audience.current().is_some()
+            || match &self.saved {
+                Some(saved) => saved.any().await.unwrap_or(true),
+                None => false,
+            };
         let run_future = self
             .agent
             .prompt(prompt)
             .history(history)
             .max_turns(self.max_turns)
             .max_invalid_tool_call_retries(self.unknown_tool_retries)
-            .add_hook(TraceHook::new(log.clone(), self.verbose))
+            .add_hook(TraceHook::new(log.clone(), self.verbose, can_grow))
             .into_future();
         let result = tokio::select! {
             result = run_future => Some(result),
@@ -338,7 +351,8 @@ fn build_agent(model: ChatModel, stores: Stores, max_turns: usize, audience: Aud
         .preamble(system_prompt())
         .max_tokens(MAX_OUTPUT_TOKENS)
         .default_max_turns(max_turns)
-        .tool(FindAudience::new(stores.clone(), audience))
+        .tool(FindAudience::new(stores.clone(), audience.clone()))
+        .tool(Lookalike::new(stores.clone(), audience))
         .tool(SqlAnalytics::new(stores.clone(), model))
         .tool(SqlDataRetriever::new(stores))
         .build()

@@ -3,6 +3,7 @@
 //! thin command line over it; tests and later features (evaluation, saved audiences) call it directly.
 
 pub mod agent;
+pub mod campaign;
 pub mod exit;
 pub mod ledger;
 pub mod provider;

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use audience::exit;
+use audience::stores::open_stores;
 use clap::{Parser, Subcommand};
 
-use cli::{ask, bench, data_commands, repl, terminal, tool_command};
+use cli::{ask, audiences, bench, data_commands, repl, terminal, tool_command};
 
 /// Agentic audience discovery over customer data in PostgreSQL and a vector index.
 #[derive(Parser, Debug)]
@@ -46,6 +47,20 @@ enum Command {
     Tool(tool_command::ToolArgs),
     /// Start an interactive session: follow-up questions refine the answer, /help lists commands.
     Chat,
+    /// Save the last answer's audience (or --from FILE) under a name; --freeze also keeps its members.
+    Save(audiences::SaveArgs),
+    /// List the saved audiences: size when saved, size now, when.
+    List(audiences::ListArgs),
+    /// Show a saved audience: definition, explanation, breakdown now, and how its size drifted.
+    Show(audiences::NameArgs),
+    /// Remove a saved audience.
+    Rm(audiences::NameArgs),
+    /// Compare two saved audiences: both, only A, only B, Jaccard.
+    Overlap(audiences::OverlapArgs),
+    /// Write every member of a saved audience to a file, optionally with a seeded A/B holdout and masked PII.
+    Export(audiences::ExportArgs),
+    /// Find the customers most like a saved audience (or given ids) who are not in it.
+    Lookalike(audiences::LookalikeCommandArgs),
     /// Measure ingest, embedding, tool latency and cold start on this machine (Markdown tables on stdout).
     Bench(bench::BenchArgs),
 }
@@ -99,6 +114,18 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Tool(args) => tool_command::run(args, global).await?,
         Command::Chat => repl::run(global).await?,
         Command::Bench(args) => bench::run(args, global).await?,
+        Command::Save(args) => {
+            audiences::save(&open_stores(&global.data_dir).await?, args, None, &global.data_dir).await?
+        }
+        Command::List(args) => audiences::list(&open_stores(&global.data_dir).await?, args).await?,
+        Command::Show(args) => audiences::show(&open_stores(&global.data_dir).await?, args).await?,
+        Command::Rm(args) => audiences::remove(&open_stores(&global.data_dir).await?, args).await?,
+        Command::Overlap(args) => audiences::overlap(&open_stores(&global.data_dir).await?, args).await?,
+        Command::Export(args) => audiences::export(&open_stores(&global.data_dir).await?, args, None).await?,
+        Command::Lookalike(args) => {
+            let session = audience_tools::audience::AudienceSession::default();
+            audiences::lookalike(&open_stores(&global.data_dir).await?, args, &session).await?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -156,7 +156,7 @@ enum Offer {
 /// again; a found audience is followed by its members' details, an analytics result by another query.
 fn follow_ups(tool: &str) -> &'static [&'static str] {
     match tool {
-        "find_audience" => &["find_audience", "sql_data_retriever"],
+        "find_audience" | "lookalike" => &["find_audience", "sql_data_retriever"],
         "sql_data_retriever" => &["find_audience"],
         _ => &["sql_analytics", "find_audience"],
     }
@@ -164,15 +164,20 @@ fn follow_ups(tool: &str) -> &'static [&'static str] {
 
 /// The offer for the next call. Every call resends the schemas of the tools it offers, so offering what can
 /// still follow keeps a typical question's later calls small; nothing that can follow is withheld.
-fn offer(outcomes: &[(String, Outcome)]) -> Offer {
+/// `can_grow`: there is a seed for `lookalike` (a current or saved audience); without one it is not offered.
+fn offer(outcomes: &[(String, Outcome)], can_grow: bool) -> Offer {
     let found = outcomes.iter().filter(|(_, outcome)| *outcome == Outcome::Found).count();
+    let every = if can_grow { Offer::Every } else { Offer::Only(&NOTHING_TO_GROW) };
     match outcomes.last() {
-        None | Some((_, Outcome::Failed | Outcome::Empty)) if found < MAX_TOOL_RESULTS => Offer::Every,
+        None | Some((_, Outcome::Failed | Outcome::Empty)) if found < MAX_TOOL_RESULTS => every,
         _ if found >= MAX_TOOL_RESULTS => Offer::Answer { tool: "sql_analytics" },
         Some((tool, _)) => Offer::Only(follow_ups(tool)),
-        None => Offer::Every,
+        None => every,
     }
 }
+
+/// Every tool but `lookalike`.
+const NOTHING_TO_GROW: [&str; 3] = ["find_audience", "sql_analytics", "sql_data_retriever"];
 
 /// A shared handle to the run log: the hook writes, the session reads after the run.
 pub type SharedLog = Arc<Mutex<RunLog>>;
@@ -186,11 +191,13 @@ pub fn lock(log: &SharedLog) -> MutexGuard<'_, RunLog> {
 pub struct TraceHook {
     log: SharedLog,
     verbose: bool,
+    /// Whether `lookalike` has a seed to grow (see [`offer`]).
+    can_grow: bool,
 }
 
 impl TraceHook {
-    pub fn new(log: SharedLog, verbose: bool) -> Self {
-        Self { log, verbose }
+    pub fn new(log: SharedLog, verbose: bool, can_grow: bool) -> Self {
+        Self { log, verbose, can_grow }
     }
 }
 
@@ -391,7 +398,7 @@ impl TraceHook {
 
 impl AgentHook for TraceHook {
     async fn on_completion_call(&self, _ctx: &HookContext, _event: CompletionCallEvent<'_>) -> CompletionCallAction {
-        let offer = offer(&lock(&self.log).outcomes);
+        let offer = offer(&lock(&self.log).outcomes, self.can_grow);
         match offer {
             Offer::Every => CompletionCallAction::continue_run(),
             Offer::Only(tools) => {
@@ -536,19 +543,23 @@ mod tests {
             steps.iter().map(|(tool, outcome)| ((*tool).to_owned(), *outcome)).collect()
         };
         use Outcome::{Empty, Failed, Found};
-        assert_eq!(offer(&[]), Offer::Every, "the first call chooses among every tool");
-        assert_eq!(offer(&calls(&[("find_audience", Found)])), Offer::Only(&["find_audience", "sql_data_retriever"]));
-        assert_eq!(offer(&calls(&[("sql_analytics", Found)])), Offer::Only(&["sql_analytics", "find_audience"]));
+        assert_eq!(offer(&[], true), Offer::Every, "the first call chooses among every tool");
+        assert_eq!(offer(&[], false), Offer::Only(&NOTHING_TO_GROW), "lookalike needs a seed");
         assert_eq!(
-            offer(&calls(&[("find_audience", Found), ("find_audience", Found)])),
+            offer(&calls(&[("find_audience", Found)]), true),
+            Offer::Only(&["find_audience", "sql_data_retriever"])
+        );
+        assert_eq!(offer(&calls(&[("sql_analytics", Found)]), true), Offer::Only(&["sql_analytics", "find_audience"]));
+        assert_eq!(
+            offer(&calls(&[("find_audience", Found), ("find_audience", Found)]), true),
             Offer::Only(&["find_audience", "sql_data_retriever"]),
             "a refinement can follow a refinement"
         );
         // Errors and empty results leave every tool: fix the arguments, or try another tool.
-        assert_eq!(offer(&calls(&[("sql_analytics", Failed)])), Offer::Every);
-        assert_eq!(offer(&calls(&[("find_audience", Empty)])), Offer::Every);
+        assert_eq!(offer(&calls(&[("sql_analytics", Failed)]), true), Offer::Every);
+        assert_eq!(offer(&calls(&[("find_audience", Empty)]), true), Offer::Every);
         let three = calls(&[("find_audience", Found), ("sql_data_retriever", Found), ("find_audience", Found)]);
-        assert_eq!(offer(&three), Offer::Answer { tool: "sql_analytics" });
+        assert_eq!(offer(&three, true), Offer::Answer { tool: "sql_analytics" });
     }
 
     #[test]

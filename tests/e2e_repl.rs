@@ -330,6 +330,16 @@ fn conversation_refines_reports_cost_exports_and_quits() {
     let audience = repl.ask("/audience");
     assert!(audience.contains(&format!("Audience: {size} of 60 customers")), "re-evaluated after undo: {audience}");
 
+    // Saving the session's audience, listing it, and a holdout export in the command line's syntax.
+    let saved = repl.ask("/save hikers --freeze");
+    assert!(saved.starts_with(&format!("saved hikers: {size} members (members frozen)")), "{saved}");
+    assert!(repl.ask("/save hikers").contains("pass --replace"), "a name is not saved over silently");
+    let listed = repl.ask("/saved");
+    assert!(listed.contains("| hikers ") && listed.contains(&format!("| {size} ")), "{listed}");
+    let held_out = repl.ask(&format!("/export \"{}\" --holdout 50 --seed 3", csv_path.display()));
+    assert!(held_out.contains("holdout 50% (seed 3): treatment "), "{held_out}");
+    assert!(std::fs::read_to_string(&csv_path).unwrap().starts_with("external_id,group,"));
+
     // After /reset the next question carries no history and no audience.
     assert!(repl.ask("/reset").contains("conversation and audience cleared"));
     assert!(repl.ask("a new topic").starts_with("A fresh start.\n"));

@@ -69,6 +69,9 @@ pub async fn run(args: AskArgs, global: &Global) -> Result<()> {
             return Err(error);
         }
     };
+    if let Some(audience) = &answer.audience {
+        crate::cli::audiences::remember_current(&global.data_dir, audience);
+    }
     if args.json {
         println!("{}", terminal::safe_json(&answer)?);
     } else {

@@ -1,6 +1,7 @@
 //! The command line: one module per command family, over the engine in the `audience` library.
 
 pub mod ask;
+pub mod audiences;
 pub mod bench;
 pub mod data_commands;
 pub mod repl;

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use audience_tools::stores::Stores;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
@@ -14,21 +14,21 @@ use rustyline::hint::Hinter;
 use rustyline::history::{DefaultHistory, History};
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Config, Editor, Helper};
-use serde_json::Value;
 
 use crate::Global;
 use crate::cli::ask::check_question;
 use crate::cli::ask::{self, audience_summary, member_table};
+use crate::cli::audiences;
 use crate::cli::terminal;
 use audience::agent::{AgentConfig, Answer, Session};
 use audience::exit;
 use audience::ledger::UsageTotals;
 use audience::stores::open_stores;
-use audience_tools::audience::export::{export_fields, for_each_member};
 use audience_tools::audience::report::evaluate;
-use audience_tools::audience::{AudienceDefinition, AudienceReport, AudienceSession};
+use audience_tools::audience::{AudienceReport, AudienceSession};
 use audience_tools::registry;
 use audience_tools::trace::ToolTrace;
+use clap::Parser;
 
 const PROMPT: &str = "audience> ";
 /// Shown for the continuation lines of a multi-line question when the terminal cannot edit in place.
@@ -36,12 +36,17 @@ const CONTINUATION_PROMPT: &str = "      ... ";
 const HISTORY_FILE: &str = "history.txt";
 const HISTORY_SIZE: usize = 1000;
 /// The slash commands with their help text, in the order `/help` lists them.
-const COMMANDS: [(&str, &str); 11] = [
+const COMMANDS: [(&str, &str); 16] = [
     ("/help", "show this help"),
     ("/audience", "the current audience: its definition, size and makeup"),
     ("/explain", "the current audience in plain words, clause by clause"),
     ("/undo", "go back one edit of the audience"),
-    ("/export FILE", "write every member of the audience to FILE (.csv, .json or .jsonl)"),
+    ("/export FILE", "write every member to FILE (.csv, .json, .jsonl); --holdout PCT --seed N --mask-pii --fields"),
+    ("/save NAME", "save the current audience (--freeze keeps its members, --replace saves over NAME)"),
+    ("/saved", "list the saved audiences with their size then and now"),
+    ("/show NAME", "a saved audience: definition, size drift, breakdown now"),
+    ("/overlap A B", "how two saved audiences overlap"),
+    ("/lookalike [NAME]", "customers most like NAME (default: the current audience) who are not in it; -k N"),
     ("/tools", "list the agent's tools"),
     ("/verbose", "toggle the live trace of each step (thought, action, SQL, observation)"),
     ("/cost", "session totals: questions, LLM calls, tokens, embedding tokens, cost"),
@@ -145,7 +150,12 @@ impl Chat {
             let _ = tokio::signal::ctrl_c().await;
         };
         match session.ask_until(question, ctrl_c).await {
-            Ok(Some(answer)) => print_answer(&answer),
+            Ok(Some(answer)) => {
+                if let Some(audience) = &answer.audience {
+                    audiences::remember_current(&self.data_dir, audience);
+                }
+                print_answer(&answer)
+            }
             Err(error) => {
                 println!("error: {}", terminal::safe(&exit::one_line(&error)));
                 if let Some(usage) = session.last_usage() {
@@ -211,12 +221,39 @@ impl Chat {
                 },
                 _ => println!("nothing to undo."),
             },
-            Command::Export(path) => match self.audience().and_then(|audience| audience.current()) {
-                None => println!("no audience yet: ask a question that finds customers first."),
-                Some(definition) => match export(&self.stores, &definition, &path).await {
-                    Ok(count) => println!("exported {count} member{} to {}", plural(count), path.display()),
-                    Err(error) => println!("error: {}", terminal::safe(&exit::one_line(&error))),
-                },
+            Command::Export(rest) => {
+                let mut words = split_words(&rest);
+                if words.first().is_some_and(|word| !word.starts_with('-')) && !words.iter().any(|w| w == "--out") {
+                    words.insert(0, "--out".to_owned());
+                }
+                let current = self.audience().and_then(AudienceSession::current);
+                match audiences::ExportArgs::try_parse_from(words) {
+                    Ok(args) if args.name.is_none() && args.from.is_none() && current.is_none() => {
+                        println!("no audience yet: ask a question that finds customers first.")
+                    }
+                    Ok(args) => report(audiences::export(&self.stores, args, current).await),
+                    Err(error) => println!("{}", error.render()),
+                }
+            }
+            Command::Save(rest) => match audiences::SaveArgs::try_parse_from(split_words(&rest)) {
+                Ok(args) => report(audiences::save(&self.stores, args, self.audience(), &self.data_dir).await),
+                Err(error) => println!("{}", error.render()),
+            },
+            Command::Saved => report(audiences::list(&self.stores, audiences::ListArgs { json: false }).await),
+            Command::Show(rest) => match audiences::NameArgs::try_parse_from(split_words(&rest)) {
+                Ok(args) => report(audiences::show(&self.stores, args).await),
+                Err(error) => println!("{}", error.render()),
+            },
+            Command::Overlap(rest) => match audiences::OverlapArgs::try_parse_from(split_words(&rest)) {
+                Ok(args) => report(audiences::overlap(&self.stores, args).await),
+                Err(error) => println!("{}", error.render()),
+            },
+            Command::Lookalike(rest) => match audiences::LookalikeCommandArgs::try_parse_from(split_words(&rest)) {
+                Ok(args) => {
+                    let session = self.audience().cloned().unwrap_or_default();
+                    report(audiences::lookalike(&self.stores, args, &session).await)
+                }
+                Err(error) => println!("{}", error.render()),
             },
             Command::Quit => {}
         }
@@ -254,12 +291,8 @@ fn print_help() {
     println!("Ask a question in plain words; follow-ups refine the current audience (\"now only PL\").");
     println!("End a line with \\ to continue the question on the next line.");
     for (command, help) in COMMANDS {
-        println!("  {command:<14} {help}");
+        println!("  {command:<18} {help}");
     }
-}
-
-fn plural(count: u64) -> &'static str {
-    if count == 1 { "" } else { "s" }
 }
 
 /// The first sentence of a description: up to the first ". " that does not end "e.g." or "i.e.", within the
@@ -284,7 +317,13 @@ enum Command {
     Verbose,
     Cost,
     Reset,
-    Export(PathBuf),
+    /// The rest of the line, parsed when run (the command-line `export` syntax, FILE first).
+    Export(String),
+    Save(String),
+    Saved,
+    Show(String),
+    Overlap(String),
+    Lookalike(String),
     Quit,
 }
 
@@ -308,96 +347,43 @@ fn parse_command(line: &str) -> std::result::Result<Command, String> {
         "/reset" => no_argument(Command::Reset),
         "/quit" | "/exit" => no_argument(Command::Quit),
         "/export" if rest.is_empty() => Err("usage: /export FILE (.csv, .json or .jsonl)".to_owned()),
-        "/export" => Ok(Command::Export(PathBuf::from(rest.trim_matches('"')))),
+        "/export" => Ok(Command::Export(rest.to_owned())),
+        "/save" if rest.is_empty() => Err("usage: /save NAME [--freeze] [--replace]".to_owned()),
+        "/save" => Ok(Command::Save(rest.to_owned())),
+        "/saved" => no_argument(Command::Saved),
+        "/show" => Ok(Command::Show(rest.to_owned())),
+        "/overlap" => Ok(Command::Overlap(rest.to_owned())),
+        "/lookalike" => Ok(Command::Lookalike(rest.to_owned())),
         _ => Err(format!("unknown command {name}; /help lists the commands")),
     }
 }
 
-/// Writes every member of the audience to `path` (CSV, JSON array or JSON lines, by its extension), through a
-/// temporary file renamed into place, so an interrupted export leaves no half file under the name.
-async fn export(stores: &Stores, definition: &AudienceDefinition, path: &Path) -> Result<u64> {
-    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let open = || -> Result<std::io::BufWriter<std::fs::File>> {
-        let file = std::fs::File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
-        Ok(std::io::BufWriter::new(file))
-    };
-    let columns = export_fields();
-    let mut sink = match extension.as_deref() {
-        Some("csv") => {
-            let mut writer = csv::Writer::from_writer(open()?);
-            writer.write_record(&columns)?;
-            Sink::Csv(Box::new(writer))
-        }
-        Some("json") => Sink::Json { out: open()?, array: true, first: true },
-        Some("jsonl") => Sink::Json { out: open()?, array: false, first: true },
-        _ => bail!("cannot tell the format of {}: name it .csv, .json or .jsonl", path.display()),
-    };
-    let written = for_each_member(stores, definition, |record| sink.write(&columns, &record))
-        .await
-        .map_err(|failure| anyhow::anyhow!("{failure}"))
-        .and_then(|count| {
-            sink.finish()?;
-            std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(count)
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    written
-}
-
-/// Where an export writes its members.
-enum Sink {
-    /// Boxed: the CSV writer is much larger than the JSON variant.
-    Csv(Box<csv::Writer<std::io::BufWriter<std::fs::File>>>),
-    /// A JSON array (`array`) or one JSON object per line.
-    Json { out: std::io::BufWriter<std::fs::File>, array: bool, first: bool },
-}
-
-impl Sink {
-    fn write(&mut self, columns: &[&str], record: &serde_json::Map<String, Value>) -> Result<()> {
-        match self {
-            Sink::Csv(writer) => writer.write_record(columns.iter().map(|column| csv_cell(record.get(*column))))?,
-            Sink::Json { out, array, first } => {
-                out.write_all(match (*array, *first) {
-                    (true, true) => b"[\n",
-                    (true, false) => b",\n",
-                    (false, _) => b"",
-                })?;
-                serde_json::to_writer(&mut *out, record)?;
-                if !*array {
-                    out.write_all(b"\n")?;
+/// Words of a slash command's arguments: split on whitespace, with double quotes around words that have spaces.
+fn split_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in text.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
                 }
-                *first = false;
             }
+            c => word.push(c),
         }
-        Ok(())
     }
-
-    fn finish(&mut self) -> Result<()> {
-        match self {
-            Sink::Csv(writer) => writer.flush()?,
-            Sink::Json { out, array, first } => {
-                if *array {
-                    out.write_all(if *first { b"[]\n" } else { b"\n]\n" })?;
-                }
-                out.flush()?;
-            }
-        }
-        Ok(())
+    if !word.is_empty() {
+        words.push(word);
     }
+    words
 }
 
-fn csv_cell(value: Option<&Value>) -> String {
-    match value {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(text)) => text.clone(),
-        // Lists (interests) as one cell, `;`-separated, so spreadsheets keep one row per customer.
-        Some(Value::Array(items)) => items.iter().map(|item| csv_cell(Some(item))).collect::<Vec<_>>().join(";"),
-        Some(other) => other.to_string(),
+/// Shows a command's error on its own line; the REPL goes on.
+fn report(result: Result<()>) {
+    if let Err(error) = result {
+        println!("error: {}", terminal::safe(&exit::one_line(&error)));
     }
 }
 
@@ -544,13 +530,16 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn parses_commands() {
         assert_eq!(parse_command("/help"), Ok(Command::Help));
         assert_eq!(parse_command("/quit"), Ok(Command::Quit));
-        assert_eq!(parse_command("/export out/a b.csv"), Ok(Command::Export(PathBuf::from("out/a b.csv"))));
+        assert_eq!(
+            parse_command("/export \"out/a b.csv\" --holdout 10"),
+            Ok(Command::Export("\"out/a b.csv\" --holdout 10".to_owned()))
+        );
+        assert_eq!(split_words("\"out/a b.csv\" --holdout 10"), ["out/a b.csv", "--holdout", "10"]);
         assert_eq!(parse_command("/export"), Err("usage: /export FILE (.csv, .json or .jsonl)".to_owned()));
         assert_eq!(parse_command("/undo"), Ok(Command::Undo));
         assert_eq!(parse_command("/audience"), Ok(Command::Audience));
@@ -566,14 +555,6 @@ mod tests {
         assert!(!needs_more("customers named \"Ann\""));
         assert!(!needs_more("who's buying?"));
         assert_eq!(join_continuations("who buys \\\nshoes"), "who buys \nshoes");
-    }
-
-    #[test]
-    fn csv_cells_keep_lists_in_one_cell() {
-        assert_eq!(csv_cell(Some(&json!(["hiking", "tea"]))), "hiking;tea");
-        assert_eq!(csv_cell(Some(&json!("Ann, B"))), "Ann, B");
-        assert_eq!(csv_cell(Some(&json!(12.5))), "12.5");
-        assert_eq!(csv_cell(None), "");
     }
 
     #[test]

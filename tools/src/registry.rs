@@ -16,8 +16,11 @@ pub const SQL_ANALYTICS: ToolInfo =
 pub const SQL_DATA_RETRIEVER: ToolInfo =
     ToolInfo { name: "sql_data_retriever", description: include_str!("../../prompts/tools/sql_data_retriever.md") };
 
+pub const LOOKALIKE: ToolInfo =
+    ToolInfo { name: "lookalike", description: include_str!("../../prompts/tools/lookalike.md") };
+
 /// Every tool, in the order they are offered and listed.
-pub const TOOLS: [ToolInfo; 3] = [FIND_AUDIENCE, SQL_ANALYTICS, SQL_DATA_RETRIEVER];
+pub const TOOLS: [ToolInfo; 4] = [FIND_AUDIENCE, LOOKALIKE, SQL_ANALYTICS, SQL_DATA_RETRIEVER];
 
 /// The tool called `name`, if there is one.
 pub fn find(name: &str) -> Option<ToolInfo> {

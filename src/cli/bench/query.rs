@@ -6,7 +6,10 @@
 //! the tool's own trace (size, funnel and breakdown SQL; embedding of the intent; vector ranking; member details).
 
 use anyhow::{Result, bail};
-use audience_tools::audience::{AudienceSession, Edit, FindAudience};
+use audience::campaign::{self, ExportOptions, Format, Holdout};
+use audience_tools::audience::export::{Members, export_fields};
+use audience_tools::audience::lookalike::{LookalikeArgs, find_lookalikes};
+use audience_tools::audience::{AudienceDefinition, AudienceSession, Edit, FindAudience};
 use audience_tools::db::ReadLimits;
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::sql_data_retriever::{SqlDataRetriever, SqlDataRetrieverArgs};
@@ -100,7 +103,8 @@ pub async fn run(bench: &Bench, args: &QueryBenchArgs) -> Result<()> {
     );
     ranking(&stores, &dataset, args).await?;
     membership(&stores, args).await?;
-    retriever(&stores, &dataset, args).await
+    retriever(&stores, &dataset, args).await?;
+    campaign(&stores, &dataset, args).await
 }
 
 async fn open(bench: &Bench, dataset: &Dataset) -> Result<Stores> {
@@ -235,5 +239,48 @@ async fn retriever(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) ->
         table.row([ids.to_string(), p50_p95(&phases.sql), p50_p95(&phases.total)]);
     }
     table.print("### sql_data_retriever (campaign fields of random customers)");
+    Ok(())
+}
+
+/// Acting on audiences: a whole-membership export with a holdout (every customer), and lookalikes of random seeds.
+async fn campaign(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> Result<()> {
+    let everyone = AudienceDefinition::default();
+    let out = dataset.dir.join("bench-export.csv");
+    let options = ExportOptions {
+        path: out.clone(),
+        format: Format::Csv,
+        fields: export_fields(),
+        holdout: Some(Holdout::new(10.0, 1)?),
+        mask_pii: true,
+    };
+    let mut export = Samples::default();
+    let mut rows = 0;
+    // An export writes the whole customer base: a few runs give a stable figure.
+    for _ in 0..args.queries.min(5) {
+        let start = std::time::Instant::now();
+        rows = campaign::export(stores, Members::Definition(&everyone), &options).await?.members;
+        export.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    std::fs::remove_file(&out).ok();
+    let mut table = Table::new(["what", "rows", "p50 / p95 (ms)"]);
+    table.row(["export, CSV, every field, 10% holdout, masked".to_owned(), thousands(rows as f64), p50_p95(&export)]);
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for seed_size in [100usize, 1_000] {
+        let mut phases = Phases::default();
+        for _ in 0..args.queries {
+            let ids: Vec<String> =
+                (0..seed_size).map(|_| rng.random_range(1..=dataset.customers).to_string()).collect();
+            let request = LookalikeArgs { ids, k: Some(50), ..LookalikeArgs::default() };
+            let mut trace = ToolTrace::new("lookalike");
+            let start = std::time::Instant::now();
+            find_lookalikes(stores, &AudienceSession::default(), &request, &mut trace)
+                .await
+                .map_err(|e| anyhow::anyhow!("lookalike: {e}"))?;
+            trace.time("total", start);
+            phases.record(&trace);
+        }
+        table.row([format!("lookalike, seed of {seed_size}, top 50"), "50".to_owned(), p50_p95(&phases.total)]);
+    }
+    table.print("### Campaign: export and lookalikes");
     Ok(())
 }

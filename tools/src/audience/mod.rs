@@ -9,7 +9,9 @@ pub mod compile;
 pub mod definition;
 pub mod export;
 pub mod find_audience;
+pub mod lookalike;
 pub mod report;
+pub mod saved;
 pub mod session;
 
 pub use definition::AudienceDefinition;

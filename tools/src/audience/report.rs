@@ -117,8 +117,8 @@ pub async fn evaluate(
     let start = Instant::now();
     let mut tx = stores.db.begin_read_only(stores.limits).await.map_err(ToolFailure::Fatal)?;
     let ranks_by_intent = definition.intent.is_some();
-    let summary = summarize(&mut tx, &compiled, definition.limit, ranks_by_intent.then_some(stores.limits.member_cap))
-        .await?;
+    let summary =
+        summarize(&mut tx, &compiled, definition.limit, ranks_by_intent.then_some(stores.limits.member_cap)).await?;
     trace.time("sql", start);
     let size = summary.size;
     trace.audience_size = Some(size);
@@ -173,7 +173,7 @@ pub async fn evaluate(
     })
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
 /// Most extra fields one call may ask for.
 const MAX_FIELDS: usize = 10;
@@ -282,7 +282,12 @@ async fn summarize(
     let mut marginals: [HashMap<String, u64>; 4] = Default::default();
     for (country, segment, churned, band, count) in groups {
         let status = if churned { "churned" } else { "active" };
-        for (dimension, value) in marginals.iter_mut().zip([country.unwrap_or_else(|| "unknown".to_owned()), segment, status.to_owned(), band]) {
+        for (dimension, value) in marginals.iter_mut().zip([
+            country.unwrap_or_else(|| "unknown".to_owned()),
+            segment,
+            status.to_owned(),
+            band,
+        ]) {
             *dimension.entry(value).or_default() += count;
         }
     }
@@ -351,7 +356,7 @@ async fn rank_by_intent(
 type ProfileRow = (i64, String, Option<String>, Option<String>, String, f64, Vec<String>, Option<i32>, bool, bool);
 
 /// The listed members with their profile facts and the evidence for each clause.
-async fn describe_members(
+pub(crate) async fn describe_members(
     tx: &mut Tx,
     definition: &AudienceDefinition,
     compiled: &Compiled,

@@ -1,0 +1,261 @@
+//! From audience to campaign against the real stack: saved audiences across a re-ingest, whole-membership exports
+//! with a seeded holdout, overlap, and lookalikes, every number checked against independent SQL or the persona
+//! labels of the generated sample.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use common::{FakeLlm, Reply, Run, TestEnv, content_text, messages_with_role};
+use serde_json::{Value, json};
+
+fn run(env: &TestEnv, args: &[&str]) -> Run {
+    Run::from(env.command(args).output().unwrap())
+}
+
+fn ok_json(env: &TestEnv, args: &[&str]) -> Value {
+    let run = run(env, args);
+    assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+    run.json()
+}
+
+fn ok(env: &TestEnv, args: &[&str]) {
+    let run = run(env, args);
+    assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+}
+
+fn count(env: &TestEnv, sql: &str) -> u64 {
+    env.sql_scalar(&format!("SELECT count(*)::text FROM ({sql}) independent")).parse().unwrap()
+}
+
+/// Writes a definition in its canonical form (`limit` is the ranked list's length; exports ignore it).
+fn definition_file(env: &TestEnv, name: &str, mut definition: Value) -> PathBuf {
+    definition["limit"] = json!(10);
+    let path = env.data_dir().join(format!("{name}.json"));
+    std::fs::write(&path, definition.to_string()).unwrap();
+    path
+}
+
+fn profile_clause(field: &str, value: Value) -> Value {
+    json!({"type": "profile", "field": field, "op": "=", "value": value})
+}
+
+/// `external_id -> group` of a CSV export with a holdout.
+fn groups(path: &Path) -> BTreeMap<String, String> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let id = headers.iter().position(|h| h == "external_id").unwrap();
+    let group = headers.iter().position(|h| h == "group").unwrap();
+    reader.records().map(|r| r.unwrap()).map(|r| (r[id].to_owned(), r[group].to_owned())).collect()
+}
+
+fn exported_ids(path: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["external_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn saved_audiences_survive_a_reingest_and_export_exactly_their_members() {
+    let env = TestEnv::empty("saved");
+    env.ingest_generated(env.data_dir(), 200, 7);
+    let de = definition_file(&env, "de", json!({"version": 1, "include": [profile_clause("country", json!("DE"))]}));
+    let de_sql = "SELECT customer_id FROM profiles WHERE country = 'DE'";
+    let before = count(&env, de_sql);
+    assert!(before > 0);
+
+    let saved = ok_json(&env, &["save", "de", "--from", de.to_str().unwrap(), "--json"]);
+    assert_eq!(saved["size"], before);
+    let frozen = ok_json(&env, &["save", "de-frozen", "--from", de.to_str().unwrap(), "--freeze", "--json"]);
+    assert_eq!((frozen["size"].as_u64(), frozen["frozen"].as_bool()), (Some(before), Some(true)));
+    let frozen_ids: BTreeSet<String> = env
+        .sql_scalar("SELECT string_agg(external_id, ',') FROM profiles WHERE country = 'DE'")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+
+    // Names are checked, and saving over a name needs --replace (usage errors, exit 2).
+    let again = run(&env, &["save", "de", "--from", de.to_str().unwrap()]);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(again.stderr.contains("--replace"), "{}", again.stderr);
+    assert_eq!(run(&env, &["save", "bad name", "--from", de.to_str().unwrap()]).code, 2);
+    assert_eq!(run(&env, &["show", "nobody"]).code, 2);
+    assert_eq!(run(&env, &["save", "de", "--from", de.to_str().unwrap(), "--replace"]).code, 0);
+
+    // The read-only role can read the data, but not write saved audiences.
+    let reader_write = env.sql_scalar(&format!(
+        "SELECT has_table_privilege('audience_reader', '{}_app.saved_audiences', 'INSERT')::text",
+        env.schema
+    ));
+    assert_eq!(reader_write, "false");
+
+    // A different dataset: the definition re-evaluates, the frozen list stays.
+    env.ingest_generated(env.data_dir(), 300, 8);
+    let after = count(&env, de_sql);
+    assert_ne!(after, before, "the new sample should change the audience");
+    let shown = ok_json(&env, &["show", "de", "--json"]);
+    assert_eq!((shown["saved"]["size"].as_u64(), shown["size_now"].as_u64()), (Some(before), Some(after)));
+    assert_eq!(shown["drift"].as_i64(), Some(after as i64 - before as i64));
+    let listed = ok_json(&env, &["list", "--json"]);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["de", "de-frozen"]);
+
+    let live = env.data_dir().join("live.jsonl");
+    ok_json(&env, &["export", "de", "--out", live.to_str().unwrap(), "--json"]);
+    let live_ids = exported_ids(&live);
+    assert_eq!(live_ids.len() as u64, after, "the export holds the whole membership, not the top N");
+    let frozen_out = env.data_dir().join("frozen.jsonl");
+    let summary = ok_json(&env, &["export", "de-frozen", "--out", frozen_out.to_str().unwrap(), "--json"]);
+    let still_there: BTreeSet<String> = frozen_ids
+        .iter()
+        .filter(|id| env.sql_scalar(&format!("SELECT count(*)::text FROM profiles WHERE external_id = '{id}'")) == "1")
+        .cloned()
+        .collect();
+    assert_eq!(exported_ids(&frozen_out), still_there);
+    assert_eq!(summary["members"].as_u64(), Some(still_there.len() as u64));
+
+    assert_eq!(run(&env, &["rm", "de"]).code, 0);
+    assert_eq!(run(&env, &["rm", "de"]).code, 2);
+}
+
+#[test]
+fn holdout_groups_are_stable_across_exports_and_reingests_and_overlap_matches_sql() {
+    let env = TestEnv::empty("holdout");
+    env.ingest_generated(env.data_dir(), 300, 7);
+    let everyone = definition_file(&env, "everyone", json!({"version": 1}));
+    ok(&env, &["save", "everyone", "--from", everyone.to_str().unwrap()]);
+    let export = |name: &str| -> (PathBuf, Value) {
+        let path = env.data_dir().join(name);
+        let args = ["export", "everyone", "--out", path.to_str().unwrap(), "--holdout", "20", "--seed", "5", "--json"];
+        let summary = ok_json(&env, &args);
+        (path, summary)
+    };
+    let (first, summary) = export("a.csv");
+    let (second, _) = export("b.csv");
+    let (a, b) = (groups(&first), groups(&second));
+    assert_eq!(a, b, "two exports put every customer in the same group");
+    assert_eq!(a.len(), 300);
+    let holdout = &summary["holdout"];
+    let control = a.values().filter(|g| *g == "control").count() as u64;
+    assert_eq!(holdout["control"].as_u64(), Some(control));
+    assert_eq!(holdout["treatment"].as_u64(), Some(300 - control));
+    assert!((30..=90).contains(&control), "20% of 300 held out: {control}");
+    let dimensions: Vec<&str> =
+        holdout["balance"].as_array().unwrap().iter().map(|b| b["dimension"].as_str().unwrap()).collect();
+    assert_eq!(dimensions, ["country", "segment"]);
+
+    // Masked: no names, hashed e-mails.
+    let masked = env.data_dir().join("masked.jsonl");
+    ok_json(&env, &["export", "everyone", "--out", masked.to_str().unwrap(), "--mask-pii", "--json"]);
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&masked).unwrap().lines().next().unwrap()).unwrap();
+    assert!(line.get("first_name").is_none() && line.get("email").is_none(), "{line}");
+    assert_eq!(line["email_sha256"].as_str().unwrap().len(), 64, "{line}");
+
+    // Overlap of two saved audiences equals independent SQL.
+    let de = definition_file(&env, "de", json!({"version": 1, "include": [profile_clause("country", json!("DE"))]}));
+    let churned =
+        definition_file(&env, "churned", json!({"version": 1, "include": [profile_clause("churned", json!(true))]}));
+    ok(&env, &["save", "de", "--from", de.to_str().unwrap()]);
+    ok(&env, &["save", "churned", "--from", churned.to_str().unwrap()]);
+    let overlap = ok_json(&env, &["overlap", "de", "churned", "--json"]);
+    let both = count(&env, "SELECT 1 FROM profiles WHERE country = 'DE' AND churned");
+    let only_de = count(&env, "SELECT 1 FROM profiles WHERE country = 'DE' AND NOT churned");
+    let only_churned = count(&env, "SELECT 1 FROM profiles WHERE churned AND country IS DISTINCT FROM 'DE'");
+    assert_eq!(
+        (overlap["both"].as_u64(), overlap["only_a"].as_u64(), overlap["only_b"].as_u64()),
+        (Some(both), Some(only_de), Some(only_churned))
+    );
+    let jaccard = both as f64 / (both + only_de + only_churned) as f64;
+    assert!((overlap["jaccard"].as_f64().unwrap() - jaccard).abs() < 1e-4);
+
+    // A re-ingest with more customers keeps everyone who is still there in the same group.
+    env.ingest_generated(env.data_dir(), 400, 9);
+    let (third, _) = export("c.csv");
+    let c = groups(&third);
+    assert_eq!(c.len(), 400);
+    for (id, group) in &a {
+        assert_eq!(c.get(id), Some(group), "customer {id} changed group after a re-ingest");
+    }
+}
+
+#[test]
+fn lookalikes_exclude_the_seed_share_its_persona_and_respect_a_definition() {
+    let env = TestEnv::empty("lookalike");
+    // 1,000 customers: the smallest persona (luxury, 12%) still has about 100 members besides a seed of 20.
+    env.ingest_generated(env.data_dir(), 1000, 7);
+    let labels = std::fs::read_to_string(env.data_dir().join("sample_1000_7/labels.csv")).unwrap();
+    let persona: BTreeMap<String, String> = labels
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(','))
+        .map(|(id, p)| (id.to_owned(), p.to_owned()))
+        .collect();
+    for wanted in ["luxury", "bargain", "sporty", "fashion"] {
+        let seed: Vec<&str> =
+            persona.iter().filter(|(_, p)| p.as_str() == wanted).map(|(id, _)| id.as_str()).take(20).collect();
+        let ids = seed.join(",");
+        let report = ok_json(&env, &["lookalike", "--ids", &ids, "--k", "50", "--json"]);
+        let members = report["members"].as_array().unwrap();
+        assert_eq!(members.len(), 50);
+        let found: Vec<&str> = members.iter().map(|m| m["external_id"].as_str().unwrap()).collect();
+        assert!(found.iter().all(|id| !seed.contains(id)), "a seed member came back as a lookalike");
+        let same = found.iter().filter(|id| persona.get(**id).map(String::as_str) == Some(wanted)).count();
+        eprintln!("{wanted}: {same} of 50 lookalikes share the persona");
+        assert!(same >= 40, "{wanted}: only {same} of 50 lookalikes share the seed's persona");
+        let scores: Vec<f64> = members.iter().map(|m| m["score"].as_f64().unwrap()).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "most similar first");
+        assert!(!report["spread"]["at_rank"].as_array().unwrap().is_empty());
+    }
+
+    // Saved as an audience, grown only inside a definition.
+    let seed_def =
+        definition_file(&env, "lux", json!({"version": 1, "include": [profile_clause("likes_luxury", json!(true))]}));
+    ok(&env, &["save", "lux", "--from", seed_def.to_str().unwrap(), "--freeze"]);
+    let within = definition_file(
+        &env,
+        "within",
+        json!({"version": 1, "include": [profile_clause("country", json!("DE"))],
+               "exclude": [profile_clause("churned", json!(true))]}),
+    );
+    let report = ok_json(&env, &["lookalike", "lux", "--within", within.to_str().unwrap(), "--k", "10", "--json"]);
+    let seed_ids: BTreeSet<String> = env
+        .sql_scalar("SELECT string_agg(external_id, ',') FROM profiles WHERE likes_luxury")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let candidates = count(&env, "SELECT 1 FROM profiles WHERE country = 'DE' AND NOT churned AND NOT likes_luxury");
+    assert_eq!(report["candidates"].as_u64(), Some(candidates));
+    for member in report["members"].as_array().unwrap() {
+        let id = member["external_id"].as_str().unwrap();
+        assert!(!seed_ids.contains(id), "seed member {id} returned");
+        assert_eq!(member["country"], "DE");
+        assert_eq!(env.sql_scalar(&format!("SELECT churned::text FROM profiles WHERE external_id = '{id}'")), "false");
+    }
+    // Unknown seeds are the user's to fix.
+    assert_eq!(run(&env, &["lookalike", "--ids", "nobody-1"]).code, 2);
+
+    // The agent: with a saved audience to grow, `lookalike` is offered and answers from the same engine.
+    let llm = FakeLlm::start(vec![
+        Reply::tool("call_1", "lookalike", json!({"audience": "lux", "k": 5})),
+        Reply::text("Here are five customers like your luxury buyers."),
+    ]);
+    let asked = env.ask_json(&llm, "find lookalikes of lux");
+    assert_eq!(asked.code, 0, "{}", asked.stderr);
+    let offered: Vec<String> = llm.requests()[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(offered.contains(&"lookalike".to_owned()), "{offered:?}");
+    let sent = content_text(&messages_with_role(&llm.requests()[1], "tool")[0]);
+    assert!(sent.starts_with("5 lookalikes of the saved audience lux"), "{sent}");
+    let step = asked.json()["steps"][0]["observation"].as_str().unwrap().to_owned();
+    let top = step.split("top ids: ").nth(1).unwrap_or_default();
+    assert_eq!(top.split(", ").count(), 5, "{step}");
+    assert!(top.split(", ").all(|id| !seed_ids.contains(id.trim())), "{step}");
+}
