@@ -158,6 +158,8 @@ async fn loads_good_files_and_swaps_them_in_for_the_reader() {
                 "events_pkey",
                 "events_product_color_idx",
                 "events_ts_idx",
+                "events_type_price_idx",
+                "events_type_product_ts_idx",
                 "events_type_ts_idx",
                 "profiles_country_idx",
                 "profiles_external_id_idx",
