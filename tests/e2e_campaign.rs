@@ -172,6 +172,17 @@ fn holdout_groups_are_stable_across_exports_and_reingests_and_overlap_matches_sq
     let jaccard = both as f64 / (both + only_de + only_churned) as f64;
     assert!((overlap["jaccard"].as_f64().unwrap() - jaccard).abs() < 1e-4);
 
+    // `save` without --from saves the audience of the last answer in this data directory.
+    let llm = FakeLlm::start(vec![
+        Reply::tool("call_1", "find_audience", json!({"include": [profile_clause("country", json!("PL"))]})),
+        Reply::text("These are the customers from PL."),
+    ]);
+    let asked = env.ask_json(&llm, "customers from PL");
+    assert_eq!(asked.code, 0, "{}", asked.stderr);
+    let saved = ok_json(&env, &["save", "from-pl", "--json"]);
+    assert_eq!(saved["size"], asked.json()["audience"]["size"]);
+    assert_eq!(saved["size"].as_u64(), Some(count(&env, "SELECT 1 FROM profiles WHERE country = 'PL'")));
+
     // A re-ingest with more customers keeps everyone who is still there in the same group.
     env.ingest_generated(env.data_dir(), 400, 9);
     let (third, _) = export("c.csv");
