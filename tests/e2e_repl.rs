@@ -316,7 +316,12 @@ fn conversation_refines_reports_cost_exports_and_quits() {
     let mut lines = csv.lines();
     assert!(lines.next().unwrap().starts_with("external_id,first_name,last_name,email,country"), "{csv}");
     assert_eq!(lines.count().to_string(), narrowed, "{csv}");
-    assert!(!env.data_dir().join("audience.csv.partial").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(env.data_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".audience-export-"))
+        .collect();
+    assert!(leftovers.is_empty(), "an export left its temporary file: {leftovers:?}");
 
     assert!(repl.ask("/undo").starts_with("back to: Customers who bought anything; ranked by: outdoor hiking"));
     let json_path = env.data_dir().join("audience.json");

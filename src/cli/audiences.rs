@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow};
 use audience::campaign::{self, ExportOptions, Format, Holdout};
 use audience::exit::{Failure, FailureExt, FailureKind};
-use audience_tools::audience::export::{Members, checked_export_fields, member_ids};
+use audience_tools::audience::export::{Members, checked_export_fields, count_members, member_ids};
 use audience_tools::audience::lookalike::{LookalikeArgs, find_lookalikes, spread_line};
 use audience_tools::audience::report::evaluate;
 use audience_tools::audience::saved::{SavedAudience, SavedAudiences, SavedError};
@@ -191,7 +191,7 @@ pub async fn list(stores: &Stores, args: ListArgs) -> Result<()> {
     let mut rows = Vec::new();
     for audience in saved.list().await.map_err(kind)? {
         let frozen = members_of(&saved, &audience).await?;
-        let now = member_ids(stores, members(&audience, &frozen)).await.map_err(tool_error)?.len() as u64;
+        let now = count_members(stores, members(&audience, &frozen)).await.map_err(tool_error)?;
         rows.push((audience, now));
     }
     if args.json {
@@ -233,7 +233,7 @@ pub async fn show(stores: &Stores, args: NameArgs) -> Result<()> {
     let frozen = members_of(&saved, &audience).await?;
     let report = report_of(stores, &audience.definition).await?;
     let frozen_now = match &frozen {
-        Some(ids) => Some(member_ids(stores, Members::Frozen(ids)).await.map_err(tool_error)?.len() as u64),
+        Some(ids) => Some(count_members(stores, Members::Frozen(ids)).await.map_err(tool_error)?),
         None => None,
     };
     let size_now = frozen_now.unwrap_or(report.size);

@@ -67,6 +67,20 @@ pub async fn member_ids(stores: &Stores, members: Members<'_>) -> Result<Vec<i64
     member_column(stores, members, "customer_id").await
 }
 
+/// How many members there are, counted in PostgreSQL.
+pub async fn count_members(stores: &Stores, members: Members<'_>) -> Result<u64, ToolFailure> {
+    let (membership, bound) = membership_query(stores, members).await?;
+    let sql = format!("SELECT count(*) FROM ({membership}) m");
+    let mut tx = stores.db.begin_read_only(stores.limits).await.map_err(ToolFailure::Fatal)?;
+    let mut query = sqlx::query_scalar::<_, i64>(&sql);
+    if matches!(members, Members::Frozen(_)) {
+        query = query.bind(bound);
+    }
+    let count = query.fetch_one(&mut *tx).await?;
+    tx.rollback().await?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
 /// The file ids (`external_id`) of every member, in customer order: what a frozen audience keeps.
 pub async fn member_external_ids(stores: &Stores, members: Members<'_>) -> Result<Vec<String>, ToolFailure> {
     member_column(stores, members, "external_id").await
