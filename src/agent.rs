@@ -6,6 +6,7 @@
 //! `Session::new(config, stores, verbose)`, then `ask(question)` any number of times (each question sees the
 //! previous ones and edits the same audience, so follow-ups refine), `audience()`, `reset()` and `totals()`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use anyhow::{Result, anyhow};
 use audience_tools::audience::lookalike::Lookalike;
 use audience_tools::audience::saved::SavedAudiences;
 use audience_tools::audience::{AudienceReport, AudienceSession, FindAudience};
+use audience_tools::clarify::{AskClarification, Clarification};
 use audience_tools::registry;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
@@ -23,9 +25,11 @@ use rig_agent::{Agent, AgentBuilder};
 use rig_core::message::Message;
 use serde::Serialize;
 
+use crate::confidence::{self, Confidence, Evidence};
 use crate::exit::{Failure, FailureExt, FailureKind};
 use crate::ledger::{Ledger, UsageRecord, UsageTotals};
-use crate::provider::{ChatModel, ProviderConfig, Settings};
+use crate::local_llm::{self, LocalServer};
+use crate::provider::{ChatModel, ProviderConfig, ProviderKind, Settings};
 pub use crate::trace::Step;
 use crate::trace::{RunLog, SharedLog, TraceHook, lock};
 
@@ -52,7 +56,11 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Provider settings plus `AUDIENCE_MAX_TURNS`; errors are configuration errors (exit 2).
     pub fn load(data_dir: &Path) -> Result<Self> {
-        let provider = ProviderConfig::load(data_dir)?;
+        Self::with_provider(data_dir, ProviderConfig::load(data_dir)?)
+    }
+
+    /// The configuration for `provider` (the turn budget still comes from the settings).
+    pub fn with_provider(data_dir: &Path, provider: ProviderConfig) -> Result<Self> {
         let settings = Settings::load(data_dir).kind(FailureKind::Config)?;
         let max_turns = match settings.get("AUDIENCE_MAX_TURNS") {
             None => DEFAULT_MAX_TURNS,
@@ -73,12 +81,27 @@ impl AgentConfig {
     }
 }
 
+/// What an answer is: an answer, or a clarifying question instead of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerKind {
+    Answer,
+    Clarification,
+}
+
 /// The answer to one question.
 #[derive(Clone, Debug, Serialize)]
 pub struct Answer {
-    /// The model's final text.
+    /// `answer`, or `clarification` when the request was ambiguous and the agent asks which meaning is wanted.
+    pub kind: AnswerKind,
+    /// The model's final text (for a clarification: the question and its numbered options).
     #[serde(rename = "answer")]
     pub text: String,
+    /// The clarifying question and its options, when `kind` is `clarification`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clarification: Option<Clarification>,
+    /// How far the answer can be trusted, judged from the tool results without the LLM.
+    pub confidence: Confidence,
     /// The audience this question's last `find_audience` call evaluated: definition, size, breakdown, members.
     pub audience: Option<AudienceReport>,
     /// Thought / Action / Observation steps, in order.
@@ -110,12 +133,23 @@ pub struct Session {
     last_usage: Option<UsageRecord>,
     /// Redacts the API key from provider error messages.
     redact: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    /// The local model server this session started, stopped when the session ends.
+    _local_server: Option<LocalServer>,
+    /// For the confidence check of intents: the stores, and the words of the profile texts once read.
+    stores: Stores,
+    vocabulary: Option<HashSet<String>>,
 }
 
 impl Session {
     /// Builds the model from `config.provider` and the agent over `stores`. `verbose` prints each step to
     /// stderr as it happens.
     pub async fn new(config: AgentConfig, stores: Stores, verbose: bool) -> Result<Self> {
+        let local_server = match (&config.provider.kind, &config.provider.base_url) {
+            (ProviderKind::Local, Some(url)) => Some(
+                local_llm::ensure(url, &config.provider.model, &config.data_dir).await.kind(FailureKind::Provider)?,
+            ),
+            _ => None,
+        };
         let model = config.provider.chat_model()?;
         let ledger = Ledger::open(&config.data_dir)?;
         let label =
@@ -123,6 +157,7 @@ impl Session {
         let provider = config.provider.clone();
         let mut session = Self::with_model(model, label, &config, stores, ledger, verbose);
         session.redact = Arc::new(move |text: &str| provider.redact(text));
+        session._local_server = local_server;
         Ok(session)
     }
 
@@ -136,7 +171,7 @@ impl Session {
     ) -> Self {
         let audience = AudienceSession::default();
         let saved = SavedAudiences::new(&stores.db).ok();
-        let agent = build_agent(model, stores, config.max_turns, audience.clone());
+        let agent = build_agent(model, stores.clone(), config.max_turns, audience.clone());
         Self {
             agent,
             label,
@@ -149,6 +184,9 @@ impl Session {
             saved,
             last_usage: None,
             redact: Arc::new(str::to_owned),
+            _local_server: None,
+            stores,
+            vocabulary: None,
         }
     }
 
@@ -167,7 +205,7 @@ impl Session {
         let log = SharedLog::default();
         let start = Instant::now();
         let history: Vec<Message> = self.history.iter().flatten().cloned().collect();
-        let prompt = with_audience_context(question, &self.audience);
+        let prompt = prompt_text(question, &self.audience);
         // A lookalike needs a seed: the conversation's audience or a saved one. Without either its schema would
         // only add tokens to every call. A lookup that fails offers it (the tool then says what is wrong).
         let can_grow = self.audience.current().is_some()
@@ -190,7 +228,8 @@ impl Session {
         let mut run = std::mem::take(&mut *lock(&log));
         // The hook asks again after an empty turn, but a run can still end on one (a provider that closes a turn
         // without content): that is the provider failing, not an answer.
-        let answered = matches!(&result, Some(Ok(response)) if !response.output().trim().is_empty());
+        let answered = run.clarification.is_some()
+            || matches!(&result, Some(Ok(response)) if !response.output().trim().is_empty());
         match &result {
             Some(Ok(response)) => {
                 let reported: Vec<_> = response.completion_calls.iter().map(|call| call.usage).collect();
@@ -211,17 +250,73 @@ impl Session {
         self.ledger.record(&usage);
         self.last_usage = Some(usage.clone());
         let Some(result) = result else { return Ok(None) };
+        if let Some(clarification) = run.clarification.take() {
+            // The run stopped on the question: the user's reply is the next turn, so the history keeps both.
+            let text = clarification.render();
+            self.push_history(vec![Message::user(prompt_text(question, &self.audience)), Message::assistant(&text)]);
+            let confidence = Confidence {
+                level: confidence::Level::Medium,
+                reasons: vec!["the request can mean different audiences; the agent asks which".to_owned()],
+            };
+            return Ok(Some(Answer {
+                kind: AnswerKind::Clarification,
+                text,
+                clarification: Some(clarification),
+                confidence,
+                audience: None,
+                steps: run.steps,
+                usage,
+            }));
+        }
         let response = result.map_err(|error| self.run_error(error, &run))?;
         if !answered {
             return Err(tagged(FailureKind::Provider, "the model returned an empty answer".to_owned()));
         }
         let text = response.output();
-        self.history.push(response.messages.clone());
+        self.push_history(response.messages.clone());
+        let vocabulary = match run.audience.as_ref().and_then(|report| report.definition.intent.as_ref()) {
+            Some(_) => self.vocabulary().await,
+            None => None,
+        };
+        let calls: Vec<(String, bool)> = run.steps.iter().map(|step| (step.tool.clone(), step.ok)).collect();
+        let confidence = confidence::assess(&Evidence {
+            question,
+            answer: &text,
+            calls: &calls,
+            outputs: &run.outputs,
+            audience: run.audience.as_ref(),
+            vocabulary,
+        });
+        Ok(Some(Answer {
+            kind: AnswerKind::Answer,
+            text,
+            clarification: None,
+            confidence,
+            audience: run.audience,
+            steps: run.steps,
+            usage,
+        }))
+    }
+
+    fn push_history(&mut self, messages: Vec<Message>) {
+        self.history.push(messages);
         if self.history.len() > HISTORY_QUESTIONS {
             self.history.remove(0);
         }
+    }
 
-        Ok(Some(Answer { text, audience: run.audience, steps: run.steps, usage }))
+    /// The words of the customers' profile texts (a sample: the texts are built from a small vocabulary), read
+    /// once per session; `None` when they cannot be read (the check is then skipped, not failed).
+    async fn vocabulary(&mut self) -> Option<&HashSet<String>> {
+        if self.vocabulary.is_none() {
+            let texts: Vec<String> =
+                sqlx::query_scalar("SELECT profile_text FROM profiles ORDER BY customer_id LIMIT 5000")
+                    .fetch_all(&self.stores.db.pool)
+                    .await
+                    .ok()?;
+            self.vocabulary = Some(texts.iter().flat_map(|text| confidence::words(text)).collect());
+        }
+        self.vocabulary.as_ref()
     }
 
     /// Forgets the conversation and the last audience (the session totals stay).
@@ -323,7 +418,7 @@ fn one_line(text: &str) -> String {
 
 /// The question, preceded by the current audience when there is one: the model refines what it is told here, not
 /// what the (trimmed) history happens to still hold.
-fn with_audience_context(question: &str, audience: &AudienceSession) -> String {
+fn prompt_text(question: &str, audience: &AudienceSession) -> String {
     let Some(definition) = audience.current() else { return question.to_owned() };
     let clauses: Vec<String> = definition
         .clauses()
@@ -355,6 +450,7 @@ fn build_agent(model: ChatModel, stores: Stores, max_turns: usize, audience: Aud
         .tool(Lookalike::new(stores.clone(), audience))
         .tool(SqlAnalytics::new(stores.clone(), model))
         .tool(SqlDataRetriever::new(stores))
+        .tool(AskClarification)
         .build()
 }
 
@@ -418,6 +514,7 @@ mod tests {
                     api_key: None,
                     timeout: std::time::Duration::from_secs(5),
                     retry: RetryPolicy::default(),
+                    cassette: None,
                 },
                 data_dir: self.dir.path().to_owned(),
                 max_turns,
@@ -557,7 +654,7 @@ mod tests {
         let offered = |request: usize| -> Vec<String> {
             model.requests()[request].tools.iter().map(|tool| tool.name.to_string()).collect()
         };
-        assert_eq!(offered(0).len(), 3);
+        assert_eq!(offered(0).len(), 4, "every tool but lookalike (nothing to grow yet)");
         assert_eq!(offered(1), ["find_audience", "sql_analytics"]);
         assert_eq!(offered(2), offered(1), "a refused call changes nothing");
         let feedback = tool_results(&model, 2);

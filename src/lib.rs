@@ -4,8 +4,12 @@
 
 pub mod agent;
 pub mod campaign;
+pub mod cassette;
+pub mod confidence;
+pub mod eval;
 pub mod exit;
 pub mod ledger;
+pub mod local_llm;
 pub mod provider;
 pub mod stores;
 pub mod trace;

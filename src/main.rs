@@ -10,7 +10,7 @@ use audience::exit;
 use audience::stores::open_stores;
 use clap::{Parser, Subcommand};
 
-use cli::{ask, audiences, bench, data_commands, repl, terminal, tool_command};
+use cli::{ask, audiences, bench, data_commands, eval, repl, terminal, tool_command};
 
 /// Agentic audience discovery over customer data in PostgreSQL and a vector index.
 #[derive(Parser, Debug)]
@@ -63,6 +63,8 @@ enum Command {
     Lookalike(audiences::LookalikeCommandArgs),
     /// Measure ingest, embedding, tool latency and cold start on this machine (Markdown tables on stdout).
     Bench(bench::BenchArgs),
+    /// Score the agent on the golden set (tests/golden): per category, calibration, tokens, cost, latency.
+    Eval(eval::EvalArgs),
 }
 
 /// Settings every command shares.
@@ -110,10 +112,11 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Ingest(args) => data_commands::ingest(args, global).await?,
         Command::Reindex => data_commands::reindex(global).await?,
         Command::Demo(args) => data_commands::demo(args, global).await?,
-        Command::Ask(args) => ask::run(args, global).await?,
+        Command::Ask(args) => return ask::run(args, global).await,
         Command::Tool(args) => tool_command::run(args, global).await?,
         Command::Chat => repl::run(global).await?,
         Command::Bench(args) => bench::run(args, global).await?,
+        Command::Eval(args) => eval::run(args, global).await?,
         Command::Save(args) => {
             audiences::save(&open_stores(&global.data_dir).await?, args, None, &global.data_dir).await?
         }

@@ -23,6 +23,7 @@ use rig_core::providers::openai::OpenAIConfig;
 use rig_core::providers::openai::wire::{Dialect, GROQ, OLLAMA, OPENAI, OPENROUTER};
 use rig_reqwest::ReqwestClient;
 
+use crate::cassette::{Cassette, Mode};
 use crate::exit::{FailureExt, FailureKind};
 
 /// The chat model every part of the agent uses (the loop and the inner text-to-SQL call).
@@ -35,6 +36,8 @@ const BASE_BACKOFF: Duration = Duration::from_millis(500);
 /// Cap of the exponential backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const DEFAULT_TIMEOUT_SECS: u64 = 60;
+/// A small model on two CPU cores takes about 30 s for a 2k-token call, several times that while other work runs.
+const LOCAL_TIMEOUT_SECS: u64 = 600;
 const DEFAULT_MAX_RETRIES: u32 = 3;
 
 /// A supported provider.
@@ -46,16 +49,19 @@ pub enum ProviderKind {
     Gemini,
     Ollama,
     OpenAiCompatible,
+    /// llama.cpp's server on this machine (see [`crate::local_llm`]).
+    Local,
 }
 
 impl ProviderKind {
-    pub(crate) const ALL: [ProviderKind; 6] = [
+    pub(crate) const ALL: [ProviderKind; 7] = [
         ProviderKind::OpenRouter,
         ProviderKind::OpenAi,
         ProviderKind::Groq,
         ProviderKind::Gemini,
         ProviderKind::Ollama,
         ProviderKind::OpenAiCompatible,
+        ProviderKind::Local,
     ];
 
     /// The value of `AUDIENCE_PROVIDER` that selects this provider.
@@ -67,6 +73,7 @@ impl ProviderKind {
             ProviderKind::Gemini => "gemini",
             ProviderKind::Ollama => "ollama",
             ProviderKind::OpenAiCompatible => "openai-compatible",
+            ProviderKind::Local => "local",
         }
     }
 
@@ -86,6 +93,7 @@ impl ProviderKind {
             ProviderKind::Groq => "llama-3.3-70b-versatile",
             ProviderKind::Gemini => "gemini-2.0-flash",
             ProviderKind::Ollama => "llama3.1",
+            ProviderKind::Local => crate::local_llm::DEFAULT_MODEL,
         }
     }
 
@@ -96,7 +104,7 @@ impl ProviderKind {
             ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => Some("OPENAI_API_KEY"),
             ProviderKind::Groq => Some("GROQ_API_KEY"),
             ProviderKind::Gemini => Some("GEMINI_API_KEY"),
-            ProviderKind::Ollama => None,
+            ProviderKind::Ollama | ProviderKind::Local => None,
         }
     }
 
@@ -105,7 +113,9 @@ impl ProviderKind {
             ProviderKind::OpenRouter => &OPENROUTER,
             ProviderKind::Groq => &GROQ,
             ProviderKind::Ollama => &OLLAMA,
-            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::Gemini => &OPENAI,
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::Gemini | ProviderKind::Local => {
+                &OPENAI
+            }
         }
     }
 }
@@ -113,6 +123,12 @@ impl ProviderKind {
 /// A credential that never appears in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
+
+impl From<&str> for ApiKey {
+    fn from(key: &str) -> Self {
+        Self(key.to_owned())
+    }
+}
 
 impl ApiKey {
     pub fn expose(&self) -> &str {
@@ -159,11 +175,15 @@ pub struct ProviderConfig {
     /// Per-request timeout (`AUDIENCE_TIMEOUT_SECS`).
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// Records the provider's replies, or replays recorded ones instead of calling it (`audience eval`).
+    pub cassette: Option<Cassette>,
 }
 
-/// Settings from the environment, falling back to `<data_dir>/config.toml` (same keys, env wins).
+/// Settings from the environment, falling back to `<data_dir>/config.toml` (same keys, env wins); a command's
+/// own flags (`eval --provider`) override both.
 pub struct Settings {
     file: BTreeMap<String, String>,
+    overrides: BTreeMap<String, String>,
 }
 
 impl Settings {
@@ -174,10 +194,13 @@ impl Settings {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
         };
-        Ok(Self { file })
+        Ok(Self { file, overrides: BTreeMap::new() })
     }
 
     pub fn get(&self, name: &str) -> Option<String> {
+        if let Some(value) = self.overrides.get(name) {
+            return Some(value.trim().to_owned());
+        }
         let from_env = std::env::var(name).ok().filter(|value| !value.trim().is_empty());
         from_env.or_else(|| self.file.get(name).cloned()).map(|value| value.trim().to_owned())
     }
@@ -210,17 +233,25 @@ impl ProviderConfig {
     /// Reads the provider settings. A missing key or an unusable value is a configuration error (exit 2)
     /// naming the variable to set.
     pub fn load(data_dir: &Path) -> Result<Self> {
-        Self::resolve(data_dir).kind(FailureKind::Config)
+        Self::load_with(data_dir, BTreeMap::new())
     }
 
-    fn resolve(data_dir: &Path) -> Result<Self> {
-        let settings = Settings::load(data_dir)?;
+    /// [`Self::load`] with some settings given by the command (they win over the environment and the file).
+    pub fn load_with(data_dir: &Path, overrides: BTreeMap<String, String>) -> Result<Self> {
+        Self::resolve(data_dir, overrides).kind(FailureKind::Config)
+    }
+
+    fn resolve(data_dir: &Path, overrides: BTreeMap<String, String>) -> Result<Self> {
+        let mut settings = Settings::load(data_dir)?;
+        settings.overrides = overrides;
         let kind = match settings.get("AUDIENCE_PROVIDER") {
             Some(value) => ProviderKind::parse(&value)?,
             None => ProviderKind::OpenRouter,
         };
         let model = settings.get("AUDIENCE_MODEL").unwrap_or_else(|| kind.default_model().to_owned());
-        let base_url = settings.get("AUDIENCE_BASE_URL");
+        let base_url = settings.get("AUDIENCE_BASE_URL").or_else(|| {
+            (kind == ProviderKind::Local).then(|| crate::local_llm::DEFAULT_BASE_URL.to_owned())
+        });
         if kind == ProviderKind::OpenAiCompatible && base_url.is_none() {
             bail!(
                 "AUDIENCE_PROVIDER=openai-compatible needs AUDIENCE_BASE_URL (e.g. http://127.0.0.1:8000/v1); set it"
@@ -236,7 +267,8 @@ impl ProviderConfig {
                 kind.name()
             ),
         };
-        let timeout_secs = settings.number("AUDIENCE_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS)?;
+        let default_timeout = if kind == ProviderKind::Local { LOCAL_TIMEOUT_SECS } else { DEFAULT_TIMEOUT_SECS };
+        let timeout_secs = settings.number("AUDIENCE_TIMEOUT_SECS", default_timeout)?;
         if timeout_secs == 0 {
             bail!("AUDIENCE_TIMEOUT_SECS must be at least 1");
         }
@@ -249,12 +281,14 @@ impl ProviderConfig {
             api_key,
             timeout: Duration::from_secs(timeout_secs),
             retry: RetryPolicy { max_retries, ..RetryPolicy::default() },
+            cassette: None,
         })
     }
 
     /// Builds the chat model on a retrying, time-limited transport.
     pub fn chat_model(&self) -> Result<ChatModel> {
-        let http = RetryingHttp::new(self.timeout, self.retry).kind(FailureKind::Config)?;
+        let mut http = RetryingHttp::new(self.timeout, self.retry).kind(FailureKind::Config)?;
+        http.cassette = self.cassette.clone();
         let key = self.api_key.as_ref().map(|key| key.expose().to_owned()).unwrap_or_default();
         let model = match self.kind {
             ProviderKind::Gemini => {
@@ -301,6 +335,7 @@ impl ProviderConfig {
 pub struct RetryingHttp {
     inner: ReqwestClient,
     policy: RetryPolicy,
+    cassette: Option<Cassette>,
 }
 
 impl RetryingHttp {
@@ -310,7 +345,7 @@ impl RetryingHttp {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self { inner: ReqwestClient::from(client), policy })
+        Ok(Self { inner: ReqwestClient::from(client), policy, cassette: None })
     }
 }
 
@@ -376,6 +411,11 @@ fn scrub_usage(bytes: Bytes) -> Bytes {
     serde_json::to_vec(&reply).map(Bytes::from).unwrap_or(bytes)
 }
 
+/// A body that is already here.
+fn ready_body(bytes: Bytes) -> LazyBody<Bytes> {
+    Box::pin(async move { Ok(bytes) })
+}
+
 /// A request with the same method, URI, headers and body, for another attempt.
 fn rebuild(parts: &http::request::Parts, body: &Bytes) -> Result<Request<Bytes>, http::Error> {
     let mut builder = Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).version(parts.version);
@@ -400,11 +440,16 @@ impl HttpClientExt for RetryingHttp {
         let body: Bytes = body.into();
         let inner = self.inner.clone();
         let policy = self.policy;
+        let cassette = self.cassette.clone();
         async move {
+            if let Some(cassette) = cassette.as_ref().filter(|c| c.mode() == Mode::Replay) {
+                let reply = cassette.replay(&body).map_err(|e| http_client::Error::Instance(e.into()))?;
+                return Ok(believable_usage(Response::new(ready_body(reply))));
+            }
             let mut attempt = 0;
             loop {
                 let request = rebuild(&parts, &body)?;
-                match inner.send::<Bytes, Bytes>(request).await.map(believable_usage) {
+                match inner.send::<Bytes, Bytes>(request).await {
                     Err(error) if attempt < policy.max_retries => match retry_delay(&error, attempt, &policy) {
                         Some(delay) => {
                             tracing::warn!(
@@ -417,7 +462,15 @@ impl HttpClientExt for RetryingHttp {
                         }
                         None => return Err(error),
                     },
-                    other => return other,
+                    Err(error) => return Err(error),
+                    Ok(response) => {
+                        let Some(cassette) = &cassette else { return Ok(believable_usage(response)) };
+                        // Recording reads the reply now, to keep it as the provider sent it.
+                        let (reply_parts, reply) = response.into_parts();
+                        let reply = reply.await?;
+                        cassette.record(&body, &reply);
+                        return Ok(believable_usage(Response::from_parts(reply_parts, ready_body(reply))));
+                    }
                 }
             }
         }
@@ -506,6 +559,7 @@ mod tests {
             api_key: Some(ApiKey("sekret".into())),
             timeout: Duration::from_secs(1),
             retry: RetryPolicy::default(),
+            cassette: None,
         };
         assert_eq!(config.redact("GET /x?key=sekret failed"), "GET /x?key=*** failed");
         assert!(!format!("{config:?}").contains("sekret"));

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use audience_tools::audience::AudienceReport;
+use audience_tools::clarify::Clarification;
 use audience_tools::failure::is_fatal;
 use audience_tools::registry;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
@@ -59,6 +60,10 @@ pub struct RunLog {
     pub embedding_tokens: u64,
     /// The audience of this question's last successful `find_audience` call.
     pub audience: Option<AudienceReport>,
+    /// The clarifying question the model asked instead of answering; the run stopped on it.
+    pub clarification: Option<Clarification>,
+    /// The full output of each successful tool call, in order: what the answer's numbers must come from.
+    pub outputs: Vec<Value>,
     /// Set when a tool failed fatally; the run was stopped with this message.
     pub fatal: Option<String>,
     /// True when that fatal failure was the LLM provider's (the inner text-to-SQL call), not a store's.
@@ -113,6 +118,9 @@ impl RunLog {
         }
     }
 }
+
+/// The reason the hook gives rig when it stops a run on a clarifying question.
+pub const CLARIFICATION_STOP: &str = "the model asked a clarifying question";
 
 /// Model turns with neither text nor a tool call that are asked again before the run fails.
 const EMPTY_ANSWER_RETRIES: u32 = 1;
@@ -177,7 +185,7 @@ fn offer(outcomes: &[(String, Outcome)], can_grow: bool) -> Offer {
 }
 
 /// Every tool but `lookalike`.
-const NOTHING_TO_GROW: [&str; 3] = ["find_audience", "sql_analytics", "sql_data_retriever"];
+const NOTHING_TO_GROW: [&str; 4] = ["find_audience", "sql_analytics", "sql_data_retriever", "ask_clarification"];
 
 /// A shared handle to the run log: the hook writes, the session reads after the run.
 pub type SharedLog = Arc<Mutex<RunLog>>;
@@ -336,6 +344,13 @@ impl TraceHook {
         {
             log.audience = serde_json::from_value(output.clone()).ok();
         }
+        if let Some(output) = &output {
+            log.outputs.push(output.clone());
+        }
+        let clarification = output
+            .as_ref()
+            .filter(|_| tool == registry::ASK_CLARIFICATION.name)
+            .and_then(|output| serde_json::from_value::<Clarification>(output.clone()).ok());
         let outcome = if error.is_some() { Outcome::Failed } else { Outcome::of(output.as_ref()) };
         log.outcomes.push((tool.to_owned(), outcome));
         let step = Step {
@@ -367,6 +382,11 @@ impl TraceHook {
             log.fatal_in_provider =
                 trace.as_ref().is_some_and(|t| t.timings_ms.contains_key("llm") && t.inner_llm.is_none());
             return OutcomeAction::stop(reason);
+        }
+        if let Some(clarification) = clarification {
+            // The question is the answer: no second model call to restate it.
+            log.clarification = Some(clarification);
+            return OutcomeAction::stop(CLARIFICATION_STOP);
         }
         OutcomeAction::proceed()
     }

@@ -1,6 +1,7 @@
 //! `audience ask "question" [--json]`: one question to the agent, answered on stdout.
 
 use std::io::Read;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -9,7 +10,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use crate::Global;
 use crate::cli::terminal;
 use crate::cli::tool_command::read_definition;
-use audience::agent::{AgentConfig, Answer, Session};
+use audience::agent::{AgentConfig, Answer, AnswerKind, Session};
 use audience::exit::{FailureExt, FailureKind};
 use audience::stores::open_stores;
 use audience_tools::audience::AudienceReport;
@@ -23,8 +24,10 @@ Exit codes:
      AUDIENCE_* or DATABASE_URL value); the message names what to change
   3  LLM provider error (unreachable, rejected, rate limited after retries, empty answers, out of turns)
   4  tool or store error (database down, no data ingested, vector index missing or outdated)
+  5  no answer yet: the request was ambiguous and the agent asks a clarifying question (kind
+     \"clarification\" in --json); ask again with the chosen meaning
 
-Provider settings: AUDIENCE_PROVIDER (openrouter, openai, groq, gemini, ollama, openai-compatible),
+Provider settings: AUDIENCE_PROVIDER (openrouter, openai, groq, gemini, ollama, openai-compatible, local),
 AUDIENCE_MODEL, AUDIENCE_BASE_URL, AUDIENCE_API_KEY (or the provider's own key variable),
 AUDIENCE_TIMEOUT_SECS, AUDIENCE_MAX_RETRIES, AUDIENCE_MAX_TURNS; also read from <data_dir>/config.toml.";
 
@@ -43,7 +46,10 @@ pub struct AskArgs {
     from: Option<std::path::PathBuf>,
 }
 
-pub async fn run(args: AskArgs, global: &Global) -> Result<()> {
+/// The exit code of an answer that is a clarifying question (scripts must not take it as the answer).
+pub const CLARIFICATION_EXIT: u8 = 5;
+
+pub async fn run(args: AskArgs, global: &Global) -> Result<ExitCode> {
     let question = if args.question == "-" {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).context("cannot read the question from stdin")?;
@@ -78,7 +84,10 @@ pub async fn run(args: AskArgs, global: &Global) -> Result<()> {
         print_answer(&answer);
     }
     eprintln!("{}", answer.usage.summary_line());
-    Ok(())
+    Ok(match answer.kind {
+        AnswerKind::Answer => ExitCode::SUCCESS,
+        AnswerKind::Clarification => ExitCode::from(CLARIFICATION_EXIT),
+    })
 }
 
 /// The longest question accepted: a question is resent with every model call of the session, and a pasted
@@ -104,6 +113,10 @@ pub fn check_question(question: &str) -> Result<&str> {
 /// The answer's text and its audience (summary and members), as the REPL and plain `ask` show them.
 pub fn print_answer(answer: &Answer) {
     println!("{}", terminal::safe(answer.text.trim()));
+    if answer.kind == AnswerKind::Answer {
+        let confidence = &answer.confidence;
+        println!("confidence: {} ({})", confidence.level.name(), terminal::safe(&confidence.reasons.join("; ")));
+    }
     if let Some(audience) = &answer.audience {
         println!("\n{}", audience_summary(audience));
         if !audience.members.is_empty() {

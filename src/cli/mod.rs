@@ -4,6 +4,7 @@ pub mod ask;
 pub mod audiences;
 pub mod bench;
 pub mod data_commands;
+pub mod eval;
 pub mod repl;
 pub mod terminal;
 pub mod tool_command;

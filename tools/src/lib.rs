@@ -5,6 +5,7 @@
 //! `audience-ingest` crate calls its write methods; tools receive `Arc<dyn VectorSearch>`.
 
 pub mod audience;
+pub mod clarify;
 pub mod dataset;
 pub mod db;
 pub mod embed;

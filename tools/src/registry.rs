@@ -19,8 +19,11 @@ pub const SQL_DATA_RETRIEVER: ToolInfo =
 pub const LOOKALIKE: ToolInfo =
     ToolInfo { name: "lookalike", description: include_str!("../../prompts/tools/lookalike.md") };
 
+pub const ASK_CLARIFICATION: ToolInfo =
+    ToolInfo { name: "ask_clarification", description: include_str!("../../prompts/tools/ask_clarification.md") };
+
 /// Every tool, in the order they are offered and listed.
-pub const TOOLS: [ToolInfo; 4] = [FIND_AUDIENCE, LOOKALIKE, SQL_ANALYTICS, SQL_DATA_RETRIEVER];
+pub const TOOLS: [ToolInfo; 5] = [FIND_AUDIENCE, LOOKALIKE, SQL_ANALYTICS, SQL_DATA_RETRIEVER, ASK_CLARIFICATION];
 
 /// The tool called `name`, if there is one.
 pub fn find(name: &str) -> Option<ToolInfo> {
