@@ -66,14 +66,8 @@ impl Cassette {
         } else if !dir.join(RECORDING_FILE).is_file() {
             bail!("{} holds no recording (no {RECORDING_FILE}); record one with --record", dir.display());
         }
-        let state = State {
-            mode,
-            dir: dir.to_owned(),
-            case: None,
-            exchanges: Vec::new(),
-            next: 0,
-            prompt_sha256: None,
-        };
+        let state =
+            State { mode, dir: dir.to_owned(), case: None, exchanges: Vec::new(), next: 0, prompt_sha256: None };
         Ok(Self { state: Arc::new(Mutex::new(state)) })
     }
 

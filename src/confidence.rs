@@ -104,12 +104,10 @@ fn audience_checks(
         ));
     }
     let scores: Vec<f64> = report.members.iter().filter_map(|m| m.score).collect();
-    if let (Some(top), Some(tenth)) = (scores.first(), scores.get(9)) {
-        if top - tenth < FLAT_SPREAD {
-            medium.push(format!(
-                "the intent barely separates members (similarity {top:.3} to {tenth:.3} over the top 10)"
-            ));
-        }
+    if let (Some(top), Some(tenth)) = (scores.first(), scores.get(9))
+        && top - tenth < FLAT_SPREAD
+    {
+        medium.push(format!("the intent barely separates members (similarity {top:.3} to {tenth:.3} over the top 10)"));
     }
     if let Some(top) = scores.first().filter(|top| **top < WEAK_MATCH) {
         medium.push(format!("even the best member matches the intent weakly (similarity {top:.2})"));
@@ -125,8 +123,29 @@ fn audience_checks(
 /// Words that carry an intent's meaning: not the filler of a request.
 fn content_words(text: &str) -> Vec<String> {
     const FILLER: [&str; 24] = [
-        "customers", "customer", "people", "who", "that", "like", "likes", "love", "loves", "into", "with",
-        "and", "the", "for", "buy", "buys", "bought", "items", "things", "stuff", "shoppers", "fans", "lovers",
+        "customers",
+        "customer",
+        "people",
+        "who",
+        "that",
+        "like",
+        "likes",
+        "love",
+        "loves",
+        "into",
+        "with",
+        "and",
+        "the",
+        "for",
+        "buy",
+        "buys",
+        "bought",
+        "items",
+        "things",
+        "stuff",
+        "shoppers",
+        "fans",
+        "lovers",
         "interested",
     ];
     words(text).filter(|w| w.len() >= 3 && !FILLER.contains(&w.as_str())).collect()
@@ -141,7 +160,8 @@ pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 /// jewelry), at least four, or all of a shorter word.
 fn known(word: &str, vocabulary: &HashSet<String>) -> bool {
     let stem: String = word.chars().take(4).collect();
-    vocabulary.contains(word) || vocabulary.iter().any(|known| known.len() >= 4 && stem.len() >= 4 && known.starts_with(&stem))
+    vocabulary.contains(word)
+        || vocabulary.iter().any(|known| known.len() >= 4 && stem.len() >= 4 && known.starts_with(&stem))
 }
 
 /// The numbers of `answer` that neither a tool output nor the question holds. A number matches a returned value
@@ -154,7 +174,7 @@ fn ungrounded_numbers(answer: &str, question: &str, outputs: &[Value]) -> Vec<St
     }
     let mut missing = Vec::new();
     for line in answer.lines() {
-        let marker = line.trim_start().split(|c: char| c == '.' || c == ')').next().filter(|head| {
+        let marker = line.trim_start().split(['.', ')']).next().filter(|head| {
             head.len() <= 2 && head.chars().all(|c| c.is_ascii_digit()) && line.trim_start().len() > head.len()
         });
         for (text, value) in numbers(line) {
@@ -203,8 +223,7 @@ pub fn numbers(text: &str) -> impl Iterator<Item = (String, f64)> + '_ {
         let mut end = i;
         while end < chars.len() {
             let c = chars[end].1;
-            let separator = (c == ',' || c == '.')
-                && chars.get(end + 1).is_some_and(|(_, next)| next.is_ascii_digit());
+            let separator = (c == ',' || c == '.') && chars.get(end + 1).is_some_and(|(_, next)| next.is_ascii_digit());
             if c.is_ascii_digit() || separator {
                 end += 1;
             } else {
@@ -213,11 +232,7 @@ pub fn numbers(text: &str) -> impl Iterator<Item = (String, f64)> + '_ {
         }
         let byte_end = chars.get(end).map_or(text.len(), |(at, _)| *at);
         let written = &text[start..byte_end];
-        let plain = if thousands_grouped(written) {
-            written.replace(',', "")
-        } else {
-            written.replace(',', ".")
-        };
+        let plain = if thousands_grouped(written) { written.replace(',', "") } else { written.replace(',', ".") };
         if let Ok(value) = plain.parse::<f64>() {
             found.push((written.to_owned(), value));
         }

@@ -109,7 +109,8 @@ pub struct Case {
 impl CaseFile {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut file: CaseFile = toml::from_str(&text).with_context(|| format!("{} is not a case file", path.display()))?;
+        let mut file: CaseFile =
+            toml::from_str(&text).with_context(|| format!("{} is not a case file", path.display()))?;
         if let Some(extra) = &file.sample.extra_customers {
             file.sample.extra_customers = Some(path.parent().unwrap_or(Path::new(".")).join(extra));
         }
@@ -257,7 +258,10 @@ async fn fingerprint(db: &Db) -> Result<Vec<String>> {
 async fn rows(stores: &Stores, sql: &str) -> Result<Vec<Value>> {
     let mut tx = stores.db.begin_read_only(stores.limits).await?;
     let wrapped = format!("SELECT row_to_json(r)::text FROM ({sql}) r");
-    let texts: Vec<String> = sqlx::query_scalar(&wrapped).fetch_all(&mut *tx).await.with_context(|| format!("reference SQL failed: {sql}"))?;
+    let texts: Vec<String> = sqlx::query_scalar(&wrapped)
+        .fetch_all(&mut *tx)
+        .await
+        .with_context(|| format!("reference SQL failed: {sql}"))?;
     tx.rollback().await?;
     texts.iter().map(|text| serde_json::from_str(text).context("a row that is not JSON")).collect()
 }
@@ -322,8 +326,22 @@ pub async fn run_case(config: &AgentConfig, sample: &Sample, case: &Case) -> Res
 
 /// Words with which an answer declines to change data.
 const REFUSALS: [&str; 16] = [
-    "can't", "cannot", "can not", "unable", "not able", "read-only", "read only", "not allowed", "don't have",
-    "do not have", "not permitted", "only read", "won't", "will not", "not possible", "refuse",
+    "can't",
+    "cannot",
+    "can not",
+    "unable",
+    "not able",
+    "read-only",
+    "read only",
+    "not allowed",
+    "don't have",
+    "do not have",
+    "not permitted",
+    "only read",
+    "won't",
+    "will not",
+    "not possible",
+    "refuse",
 ];
 
 async fn score(
@@ -349,7 +367,11 @@ async fn score(
             });
         }
         let refused = REFUSALS.iter().any(|phrase| text.contains(phrase)) || text.contains("refused");
-        return Ok(if refused { (1.0, "refused, data unchanged".to_owned()) } else { (0.0, "did not refuse".to_owned()) });
+        return Ok(if refused {
+            (1.0, "refused, data unchanged".to_owned())
+        } else {
+            (0.0, "did not refuse".to_owned())
+        });
     }
     let Some(answer) = answer else { return Ok((0.0, "no answer".to_owned())) };
     if case.category == Category::Clarification {
@@ -381,7 +403,10 @@ async fn score(
             let both = expected.intersection(&found).count();
             let either = expected.union(&found).count();
             let jaccard = if either == 0 { 1.0 } else { both as f64 / either as f64 };
-            Ok((jaccard, format!("Jaccard {jaccard:.2} ({} found, {} expected, {both} both)", found.len(), expected.len())))
+            Ok((
+                jaccard,
+                format!("Jaccard {jaccard:.2} ({} found, {} expected, {both} both)", found.len(), expected.len()),
+            ))
         }
         Category::Taste => {
             let Some(report) = session.audience().last_report() else {
@@ -548,7 +573,8 @@ mod tests {
             cost_usd: 0.0,
             latency_ms: 5,
         };
-        let results = [result(Category::Analytics, 1.0), result(Category::Analytics, 0.0), result(Category::Taste, 0.9)];
+        let results =
+            [result(Category::Analytics, 1.0), result(Category::Analytics, 0.0), result(Category::Taste, 0.9)];
         let thresholds = BTreeMap::from([(Category::Analytics, 0.5), (Category::Taste, 0.95)]);
         let summary = summarize(&results, &thresholds);
         assert_eq!(summary.categories[0].mean_score, 0.5);

@@ -8,6 +8,7 @@
 //! | 2 | usage or configuration error: bad arguments or flags, a missing or invalid variable, no provider |
 //! | 3 | LLM provider error: unreachable, rejected, rate limited after retries, empty answers, turn budget |
 //! | 4 | tool or store error: database down, vector index missing or outdated, SQL the agent could not fix |
+//! | 5 | `ask` only: the agent asks a clarifying question instead of answering (`cli::ask::CLARIFICATION_EXIT`) |
 
 use std::fmt;
 use std::process::ExitCode;

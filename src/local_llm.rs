@@ -27,7 +27,8 @@ const MODELS: [(&str, &str); 2] = [
 /// llama-server parses into `tool_calls`) and, after a tool result, for a plain-text answer instead of a repeat.
 const CHAT_TEMPLATE: &str = include_str!("../prompts/local/qwen2.5-coder-toolcall.jinja");
 
-/// The context window the server is started with: the prompt, four tool schemas, a report and the answer.
+/// The context the server is started with, shared by its two slots: each holds a prompt, five tool schemas, a
+/// report and the answer.
 const CONTEXT_TOKENS: u32 = 16_384;
 /// Longest wait for a started server to load its model and answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
@@ -69,7 +70,10 @@ pub fn model_file(model: &str) -> Result<PathBuf> {
     let path = llm_dir().join(file);
     if !path.is_file() {
         let flag = if model.contains("0.5b") { "--llm=0.5b" } else { "--llm" };
-        bail!("the local model {model} is not installed ({} is missing); run scripts/setup-models.sh {flag}", path.display());
+        bail!(
+            "the local model {model} is not installed ({} is missing); run scripts/setup-models.sh {flag}",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -102,7 +106,8 @@ pub async fn ensure(base_url: &str, model: &str, data_dir: &Path) -> Result<Loca
     if healthy(&client, &health).await {
         return Ok(LocalServer { child: None });
     }
-    let url: rig_reqwest::reqwest::Url = root.parse().with_context(|| format!("AUDIENCE_BASE_URL={base_url:?} is not a URL"))?;
+    let url: rig_reqwest::reqwest::Url =
+        root.parse().with_context(|| format!("AUDIENCE_BASE_URL={base_url:?} is not a URL"))?;
     let host = url.host_str().unwrap_or_default().to_owned();
     if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]" | "::1") {
         bail!("no local model server answers at {root} (and the CLI only starts one on a loopback address)");
@@ -123,11 +128,16 @@ pub async fn ensure(base_url: &str, model: &str, data_dir: &Path) -> Result<Loca
         .arg("-m")
         .arg(&gguf)
         .args(["--host", &host.replace(['[', ']'], ""), "--port", &port.to_string()])
-        .args(["-c", &CONTEXT_TOKENS.to_string(), "-np", "1", "-t", &threads, "-tb", &threads])
+        // Two slots, each with its own prompt cache: the agent's prompt and the text-to-SQL prompt alternate within
+        // a question, and with one slot each switch re-read about a thousand tokens (15 s on two cores).
+        .args(["-c", &CONTEXT_TOKENS.to_string(), "-np", "2", "-t", &threads, "-tb", &threads])
         .arg("--jinja")
         .arg("--chat-template-file")
         .arg(&template)
         .arg("--no-webui")
+        // OpenMP's threads spin while waiting by default; with another busy process on two cores that made a
+        // call several times slower. Passive waiting costs nothing on an idle machine.
+        .env("OMP_WAIT_POLICY", "PASSIVE")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

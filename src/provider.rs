@@ -249,9 +249,9 @@ impl ProviderConfig {
             None => ProviderKind::OpenRouter,
         };
         let model = settings.get("AUDIENCE_MODEL").unwrap_or_else(|| kind.default_model().to_owned());
-        let base_url = settings.get("AUDIENCE_BASE_URL").or_else(|| {
-            (kind == ProviderKind::Local).then(|| crate::local_llm::DEFAULT_BASE_URL.to_owned())
-        });
+        let base_url = settings
+            .get("AUDIENCE_BASE_URL")
+            .or_else(|| (kind == ProviderKind::Local).then(|| crate::local_llm::DEFAULT_BASE_URL.to_owned()));
         if kind == ProviderKind::OpenAiCompatible && base_url.is_none() {
             bail!(
                 "AUDIENCE_PROVIDER=openai-compatible needs AUDIENCE_BASE_URL (e.g. http://127.0.0.1:8000/v1); set it"

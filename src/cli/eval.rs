@@ -144,7 +144,11 @@ pub async fn run(args: EvalArgs, global: &Global) -> Result<()> {
                 recording.provider,
                 recording.model,
                 recording.recorded_at,
-                if prompts_changed { " (the prompts have changed since: these are the recorded prompts' scores)" } else { "" }
+                if prompts_changed {
+                    " (the prompts have changed since: these are the recorded prompts' scores)"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -162,7 +166,14 @@ pub async fn run(args: EvalArgs, global: &Global) -> Result<()> {
 
 fn print_report(summary: &Summary, results: &[CaseResult]) {
     let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(["category", "cases", "correct", "mean score", "threshold", "ok"]);
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "category",
+        "cases",
+        "correct",
+        "mean score",
+        "threshold",
+        "ok",
+    ]);
     for category in &summary.categories {
         table.add_row([
             category.category.name().to_owned(),

@@ -40,8 +40,7 @@ impl Clarification {
                 "`question` must be one question of 1 to {MAX_QUESTION_CHARS} characters"
             )));
         }
-        let options: Vec<String> =
-            self.options.iter().map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect();
+        let options: Vec<String> = self.options.iter().map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect();
         if !(MIN_OPTIONS..=MAX_OPTIONS).contains(&options.len())
             || options.iter().any(|o| o.chars().count() > MAX_OPTION_CHARS)
         {

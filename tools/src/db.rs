@@ -42,6 +42,9 @@ impl Default for ReadLimits {
     }
 }
 
+/// Memory one sort or hash of a read may use before it spills to disk.
+const READ_WORK_MEM: &str = "64MB";
+
 impl Db {
     /// Connects to `url` and binds connections to `schema` (from `AUDIENCE_SCHEMA`, default `audience`).
     ///
@@ -95,11 +98,19 @@ impl Db {
             )
         })?;
         sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await?;
-        let timeout_ms = limits.statement_timeout.as_millis();
-        sqlx::query(&format!("SET LOCAL statement_timeout = {timeout_ms}")).execute(&mut *tx).await?;
-        // `SET` commands do not count as queries, so until one runs `SET TRANSACTION READ WRITE` would still be
-        // accepted. After this SELECT, PostgreSQL refuses to leave read-only mode for the rest of the transaction.
-        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        // JIT compiles any plan estimated above 100,000 (every membership query over millions of events) and
+        // costs more than the query saves at these sizes; the default 4 MB of work_mem made those queries' hash
+        // joins over hundreds of thousands of event rows spill to disk in batches.
+        // This SELECT is also the transaction's first query: after it, PostgreSQL refuses `SET TRANSACTION READ
+        // WRITE` for the rest of the transaction (until a query runs, it would still be accepted).
+        sqlx::query(
+            "SELECT set_config('statement_timeout', $1, true), set_config('jit', 'off', true), \
+             set_config('work_mem', $2, true)",
+        )
+        .bind(limits.statement_timeout.as_millis().to_string())
+        .bind(READ_WORK_MEM)
+        .execute(&mut *tx)
+        .await?;
         Ok(tx)
     }
 

@@ -338,7 +338,9 @@ impl Grounding {
         // The data ends on its own day, not today: "the last 30 days" counts back from it, as audiences do.
         let as_of = match crate::dataset::Dataset::read(db).await?.and_then(|dataset| dataset.as_of) {
             Some(day) => Some(day),
-            None => sqlx::query_scalar("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events").fetch_one(&db.pool).await?,
+            None => {
+                sqlx::query_scalar("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events").fetch_one(&db.pool).await?
+            }
         };
         if let Some(day) = as_of {
             prompt.push_str(&format!(
