@@ -86,6 +86,12 @@ impl Cassette {
         serde_json::from_str(&text).with_context(|| format!("{} is not a recording", path.display()))
     }
 
+    /// Whether case `id` was recorded (a recording always "has" the case it is about to make).
+    pub fn has_case(&self, id: &str) -> bool {
+        let state = self.lock();
+        state.mode == Mode::Record || case_path(&state.dir, id).is_file()
+    }
+
     /// Starts case `id`: a recording starts empty, a replay loads the case's exchanges.
     pub fn start_case(&self, id: &str) -> Result<()> {
         let mut state = self.lock();

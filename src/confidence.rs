@@ -65,6 +65,13 @@ pub fn assess(evidence: &Evidence) -> Confidence {
     }
     if let Some(report) = evidence.audience {
         audience_checks(report, evidence.vocabulary, &mut low, &mut medium);
+        if report.definition.clauses().next().is_none() && asks_for_behaviour(evidence.question) {
+            low.push(
+                "the question sets conditions (behaviour, money, time or place) but the audience has no clause: \
+                 every customer was only ranked by taste"
+                    .to_owned(),
+            );
+        }
     }
     let ungrounded = ungrounded_numbers(evidence.answer, evidence.question, evidence.outputs);
     if !ungrounded.is_empty() {
@@ -118,6 +125,38 @@ fn audience_checks(
             medium.push(format!("no word of the intent ({}) occurs in the customers' profiles", words.join(", ")));
         }
     }
+}
+
+/// Whether a question states a condition that only a clause can apply: a number, or a word of behaviour, money,
+/// recency or status. "Who would love luxury watches" is a taste; "bought shoes in the last 180 days" is not.
+fn asks_for_behaviour(question: &str) -> bool {
+    const CONDITIONS: [&str; 24] = [
+        "bought",
+        "buy",
+        "buyers",
+        "purchased",
+        "purchase",
+        "purchases",
+        "spent",
+        "spend",
+        "ordered",
+        "orders",
+        "viewed",
+        "browsed",
+        "cart",
+        "churned",
+        "lapsed",
+        "stopped",
+        "never",
+        "days",
+        "weeks",
+        "months",
+        "recent",
+        "recently",
+        "over",
+        "from",
+    ];
+    question.chars().any(|c| c.is_ascii_digit()) || words(question).any(|w| CONDITIONS.contains(&w.as_str()))
 }
 
 /// Words that carry an intent's meaning: not the filler of a request.
@@ -275,6 +314,13 @@ mod tests {
         assert_eq!(assess(&evidence("Hello!", &[], &[])).level, Level::Medium);
         let calls = [("sql_analytics".to_owned(), true), ("find_audience".to_owned(), false)];
         assert_eq!(assess(&evidence("Done.", &calls, &[])).level, Level::Low);
+    }
+
+    #[test]
+    fn conditions_in_the_question_are_told_from_tastes() {
+        assert!(asks_for_behaviour("Find customers who bought shoes in the last 180 days"));
+        assert!(asks_for_behaviour("VIP customers from outside the US"));
+        assert!(!asks_for_behaviour("Who would love luxury watches and jewelry?"));
     }
 
     #[test]

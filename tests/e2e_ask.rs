@@ -92,7 +92,7 @@ fn multi_tool_conversation_returns_the_audience_steps_and_usage() {
     let mut tools: Vec<&str> =
         requests[0]["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
     tools.sort_unstable();
-    assert_eq!(tools, ["find_audience", "sql_analytics", "sql_data_retriever"]);
+    assert_eq!(tools, ["ask_clarification", "find_audience", "sql_analytics", "sql_data_retriever"]);
     let find = requests[0]["tools"].as_array().unwrap().iter().find(|t| t["function"]["name"] == "find_audience");
     let find = find.unwrap()["function"]["description"].as_str().unwrap();
     assert!(find.contains("event_type view|add_to_cart|purchase"), "{find}");
@@ -215,8 +215,8 @@ fn unknown_tool_names_get_one_correction_then_fail_with_exit_3() {
     let answer = run.json();
     assert_eq!(answer["steps"][0]["tool"], "run_sql");
     let feedback = serde_json::to_string(&llm.requests()[1]["messages"]).unwrap();
-    let expected =
-        "There is no tool named `run_sql`; the tools are find_audience, lookalike, sql_analytics, sql_data_retriever.";
+    let expected = "There is no tool named `run_sql`; the tools are find_audience, lookalike, sql_analytics, sql_data_retriever, \
+         ask_clarification.";
     assert!(answer["steps"][0]["observation"].as_str().unwrap().contains(expected), "{answer}");
     assert!(feedback.contains(expected), "{feedback}");
 

@@ -112,9 +112,16 @@ pub async fn run(args: EvalArgs, global: &Global) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut results: Vec<CaseResult> = Vec::with_capacity(cases.len());
+    // A replay scores the cases that were recorded; the others are listed, not guessed.
+    let mut not_recorded: Vec<String> = Vec::new();
     for case in cases {
         bar.set_message(case.id.clone());
         if let Some(cassette) = &cassette {
+            if !cassette.has_case(&case.id) {
+                not_recorded.push(case.id.clone());
+                bar.inc(1);
+                continue;
+            }
             cassette.start_case(&case.id)?;
         }
         let result = eval::run_case(&config, &sample, case).await?;
@@ -134,10 +141,18 @@ pub async fn run(args: EvalArgs, global: &Global) -> Result<()> {
         _ => false,
     };
     if args.json {
-        let document = serde_json::json!({"summary": summary, "cases": results, "recording": recording});
+        let document = serde_json::json!({
+            "summary": summary,
+            "cases": results,
+            "recording": recording,
+            "not_recorded": not_recorded,
+        });
         println!("{}", terminal::safe_json(&document)?);
     } else {
         print_report(&summary, &results);
+        if !not_recorded.is_empty() {
+            println!("not recorded, so not scored ({}): {}", not_recorded.len(), not_recorded.join(", "));
+        }
         if let Some(recording) = &recording {
             println!(
                 "replayed: {} {} recorded on {}{}",

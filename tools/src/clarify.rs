@@ -84,7 +84,7 @@ impl Tool for AskClarification {
             "type": "object",
             "properties": {
                 "question": {"type": "string"},
-                "options": {"type": "array", "items": {"type": "string"}, "minItems": MIN_OPTIONS, "maxItems": MAX_OPTIONS}
+                "options": {"type": "array", "items": {"type": "string"}}
             },
             "required": ["question", "options"]
         })
