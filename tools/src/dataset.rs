@@ -37,6 +37,18 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The day the data was computed for (relative days count back from it): the row's, or, for schemas ingested
+    /// before it recorded one, the day of the newest event; `None` when there are no events.
+    pub async fn as_of(db: &Db) -> Result<Option<NaiveDate>> {
+        if let Some(day) = Self::read(db).await?.and_then(|dataset| dataset.as_of) {
+            return Ok(Some(day));
+        }
+        sqlx::query_scalar("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events")
+            .fetch_one(&db.pool)
+            .await
+            .context("cannot read the day of the newest event")
+    }
+
     /// The row, or `None` when the schema has none yet (never ingested, or ingested by an older release).
     pub async fn read(db: &Db) -> Result<Option<Self>> {
         let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")

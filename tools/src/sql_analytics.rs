@@ -336,13 +336,7 @@ impl Grounding {
             prompt.push_str(&format!("{}: {list}\n", names.join(", ")));
         }
         // The data ends on its own day, not today: "the last 30 days" counts back from it, as audiences do.
-        let as_of = match crate::dataset::Dataset::read(db).await?.and_then(|dataset| dataset.as_of) {
-            Some(day) => Some(day),
-            None => {
-                sqlx::query_scalar("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events").fetch_one(&db.pool).await?
-            }
-        };
-        if let Some(day) = as_of {
+        if let Some(day) = crate::dataset::Dataset::as_of(db).await? {
             prompt.push_str(&format!(
                 "The data ends on {day}: for \"the last N days\" use ts >= DATE '{day}' - (N - 1) AND ts < DATE '{day}' + 1, \
                  never now() or current_date.\n"

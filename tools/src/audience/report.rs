@@ -222,12 +222,7 @@ async fn add_fields(tx: &mut Tx, members: &mut [Member], fields: &[&'static str]
 /// The day the data was computed for: from the dataset row, or (schemas ingested before it recorded one) the day of
 /// the newest event.
 pub(crate) async fn as_of_day(stores: &Stores) -> Result<NaiveDate, ToolFailure> {
-    let dataset = Dataset::read(&stores.db).await.map_err(ToolFailure::Fatal)?;
-    if let Some(day) = dataset.and_then(|d| d.as_of) {
-        return Ok(day);
-    }
-    let day: Option<NaiveDate> =
-        sqlx::query_scalar("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events").fetch_one(&stores.db.pool).await?;
+    let day = Dataset::as_of(&stores.db).await.map_err(ToolFailure::Fatal)?;
     Ok(day.unwrap_or_else(|| Utc::now().date_naive()))
 }
 
