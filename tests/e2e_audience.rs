@@ -137,6 +137,153 @@ fn size_equals_an_independent_count_for_each_clause_kind() {
     }
 }
 
+/// The event clauses that ingest's per-product totals answer (a product, a lowest or highest price, a window, a
+/// count) are read from `event_totals`, and profile clauses from `customer_facts`; each still selects exactly the
+/// customers an independent query over the events selects, returns left out of purchases. Profiles computed as of
+/// an earlier day leave later events out of windows. A schema without the derived tables (ingested by an older
+/// release) gets the same audiences from `profiles` and `events`.
+#[test]
+fn derived_tables_select_the_same_customers_as_the_events() {
+    let env = TestEnv::ingested("aud_totals");
+    let event = |rule: Value| json!({"new": true, "include": [rule]});
+    let cases: Vec<(&str, Value, String)> = vec![
+        (
+            "viewed watches or bags",
+            event(json!({"type": "event", "event_type": "view", "products": ["watches", "bags"]})),
+            "SELECT DISTINCT customer_id FROM events WHERE event_type = 'view' AND product IN ('watches', 'bags')"
+                .to_owned(),
+        ),
+        (
+            "bought anything priced 300 or more",
+            event(json!({"type": "event", "event_type": "purchase", "min_price": 300})),
+            "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 AND price >= 300"
+                .to_owned(),
+        ),
+        (
+            "bought something priced 20 or less",
+            event(json!({"type": "event", "event_type": "purchase", "max_price": 20})),
+            "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 AND price <= 20"
+                .to_owned(),
+        ),
+        (
+            "bought anything in the last 45 days",
+            event(json!({"type": "event", "event_type": "purchase", "within_days": 45})),
+            format!(
+                "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 \
+                 AND ts >= {AS_OF} - 44 AND ts < {AS_OF} + 1"
+            ),
+        ),
+        (
+            "added socks or t-shirts to the cart at least twice",
+            event(
+                json!({"type": "event", "event_type": "add_to_cart", "products": ["socks", "t_shirts"], "min_count": 2}),
+            ),
+            "SELECT customer_id FROM events WHERE event_type = 'add_to_cart' AND product IN ('socks', 't_shirts') \
+             GROUP BY customer_id HAVING count(*) >= 2"
+                .to_owned(),
+        ),
+        (
+            "from DE, excluding anyone who bought something priced 20 or less",
+            json!({"new": true, "include": [{"type": "profile", "field": "country", "op": "=", "value": "DE"}],
+                   "exclude": [{"type": "event", "event_type": "purchase", "max_price": 20}]}),
+            "SELECT customer_id FROM customers WHERE country = 'DE' AND customer_id NOT IN \
+             (SELECT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 AND price <= 20)"
+                .to_owned(),
+        ),
+    ];
+    let check = |env: &TestEnv, derived: bool| {
+        for (what, edit, independent) in &cases {
+            let report = find(env, edit, None);
+            let sql = report["sql"].as_str().unwrap();
+            assert_eq!(sql.contains("event_totals"), derived, "{what}: {sql}");
+            let expected = count(env, independent);
+            assert!(expected > 0 && expected < 60, "{what}: a weak case ({expected} of 60)");
+            assert_eq!(report["size"].as_u64().unwrap(), expected, "{what}: {sql}");
+            assert_eq!(ids(env, sql), ids(env, independent), "{what}");
+            assert_consistent(&report, &ids(env, independent), what);
+        }
+    };
+    check(&env, true);
+    assert!(find(&env, &cases[0].1, None)["sql"].as_str().unwrap().contains("FROM customer_facts p"));
+
+    // Returns: customers who never bought anything priced 300 or more (or 20 or less) return such an item, inside
+    // the window. A return is not a purchase, so none of them may join those audiences.
+    let without = |condition: &str| -> Vec<i64> {
+        let sql = format!(
+            "SELECT customer_id FROM customers WHERE customer_id NOT IN \
+             (SELECT customer_id FROM events WHERE event_type = 'purchase' AND {condition}) ORDER BY customer_id LIMIT 3"
+        );
+        ids(&env, &sql).into_iter().collect()
+    };
+    let (cheap_returners, dear_returners) = (without("price <= 20"), without("price >= 300"));
+    let (customers, events) = env.sample_files();
+    let mut with_returns = std::fs::read_to_string(&events).unwrap();
+    for (n, (customer, price)) in
+        dear_returners.iter().map(|c| (c, 9999)).chain(cheap_returners.iter().map(|c| (c, 5))).enumerate()
+    {
+        with_returns.push_str(&format!(
+            "{},{customer},purchase,watches,black,{price},-1,2025-05-10T10:00:00Z\n",
+            9_000_000 + n
+        ));
+    }
+    let events = env.data_dir().join("events_with_returns.csv");
+    std::fs::write(&events, with_returns).unwrap();
+
+    // Profiles as of an earlier day: a window counts back from it and ignores the later events.
+    let run = Run::from(
+        env.command(&[
+            "ingest",
+            "--customers",
+            customers.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--as-of",
+            "2025-05-15",
+        ])
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let later = count(&env, "SELECT customer_id FROM events WHERE ts >= '2025-05-16'");
+    assert!(later > 0, "the sample should have events after the earlier day");
+    assert_eq!(count(&env, "SELECT customer_id FROM events WHERE quantity < 0"), 6);
+    check(&env, true);
+    let members = |case: usize| ids(&env, find(&env, &cases[case].1, None)["sql"].as_str().unwrap());
+    assert!(dear_returners.iter().all(|c| !members(1).contains(c)), "a return of a dear item is not a purchase");
+    assert!(cheap_returners.iter().all(|c| !members(2).contains(c)), "a return of a cheap item is not a purchase");
+
+    // Without the derived tables, the same audiences from the base tables.
+    env.execute("DROP TABLE customer_facts, event_totals");
+    check(&env, false);
+}
+
+/// Regression (issue 13): a clause on a country code no customer has ("UK" for the United Kingdom, whose code is
+/// GB) silently gave an empty audience. The report, and the model's view of it, now say which values the data
+/// lacks and which it has.
+#[test]
+fn values_the_data_does_not_have_are_named_in_a_warning() {
+    let env = TestEnv::ingested("aud_unknown");
+    let report = find(
+        &env,
+        &json!({"include": [{"type": "profile", "field": "country", "op": "in", "value": ["UK", "DE"]},
+                            {"type": "event", "event_type": "view", "products": ["hoverboards"]}]}),
+        None,
+    );
+    let warnings: Vec<&str> = report["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("no customer is from UK (the United Kingdom's ISO code is GB); the data's countries: ")
+    );
+    assert!(warnings[0].contains("DE") && !warnings[0].contains("UK,"), "{}", warnings[0]);
+    assert_eq!(warnings[1], "no event names the product hoverboards");
+    let known = find(
+        &env,
+        &json!({"new": true, "include": [{"type": "profile", "field": "country", "op": "=", "value": "de"}]}),
+        None,
+    );
+    assert!(known.get("warnings").is_none(), "{known}");
+}
+
 /// Each refinement a marketer says changes the definition and the size as an independent query says; the intent
 /// reorders members but never changes who is in.
 #[test]

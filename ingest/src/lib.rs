@@ -3,6 +3,7 @@
 //!
 //! Architecture Invariant: this is the only crate that writes customer data, profiles or vectors.
 
+pub mod audience_tables;
 pub mod generate;
 pub mod input;
 pub mod keys;

@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use audience_tools::dataset::DATASET_DDL;
 use audience_tools::db::{check_identifier, prepare_reader, tolerate_existing};
-use audience_tools::schema::{CUSTOMERS, EVENTS, READER_ROLE, TABLES};
+use audience_tools::schema::{CUSTOMER_FACTS, CUSTOMERS, EVENT_TOTALS, EVENTS, READER_ROLE, TABLES, swapped_tables};
 use sqlx::postgres::PgCopyIn;
 use sqlx::{PgConnection, PgPool};
 
@@ -612,32 +612,35 @@ impl Drop for RejectSink {
     }
 }
 
-/// Replaces live `customers`/`events`/`profiles` with the `*_staging` tables (the caller creates
-/// `profiles_staging`, e.g. from `PROFILES.ddl()`), names each primary key `<table>_pkey`, creates the indexes
-/// (events by customer_id, by (event_type, ts), by ts, by (product, color); profiles by segment and by country),
-/// grants SELECT to the reader role and analyzes the tables. Run it inside the caller's transaction.
+/// Replaces live `customers`/`events`/`profiles` and the derived audience tables with the `*_staging` tables (the
+/// caller creates `profiles_staging`, e.g. from `PROFILES.ddl()`, and the derived ones with
+/// `audience_tables::build`), names each primary key `<table>_pkey`, creates the indexes, grants SELECT to the
+/// reader role and analyzes the tables. Run it inside the caller's transaction.
 pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
-    for table in &TABLES {
-        let staging = format!("{}_staging", table.name);
+    let names = swapped_tables();
+    for name in &names {
+        let staging = format!("{name}_staging");
         let exists: Option<String> =
             sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&staging).fetch_one(&mut *conn).await?;
         if exists.is_none() {
             bail!("cannot swap in new data: table {staging} does not exist");
         }
     }
-    let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
     let live = names.join(", ");
     sqlx::query(&format!("DROP TABLE IF EXISTS {live}"))
         .execute(&mut *conn)
         .await
         .context("cannot drop the old tables")?;
-    for table in &TABLES {
-        sqlx::query(&format!("ALTER TABLE {0}_staging RENAME TO {0}", table.name))
+    for name in &names {
+        sqlx::query(&format!("ALTER TABLE {name}_staging RENAME TO {name}"))
             .execute(&mut *conn)
             .await
-            .with_context(|| format!("cannot rename {}_staging", table.name))?;
+            .with_context(|| format!("cannot rename {name}_staging"))?;
+    }
+    for table in &TABLES {
         ensure_primary_key(conn, table.name, table.primary_key()).await?;
     }
+    ensure_primary_key(conn, CUSTOMER_FACTS, "customer_id").await?;
     let statements = [
         "CREATE INDEX IF NOT EXISTS events_customer_id_idx ON events (customer_id)".to_owned(),
         // Audience clauses filter events by type and then price, product or time, and need only the customer (and
@@ -654,12 +657,35 @@ pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
         // Recency alone ("active in the last 7 days") is a common gate; (event_type, ts) cannot serve it.
         "CREATE INDEX IF NOT EXISTS events_ts_idx ON events (ts)".to_owned(),
         "CREATE INDEX IF NOT EXISTS events_product_color_idx ON events (product, color)".to_owned(),
+        // The audience compiler's event clauses: by product (with every total, so a count or a recency needs no
+        // other read), by highest price ("bought anything priced 500 or more"), by lowest price ("bought
+        // something under 20") and by latest event ("bought anything in the last 30 days"). The product index is
+        // unique with the customer, which tells the planner that one product's rows name each customer once: it
+        // then merge-joins them with the customers instead of hashing them to remove duplicates first ("viewed
+        // watches" at 100k customers: 38 ms instead of 87 ms).
+        format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {EVENT_TOTALS}_product_idx ON {EVENT_TOTALS} \
+             (event_type, product, customer_id) INCLUDE (events, last_ts, min_price, max_price)"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {EVENT_TOTALS}_max_price_idx ON {EVENT_TOTALS} (event_type, max_price) \
+             INCLUDE (customer_id)"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {EVENT_TOTALS}_min_price_idx ON {EVENT_TOTALS} (event_type, min_price) \
+             INCLUDE (customer_id)"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {EVENT_TOTALS}_last_ts_idx ON {EVENT_TOTALS} (event_type, last_ts) \
+             INCLUDE (customer_id)"
+        ),
         "CREATE INDEX IF NOT EXISTS profiles_segment_idx ON profiles (segment)".to_owned(),
         "CREATE INDEX IF NOT EXISTS profiles_country_idx ON profiles (country)".to_owned(),
         // The tools look customers up by the ids users know; the reader already refused duplicates.
         "CREATE UNIQUE INDEX IF NOT EXISTS customers_external_id_idx ON customers (external_id)".to_owned(),
         "CREATE UNIQUE INDEX IF NOT EXISTS profiles_external_id_idx ON profiles (external_id)".to_owned(),
-        format!("GRANT SELECT ON {live} TO {READER_ROLE}"),
+        // The dataset row too: the audience report reads the customer count from it, in its own snapshot.
+        format!("GRANT SELECT ON {live}, dataset TO {READER_ROLE}"),
         format!("ANALYZE {live}"),
     ];
     for statement in statements {

@@ -49,11 +49,14 @@ where
     }
 }
 
-/// The pipeline's transaction, minus the profile SQL: an empty `profiles_staging` stands in for it.
+/// The pipeline's transaction, minus the profile SQL: an empty `profiles_staging` stands in for it (and so the
+/// customer facts are empty too).
 async fn ingest(db: &Db, customers: &Path, events: &Path, opts: &LoadOptions) -> Result<LoadReport> {
     let mut tx = db.pool.begin().await?;
     let report = load_staging(&mut tx, customers, events, opts).await?;
     sqlx::query(&format!("CREATE TABLE profiles_staging ({})", PROFILES.ddl())).execute(&mut *tx).await?;
+    audience_ingest::audience_tables::build(&mut tx, chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("a date"))
+        .await?;
     swap_in(&mut tx).await?;
     tx.commit().await?;
     Ok(report)
@@ -149,11 +152,16 @@ async fn loads_good_files_and_swaps_them_in_for_the_reader() {
         assert_eq!(
             indexes,
             [
+                "customer_facts_pkey",
                 "customer_keys_customer_id_key",
                 "customer_keys_pkey",
                 "customers_external_id_idx",
                 "customers_pkey",
                 "dataset_pkey",
+                "event_totals_last_ts_idx",
+                "event_totals_max_price_idx",
+                "event_totals_min_price_idx",
+                "event_totals_product_idx",
                 "events_customer_id_idx",
                 "events_pkey",
                 "events_product_color_idx",

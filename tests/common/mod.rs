@@ -313,6 +313,16 @@ impl TestEnv {
 
     /// Runs a SQL statement as the superuser in this test's schema and returns the first column as text.
     pub fn sql_scalar(&self, sql: &str) -> String {
+        self.run_sql(sql, true)
+    }
+
+    /// Runs one statement that returns no rows (DDL), as the schema's owner.
+    pub fn execute(&self, sql: &str) {
+        self.run_sql(sql, false);
+    }
+
+    /// Runs `sql` in this test's schema; with `fetch`, returns the first column of its row as text.
+    fn run_sql(&self, sql: &str, fetch: bool) -> String {
         let url = database_url();
         let schema = self.schema.clone();
         let sql = sql.to_owned();
@@ -320,6 +330,10 @@ impl TestEnv {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
             sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut conn).await.unwrap();
+            if !fetch {
+                sqlx::query(&sql).execute(&mut conn).await.unwrap();
+                return String::new();
+            }
             let value: Option<String> = sqlx::query_scalar(&sql).fetch_one(&mut conn).await.unwrap();
             value.unwrap_or_default()
         })

@@ -167,6 +167,56 @@ pub const PROFILES: TableSpec = TableSpec {
 /// The tables ingest loads and swaps, and the tools read.
 pub const TABLES: [TableSpec; 3] = [CUSTOMERS, EVENTS, PROFILES];
 
+/// The profile columns that audience clauses and reports read, one narrow row per customer (no names, e-mails, texts
+/// or lists: 9 MB at 100k customers against 65 MB of profiles). A scan of the wide `profiles` table is larger than
+/// a quarter of PostgreSQL's default shared buffers, so it reads through a small ring buffer every time; this one
+/// stays cached, and a membership of profile clauses is a scan of it.
+pub const CUSTOMER_FACTS: &str = "customer_facts";
+/// The columns of [`CUSTOMER_FACTS`] copied from `profiles`: the key and every scalar field an audience clause can
+/// name, fixed-width ones first (PostgreSQL reads a row's columns in order). `spend_band` follows them.
+pub const CUSTOMER_FACTS_COLUMNS: [&str; 14] = [
+    "customer_id",
+    "age",
+    "order_count",
+    "return_count",
+    "recency_days",
+    "r_score",
+    "f_score",
+    "m_score",
+    "churned",
+    "likes_luxury",
+    "total_spent",
+    "country",
+    "segment",
+    "favorite_color",
+];
+
+/// The spend bands of an audience breakdown, in order; [`spend_band_sql`] gives a customer's band number.
+pub const SPEND_BANDS: [&str; 5] = ["0", "under 100", "100-499", "500-999", "1000 or more"];
+
+/// The index in [`SPEND_BANDS`] of the spend `total_spent` (a column or expression), as SQL. Ingest stores it in
+/// `customer_facts.spend_band`, so a breakdown groups by a small integer instead of comparing numerics per member.
+pub fn spend_band_sql(total_spent: &str) -> String {
+    format!(
+        "CASE WHEN {total_spent} <= 0 THEN 0 WHEN {total_spent} < 100 THEN 1 WHEN {total_spent} < 500 THEN 2 \
+         WHEN {total_spent} < 1000 THEN 3 ELSE 4 END"
+    )
+}
+
+/// Per customer, event type and product: how many events, the latest one up to the data's last day, and the lowest
+/// and highest price (purchases only with a positive quantity: a return is not a purchase). An audience clause
+/// such as "viewed watches" reads one row per customer here instead of every matching event.
+pub const EVENT_TOTALS: &str = "event_totals";
+
+/// Tables ingest derives from the loaded ones, in the same transaction, for the audience compiler. The model does
+/// not see them (they are not in [`TABLES`]); a schema ingested before they existed is compiled without them.
+pub const DERIVED_TABLES: [&str; 2] = [CUSTOMER_FACTS, EVENT_TOTALS];
+
+/// Every table an ingest replaces: the loaded ones, then the derived ones.
+pub fn swapped_tables() -> Vec<&'static str> {
+    TABLES.iter().map(|t| t.name).chain(DERIVED_TABLES).collect()
+}
+
 /// Columns the `sql_data_retriever` tool may return, the allow-list its query is built from.
 pub fn profile_fields() -> Vec<&'static str> {
     PROFILES.columns.iter().filter(|c| c.retrievable).map(|c| c.name).collect()
@@ -218,6 +268,16 @@ mod tests {
         assert_eq!(PROFILES.primary_key(), "customer_id");
         let fields = profile_fields();
         assert!(fields.contains(&"interests") && !fields.contains(&"profile_text") && !fields.contains(&"text_hash"));
+    }
+
+    #[test]
+    fn customer_facts_are_profile_columns() {
+        let profiles = PROFILES.columns();
+        for column in CUSTOMER_FACTS_COLUMNS {
+            assert!(profiles.contains(&column), "{column} is not a profiles column");
+        }
+        assert_eq!(CUSTOMER_FACTS_COLUMNS[0], PROFILES.primary_key());
+        assert!(!CUSTOMER_FACTS_COLUMNS.contains(&"profile_text") && !CUSTOMER_FACTS_COLUMNS.contains(&"email"));
     }
 
     #[test]

@@ -6,85 +6,142 @@
 //! may carry (`Event::sql`, `Rule::Sql`) are checked by the SQL guard against the events or profiles columns and
 //! the guard's rendering is what is compiled in. The query then runs like all model-influenced SQL: read-only, as
 //! the reader role, with a statement timeout.
+//!
+//! Where ingest built them, the query reads the derived tables (`customer_facts` for profile clauses and the
+//! report's columns, `event_totals` for event clauses that per-product totals answer exactly) instead of the wide
+//! profiles and every event: the same members, from a tenth of the rows.
 
 use chrono::{Days, NaiveDate};
 use serde_json::Value;
 
 use super::definition::{AudienceDefinition, Clause, FieldKind, Invalid, Op, ProfileField, Rule, number};
+use crate::schema::{CUSTOMER_FACTS, EVENT_TOTALS, spend_band_sql};
 use crate::sql_guard::{self, ConditionTable};
+
+/// What the data offers the compiler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Data {
+    /// The data's last day: relative days count back from it.
+    pub as_of: NaiveDate,
+    /// Whether ingest built the derived audience tables; a schema ingested by an older release has none, and is
+    /// compiled over `profiles` and `events` alone.
+    pub derived_tables: bool,
+}
 
 /// The compiled queries of a definition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Compiled {
+    /// The table the membership reads its customers from (`profiles` or `customer_facts`, same rows).
+    pub customers: &'static str,
     /// `SELECT p.customer_id FROM profiles p WHERE ...`: the audience.
     pub membership: String,
-    /// The same query selecting what a report summarises of each member besides the id (`country`, `segment`,
-    /// `churned`, `total_spent`), so one scan serves size, breakdown and the top spenders.
-    pub membership_facts: String,
-    /// One membership query per clause, with the clauses up to and including it (includes first, then excludes):
-    /// the funnel. The last one equals `membership`.
-    pub prefixes: Vec<String>,
+    /// The common table expressions a report reads its members from, ending in `m`: each member's id, `country`,
+    /// `segment`, `churned`, `total_spent` and `spend_band` (the index in `SPEND_BANDS`). A membership of profile
+    /// clauses alone is a scan of the facts, cheaper to run again for each figure than to store. One that reads
+    /// events is evaluated as a chain of steps, each clause over the customers the clauses before it left (kept
+    /// once): the funnel's counts are the steps' sizes, and no clause is evaluated twice.
+    pub report_ctes: String,
+    /// The funnel: a `bigint[]` expression over [`Self::report_ctes`] of the size after each clause but the last
+    /// (includes first, then excludes; the last is the size).
+    pub funnel: String,
     /// Each clause's boolean expression over the profile `p`, by clause id, as compiled into the queries.
     pub clauses: Vec<(String, String)>,
     /// For each include event clause, by clause id, its condition on an event `e`: the evidence a member fits.
     pub evidence: Vec<(String, String)>,
 }
 
-/// The member columns of [`Compiled::membership_facts`].
+/// The member columns a report reads (with the spend band, which depends on the table).
 const MEMBER_FACTS: &str = "p.customer_id, p.country, p.segment, p.churned, p.total_spent";
 
-/// Compiles `definition` for data whose last day is `as_of` (relative days count back from it).
-pub fn compile(definition: &AudienceDefinition, as_of: NaiveDate) -> Result<Compiled, Invalid> {
+/// Compiles `definition` for `data` (relative days count back from its last day).
+pub fn compile(definition: &AudienceDefinition, data: Data) -> Result<Compiled, Invalid> {
     definition.validate()?;
     let mut conditions = Vec::new();
     let mut clauses = Vec::new();
     let mut evidence = Vec::new();
     for (clause, exclude) in definition.clauses() {
-        let expression = clause_sql(clause, as_of, exclude)?;
+        let expression = clause_sql(clause, data, exclude)?;
         clauses.push((clause.id.clone(), expression.clone()));
         conditions.push(expression);
         if !exclude && matches!(clause.rule, Rule::Event { .. }) {
-            let events = event_conditions(&clause.rule, as_of)
+            let events = event_conditions(&clause.rule, data.as_of)
                 .map_err(|Invalid(r)| Invalid(format!("clause {}: {r}", clause.id)))?;
             evidence.push((clause.id.clone(), events));
         }
     }
+    // A free SQL condition may name any profiles column, and the facts carry no lists (interests, colours).
+    let needs_profiles = definition.clauses().any(|(clause, _)| match &clause.rule {
+        Rule::Sql { .. } => true,
+        Rule::Profile { field, .. } => field.kind() == FieldKind::TextList,
+        Rule::Event { .. } => false,
+    });
+    let base = if data.derived_tables && !needs_profiles { CUSTOMER_FACTS } else { "profiles" };
     let select = |columns: &str, conditions: &[String]| -> String {
         if conditions.is_empty() {
-            format!("SELECT {columns} FROM profiles p")
+            format!("SELECT {columns} FROM {base} p")
         } else {
-            format!("SELECT {columns} FROM profiles p WHERE {}", conditions.join("\n  AND "))
+            format!("SELECT {columns} FROM {base} p WHERE {}", conditions.join("\n  AND "))
         }
     };
     let query = |conditions: &[String]| select("p.customer_id", conditions);
-    let prefixes = (1..=conditions.len()).map(|n| query(&conditions[..n])).collect();
-    Ok(Compiled {
-        membership: query(&conditions),
-        membership_facts: select(MEMBER_FACTS, &conditions),
-        prefixes,
-        clauses,
-        evidence,
-    })
+    let band = if base == CUSTOMER_FACTS { "p.spend_band".to_owned() } else { spend_band_sql("p.total_spent") };
+    let members = format!("{MEMBER_FACTS}, {band} AS spend_band");
+    let reads_events = definition.clauses().any(|(clause, _)| matches!(clause.rule, Rule::Event { .. }));
+    let inner = conditions.len().saturating_sub(1);
+    let (report_ctes, funnel) = if reads_events && !conditions.is_empty() {
+        let mut steps: Vec<String> = conditions
+            .iter()
+            .enumerate()
+            .map(|(index, condition)| {
+                let from = if index == 0 { base.to_owned() } else { format!("s{index}") };
+                format!("s{} AS MATERIALIZED (SELECT p.* FROM {from} p WHERE {condition})", index + 1)
+            })
+            .collect();
+        steps.push(format!("m AS (SELECT {members} FROM s{} p)", conditions.len()));
+        let counts: Vec<String> = (1..=inner).map(|step| format!("(SELECT count(*) FROM s{step})")).collect();
+        (steps.join(",\n"), format!("ARRAY[{}]::bigint[]", counts.join(", ")))
+    } else {
+        // Profile clauses only: the funnel's counts in one scan.
+        let counts: Vec<String> =
+            (1..=inner).map(|n| format!("count(*) FILTER (WHERE {})", conditions[..n].join(" AND "))).collect();
+        let funnel = if counts.is_empty() {
+            "ARRAY[]::bigint[]".to_owned()
+        } else {
+            format!("(SELECT ARRAY[{}]::bigint[] FROM {base} p)", counts.join(", "))
+        };
+        (format!("m AS NOT MATERIALIZED ({})", select(&members, &conditions)), funnel)
+    };
+    Ok(Compiled { customers: base, membership: query(&conditions), report_ctes, funnel, clauses, evidence })
 }
 
 /// A clause as a condition on the profile `p`: as it is for an include, negated (NULL counting as false) for an
 /// exclude.
-fn clause_sql(clause: &Clause, as_of: NaiveDate, exclude: bool) -> Result<String, Invalid> {
+fn clause_sql(clause: &Clause, data: Data, exclude: bool) -> Result<String, Invalid> {
     let with_id = |Invalid(reason): Invalid| Invalid(format!("clause {}: {reason}", clause.id));
     match &clause.rule {
-        Rule::Event { min_count: Some(count), .. } if *count > 1 => {
-            // Counting needs a GROUP BY; `IN` lets PostgreSQL hash it once instead of counting per customer.
-            let events = event_conditions(&clause.rule, as_of).map_err(with_id)?;
-            let set = format!(
-                "SELECT e.customer_id FROM events e WHERE {events} GROUP BY e.customer_id HAVING count(*) >= {count}"
-            );
-            Ok(if exclude { format!("p.customer_id NOT IN ({set})") } else { format!("p.customer_id IN ({set})") })
-        }
-        Rule::Event { .. } => {
-            // EXISTS becomes a semi-join (an anti-join when negated), the cheapest shape either way.
-            let events = event_conditions(&clause.rule, as_of).map_err(with_id)?;
-            let exists = format!("EXISTS (SELECT 1 FROM events e WHERE e.customer_id = p.customer_id AND {events})");
-            Ok(if exclude { format!("NOT {exists}") } else { exists })
+        Rule::Event { min_count, .. } => {
+            let totals = if data.derived_tables { totals_conditions(&clause.rule, data.as_of) } else { None };
+            let (from, alias, conditions, count) = match totals {
+                Some(conditions) => (EVENT_TOTALS, "t", conditions.map_err(with_id)?, "sum(t.events)"),
+                None => ("events", "e", event_conditions(&clause.rule, data.as_of).map_err(with_id)?, "count(*)"),
+            };
+            Ok(match min_count {
+                Some(count_at_least) if *count_at_least > 1 => {
+                    // Counting needs a GROUP BY; `IN` lets PostgreSQL hash it once instead of counting per customer.
+                    let set = format!(
+                        "SELECT {alias}.customer_id FROM {from} {alias} WHERE {conditions} \
+                         GROUP BY {alias}.customer_id HAVING {count} >= {count_at_least}"
+                    );
+                    if exclude { format!("p.customer_id NOT IN ({set})") } else { format!("p.customer_id IN ({set})") }
+                }
+                _ => {
+                    // EXISTS becomes a semi-join (an anti-join when negated), the cheapest shape either way.
+                    let exists = format!(
+                        "EXISTS (SELECT 1 FROM {from} {alias} WHERE {alias}.customer_id = p.customer_id AND {conditions})"
+                    );
+                    if exclude { format!("NOT {exists}") } else { exists }
+                }
+            })
         }
         Rule::Profile { field, op, value } => {
             let condition = profile_condition(*field, *op, value).map_err(with_id)?;
@@ -96,6 +153,59 @@ fn clause_sql(clause: &Clause, as_of: NaiveDate, exclude: bool) -> Result<String
             Ok(if exclude { format!("NOT coalesce(({checked}), false)") } else { format!("({checked})") })
         }
     }
+}
+
+/// An event rule as conditions on an `event_totals` row `t`, when the totals answer it exactly: an event type is
+/// given, no colour or SQL condition, and at most one of a lowest price, a highest price and a time window (whether
+/// one event is both in a price range and in a window, per-product totals cannot tell); a minimum count only
+/// alone (it counts every event of the products). `None` when the rule needs the events themselves.
+fn totals_conditions(rule: &Rule, as_of: NaiveDate) -> Option<Result<String, Invalid>> {
+    let Rule::Event {
+        event_type: Some(event_type),
+        products,
+        colors,
+        min_price,
+        max_price,
+        within_days,
+        min_count,
+        sql,
+    } = rule
+    else {
+        return None;
+    };
+    let bounds =
+        usize::from(min_price.is_some()) + usize::from(max_price.is_some()) + usize::from(within_days.is_some());
+    let counts = min_count.is_some_and(|count| count > 1);
+    if !colors.is_empty() || sql.is_some() || bounds > 1 || (counts && bounds > 0) {
+        return None;
+    }
+    // The totals leave out returns already (a purchase with a quantity of zero or less), as `event_conditions` does.
+    let mut conditions = vec![format!("t.event_type = '{}'", event_type.as_str())];
+    if !products.is_empty() {
+        match in_list("t.product", products) {
+            Ok(list) => conditions.push(list),
+            Err(invalid) => return Some(Err(invalid)),
+        }
+    }
+    if let Some(min) = min_price {
+        conditions.push(format!("t.max_price >= {}", number(*min)));
+    }
+    if let Some(max) = max_price {
+        conditions.push(format!("t.min_price <= {}", number(*max)));
+    }
+    if let Some(days) = within_days {
+        // `last_ts` is the latest event up to the end of the data's last day, the window's upper bound.
+        let (from, _) = window(as_of, *days);
+        conditions.push(format!("t.last_ts >= TIMESTAMPTZ '{from} 00:00:00+00'"));
+    }
+    Some(Ok(conditions.join(" AND ")))
+}
+
+/// The days a window of `days` days ending on `as_of` spans: from its first day to the day after its last.
+fn window(as_of: NaiveDate, days: u32) -> (NaiveDate, NaiveDate) {
+    let from = as_of.checked_sub_days(Days::new(u64::from(days.saturating_sub(1)))).unwrap_or(NaiveDate::MIN);
+    let until = as_of.checked_add_days(Days::new(1)).unwrap_or(NaiveDate::MAX);
+    (from, until)
 }
 
 /// The conditions on an event `e` that an event rule sets.
@@ -125,8 +235,7 @@ fn event_conditions(rule: &Rule, as_of: NaiveDate) -> Result<String, Invalid> {
         conditions.push(format!("e.price <= {}", number(*max)));
     }
     if let Some(days) = within_days {
-        let from = as_of.checked_sub_days(Days::new(u64::from(days.saturating_sub(1)))).unwrap_or(NaiveDate::MIN);
-        let until = as_of.checked_add_days(Days::new(1)).unwrap_or(NaiveDate::MAX);
+        let (from, until) = window(as_of, *days);
         conditions
             .push(format!("e.ts >= TIMESTAMPTZ '{from} 00:00:00+00' AND e.ts < TIMESTAMPTZ '{until} 00:00:00+00'"));
     }
@@ -220,7 +329,7 @@ mod tests {
             "exclude": [{"type": "profile", "field": "churned", "op": "=", "value": true}],
             "limit": 10
         }));
-        let compiled = compile(&d, NaiveDate::from_ymd_opt(2025, 6, 30).unwrap()).unwrap();
+        let compiled = compile(&d, base_tables(NaiveDate::from_ymd_opt(2025, 6, 30).unwrap())).unwrap();
         assert_eq!(
             compiled.membership,
             "SELECT p.customer_id FROM profiles p WHERE EXISTS (SELECT 1 FROM events e WHERE e.customer_id = \
@@ -231,15 +340,120 @@ mod tests {
              e.customer_id HAVING count(*) >= 3)\n  \
              AND NOT coalesce(p.churned = true, false)"
         );
-        assert_eq!(compiled.prefixes.len(), 4);
-        assert_eq!(compiled.prefixes.last(), Some(&compiled.membership));
-        assert!(compiled.prefixes[0].ends_with("'2025-07-01 00:00:00+00')"), "{}", compiled.prefixes[0]);
+        // The report evaluates the clauses as a chain of steps, and the funnel counts the first three.
+        assert!(compiled.report_ctes.starts_with("s1 AS MATERIALIZED (SELECT p.* FROM profiles p WHERE EXISTS"));
+        assert!(compiled.report_ctes.contains("s4 AS MATERIALIZED (SELECT p.* FROM s3 p WHERE NOT coalesce(p.churned"));
+        assert!(compiled.report_ctes.ends_with(
+            "m AS (SELECT p.customer_id, p.country, p.segment, p.churned, \
+             p.total_spent, CASE WHEN p.total_spent <= 0 THEN 0 WHEN p.total_spent < 100 THEN 1 WHEN p.total_spent \
+             < 500 THEN 2 WHEN p.total_spent < 1000 THEN 3 ELSE 4 END AS spend_band FROM s4 p)"
+        ));
+        assert_eq!(
+            compiled.funnel,
+            "ARRAY[(SELECT count(*) FROM s1), (SELECT count(*) FROM s2), (SELECT count(*) FROM s3)]::bigint[]"
+        );
     }
 
     #[test]
     fn no_clauses_is_everyone() {
-        let compiled = compile(&AudienceDefinition::default(), NaiveDate::MIN).unwrap();
+        let compiled = compile(&AudienceDefinition::default(), base_tables(NaiveDate::MIN)).unwrap();
         assert_eq!(compiled.membership, "SELECT p.customer_id FROM profiles p");
-        assert!(compiled.prefixes.is_empty());
+        assert_eq!(compiled.funnel, "ARRAY[]::bigint[]");
+        assert!(compiled.report_ctes.starts_with("m AS NOT MATERIALIZED (SELECT"));
+        let data = Data { as_of: NaiveDate::MIN, derived_tables: true };
+        let compiled = compile(&AudienceDefinition::default(), data).unwrap();
+        assert_eq!(compiled.membership, "SELECT p.customer_id FROM customer_facts p");
+    }
+
+    fn base_tables(as_of: NaiveDate) -> Data {
+        Data { as_of, derived_tables: false }
+    }
+
+    #[test]
+    fn derived_tables_answer_what_totals_can_tell_and_events_the_rest() {
+        let d = definition(json!({
+            "version": 1,
+            "include": [
+                {"type": "event", "event_type": "view", "products": ["watches"]},
+                {"type": "event", "event_type": "purchase", "min_price": 500},
+                {"type": "event", "event_type": "purchase", "products": ["socks"], "within_days": 60},
+                {"type": "event", "event_type": "add_to_cart", "min_count": 3},
+                {"type": "event", "event_type": "purchase", "min_price": 10, "within_days": 7},
+                {"type": "event", "event_type": "view", "colors": ["red"]},
+                {"type": "event", "products": ["hats"]},
+                {"type": "profile", "field": "country", "op": "=", "value": "PL"}
+            ],
+            "exclude": [{"type": "event", "event_type": "purchase", "max_price": 20}],
+            "limit": 10
+        }));
+        let data = Data { as_of: NaiveDate::from_ymd_opt(2025, 6, 30).unwrap(), derived_tables: true };
+        let compiled = compile(&d, data).unwrap();
+        let clause = |id: &str| compiled.clauses.iter().find(|(c, _)| c == id).map(|(_, sql)| sql.as_str()).unwrap();
+        assert_eq!(
+            clause("c1"),
+            "EXISTS (SELECT 1 FROM event_totals t WHERE t.customer_id = p.customer_id AND t.event_type = 'view' \
+             AND t.product = 'watches')"
+        );
+        assert!(clause("c2").ends_with("t.event_type = 'purchase' AND t.max_price >= 500)"), "{}", clause("c2"));
+        assert!(
+            clause("c3").ends_with("t.product = 'socks' AND t.last_ts >= TIMESTAMPTZ '2025-05-02 00:00:00+00')"),
+            "{}",
+            clause("c3")
+        );
+        assert_eq!(
+            clause("c4"),
+            "p.customer_id IN (SELECT t.customer_id FROM event_totals t WHERE t.event_type = 'add_to_cart' \
+             GROUP BY t.customer_id HAVING sum(t.events) >= 3)"
+        );
+        // A price and a window together, a colour, and no event type need the events themselves.
+        for id in ["c5", "c6", "c7"] {
+            assert!(clause(id).contains("FROM events e"), "{id}: {}", clause(id));
+        }
+        assert!(clause("c8").starts_with("p.country"));
+        assert!(clause("c9").starts_with("NOT EXISTS (SELECT 1 FROM event_totals t"), "{}", clause("c9"));
+        assert!(clause("c9").ends_with("t.min_price <= 20)"), "{}", clause("c9"));
+        assert!(compiled.membership.starts_with("SELECT p.customer_id FROM customer_facts p WHERE "));
+        // The evidence for the listed members always reads the events.
+        assert!(compiled.evidence.iter().all(|(_, condition)| condition.starts_with("e.")));
+    }
+
+    #[test]
+    fn a_free_sql_clause_reads_the_full_profiles() {
+        let d = definition(
+            json!({"version": 1, "include": [{"type": "sql", "condition": "email LIKE '%@example.com'"}], "limit": 10}),
+        );
+        let data = Data { as_of: NaiveDate::from_ymd_opt(2025, 6, 30).unwrap(), derived_tables: true };
+        assert!(compile(&d, data).unwrap().membership.starts_with("SELECT p.customer_id FROM profiles p WHERE "));
+    }
+
+    #[test]
+    fn every_scalar_profile_field_is_a_customer_fact_and_lists_read_the_profiles() {
+        for field in ProfileField::ALL {
+            let fact = crate::schema::CUSTOMER_FACTS_COLUMNS.contains(&field.column());
+            assert_eq!(fact, field.kind() != FieldKind::TextList, "{}", field.column());
+        }
+        let d = definition(json!({"version": 1, "limit": 10,
+            "include": [{"type": "profile", "field": "interests", "op": "contains", "value": "socks"}]}));
+        let data = Data { as_of: NaiveDate::from_ymd_opt(2025, 6, 30).unwrap(), derived_tables: true };
+        assert!(compile(&d, data).unwrap().membership.starts_with("SELECT p.customer_id FROM profiles p WHERE "));
+    }
+
+    #[test]
+    fn a_funnel_of_profile_clauses_is_counted_in_one_scan() {
+        let d = definition(json!({"version": 1, "limit": 10,
+            "include": [{"type": "profile", "field": "total_spent", "op": ">", "value": 1000},
+                        {"type": "profile", "field": "churned", "op": "=", "value": true}],
+            "exclude": [{"type": "profile", "field": "country", "op": "=", "value": "DE"}]}));
+        let data = Data { as_of: NaiveDate::from_ymd_opt(2025, 6, 30).unwrap(), derived_tables: true };
+        let compiled = compile(&d, data).unwrap();
+        assert_eq!(
+            compiled.funnel,
+            "(SELECT ARRAY[count(*) FILTER (WHERE p.total_spent > 1000), count(*) FILTER (WHERE p.total_spent > 1000 \
+             AND p.churned = true)]::bigint[] FROM customer_facts p)"
+        );
+        assert!(compiled.report_ctes.starts_with(
+            "m AS NOT MATERIALIZED (SELECT p.customer_id, p.country, \
+             p.segment, p.churned, p.total_spent, p.spend_band AS spend_band FROM customer_facts p WHERE"
+        ));
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::compile::compile;
 use super::definition::{AudienceDefinition, Invalid};
-use super::report::as_of_day;
+use super::report::data_for_compile;
 use crate::failure::ToolFailure;
 use crate::schema::profile_fields;
 use crate::stores::Stores;
@@ -47,13 +47,13 @@ pub fn checked_export_fields(wanted: &[String]) -> Result<Vec<&'static str>, Inv
     Ok(fields)
 }
 
-/// The membership as a query of `p.customer_id` over `profiles p`, and the text array it binds as `$1` (a frozen
+/// The membership as a query of `p.customer_id` (over `profiles p` or its narrow copy), and the text array it binds as `$1` (a frozen
 /// list).
 async fn membership_query(stores: &Stores, members: Members<'_>) -> Result<(String, Vec<String>), ToolFailure> {
     match members {
         Members::Definition(definition) => {
-            let as_of = as_of_day(stores).await?;
-            let compiled = compile(definition, as_of).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
+            let data = data_for_compile(stores).await?;
+            let compiled = compile(definition, data).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
             Ok((compiled.membership, Vec::new()))
         }
         Members::Frozen(ids) => {

@@ -50,6 +50,7 @@ impl TracedTool for FindAudience {
                 .collect();
             lines.push(format!("clauses: {}", steps.join("; ")));
         }
+        lines.extend(report.warnings.iter().map(|warning| format!("warning: {warning}")));
         if report.size > 0 {
             let dims = [
                 ("country", &report.breakdown.country),

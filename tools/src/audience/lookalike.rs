@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::compile::compile;
 use super::definition::{AudienceDefinition, Clause, Invalid};
 use super::export::{Members, member_ids};
-use super::report::{Member, as_of_day, describe_members};
+use super::report::{Member, data_for_compile, describe_members};
 use super::saved::{SavedAudiences, SavedError};
 use super::session::{AudienceSession, Edit};
 use crate::failure::ToolFailure;
@@ -142,9 +142,10 @@ pub async fn find_lookalikes(
     let start = Instant::now();
     let ranked: Vec<(i64, Option<f64>)> =
         hits.iter().filter_map(|hit| Some((i64::try_from(hit.id).ok()?, Some(round4(f64::from(hit.score)))))).collect();
-    let as_of = as_of_day(stores).await?;
+    let data = data_for_compile(stores).await?;
+    let as_of = data.as_of;
     let plain = AudienceDefinition::default();
-    let compiled = compile(&plain, as_of).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
+    let compiled = compile(&plain, data).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
     let mut tx = stores.db.begin_read_only(stores.limits).await.map_err(ToolFailure::Fatal)?;
     let mut members = describe_members(&mut tx, &plain, &compiled, &ranked, as_of).await?;
     let seed_interests: Vec<String> = sqlx::query_scalar(

@@ -12,11 +12,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::compile::{Compiled, compile};
+use super::compile::{Compiled, Data, compile};
 use super::definition::{AudienceDefinition, Invalid, ProfileField, Rule};
 use crate::dataset::Dataset;
 use crate::failure::ToolFailure;
-use crate::schema::profile_fields;
+use crate::schema::{CUSTOMER_FACTS, DERIVED_TABLES, SPEND_BANDS, profile_fields};
 use crate::stores::Stores;
 use crate::trace::ToolTrace;
 use crate::vector::{Condition, Filter};
@@ -43,6 +43,10 @@ pub struct AudienceReport {
     pub members: Vec<Member>,
     /// The day the data was computed for; relative days count back from it.
     pub as_of: NaiveDate,
+    /// Values a clause names that the data does not have (a country code no customer has, a product no event
+    /// names): such a clause matches nobody, which is rarely what was meant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,11 +100,6 @@ pub struct Member {
     pub fields: Map<String, Value>,
 }
 
-/// Spend bands of the breakdown, as `CASE` arms over `total_spent`, in order.
-const SPEND_BANDS: &str = "CASE WHEN total_spent <= 0 THEN '0' WHEN total_spent < 100 THEN 'under 100' \
-    WHEN total_spent < 500 THEN '100-499' WHEN total_spent < 1000 THEN '500-999' ELSE '1000 or more' END";
-const BAND_ORDER: [&str; 5] = ["0", "under 100", "100-499", "500-999", "1000 or more"];
-
 /// Evaluates `definition`, recording the membership SQL, timings and embedding tokens in `trace`. The listed members
 /// carry the profile `fields` asked for besides their usual ones.
 pub async fn evaluate(
@@ -110,12 +109,14 @@ pub async fn evaluate(
     trace: &mut ToolTrace,
 ) -> Result<AudienceReport, ToolFailure> {
     let fields = checked_fields(fields)?;
-    let as_of = as_of_day(stores).await?;
-    let compiled = compile(definition, as_of).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
+    let data = data_for_compile(stores).await?;
+    let as_of = data.as_of;
+    let compiled = compile(definition, data).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
     trace.sql = Some(compiled.membership.clone());
 
     let start = Instant::now();
     let mut tx = stores.db.begin_read_only(stores.limits).await.map_err(ToolFailure::Fatal)?;
+    let warnings = unknown_values(&mut tx, definition, compiled.customers).await?;
     let ranks_by_intent = definition.intent.is_some();
     let summary =
         summarize(&mut tx, &compiled, definition.limit, ranks_by_intent.then_some(stores.limits.member_cap)).await?;
@@ -170,7 +171,70 @@ pub async fn evaluate(
         ranked_by: ranked_by.to_owned(),
         members,
         as_of,
+        warnings,
     })
+}
+
+/// Warnings for the countries, segments and products the definition names that no customer or event has, with the
+/// countries the data does have (colours are not checked: no index finds one fast among every event).
+async fn unknown_values(
+    tx: &mut Tx,
+    definition: &AudienceDefinition,
+    customers: &str,
+) -> Result<Vec<String>, ToolFailure> {
+    let (mut countries, mut segments, mut products) = (Vec::new(), Vec::new(), Vec::new());
+    for (clause, _) in definition.clauses() {
+        match &clause.rule {
+            Rule::Profile { field: field @ (ProfileField::Country | ProfileField::Segment), value, .. } => {
+                let values = match value {
+                    Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+                    value => value.as_str().into_iter().collect::<Vec<_>>(),
+                };
+                let list = if *field == ProfileField::Country { &mut countries } else { &mut segments };
+                list.extend(values.into_iter().map(str::to_owned));
+            }
+            Rule::Event { products: named, .. } => products.extend(named.iter().cloned()),
+            _ => {}
+        }
+    }
+    let mut warnings = Vec::new();
+    if countries.is_empty() && segments.is_empty() && products.is_empty() {
+        return Ok(warnings);
+    }
+    // Countries are stored upper-case and compared as they are; segments regardless of case (as compiled).
+    let (countries, segments, products): (Vec<String>, Vec<String>, Vec<String>) = sqlx::query_as(&format!(
+        "SELECT ARRAY(SELECT v FROM unnest($1::text[]) v WHERE NOT EXISTS (SELECT 1 FROM {customers} p WHERE p.country = v)), \
+                ARRAY(SELECT v FROM unnest($2::text[]) v \
+                      WHERE NOT EXISTS (SELECT 1 FROM {customers} p WHERE lower(p.segment) = lower(v))), \
+                ARRAY(SELECT v FROM unnest($3::text[]) v WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.product = v))"
+    ))
+    .bind(&countries)
+    .bind(&segments)
+    .bind(&products)
+    .fetch_one(&mut **tx)
+    .await?;
+    // Only when a value is missing: the values there are, to correct it with.
+    let known = async |tx: &mut Tx, column: &str| -> Result<String, ToolFailure> {
+        let values: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT {column} FROM {customers} WHERE {column} IS NOT NULL ORDER BY {column}"
+        ))
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(values.join(", "))
+    };
+    if !countries.is_empty() {
+        let hint = if countries.iter().any(|c| c == "UK") { " (the United Kingdom's ISO code is GB)" } else { "" };
+        let known = known(tx, "country").await?;
+        warnings.push(format!("no customer is from {}{hint}; the data's countries: {known}", countries.join(", ")));
+    }
+    if !segments.is_empty() {
+        let known = known(tx, "segment").await?;
+        warnings.push(format!("no customer is in segment {}; the segments: {known}", segments.join(", ")));
+    }
+    if !products.is_empty() {
+        warnings.push(format!("no event names the product {}", products.join(", ")));
+    }
+    Ok(warnings)
 }
 
 pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
@@ -219,11 +283,29 @@ async fn add_fields(tx: &mut Tx, members: &mut [Member], fields: &[&'static str]
     Ok(())
 }
 
-/// The day the data was computed for: from the dataset row, or (schemas ingested before it recorded one) the day of
-/// the newest event.
-pub(crate) async fn as_of_day(stores: &Stores) -> Result<NaiveDate, ToolFailure> {
-    let day = Dataset::as_of(&stores.db).await.map_err(ToolFailure::Fatal)?;
-    Ok(day.unwrap_or_else(|| Utc::now().date_naive()))
+/// What the compiler needs to know of the data: the day it was computed for (from the dataset row, or, for schemas
+/// ingested before it recorded one, the day of the newest event), and whether ingest built the derived audience
+/// tables (with the dataset's day, which their event totals were cut at).
+pub(crate) async fn data_for_compile(stores: &Stores) -> Result<Data, ToolFailure> {
+    let recorded = Dataset::read(&stores.db).await.map_err(ToolFailure::Fatal)?.and_then(|dataset| dataset.as_of);
+    let derived_tables = match recorded {
+        Some(_) => {
+            let names = DERIVED_TABLES.map(|name| format!("{}.{name}", stores.db.schema));
+            sqlx::query_scalar("SELECT bool_and(to_regclass(name) IS NOT NULL) FROM unnest($1::text[]) name")
+                .bind(&names[..])
+                .fetch_one(&stores.db.pool)
+                .await
+                .map_err(|e| ToolFailure::Fatal(anyhow::Error::new(e).context("cannot look up the audience tables")))?
+        }
+        None => false,
+    };
+    let as_of = match recorded {
+        Some(day) => day,
+        None => {
+            Dataset::as_of(&stores.db).await.map_err(ToolFailure::Fatal)?.unwrap_or_else(|| Utc::now().date_naive())
+        }
+    };
+    Ok(Data { as_of, derived_tables })
 }
 
 /// What one scan of the membership gives: the customer count, the funnel, the size, the breakdown, the top
@@ -239,9 +321,8 @@ struct Summary {
     member_ids: Option<Vec<i64>>,
 }
 
-/// Evaluates the membership ONCE (a materialized CTE) and derives size, breakdown, top spenders and the member ids
-/// from it in the same statement, with the funnel's prefix counts alongside: one round trip and one scan of the
-/// audience instead of one per figure. The breakdown is grouped once by every dimension together (a few hundred
+/// Derives size, breakdown, top spenders and the member ids from the membership in one statement, with the funnel's
+/// prefix counts alongside: one round trip and one snapshot for every figure. The breakdown is grouped once by every dimension together (a few hundred
 /// groups at most) and the marginals are summed here, which is cheaper than PostgreSQL's grouping sets.
 async fn summarize(
     tx: &mut Tx,
@@ -249,28 +330,32 @@ async fn summarize(
     limit: usize,
     member_cap: Option<usize>,
 ) -> Result<Summary, ToolFailure> {
-    let mut counts = vec!["(SELECT count(*) FROM profiles)".to_owned()];
-    let inner = compiled.prefixes.len().saturating_sub(1);
-    counts.extend(compiled.prefixes[..inner].iter().map(|sql| format!("(SELECT count(*) FROM ({sql}) f)")));
+    // Ingest records the profile count in the dataset row, in the transaction that swaps the profiles in, so in
+    // this snapshot it is the count; it saves a scan of every customer (schemas whose ingest built the derived
+    // tables always have the row, and let the reader read it).
+    let total = if compiled.customers == CUSTOMER_FACTS {
+        "(SELECT profiles FROM dataset WHERE id = 1)".to_owned()
+    } else {
+        format!("(SELECT count(*) FROM {})", compiled.customers)
+    };
     let member_ids = match member_cap {
         Some(cap) => format!("ARRAY(SELECT customer_id FROM m LIMIT {})", cap.saturating_add(1)),
         None => "NULL::bigint[]".to_owned(),
     };
     let sql = format!(
-        "WITH m AS MATERIALIZED ({facts}) \
-         SELECT ARRAY[{counts}]::bigint[], \
-                (SELECT coalesce(json_agg(json_build_array(country, segment, churned, band, n)), '[]')::text \
-                 FROM (SELECT country, segment, churned, {SPEND_BANDS} AS band, count(*) AS n \
-                       FROM m GROUP BY 1, 2, 3, 4) g), \
+        "WITH {ctes} \
+         SELECT ARRAY[{total}]::bigint[] || {funnel}, \
+                (SELECT coalesce(json_agg(json_build_array(country, segment, churned, spend_band, n)), '[]')::text \
+                 FROM (SELECT country, segment, churned, spend_band, count(*) AS n FROM m GROUP BY 1, 2, 3, 4) g), \
                 ARRAY(SELECT customer_id FROM m ORDER BY total_spent DESC, customer_id LIMIT {limit}), \
                 {member_ids}",
-        facts = compiled.membership_facts,
-        counts = counts.join(", "),
+        ctes = compiled.report_ctes,
+        funnel = compiled.funnel,
     );
     let (counts, groups, top_spenders, member_ids): (Vec<i64>, String, Vec<i64>, Option<Vec<i64>>) =
         sqlx::query_as(&sql).fetch_one(&mut **tx).await?;
     let counts: Vec<u64> = counts.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect();
-    type Group = (Option<String>, String, bool, String, u64);
+    type Group = (Option<String>, String, bool, usize, u64);
     let groups: Vec<Group> = serde_json::from_str(&groups)
         .map_err(|e| ToolFailure::Fatal(anyhow::anyhow!("PostgreSQL returned a breakdown that is not JSON: {e}")))?;
     let size = groups.iter().map(|group| group.4).sum();
@@ -281,7 +366,7 @@ async fn summarize(
             country.unwrap_or_else(|| "unknown".to_owned()),
             segment,
             status.to_owned(),
-            band,
+            SPEND_BANDS.get(band).copied().unwrap_or("unknown").to_owned(),
         ]) {
             *dimension.entry(value).or_default() += count;
         }
@@ -308,7 +393,7 @@ async fn summarize(
         country: shares(country, None),
         segment: shares(segment, None),
         status: shares(status, Some(&["active", "churned"])),
-        spend_band: shares(band, Some(&BAND_ORDER)),
+        spend_band: shares(band, Some(&SPEND_BANDS)),
     };
     Ok(Summary {
         total: counts.first().copied().unwrap_or(0),
@@ -471,6 +556,7 @@ pub(crate) mod tests_support {
             ranked_by: "total_spent".to_owned(),
             members: Vec::new(),
             as_of: NaiveDate::MIN,
+            warnings: Vec::new(),
         }
     }
 }
