@@ -205,6 +205,19 @@ fn derived_tables_select_the_same_customers_as_the_events() {
     };
     check(&env, true);
     assert!(find(&env, &cases[0].1, None)["sql"].as_str().unwrap().contains("FROM customer_facts p"));
+    // The funnel's first step, an event clause counted from the totals alone, and the next, a profile clause.
+    let report = find(
+        &env,
+        &json!({"new": true, "include": [{"type": "event", "event_type": "view", "products": ["watches", "bags"]},
+                                         {"type": "profile", "field": "country", "op": "in", "value": ["DE", "PL"]}]}),
+        None,
+    );
+    let funnel: Vec<u64> = report["funnel"].as_array().unwrap().iter().map(|s| s["size"].as_u64().unwrap()).collect();
+    let viewers = &cases[0].2;
+    let from_de_pl =
+        format!("SELECT customer_id FROM customers WHERE country IN ('DE', 'PL') AND customer_id IN ({viewers})");
+    assert_eq!(funnel, [count(&env, viewers), count(&env, &from_de_pl)]);
+    assert!(funnel[1] > 0 && funnel[1] < funnel[0], "{funnel:?}");
 
     // Returns: customers who never bought anything priced 300 or more (or 20 or less) return such an item, inside
     // the window. A return is not a purchase, so none of them may join those audiences.

@@ -156,4 +156,13 @@ fn the_shipped_golden_set_replays_above_its_thresholds() {
     let summary = &run.json()["summary"];
     assert!(summary["cases"].as_u64().unwrap() >= 60, "{summary}");
     assert_eq!(summary["categories"].as_array().unwrap().len(), 6, "{summary}");
+    // Every case of the shipped set is recorded, so every one is scored.
+    assert_eq!(run.json()["not_recorded"], serde_json::json!([]), "{}", run.stdout);
+
+    // `--only` takes several prefixes.
+    let only = "refusal-delete-germany,analytics-total-customers";
+    let run = eval(&env, None, &["eval", "--cases", &cases, "--replay", &tape, "--only", only, "--json"]);
+    let ids: Vec<String> =
+        run.json()["cases"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, ["analytics-total-customers", "refusal-delete-germany"], "{}", run.stderr);
 }

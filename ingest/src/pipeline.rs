@@ -60,6 +60,11 @@ pub struct IngestReport {
     pub times: StageTimes,
 }
 
+/// Memory one index build of the ingest may use.
+const INGEST_MAINTENANCE_WORK_MEM: &str = "512MB";
+/// Memory each sort or hash of the profile SQL may use.
+const INGEST_WORK_MEM: &str = "256MB";
+
 /// Loads `req`'s files into `db`'s schema, recomputes all profiles, and embeds the new or changed ones into a new
 /// version of `vectors`, published once the data is committed.
 pub async fn ingest(
@@ -74,6 +79,14 @@ pub async fn ingest(
 
     let mut tx = db.pool.begin().await.context("cannot start the ingest transaction")?;
     lock_schema(&mut tx, &db.schema).await?;
+    // PostgreSQL's defaults (64 MB to build an index, 4 MB per sort or hash) make the index builds and the
+    // per-customer aggregations of a large ingest sort on disk; for this transaction only, let them use memory.
+    sqlx::query("SELECT set_config('maintenance_work_mem', $1, true), set_config('work_mem', $2, true)")
+        .bind(INGEST_MAINTENANCE_WORK_MEM)
+        .bind(INGEST_WORK_MEM)
+        .execute(&mut *tx)
+        .await
+        .context("cannot set the ingest's memory limits")?;
 
     let stage = Instant::now();
     let load_report = load::load_staging(&mut tx, &req.customers, &req.events, &req.load).await?;

@@ -138,6 +138,7 @@ pub fn audience_summary(report: &AudienceReport) -> String {
         let text = terminal::safe(&step.text);
         lines.push(format!("  {} {verb:<9} {text:<60} {:>8}", step.clause, step.size).trim_end().to_owned());
     }
+    lines.extend(report.warnings.iter().map(|warning| format!("  warning: {}", terminal::safe(warning))));
     let shares = |shares: &[Share]| -> String {
         shares
             .iter()

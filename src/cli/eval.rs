@@ -27,9 +27,9 @@ pub struct EvalArgs {
     /// The golden set.
     #[arg(long, default_value = "tests/golden/cases.toml")]
     cases: PathBuf,
-    /// Only the cases whose id starts with this (e.g. `analytics-`).
-    #[arg(long)]
-    only: Option<String>,
+    /// Only the cases whose id starts with one of these (e.g. `analytics-`, or `analytics-,refusal-delete`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// The provider to evaluate (as AUDIENCE_PROVIDER; e.g. local).
     #[arg(long)]
     provider: Option<String>,
@@ -49,10 +49,13 @@ pub struct EvalArgs {
 
 pub async fn run(args: EvalArgs, global: &Global) -> Result<()> {
     let file = CaseFile::load(&args.cases).kind(FailureKind::Usage)?;
-    let cases: Vec<&eval::Case> =
-        file.cases.iter().filter(|case| args.only.as_ref().is_none_or(|only| case.id.starts_with(only))).collect();
+    let cases: Vec<&eval::Case> = file
+        .cases
+        .iter()
+        .filter(|case| args.only.is_empty() || args.only.iter().any(|only| case.id.starts_with(only)))
+        .collect();
     if cases.is_empty() {
-        bail!("no case matches --only {:?}", args.only.unwrap_or_default());
+        bail!("no case matches --only {:?}", args.only.join(","));
     }
     let cassette = match (&args.record, &args.replay) {
         (Some(dir), _) => Some(Cassette::new(Mode::Record, dir)?),

@@ -480,7 +480,12 @@ pub(crate) async fn describe_members(
                 1 => "1 day ago".to_owned(),
                 days => format!("{days} days ago"),
             };
-            evidence.entry(id).or_default().push(format!("{verb} {product} {when}"));
+            // Two clauses met by the same event (any purchase, a purchase over 50) say it once.
+            let lines = evidence.entry(id).or_default();
+            let line = format!("{verb} {product} {when}");
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
         }
     }
     let mut members = Vec::with_capacity(ranked.len());
