@@ -265,6 +265,10 @@ fn derived_tables_select_the_same_customers_as_the_events() {
     assert!(dear_returners.iter().all(|c| !members(1).contains(c)), "a return of a dear item is not a purchase");
     assert!(cheap_returners.iter().all(|c| !members(2).contains(c)), "a return of a cheap item is not a purchase");
 
+    // An ingest by an older release bumps the data version but leaves the derived tables of the one before: they
+    // describe other data, so the audiences come from the base tables again.
+    env.execute("UPDATE dataset SET version = version + 1");
+    check(&env, false);
     // Without the derived tables, the same audiences from the base tables.
     env.execute("DROP TABLE customer_facts, event_totals");
     check(&env, false);

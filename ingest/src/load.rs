@@ -737,13 +737,14 @@ pub async fn prepare_schema_in(conn: &mut PgConnection, schema: &str) -> Result<
 }
 
 /// The idempotent statements that create `schema`, its `dataset` table and its `customer_keys` table.
-fn schema_statements(schema: &str) -> Result<[String; 4]> {
+fn schema_statements(schema: &str) -> Result<[String; 5]> {
     check_identifier(schema)?;
     Ok([
         format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
         format!("CREATE TABLE IF NOT EXISTS {schema}.dataset ({DATASET_DDL})"),
         // Added after the first release of the table.
         format!("ALTER TABLE {schema}.dataset ADD COLUMN IF NOT EXISTS as_of DATE"),
+        format!("ALTER TABLE {schema}.dataset ADD COLUMN IF NOT EXISTS derived_version BIGINT"),
         // Never dropped or swapped: a string id keeps its key across ingests (see `crate::keys`).
         format!("CREATE TABLE IF NOT EXISTS {schema}.customer_keys ({CUSTOMER_KEYS_DDL})"),
     ])

@@ -212,9 +212,11 @@ async fn fingerprint(conn: &mut PgConnection, table: ProfilesTable) -> Result<(u
 /// Records the new data in the `dataset` row and returns its version number.
 async fn record_dataset(conn: &mut PgConnection, profiles: u64, fingerprint: &str, as_of: NaiveDate) -> Result<i64> {
     sqlx::query_scalar(
-        "INSERT INTO dataset (id, version, profiles, fingerprint, ingested_at, as_of) VALUES (1, 1, $1, $2, now(), $3) \
+        "INSERT INTO dataset (id, version, profiles, fingerprint, ingested_at, as_of, derived_version) \
+         VALUES (1, 1, $1, $2, now(), $3, 1) \
          ON CONFLICT (id) DO UPDATE SET version = dataset.version + 1, profiles = EXCLUDED.profiles, \
-         fingerprint = EXCLUDED.fingerprint, ingested_at = EXCLUDED.ingested_at, as_of = EXCLUDED.as_of \
+         fingerprint = EXCLUDED.fingerprint, ingested_at = EXCLUDED.ingested_at, as_of = EXCLUDED.as_of, \
+         derived_version = dataset.version + 1 \
          RETURNING version",
     )
     .bind(i64::try_from(profiles).unwrap_or(i64::MAX))

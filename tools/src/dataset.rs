@@ -18,7 +18,8 @@ pub const DATASET_DDL: &str = "
     profiles    BIGINT NOT NULL,
     fingerprint TEXT NOT NULL,
     ingested_at TIMESTAMPTZ NOT NULL,
-    as_of       DATE";
+    as_of       DATE,
+    derived_version BIGINT";
 
 /// The profile count and fingerprint of `table` (`profiles` or `profiles_staging`): the md5 of every text hash in
 /// customer order, so any added, removed or changed profile changes it.
@@ -34,6 +35,9 @@ pub struct Dataset {
     pub fingerprint: String,
     /// The day the profiles were computed for: relative days in audience clauses count back from it.
     pub as_of: Option<NaiveDate>,
+    /// Whether the derived audience tables (`schema::DERIVED_TABLES`) were built by the ingest that wrote this
+    /// version: an ingest by an older release bumps the version but leaves the tables of an earlier one behind.
+    pub derived_tables_current: bool,
 }
 
 impl Dataset {
@@ -59,16 +63,27 @@ impl Dataset {
         if exists.is_none() {
             return Ok(None);
         }
-        let row: Option<(i64, i64, String, Option<NaiveDate>)> =
-            sqlx::query_as("SELECT version, profiles, fingerprint, as_of FROM dataset WHERE id = 1")
-                .fetch_optional(&db.pool)
-                .await
-                .context("cannot read the dataset version")?;
-        Ok(row.map(|(version, profiles, fingerprint, as_of)| Self {
+        // A schema last prepared by an older release has no derived_version column: then it is NULL here.
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'dataset'",
+        )
+        .bind(&db.schema)
+        .fetch_all(&db.pool)
+        .await
+        .context("cannot read the dataset columns")?;
+        let derived = if columns.iter().any(|c| c == "derived_version") { "derived_version" } else { "NULL::bigint" };
+        let row: Option<(i64, i64, String, Option<NaiveDate>, Option<i64>)> = sqlx::query_as(&format!(
+            "SELECT version, profiles, fingerprint, as_of, {derived} FROM dataset WHERE id = 1"
+        ))
+        .fetch_optional(&db.pool)
+        .await
+        .context("cannot read the dataset version")?;
+        Ok(row.map(|(version, profiles, fingerprint, as_of, derived_version)| Self {
             version,
             profiles: u64::try_from(profiles).unwrap_or(0),
             fingerprint,
             as_of,
+            derived_tables_current: derived_version == Some(version),
         }))
     }
 

@@ -1,9 +1,10 @@
 //! Evaluates an audience definition against the data: its exact size, the size after each clause, a breakdown by
 //! country, segment, status and spend band, and the top members ranked by the intent, each with why it fits.
 //!
-//! Every number comes from the compiled membership query (or its prefixes), run in one read-only, repeatable-read
-//! transaction, so size, funnel, breakdown and members describe the same snapshot. The vector index orders the
-//! members by the intent within the membership (by id); it never adds or drops one.
+//! Every number comes from the compiled membership query (or its prefixes), in ONE read-only statement, so size,
+//! funnel and breakdown describe the same snapshot; the listed members are then described by the next statements
+//! (read committed: an ingest that commits in between is seen by them). The vector index orders the members by the
+//! intent within the membership (by id); it never adds or drops one.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -284,12 +285,14 @@ async fn add_fields(tx: &mut Tx, members: &mut [Member], fields: &[&'static str]
 }
 
 /// What the compiler needs to know of the data: the day it was computed for (from the dataset row, or, for schemas
-/// ingested before it recorded one, the day of the newest event), and whether ingest built the derived audience
-/// tables (with the dataset's day, which their event totals were cut at).
+/// ingested before it recorded one, the day of the newest event), and whether the ingest that wrote the current
+/// data built the derived audience tables (with the dataset's day, which their event totals were cut at).
 pub(crate) async fn data_for_compile(stores: &Stores) -> Result<Data, ToolFailure> {
-    let recorded = Dataset::read(&stores.db).await.map_err(ToolFailure::Fatal)?.and_then(|dataset| dataset.as_of);
+    let dataset = Dataset::read(&stores.db).await.map_err(ToolFailure::Fatal)?;
+    let recorded = dataset.as_ref().and_then(|dataset| dataset.as_of);
+    let current = dataset.as_ref().is_some_and(|dataset| dataset.derived_tables_current);
     let derived_tables = match recorded {
-        Some(_) => {
+        Some(_) if current => {
             let names = DERIVED_TABLES.map(|name| format!("{}.{name}", stores.db.schema));
             sqlx::query_scalar("SELECT bool_and(to_regclass(name) IS NOT NULL) FROM unnest($1::text[]) name")
                 .bind(&names[..])
@@ -297,7 +300,7 @@ pub(crate) async fn data_for_compile(stores: &Stores) -> Result<Data, ToolFailur
                 .await
                 .map_err(|e| ToolFailure::Fatal(anyhow::Error::new(e).context("cannot look up the audience tables")))?
         }
-        None => false,
+        _ => false,
     };
     let as_of = match recorded {
         Some(day) => day,
