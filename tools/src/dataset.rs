@@ -27,6 +27,9 @@ pub fn fingerprint_sql(table: &str) -> String {
     format!("SELECT count(*)::bigint, md5(coalesce(string_agg(text_hash, ',' ORDER BY customer_id), '')) FROM {table}")
 }
 
+/// version, profiles, fingerprint, as_of, derived_version.
+type DatasetRow = (i64, i64, String, Option<NaiveDate>, Option<i64>);
+
 /// The dataset row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dataset {
@@ -72,7 +75,7 @@ impl Dataset {
         .await
         .context("cannot read the dataset columns")?;
         let derived = if columns.iter().any(|c| c == "derived_version") { "derived_version" } else { "NULL::bigint" };
-        let row: Option<(i64, i64, String, Option<NaiveDate>, Option<i64>)> = sqlx::query_as(&format!(
+        let row: Option<DatasetRow> = sqlx::query_as(&format!(
             "SELECT version, profiles, fingerprint, as_of, {derived} FROM dataset WHERE id = 1"
         ))
         .fetch_optional(&db.pool)
