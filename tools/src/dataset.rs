@@ -66,18 +66,12 @@ impl Dataset {
         if exists.is_none() {
             return Ok(None);
         }
-        // A schema last prepared by an older release has no derived_version column: then it is NULL here.
-        let columns: Vec<String> = sqlx::query_scalar(
-            "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'dataset'",
+        // A schema last prepared by an older release has no derived_version column; read through the row's JSON,
+        // it is then NULL, without a second query to ask which columns the table has.
+        let row: Option<DatasetRow> = sqlx::query_as(
+            "SELECT version, profiles, fingerprint, as_of, (to_jsonb(d) ->> 'derived_version')::bigint \
+             FROM dataset d WHERE id = 1",
         )
-        .bind(&db.schema)
-        .fetch_all(&db.pool)
-        .await
-        .context("cannot read the dataset columns")?;
-        let derived = if columns.iter().any(|c| c == "derived_version") { "derived_version" } else { "NULL::bigint" };
-        let row: Option<DatasetRow> = sqlx::query_as(&format!(
-            "SELECT version, profiles, fingerprint, as_of, {derived} FROM dataset WHERE id = 1"
-        ))
         .fetch_optional(&db.pool)
         .await
         .context("cannot read the dataset version")?;
