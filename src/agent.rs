@@ -16,12 +16,15 @@ use audience_tools::audience::lookalike::Lookalike;
 use audience_tools::audience::saved::SavedAudiences;
 use audience_tools::audience::{AudienceReport, AudienceSession, FindAudience};
 use audience_tools::clarify::{AskClarification, Clarification};
+use audience_tools::question::{Prepared, Vocabulary, prepare};
 use audience_tools::registry;
+use audience_tools::respond::Respond;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
 use rig_agent::completion::PromptError;
 use rig_agent::{Agent, AgentBuilder};
+use tokio::sync::OnceCell;
 use rig_core::message::Message;
 use serde::Serialize;
 
@@ -118,7 +121,13 @@ struct ModelLabel {
 
 /// A conversation with the agent. Not `Clone`: it owns the history and the ledger totals.
 pub struct Session {
-    agent: Agent,
+    /// The model every question's agent is built on: the agent is built per question, because the tool schemas
+    /// carry the values grounded for it.
+    model: ChatModel,
+    /// The data's values, their embeddings and the example library, read on the first question.
+    data: Arc<OnceCell<Arc<Vocabulary>>>,
+    /// Whether the provider constrains tool calls to their schema (the local llama-server).
+    constrained: bool,
     label: ModelLabel,
     max_turns: usize,
     unknown_tool_retries: usize,
@@ -156,6 +165,7 @@ impl Session {
             ModelLabel { provider: config.provider.kind.name().to_owned(), model: config.provider.model.clone() };
         let provider = config.provider.clone();
         let mut session = Self::with_model(model, label, &config, stores, ledger, verbose);
+        session.constrained = config.provider.kind == ProviderKind::Local;
         session.redact = Arc::new(move |text: &str| provider.redact(text));
         session._local_server = local_server;
         Ok(session)
@@ -171,9 +181,10 @@ impl Session {
     ) -> Self {
         let audience = AudienceSession::default();
         let saved = SavedAudiences::new(&stores.db).ok();
-        let agent = build_agent(model, stores.clone(), config.max_turns, audience.clone());
         Self {
-            agent,
+            model,
+            data: Arc::new(OnceCell::new()),
+            constrained: false,
             label,
             max_turns: config.max_turns,
             unknown_tool_retries: config.unknown_tool_retries,
@@ -205,7 +216,14 @@ impl Session {
         let log = SharedLog::default();
         let start = Instant::now();
         let history: Vec<Message> = self.history.iter().flatten().cloned().collect();
-        let prompt = prompt_text(question, &self.audience);
+        let data = self.data().await?;
+        let current = current_audience(&self.audience);
+        let prepared = prepare(&self.stores, &data, question, current.as_deref()).await.kind(FailureKind::Store)?;
+        if let Some(answer) = self.nothing_matches(question, &prepared, &data, start) {
+            return Ok(Some(answer));
+        }
+        let prompt = prepared.prompt.clone();
+        let grounding = Arc::new((prepared.grounding.clone(), prepared.offered.clone()));
         // A lookalike needs a seed: the conversation's audience or a saved one. Without either its schema would
         // only add tokens to every call. A lookup that fails offers it (the tool then says what is wrong).
         let can_grow = self.audience.current().is_some()
@@ -213,13 +231,17 @@ impl Session {
                 Some(saved) => saved.any().await.unwrap_or(true),
                 None => false,
             };
-        let run_future = self
-            .agent
+        let find_audience = FindAudience::new(self.stores.clone(), self.audience.clone())
+            .for_question(&prepared.offered, Arc::new(data.values.clone()));
+        let agent =
+            build_agent(self.model.clone(), self.stores.clone(), self.max_turns, self.audience.clone(), find_audience);
+        let hook = TraceHook::new(log.clone(), self.verbose, can_grow).grounded(grounding).constrained(self.constrained);
+        let run_future = agent
             .prompt(prompt)
             .history(history)
             .max_turns(self.max_turns)
             .max_invalid_tool_call_retries(self.unknown_tool_retries)
-            .add_hook(TraceHook::new(log.clone(), self.verbose, can_grow))
+            .add_hook(hook)
             .into_future();
         let result = tokio::select! {
             result = run_future => Some(result),
@@ -229,6 +251,8 @@ impl Session {
         // The hook asks again after an empty turn, but a run can still end on one (a provider that closes a turn
         // without content): that is the provider failing, not an answer.
         let answered = run.clarification.is_some()
+            || run.reply.is_some()
+            || run.audience_found
             || matches!(&result, Some(Ok(response)) if !response.output().trim().is_empty());
         match &result {
             Some(Ok(response)) => {
@@ -268,13 +292,23 @@ impl Session {
                 usage,
             }));
         }
-        let response = result.map_err(|error| self.run_error(error, &run))?;
-        if !answered {
-            return Err(tagged(FailureKind::Provider, "the model returned an empty answer".to_owned()));
-        }
-        let text = response.output();
-        self.push_history(response.messages.clone());
-        let vocabulary = match run.audience.as_ref().and_then(|report| report.definition.intent.as_ref()) {
+        let audience = if run.audience_found { self.audience.last_report() } else { None };
+        let text = match (&run.reply, &audience) {
+            (Some(reply), _) => reply.text.clone(),
+            (None, Some(report)) => render_audience(report, &run.dropped),
+            (None, None) => {
+                let response = result.map_err(|error| self.run_error(error, &run))?;
+                if !answered {
+                    return Err(tagged(FailureKind::Provider, "the model returned an empty answer".to_owned()));
+                }
+                response.output()
+            }
+        };
+        // The history keeps the question and its answer: the current audience is the host's, told to the model
+        // with every question, and the examples and hints of an earlier question would only cost tokens.
+        self.push_history(vec![Message::user(prompt_text(question, &self.audience)), Message::assistant(&text)]);
+        let run_audience = audience;
+        let vocabulary = match run_audience.as_ref().and_then(|report| report.definition.intent.as_ref()) {
             Some(_) => self.vocabulary().await,
             None => None,
         };
@@ -284,7 +318,7 @@ impl Session {
             answer: &text,
             calls: &calls,
             outputs: &run.outputs,
-            audience: run.audience.as_ref(),
+            audience: run_audience.as_ref(),
             vocabulary,
         });
         Ok(Some(Answer {
@@ -292,10 +326,51 @@ impl Session {
             text,
             clarification: None,
             confidence,
-            audience: run.audience,
+            audience: run_audience,
             steps: run.steps,
             usage,
         }))
+    }
+
+    /// The data's vocabulary, read on the first question (a missing or unreadable dataset is a store error).
+    async fn data(&self) -> Result<Arc<Vocabulary>> {
+        self.data.get_or_try_init(|| Vocabulary::load(&self.stores)).await.cloned().kind(FailureKind::Store)
+    }
+
+    /// The answer to a question that names a product the data does not have ("bought kayaks"), given before any
+    /// query or model call runs: an audience without that condition would be the wrong answer.
+    fn nothing_matches(&mut self, question: &str, prepared: &Prepared, data: &Vocabulary, start: Instant) -> Option<Answer> {
+        let unmatched = &prepared.grounding.unmatched;
+        if unmatched.is_empty() || data.values.products.is_empty() {
+            return None;
+        }
+        let shown: Vec<&str> = data.values.products.iter().take(20).map(String::as_str).collect();
+        let more = data.values.products.len().saturating_sub(shown.len());
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        let words: Vec<String> = unmatched.iter().map(|word| format!("\"{word}\"")).collect();
+        let text = format!(
+            "Nothing in the data matches {}, so no audience was built. The products are: {}{more}.",
+            words.join(" or "),
+            shown.join(", ")
+        );
+        let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let usage =
+            UsageRecord::new(&self.label.provider, &self.label.model, Vec::new(), 0, self.ledger.prices(), latency_ms, true);
+        self.ledger.record(&usage);
+        self.last_usage = Some(usage.clone());
+        self.push_history(vec![Message::user(prompt_text(question, &self.audience)), Message::assistant(&text)]);
+        Some(Answer {
+            kind: AnswerKind::Answer,
+            text,
+            clarification: None,
+            confidence: Confidence {
+                level: confidence::Level::High,
+                reasons: vec![format!("no product in the data is named {}", words.join(" or "))],
+            },
+            audience: None,
+            steps: Vec::new(),
+            usage,
+        })
     }
 
     fn push_history(&mut self, messages: Vec<Message>) {
@@ -419,7 +494,15 @@ fn one_line(text: &str) -> String {
 /// The question, preceded by the current audience when there is one: the model refines what it is told here, not
 /// what the (trimmed) history happens to still hold.
 fn prompt_text(question: &str, audience: &AudienceSession) -> String {
-    let Some(definition) = audience.current() else { return question.to_owned() };
+    match current_audience(audience) {
+        Some(current) => format!("[current audience: {current}]\n{question}"),
+        None => question.to_owned(),
+    }
+}
+
+/// The current audience as the model is told it: each clause by id, and the intent.
+fn current_audience(audience: &AudienceSession) -> Option<String> {
+    let definition = audience.current()?;
     let clauses: Vec<String> = definition
         .clauses()
         .map(|(clause, exclude)| {
@@ -428,7 +511,39 @@ fn prompt_text(question: &str, audience: &AudienceSession) -> String {
         .collect();
     let intent = definition.intent.as_deref().map(|i| format!("; intent: {i}")).unwrap_or_default();
     let clauses = if clauses.is_empty() { "no clauses".to_owned() } else { clauses.join("; ") };
-    format!("[current audience: {clauses}{intent}]\n{question}")
+    Some(format!("{clauses}{intent}"))
+}
+
+/// Members named in a rendered answer; the whole list is printed below it (and in `--json`).
+const NAMED_MEMBERS: usize = 3;
+
+/// The answer to a found audience, written by the program from the typed report: its size, what defines it, the
+/// best members and why they fit, and any clause left out because the question did not ask for it.
+pub fn render_audience(report: &AudienceReport, dropped: &[String]) -> String {
+    let mut text = format!(
+        "{} of {} customers: {}.",
+        report.size, report.total_customers, report.explanation
+    );
+    if report.size == 0 {
+        text.push_str(" No customer meets every condition.");
+    }
+    let named: Vec<String> = report
+        .members
+        .iter()
+        .take(NAMED_MEMBERS)
+        .map(|m| {
+            let why = m.why.first().map(|why| format!(": {why}")).unwrap_or_default();
+            format!("{} {}{why}", m.external_id, m.name)
+        })
+        .collect();
+    if !named.is_empty() {
+        let order = if report.ranked_by == "intent" { "Best matches" } else { "Top spenders" };
+        text.push_str(&format!(" {order}: {}.", named.join("; ")));
+    }
+    for clause in dropped {
+        text.push_str(&format!(" Left out, as the question does not ask for it: {clause}."));
+    }
+    text
 }
 
 /// The system prompt: prompts/system.md. It carries no schema: every call resends it, so the columns a
@@ -441,16 +556,20 @@ pub fn system_prompt() -> String {
 /// runaway model can write into the conversation (a megabyte "condition"), which every later call would resend.
 pub const MAX_OUTPUT_TOKENS: u64 = 1_024;
 
-fn build_agent(model: ChatModel, stores: Stores, max_turns: usize, audience: AudienceSession) -> Agent {
+/// The agent of one question: the tools, with `find_audience` offered with the question's schema. Temperature 0:
+/// the same question gets the same call, and the recorded golden set replays.
+fn build_agent(model: ChatModel, stores: Stores, max_turns: usize, audience: AudienceSession, find_audience: FindAudience) -> Agent {
     AgentBuilder::new(model.clone())
         .preamble(system_prompt())
         .max_tokens(MAX_OUTPUT_TOKENS)
+        .temperature(0.0)
         .default_max_turns(max_turns)
-        .tool(FindAudience::new(stores.clone(), audience.clone()))
+        .tool(find_audience)
         .tool(Lookalike::new(stores.clone(), audience))
         .tool(SqlAnalytics::new(stores.clone(), model))
         .tool(SqlDataRetriever::new(stores))
         .tool(AskClarification)
+        .tool(Respond)
         .build()
 }
 
@@ -626,54 +745,105 @@ mod tests {
         // A model that keeps sending SQL that fails: every call is offered every tool again.
         let call = || MockTurn::tool_call("c", "sql_analytics", json!({"sql": "SELECT nope FROM customers"}));
         let model = MockCompletionModel::from_turns([call(), call(), call(), MockTurn::text("never reached")]);
-        let mut session = fixture.session(&model, 2);
+        let mut session = fixture.session(&model, 1);
         let error = session.ask("loop").await.unwrap_err();
         assert_eq!(kind_of(&error), Some(FailureKind::Provider));
-        assert!(format!("{error:#}").contains("within 2 model calls"), "{error:#}");
-        assert_eq!(model.request_count(), 2);
+        assert!(format!("{error:#}").contains("within 1 model calls"), "{error:#}");
+        assert_eq!(model.request_count(), 1);
         let usage = session.last_usage().unwrap();
         assert!(!usage.ok);
-        assert_eq!(usage.llm_calls, 2);
+        assert_eq!(usage.llm_calls, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn later_calls_are_offered_what_can_follow_and_the_last_one_answers() {
+    async fn an_analytics_result_is_answered_in_words_and_every_call_before_it_is_required() {
         let fixture = Fixture::new().await;
         let count = || MockTurn::tool_call("c", "sql_analytics", json!({"sql": "SELECT count(*) AS n FROM customers"}));
         let model = MockCompletionModel::from_turns([
             count().with_usage(usage(1000, 20)),
-            // Not among what can follow an analytics result: refused with the reason and what can be called.
-            MockTurn::tool_call("d", "sql_data_retriever", json!({"customer_ids": [1]})).with_usage(usage(1100, 20)),
-            count().with_usage(usage(1200, 20)),
-            count().with_usage(usage(1300, 20)),
-            MockTurn::text("There are 3 customers.").with_usage(usage(1400, 10)),
+            MockTurn::text("There are 3 customers.").with_usage(usage(1100, 10)),
         ]);
         let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
         let answer = session.ask("How many customers?").await.unwrap();
         assert_eq!(answer.text, "There are 3 customers.");
-        let offered = |request: usize| -> Vec<String> {
-            model.requests()[request].tools.iter().map(|tool| tool.name.to_string()).collect()
-        };
-        assert_eq!(offered(0).len(), 4, "every tool but lookalike (nothing to grow yet)");
-        assert_eq!(offered(1), ["find_audience", "sql_analytics"]);
-        assert_eq!(offered(2), offered(1), "a refused call changes nothing");
-        let feedback = tool_results(&model, 2);
-        assert!(
-            feedback.contains("`sql_data_retriever` cannot follow the results this question already has; call one of"),
-            "{feedback}"
-        );
-        // Three results: the last call must answer. It still declares a tool, with tool choice `none`, so the
-        // results stay in the tool role (a call without tools makes rig re-send them as user text).
-        assert_eq!(offered(4), ["sql_analytics"]);
-        assert_eq!(model.requests()[4].tool_choice, Some(rig_core::message::ToolChoice::None));
-        assert_eq!(answer.steps.len(), 4);
-        assert!(answer.steps[0].ok && !answer.steps[1].ok && answer.steps[3].ok);
-        // Regression: the refused call was recorded as an estimate although the provider reported its usage.
-        // It is counted with the reported numbers.
-        assert_eq!(answer.usage.llm_calls, 5);
-        assert!(!answer.usage.estimated, "{:?}", answer.usage.calls);
+        let requests = model.requests();
+        assert_eq!(requests[0].tool_choice, Some(rig_core::message::ToolChoice::Required));
+        assert_eq!(requests[0].tools.len(), 5, "every tool but lookalike (nothing to grow yet)");
+        let offered: Vec<String> = requests[1].tools.iter().map(|tool| tool.name.to_string()).collect();
+        assert_eq!(offered, ["sql_analytics"]);
+        assert_eq!(requests[1].tool_choice, Some(rig_core::message::ToolChoice::None));
         let prompts: Vec<u64> = answer.usage.calls.iter().map(|call| call.prompt_tokens).collect();
-        assert_eq!(prompts, [1000, 1100, 1200, 1300, 1400]);
+        assert_eq!(prompts, [1000, 1100]);
+    }
+
+    /// The malformed shapes the recordings hold each get one repair turn with the exact reason, and a second
+    /// unusable call ends the question with a clear error: never more than two calls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_arguments_get_one_repair_turn_then_a_clear_error() {
+        let fixture = Fixture::new().await;
+        let shapes = [
+            (json!({"include": [{"type": "event", "event_type": "purchase", "field": "country", "op": "=", "value": "DE"}]}),
+             "belong in a separate clause"),
+            (json!({"include": [{"type": "profile", "field": "country", "op": "equals", "value": "DE"}]}), "(for equals write"),
+            (json!({"include": [{"type": "profile", "field": "total_spent", "op": "gt", "value": 500}]}), "(for greater than write"),
+            (json!({"include": [{"type": "profile", "field": "churned", "op": "=", "value": "true"}]}), "JSON booleans"),
+            (json!({"intent": "tastes"}), "names no taste"),
+            (json!({"include": [{"type": "event", "event_type": "purchase", "products": ["kayaks"]}]}), "no event names the product"),
+        ];
+        for (shape, reason) in shapes {
+            let model = MockCompletionModel::from_turns([
+                MockTurn::tool_call("c1", "find_audience", shape.clone()),
+                MockTurn::tool_call("c2", "find_audience", shape.clone()),
+                MockTurn::text("never reached"),
+            ]);
+            let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+            let error = session.ask("customers").await.unwrap_err();
+            assert_eq!(kind_of(&error), Some(FailureKind::Provider), "{shape}: {error:#}");
+            assert!(format!("{error:#}").contains("after one repair"), "{error:#}");
+            assert_eq!(model.request_count(), 2, "{shape}");
+            let repair = tool_results(&model, 1);
+            assert!(repair.contains(reason), "{shape}: the reason reaches the model: {repair}");
+            assert_eq!(model.requests()[1].tool_choice, Some(rig_core::message::ToolChoice::Required));
+        }
+    }
+
+    /// A found audience is the answer: one model call, rendered by the program from the typed report.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_found_audience_is_rendered_without_a_second_call() {
+        let fixture = Fixture::new().await;
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call(
+                "c1",
+                "find_audience",
+                json!({"include": [{"type": "profile", "field": "country", "op": "=", "value": "DE"},
+                                   {"type": "profile", "field": "age", "op": "=", "value": 25}]}),
+            ),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("customers in Germany").await.unwrap();
+        assert_eq!(model.request_count(), 1);
+        let report = answer.audience.as_ref().unwrap();
+        assert_eq!(report.definition.include.len(), 1, "the unasked `age = 25` was left out");
+        // The fixture has customers but no profiles: the audience is empty, and the answer says so.
+        assert!(answer.text.starts_with("0 of 0 customers: Customers from DE"), "{}", answer.text);
+        assert!(answer.text.contains("No customer meets every condition"), "{}", answer.text);
+        assert!(answer.text.contains("Left out, as the question does not ask for it: aged 25"), "{}", answer.text);
+        assert_eq!(session.audience().current().unwrap().include.len(), 1);
+    }
+
+    /// A refusal is a `respond` call: one model call, its text the answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_ends_the_question_in_one_call() {
+        let fixture = Fixture::new().await;
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "respond", json!({"text": "I only read data, so I cannot delete customers."})),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("delete all customers").await.unwrap();
+        assert_eq!(answer.text, "I only read data, so I cannot delete customers.");
+        assert_eq!(model.request_count(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -712,7 +882,9 @@ mod tests {
             MockTurn::text("must not be requested"),
         ]);
         let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
-        // The database "goes down": every connection attempt fails from now on.
+        // The data's vocabulary is read on the first question; then the database "goes down": every connection
+        // attempt fails from now on.
+        session.data().await.unwrap();
         fixture.stores.db.close().await;
         let error = session.ask("How many customers?").await.unwrap_err();
         assert_eq!(kind_of(&error), Some(FailureKind::Store), "{error:#}");
@@ -757,8 +929,9 @@ mod tests {
     #[test]
     fn system_prompt_is_short() {
         // Every model call of a question resends it; see tests/e2e_ask.rs prompt_budget_of_a_typical_question.
+        // It is the fixed prefix providers cache; it may carry what correctness needs, within reason.
         let tokens = crate::ledger::estimate_tokens(&system_prompt());
-        assert!(tokens < 150, "system prompt is {tokens} tokens");
+        assert!(tokens < 400, "system prompt is {tokens} tokens");
     }
 
     #[test]

@@ -487,14 +487,24 @@ fn value_in_text(expected: &Value, text: &str, decimals: Option<u32>) -> (f64, S
             let wanted = (value * scale).round();
             confidence::numbers(text).any(|(_, cited)| (cited * scale).round() == wanted)
         }
-        Value::String(wanted) => text.to_lowercase().contains(&wanted.to_lowercase()),
-        other => text.contains(&other.to_string()),
+        Value::String(wanted) => contains_words(text, wanted),
+        other => contains_words(text, &other.to_string()),
     };
     let shown = match expected {
         Value::String(text) => text.clone(),
         other => other.to_string(),
     };
     if found { (1.0, format!("states {shown}")) } else { (0.0, format!("does not state {shown}")) }
+}
+
+/// Whether `text` holds `wanted` as whole words, case-insensitively: `US` is in "mostly US buyers" but not in
+/// "customers" (a value found inside a longer word once scored "France" correct for `US`).
+fn contains_words(text: &str, wanted: &str) -> bool {
+    let tokens = |text: &str| -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric() && c != '_').filter(|t| !t.is_empty()).map(str::to_lowercase).collect()
+    };
+    let (said, wanted) = (tokens(text), tokens(wanted));
+    !wanted.is_empty() && said.windows(wanted.len()).any(|window| window == wanted.as_slice())
 }
 
 /// Scores per category, calibration and cost of a run.
@@ -622,6 +632,16 @@ mod tests {
         assert_eq!(value_in_text(&json!(56.789), "Average order: 56.79", None).0, 1.0);
         assert_eq!(value_in_text(&json!(56.789), "Average order: 56.8", Some(1)).0, 1.0);
         assert_eq!(value_in_text(&json!("PL"), "Most customers are in pl.", None).0, 1.0);
+        assert_eq!(value_in_text(&json!("Liam Novak"), "The top spender is Liam Novak (US).", None).0, 1.0);
+        assert_eq!(value_in_text(&json!("t_shirts"), "Best seller: t_shirts", None).0, 1.0);
+    }
+
+    /// Regression: "France" was scored correct for the expected `US`, because `US` appears inside "customers".
+    #[test]
+    fn text_values_match_whole_words_only() {
+        assert_eq!(value_in_text(&json!("US"), "France has the most customers.", None).0, 0.0);
+        assert_eq!(value_in_text(&json!("US"), "Most customers are in the US.", None).0, 1.0);
+        assert_eq!(value_in_text(&json!("shoes"), "Snowshoes sold best.", None).0, 0.0);
     }
 
     #[test]

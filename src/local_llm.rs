@@ -78,6 +78,11 @@ pub fn model_file(model: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Whether the default local model and its server are installed (`scripts/setup-models.sh --llm`).
+pub fn installed() -> bool {
+    model_file(DEFAULT_MODEL).is_ok() && server_binary().is_ok()
+}
+
 fn llm_dir() -> PathBuf {
     paths::models_dir().join("llm")
 }

@@ -246,6 +246,15 @@ impl ProviderConfig {
         settings.overrides = overrides;
         let kind = match settings.get("AUDIENCE_PROVIDER") {
             Some(value) => ProviderKind::parse(&value)?,
+            // Nothing configured: the local model when it is installed, so customer data stays on the machine
+            // and a fresh install answers without an account anywhere.
+            None if settings.get("AUDIENCE_API_KEY").is_none()
+                && ProviderKind::OpenRouter.key_variable().and_then(|v| settings.get(v)).is_none()
+                && crate::local_llm::installed() =>
+            {
+                eprintln!("note: no LLM provider is configured; using the local model (AUDIENCE_PROVIDER=local)");
+                ProviderKind::Local
+            }
             None => ProviderKind::OpenRouter,
         };
         let model = settings.get("AUDIENCE_MODEL").unwrap_or_else(|| kind.default_model().to_owned());

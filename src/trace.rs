@@ -8,8 +8,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use audience_tools::audience::AudienceReport;
+use audience_tools::audience::Edit;
+use audience_tools::audience::definition::Clause;
 use audience_tools::clarify::Clarification;
+use audience_tools::grounding::Grounding;
+use audience_tools::vocabulary::Offered;
+use audience_tools::respond::Reply;
 use audience_tools::failure::is_fatal;
 use audience_tools::registry;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
@@ -25,9 +29,9 @@ use serde_json::Value;
 
 use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
 
-/// Tool calls with a result that one question may make; the call after the last one must answer. One is usual;
-/// a second fetches details of the members found, or refines the audience once more.
-pub const MAX_TOOL_RESULTS: usize = 3;
+/// Failed tool calls one question may make: the first gets one repair turn with the exact error, the second ends
+/// the question with a clear error instead of the same call again.
+pub const MAX_FAILED_CALLS: u32 = 2;
 /// Longest observation kept in a step (the model saw the whole output).
 const OBSERVATION_CHARS: usize = 300;
 
@@ -58,8 +62,15 @@ pub struct RunLog {
     pub steps: Vec<Step>,
     pub calls: Vec<CallUsage>,
     pub embedding_tokens: u64,
-    /// The audience of this question's last successful `find_audience` call.
-    pub audience: Option<AudienceReport>,
+    /// Whether a `find_audience` call of this question succeeded: the run stops on it and the host renders the
+    /// answer from the typed report the conversation's `AudienceSession` holds.
+    pub audience_found: bool,
+    /// The plain reply the model gave through `respond`; the run stopped on it.
+    pub reply: Option<Reply>,
+    /// Clauses left out of a `find_audience` call because nothing in the question asks for them, in words.
+    pub dropped: Vec<String>,
+    /// Correctable tool failures so far (see [`MAX_FAILED_CALLS`]).
+    failures: u32,
     /// The clarifying question the model asked instead of answering; the run stopped on it.
     pub clarification: Option<Clarification>,
     /// The full output of each successful tool call, in order: what the answer's numbers must come from.
@@ -128,64 +139,45 @@ const EMPTY_ANSWER_RETRIES: u32 = 1;
 /// How a tool call went, as far as the next step is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
-    /// An error the model may correct, with the same tool or another.
+    /// An error the model may correct once.
     Failed,
-    /// Nothing found (no customers, rows or records): the model may try other arguments or another tool.
-    Empty,
-    /// A result to answer from.
+    /// A result to answer from (possibly empty).
     Found,
-}
-
-impl Outcome {
-    fn of(output: Option<&Value>) -> Self {
-        let Some(output) = output else { return Self::Failed };
-        let empty = ["members", "rows", "records"]
-            .iter()
-            .find_map(|key| output.get(key).and_then(Value::as_array))
-            .is_some_and(Vec::is_empty);
-        if empty { Self::Empty } else { Self::Found }
-    }
 }
 
 /// What the next model call of a question is offered, given its tool calls so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Offer {
-    /// Every tool: the first call, and after an error or an empty result (fix the arguments, or try another).
-    Every,
-    /// These tools, or an answer.
-    Only(&'static [&'static str]),
-    /// An answer: the tool budget of the question is used. `tool` stays declared (with tool choice `none`) so the
+    /// A tool call, required (tool choice `required`): the first call, and the repair after an error. `respond`
+    /// is among the tools, so a refusal or a plain reply is a call too.
+    Call(&'static [&'static str]),
+    /// An answer in words from the result of `tool`. `tool` stays declared (with tool choice `none`) so the
     /// history keeps its tool calls and results in their own roles; a call without tools would make rig rewrite
     /// them as user text, and stored customer text must never read as the user's words.
     Answer { tool: &'static str },
 }
 
-/// What may follow a tool that found something, in the same question: the audience can always be refined
-/// again; a found audience is followed by its members' details, an analytics result by another query.
-fn follow_ups(tool: &str) -> &'static [&'static str] {
-    match tool {
-        "find_audience" | "lookalike" => &["find_audience", "sql_data_retriever"],
-        "sql_data_retriever" => &["find_audience"],
-        _ => &["sql_analytics", "find_audience"],
-    }
-}
-
-/// The offer for the next call. Every call resends the schemas of the tools it offers, so offering what can
-/// still follow keeps a typical question's later calls small; nothing that can follow is withheld.
-/// `can_grow`: there is a seed for `lookalike` (a current or saved audience); without one it is not offered.
+/// The offer for the next call: a required call until a tool succeeds, then the answer. `find_audience`,
+/// `respond` and `ask_clarification` end the run themselves (the host renders their answer), so only the
+/// results of the other tools are answered by the model. `can_grow`: there is a seed for `lookalike`.
 fn offer(outcomes: &[(String, Outcome)], can_grow: bool) -> Offer {
-    let found = outcomes.iter().filter(|(_, outcome)| *outcome == Outcome::Found).count();
-    let every = if can_grow { Offer::Every } else { Offer::Only(&NOTHING_TO_GROW) };
+    let every: &'static [&'static str] = if can_grow { &EVERY_TOOL } else { &NOTHING_TO_GROW };
     match outcomes.last() {
-        None | Some((_, Outcome::Failed | Outcome::Empty)) if found < MAX_TOOL_RESULTS => every,
-        _ if found >= MAX_TOOL_RESULTS => Offer::Answer { tool: "sql_analytics" },
-        Some((tool, _)) => Offer::Only(follow_ups(tool)),
-        None => every,
+        Some((tool, Outcome::Found)) => Offer::Answer { tool: answering_tool(tool) },
+        _ => Offer::Call(every),
     }
 }
 
+/// The registry's name for `tool` (a `'static` one for the request patch).
+fn answering_tool(tool: &str) -> &'static str {
+    registry::find(tool).map_or(registry::SQL_ANALYTICS.name, |info| info.name)
+}
+
+/// Every tool.
+const EVERY_TOOL: [&str; 6] =
+    ["find_audience", "lookalike", "sql_analytics", "sql_data_retriever", "ask_clarification", "respond"];
 /// Every tool but `lookalike`.
-const NOTHING_TO_GROW: [&str; 4] = ["find_audience", "sql_analytics", "sql_data_retriever", "ask_clarification"];
+const NOTHING_TO_GROW: [&str; 5] = ["find_audience", "sql_analytics", "sql_data_retriever", "ask_clarification", "respond"];
 
 /// A shared handle to the run log: the hook writes, the session reads after the run.
 pub type SharedLog = Arc<Mutex<RunLog>>;
@@ -201,13 +193,34 @@ pub struct TraceHook {
     verbose: bool,
     /// Whether `lookalike` has a seed to grow (see [`offer`]).
     can_grow: bool,
+    /// The question's grounding, and the values its schema offers: every clause of a `find_audience` call must
+    /// trace to the question.
+    grounding: Option<Arc<(Grounding, Offered)>>,
+    /// Whether the provider constrains a required tool call (llama-server's grammar): a text reply to a required
+    /// call then means the constraint failed, which is an error, never an answer.
+    constrained: bool,
 }
 
 impl TraceHook {
     pub fn new(log: SharedLog, verbose: bool, can_grow: bool) -> Self {
-        Self { log, verbose, can_grow }
+        Self { log, verbose, can_grow, grounding: None, constrained: false }
+    }
+
+    /// Checks `find_audience` calls against `grounding` (and `offered`: see [`drop_untraced`]).
+    pub fn grounded(mut self, grounding: Arc<(Grounding, Offered)>) -> Self {
+        self.grounding = Some(grounding);
+        self
+    }
+
+    /// Treats a text reply to a required call as a failed constraint.
+    pub fn constrained(mut self, constrained: bool) -> Self {
+        self.constrained = constrained;
+        self
     }
 }
+
+/// The reason the hook gives rig when it stops a run whose answer the host renders.
+pub const ANSWERED_STOP: &str = "the host renders the answer";
 
 fn elapsed_ms(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -248,6 +261,34 @@ pub fn inner_call_usage(inner: &InnerLlmCall, sql: Option<&str>) -> CallUsage {
         ms: inner.ms,
         answered: true,
     }
+}
+
+/// The call's arguments without the clauses nothing in the question asks for (a small model adds `age = 25` or
+/// `churned = false` to a question that names neither), and those clauses in words. A clause naming a value the
+/// schema does not offer stays: the tool sends it back with the values there are, which is the better repair.
+fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (Value, Vec<String>) {
+    let mut dropped = Vec::new();
+    // Malformed arguments go to the tool as they are: its reason is what the repair turn needs.
+    if Edit::try_from(args.clone()).is_err() {
+        return (args, dropped);
+    }
+    for list in ["include", "exclude"] {
+        let Some(Value::Array(clauses)) = args.get_mut(list) else { continue };
+        clauses.retain(|value| {
+            let Ok(clause) = serde_json::from_value::<Clause>(value.clone()) else { return true };
+            if !offered.holds(&clause) {
+                return true;
+            }
+            match grounding.untraced(&clause) {
+                Some(_) => {
+                    dropped.push(clause.rule.predicate());
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+    (args, dropped)
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -339,11 +380,6 @@ impl TraceHook {
                 log.calls.push(inner_call_usage(inner, trace.sql.as_deref()));
             }
         }
-        if let Some(output) = &output
-            && tool == registry::FIND_AUDIENCE.name
-        {
-            log.audience = serde_json::from_value(output.clone()).ok();
-        }
         if let Some(output) = &output {
             log.outputs.push(output.clone());
         }
@@ -351,7 +387,14 @@ impl TraceHook {
             .as_ref()
             .filter(|_| tool == registry::ASK_CLARIFICATION.name)
             .and_then(|output| serde_json::from_value::<Clarification>(output.clone()).ok());
-        let outcome = if error.is_some() { Outcome::Failed } else { Outcome::of(output.as_ref()) };
+        let reply = output
+            .as_ref()
+            .filter(|_| tool == registry::RESPOND.name)
+            .and_then(|output| serde_json::from_value::<Reply>(output.clone()).ok());
+        let outcome = if error.is_some() { Outcome::Failed } else { Outcome::Found };
+        if error.is_some() {
+            log.failures += 1;
+        }
         log.outcomes.push((tool.to_owned(), outcome));
         let step = Step {
             thought: log.pending_thought.take(),
@@ -388,6 +431,26 @@ impl TraceHook {
             log.clarification = Some(clarification);
             return OutcomeAction::stop(CLARIFICATION_STOP);
         }
+        if reply.is_some() {
+            log.reply = reply;
+            return OutcomeAction::stop(ANSWERED_STOP);
+        }
+        if outcome == Outcome::Found && tool == registry::FIND_AUDIENCE.name {
+            // The typed report is the answer: the host renders it, with no second model call to restate it.
+            log.audience_found = true;
+            return OutcomeAction::stop(ANSWERED_STOP);
+        }
+        if let Some((message, _)) = &error
+            && log.failures >= MAX_FAILED_CALLS
+        {
+            let reason = format!(
+                "the model sent unusable arguments again after one repair ({tool}: {})",
+                truncate(message, OBSERVATION_CHARS)
+            );
+            log.fatal = Some(reason.clone());
+            log.fatal_in_provider = true;
+            return OutcomeAction::stop(reason);
+        }
         OutcomeAction::proceed()
     }
 }
@@ -420,10 +483,11 @@ impl AgentHook for TraceHook {
     async fn on_completion_call(&self, _ctx: &HookContext, _event: CompletionCallEvent<'_>) -> CompletionCallAction {
         let offer = offer(&lock(&self.log).outcomes, self.can_grow);
         match offer {
-            Offer::Every => CompletionCallAction::continue_run(),
-            Offer::Only(tools) => {
-                self.say(format!("· next call offers: {}", tools.join(", ")));
-                CompletionCallAction::patch(RequestPatch::new().active_tools(tools.to_vec()))
+            Offer::Call(tools) => {
+                self.say(format!("· next call: one of {}", tools.join(", ")));
+                CompletionCallAction::patch(
+                    RequestPatch::new().active_tools(tools.to_vec()).tool_choice(ToolChoice::Required),
+                )
             }
             Offer::Answer { tool } => {
                 self.say("· next call: the model answers");
@@ -443,6 +507,17 @@ impl AgentHook for TraceHook {
             self.say(format!("→ action: {tool} {}", event.tool_args().unwrap_or("{}")));
             if let Some(id) = event.call_id {
                 lock(&self.log).pending_tools.insert(id.to_string(), Instant::now());
+            }
+            if tool == registry::FIND_AUDIENCE.name
+                && let Some(grounding) = &self.grounding
+                && let Some(args) = event.tool_args().and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+            {
+                let (args, dropped) = drop_untraced(args, &grounding.0, &grounding.1);
+                if !dropped.is_empty() {
+                    self.say(format!("· left out, not asked for: {}", dropped.join("; ")));
+                    lock(&self.log).dropped.extend(dropped);
+                    return DispatchAction::rewrite_tool_args(event.kind, args);
+                }
             }
         }
         DispatchAction::proceed()
@@ -473,6 +548,15 @@ impl AgentHook for TraceHook {
             let thought = text.join("\n");
             self.say(format!("· thought: {thought}"));
             log.pending_thought = Some(thought);
+        }
+        if !has_calls && !text.is_empty() && self.constrained && matches!(offer(&log.outcomes, self.can_grow), Offer::Call(_)) {
+            // llama-server answers without its grammar when the grammar fails to build (llama.cpp #19051, #24097).
+            let reason = "the local model answered in text where a constrained tool call was required: its \
+                          grammar was not applied; check the llama-server version and its log"
+                .to_owned();
+            log.fatal = Some(reason.clone());
+            log.fatal_in_provider = true;
+            return ModelTurnAction::stop(reason);
         }
         if !has_calls && text.is_empty() {
             // An empty reply is a provider failure, not an answer: ask once more, then fail the question.
@@ -555,41 +639,25 @@ mod tests {
         assert!(summarize_output(&long).chars().count() <= OBSERVATION_CHARS + 1);
     }
 
-    /// Regression: after one discovery the model could only fetch details; a second gate or a refinement was told
-    /// "there is no tool named hybrid_discovery". The audience can now always be refined within the budget.
+    /// Every call is a required tool call until a tool succeeds; then the model answers from that tool's result.
     #[test]
-    fn each_call_is_offered_what_can_follow_and_the_audience_stays_refinable() {
+    fn calls_are_required_until_a_result_and_then_answered() {
         let calls = |steps: &[(&str, Outcome)]| -> Vec<(String, Outcome)> {
             steps.iter().map(|(tool, outcome)| ((*tool).to_owned(), *outcome)).collect()
         };
-        use Outcome::{Empty, Failed, Found};
-        assert_eq!(offer(&[], true), Offer::Every, "the first call chooses among every tool");
-        assert_eq!(offer(&[], false), Offer::Only(&NOTHING_TO_GROW), "lookalike needs a seed");
+        assert_eq!(offer(&[], true), Offer::Call(&EVERY_TOOL));
+        assert_eq!(offer(&[], false), Offer::Call(&NOTHING_TO_GROW), "lookalike needs a seed");
+        assert_eq!(offer(&calls(&[("find_audience", Outcome::Failed)]), false), Offer::Call(&NOTHING_TO_GROW));
         assert_eq!(
-            offer(&calls(&[("find_audience", Found)]), true),
-            Offer::Only(&["find_audience", "sql_data_retriever"])
+            offer(&calls(&[("sql_analytics", Outcome::Found)]), true),
+            Offer::Answer { tool: "sql_analytics" }
         );
-        assert_eq!(offer(&calls(&[("sql_analytics", Found)]), true), Offer::Only(&["sql_analytics", "find_audience"]));
-        assert_eq!(
-            offer(&calls(&[("find_audience", Found), ("find_audience", Found)]), true),
-            Offer::Only(&["find_audience", "sql_data_retriever"]),
-            "a refinement can follow a refinement"
-        );
-        // Errors and empty results leave every tool: fix the arguments, or try another tool.
-        assert_eq!(offer(&calls(&[("sql_analytics", Failed)]), true), Offer::Every);
-        assert_eq!(offer(&calls(&[("find_audience", Empty)]), true), Offer::Every);
-        let three = calls(&[("find_audience", Found), ("sql_data_retriever", Found), ("find_audience", Found)]);
-        assert_eq!(offer(&three, true), Offer::Answer { tool: "sql_analytics" });
+        for tool in EVERY_TOOL {
+            assert!(registry::find(tool).is_some(), "{tool} is a registered tool");
+        }
+        assert_eq!(EVERY_TOOL.len(), registry::TOOLS.len(), "every registered tool is offered");
     }
 
-    #[test]
-    fn empty_results_are_told_apart_from_results() {
-        assert_eq!(Outcome::of(None), Outcome::Failed);
-        assert_eq!(Outcome::of(Some(&json!({"size": 0, "members": []}))), Outcome::Empty);
-        assert_eq!(Outcome::of(Some(&json!({"rows": [], "row_count": 0}))), Outcome::Empty);
-        assert_eq!(Outcome::of(Some(&json!({"records": [], "missing_ids": [4]}))), Outcome::Empty);
-        assert_eq!(Outcome::of(Some(&json!({"size": 3, "members": [{"customer_id": 1}]}))), Outcome::Found);
-    }
     #[test]
     fn estimates_missing_usage_only() {
         let reported = Usage::new().input_tokens(100).output_tokens(5);

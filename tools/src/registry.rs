@@ -22,8 +22,11 @@ pub const LOOKALIKE: ToolInfo =
 pub const ASK_CLARIFICATION: ToolInfo =
     ToolInfo { name: "ask_clarification", description: include_str!("../../prompts/tools/ask_clarification.md") };
 
+pub const RESPOND: ToolInfo = ToolInfo { name: "respond", description: include_str!("../../prompts/tools/respond.md") };
+
 /// Every tool, in the order they are offered and listed.
-pub const TOOLS: [ToolInfo; 5] = [FIND_AUDIENCE, LOOKALIKE, SQL_ANALYTICS, SQL_DATA_RETRIEVER, ASK_CLARIFICATION];
+pub const TOOLS: [ToolInfo; 6] =
+    [FIND_AUDIENCE, LOOKALIKE, SQL_ANALYTICS, SQL_DATA_RETRIEVER, ASK_CLARIFICATION, RESPOND];
 
 /// The tool called `name`, if there is one.
 pub fn find(name: &str) -> Option<ToolInfo> {

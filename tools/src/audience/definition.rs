@@ -20,6 +20,11 @@ pub const MAX_LIMIT: usize = 50;
 pub const MAX_CLAUSES: usize = 12;
 /// Longest intent: it is embedded as one query text, like a short description of tastes.
 pub const MAX_INTENT_CHARS: usize = 300;
+/// Longest text value of a clause (a product, a colour, a country, a segment): every later model call resends the
+/// definition, so a runaway value must not grow every request.
+pub const MAX_VALUE_CHARS: usize = 200;
+/// Most values in one list of a clause (products, colours, an `in` list).
+pub const MAX_LIST_VALUES: usize = 50;
 
 /// An audience definition.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,6 +104,8 @@ pub enum EventType {
 }
 
 impl EventType {
+    pub const ALL: [EventType; 3] = [Self::View, Self::AddToCart, Self::Purchase];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::View => "view",
@@ -371,8 +378,15 @@ impl Rule {
                     if list.iter().any(|value| value.trim().is_empty()) {
                         return invalid(format!("{name} holds an empty value"));
                     }
-                    if list.len() > 50 {
-                        return invalid(format!("at most 50 {name}"));
+                    if list.len() > MAX_LIST_VALUES {
+                        return invalid(format!("at most {MAX_LIST_VALUES} {name}"));
+                    }
+                    if let Some(long) = list.iter().find(|value| value.chars().count() > MAX_VALUE_CHARS) {
+                        return invalid(format!(
+                            "{name} holds a value of {} characters (at most {MAX_VALUE_CHARS}): {}",
+                            long.chars().count(),
+                            shorten(long)
+                        ));
                     }
                 }
                 for (name, price) in [("min_price", min_price), ("max_price", max_price)] {
@@ -467,21 +481,21 @@ fn check_comparison(field: ProfileField, op: Op, value: &Value) -> Result<(), In
     let name = field.column();
     let expect = |what: &str| Invalid(format!("{name} {} takes {what}", op.symbol()));
     match (field.kind(), op) {
-        (FieldKind::TextList, Op::Contains) => match value {
-            Value::String(text) if !text.trim().is_empty() => Ok(()),
-            _ => Err(expect("a non-empty string")),
-        },
+        (FieldKind::TextList, Op::Contains) => {
+            check_scalar(FieldKind::TextList, value).map_err(|_| expect(&format!("a string of 1 to {MAX_VALUE_CHARS} characters")))
+        }
         (FieldKind::TextList, _) => invalid(format!("{name} is a list: use op \"contains\"")),
         (_, Op::Contains) => invalid(format!("{name} is not a list: use =, != or in")),
         (kind, Op::In) => match value {
-            Value::Array(items) if !items.is_empty() && items.len() <= 100 => {
+            Value::Array(items) if !items.is_empty() && items.len() <= MAX_LIST_VALUES => {
                 items.iter().try_for_each(|item| check_scalar(kind, item).map_err(|_| expect(kind_values(kind))))
             }
-            _ => Err(expect("a list of 1 to 100 values")),
+            _ => Err(expect(&format!("a list of 1 to {MAX_LIST_VALUES} values"))),
         },
         (FieldKind::Bool, Op::Eq | Op::Ne) => check_scalar(FieldKind::Bool, value).map_err(|_| expect("true or false")),
         (FieldKind::Bool, _) => invalid(format!("{name} is true or false: use = or !=")),
-        (FieldKind::Text, Op::Eq | Op::Ne) => check_scalar(FieldKind::Text, value).map_err(|_| expect("a string")),
+        (FieldKind::Text, Op::Eq | Op::Ne) => check_scalar(FieldKind::Text, value)
+            .map_err(|_| expect(&format!("a string of 1 to {MAX_VALUE_CHARS} characters"))),
         (FieldKind::Text, _) => invalid(format!("{name} is text: use =, != or in")),
         (FieldKind::Number, _) => check_scalar(FieldKind::Number, value).map_err(|_| expect("a number")),
     }
@@ -497,7 +511,9 @@ fn kind_values(kind: FieldKind) -> &'static str {
 
 fn check_scalar(kind: FieldKind, value: &Value) -> Result<(), ()> {
     let fits = match kind {
-        FieldKind::Text | FieldKind::TextList => value.as_str().is_some_and(|text| !text.trim().is_empty()),
+        FieldKind::Text | FieldKind::TextList => value
+            .as_str()
+            .is_some_and(|text| !text.trim().is_empty() && text.chars().count() <= MAX_VALUE_CHARS),
         FieldKind::Number => value.as_f64().is_some_and(f64::is_finite),
         FieldKind::Bool => value.is_boolean(),
     };
@@ -555,6 +571,15 @@ fn profile_predicate(field: ProfileField, op: Op, value: &Value) -> String {
         ProfileField::RScore => format!("with R score {}", amount(op)),
         ProfileField::FScore => format!("with F score {}", amount(op)),
         ProfileField::MScore => format!("with M score {}", amount(op)),
+    }
+}
+
+/// The start of a long value, for an error message that must not echo all of it.
+pub fn shorten(text: &str) -> String {
+    const SHOWN: usize = 40;
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
     }
 }
 

@@ -5,7 +5,9 @@
 use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use serde_json::{Value, json};
 
-use super::definition::{Invalid, MAX_LIMIT};
+use std::sync::Arc;
+
+use super::definition::{Invalid, Rule, shorten};
 use super::report::{AudienceReport, Share, evaluate};
 use super::session::{AudienceSession, Edit};
 use crate::failure::ToolFailure;
@@ -13,6 +15,7 @@ use crate::observe;
 use crate::registry;
 use crate::stores::Stores;
 use crate::trace::{ToolTrace, TracedTool};
+use crate::vocabulary::{DataValues, MAX_VALUES, Offered, find_audience_schema};
 
 /// Members the model is shown: enough to name the best ones and say why they fit; the user sees every listed one,
 /// and every later call resends what the model was shown.
@@ -23,12 +26,61 @@ const OBSERVED_MEMBERS: usize = 5;
 pub struct FindAudience {
     stores: Stores,
     session: AudienceSession,
+    /// The argument schema the model is offered: generated per question from the data's values.
+    schema: Value,
+    /// The data's values, when the model's clauses must name only values that exist (the agent's calls).
+    values: Option<Arc<DataValues>>,
 }
 
 impl FindAudience {
     pub fn new(stores: Stores, session: AudienceSession) -> Self {
-        Self { stores, session }
+        Self { stores, session, schema: find_audience_schema(&Offered::default()), values: None }
     }
+
+    /// The tool as the agent offers it for one question: its schema enumerates `offered`, and a clause naming a
+    /// value the data lacks is sent back to the model with the values there are.
+    pub fn for_question(mut self, offered: &Offered, values: Arc<DataValues>) -> Self {
+        self.schema = find_audience_schema(offered);
+        self.values = Some(values);
+        self
+    }
+}
+
+/// Most values listed in an error that names the values there are.
+const LISTED_VALUES: usize = 30;
+
+/// Why `edit` names a value the data lacks, with the values there are.
+fn unknown_value(edit: &Edit, values: &DataValues) -> Option<String> {
+    let list = |all: &[String]| {
+        let shown: Vec<&str> = all.iter().take(LISTED_VALUES).map(String::as_str).collect();
+        let more = all.len().saturating_sub(LISTED_VALUES);
+        if more > 0 { format!("{} (+{more} more)", shown.join(", ")) } else { shown.join(", ") }
+    };
+    let missing = |all: &[String], value: &str| all.len() < MAX_VALUES && !all.iter().any(|v| v == value);
+    for clause in edit.include.iter().chain(&edit.exclude) {
+        match &clause.rule {
+            Rule::Event { products, colors, .. } => {
+                if let Some(p) = products.iter().find(|p| missing(&values.products, p)) {
+                    return Some(format!("no event names the product {}; the products are {}", shorten(p), list(&values.products)));
+                }
+                if let Some(c) = colors.iter().find(|c| missing(&values.colors, c)) {
+                    return Some(format!("no event has the colour {}; the colours are {}", shorten(c), list(&values.colors)));
+                }
+            }
+            Rule::Profile { field, value, .. } => {
+                let Some(all) = values.of_field(*field) else { continue };
+                let texts: Vec<&str> = match value {
+                    Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+                    other => other.as_str().into_iter().collect(),
+                };
+                if let Some(v) = texts.iter().find(|v| missing(all, v)) {
+                    return Some(format!("no customer has {} {}; the values are {}", field.column(), shorten(v), list(all)));
+                }
+            }
+            Rule::Sql { .. } => {}
+        }
+    }
+    None
 }
 
 impl TracedTool for FindAudience {
@@ -88,6 +140,11 @@ impl TracedTool for FindAudience {
     }
 
     async fn execute(&self, edit: Edit, trace: &mut ToolTrace) -> Result<AudienceReport, ToolFailure> {
+        if let Some(values) = &self.values
+            && let Some(reason) = unknown_value(&edit, values)
+        {
+            return Err(ToolFailure::Correctable(reason));
+        }
         let current = self.session.current();
         let definition = edit.apply(current.as_ref()).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
         let report = evaluate(&self.stores, &definition, &edit.fields, trace).await?;
@@ -121,20 +178,7 @@ impl Tool for FindAudience {
     }
 
     fn parameters(&self) -> Value {
-        // The clause forms are in the description, once: every offered call resends this schema.
-        let clause = json!({"type": "object"});
-        json!({
-            "type": "object",
-            "properties": {
-                "new": {"type": "boolean"},
-                "include": {"type": "array", "items": clause},
-                "exclude": {"type": "array", "items": clause},
-                "remove": {"type": "array", "items": {"type": "string"}},
-                "intent": {"type": "string"},
-                "limit": {"type": "integer", "maximum": MAX_LIMIT},
-                "fields": {"type": "array", "items": {"type": "string"}}
-            }
-        })
+        self.schema.clone()
     }
 
     fn map_error(&self, error: ToolFailure) -> ToolExecutionError {

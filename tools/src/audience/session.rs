@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
-use super::definition::{AudienceDefinition, Clause, Invalid};
+use super::definition::{AudienceDefinition, Clause, FieldKind, Invalid, Op, ProfileField, shorten};
 use super::report::AudienceReport;
 
 /// Shared by the session and its `find_audience` tool; clones share the state.
@@ -28,23 +29,174 @@ struct State {
 /// replaces the intent ("" removes it) and `limit` the number of members listed; `fields` only changes what is
 /// listed of each member.
 #[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "Value")]
 pub struct Edit {
-    #[serde(default)]
     pub new: bool,
-    #[serde(default)]
     pub include: Vec<Clause>,
-    #[serde(default)]
     pub exclude: Vec<Clause>,
-    #[serde(default)]
     pub remove: Vec<String>,
-    #[serde(default)]
     pub intent: Option<String>,
-    #[serde(default)]
     pub limit: Option<usize>,
     /// Profile fields to list with each member besides the usual ones (not part of the definition).
-    #[serde(default)]
     pub fields: Vec<String>,
+}
+
+/// The shape serde checks once [`Edit::try_from`] has checked what a model gets wrong, with a precise reason.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdit {
+    #[serde(default)]
+    new: bool,
+    #[serde(default)]
+    include: Vec<Clause>,
+    #[serde(default)]
+    exclude: Vec<Clause>,
+    #[serde(default)]
+    remove: Vec<String>,
+    #[serde(default)]
+    intent: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    fields: Vec<String>,
+}
+
+/// The arguments an edit takes, in the order the schema lists them.
+const EDIT_KEYS: [&str; 7] = ["new", "include", "exclude", "remove", "intent", "limit", "fields"];
+/// The fields of an event clause besides `type` (and the free `sql` condition).
+const EVENT_KEYS: [&str; 8] =
+    ["event_type", "products", "colors", "min_price", "max_price", "within_days", "min_count", "sql"];
+/// Intents that name no taste: words of the tool's own description that a model copies into the slot.
+const EMPTY_INTENTS: [&str; 8] = ["tastes", "taste", "intent", "style", "preferences", "none", "null", "n/a"];
+
+impl TryFrom<Value> for Edit {
+    type Error = String;
+
+    /// Reads an edit, naming exactly what is wrong with a malformed one: the forms a small model writes (a profile
+    /// field inside an event clause, `equals` for `=`, `"true"` for `true`, a clause without `type`, the word
+    /// "tastes" as the intent) each get a reason it can act on in one repair turn.
+    fn try_from(value: Value) -> Result<Self, String> {
+        let Value::Object(object) = &value else { return Err("the arguments must be a JSON object".to_owned()) };
+        if let Some(key) = object.keys().find(|key| !EDIT_KEYS.contains(&key.as_str())) {
+            return Err(format!("unknown argument `{}`; the arguments are {}", shorten(key), EDIT_KEYS.join(", ")));
+        }
+        for list in ["include", "exclude"] {
+            match object.get(list) {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(clauses)) => {
+                    for (index, clause) in clauses.iter().enumerate() {
+                        check_clause(clause).map_err(|reason| format!("{list}[{index}]: {reason}"))?;
+                    }
+                }
+                Some(_) => return Err(format!("{list} must be a list of clauses")),
+            }
+        }
+        if let Some(Value::String(intent)) = object.get("intent")
+            && EMPTY_INTENTS.contains(&intent.trim().to_lowercase().as_str())
+        {
+            return Err(format!(
+                "intent {intent:?} names no taste: write the shopper's tastes in words (\"minimal black outfits\"), or \
+                 leave intent out; conditions go in include/exclude clauses"
+            ));
+        }
+        let raw: RawEdit = serde_json::from_value(value).map_err(|e| format!("invalid arguments: {e}"))?;
+        Ok(Self {
+            new: raw.new,
+            include: raw.include,
+            exclude: raw.exclude,
+            remove: raw.remove,
+            intent: raw.intent,
+            limit: raw.limit,
+            fields: raw.fields,
+        })
+    }
+}
+
+/// What a clause gets wrong, before serde reads it.
+fn check_clause(clause: &Value) -> Result<(), String> {
+    let Value::Object(clause) = clause else { return Err("a clause must be a JSON object".to_owned()) };
+    let has = |key: &str| clause.contains_key(key);
+    let kind = match clause.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(_) => return Err("\"type\" must be \"event\" or \"profile\"".to_owned()),
+        None if has("field") => return Err("the clause has no \"type\": add \"type\": \"profile\"".to_owned()),
+        None => return Err("the clause has no \"type\": add \"type\": \"event\" or \"profile\"".to_owned()),
+    };
+    match kind {
+        "event" => {
+            if let Some(key) = clause.keys().find(|key| *key != "type" && *key != "id" && !EVENT_KEYS.contains(&key.as_str())) {
+                let profile = ["field", "op", "value"].contains(&key.as_str());
+                let hint = if profile {
+                    "; field/op/value belong in a separate clause with \"type\": \"profile\""
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "an event clause has no `{}`: it takes {}{hint}",
+                    shorten(key),
+                    EVENT_KEYS[..7].join(", ")
+                ));
+            }
+            Ok(())
+        }
+        "profile" => check_profile(clause),
+        "sql" => Ok(()),
+        other => Err(format!("unknown clause type {}: use \"event\" or \"profile\"", shorten(other))),
+    }
+}
+
+fn check_profile(clause: &Map<String, Value>) -> Result<(), String> {
+    let fields = || ProfileField::ALL.iter().map(|f| f.column()).collect::<Vec<_>>().join(", ");
+    let Some(Value::String(name)) = clause.get("field") else {
+        return Err(format!("a profile clause needs \"field\": one of {}", fields()));
+    };
+    let Some(field) = ProfileField::ALL.into_iter().find(|field| field.column() == name) else {
+        return Err(format!("unknown profile field {}; the fields are {}", shorten(name), fields()));
+    };
+    let ops: Vec<&str> = crate::vocabulary::ops_for(field.kind()).iter().map(|op| op.symbol()).collect();
+    let op = match clause.get("op") {
+        Some(Value::String(op)) => op.as_str(),
+        _ => return Err(format!("a profile clause needs \"op\": for {name} one of {}", ops.join(" "))),
+    };
+    if !ops.contains(&op) {
+        let meant = match op.to_lowercase().as_str() {
+            "equals" | "eq" | "==" | "is" => Some(Op::Eq),
+            "not_equals" | "ne" | "neq" | "<>" | "is_not" | "not" => Some(Op::Ne),
+            "gt" | "greater_than" | "more_than" | "above" => Some(Op::Gt),
+            "gte" | "ge" | "at_least" | "=>" => Some(Op::Gte),
+            "lt" | "less_than" | "below" | "under" => Some(Op::Lt),
+            "lte" | "le" | "at_most" | "=<" => Some(Op::Lte),
+            "one_of" | "any" => Some(Op::In),
+            "has" | "includes" => Some(Op::Contains),
+            _ => None,
+        };
+        let hint = meant.map(|op| format!(" (for {} write \"{}\")", shorten_op(op), op.symbol())).unwrap_or_default();
+        return Err(format!("{name} takes op {}, not {}{hint}", ops.join(" "), shorten(op)));
+    }
+    match (field.kind(), clause.get("value")) {
+        (_, None) => Err(format!("a profile clause needs \"value\" (for {name})")),
+        (FieldKind::Bool, Some(Value::String(text))) => Err(format!(
+            "{name} takes true or false as JSON booleans, not the string {}",
+            shorten(text)
+        )),
+        (FieldKind::Number, Some(Value::String(text))) => {
+            Err(format!("{name} takes a number, not the string {} (write 500, not \"500\")", shorten(text)))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn shorten_op(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "equals",
+        Op::Ne => "not equal",
+        Op::Gt => "greater than",
+        Op::Gte => "at least",
+        Op::Lt => "less than",
+        Op::Lte => "at most",
+        Op::In => "one of",
+        Op::Contains => "contains",
+    }
 }
 
 impl Edit {

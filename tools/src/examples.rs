@@ -1,0 +1,187 @@
+//! The example library (`prompts/examples.toml`): questions written for this product, each with the one tool call
+//! that answers it. Per question the agent shows the model the few nearest examples, found by MiniLM similarity of
+//! the masked questions (values replaced by their kind, as DAIL-SQL does), so the model sees calls of the same
+//! shape as the question, whatever products or countries it names.
+//!
+//! The golden set (`tests/golden`) is a test, never material here: a test refuses any example that is, or nearly
+//! is, a golden question.
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::embed::LazyEmbedder;
+use crate::grounding::masked;
+use crate::vocabulary::DataValues;
+
+const LIBRARY: &str = include_str!("../../prompts/examples.toml");
+
+/// One example: a question (and the audience it refines, for a follow-up) and the call that answers it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    pub question: String,
+    /// The current audience the question edits, as the agent's prompt shows it (`c1 include ...`).
+    pub current: Option<String>,
+    pub tool: String,
+    pub args: Value,
+}
+
+#[derive(Deserialize)]
+struct LibraryFile {
+    example: Vec<RawExample>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExample {
+    question: String,
+    #[serde(default)]
+    current: Option<String>,
+    tool: String,
+    args: toml::Table,
+}
+
+/// Every example of the library.
+pub fn library() -> Result<Vec<Example>> {
+    let file: LibraryFile = toml::from_str(LIBRARY).context("prompts/examples.toml is not a valid example library")?;
+    file.example
+        .into_iter()
+        .map(|raw| {
+            let args = serde_json::to_value(&raw.args).context("an example's args are not JSON")?;
+            Ok(Example { question: raw.question, current: raw.current, tool: raw.tool, args })
+        })
+        .collect()
+}
+
+impl Example {
+    /// The example as the prompt shows it.
+    pub fn render(&self) -> String {
+        let current = self.current.as_deref().map(|c| format!("[current audience: {c}] ")).unwrap_or_default();
+        format!("Q: {current}{}\nA: {} {}", self.question, self.tool, self.args)
+    }
+
+    /// The values the example's arguments name, for masking its question.
+    fn values(&self, into: &mut DataValues) {
+        let add = |list: &mut Vec<String>, value: &Value| {
+            if let Some(text) = value.as_str()
+                && !list.iter().any(|v| v == text)
+            {
+                list.push(text.to_owned());
+            }
+        };
+        let clauses = ["include", "exclude"].iter().filter_map(|key| self.args.get(*key)?.as_array()).flatten();
+        for clause in clauses {
+            for product in clause.get("products").and_then(Value::as_array).into_iter().flatten() {
+                add(&mut into.products, product);
+            }
+            for color in clause.get("colors").and_then(Value::as_array).into_iter().flatten() {
+                add(&mut into.colors, color);
+            }
+            let field = clause.get("field").and_then(Value::as_str);
+            let values: Vec<&Value> = match clause.get("value") {
+                Some(Value::Array(items)) => items.iter().collect(),
+                Some(value) => vec![value],
+                None => Vec::new(),
+            };
+            for value in values {
+                match field {
+                    Some("segment") => add(&mut into.segments, value),
+                    Some("interests") => add(&mut into.products, value),
+                    Some("favorite_color" | "preferred_colors") => add(&mut into.colors, value),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The library with the embedding of each masked question, built once per session.
+pub struct ExampleIndex {
+    examples: Vec<Example>,
+    vectors: Vec<Vec<f32>>,
+}
+
+impl ExampleIndex {
+    /// Embeds the library's masked questions.
+    pub async fn build(embedder: &LazyEmbedder) -> Result<Self> {
+        let examples = library()?;
+        let mut values = DataValues::default();
+        for example in &examples {
+            example.values(&mut values);
+        }
+        let texts: Vec<String> = examples.iter().map(|e| masked(&e.question, &values)).collect();
+        let vectors = embedder.embed(texts).await?.vectors;
+        Ok(Self { examples, vectors })
+    }
+
+    /// The `k` examples nearest to a masked question's embedding, best first; follow-up examples only when there
+    /// is an audience to refine.
+    pub fn nearest(&self, question: &[f32], k: usize, refining: bool) -> Vec<&Example> {
+        let mut scored: Vec<(f32, &Example)> = self
+            .examples
+            .iter()
+            .zip(&self.vectors)
+            .filter(|(example, _)| refining || example.current.is_none())
+            .map(|(example, vector)| (question.iter().zip(vector).map(|(a, b)| a * b).sum(), example))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored.into_iter().take(k).map(|(_, example)| example).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audience::Edit;
+    use std::collections::HashSet;
+
+    #[test]
+    fn the_library_is_large_varied_and_every_audience_call_is_a_valid_edit() {
+        let examples = library().unwrap();
+        assert!(examples.len() >= 100, "{} examples", examples.len());
+        let tools: HashSet<&str> = examples.iter().map(|e| e.tool.as_str()).collect();
+        for tool in ["find_audience", "lookalike", "sql_analytics", "ask_clarification", "respond"] {
+            assert!(tools.contains(tool), "no example calls {tool}");
+        }
+        for example in examples.iter().filter(|e| e.tool == "find_audience") {
+            let edit: Result<Edit, _> = serde_json::from_value(example.args.clone());
+            assert!(edit.is_ok(), "{}: {:?}", example.question, edit.err());
+        }
+        assert!(examples.iter().any(|e| e.args.get("exclude").is_some()), "negation is shown");
+        assert!(examples.iter().any(|e| e.current.is_some() && e.args.get("remove").is_some()), "removal is shown");
+    }
+
+    fn trigrams(text: &str) -> HashSet<String> {
+        let words: Vec<String> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        words.windows(3).map(|w| w.join(" ")).collect()
+    }
+
+    /// The golden set stays a test: no golden question, and nothing close to one, is in the library.
+    #[test]
+    fn no_golden_question_is_in_the_library() {
+        let cases: toml::Table =
+            toml::from_str(include_str!("../../tests/golden/cases.toml")).unwrap();
+        let turns: Vec<String> = cases["case"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|case| case["turns"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()))
+            .collect();
+        assert!(turns.len() > 90);
+        for example in library().unwrap() {
+            let mine = trigrams(&example.question);
+            for turn in &turns {
+                assert_ne!(example.question.trim().to_lowercase(), turn.trim().to_lowercase());
+                let theirs = trigrams(turn);
+                let both = mine.intersection(&theirs).count() as f64;
+                let either = mine.union(&theirs).count() as f64;
+                let similarity = if either == 0.0 { 0.0 } else { both / either };
+                assert!(similarity <= 0.5, "{:?} is close to the golden {turn:?} ({similarity:.2})", example.question);
+            }
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! Grounding: the words of a question matched to the data's values before the model is called, so a small model
+//! fills its slots with values that exist. "Britain" and "UK" become `GB`, "tees" and "t-shirts" become `t_shirts`,
+//! "sneakers" becomes `shoes` where the data has no sneakers (by MiniLM similarity), and "last 6 months", "since
+//! March" or "this year" become a number of days counted back from the data's last day.
+//!
+//! The result is used three times: as hints in the model's prompt, to narrow the schema's enums for large
+//! vocabularies ([`crate::vocabulary::Offered`]), and after the call, to check that every clause traces to the
+//! question ([`Grounding::traces`]).
+
+use std::collections::HashSet;
+
+use chrono::{Datelike, NaiveDate};
+use serde_json::Value;
+
+use crate::audience::definition::{Clause, EventType, FieldKind, ProfileField, Rule};
+use crate::vocabulary::DataValues;
+
+/// One resolved phrase of the question, shown to the model as `"phrase" = meaning`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hint {
+    pub phrase: String,
+    pub meaning: String,
+}
+
+/// What grounding found in one question.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Grounding {
+    pub hints: Vec<Hint>,
+    /// The data values the question names.
+    pub found: DataValues,
+    /// Event types the question's verbs name ("bought" is a purchase).
+    pub event_types: Vec<EventType>,
+    /// Windows in days, counted back from the data's last day.
+    pub days: Vec<u32>,
+    /// Every number the question writes (money, counts, ages), words included ("twice" is 2).
+    pub numbers: Vec<f64>,
+    /// Words that look like a product ("bought kayaks") and match nothing in the data.
+    pub unmatched: Vec<String>,
+    /// The question's words, lower-case (for tracing a clause's field to the question).
+    words: HashSet<String>,
+}
+
+/// A word of the question with its normalised form.
+#[derive(Clone, Debug)]
+struct Token {
+    text: String,
+    lower: String,
+    /// Lower-case, letters and digits only, a plural `s` removed: "T-Shirts" and "t_shirts" meet as "tshirt".
+    key: String,
+}
+
+fn tokens(question: &str) -> Vec<Token> {
+    // A comma between digits is a thousands separator ("1,500"), not a break between words.
+    let chars: Vec<char> = question.chars().collect();
+    let question: String = chars
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| {
+            **c != ','
+                || !(i.checked_sub(1).and_then(|p| chars.get(p)).is_some_and(char::is_ascii_digit)
+                    && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        })
+        .map(|(_, c)| *c)
+        .collect();
+    question
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '?' | '!' | '(' | ')' | '"' | '/' | ':'))
+        .flat_map(|word| {
+            // "t-shirts" keeps its parts as separate tokens, so "t shirts" and "t-shirts" both reach "tshirt".
+            let word = word.trim_matches(|c: char| matches!(c, '.' | '\'' | '`'));
+            word.split(['-', '_']).map(str::to_owned).collect::<Vec<_>>()
+        })
+        .filter(|word| !word.is_empty())
+        .map(|text| {
+            let lower = text.to_lowercase();
+            Token { key: key_of(&lower), lower, text }
+        })
+        .collect()
+}
+
+/// The comparison key of one word.
+fn key_of(word: &str) -> String {
+    let plain: String = word.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect();
+    singular(&plain)
+}
+
+fn singular(word: &str) -> String {
+    if word.len() > 4 && word.ends_with("ies") {
+        format!("{}y", &word[..word.len() - 3])
+    } else if word.len() > 3 && word.ends_with("es") && (word.ends_with("sses") || word.ends_with("shes") || word.ends_with("ches") || word.ends_with("xes")) {
+        word[..word.len() - 2].to_owned()
+    } else if word.len() > 3 && word.ends_with('s') && !word.ends_with("ss") {
+        word[..word.len() - 1].to_owned()
+    } else {
+        word.to_owned()
+    }
+}
+
+/// The comparison key of a data value: its words' keys joined ("t_shirts" → "tshirt", "VIP Loyalty" →
+/// "viployalty").
+fn value_key(value: &str) -> String {
+    value.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(key_of).collect()
+}
+
+/// Countries by ISO 3166-1 alpha-2 code, with the names, short forms and demonyms questions use.
+const COUNTRIES: &[(&str, &[&str])] = &[
+    ("GB", &["uk", "u.k.", "britain", "great britain", "british", "united kingdom", "england", "english", "scotland", "wales", "gb"]),
+    ("US", &["us", "u.s.", "usa", "america", "american", "americans", "united states", "states"]),
+    ("PL", &["poland", "polish", "poles", "pl"]),
+    ("DE", &["germany", "german", "germans", "deutschland", "de"]),
+    ("FR", &["france", "french", "fr"]),
+    ("ES", &["spain", "spanish", "spaniards", "es"]),
+    ("IT", &["italy", "italian", "italians"]),
+    ("NL", &["netherlands", "holland", "dutch", "nl"]),
+    ("BE", &["belgium", "belgian", "belgians"]),
+    ("SE", &["sweden", "swedish", "swedes", "se"]),
+    ("NO", &["norway", "norwegian", "norwegians"]),
+    ("DK", &["denmark", "danish", "danes", "dk"]),
+    ("FI", &["finland", "finnish", "finns"]),
+    ("IS", &["iceland", "icelandic", "icelanders"]),
+    ("IE", &["ireland", "irish"]),
+    ("PT", &["portugal", "portuguese", "pt"]),
+    ("AT", &["austria", "austrian", "austrians"]),
+    ("CH", &["switzerland", "swiss", "ch"]),
+    ("CZ", &["czechia", "czech republic", "czech", "cz"]),
+    ("SK", &["slovakia", "slovak"]),
+    ("HU", &["hungary", "hungarian", "hungarians"]),
+    ("RO", &["romania", "romanian", "romanians"]),
+    ("BG", &["bulgaria", "bulgarian", "bulgarians"]),
+    ("GR", &["greece", "greek", "greeks"]),
+    ("HR", &["croatia", "croatian", "croatians"]),
+    ("SI", &["slovenia", "slovenian"]),
+    ("LT", &["lithuania", "lithuanian"]),
+    ("LV", &["latvia", "latvian"]),
+    ("EE", &["estonia", "estonian"]),
+    ("LU", &["luxembourg", "luxembourgish"]),
+    ("UA", &["ukraine", "ukrainian", "ukrainians"]),
+    ("TR", &["turkey", "türkiye", "turkish"]),
+    ("RU", &["russia", "russian", "russians"]),
+    ("CA", &["canada", "canadian", "canadians", "ca"]),
+    ("MX", &["mexico", "mexican", "mexicans"]),
+    ("BR", &["brazil", "brazilian", "brazilians"]),
+    ("AR", &["argentina", "argentinian", "argentine"]),
+    ("CL", &["chile", "chilean"]),
+    ("CO", &["colombia", "colombian"]),
+    ("AU", &["australia", "australian", "australians", "au"]),
+    ("NZ", &["new zealand", "kiwi", "nz"]),
+    ("JP", &["japan", "japanese", "jp"]),
+    ("CN", &["china", "chinese", "cn"]),
+    ("KR", &["south korea", "korea", "korean", "koreans"]),
+    ("IN", &["india", "indian", "indians"]),
+    ("SG", &["singapore", "singaporean"]),
+    ("ZA", &["south africa", "south african"]),
+    ("EG", &["egypt", "egyptian"]),
+    ("NG", &["nigeria", "nigerian"]),
+    ("IL", &["israel", "israeli"]),
+    ("AE", &["uae", "united arab emirates", "emirates", "emirati"]),
+    ("SA", &["saudi arabia", "saudi"]),
+];
+
+/// Verbs and nouns that name an event type.
+const EVENT_WORDS: &[(EventType, &[&str])] = &[
+    (EventType::Purchase, &["bought", "buy", "buys", "buying", "buyer", "buyers", "purchased", "purchase", "purchases", "purchasing", "ordered", "order", "orders", "paid", "shopped"]),
+    (EventType::View, &["viewed", "view", "views", "viewing", "browsed", "browse", "browsing", "looked", "visited", "saw", "seen", "checked"]),
+    (EventType::AddToCart, &["cart", "carted", "basket", "carts", "baskets"]),
+];
+
+/// Words after a purchase or view verb that are not a product ("bought twice", "viewed something").
+const NOT_PRODUCTS: &[&str] = &[
+    "a", "an", "the", "some", "any", "anything", "something", "nothing", "items", "item", "products", "product",
+    "stuff", "things", "thing", "more", "most", "less", "at", "in", "on", "from", "with", "within", "during",
+    "over", "under", "above", "below", "least", "twice", "once", "again", "recently", "lately", "last", "past",
+    "this", "since", "before", "after", "but", "and", "or", "not", "never", "only", "online", "us", "them", "it",
+    "one", "ones", "times", "time", "every", "each", "all", "both", "multiple", "several", "many", "few",
+    "expensive", "cheap", "pricey", "luxury", "premium", "full", "price", "priced", "discount", "sale", "new",
+    "for", "to", "of", "by", "than", "between", "year", "years", "month", "months", "week", "weeks", "day", "days",
+    "quarter", "today", "yesterday", "frequently", "often", "regularly", "repeatedly", "who", "that", "which",
+    "what", "they", "their", "there", "here", "up", "out", "into", "something", "stuff", "orders", "order",
+    "purchase", "purchases", "our", "my", "your", "these", "those", "store", "shop", "site", "website",
+];
+
+const NUMBER_WORDS: &[(&str, f64)] = &[
+    ("a", 1.0), ("an", 1.0), ("one", 1.0), ("once", 1.0), ("two", 2.0), ("twice", 2.0), ("couple", 2.0),
+    ("three", 3.0), ("thrice", 3.0), ("four", 4.0), ("five", 5.0), ("six", 6.0), ("seven", 7.0), ("eight", 8.0),
+    ("nine", 9.0), ("ten", 10.0), ("eleven", 11.0), ("twelve", 12.0), ("fifteen", 15.0), ("twenty", 20.0),
+    ("thirty", 30.0), ("forty", 40.0), ("fifty", 50.0), ("sixty", 60.0), ("ninety", 90.0), ("hundred", 100.0),
+];
+
+const MONTHS: [&str; 12] =
+    ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"];
+
+/// A number as written: `500`, `1,000`, `$1.5k`, `€200`, `12.50`; or a number word.
+fn number_of(token: &str) -> Option<f64> {
+    let text = token.trim_start_matches(['$', '€', '£']).trim_end_matches(['$', '€', '£']).replace(',', "");
+    let (text, scale) = match text.strip_suffix('k') {
+        Some(rest) if !rest.is_empty() => (rest.to_owned(), 1000.0),
+        _ => (text, 1.0),
+    };
+    if let Ok(value) = text.parse::<f64>() {
+        return value.is_finite().then_some(value * scale);
+    }
+    NUMBER_WORDS.iter().find(|(word, _)| *word == text).map(|(_, value)| *value)
+}
+
+/// Days per unit of a window.
+fn unit_days(word: &str) -> Option<u32> {
+    match word.trim_end_matches('s') {
+        "day" => Some(1),
+        "week" => Some(7),
+        "fortnight" => Some(14),
+        "month" => Some(30),
+        "quarter" => Some(90),
+        "year" => Some(365),
+        _ => None,
+    }
+}
+
+impl Grounding {
+    /// Grounds `question` in `values` by text alone; [`Self::add_similar`] adds what only similarity finds.
+    pub fn of(question: &str, values: &DataValues, as_of: NaiveDate) -> Self {
+        let tokens = tokens(question);
+        let mut grounding = Grounding { words: tokens.iter().map(|t| t.lower.clone()).collect(), ..Self::default() };
+        grounding.find_countries(&tokens, &values.countries);
+        let mut used = vec![false; tokens.len()];
+        for (list, found, what) in [
+            (&values.products, 0, "product"),
+            (&values.colors, 1, "colour"),
+            (&values.segments, 2, "segment"),
+        ] {
+            for (index, value) in grounding.match_values(&tokens, list, &mut used) {
+                let slot = match found {
+                    0 => &mut grounding.found.products,
+                    1 => &mut grounding.found.colors,
+                    _ => &mut grounding.found.segments,
+                };
+                if !slot.contains(&value) {
+                    slot.push(value.clone());
+                    grounding.hints.push(Hint { phrase: tokens[index].text.clone(), meaning: format!("{what} {value}") });
+                }
+            }
+        }
+        grounding.find_event_types(&tokens);
+        grounding.find_windows(&tokens, as_of);
+        grounding.find_numbers(&tokens);
+        grounding.unmatched = product_like_words(&tokens, &used);
+        grounding
+    }
+
+    fn find_countries(&mut self, tokens: &[Token], countries: &[String]) {
+        for (code, names) in COUNTRIES {
+            if !countries.iter().any(|c| c == code) {
+                continue;
+            }
+            for span in (1..=3).rev() {
+                for start in 0..tokens.len().saturating_sub(span - 1) {
+                    let words = &tokens[start..start + span];
+                    let phrase: Vec<&str> = words.iter().map(|t| t.lower.as_str()).collect();
+                    let phrase = phrase.join(" ");
+                    // Two-letter names only as written upper-case ("US", not "us").
+                    let short = phrase.len() <= 3 && !phrase.contains('.');
+                    let written_upper = words.iter().all(|t| t.text.chars().all(|c| c.is_uppercase() || !c.is_alphabetic()));
+                    if names.contains(&phrase.as_str()) && (!short || written_upper || phrase == "usa" || phrase == "uae") {
+                        if !self.found.countries.iter().any(|c| c == code) {
+                            self.found.countries.push((*code).to_owned());
+                            let text: Vec<&str> = words.iter().map(|t| t.text.as_str()).collect();
+                            self.hints.push(Hint { phrase: text.join(" "), meaning: format!("country {code}") });
+                        }
+                    }
+                }
+            }
+        }
+        // A code the data holds, written as a code ("from PL").
+        for token in tokens {
+            if token.text.len() == 2
+                && token.text.chars().all(|c| c.is_ascii_uppercase())
+                && countries.contains(&token.text)
+                && !self.found.countries.contains(&token.text)
+            {
+                self.found.countries.push(token.text.clone());
+                self.hints.push(Hint { phrase: token.text.clone(), meaning: format!("country {}", token.text) });
+            }
+        }
+    }
+
+    /// The values of `list` the question names (by key, over spans of one to three words), with the index of the
+    /// first token of each; the tokens are marked used.
+    fn match_values(&self, tokens: &[Token], list: &[String], used: &mut [bool]) -> Vec<(usize, String)> {
+        let mut found = Vec::new();
+        for value in list {
+            let key = value_key(value);
+            if key.is_empty() {
+                continue;
+            }
+            // A value whose first word is an acronym ("VIP Loyalty") is also named by the acronym alone.
+            let acronym = value
+                .split_whitespace()
+                .next()
+                .filter(|word| word.len() >= 2 && word.chars().all(|c| c.is_ascii_uppercase()))
+                .map(key_of);
+            'spans: for span in (1..=3).rev() {
+                for start in 0..tokens.len().saturating_sub(span - 1) {
+                    let joined: String = tokens[start..start + span].iter().map(|t| t.key.as_str()).collect();
+                    let by_acronym = span == 1 && acronym.as_deref() == Some(joined.as_str());
+                    if joined == key || by_acronym {
+                        used[start..start + span].iter_mut().for_each(|u| *u = true);
+                        found.push((start, value.clone()));
+                        break 'spans;
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    fn find_event_types(&mut self, tokens: &[Token]) {
+        for (event_type, words) in EVENT_WORDS {
+            if let Some(token) = tokens.iter().find(|t| words.contains(&t.lower.as_str())) {
+                if !self.event_types.contains(event_type) {
+                    self.event_types.push(*event_type);
+                    self.hints.push(Hint { phrase: token.text.clone(), meaning: format!("event_type {}", event_type.as_str()) });
+                }
+            }
+        }
+    }
+
+    fn find_windows(&mut self, tokens: &[Token], as_of: NaiveDate) {
+        let push = |grounding: &mut Self, phrase: String, days: u32| {
+            if days > 0 && !grounding.days.contains(&days) {
+                grounding.days.push(days);
+                grounding.hints.push(Hint { phrase, meaning: format!("within_days {days}") });
+            }
+        };
+        let words: Vec<&str> = tokens.iter().map(|t| t.lower.as_str()).collect();
+        for (i, word) in words.iter().enumerate() {
+            if matches!(*word, "last" | "past" | "previous" | "recent" | "within") {
+                // "last 6 months", "past two weeks", "last month", "within 30 days", "the last 90 days".
+                let (count, unit_at) = match words.get(i + 1).and_then(|w| number_of(w)) {
+                    Some(n) if n >= 1.0 && n.fract() == 0.0 => (n as u32, i + 2),
+                    _ => (1, i + 1),
+                };
+                if let Some(unit) = words.get(unit_at).and_then(|w| unit_days(w)) {
+                    let phrase = tokens[i..=unit_at].iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" ");
+                    push(self, phrase, count * unit);
+                }
+            }
+            if *word == "this" {
+                let days = match words.get(i + 1).copied() {
+                    Some("year") => Some(as_of.ordinal()),
+                    Some("month") => Some(as_of.day()),
+                    Some("week") => Some(as_of.weekday().num_days_from_monday() + 1),
+                    Some("quarter") => {
+                        let first = NaiveDate::from_ymd_opt(as_of.year(), (as_of.month0() / 3) * 3 + 1, 1);
+                        first.map(|first| (as_of - first).num_days() as u32 + 1)
+                    }
+                    _ => None,
+                };
+                if let Some(days) = days {
+                    push(self, format!("{} {}", tokens[i].text, tokens[i + 1].text), days);
+                }
+            }
+            if matches!(*word, "since" | "in" | "during") {
+                // "since March", "since March 2026", "in June" (a month up to the data's last day).
+                let Some(month) = words.get(i + 1).and_then(|w| MONTHS.iter().position(|m| m == w || (w.len() >= 3 && m.starts_with(*w) && w.len() == 3))) else { continue };
+                let year = words.get(i + 2).and_then(|w| w.parse::<i32>().ok()).filter(|y| (1900..3000).contains(y));
+                let month = month as u32 + 1;
+                let year = year.unwrap_or(if month <= as_of.month() { as_of.year() } else { as_of.year() - 1 });
+                let Some(first) = NaiveDate::from_ymd_opt(year, month, 1) else { continue };
+                let through_as_of = *word == "since" || (first.year() == as_of.year() && first.month() == as_of.month());
+                if first <= as_of && through_as_of {
+                    let end = if words.get(i + 2).is_some_and(|w| w.parse::<i32>().is_ok()) { i + 2 } else { i + 1 };
+                    let phrase = tokens[i..=end].iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" ");
+                    push(self, phrase, (as_of - first).num_days() as u32 + 1);
+                }
+            }
+        }
+        for (word, days) in [("today", 1), ("yesterday", 2), ("recently", 30)] {
+            if let Some(token) = tokens.iter().find(|t| t.lower == word) {
+                if word != "recently" {
+                    push(self, token.text.clone(), days);
+                }
+            }
+        }
+    }
+
+    fn find_numbers(&mut self, tokens: &[Token]) {
+        for (i, token) in tokens.iter().enumerate() {
+            // "a" and "an" are numbers only before a unit ("a month"), which windows already read.
+            if matches!(token.lower.as_str(), "a" | "an") {
+                continue;
+            }
+            if let Some(value) = number_of(&token.lower) {
+                if !self.numbers.contains(&value) {
+                    self.numbers.push(value);
+                }
+                // "30s" as in "in their 30s": the decade.
+                let _ = i;
+            } else if let Some(decade) = token.lower.strip_suffix('s').and_then(|d| d.parse::<u32>().ok()) {
+                for value in [decade as f64, decade as f64 + 9.0] {
+                    if !self.numbers.contains(&value) {
+                        self.numbers.push(value);
+                    }
+                }
+            }
+        }
+        // Counting words: "more than once" is at least 2.
+        if self.words.contains("once") && (self.words.contains("more") || self.words.contains("again")) && !self.numbers.contains(&2.0) {
+            self.numbers.push(2.0);
+        }
+        for days in self.days.clone() {
+            if !self.numbers.contains(&f64::from(days)) {
+                self.numbers.push(f64::from(days));
+            }
+        }
+    }
+
+    /// Adds the values that only similarity finds: for each word that looks like a product and matched nothing,
+    /// the product (or colour) whose MiniLM embedding is closest, when it is close enough. `embed` embeds texts
+    /// and returns unit vectors in the same order.
+    pub fn add_similar(&mut self, values: &DataValues, embedded_values: &[Vec<f32>], word_vectors: &[(String, Vec<f32>)]) {
+        let mut still = Vec::new();
+        for (word, vector) in word_vectors {
+            let best = values
+                .products
+                .iter()
+                .zip(embedded_values)
+                .map(|(value, v)| (value, dot(vector, v)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            match best {
+                Some((value, score)) if score >= SIMILAR => {
+                    if !self.found.products.contains(value) {
+                        self.found.products.push(value.clone());
+                        self.hints.push(Hint { phrase: word.clone(), meaning: format!("product {value}") });
+                    }
+                }
+                _ => still.push(word.clone()),
+            }
+        }
+        self.unmatched = still;
+    }
+
+    /// Whether the question's words mention `word` (lower-case).
+    pub fn says(&self, word: &str) -> bool {
+        self.words.contains(word)
+    }
+
+    /// Why `clause` does not trace to the question, or `None` when every value it sets does: its products,
+    /// colours, countries and segments were grounded, its window and numbers are written in the question, and the
+    /// field it compares is named by a word of the question.
+    pub fn untraced(&self, clause: &Clause) -> Option<String> {
+        let number_said = |value: f64| self.numbers.iter().any(|n| (n - value).abs() < 1e-9);
+        match &clause.rule {
+            Rule::Event { event_type, products, colors, min_price, max_price, within_days, min_count, .. } => {
+                if let Some(event_type) = event_type
+                    && !self.event_types.is_empty()
+                    && !self.event_types.contains(event_type)
+                {
+                    return Some(format!("event_type {} (the question says {})", event_type.as_str(), names(&self.event_types)));
+                }
+                if let Some(p) = products.iter().find(|p| !self.found.products.contains(p)) {
+                    return Some(format!("product {p}"));
+                }
+                if let Some(c) = colors.iter().find(|c| !self.found.colors.contains(c)) {
+                    return Some(format!("colour {c}"));
+                }
+                if let Some(days) = within_days
+                    && !self.days.contains(days)
+                    && !number_said(f64::from(*days))
+                {
+                    return Some(format!("within_days {days}"));
+                }
+                for (name, value) in [("min_price", min_price), ("max_price", max_price)] {
+                    if let Some(value) = value
+                        && !number_said(*value)
+                    {
+                        return Some(format!("{name} {value}"));
+                    }
+                }
+                if let Some(count) = min_count
+                    && *count > 1
+                    && !number_said(f64::from(*count))
+                {
+                    return Some(format!("min_count {count}"));
+                }
+                None
+            }
+            Rule::Profile { field, value, .. } => self.untraced_profile(*field, value),
+            Rule::Sql { .. } => None,
+        }
+    }
+
+    fn untraced_profile(&self, field: ProfileField, value: &Value) -> Option<String> {
+        let texts: Vec<&str> = match value {
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            Value::String(text) => vec![text.as_str()],
+            _ => Vec::new(),
+        };
+        let grounded = |list: &[String]| texts.iter().find(|t| !list.iter().any(|v| v.eq_ignore_ascii_case(t))).map(|t| (*t).to_owned());
+        let name = field.column();
+        match field {
+            ProfileField::Country => grounded(&self.found.countries).map(|v| format!("country {v}")),
+            ProfileField::Segment => grounded(&self.found.segments).map(|v| format!("segment {v}")),
+            ProfileField::Interests => grounded(&self.found.products).map(|v| format!("interest {v}")),
+            ProfileField::FavoriteColor | ProfileField::PreferredColors => {
+                grounded(&self.found.colors).map(|v| format!("colour {v}"))
+            }
+            _ if field.kind() == FieldKind::Bool => {
+                let words: &[&str] = match field {
+                    ProfileField::Churned => &["churned", "churn", "churning", "lapsed", "lost", "inactive", "active", "dormant", "gone", "win", "back", "lapsing", "left", "stopped"],
+                    _ => &["luxury", "luxurious", "premium", "high", "upscale", "designer", "expensive", "posh", "lux"],
+                };
+                (!words.iter().any(|w| self.says(w))).then(|| format!("{name} = {value}"))
+            }
+            _ => {
+                let said = value.as_f64().is_some_and(|v| self.numbers.iter().any(|n| (n - v).abs() < 1e-9));
+                let words: &[&str] = match field {
+                    ProfileField::Age => &["age", "aged", "ages", "old", "young", "younger", "older", "years", "year", "teen", "teens", "twenties", "thirties", "forties", "fifties", "sixties", "seniors", "senior", "youth", "millennials", "students"],
+                    ProfileField::TotalSpent => &["spent", "spend", "spends", "spending", "spenders", "value", "revenue", "worth", "total", "lifetime", "money", "big", "high"],
+                    ProfileField::OrderCount => &["orders", "order", "purchases", "purchased", "bought", "times", "once", "twice", "repeat", "frequent", "ordered"],
+                    ProfileField::ReturnCount => &["returns", "returned", "return", "returning"],
+                    ProfileField::RecencyDays => &["recency", "since", "days", "ago", "last", "recent", "recently", "lapsed"],
+                    _ => &["score", "scores", "rfm", "recency", "frequency", "monetary", "r", "f", "m"],
+                };
+                let field_named = words.iter().any(|w| self.says(w));
+                (!(said && field_named) && !(field_named && value.as_f64().is_some_and(|v| v == 0.0)))
+                    .then(|| format!("{name} {value}"))
+            }
+        }
+    }
+
+    /// The hints as one prompt line, or `None` without any.
+    pub fn hint_line(&self) -> Option<String> {
+        if self.hints.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self.hints.iter().map(|h| format!("\"{}\" = {}", h.phrase, h.meaning)).collect();
+        Some(parts.join("; "))
+    }
+}
+
+/// Cosine similarity above which a word names a data value ("sneakers" for `shoes`); chosen on MiniLM so that
+/// synonyms and spelling variants pass and unrelated shop words do not (see the grounding tests).
+pub const SIMILAR: f32 = 0.62;
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn names(types: &[EventType]) -> String {
+    types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" or ")
+}
+
+/// Phrases right after a purchase, view or cart verb that no value matched (one or two words: "kayaks",
+/// "designer handbags"): what the question wants bought or viewed.
+fn product_like_words(tokens: &[Token], used: &[bool]) -> Vec<String> {
+    let verbs: Vec<&str> = EVENT_WORDS.iter().flat_map(|(_, words)| words.iter().copied()).collect();
+    let is_word = |t: &Token| t.lower.chars().all(char::is_alphabetic) && t.lower.len() >= 3;
+    let stop = |t: &Token| NOT_PRODUCTS.contains(&t.lower.as_str()) || verbs.contains(&t.lower.as_str()) || MONTHS.contains(&t.lower.as_str());
+    let mut phrases = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        if !verbs.contains(&token.lower.as_str()) {
+            continue;
+        }
+        let start = tokens.iter().enumerate().skip(i + 1).find(|(_, t)| !matches!(t.lower.as_str(), "a" | "an" | "the" | "some" | "any" | "of" | "our"));
+        let Some((j, first)) = start else { continue };
+        if used[j] || !is_word(first) || stop(first) {
+            continue;
+        }
+        let mut phrase = vec![first.lower.clone()];
+        if let Some(second) = tokens.get(j + 1)
+            && is_word(second)
+            && !stop(second)
+        {
+            if used[j + 1] {
+                continue;
+            }
+            phrase.push(second.lower.clone());
+        }
+        let phrase = phrase.join(" ");
+        if !phrases.contains(&phrase) {
+            phrases.push(phrase);
+        }
+    }
+    phrases
+}
+
+/// The question with its values masked, for finding examples of the same shape (DAIL-SQL): numbers become `N`,
+/// and words naming a product, colour, segment or country become `PRODUCT`, `COLOR`, `SEGMENT` or `COUNTRY`.
+pub fn masked(question: &str, values: &DataValues) -> String {
+    let tokens = tokens(question);
+    let mut out: Vec<String> = tokens.iter().map(|t| t.lower.clone()).collect();
+    let mut used = vec![false; tokens.len()];
+    let probe = Grounding::default();
+    for (list, mask) in [(&values.products, "PRODUCT"), (&values.colors, "COLOR"), (&values.segments, "SEGMENT")] {
+        for (start, value) in probe.match_values(&tokens, list, &mut used) {
+            out[start] = mask.to_owned();
+            let span = value.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).count();
+            for word in out.iter_mut().skip(start + 1).take(span.saturating_sub(1)) {
+                word.clear();
+            }
+        }
+    }
+    for (index, token) in tokens.iter().enumerate() {
+        let country = COUNTRIES.iter().any(|(code, names)| names.contains(&token.lower.as_str()) || token.text == *code);
+        if country && (token.lower.len() > 3 || token.text.chars().all(|c| c.is_ascii_uppercase())) {
+            out[index] = "COUNTRY".to_owned();
+        } else if number_of(&token.lower).is_some() && !matches!(token.lower.as_str(), "a" | "an") {
+            out[index] = "N".to_owned();
+        }
+    }
+    out.retain(|word| !word.is_empty());
+    out.join(" ")
+}
+
+/// The data's value as words to embed: `t_shirts` → "t shirts".
+pub fn value_text(value: &str) -> String {
+    value.replace(['_', '-'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> DataValues {
+        DataValues {
+            products: ["socks", "t_shirts", "shoes", "watches", "jewelry", "running_gear", "yoga_wear"].map(String::from).to_vec(),
+            colors: ["black", "gold", "navy", "red"].map(String::from).to_vec(),
+            countries: ["PL", "GB", "US", "DE", "FR"].map(String::from).to_vec(),
+            segments: ["VIP Loyalty", "Churn Recovery", "Standard Promo"].map(String::from).to_vec(),
+        }
+    }
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    fn ground(question: &str) -> Grounding {
+        Grounding::of(question, &values(), day("2026-06-29"))
+    }
+
+    #[test]
+    fn masking_keeps_the_shape_of_a_question() {
+        assert_eq!(
+            masked("Customers from Britain who bought T-shirts in gold in the last 60 days", &values()),
+            "customers from COUNTRY who bought PRODUCT in COLOR in the last N days"
+        );
+        assert_eq!(masked("VIP Loyalty members", &values()), "SEGMENT members");
+    }
+
+    #[test]
+    fn countries_by_name_demonym_and_code() {
+        assert_eq!(ground("Customers from Britain who bought t-shirts").found.countries, ["GB"]);
+        assert_eq!(ground("UK shoppers").found.countries, ["GB"]);
+        assert_eq!(ground("Polish buyers and customers in Poland").found.countries, ["PL"]);
+        let mut both = ground("people from PL or the US").found.countries;
+        both.sort();
+        assert_eq!(both, ["PL", "US"]);
+        // "us" as a pronoun is not the United States.
+        assert!(ground("customers who bought from us").found.countries.is_empty());
+        // A country the data lacks is not offered.
+        assert!(ground("customers in Spain").found.countries.is_empty());
+    }
+
+    #[test]
+    fn products_colours_and_segments_by_normalised_text() {
+        let g = ground("who bought T-Shirts or tees in gold, VIPs only");
+        assert_eq!(g.found.products, ["t_shirts"]);
+        assert_eq!(g.found.colors, ["gold"]);
+        assert_eq!(g.found.segments, ["VIP Loyalty"]);
+        assert_eq!(ground("running gear buyers").found.products, ["running_gear"]);
+        assert_eq!(ground("a watch or some jewelry").found.products, ["watches", "jewelry"]);
+        assert_eq!(ground("people who put a watch in the cart").event_types, [EventType::AddToCart]);
+    }
+
+    #[test]
+    fn time_phrases_count_back_from_the_data_s_last_day() {
+        assert_eq!(ground("bought in the last 60 days").days, [60]);
+        assert_eq!(ground("bought in the last 6 months").days, [180]);
+        assert_eq!(ground("viewed over the past two weeks").days, [14]);
+        assert_eq!(ground("bought last month").days, [30]);
+        assert_eq!(ground("bought this year").days, [180], "2026-01-01 .. 2026-06-29");
+        assert_eq!(ground("bought since March").days, [121], "2026-03-01 .. 2026-06-29");
+        assert_eq!(ground("bought in June 2026").days, [29], "June up to the data's last day");
+        assert!(ground("bought in May 2026").days.is_empty(), "a closed month before the last is no window");
+    }
+
+    #[test]
+    fn numbers_money_and_counts() {
+        let g = ground("spent over $1,500 and bought socks at least twice");
+        assert!(g.numbers.contains(&1500.0) && g.numbers.contains(&2.0), "{:?}", g.numbers);
+        assert!(ground("spent more than 2k").numbers.contains(&2000.0));
+        assert!(ground("in their 30s").numbers.contains(&39.0));
+    }
+
+    #[test]
+    fn product_like_words_without_a_match_are_reported() {
+        assert_eq!(ground("customers who bought kayaks last month").unmatched, ["kayaks"]);
+        assert!(ground("customers who bought socks twice").unmatched.is_empty());
+        assert!(ground("customers who bought something recently").unmatched.is_empty());
+        assert_eq!(ground("people who bought designer handbags").unmatched, ["designer handbags"]);
+        assert!(ground("people who bought gold watches").unmatched.is_empty());
+    }
+
+    #[test]
+    fn clauses_trace_to_the_question_or_are_named() {
+        let clause = |value: serde_json::Value| -> Clause { serde_json::from_value(value).unwrap() };
+        let g = ground("UK customers who bought t-shirts in the last 60 days");
+        let asked = clause(serde_json::json!({"type": "event", "event_type": "purchase", "products": ["t_shirts"], "within_days": 60}));
+        assert_eq!(g.untraced(&asked), None);
+        assert_eq!(g.untraced(&clause(serde_json::json!({"type": "profile", "field": "country", "op": "=", "value": "GB"}))), None);
+        // The three clauses the probe's model added that nobody asked for.
+        for unasked in [
+            serde_json::json!({"type": "profile", "field": "age", "op": "=", "value": 25}),
+            serde_json::json!({"type": "profile", "field": "total_spent", "op": ">", "value": 100}),
+            serde_json::json!({"type": "profile", "field": "churned", "op": "=", "value": false}),
+        ] {
+            assert!(g.untraced(&clause(unasked.clone())).is_some(), "{unasked}");
+        }
+        let other_window = clause(serde_json::json!({"type": "event", "event_type": "purchase", "within_days": 90}));
+        assert_eq!(g.untraced(&other_window).as_deref(), Some("within_days 90"));
+    }
+}
