@@ -20,6 +20,9 @@
 //! - a customer id that is empty, longer than 128 characters, has control characters, or repeats an earlier row's
 //!   id (the first row wins); an event id that is not an integer or repeats;
 //! - an empty essential value (`event_type`, `ts`);
+//! - a NUL byte in a field that a column is read from (PostgreSQL text cannot hold one);
+//! - a text longer than its cap ([`TEXT_MAX_CHARS`]: 200 characters for names, colours and products, 254 for an
+//!   e-mail address), which would otherwise fail the whole ingest when its index is built;
 //! - an e-mail address that is not `local@domain.tld`;
 //! - a country that is not an ISO 3166-1 alpha-2 code (after the mapping's value map);
 //! - an age that is not an integer between 0 and 130, a date or timestamp that does not parse;
@@ -75,6 +78,20 @@ const CUSTOMER_REQUIRED: &[&str] = &["customer_id"];
 const EVENT_REQUIRED: &[&str] = &["customer_id", "event_type", "ts"];
 /// The event types the `events.event_type` CHECK constraint allows.
 pub const EVENT_TYPES: &[&str] = &["view", "add_to_cart", "purchase"];
+
+/// The longest free-text values, in characters. PostgreSQL refuses a btree index entry over 2,704 bytes, and
+/// `product` and `color` share one index entry (`events_product_color_idx`): at up to 4 bytes a character, two
+/// values of 200 stay far below it, so a long value is a row reject with its line instead of an index build that
+/// fails the whole ingest. Names and colours are held to the same cap; 254 is the longest e-mail address that
+/// SMTP can deliver (RFC 5321's 256-byte path less its angle brackets).
+const TEXT_MAX_CHARS: &[(&str, usize)] = &[
+    ("first_name", 200),
+    ("last_name", 200),
+    ("email", 254),
+    ("favorite_color", 200),
+    ("product", 200),
+    ("color", 200),
+];
 
 /// ISO 3166-1 alpha-2 codes, officially assigned.
 const ISO_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ \
@@ -489,6 +506,8 @@ struct CsvInput {
     /// Our table's columns, in registry order.
     table: Table,
     fields: Vec<Field>,
+    /// The file's column names (the header, or the mapping's `columns`), to name the column a bad byte is in.
+    header: StringRecord,
 }
 
 impl CsvInput {
@@ -578,7 +597,7 @@ impl CsvInput {
             let values = (!values.is_empty()).then_some(values);
             fields.push(Field { getter, values, default, format });
         }
-        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields })
+        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields, header })
     }
 
     /// Reads the next record; false at the end of the file. Unreadable input is a whole-file error.
@@ -627,6 +646,47 @@ impl CsvInput {
 
     fn format(&self, column: &str) -> Option<&str> {
         self.field(column)?.format.as_deref()
+    }
+
+    /// The value of free-text column `column`, refused when it is longer than its cap in [`TEXT_MAX_CHARS`].
+    fn text(&self, column: &str) -> Result<Option<String>, String> {
+        let Some(value) = self.get(column) else { return Ok(None) };
+        let cap = TEXT_MAX_CHARS.iter().find(|(name, _)| *name == column).map_or(usize::MAX, |(_, cap)| *cap);
+        let chars = value.chars().count();
+        if chars > cap {
+            return Err(format!("{column} has {chars} characters, more than the {cap} allowed"));
+        }
+        Ok(Some(value.into_owned()))
+    }
+
+    /// Refuses a row with a NUL byte in a field that is read: PostgreSQL text cannot hold one, and COPY would
+    /// fail the whole load without naming the row. Fields no column is read from are never loaded, so they may.
+    fn check_nul(&self) -> Result<(), String> {
+        // One scan of the whole record; the fields are only looked at in the rare row that has one.
+        if !self.record.as_slice().contains('\0') {
+            return Ok(());
+        }
+        let read = self.fields.iter().filter_map(|field| field.getter.as_ref()).flat_map(|getter| match getter {
+            Getter::Column(index) => vec![*index],
+            Getter::Template(pieces) => pieces
+                .iter()
+                .filter_map(|piece| match piece {
+                    Piece::Column(index) => Some(*index),
+                    Piece::Text(_) => None,
+                })
+                .collect(),
+            Getter::Value(_) | Getter::RowNumber => Vec::new(),
+        });
+        let mut bad = read.filter(|index| self.record.get(*index).is_some_and(|value| value.contains('\0')));
+        match bad.next() {
+            Some(index) => Err(self.nul_reason(index)),
+            None => Ok(()),
+        }
+    }
+
+    fn nul_reason(&self, index: usize) -> String {
+        let name = self.header.get(index).map_or_else(|| (index + 1).to_string(), |name| name.trim().to_owned());
+        format!("the value contains a NUL byte in column {name}")
     }
 
     /// Our column `column` (a registry name) as read from this file.
@@ -1124,7 +1184,8 @@ impl CustomerReader {
                 }
                 continue;
             }
-            let checked = id.and_then(|(id, external)| {
+            // A NUL byte is named as such, also in the id (where it would otherwise be "control characters").
+            let checked = self.source.check_nul().and(id).and_then(|(id, external)| {
                 let customer = self.customer(id, external)?;
                 if self.seen.insert(id) {
                     Ok(customer)
@@ -1158,8 +1219,8 @@ impl CustomerReader {
 
     fn customer(&self, customer_id: i64, external_id: String) -> Result<Customer, String> {
         let s = &self.source;
-        let text = |column: &str| s.get(column).map(Cow::into_owned);
-        let email = text("email");
+        s.check_nul()?;
+        let email = s.text("email")?;
         if let Some(email) = &email {
             check_email(email)?;
         }
@@ -1173,12 +1234,12 @@ impl CustomerReader {
         Ok(Customer {
             customer_id,
             external_id,
-            first_name: text("first_name"),
-            last_name: text("last_name"),
+            first_name: s.text("first_name")?,
+            last_name: s.text("last_name")?,
             email,
-            country: text("country").map(|country| parse_country(&country)).transpose()?,
+            country: s.get("country").map(|country| parse_country(&country)).transpose()?,
             age,
-            favorite_color: s.get("favorite_color").map(Cow::into_owned),
+            favorite_color: s.text("favorite_color")?,
             signup_date: s
                 .get("signup_date")
                 .map(|d| parse_date(&d, s.format("signup_date"), "signup_date"))
@@ -1234,6 +1295,7 @@ impl EventReader {
 
     fn event(&mut self) -> Result<Event, String> {
         let s = &self.source;
+        s.check_nul()?;
         // Without an event id, the row number is one: unique within the file, as ids must be.
         let event_id = match s.get("event_id") {
             Some(_) => parse_id(s.get("event_id"), "event_id")?,
@@ -1241,8 +1303,8 @@ impl EventReader {
         };
         let external = required(s.get("customer_id").as_ref(), "customer_id")?.to_owned();
         let event_type = parse_event_type(required(s.get("event_type").as_ref(), "event_type")?)?;
-        let product = s.get("product").map(Cow::into_owned);
-        let color = s.get("color").map(Cow::into_owned);
+        let product = s.text("product")?;
+        let color = s.text("color")?;
         let price_cents = s.get("price").map(|price| parse_price(&price)).transpose()?;
         let quantity: i32 = match s.get("quantity") {
             None => 1,

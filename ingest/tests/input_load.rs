@@ -823,3 +823,99 @@ async fn a_whitespace_file_read_as_csv_names_its_header_and_the_delimiter_to_set
     })
     .await;
 }
+
+/// `len` characters that PostgreSQL cannot compress, as a real long value (a pasted description) is: a repeated
+/// character compresses to a small index entry and would not show the limit.
+fn incompressible(len: usize) -> String {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'a' + (seed % 26) as u8)
+        })
+        .collect()
+}
+
+/// How messages name `file` of `dir`.
+fn display(dir: &tempfile::TempDir, file: &str) -> String {
+    dir.path().join(file).display().to_string()
+}
+
+/// The `--check` path: the same load, in a transaction that is rolled back, with no rejects file.
+async fn check(db: &Db, customers: &Path, events: &Path, opts: &LoadOptions) -> Result<LoadReport> {
+    let mut tx = db.pool.begin().await?;
+    let report = load_staging(&mut tx, customers, events, &LoadOptions { dry_run: true, ..opts.clone() }).await?;
+    tx.rollback().await?;
+    Ok(report)
+}
+
+/// The reported cases: a product of 3,000 bytes failed the whole ingest when its index was built
+/// (`index row size 3048 exceeds btree version 4 maximum 2704`), and a NUL byte failed COPY (exit 4), neither with
+/// a file or line, while `--check` passed the long value. Each is now a row reject with its line, in a load, a
+/// strict load and a check alike.
+#[tokio::test]
+async fn overlong_text_and_nul_bytes_are_row_rejects_with_their_line_in_ingest_and_check() {
+    with_schema(|db| async move {
+        let event = |product: &str, color: &str| format!("7,1,view,{product},{color},1.00,1,2024-03-04T10:00:00Z");
+        let customer = |first: &str, last: &str, email: &str| format!("4,{first},{last},{email},PL,30,red,");
+        let cases: Vec<(bool, String, &str)> = vec![
+            (true, event(&incompressible(3000), "gold"), "product has 3000 characters, more than the 200 allowed"),
+            (true, event("watches", &"é".repeat(201)), "color has 201 characters, more than the 200 allowed"),
+            (
+                false,
+                customer(&"a".repeat(201), "Lee", "al4@example.com"),
+                "first_name has 201 characters, more than the 200 allowed",
+            ),
+            (
+                false,
+                customer("Ann", &"b".repeat(201), "al4@example.com"),
+                "last_name has 201 characters, more than the 200 allowed",
+            ),
+            (
+                false,
+                customer("Ann", "Lee", &format!("{}@example.com", "a".repeat(243))),
+                "email has 255 characters, more than the 254 allowed",
+            ),
+            (true, event("soc\0ks", "red"), "the value contains a NUL byte in column product"),
+            (false, customer("Ann", "Le\0e", "al4@example.com"), "the value contains a NUL byte in column last_name"),
+            (
+                false,
+                "4\0,Ann,Lee,al4@example.com,PL,30,red,".to_owned(),
+                "the value contains a NUL byte in column customer_id",
+            ),
+        ];
+        for (in_events, row, reason) in cases {
+            let (mut customers_text, mut events_text) = (GOOD_CUSTOMERS.to_owned(), GOOD_EVENTS.to_owned());
+            let (target, file, line) =
+                if in_events { (&mut events_text, "events.csv", 8) } else { (&mut customers_text, "customers.csv", 5) };
+            target.push_str(&row);
+            target.push('\n');
+            let (dir, customers, events) = files(customers_text.as_bytes(), events_text.as_bytes());
+
+            let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect(reason);
+            assert_eq!((report.customers, report.events, report.rejected), (3, 6, 1), "{reason}");
+            assert_eq!(read_rejects(&dir.path().join("rejects.csv")), [(display(&dir, file), line, reason.to_owned())]);
+
+            let error = ingest(&db, &customers, &events, &options(dir.path(), true)).await.expect_err(reason);
+            assert!(format!("{error:#}").ends_with(&format!("{file}:{line}: {reason}")), "{error:#}");
+
+            let report = check(&db, &customers, &events, &options(dir.path(), false)).await.expect(reason);
+            assert_eq!(report.rejected, 1, "{reason}");
+            let rejected = &report.rejects_by_reason[0];
+            assert_eq!((rejected.first_line, rejected.first_reason.as_str()), (line, reason));
+        }
+
+        // At the cap, even in 4-byte characters, product and colour fit their shared index entry.
+        let at_cap = "😀".repeat(200);
+        let events_text = format!("{GOOD_EVENTS}{}\n", event(&at_cap, &at_cap));
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), events_text.as_bytes());
+        let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("at the cap");
+        assert_eq!((report.events, report.rejected), (7, 0));
+        let product: String =
+            sqlx::query_scalar("SELECT product FROM events WHERE event_id = 7").fetch_one(&db.pool).await.expect("7");
+        assert_eq!(product, at_cap);
+    })
+    .await;
+}
