@@ -26,7 +26,8 @@
 //! - an e-mail address that is not `local@domain.tld`;
 //! - a country that is not an ISO 3166-1 alpha-2 code (after the mapping's value map);
 //! - an age that is not an integer between 0 and 130, a date or timestamp that does not parse;
-//! - a price or amount that is not a decimal (a price must not be negative); a quantity that is not a non-zero
+//! - a price or amount that is not a decimal (a price must not be negative), or, with `decimal = "comma"`, one
+//!   with a point (a thousands separator or a decimal point: ambiguous); a quantity that is not a non-zero
 //!   integer;
 //! - an event type other than `view`, `add_to_cart`, `purchase`;
 //! - an event whose customer is not in the customers file;
@@ -45,14 +46,16 @@
 //!
 //! A [`Mapping`] (TOML, see `examples/mappings/`) maps a foreign export onto our columns.
 //! Each key of `[customers]` or `[events]` is one of our columns and its value says where it comes from:
-//! `"TheirColumn"`; `{ column = "Date", format = "%m/%d/%Y" }` (chrono format, for `ts` and `signup_date`);
+//! `"TheirColumn"`; `{ column = "Date", format = "%m/%d/%Y" }` (chrono format, only for `ts` and `signup_date`:
+//! elsewhere it is a mapping error);
 //! `{ column = "event", map = { cart = "add_to_cart" }, default = "view" }` (a value map with a default for the
 //! values it does not list); `{ value = "purchase" }` (a constant); `{ row_number = true }` (the data row number,
 //! 1 for the first row); `{ template = "customer{CustomerNo}@unknown.invalid" }` (their columns in braces).
 //! `[events.values.<column>]` / `[customers.values.<column>]` tables translate values, e.g.
 //! `"United Kingdom" = "GB"`; a value missing from the table passes through unchanged.
-//! `delimiter` (comma, tab, semicolon, pipe, whitespace) and `has_header = false` with `columns = [...]` describe
-//! the file's layout; a `.gz` file is decompressed while it is read.
+//! `delimiter` (comma, tab, semicolon, pipe, whitespace), `decimal` (point, or comma for `12,50`) and
+//! `has_header = false` with `columns = [...]` describe the file's layout ([`LAYOUT_KEYS`]); a `.gz` file is
+//! decompressed while it is read.
 //! A table that is not in the mapping uses our own column names.
 //! `[customers] from_events = true` says there is no customer file: one customer is derived from the first
 //! valid row of each customer id in the events file, with the `[customers]` keys read from that file.
@@ -78,6 +81,12 @@ const CUSTOMER_REQUIRED: &[&str] = &["customer_id"];
 const EVENT_REQUIRED: &[&str] = &["customer_id", "event_type", "ts"];
 /// The event types the `events.event_type` CHECK constraint allows.
 pub const EVENT_TYPES: &[&str] = &["view", "add_to_cart", "purchase"];
+
+/// The columns a `format` applies to: the ones read as dates or timestamps.
+const DATE_COLUMNS: &[&str] = &["ts", "signup_date"];
+
+/// The keys of `[customers]`/`[events]` that describe the file rather than map one of our columns.
+const LAYOUT_KEYS: &[&str] = &["delimiter", "decimal", "has_header", "columns", "values", "from_events"];
 
 /// The longest free-text values, in characters. PostgreSQL refuses a btree index entry over 2,704 bytes, and
 /// `product` and `color` share one index entry (`events_product_color_idx`): at up to 4 bytes a character, two
@@ -156,17 +165,35 @@ struct TableMapping {
     layout: Layout,
 }
 
-/// How a file separates its fields and whether it names them.
+/// How a file separates its fields, whether it names them, and how it writes decimals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub delimiter: Delimiter,
     /// The column names of a file without a header row (`has_header = false`, `columns = [...]`).
     pub columns: Option<Vec<String>>,
+    pub decimal: DecimalMark,
 }
 
 impl Default for Layout {
     fn default() -> Self {
-        Self { delimiter: Delimiter::Byte(b','), columns: None }
+        Self { delimiter: Delimiter::Byte(b','), columns: None, decimal: DecimalMark::Point }
+    }
+}
+
+/// What separates a price's or amount's whole part from its cents: `12.50`, or `12,50` as European exports write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecimalMark {
+    Point,
+    Comma,
+}
+
+impl DecimalMark {
+    fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "." | "point" => Self::Point,
+            "," | "comma" => Self::Comma,
+            other => bail!("decimal {other:?} is not one of point, comma"),
+        })
     }
 }
 
@@ -228,6 +255,7 @@ struct TableFile {
     #[serde(default)]
     values: BTreeMap<String, BTreeMap<String, String>>,
     delimiter: Option<String>,
+    decimal: Option<String>,
     has_header: Option<bool>,
     columns: Option<Vec<String>>,
     /// Kept as raw values so a typo inside `{ ... }` gets serde's precise "unknown field" message.
@@ -295,7 +323,14 @@ impl TableMapping {
         let mut sources = BTreeMap::new();
         for (target, spec) in file.sources {
             if !columns.contains(&target.as_str()) {
-                bail!("[{}] has no column {target:?}; expected one of {}", table.name(), columns.join(", "));
+                // `from_events` is read by serde wherever it is; only `[customers]` may say it.
+                let keys = LAYOUT_KEYS.iter().filter(|k| table == Table::Customers || **k != "from_events");
+                bail!(
+                    "[{}] has no column or key {target:?}; expected a column ({}) or a layout key ({})",
+                    table.name(),
+                    columns.join(", "),
+                    keys.copied().collect::<Vec<_>>().join(", ")
+                );
             }
             let context = || format!("[{}] {target}", table.name());
             let source = match spec {
@@ -311,6 +346,15 @@ impl TableMapping {
                     other.type_str()
                 ),
             };
+            if let Source::Column { format: Some(format), .. } = &source
+                && !DATE_COLUMNS.contains(&target.as_str())
+            {
+                bail!(
+                    "[{}] {target}: format = {format:?} applies only to the date columns ({}); remove the format key",
+                    table.name(),
+                    DATE_COLUMNS.join(", ")
+                );
+            }
             sources.insert(target, source);
         }
         for required in table.required() {
@@ -329,6 +373,10 @@ impl TableMapping {
             Some(name) => Delimiter::parse(name).with_context(|| format!("[{}] delimiter", table.name()))?,
             None => Delimiter::Byte(b','),
         };
+        let decimal = match &file.decimal {
+            Some(name) => DecimalMark::parse(name).with_context(|| format!("[{}] decimal", table.name()))?,
+            None => DecimalMark::Point,
+        };
         let columns = match (file.has_header, file.columns) {
             (Some(false), Some(columns)) if !columns.is_empty() => Some(columns),
             (Some(false), _) => bail!("[{}] has_header = false needs columns = [\"name\", ...]", table.name()),
@@ -338,7 +386,7 @@ impl TableMapping {
             ),
             (_, None) => None,
         };
-        Ok(Self { sources, values, layout: Layout { delimiter, columns } })
+        Ok(Self { sources, values, layout: Layout { delimiter, columns, decimal } })
     }
 }
 
@@ -508,6 +556,7 @@ struct CsvInput {
     fields: Vec<Field>,
     /// The file's column names (the header, or the mapping's `columns`), to name the column a bad byte is in.
     header: StringRecord,
+    decimal: DecimalMark,
 }
 
 impl CsvInput {
@@ -597,7 +646,8 @@ impl CsvInput {
             let values = (!values.is_empty()).then_some(values);
             fields.push(Field { getter, values, default, format });
         }
-        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields, header })
+        let decimal = layout.decimal;
+        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields, header, decimal })
     }
 
     /// Reads the next record; false at the end of the file. Unreadable input is a whole-file error.
@@ -1048,21 +1098,57 @@ fn parse_ts(text: &str, format: Option<&str>) -> Result<DateTime<Utc>, String> {
     })
 }
 
-/// Parses a non-negative decimal into cents, rounding half away from zero like PostgreSQL's NUMERIC(12,2).
-fn parse_price(text: &str) -> Result<i64, String> {
-    let invalid = || format!("price {text:?} is not a non-negative decimal");
+/// Parses a non-negative decimal written with `mark` into cents, rounding half away from zero like PostgreSQL's
+/// NUMERIC(12,2).
+fn parse_price(text: &str, mark: DecimalMark) -> Result<i64, String> {
+    let point = with_decimal_point(text, mark, "price")?;
+    parse_point_price(&point, text).map_err(|reason| {
+        if mark == DecimalMark::Point && reads_as_comma_decimal(text) {
+            format!("{reason}; for a decimal comma set decimal = \"comma\" in the mapping")
+        } else {
+            reason
+        }
+    })
+}
+
+/// `text` with its decimal comma turned into a point. A point in a decimal-comma file is refused: `1.250` may be
+/// 1250 written with a thousands separator or a price written the other way, and guessing could change it a
+/// thousandfold.
+fn with_decimal_point<'a>(text: &'a str, mark: DecimalMark, column: &str) -> Result<Cow<'a, str>, String> {
+    match mark {
+        DecimalMark::Point => Ok(Cow::Borrowed(text)),
+        DecimalMark::Comma if text.contains('.') => Err(format!(
+            "{column} {text:?} is ambiguous with decimal = \"comma\": its point may be a thousands separator or a \
+             decimal point"
+        )),
+        DecimalMark::Comma => Ok(Cow::Owned(text.replace(',', "."))),
+    }
+}
+
+/// True for `12,50` or `,5`: digits with one comma and at most two digits after it, as a decimal comma is written.
+fn reads_as_comma_decimal(text: &str) -> bool {
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    text.split_once(',').is_some_and(|(whole, cents)| {
+        digits(whole) && digits(cents) && (1..=2).contains(&cents.len()) && !(whole.is_empty() && cents.is_empty())
+    })
+}
+
+/// Parses a non-negative decimal written with a point into cents (see [`parse_price`]); `shown` is the value as
+/// the file wrote it, for the reason.
+fn parse_point_price(text: &str, shown: &str) -> Result<i64, String> {
+    let invalid = || format!("price {shown:?} is not a non-negative decimal");
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     let whole = whole.strip_prefix('+').unwrap_or(whole);
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if text.starts_with('-') && (digits(&whole[1..]) && digits(fraction)) {
-        return Err(format!("price {text:?} is negative"));
+        return Err(format!("price {shown:?} is negative"));
     }
     if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
         return Err(invalid());
     }
     let whole_value: i64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
     if whole_value >= 10_000_000_000 {
-        return Err(format!("price {text:?} is too large"));
+        return Err(format!("price {shown:?} is too large"));
     }
     let fraction = fraction.as_bytes();
     let digit = |i: usize| fraction.get(i).map_or(0, |b| i64::from(b - b'0'));
@@ -1070,13 +1156,21 @@ fn parse_price(text: &str) -> Result<i64, String> {
     Ok(whole_value * 100 + digit(0) * 10 + digit(1) + round)
 }
 
-/// Parses a line total into cents: a decimal, negative for a return.
-fn parse_amount(text: &str) -> Result<i64, String> {
-    let (negative, digits) = match text.strip_prefix('-') {
+/// Parses a line total written with `mark` into cents: a decimal, negative for a return.
+fn parse_amount(text: &str, mark: DecimalMark) -> Result<i64, String> {
+    let point = with_decimal_point(text, mark, "amount")?;
+    let (negative, digits) = match point.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, text),
+        None => (false, point.as_ref()),
     };
-    let cents = parse_price(digits).map_err(|_| format!("amount {text:?} is not a decimal"))?;
+    let cents = parse_point_price(digits, text).map_err(|_| {
+        let hint = if mark == DecimalMark::Point && reads_as_comma_decimal(digits) {
+            "; for a decimal comma set decimal = \"comma\" in the mapping"
+        } else {
+            ""
+        };
+        format!("amount {text:?} is not a decimal{hint}")
+    })?;
     Ok(if negative { -cents } else { cents })
 }
 
@@ -1305,7 +1399,7 @@ impl EventReader {
         let event_type = parse_event_type(required(s.get("event_type").as_ref(), "event_type")?)?;
         let product = s.text("product")?;
         let color = s.text("color")?;
-        let price_cents = s.get("price").map(|price| parse_price(&price)).transpose()?;
+        let price_cents = s.get("price").map(|price| parse_price(&price, s.decimal)).transpose()?;
         let quantity: i32 = match s.get("quantity") {
             None => 1,
             Some(text) => match text.parse() {
@@ -1318,7 +1412,7 @@ impl EventReader {
         }
         // The line total: the file's own, else price x quantity.
         let amount_cents = match s.get("amount") {
-            Some(amount) => Some(parse_amount(&amount)?),
+            Some(amount) => Some(parse_amount(&amount, s.decimal)?),
             None => price_cents.map(|price| price * i64::from(quantity)),
         };
         let ts = parse_ts(required(s.get("ts").as_ref(), "ts")?, s.format("ts"))?;
@@ -1412,14 +1506,15 @@ mod tests {
 
     #[test]
     fn prices_round_like_numeric_12_2() {
-        assert_eq!(parse_price("12.34"), Ok(1234));
-        assert_eq!(parse_price("12.345"), Ok(1235));
-        assert_eq!(parse_price("7"), Ok(700));
-        assert_eq!(parse_price(".5"), Ok(50));
-        assert!(parse_price("-1.00").unwrap_err().contains("negative"));
-        assert!(parse_price("1,00").is_err());
-        assert!(parse_price("abc").is_err());
-        assert!(parse_price("").is_err());
+        let point = DecimalMark::Point;
+        assert_eq!(parse_price("12.34", point), Ok(1234));
+        assert_eq!(parse_price("12.345", point), Ok(1235));
+        assert_eq!(parse_price("7", point), Ok(700));
+        assert_eq!(parse_price(".5", point), Ok(50));
+        assert!(parse_price("-1.00", point).unwrap_err().contains("negative"));
+        assert!(parse_price("1,00", point).is_err());
+        assert!(parse_price("abc", point).is_err());
+        assert!(parse_price("", point).is_err());
     }
 
     #[test]
@@ -1457,7 +1552,7 @@ mod tests {
     #[test]
     fn mapping_rejects_unknown_columns_and_missing_required_ones() {
         let error = Mapping::parse("[events]\nbogus = \"X\"").unwrap_err().to_string();
-        assert!(error.contains("no column \"bogus\""), "{error}");
+        assert!(error.contains("no column or key \"bogus\""), "{error}");
         let error = Mapping::parse("[events]\nevent_id = \"X\"").unwrap_err().to_string();
         assert!(error.contains("required column customer_id"), "{error}");
         let error = Mapping::parse("[events]\nevent_id = { value = \"1\", row_number = true }").unwrap_err();
@@ -1466,5 +1561,59 @@ mod tests {
         assert!(format!("{error:#}").contains("unknown field `colum`"), "{error:#}");
         let error = Mapping::parse("[events]\nevent_id = 3").unwrap_err();
         assert!(format!("{error:#}").contains("[events] event_id: expected"), "{error:#}");
+    }
+
+    #[test]
+    fn an_unknown_key_lists_the_columns_and_the_layout_keys() {
+        let error = Mapping::parse("[events]\ndelimeter = \"tab\"").unwrap_err().to_string();
+        assert!(error.starts_with("[events] has no column or key \"delimeter\"; expected a column ("), "{error}");
+        assert!(error.ends_with(") or a layout key (delimiter, decimal, has_header, columns, values)"), "{error}");
+        assert!(error.contains("a column (event_id, customer_id, event_type, product, color, price"), "{error}");
+        let error = Mapping::parse("[customers]\ncustomer_id = \"id\"\nfrom_event = true").unwrap_err().to_string();
+        assert!(error.ends_with("(delimiter, decimal, has_header, columns, values, from_events)"), "{error}");
+    }
+
+    #[test]
+    fn format_is_a_mapping_error_on_a_column_that_is_not_a_date() {
+        let mapping = "[events]\ncustomer_id = \"c\"\nevent_type = \"e\"\nts = \"t\"\n";
+        let error = Mapping::parse(&format!("{mapping}price = {{ column = \"p\", format = \"%.2f\" }}")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "[events] price: format = \"%.2f\" applies only to the date columns (ts, signup_date); remove the format key"
+        );
+        assert!(
+            Mapping::parse(&format!(
+                "{mapping}[customers]\ncustomer_id = \"c\"\nsignup_date = {{ column = \"s\", format = \"%d.%m.%Y\" }}"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn decimal_comma_reads_12_50_and_refuses_a_point() {
+        let mapping = "[events]\ncustomer_id = \"c\"\nevent_type = \"e\"\nts = \"t\"\ndecimal = \"comma\"";
+        assert_eq!(Mapping::parse(mapping).unwrap().layout(Table::Events).decimal, DecimalMark::Comma);
+        let error = Mapping::parse(&mapping.replace("\"comma\"", "\"dot\"")).unwrap_err();
+        assert_eq!(format!("{error:#}"), "[events] decimal: decimal \"dot\" is not one of point, comma");
+        let comma = DecimalMark::Comma;
+        assert_eq!(parse_price("12,50", comma), Ok(1250));
+        assert_eq!(parse_price("7", comma), Ok(700));
+        assert_eq!(parse_price(",5", comma), Ok(50));
+        assert_eq!(parse_amount("-12,5", comma), Ok(-1250));
+        let ambiguous = parse_price("1.250", comma).unwrap_err();
+        assert!(ambiguous.starts_with("price \"1.250\" is ambiguous with decimal = \"comma\""), "{ambiguous}");
+        assert!(parse_amount("1.234,50", comma).unwrap_err().contains("ambiguous"));
+        assert_eq!(parse_price("1,2,3", comma), Err("price \"1,2,3\" is not a non-negative decimal".to_owned()));
+        assert_eq!(parse_price("-1,00", comma), Err("price \"-1,00\" is negative".to_owned()));
+        // Without the key, a decimal comma is refused with the key to set.
+        assert_eq!(
+            parse_price("12,50", DecimalMark::Point),
+            Err("price \"12,50\" is not a non-negative decimal; for a decimal comma set decimal = \"comma\" in the \
+                 mapping"
+                .to_owned())
+        );
+        assert!(
+            parse_amount("-12,50", DecimalMark::Point).unwrap_err().ends_with("set decimal = \"comma\" in the mapping")
+        );
     }
 }

@@ -919,3 +919,59 @@ async fn overlong_text_and_nul_bytes_are_row_rejects_with_their_line_in_ingest_a
     })
     .await;
 }
+
+/// A European export: `;` between fields and `,` before the cents. A point in such a file may be a thousands
+/// separator, so the row is rejected rather than read a thousand times too small or too large.
+#[tokio::test]
+async fn decimal_comma_reads_prices_and_amounts_and_rejects_an_ambiguous_point() {
+    with_schema(|db| async move {
+        let mapping = Mapping::parse(
+            "[events]\ndelimiter = \"semicolon\"\ndecimal = \"comma\"\nevent_id = \"event_id\"\n\
+             customer_id = \"customer_id\"\nevent_type = \"event_type\"\nproduct = \"product\"\nprice = \"price\"\n\
+             quantity = \"quantity\"\namount = \"amount\"\nts = \"ts\"\n",
+        )
+        .expect("mapping");
+        let events_text = "event_id;customer_id;event_type;product;price;quantity;amount;ts\n\
+                           1;1;purchase;watches;1200,50;1;;2024-03-01T10:05:00Z\n\
+                           2;2;purchase;socks;4,99;3;12,5;2024-03-02T09:01:00Z\n\
+                           3;3;purchase;dresses;1.250;1;;2024-03-03 08:00:00\n\
+                           4;3;purchase;dresses;89,90;-1;-89,90;2024-03-04 08:00:00\n";
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), events_text.as_bytes());
+        let opts = LoadOptions { mapping: Some(mapping), ..options(dir.path(), false) };
+        let report = ingest(&db, &customers, &events, &opts).await.expect("load");
+        assert_eq!((report.events, report.rejected), (3, 1));
+        let rejects = read_rejects(&dir.path().join("rejects.csv"));
+        assert_eq!((rejects[0].0.as_str(), rejects[0].1), (display(&dir, "events.csv").as_str(), 4));
+        assert!(rejects[0].2.starts_with("price \"1.250\" is ambiguous with decimal = \"comma\""), "{}", rejects[0].2);
+        let money: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT event_id, price::text, amount::text FROM events ORDER BY event_id")
+                .fetch_all(&db.pool)
+                .await
+                .expect("money");
+        assert_eq!(
+            money,
+            [
+                (1, "1200.50".into(), "1200.50".into()),
+                (2, "4.99".into(), "12.50".into()),
+                (4, "89.90".into(), "-89.90".into())
+            ]
+        );
+
+        // Without the key the same file's first price is refused, with the key to set.
+        let mapping = Mapping::parse(
+            "[events]\ndelimiter = \"semicolon\"\ncustomer_id = \"customer_id\"\nevent_type = \"event_type\"\n\
+             price = \"price\"\nts = \"ts\"\n",
+        )
+        .expect("mapping");
+        let opts = LoadOptions { mapping: Some(mapping), strict: true, ..options(dir.path(), false) };
+        let error = ingest(&db, &customers, &events, &opts).await.expect_err("a comma without the key");
+        assert!(
+            format!("{error:#}").ends_with(
+                "events.csv:2: price \"1200,50\" is not a non-negative decimal; for a decimal comma set decimal = \
+                 \"comma\" in the mapping"
+            ),
+            "{error:#}"
+        );
+    })
+    .await;
+}
