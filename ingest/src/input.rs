@@ -25,7 +25,8 @@
 //!   e-mail address), which would otherwise fail the whole ingest when its index is built;
 //! - an e-mail address that is not `local@domain.tld`;
 //! - a country that is not an ISO 3166-1 alpha-2 code (after the mapping's value map);
-//! - an age that is not an integer between 0 and 130, a date or timestamp that does not parse;
+//! - an age that is not an integer between 0 and 130, a date or timestamp that does not parse (when the column's
+//!   first such value reads with a common format, [`COMMON_DATE_FORMATS`], the reason names the `format` to set);
 //! - a price or amount that is not a decimal (a price must not be negative), or, with `decimal = "comma"`, one
 //!   with a point (a thousands separator or a decimal point: ambiguous); a quantity that is not a non-zero
 //!   integer;
@@ -61,6 +62,7 @@
 //! valid row of each customer id in the events file, with the `[customers]` keys read from that file.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -101,6 +103,10 @@ const TEXT_MAX_CHARS: &[(&str, usize)] = &[
     ("product", 200),
     ("color", 200),
 ];
+
+/// Formats a date that the default parsing refuses is tried against, to name the `format` to set. Day-first and
+/// month-first both parse a date whose day is 12 or less: the message then names both.
+const COMMON_DATE_FORMATS: &[&str] = &["%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%Y%m%d", "%d-%m-%Y", "%Y/%m/%d"];
 
 /// ISO 3166-1 alpha-2 codes, officially assigned.
 const ISO_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ \
@@ -541,6 +547,10 @@ struct Field {
     values: Option<HashMap<String, String>>,
     default: Option<String>,
     format: Option<String>,
+    /// The common formats that read a date column's first refused value. Every later refused value is tried
+    /// against these alone: trying every common format on each of millions of refused rows would cost more than
+    /// the load.
+    hint_formats: OnceCell<Vec<String>>,
 }
 
 /// A CSV file opened for one of our tables, with each of our columns resolved against its header.
@@ -644,7 +654,7 @@ impl CsvInput {
                 }
             };
             let values = (!values.is_empty()).then_some(values);
-            fields.push(Field { getter, values, default, format });
+            fields.push(Field { getter, values, default, format, hint_formats: OnceCell::new() });
         }
         let decimal = layout.decimal;
         Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields, header, decimal })
@@ -737,6 +747,14 @@ impl CsvInput {
     fn nul_reason(&self, index: usize) -> String {
         let name = self.header.get(index).map_or_else(|| (index + 1).to_string(), |name| name.trim().to_owned());
         format!("the value contains a NUL byte in column {name}")
+    }
+
+    /// The reason the date or timestamp `text` of `column` is refused: `reason`, and when `text` reads with the
+    /// common formats that read the column's first refused value, the format to set.
+    fn date_reason(&self, column: &str, text: &str, reason: String) -> String {
+        let Some(field) = self.field(column) else { return reason };
+        let candidates = field.hint_formats.get_or_init(|| formats_reading(text, common_formats()));
+        format!("{reason}{}", format_hint(column, &formats_reading(text, candidates.iter().cloned())))
     }
 
     /// Our column `column` (a registry name) as read from this file.
@@ -1174,6 +1192,35 @@ fn parse_amount(text: &str, mark: DecimalMark) -> Result<i64, String> {
     Ok(if negative { -cents } else { cents })
 }
 
+/// The formats among `candidates` that read `text` as a date or as a date and time.
+fn formats_reading(text: &str, candidates: impl IntoIterator<Item = String>) -> Vec<String> {
+    candidates
+        .into_iter()
+        .filter(|format| {
+            NaiveDate::parse_from_str(text, format).is_ok() || NaiveDateTime::parse_from_str(text, format).is_ok()
+        })
+        .collect()
+}
+
+/// [`COMMON_DATE_FORMATS`] alone and followed by a time of day.
+fn common_formats() -> impl Iterator<Item = String> {
+    COMMON_DATE_FORMATS.iter().flat_map(|date| ["", " %H:%M", " %H:%M:%S"].map(|time| format!("{date}{time}")))
+}
+
+/// What to set when a value of `column` reads with `formats`, as `; it reads as %d.%m.%Y: set format =
+/// "%d.%m.%Y" for column ts in the mapping`; empty when no format reads it.
+fn format_hint(column: &str, formats: &[String]) -> String {
+    let set = formats.iter().map(|format| format!("format = {format:?}")).collect::<Vec<_>>().join(" or ");
+    match formats {
+        [] => String::new(),
+        [only] => format!("; it reads as {only}: set {set} for column {column} in the mapping"),
+        _ => format!(
+            "; it reads day first or month first ({}): set {set} for column {column} in the mapping",
+            formats.join(" or ")
+        ),
+    }
+}
+
 fn parse_event_type(text: &str) -> Result<&'static str, String> {
     EVENT_TYPES
         .iter()
@@ -1325,6 +1372,13 @@ impl CustomerReader {
                 _ => return Err(format!("age {age:?} is not an integer between 0 and 130")),
             },
         };
+        let signup_date = match s.get("signup_date") {
+            None => None,
+            Some(date) => Some(
+                parse_date(&date, s.format("signup_date"), "signup_date")
+                    .map_err(|reason| s.date_reason("signup_date", &date, reason))?,
+            ),
+        };
         Ok(Customer {
             customer_id,
             external_id,
@@ -1334,10 +1388,7 @@ impl CustomerReader {
             country: s.get("country").map(|country| parse_country(&country)).transpose()?,
             age,
             favorite_color: s.text("favorite_color")?,
-            signup_date: s
-                .get("signup_date")
-                .map(|d| parse_date(&d, s.format("signup_date"), "signup_date"))
-                .transpose()?,
+            signup_date,
         })
     }
 
@@ -1415,7 +1466,9 @@ impl EventReader {
             Some(amount) => Some(parse_amount(&amount, s.decimal)?),
             None => price_cents.map(|price| price * i64::from(quantity)),
         };
-        let ts = parse_ts(required(s.get("ts").as_ref(), "ts")?, s.format("ts"))?;
+        let ts_value = s.get("ts");
+        let ts_text = required(ts_value.as_ref(), "ts")?;
+        let ts = parse_ts(ts_text, s.format("ts")).map_err(|reason| s.date_reason("ts", ts_text, reason))?;
         let customer_id = self.known.keys.lookup(&external).filter(|key| self.known.ids.contains(*key));
         let Some(customer_id) = customer_id else {
             let key = self.known.keys.lookup(&external);
@@ -1615,5 +1668,29 @@ mod tests {
         assert!(
             parse_amount("-12,50", DecimalMark::Point).unwrap_err().ends_with("set decimal = \"comma\" in the mapping")
         );
+    }
+
+    #[test]
+    fn a_date_in_a_common_format_names_the_format_to_set() {
+        let hint = |text: &str| format_hint("ts", &formats_reading(text, common_formats()));
+        assert_eq!(
+            hint("31.12.2024"),
+            "; it reads as %d.%m.%Y: set format = \"%d.%m.%Y\" for column ts in the mapping"
+        );
+        assert_eq!(
+            hint("31.12.2024 10:30"),
+            "; it reads as %d.%m.%Y %H:%M: set format = \"%d.%m.%Y %H:%M\" for column ts in the mapping"
+        );
+        assert!(hint("20241231").contains("set format = \"%Y%m%d\""));
+        assert!(hint("12/31/2024 10:30:00").contains("set format = \"%m/%d/%Y %H:%M:%S\" for column ts"));
+        assert!(hint("2024/12/31").contains("set format = \"%Y/%m/%d\""));
+        assert!(hint("31-12-2024").contains("set format = \"%d-%m-%Y\""));
+        assert_eq!(
+            hint("05/06/2024"),
+            "; it reads day first or month first (%d/%m/%Y or %m/%d/%Y): set format = \"%d/%m/%Y\" or format = \
+             \"%m/%d/%Y\" for column ts in the mapping"
+        );
+        assert_eq!(hint("yesterday"), "");
+        assert_eq!(hint("31.13.2024"), "");
     }
 }

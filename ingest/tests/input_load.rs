@@ -975,3 +975,54 @@ async fn decimal_comma_reads_prices_and_amounts_and_rejects_an_ambiguous_point()
     })
     .await;
 }
+
+/// A date column without a format that rejects every row: the reason names the format to set (both, when day
+/// and month cannot be told apart), and the summary keeps "RFC 3339" instead of masking it to "RFC #".
+#[tokio::test]
+async fn a_date_in_a_common_format_names_the_format_to_set() {
+    with_schema(|db| async move {
+        let dotted = GOOD_EVENTS
+            .replace("2024-03-01T10:00:00Z", "01.03.2024 10:00")
+            .replace("2024-03-02T09:00:00Z", "02.03.2024 09:00");
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), dotted.as_bytes());
+        let report = check(&db, &customers, &events, &options(dir.path(), false)).await.expect("check");
+        assert_eq!(report.rejected, 2);
+        let rejected = &report.rejects_by_reason[0];
+        assert_eq!(rejected.rows, 2);
+        assert_eq!(
+            rejected.reason,
+            "ts \"…\" is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD); it reads as %d.%m.%Y %H:%M: \
+             set format = \"…\" for column ts in the mapping"
+        );
+        assert_eq!(
+            (rejected.first_line, rejected.first_reason.as_str()),
+            (
+                2,
+                "ts \"01.03.2024 10:00\" is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD); it reads as \
+                 %d.%m.%Y %H:%M: set format = \"%d.%m.%Y %H:%M\" for column ts in the mapping"
+            )
+        );
+
+        // Day first or month first: both are named. A signup date is a date column too.
+        let slashed = GOOD_EVENTS.replace("2024-03-02T09:00:00Z", "03/02/2024");
+        let customers_text = GOOD_CUSTOMERS.replace("2023-01-15", "15/01/2023");
+        let (dir, customers, events) = files(customers_text.as_bytes(), slashed.as_bytes());
+        ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("load");
+        let rejects = read_rejects(&dir.path().join("rejects.csv"));
+        let reason = |file: &str, line: u64| {
+            rejects.iter().find(|r| r.0 == display(&dir, file) && r.1 == line).map(|r| r.2.clone()).expect("a reject")
+        };
+        assert_eq!(
+            reason("customers.csv", 2),
+            "signup_date \"15/01/2023\" is not a date (%Y-%m-%d); it reads as %d/%m/%Y: set format = \"%d/%m/%Y\" for \
+             column signup_date in the mapping"
+        );
+        assert_eq!(
+            reason("events.csv", 4),
+            "ts \"03/02/2024\" is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD); it reads day first or \
+             month first (%d/%m/%Y or %m/%d/%Y): set format = \"%d/%m/%Y\" or format = \"%m/%d/%Y\" for column ts in \
+             the mapping"
+        );
+    })
+    .await;
+}
