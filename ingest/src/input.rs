@@ -361,6 +361,15 @@ impl TableMapping {
                     DATE_COLUMNS.join(", ")
                 );
             }
+            // What the mapping itself writes into a row reaches PostgreSQL as it is, and text cannot hold a NUL.
+            let written: Vec<&String> = match &source {
+                Source::Column { map, default, .. } => map.values().chain(default).collect(),
+                Source::Value(text) | Source::Template(text) => vec![text],
+                Source::RowNumber => Vec::new(),
+            };
+            if written.iter().any(|text| text.contains('\0')) {
+                bail!("[{}] {target}: a value contains a NUL byte, which PostgreSQL text cannot hold", table.name());
+            }
             sources.insert(target, source);
         }
         for required in table.required() {
@@ -372,6 +381,12 @@ impl TableMapping {
         for (target, map) in file.values {
             if !columns.contains(&target.as_str()) {
                 bail!("[{}.values] has no column {target:?}", table.name());
+            }
+            if map.values().any(|text| text.contains('\0')) {
+                bail!(
+                    "[{}.values.{target}]: a value contains a NUL byte, which PostgreSQL text cannot hold",
+                    table.name()
+                );
             }
             values.insert(target, map.into_iter().collect());
         }
@@ -712,9 +727,12 @@ impl CsvInput {
     fn text(&self, column: &str) -> Result<Option<String>, String> {
         let Some(value) = self.get(column) else { return Ok(None) };
         let cap = TEXT_MAX_CHARS.iter().find(|(name, _)| *name == column).map_or(usize::MAX, |(_, cap)| *cap);
-        let chars = value.chars().count();
-        if chars > cap {
-            return Err(format!("{column} has {chars} characters, more than the {cap} allowed"));
+        // A character is at least one byte: the usual short value is not counted character by character.
+        if value.len() > cap {
+            let chars = value.chars().count();
+            if chars > cap {
+                return Err(format!("{column} has {chars} characters, more than the {cap} allowed"));
+            }
         }
         Ok(Some(value.into_owned()))
     }
@@ -1624,6 +1642,22 @@ mod tests {
         assert!(error.contains("a column (event_id, customer_id, event_type, product, color, price"), "{error}");
         let error = Mapping::parse("[customers]\ncustomer_id = \"id\"\nfrom_event = true").unwrap_err().to_string();
         assert!(error.ends_with("(delimiter, decimal, has_header, columns, values, from_events)"), "{error}");
+    }
+
+    #[test]
+    fn a_nul_byte_the_mapping_would_write_is_a_mapping_error() {
+        let mapping = "[events]\ncustomer_id = \"c\"\nevent_type = \"e\"\nts = \"t\"\n";
+        let error = Mapping::parse(&format!("{mapping}product = {{ value = \"a\\u0000b\" }}")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "[events] product: a value contains a NUL byte, which PostgreSQL text cannot hold"
+        );
+        let error = Mapping::parse(&format!("{mapping}[events.values.color]\nRed = \"r\\u0000\"")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "[events.values.color]: a value contains a NUL byte, which PostgreSQL text cannot hold"
+        );
+        assert!(Mapping::parse(&format!("{mapping}color = {{ column = \"c\", default = \"\\u0000\" }}")).is_err());
     }
 
     #[test]
