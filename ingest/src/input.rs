@@ -20,10 +20,15 @@
 //! - a customer id that is empty, longer than 128 characters, has control characters, or repeats an earlier row's
 //!   id (the first row wins); an event id that is not an integer or repeats;
 //! - an empty essential value (`event_type`, `ts`);
+//! - a NUL byte in a field that a column is read from (PostgreSQL text cannot hold one);
+//! - a text longer than its cap ([`TEXT_MAX_CHARS`]: 200 characters for names, colours and products, 254 for an
+//!   e-mail address), which would otherwise fail the whole ingest when its index is built;
 //! - an e-mail address that is not `local@domain.tld`;
 //! - a country that is not an ISO 3166-1 alpha-2 code (after the mapping's value map);
-//! - an age that is not an integer between 0 and 130, a date or timestamp that does not parse;
-//! - a price or amount that is not a decimal (a price must not be negative); a quantity that is not a non-zero
+//! - an age that is not an integer between 0 and 130, a date or timestamp that does not parse (when the column's
+//!   first such value reads with a common format, [`COMMON_DATE_FORMATS`], the reason names the `format` to set);
+//! - a price or amount that is not a decimal (a price must not be negative), or, with `decimal = "comma"`, one
+//!   with a point (a thousands separator or a decimal point: ambiguous); a quantity that is not a non-zero
 //!   integer;
 //! - an event type other than `view`, `add_to_cart`, `purchase`;
 //! - an event whose customer is not in the customers file;
@@ -42,19 +47,22 @@
 //!
 //! A [`Mapping`] (TOML, see `examples/mappings/`) maps a foreign export onto our columns.
 //! Each key of `[customers]` or `[events]` is one of our columns and its value says where it comes from:
-//! `"TheirColumn"`; `{ column = "Date", format = "%m/%d/%Y" }` (chrono format, for `ts` and `signup_date`);
+//! `"TheirColumn"`; `{ column = "Date", format = "%m/%d/%Y" }` (chrono format, only for `ts` and `signup_date`:
+//! elsewhere it is a mapping error);
 //! `{ column = "event", map = { cart = "add_to_cart" }, default = "view" }` (a value map with a default for the
 //! values it does not list); `{ value = "purchase" }` (a constant); `{ row_number = true }` (the data row number,
 //! 1 for the first row); `{ template = "customer{CustomerNo}@unknown.invalid" }` (their columns in braces).
 //! `[events.values.<column>]` / `[customers.values.<column>]` tables translate values, e.g.
 //! `"United Kingdom" = "GB"`; a value missing from the table passes through unchanged.
-//! `delimiter` (comma, tab, semicolon, pipe, whitespace) and `has_header = false` with `columns = [...]` describe
-//! the file's layout; a `.gz` file is decompressed while it is read.
+//! `delimiter` (comma, tab, semicolon, pipe, whitespace), `decimal` (point, or comma for `12,50`) and
+//! `has_header = false` with `columns = [...]` describe the file's layout ([`LAYOUT_KEYS`]); a `.gz` file is
+//! decompressed while it is read.
 //! A table that is not in the mapping uses our own column names.
 //! `[customers] from_events = true` says there is no customer file: one customer is derived from the first
 //! valid row of each customer id in the events file, with the `[customers]` keys read from that file.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -75,6 +83,30 @@ const CUSTOMER_REQUIRED: &[&str] = &["customer_id"];
 const EVENT_REQUIRED: &[&str] = &["customer_id", "event_type", "ts"];
 /// The event types the `events.event_type` CHECK constraint allows.
 pub const EVENT_TYPES: &[&str] = &["view", "add_to_cart", "purchase"];
+
+/// The columns a `format` applies to: the ones read as dates or timestamps.
+const DATE_COLUMNS: &[&str] = &["ts", "signup_date"];
+
+/// The keys of `[customers]`/`[events]` that describe the file rather than map one of our columns.
+const LAYOUT_KEYS: &[&str] = &["delimiter", "decimal", "has_header", "columns", "values", "from_events"];
+
+/// The longest free-text values, in characters. PostgreSQL refuses a btree index entry over 2,704 bytes, and
+/// `product` and `color` share one index entry (`events_product_color_idx`): at up to 4 bytes a character, two
+/// values of 200 stay far below it, so a long value is a row reject with its line instead of an index build that
+/// fails the whole ingest. Names and colours are held to the same cap; 254 is the longest e-mail address that
+/// SMTP can deliver (RFC 5321's 256-byte path less its angle brackets).
+const TEXT_MAX_CHARS: &[(&str, usize)] = &[
+    ("first_name", 200),
+    ("last_name", 200),
+    ("email", 254),
+    ("favorite_color", 200),
+    ("product", 200),
+    ("color", 200),
+];
+
+/// Formats a date that the default parsing refuses is tried against, to name the `format` to set. Day-first and
+/// month-first both parse a date whose day is 12 or less: the message then names both.
+const COMMON_DATE_FORMATS: &[&str] = &["%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%Y%m%d", "%d-%m-%Y", "%Y/%m/%d"];
 
 /// ISO 3166-1 alpha-2 codes, officially assigned.
 const ISO_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ \
@@ -139,17 +171,35 @@ struct TableMapping {
     layout: Layout,
 }
 
-/// How a file separates its fields and whether it names them.
+/// How a file separates its fields, whether it names them, and how it writes decimals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub delimiter: Delimiter,
     /// The column names of a file without a header row (`has_header = false`, `columns = [...]`).
     pub columns: Option<Vec<String>>,
+    pub decimal: DecimalMark,
 }
 
 impl Default for Layout {
     fn default() -> Self {
-        Self { delimiter: Delimiter::Byte(b','), columns: None }
+        Self { delimiter: Delimiter::Byte(b','), columns: None, decimal: DecimalMark::Point }
+    }
+}
+
+/// What separates a price's or amount's whole part from its cents: `12.50`, or `12,50` as European exports write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecimalMark {
+    Point,
+    Comma,
+}
+
+impl DecimalMark {
+    fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "." | "point" => Self::Point,
+            "," | "comma" => Self::Comma,
+            other => bail!("decimal {other:?} is not one of point, comma"),
+        })
     }
 }
 
@@ -211,6 +261,7 @@ struct TableFile {
     #[serde(default)]
     values: BTreeMap<String, BTreeMap<String, String>>,
     delimiter: Option<String>,
+    decimal: Option<String>,
     has_header: Option<bool>,
     columns: Option<Vec<String>>,
     /// Kept as raw values so a typo inside `{ ... }` gets serde's precise "unknown field" message.
@@ -278,7 +329,14 @@ impl TableMapping {
         let mut sources = BTreeMap::new();
         for (target, spec) in file.sources {
             if !columns.contains(&target.as_str()) {
-                bail!("[{}] has no column {target:?}; expected one of {}", table.name(), columns.join(", "));
+                // `from_events` is read by serde wherever it is; only `[customers]` may say it.
+                let keys = LAYOUT_KEYS.iter().filter(|k| table == Table::Customers || **k != "from_events");
+                bail!(
+                    "[{}] has no column or key {target:?}; expected a column ({}) or a layout key ({})",
+                    table.name(),
+                    columns.join(", "),
+                    keys.copied().collect::<Vec<_>>().join(", ")
+                );
             }
             let context = || format!("[{}] {target}", table.name());
             let source = match spec {
@@ -294,6 +352,24 @@ impl TableMapping {
                     other.type_str()
                 ),
             };
+            if let Source::Column { format: Some(format), .. } = &source
+                && !DATE_COLUMNS.contains(&target.as_str())
+            {
+                bail!(
+                    "[{}] {target}: format = {format:?} applies only to the date columns ({}); remove the format key",
+                    table.name(),
+                    DATE_COLUMNS.join(", ")
+                );
+            }
+            // What the mapping itself writes into a row reaches PostgreSQL as it is, and text cannot hold a NUL.
+            let written: Vec<&String> = match &source {
+                Source::Column { map, default, .. } => map.values().chain(default).collect(),
+                Source::Value(text) | Source::Template(text) => vec![text],
+                Source::RowNumber => Vec::new(),
+            };
+            if written.iter().any(|text| text.contains('\0')) {
+                bail!("[{}] {target}: a value contains a NUL byte, which PostgreSQL text cannot hold", table.name());
+            }
             sources.insert(target, source);
         }
         for required in table.required() {
@@ -306,11 +382,21 @@ impl TableMapping {
             if !columns.contains(&target.as_str()) {
                 bail!("[{}.values] has no column {target:?}", table.name());
             }
+            if map.values().any(|text| text.contains('\0')) {
+                bail!(
+                    "[{}.values.{target}]: a value contains a NUL byte, which PostgreSQL text cannot hold",
+                    table.name()
+                );
+            }
             values.insert(target, map.into_iter().collect());
         }
         let delimiter = match &file.delimiter {
             Some(name) => Delimiter::parse(name).with_context(|| format!("[{}] delimiter", table.name()))?,
             None => Delimiter::Byte(b','),
+        };
+        let decimal = match &file.decimal {
+            Some(name) => DecimalMark::parse(name).with_context(|| format!("[{}] decimal", table.name()))?,
+            None => DecimalMark::Point,
         };
         let columns = match (file.has_header, file.columns) {
             (Some(false), Some(columns)) if !columns.is_empty() => Some(columns),
@@ -321,7 +407,7 @@ impl TableMapping {
             ),
             (_, None) => None,
         };
-        Ok(Self { sources, values, layout: Layout { delimiter, columns } })
+        Ok(Self { sources, values, layout: Layout { delimiter, columns, decimal } })
     }
 }
 
@@ -476,6 +562,10 @@ struct Field {
     values: Option<HashMap<String, String>>,
     default: Option<String>,
     format: Option<String>,
+    /// The common formats that read a date column's first refused value. Every later refused value is tried
+    /// against these alone: trying every common format on each of millions of refused rows would cost more than
+    /// the load.
+    hint_formats: OnceCell<Vec<String>>,
 }
 
 /// A CSV file opened for one of our tables, with each of our columns resolved against its header.
@@ -489,6 +579,9 @@ struct CsvInput {
     /// Our table's columns, in registry order.
     table: Table,
     fields: Vec<Field>,
+    /// The file's column names (the header, or the mapping's `columns`), to name the column a bad byte is in.
+    header: StringRecord,
+    decimal: DecimalMark,
 }
 
 impl CsvInput {
@@ -576,9 +669,10 @@ impl CsvInput {
                 }
             };
             let values = (!values.is_empty()).then_some(values);
-            fields.push(Field { getter, values, default, format });
+            fields.push(Field { getter, values, default, format, hint_formats: OnceCell::new() });
         }
-        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields })
+        let decimal = layout.decimal;
+        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields, header, decimal })
     }
 
     /// Reads the next record; false at the end of the file. Unreadable input is a whole-file error.
@@ -627,6 +721,58 @@ impl CsvInput {
 
     fn format(&self, column: &str) -> Option<&str> {
         self.field(column)?.format.as_deref()
+    }
+
+    /// The value of free-text column `column`, refused when it is longer than its cap in [`TEXT_MAX_CHARS`].
+    fn text(&self, column: &str) -> Result<Option<String>, String> {
+        let Some(value) = self.get(column) else { return Ok(None) };
+        let cap = TEXT_MAX_CHARS.iter().find(|(name, _)| *name == column).map_or(usize::MAX, |(_, cap)| *cap);
+        // A character is at least one byte: the usual short value is not counted character by character.
+        if value.len() > cap {
+            let chars = value.chars().count();
+            if chars > cap {
+                return Err(format!("{column} has {chars} characters, more than the {cap} allowed"));
+            }
+        }
+        Ok(Some(value.into_owned()))
+    }
+
+    /// Refuses a row with a NUL byte in a field that is read: PostgreSQL text cannot hold one, and COPY would
+    /// fail the whole load without naming the row. Fields no column is read from are never loaded, so they may.
+    fn check_nul(&self) -> Result<(), String> {
+        // One scan of the whole record; the fields are only looked at in the rare row that has one.
+        if !self.record.as_slice().contains('\0') {
+            return Ok(());
+        }
+        let read = self.fields.iter().filter_map(|field| field.getter.as_ref()).flat_map(|getter| match getter {
+            Getter::Column(index) => vec![*index],
+            Getter::Template(pieces) => pieces
+                .iter()
+                .filter_map(|piece| match piece {
+                    Piece::Column(index) => Some(*index),
+                    Piece::Text(_) => None,
+                })
+                .collect(),
+            Getter::Value(_) | Getter::RowNumber => Vec::new(),
+        });
+        let mut bad = read.filter(|index| self.record.get(*index).is_some_and(|value| value.contains('\0')));
+        match bad.next() {
+            Some(index) => Err(self.nul_reason(index)),
+            None => Ok(()),
+        }
+    }
+
+    fn nul_reason(&self, index: usize) -> String {
+        let name = self.header.get(index).map_or_else(|| (index + 1).to_string(), |name| name.trim().to_owned());
+        format!("the value contains a NUL byte in column {name}")
+    }
+
+    /// The reason the date or timestamp `text` of `column` is refused: `reason`, and when `text` reads with the
+    /// common formats that read the column's first refused value, the format to set.
+    fn date_reason(&self, column: &str, text: &str, reason: String) -> String {
+        let Some(field) = self.field(column) else { return reason };
+        let candidates = field.hint_formats.get_or_init(|| formats_reading(text, common_formats()));
+        format!("{reason}{}", format_hint(column, &formats_reading(text, candidates.iter().cloned())))
     }
 
     /// Our column `column` (a registry name) as read from this file.
@@ -988,21 +1134,57 @@ fn parse_ts(text: &str, format: Option<&str>) -> Result<DateTime<Utc>, String> {
     })
 }
 
-/// Parses a non-negative decimal into cents, rounding half away from zero like PostgreSQL's NUMERIC(12,2).
-fn parse_price(text: &str) -> Result<i64, String> {
-    let invalid = || format!("price {text:?} is not a non-negative decimal");
+/// Parses a non-negative decimal written with `mark` into cents, rounding half away from zero like PostgreSQL's
+/// NUMERIC(12,2).
+fn parse_price(text: &str, mark: DecimalMark) -> Result<i64, String> {
+    let point = with_decimal_point(text, mark, "price")?;
+    parse_point_price(&point, text).map_err(|reason| {
+        if mark == DecimalMark::Point && reads_as_comma_decimal(text) {
+            format!("{reason}; for a decimal comma set decimal = \"comma\" in the mapping")
+        } else {
+            reason
+        }
+    })
+}
+
+/// `text` with its decimal comma turned into a point. A point in a decimal-comma file is refused: `1.250` may be
+/// 1250 written with a thousands separator or a price written the other way, and guessing could change it a
+/// thousandfold.
+fn with_decimal_point<'a>(text: &'a str, mark: DecimalMark, column: &str) -> Result<Cow<'a, str>, String> {
+    match mark {
+        DecimalMark::Point => Ok(Cow::Borrowed(text)),
+        DecimalMark::Comma if text.contains('.') => Err(format!(
+            "{column} {text:?} is ambiguous with decimal = \"comma\": its point may be a thousands separator or a \
+             decimal point"
+        )),
+        DecimalMark::Comma => Ok(Cow::Owned(text.replace(',', "."))),
+    }
+}
+
+/// True for `12,50` or `,5`: digits with one comma and at most two digits after it, as a decimal comma is written.
+fn reads_as_comma_decimal(text: &str) -> bool {
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    text.split_once(',').is_some_and(|(whole, cents)| {
+        digits(whole) && digits(cents) && (1..=2).contains(&cents.len()) && !(whole.is_empty() && cents.is_empty())
+    })
+}
+
+/// Parses a non-negative decimal written with a point into cents (see [`parse_price`]); `shown` is the value as
+/// the file wrote it, for the reason.
+fn parse_point_price(text: &str, shown: &str) -> Result<i64, String> {
+    let invalid = || format!("price {shown:?} is not a non-negative decimal");
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     let whole = whole.strip_prefix('+').unwrap_or(whole);
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if text.starts_with('-') && (digits(&whole[1..]) && digits(fraction)) {
-        return Err(format!("price {text:?} is negative"));
+        return Err(format!("price {shown:?} is negative"));
     }
     if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
         return Err(invalid());
     }
     let whole_value: i64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
     if whole_value >= 10_000_000_000 {
-        return Err(format!("price {text:?} is too large"));
+        return Err(format!("price {shown:?} is too large"));
     }
     let fraction = fraction.as_bytes();
     let digit = |i: usize| fraction.get(i).map_or(0, |b| i64::from(b - b'0'));
@@ -1010,14 +1192,51 @@ fn parse_price(text: &str) -> Result<i64, String> {
     Ok(whole_value * 100 + digit(0) * 10 + digit(1) + round)
 }
 
-/// Parses a line total into cents: a decimal, negative for a return.
-fn parse_amount(text: &str) -> Result<i64, String> {
-    let (negative, digits) = match text.strip_prefix('-') {
+/// Parses a line total written with `mark` into cents: a decimal, negative for a return.
+fn parse_amount(text: &str, mark: DecimalMark) -> Result<i64, String> {
+    let point = with_decimal_point(text, mark, "amount")?;
+    let (negative, digits) = match point.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, text),
+        None => (false, point.as_ref()),
     };
-    let cents = parse_price(digits).map_err(|_| format!("amount {text:?} is not a decimal"))?;
+    let cents = parse_point_price(digits, text).map_err(|_| {
+        let hint = if mark == DecimalMark::Point && reads_as_comma_decimal(digits) {
+            "; for a decimal comma set decimal = \"comma\" in the mapping"
+        } else {
+            ""
+        };
+        format!("amount {text:?} is not a decimal{hint}")
+    })?;
     Ok(if negative { -cents } else { cents })
+}
+
+/// The formats among `candidates` that read `text` as a date or as a date and time.
+fn formats_reading(text: &str, candidates: impl IntoIterator<Item = String>) -> Vec<String> {
+    candidates
+        .into_iter()
+        .filter(|format| {
+            NaiveDate::parse_from_str(text, format).is_ok() || NaiveDateTime::parse_from_str(text, format).is_ok()
+        })
+        .collect()
+}
+
+/// [`COMMON_DATE_FORMATS`] alone and followed by a time of day.
+fn common_formats() -> impl Iterator<Item = String> {
+    COMMON_DATE_FORMATS.iter().flat_map(|date| ["", " %H:%M", " %H:%M:%S"].map(|time| format!("{date}{time}")))
+}
+
+/// What to set when a value of `column` reads with `formats`, as `; it reads as %d.%m.%Y: set format =
+/// "%d.%m.%Y" for column ts in the mapping`; empty when no format reads it.
+fn format_hint(column: &str, formats: &[String]) -> String {
+    let set = formats.iter().map(|format| format!("format = {format:?}")).collect::<Vec<_>>().join(" or ");
+    match formats {
+        [] => String::new(),
+        [only] => format!("; it reads as {only}: set {set} for column {column} in the mapping"),
+        _ => format!(
+            "; it reads day first or month first ({}): set {set} for column {column} in the mapping",
+            formats.join(" or ")
+        ),
+    }
 }
 
 fn parse_event_type(text: &str) -> Result<&'static str, String> {
@@ -1124,7 +1343,8 @@ impl CustomerReader {
                 }
                 continue;
             }
-            let checked = id.and_then(|(id, external)| {
+            // A NUL byte is named as such, also in the id (where it would otherwise be "control characters").
+            let checked = self.source.check_nul().and(id).and_then(|(id, external)| {
                 let customer = self.customer(id, external)?;
                 if self.seen.insert(id) {
                     Ok(customer)
@@ -1158,8 +1378,8 @@ impl CustomerReader {
 
     fn customer(&self, customer_id: i64, external_id: String) -> Result<Customer, String> {
         let s = &self.source;
-        let text = |column: &str| s.get(column).map(Cow::into_owned);
-        let email = text("email");
+        s.check_nul()?;
+        let email = s.text("email")?;
         if let Some(email) = &email {
             check_email(email)?;
         }
@@ -1170,19 +1390,23 @@ impl CustomerReader {
                 _ => return Err(format!("age {age:?} is not an integer between 0 and 130")),
             },
         };
+        let signup_date = match s.get("signup_date") {
+            None => None,
+            Some(date) => Some(
+                parse_date(&date, s.format("signup_date"), "signup_date")
+                    .map_err(|reason| s.date_reason("signup_date", &date, reason))?,
+            ),
+        };
         Ok(Customer {
             customer_id,
             external_id,
-            first_name: text("first_name"),
-            last_name: text("last_name"),
+            first_name: s.text("first_name")?,
+            last_name: s.text("last_name")?,
             email,
-            country: text("country").map(|country| parse_country(&country)).transpose()?,
+            country: s.get("country").map(|country| parse_country(&country)).transpose()?,
             age,
-            favorite_color: s.get("favorite_color").map(Cow::into_owned),
-            signup_date: s
-                .get("signup_date")
-                .map(|d| parse_date(&d, s.format("signup_date"), "signup_date"))
-                .transpose()?,
+            favorite_color: s.text("favorite_color")?,
+            signup_date,
         })
     }
 
@@ -1234,6 +1458,7 @@ impl EventReader {
 
     fn event(&mut self) -> Result<Event, String> {
         let s = &self.source;
+        s.check_nul()?;
         // Without an event id, the row number is one: unique within the file, as ids must be.
         let event_id = match s.get("event_id") {
             Some(_) => parse_id(s.get("event_id"), "event_id")?,
@@ -1241,9 +1466,9 @@ impl EventReader {
         };
         let external = required(s.get("customer_id").as_ref(), "customer_id")?.to_owned();
         let event_type = parse_event_type(required(s.get("event_type").as_ref(), "event_type")?)?;
-        let product = s.get("product").map(Cow::into_owned);
-        let color = s.get("color").map(Cow::into_owned);
-        let price_cents = s.get("price").map(|price| parse_price(&price)).transpose()?;
+        let product = s.text("product")?;
+        let color = s.text("color")?;
+        let price_cents = s.get("price").map(|price| parse_price(&price, s.decimal)).transpose()?;
         let quantity: i32 = match s.get("quantity") {
             None => 1,
             Some(text) => match text.parse() {
@@ -1256,10 +1481,12 @@ impl EventReader {
         }
         // The line total: the file's own, else price x quantity.
         let amount_cents = match s.get("amount") {
-            Some(amount) => Some(parse_amount(&amount)?),
+            Some(amount) => Some(parse_amount(&amount, s.decimal)?),
             None => price_cents.map(|price| price * i64::from(quantity)),
         };
-        let ts = parse_ts(required(s.get("ts").as_ref(), "ts")?, s.format("ts"))?;
+        let ts_value = s.get("ts");
+        let ts_text = required(ts_value.as_ref(), "ts")?;
+        let ts = parse_ts(ts_text, s.format("ts")).map_err(|reason| s.date_reason("ts", ts_text, reason))?;
         let customer_id = self.known.keys.lookup(&external).filter(|key| self.known.ids.contains(*key));
         let Some(customer_id) = customer_id else {
             let key = self.known.keys.lookup(&external);
@@ -1350,14 +1577,15 @@ mod tests {
 
     #[test]
     fn prices_round_like_numeric_12_2() {
-        assert_eq!(parse_price("12.34"), Ok(1234));
-        assert_eq!(parse_price("12.345"), Ok(1235));
-        assert_eq!(parse_price("7"), Ok(700));
-        assert_eq!(parse_price(".5"), Ok(50));
-        assert!(parse_price("-1.00").unwrap_err().contains("negative"));
-        assert!(parse_price("1,00").is_err());
-        assert!(parse_price("abc").is_err());
-        assert!(parse_price("").is_err());
+        let point = DecimalMark::Point;
+        assert_eq!(parse_price("12.34", point), Ok(1234));
+        assert_eq!(parse_price("12.345", point), Ok(1235));
+        assert_eq!(parse_price("7", point), Ok(700));
+        assert_eq!(parse_price(".5", point), Ok(50));
+        assert!(parse_price("-1.00", point).unwrap_err().contains("negative"));
+        assert!(parse_price("1,00", point).is_err());
+        assert!(parse_price("abc", point).is_err());
+        assert!(parse_price("", point).is_err());
     }
 
     #[test]
@@ -1395,7 +1623,7 @@ mod tests {
     #[test]
     fn mapping_rejects_unknown_columns_and_missing_required_ones() {
         let error = Mapping::parse("[events]\nbogus = \"X\"").unwrap_err().to_string();
-        assert!(error.contains("no column \"bogus\""), "{error}");
+        assert!(error.contains("no column or key \"bogus\""), "{error}");
         let error = Mapping::parse("[events]\nevent_id = \"X\"").unwrap_err().to_string();
         assert!(error.contains("required column customer_id"), "{error}");
         let error = Mapping::parse("[events]\nevent_id = { value = \"1\", row_number = true }").unwrap_err();
@@ -1404,5 +1632,99 @@ mod tests {
         assert!(format!("{error:#}").contains("unknown field `colum`"), "{error:#}");
         let error = Mapping::parse("[events]\nevent_id = 3").unwrap_err();
         assert!(format!("{error:#}").contains("[events] event_id: expected"), "{error:#}");
+    }
+
+    #[test]
+    fn an_unknown_key_lists_the_columns_and_the_layout_keys() {
+        let error = Mapping::parse("[events]\ndelimeter = \"tab\"").unwrap_err().to_string();
+        assert!(error.starts_with("[events] has no column or key \"delimeter\"; expected a column ("), "{error}");
+        assert!(error.ends_with(") or a layout key (delimiter, decimal, has_header, columns, values)"), "{error}");
+        assert!(error.contains("a column (event_id, customer_id, event_type, product, color, price"), "{error}");
+        let error = Mapping::parse("[customers]\ncustomer_id = \"id\"\nfrom_event = true").unwrap_err().to_string();
+        assert!(error.ends_with("(delimiter, decimal, has_header, columns, values, from_events)"), "{error}");
+    }
+
+    #[test]
+    fn a_nul_byte_the_mapping_would_write_is_a_mapping_error() {
+        let mapping = "[events]\ncustomer_id = \"c\"\nevent_type = \"e\"\nts = \"t\"\n";
+        let error = Mapping::parse(&format!("{mapping}product = {{ value = \"a\\u0000b\" }}")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "[events] product: a value contains a NUL byte, which PostgreSQL text cannot hold"
+        );
+        let error = Mapping::parse(&format!("{mapping}[events.values.color]\nRed = \"r\\u0000\"")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "[events.values.color]: a value contains a NUL byte, which PostgreSQL text cannot hold"
+        );
+        assert!(Mapping::parse(&format!("{mapping}color = {{ column = \"c\", default = \"\\u0000\" }}")).is_err());
+    }
+
+    #[test]
+    fn format_is_a_mapping_error_on_a_column_that_is_not_a_date() {
+        let mapping = "[events]\ncustomer_id = \"c\"\nevent_type = \"e\"\nts = \"t\"\n";
+        let error = Mapping::parse(&format!("{mapping}price = {{ column = \"p\", format = \"%.2f\" }}")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "[events] price: format = \"%.2f\" applies only to the date columns (ts, signup_date); remove the format key"
+        );
+        assert!(
+            Mapping::parse(&format!(
+                "{mapping}[customers]\ncustomer_id = \"c\"\nsignup_date = {{ column = \"s\", format = \"%d.%m.%Y\" }}"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn decimal_comma_reads_12_50_and_refuses_a_point() {
+        let mapping = "[events]\ncustomer_id = \"c\"\nevent_type = \"e\"\nts = \"t\"\ndecimal = \"comma\"";
+        assert_eq!(Mapping::parse(mapping).unwrap().layout(Table::Events).decimal, DecimalMark::Comma);
+        let error = Mapping::parse(&mapping.replace("\"comma\"", "\"dot\"")).unwrap_err();
+        assert_eq!(format!("{error:#}"), "[events] decimal: decimal \"dot\" is not one of point, comma");
+        let comma = DecimalMark::Comma;
+        assert_eq!(parse_price("12,50", comma), Ok(1250));
+        assert_eq!(parse_price("7", comma), Ok(700));
+        assert_eq!(parse_price(",5", comma), Ok(50));
+        assert_eq!(parse_amount("-12,5", comma), Ok(-1250));
+        let ambiguous = parse_price("1.250", comma).unwrap_err();
+        assert!(ambiguous.starts_with("price \"1.250\" is ambiguous with decimal = \"comma\""), "{ambiguous}");
+        assert!(parse_amount("1.234,50", comma).unwrap_err().contains("ambiguous"));
+        assert_eq!(parse_price("1,2,3", comma), Err("price \"1,2,3\" is not a non-negative decimal".to_owned()));
+        assert_eq!(parse_price("-1,00", comma), Err("price \"-1,00\" is negative".to_owned()));
+        // Without the key, a decimal comma is refused with the key to set.
+        assert_eq!(
+            parse_price("12,50", DecimalMark::Point),
+            Err("price \"12,50\" is not a non-negative decimal; for a decimal comma set decimal = \"comma\" in the \
+                 mapping"
+                .to_owned())
+        );
+        assert!(
+            parse_amount("-12,50", DecimalMark::Point).unwrap_err().ends_with("set decimal = \"comma\" in the mapping")
+        );
+    }
+
+    #[test]
+    fn a_date_in_a_common_format_names_the_format_to_set() {
+        let hint = |text: &str| format_hint("ts", &formats_reading(text, common_formats()));
+        assert_eq!(
+            hint("31.12.2024"),
+            "; it reads as %d.%m.%Y: set format = \"%d.%m.%Y\" for column ts in the mapping"
+        );
+        assert_eq!(
+            hint("31.12.2024 10:30"),
+            "; it reads as %d.%m.%Y %H:%M: set format = \"%d.%m.%Y %H:%M\" for column ts in the mapping"
+        );
+        assert!(hint("20241231").contains("set format = \"%Y%m%d\""));
+        assert!(hint("12/31/2024 10:30:00").contains("set format = \"%m/%d/%Y %H:%M:%S\" for column ts"));
+        assert!(hint("2024/12/31").contains("set format = \"%Y/%m/%d\""));
+        assert!(hint("31-12-2024").contains("set format = \"%d-%m-%Y\""));
+        assert_eq!(
+            hint("05/06/2024"),
+            "; it reads day first or month first (%d/%m/%Y or %m/%d/%Y): set format = \"%d/%m/%Y\" or format = \
+             \"%m/%d/%Y\" for column ts in the mapping"
+        );
+        assert_eq!(hint("yesterday"), "");
+        assert_eq!(hint("31.13.2024"), "");
     }
 }

@@ -497,7 +497,8 @@ impl FileRejects {
 
 /// A reason with its values masked, so rows rejected for the same reason with different values count together:
 /// quoted values (`"user_0001"`, written by `{:?}`) become `"…"`, and numbers standing alone (ids) become `#`.
-/// Numbers that are part of a word (`ISO 3166-1`, `alpha-2`) stay.
+/// Numbers that are part of a word (`ISO 3166-1`, `alpha-2`) stay, and so does the number of a standard after
+/// its all-capitals name (`RFC 3339`, `ISO 8601`): it names the rule, not a value.
 fn reason_pattern(reason: &str) -> String {
     let mut out = String::with_capacity(reason.len());
     let mut chars = reason.chars().peekable();
@@ -517,7 +518,7 @@ fn reason_pattern(reason: &str) -> String {
             }
             out.push_str("\"…\"");
             prev = '"';
-        } else if c.is_ascii_digit() && !part_of_word(prev) {
+        } else if c.is_ascii_digit() && !part_of_word(prev) && !after_standard_name(&out) {
             let mut number = String::from(c);
             while let Some(&digit) = chars.peek().filter(|d| d.is_ascii_digit()) {
                 number.push(digit);
@@ -532,6 +533,15 @@ fn reason_pattern(reason: &str) -> String {
         }
     }
     out
+}
+
+/// True when `text` ends with a space after a word of two or more capital letters (`RFC `, `ISO `), the name of a
+/// standard whose number follows.
+fn after_standard_name(text: &str) -> bool {
+    let Some(before) = text.strip_suffix(' ') else { return false };
+    let name_len = before.chars().rev().take_while(char::is_ascii_uppercase).count();
+    let starts_word = before.chars().rev().nth(name_len).is_none_or(|c| !c.is_alphanumeric() && c != '_');
+    name_len >= 2 && starts_word
 }
 
 /// Collects rejected rows into `<rejects_path>.partial`, renamed to `rejects_path` when the load succeeds or fails
@@ -802,5 +812,15 @@ mod tests {
             "customer_id # has no valid customer row (country \"…\" is not an ISO 3166-1 alpha-2 code)"
         );
         assert_eq!(reason_pattern("unknown customer_id -5"), "unknown customer_id -5");
+        // The number of a standard is part of its name.
+        assert_eq!(
+            reason_pattern("ts \"x\" is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD)"),
+            "ts \"…\" is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD)"
+        );
+        assert_eq!(reason_pattern("a date (ISO 8601) and ISO 3166 codes"), "a date (ISO 8601) and ISO 3166 codes");
+        assert_eq!(
+            reason_pattern("product has 3048 characters, more than the 200 allowed"),
+            "product has # characters, more than the # allowed"
+        );
     }
 }

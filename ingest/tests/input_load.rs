@@ -823,3 +823,206 @@ async fn a_whitespace_file_read_as_csv_names_its_header_and_the_delimiter_to_set
     })
     .await;
 }
+
+/// `len` characters that PostgreSQL cannot compress, as a real long value (a pasted description) is: a repeated
+/// character compresses to a small index entry and would not show the limit.
+fn incompressible(len: usize) -> String {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'a' + (seed % 26) as u8)
+        })
+        .collect()
+}
+
+/// How messages name `file` of `dir`.
+fn display(dir: &tempfile::TempDir, file: &str) -> String {
+    dir.path().join(file).display().to_string()
+}
+
+/// The `--check` path: the same load, in a transaction that is rolled back, with no rejects file.
+async fn check(db: &Db, customers: &Path, events: &Path, opts: &LoadOptions) -> Result<LoadReport> {
+    let mut tx = db.pool.begin().await?;
+    let report = load_staging(&mut tx, customers, events, &LoadOptions { dry_run: true, ..opts.clone() }).await?;
+    tx.rollback().await?;
+    Ok(report)
+}
+
+/// The reported cases: a product of 3,000 bytes failed the whole ingest when its index was built
+/// (`index row size 3048 exceeds btree version 4 maximum 2704`), and a NUL byte failed COPY (exit 4), neither with
+/// a file or line, while `--check` passed the long value. Each is now a row reject with its line, in a load, a
+/// strict load and a check alike.
+#[tokio::test]
+async fn overlong_text_and_nul_bytes_are_row_rejects_with_their_line_in_ingest_and_check() {
+    with_schema(|db| async move {
+        let event = |product: &str, color: &str| format!("7,1,view,{product},{color},1.00,1,2024-03-04T10:00:00Z");
+        let customer = |first: &str, last: &str, email: &str| format!("4,{first},{last},{email},PL,30,red,");
+        let cases: Vec<(bool, String, &str)> = vec![
+            (true, event(&incompressible(3000), "gold"), "product has 3000 characters, more than the 200 allowed"),
+            (true, event("watches", &"é".repeat(201)), "color has 201 characters, more than the 200 allowed"),
+            (
+                false,
+                customer(&"a".repeat(201), "Lee", "al4@example.com"),
+                "first_name has 201 characters, more than the 200 allowed",
+            ),
+            (
+                false,
+                customer("Ann", &"b".repeat(201), "al4@example.com"),
+                "last_name has 201 characters, more than the 200 allowed",
+            ),
+            (
+                false,
+                customer("Ann", "Lee", &format!("{}@example.com", "a".repeat(243))),
+                "email has 255 characters, more than the 254 allowed",
+            ),
+            (true, event("soc\0ks", "red"), "the value contains a NUL byte in column product"),
+            (false, customer("Ann", "Le\0e", "al4@example.com"), "the value contains a NUL byte in column last_name"),
+            (
+                false,
+                "4\0,Ann,Lee,al4@example.com,PL,30,red,".to_owned(),
+                "the value contains a NUL byte in column customer_id",
+            ),
+        ];
+        for (in_events, row, reason) in cases {
+            let (mut customers_text, mut events_text) = (GOOD_CUSTOMERS.to_owned(), GOOD_EVENTS.to_owned());
+            let (target, file, line) =
+                if in_events { (&mut events_text, "events.csv", 8) } else { (&mut customers_text, "customers.csv", 5) };
+            target.push_str(&row);
+            target.push('\n');
+            let (dir, customers, events) = files(customers_text.as_bytes(), events_text.as_bytes());
+
+            let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect(reason);
+            assert_eq!((report.customers, report.events, report.rejected), (3, 6, 1), "{reason}");
+            assert_eq!(read_rejects(&dir.path().join("rejects.csv")), [(display(&dir, file), line, reason.to_owned())]);
+
+            let error = ingest(&db, &customers, &events, &options(dir.path(), true)).await.expect_err(reason);
+            assert!(format!("{error:#}").ends_with(&format!("{file}:{line}: {reason}")), "{error:#}");
+
+            let report = check(&db, &customers, &events, &options(dir.path(), false)).await.expect(reason);
+            assert_eq!(report.rejected, 1, "{reason}");
+            let rejected = &report.rejects_by_reason[0];
+            assert_eq!((rejected.first_line, rejected.first_reason.as_str()), (line, reason));
+        }
+
+        // At the cap, even in 4-byte characters, product and colour fit their shared index entry.
+        let at_cap = "😀".repeat(200);
+        let events_text = format!("{GOOD_EVENTS}{}\n", event(&at_cap, &at_cap));
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), events_text.as_bytes());
+        let report = ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("at the cap");
+        assert_eq!((report.events, report.rejected), (7, 0));
+        let product: String =
+            sqlx::query_scalar("SELECT product FROM events WHERE event_id = 7").fetch_one(&db.pool).await.expect("7");
+        assert_eq!(product, at_cap);
+    })
+    .await;
+}
+
+/// A European export: `;` between fields and `,` before the cents. A point in such a file may be a thousands
+/// separator, so the row is rejected rather than read a thousand times too small or too large.
+#[tokio::test]
+async fn decimal_comma_reads_prices_and_amounts_and_rejects_an_ambiguous_point() {
+    with_schema(|db| async move {
+        let mapping = Mapping::parse(
+            "[events]\ndelimiter = \"semicolon\"\ndecimal = \"comma\"\nevent_id = \"event_id\"\n\
+             customer_id = \"customer_id\"\nevent_type = \"event_type\"\nproduct = \"product\"\nprice = \"price\"\n\
+             quantity = \"quantity\"\namount = \"amount\"\nts = \"ts\"\n",
+        )
+        .expect("mapping");
+        let events_text = "event_id;customer_id;event_type;product;price;quantity;amount;ts\n\
+                           1;1;purchase;watches;1200,50;1;;2024-03-01T10:05:00Z\n\
+                           2;2;purchase;socks;4,99;3;12,5;2024-03-02T09:01:00Z\n\
+                           3;3;purchase;dresses;1.250;1;;2024-03-03 08:00:00\n\
+                           4;3;purchase;dresses;89,90;-1;-89,90;2024-03-04 08:00:00\n";
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), events_text.as_bytes());
+        let opts = LoadOptions { mapping: Some(mapping), ..options(dir.path(), false) };
+        let report = ingest(&db, &customers, &events, &opts).await.expect("load");
+        assert_eq!((report.events, report.rejected), (3, 1));
+        let rejects = read_rejects(&dir.path().join("rejects.csv"));
+        assert_eq!((rejects[0].0.as_str(), rejects[0].1), (display(&dir, "events.csv").as_str(), 4));
+        assert!(rejects[0].2.starts_with("price \"1.250\" is ambiguous with decimal = \"comma\""), "{}", rejects[0].2);
+        let money: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT event_id, price::text, amount::text FROM events ORDER BY event_id")
+                .fetch_all(&db.pool)
+                .await
+                .expect("money");
+        assert_eq!(
+            money,
+            [
+                (1, "1200.50".into(), "1200.50".into()),
+                (2, "4.99".into(), "12.50".into()),
+                (4, "89.90".into(), "-89.90".into())
+            ]
+        );
+
+        // Without the key the same file's first price is refused, with the key to set.
+        let mapping = Mapping::parse(
+            "[events]\ndelimiter = \"semicolon\"\ncustomer_id = \"customer_id\"\nevent_type = \"event_type\"\n\
+             price = \"price\"\nts = \"ts\"\n",
+        )
+        .expect("mapping");
+        let opts = LoadOptions { mapping: Some(mapping), strict: true, ..options(dir.path(), false) };
+        let error = ingest(&db, &customers, &events, &opts).await.expect_err("a comma without the key");
+        assert!(
+            format!("{error:#}").ends_with(
+                "events.csv:2: price \"1200,50\" is not a non-negative decimal; for a decimal comma set decimal = \
+                 \"comma\" in the mapping"
+            ),
+            "{error:#}"
+        );
+    })
+    .await;
+}
+
+/// A date column without a format that rejects every row: the reason names the format to set (both, when day
+/// and month cannot be told apart), and the summary keeps "RFC 3339" instead of masking it to "RFC #".
+#[tokio::test]
+async fn a_date_in_a_common_format_names_the_format_to_set() {
+    with_schema(|db| async move {
+        let dotted = GOOD_EVENTS
+            .replace("2024-03-01T10:00:00Z", "01.03.2024 10:00")
+            .replace("2024-03-02T09:00:00Z", "02.03.2024 09:00");
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), dotted.as_bytes());
+        let report = check(&db, &customers, &events, &options(dir.path(), false)).await.expect("check");
+        assert_eq!(report.rejected, 2);
+        let rejected = &report.rejects_by_reason[0];
+        assert_eq!(rejected.rows, 2);
+        assert_eq!(
+            rejected.reason,
+            "ts \"…\" is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD); it reads as %d.%m.%Y %H:%M: \
+             set format = \"…\" for column ts in the mapping"
+        );
+        assert_eq!(
+            (rejected.first_line, rejected.first_reason.as_str()),
+            (
+                2,
+                "ts \"01.03.2024 10:00\" is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD); it reads as \
+                 %d.%m.%Y %H:%M: set format = \"%d.%m.%Y %H:%M\" for column ts in the mapping"
+            )
+        );
+
+        // Day first or month first: both are named. A signup date is a date column too.
+        let slashed = GOOD_EVENTS.replace("2024-03-02T09:00:00Z", "03/02/2024");
+        let customers_text = GOOD_CUSTOMERS.replace("2023-01-15", "15/01/2023");
+        let (dir, customers, events) = files(customers_text.as_bytes(), slashed.as_bytes());
+        ingest(&db, &customers, &events, &options(dir.path(), false)).await.expect("load");
+        let rejects = read_rejects(&dir.path().join("rejects.csv"));
+        let reason = |file: &str, line: u64| {
+            rejects.iter().find(|r| r.0 == display(&dir, file) && r.1 == line).map(|r| r.2.clone()).expect("a reject")
+        };
+        assert_eq!(
+            reason("customers.csv", 2),
+            "signup_date \"15/01/2023\" is not a date (%Y-%m-%d); it reads as %d/%m/%Y: set format = \"%d/%m/%Y\" for \
+             column signup_date in the mapping"
+        );
+        assert_eq!(
+            reason("events.csv", 4),
+            "ts \"03/02/2024\" is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD); it reads day first or \
+             month first (%d/%m/%Y or %m/%d/%Y): set format = \"%d/%m/%Y\" or format = \"%m/%d/%Y\" for column ts in \
+             the mapping"
+        );
+    })
+    .await;
+}
