@@ -19,6 +19,7 @@ use audience_tools::clarify::{AskClarification, Clarification};
 use audience_tools::question::{Prepared, Vocabulary, prepare};
 use audience_tools::registry;
 use audience_tools::respond::Respond;
+use audience_tools::vocabulary::Offered;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
@@ -234,7 +235,7 @@ impl Session {
         let find_audience = FindAudience::new(self.stores.clone(), self.audience.clone())
             .for_question(&prepared.offered, Arc::new(data.values.clone()));
         let agent =
-            build_agent(self.model.clone(), self.stores.clone(), self.max_turns, self.audience.clone(), find_audience);
+            build_agent(self.model.clone(), self.stores.clone(), self.max_turns, self.audience.clone(), find_audience, &prepared.offered);
         let hook = TraceHook::new(log.clone(), self.verbose, can_grow).grounded(grounding).constrained(self.constrained);
         let run_future = agent
             .prompt(prompt)
@@ -552,20 +553,28 @@ pub fn system_prompt() -> String {
     SYSTEM_PROMPT.trim().to_owned()
 }
 
-/// Output tokens one agent call may produce: an answer of a few sentences or one tool call. It also bounds what a
+/// Output tokens one agent call may produce: an answer of a few sentences or one tool call (an audience edit of
+/// several clauses takes under 150). It also bounds what a
 /// runaway model can write into the conversation (a megabyte "condition"), which every later call would resend.
-pub const MAX_OUTPUT_TOKENS: u64 = 1_024;
+pub const MAX_OUTPUT_TOKENS: u64 = 400;
 
 /// The agent of one question: the tools, with `find_audience` offered with the question's schema. Temperature 0:
 /// the same question gets the same call, and the recorded golden set replays.
-fn build_agent(model: ChatModel, stores: Stores, max_turns: usize, audience: AudienceSession, find_audience: FindAudience) -> Agent {
+fn build_agent(
+    model: ChatModel,
+    stores: Stores,
+    max_turns: usize,
+    audience: AudienceSession,
+    find_audience: FindAudience,
+    offered: &Offered,
+) -> Agent {
     AgentBuilder::new(model.clone())
         .preamble(system_prompt())
         .max_tokens(MAX_OUTPUT_TOKENS)
         .temperature(0.0)
         .default_max_turns(max_turns)
         .tool(find_audience)
-        .tool(Lookalike::new(stores.clone(), audience))
+        .tool(Lookalike::new(stores.clone(), audience).for_question(offered))
         .tool(SqlAnalytics::new(stores.clone(), model))
         .tool(SqlDataRetriever::new(stores))
         .tool(AskClarification)

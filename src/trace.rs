@@ -11,7 +11,7 @@ use std::time::Instant;
 use audience_tools::audience::Edit;
 use audience_tools::audience::definition::Clause;
 use audience_tools::clarify::Clarification;
-use audience_tools::grounding::Grounding;
+use audience_tools::grounding::{Grounding, Traced};
 use audience_tools::vocabulary::Offered;
 use audience_tools::respond::Reply;
 use audience_tools::failure::is_fatal;
@@ -274,17 +274,22 @@ fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (
     }
     for list in ["include", "exclude"] {
         let Some(Value::Array(clauses)) = args.get_mut(list) else { continue };
-        clauses.retain(|value| {
+        clauses.retain_mut(|value| {
             let Ok(clause) = serde_json::from_value::<Clause>(value.clone()) else { return true };
             if !offered.holds(&clause) {
                 return true;
             }
-            match grounding.untraced(&clause) {
-                Some(_) => {
+            match grounding.trace(&clause) {
+                Traced::Kept => true,
+                Traced::Trimmed { clause: trimmed, removed } => {
+                    dropped.extend(removed.into_iter().map(|part| format!("{part} (of {})", trimmed.rule.predicate())));
+                    *value = serde_json::to_value(&trimmed).unwrap_or(Value::Null);
+                    true
+                }
+                Traced::Dropped(_) => {
                     dropped.push(clause.rule.predicate());
                     false
                 }
-                None => true,
             }
         });
     }

@@ -175,7 +175,6 @@ fn holdout_groups_are_stable_across_exports_and_reingests_and_overlap_matches_sq
     // `save` without --from saves the audience of the last answer in this data directory.
     let llm = FakeLlm::start(vec![
         Reply::tool("call_1", "find_audience", json!({"include": [profile_clause("country", json!("PL"))]})),
-        Reply::text("These are the customers from PL."),
     ]);
     let asked = env.ask_json(&llm, "customers from PL");
     assert_eq!(asked.code, 0, "{}", asked.stderr);

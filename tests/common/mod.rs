@@ -287,7 +287,10 @@ impl TestEnv {
             .env("AUDIENCE_SCHEMA", &self.schema)
             .env("AUDIENCE_DATA_DIR", self.dir.path())
             .env("AUDIENCE_LOG", "warn,qdrant_edge=error")
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            // With nothing configured the CLI uses the local model when it is installed; tests that mean "nothing
+            // configured" must not start one (a test that wants the local server names its own).
+            .env("AUDIENCE_LLAMA_SERVER", "/nonexistent/llama-server");
         command
     }
 

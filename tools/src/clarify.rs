@@ -4,7 +4,7 @@
 
 use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::failure::ToolFailure;
 use crate::registry;
@@ -17,9 +17,11 @@ const MAX_QUESTION_CHARS: usize = 300;
 const MAX_OPTION_CHARS: usize = 160;
 
 /// The question and its options, as the model asks them and as `ask --json` prints them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Clarification {
+    #[schemars(length(min = 1, max = 300))]
     pub question: String,
+    #[schemars(length(min = 2, max = 5), inner(length(min = 1, max = 160)))]
     pub options: Vec<String>,
 }
 
@@ -80,14 +82,7 @@ impl Tool for AskClarification {
     }
 
     fn parameters(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "question": {"type": "string"},
-                "options": {"type": "array", "items": {"type": "string"}}
-            },
-            "required": ["question", "options"]
-        })
+        crate::vocabulary::schema_of::<Clarification>()
     }
 
     fn map_error(&self, error: ToolFailure) -> ToolExecutionError {

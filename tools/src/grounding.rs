@@ -442,6 +442,66 @@ impl Grounding {
         self.words.contains(word)
     }
 
+    /// `clause` with what the question does not ask for taken out: an event clause loses the window, price,
+    /// count or colours nobody asked for and keeps the rest ("bought watches" stays when the model added "in the
+    /// last 365 days"); a clause whose products, event type or profile comparison do not trace is dropped whole.
+    pub fn trace(&self, clause: &Clause) -> Traced {
+        let Some(reason) = self.untraced(clause) else { return Traced::Kept };
+        let Rule::Event { event_type, products, colors, min_price, max_price, within_days, min_count, sql } = &clause.rule
+        else {
+            return Traced::Dropped(reason);
+        };
+        let mut trimmed = Clause {
+            id: clause.id.clone(),
+            rule: Rule::Event {
+                event_type: *event_type,
+                products: products.clone(),
+                colors: Vec::new(),
+                min_price: None,
+                max_price: None,
+                within_days: None,
+                min_count: None,
+                sql: sql.clone(),
+            },
+        };
+        // The essential part (type and products) must trace; each optional part is put back when it traces.
+        if self.untraced(&trimmed).is_some() {
+            return Traced::Dropped(reason);
+        }
+        let mut removed = Vec::new();
+        let parts: [(&str, Box<dyn Fn(&mut Rule)>); 5] = [
+            ("colours", Box::new(|rule| if let Rule::Event { colors: c, .. } = rule { c.clone_from(colors) })),
+            ("a price of at least", Box::new(|rule| if let Rule::Event { min_price: p, .. } = rule { *p = *min_price })),
+            ("a price of at most", Box::new(|rule| if let Rule::Event { max_price: p, .. } = rule { *p = *max_price })),
+            ("a window of days", Box::new(|rule| if let Rule::Event { within_days: d, .. } = rule { *d = *within_days })),
+            ("a count of at least", Box::new(|rule| if let Rule::Event { min_count: n, .. } = rule { *n = *min_count })),
+        ];
+        for (name, put_back) in parts {
+            let mut candidate = trimmed.clone();
+            put_back(&mut candidate.rule);
+            if candidate == trimmed {
+                continue;
+            }
+            if self.untraced(&candidate).is_none() {
+                trimmed = candidate;
+            } else {
+                let value = match name {
+                    "colours" => colors.join(", "),
+                    "a price of at least" => min_price.map(|p| p.to_string()).unwrap_or_default(),
+                    "a price of at most" => max_price.map(|p| p.to_string()).unwrap_or_default(),
+                    "a window of days" => within_days.map(|d| format!("the last {d}")).unwrap_or_default(),
+                    _ => min_count.map(|n| n.to_string()).unwrap_or_default(),
+                };
+                removed.push(match name {
+                    "a window of days" => format!("a window of {value} days"),
+                    "colours" => format!("the colours {value}"),
+                    other => format!("{other} {value}"),
+                });
+            }
+        }
+        Traced::Trimmed { clause: trimmed, removed }
+    }
+
     /// Why `clause` does not trace to the question, or `None` when every value it sets does: its products,
     /// colours, countries and segments were grounded, its window and numbers are written in the question, and the
     /// field it compares is named by a word of the question.
@@ -534,6 +594,17 @@ impl Grounding {
         let parts: Vec<String> = self.hints.iter().map(|h| format!("\"{}\" = {}", h.phrase, h.meaning)).collect();
         Some(parts.join("; "))
     }
+}
+
+/// What tracing a clause to the question left of it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Traced {
+    /// Every part traces.
+    Kept,
+    /// The clause without the parts nobody asked for, which are named in `removed`.
+    Trimmed { clause: Clause, removed: Vec<String> },
+    /// Nothing of it traces; why.
+    Dropped(String),
 }
 
 /// Cosine similarity above which a word names a data value ("sneakers" for `shoes`); chosen on MiniLM so that
@@ -716,5 +787,15 @@ mod tests {
         }
         let other_window = clause(serde_json::json!({"type": "event", "event_type": "purchase", "within_days": 90}));
         assert_eq!(g.untraced(&other_window).as_deref(), Some("within_days 90"));
+        // An event clause keeps what was asked and loses only the window nobody asked for.
+        let g = ground("customers who bought a watch or jewelry priced over 1000");
+        let added = clause(serde_json::json!({"type": "event", "event_type": "purchase", "products": ["watches", "jewelry"],
+                                               "min_price": 1000, "within_days": 365}));
+        let Traced::Trimmed { clause: trimmed, removed } = g.trace(&added) else { panic!("{:?}", g.trace(&added)) };
+        assert_eq!(removed, ["a window of the last 365 days"]);
+        assert_eq!(
+            serde_json::to_value(&trimmed).unwrap(),
+            serde_json::json!({"type": "event", "event_type": "purchase", "products": ["watches", "jewelry"], "min_price": 1000.0})
+        );
     }
 }

@@ -16,7 +16,7 @@ use rig_core::operation::Completion;
 use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use rig_core::wire::Wire;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{Executor, Statement};
 
 use crate::db::{Db, ReadLimits};
@@ -82,6 +82,15 @@ pub struct SqlAnalyticsArgs {
     /// SQL to run as-is instead of asking the inner model (used by `audience tool` and tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
+}
+
+/// What the model sends: the question in words (`sql` is for `audience tool` users, not offered to the model).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)] // Only its schema is used: the model's call is read as `SqlAnalyticsArgs`.
+struct AnalyticsQuestion {
+    /// The analytic question restated in plain words (not SQL).
+    #[schemars(length(min = 1, max = 300))]
+    question: String,
 }
 
 /// Query result, capped at `ReadLimits::row_cap` rows.
@@ -191,13 +200,7 @@ impl<M: CompletionModel> Tool for SqlAnalytics<M> {
     }
 
     fn parameters(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "question": {"type": "string"}
-            },
-            "required": ["question"]
-        })
+        crate::vocabulary::schema_of::<AnalyticsQuestion>()
     }
 
     fn map_error(&self, error: ToolFailure) -> ToolExecutionError {

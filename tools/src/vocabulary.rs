@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use serde_json::{Map, Value, json};
 
 use crate::audience::definition::{
-    Clause, EventType, FieldKind, MAX_INTENT_CHARS, MAX_LIMIT, MAX_VALUE_CHARS, Op, ProfileField, Rule,
+    Clause, EventType, FieldKind, MAX_CLAUSES, MAX_INTENT_CHARS, MAX_LIMIT, MAX_VALUE_CHARS, Op, ProfileField, Rule,
 };
 use crate::db::Db;
 use crate::schema::profile_fields;
@@ -212,10 +212,13 @@ fn profile_clauses(offered: &Offered) -> Vec<Value> {
     }
     for field in ProfileField::ALL {
         let Some(values) = offered.of_field(field) else { continue };
-        if values.is_empty() {
-            continue;
-        }
-        let one = string_enum(values);
+        // No value offered (a vocabulary too large and nothing grounded, or no data read): free text, checked
+        // against the data by the tool.
+        let one = if values.is_empty() {
+            json!({"type": "string", "minLength": 1, "maxLength": MAX_VALUE_CHARS})
+        } else {
+            string_enum(values)
+        };
         let value = match field.kind() {
             FieldKind::Text => json!({"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}),
             _ => one,
@@ -225,11 +228,16 @@ fn profile_clauses(offered: &Offered) -> Vec<Value> {
     forms
 }
 
-/// The JSON schema of `find_audience`'s arguments for one question (see the module doc).
-pub fn find_audience_schema(offered: &Offered) -> Value {
+/// The schema of a list of clauses (`include`, `exclude`) offering `offered`'s values.
+pub fn clause_list_schema(offered: &Offered) -> Value {
     let mut clauses = vec![event_clause(offered)];
     clauses.extend(profile_clauses(offered));
-    let clause_list = json!({"type": "array", "items": {"oneOf": clauses}});
+    json!({"type": "array", "items": {"oneOf": clauses}, "maxItems": MAX_CLAUSES})
+}
+
+/// The JSON schema of `find_audience`'s arguments for one question (see the module doc).
+pub fn find_audience_schema(offered: &Offered) -> Value {
+    let clause_list = clause_list_schema(offered);
     let fields: Vec<&str> = profile_fields();
     json!({
         "type": "object",

@@ -22,6 +22,7 @@ use crate::failure::ToolFailure;
 use crate::observe;
 use crate::registry;
 use crate::stores::Stores;
+use crate::vocabulary::{Offered, clause_list_schema};
 use crate::trace::{ToolTrace, TracedTool};
 
 /// Lookalikes listed when the caller does not say.
@@ -286,11 +287,19 @@ fn round4(value: f64) -> f64 {
 pub struct Lookalike {
     stores: Stores,
     session: AudienceSession,
+    /// The clause schema of `include`/`exclude`, the one `find_audience` offers for the question.
+    clause_list: Value,
 }
 
 impl Lookalike {
     pub fn new(stores: Stores, session: AudienceSession) -> Self {
-        Self { stores, session }
+        Self { stores, session, clause_list: clause_list_schema(&Offered::default()) }
+    }
+
+    /// The tool as the agent offers it for one question: clauses with the question's values (see `vocabulary`).
+    pub fn for_question(mut self, offered: &Offered) -> Self {
+        self.clause_list = clause_list_schema(offered);
+        self
     }
 }
 
@@ -354,14 +363,13 @@ impl Tool for Lookalike {
     }
 
     fn parameters(&self) -> Value {
-        let clause = json!({"type": "object"});
         json!({
             "type": "object",
             "properties": {
-                "audience": {"type": "string"},
-                "ids": {"type": "array", "items": {"type": "string"}},
-                "include": {"type": "array", "items": clause},
-                "exclude": {"type": "array", "items": clause},
+                "audience": {"type": "string", "maxLength": 64},
+                "ids": {"type": "array", "items": {"type": "string", "maxLength": 128}, "maxItems": 200},
+                "include": self.clause_list,
+                "exclude": self.clause_list,
                 "k": {"type": "integer", "minimum": 1, "maximum": MAX_K}
             }
         })
