@@ -34,8 +34,8 @@ use crate::exit::{Failure, FailureExt, FailureKind};
 use crate::ledger::{Ledger, UsageRecord, UsageTotals};
 use crate::local_llm::{self, LocalServer};
 use crate::provider::{ChatModel, ProviderConfig, ProviderKind, Settings};
-pub use crate::trace::Step;
-use crate::trace::{RunLog, SharedLog, TraceHook, lock};
+pub use crate::agent_hook::Step;
+use crate::agent_hook::{RunLog, SharedLog, TraceHook, lock};
 
 /// Model calls allowed per question, the first included (`AUDIENCE_MAX_TURNS`). A typical question takes
 /// two (tool call, answer); a follow-up with a correction takes three or four.
@@ -296,7 +296,7 @@ impl Session {
         let audience = if run.audience_found { self.audience.last_report() } else { None };
         let text = match (&run.reply, &audience) {
             (Some(reply), _) => reply.text.clone(),
-            (None, Some(report)) => render_audience(report, &run.dropped),
+            (None, Some(report)) => crate::render::audience_answer(report, &run.dropped),
             (None, None) => {
                 let response = result.map_err(|error| self.run_error(error, &run))?;
                 if !answered {
@@ -513,38 +513,6 @@ fn current_audience(audience: &AudienceSession) -> Option<String> {
     let intent = definition.intent.as_deref().map(|i| format!("; intent: {i}")).unwrap_or_default();
     let clauses = if clauses.is_empty() { "no clauses".to_owned() } else { clauses.join("; ") };
     Some(format!("{clauses}{intent}"))
-}
-
-/// Members named in a rendered answer; the whole list is printed below it (and in `--json`).
-const NAMED_MEMBERS: usize = 3;
-
-/// The answer to a found audience, written by the program from the typed report: its size, what defines it, the
-/// best members and why they fit, and any clause left out because the question did not ask for it.
-pub fn render_audience(report: &AudienceReport, dropped: &[String]) -> String {
-    let mut text = format!(
-        "{} of {} customers: {}.",
-        report.size, report.total_customers, report.explanation
-    );
-    if report.size == 0 {
-        text.push_str(" No customer meets every condition.");
-    }
-    let named: Vec<String> = report
-        .members
-        .iter()
-        .take(NAMED_MEMBERS)
-        .map(|m| {
-            let why = m.why.first().map(|why| format!(": {why}")).unwrap_or_default();
-            format!("{} {}{why}", m.external_id, m.name)
-        })
-        .collect();
-    if !named.is_empty() {
-        let order = if report.ranked_by == "intent" { "Best matches" } else { "Top spenders" };
-        text.push_str(&format!(" {order}: {}.", named.join("; ")));
-    }
-    for clause in dropped {
-        text.push_str(&format!(" Left out, as the question does not ask for it: {clause}."));
-    }
-    text
 }
 
 /// The system prompt: prompts/system.md. It carries no schema: every call resends it, so the columns a

@@ -3,6 +3,7 @@
 //! thin command line over it; tests and later features (evaluation, saved audiences) call it directly.
 
 pub mod agent;
+pub mod agent_hook;
 pub mod campaign;
 pub mod cassette;
 pub mod confidence;
@@ -10,6 +11,7 @@ pub mod eval;
 pub mod exit;
 pub mod ledger;
 pub mod local_llm;
+pub mod open_stores;
 pub mod provider;
-pub mod stores;
-pub mod trace;
+pub mod render;
+pub mod terminal;

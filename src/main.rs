@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use audience::exit;
-use audience::stores::open_stores;
+use audience::open_stores::open_stores;
 use clap::{Parser, Subcommand};
 
-use cli::{ask, audiences, bench, data_commands, eval, repl, terminal, tool_command};
+use audience::terminal;
+use cli::{ask, audiences, bench, data_commands, eval, repl, tool_command};
 
 /// Agentic audience discovery over customer data in PostgreSQL and a vector index.
 #[derive(Parser, Debug)]

@@ -380,7 +380,7 @@ fn retry_delay(error: &http_client::Error, attempt: u32, policy: &RetryPolicy) -
 
 /// The reply with implausible token counts removed, so that they read as "not reported" (and are estimated, marked
 /// as such) instead of being priced, or overflowing a sum: negative, fractional or above
-/// [`crate::trace::PLAUSIBLE_TOKENS_PER_CALL`]. Only the usage objects of the providers' JSON replies are touched.
+/// [`crate::agent_hook::PLAUSIBLE_TOKENS_PER_CALL`]. Only the usage objects of the providers' JSON replies are touched.
 fn believable_usage<U: From<Bytes> + Send + 'static>(response: Response<LazyBody<Bytes>>) -> Response<LazyBody<U>> {
     response.map(|body| -> LazyBody<U> {
         Box::pin(async move {
@@ -396,7 +396,7 @@ fn scrub_usage(bytes: Bytes) -> Bytes {
         return bytes;
     };
     let believable = |value: &serde_json::Value| {
-        value.as_u64().is_some_and(|count| count <= crate::trace::PLAUSIBLE_TOKENS_PER_CALL)
+        value.as_u64().is_some_and(|count| count <= crate::agent_hook::PLAUSIBLE_TOKENS_PER_CALL)
     };
     let mut changed = false;
     // OpenAI-style `usage`, Gemini's `usageMetadata`, and Ollama's top-level counters.

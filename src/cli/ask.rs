@@ -5,16 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::Global;
-use crate::cli::terminal;
+use audience::terminal;
 use crate::cli::tool_command::read_definition;
 use audience::agent::{AgentConfig, Answer, AnswerKind, Session};
 use audience::exit::{FailureExt, FailureKind};
-use audience::stores::open_stores;
-use audience_tools::audience::AudienceReport;
-use audience_tools::audience::report::{Member, Share};
+use audience::open_stores::open_stores;
+use audience::render::{audience_summary, member_table};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -125,65 +123,3 @@ pub fn print_answer(answer: &Answer) {
     }
 }
 
-/// The audience in a few lines: its size, what defines it (with the size after each clause) and its makeup.
-pub fn audience_summary(report: &AudienceReport) -> String {
-    let mut lines = vec![format!(
-        "Audience: {} of {} customers: {}",
-        report.size,
-        report.total_customers,
-        terminal::safe(&report.explanation)
-    )];
-    for step in &report.funnel {
-        let verb = if step.exclude { "excluding" } else { "" };
-        let text = terminal::safe(&step.text);
-        lines.push(format!("  {} {verb:<9} {text:<60} {:>8}", step.clause, step.size).trim_end().to_owned());
-    }
-    lines.extend(report.warnings.iter().map(|warning| format!("  warning: {}", terminal::safe(warning))));
-    let shares = |shares: &[Share]| -> String {
-        shares
-            .iter()
-            .take(4)
-            .map(|s| format!("{} {}%", terminal::safe(&s.value), (s.share * 100.0).round()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if report.size > 0 {
-        let b = &report.breakdown;
-        lines.push(format!(
-            "  by country: {}; segment: {}; status: {}; spend: {}",
-            shares(&b.country),
-            shares(&b.segment),
-            shares(&b.status),
-            shares(&b.spend_band)
-        ));
-    }
-    lines.join("\n")
-}
-
-/// The listed members as a table: who, where, value, score (when ranked by an intent) and why they fit.
-pub fn member_table(members: &[Member]) -> Table {
-    let scored = members.iter().any(|member| member.score.is_some());
-    // The id column is the file's id (`external_id`), the one users know; the internal key stays internal.
-    let mut header = vec!["customer", "name", "country", "segment", "total_spent"];
-    if scored {
-        header.push("score");
-    }
-    header.push("why");
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
-    for member in members {
-        let mut row = vec![
-            terminal::safe(&member.external_id).into_owned(),
-            terminal::safe(&member.name).into_owned(),
-            terminal::safe(member.country.as_deref().unwrap_or("unknown")).into_owned(),
-            terminal::safe(&member.segment).into_owned(),
-            format!("{:.2}", member.total_spent),
-        ];
-        if scored {
-            row.push(member.score.map(|score| format!("{score:.3}")).unwrap_or_default());
-        }
-        row.push(terminal::safe(&member.why.join("; ")).into_owned());
-        table.add_row(row);
-    }
-    table
-}

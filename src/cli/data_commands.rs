@@ -21,8 +21,8 @@ use audience_tools::trace::ToolTrace;
 use audience_tools::vector::VectorStore;
 
 use crate::Global;
-use crate::cli::ask::member_table;
-use crate::cli::terminal;
+use audience::render::member_table;
+use audience::terminal;
 use audience::exit::{self, FailureExt, FailureKind};
 
 /// The query the demo runs against the freshly ingested sample.
@@ -128,7 +128,7 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
         as_of: args.as_of,
     };
     if args.check {
-        let db = audience::stores::connect_db().await?;
+        let db = audience::open_stores::connect_db().await?;
         let report = pipeline::check(&db, request).await.map_err(exit::database_is_store)?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
@@ -223,7 +223,7 @@ struct Stores {
 
 impl Stores {
     async fn open(global: &Global) -> Result<Self> {
-        let db = audience::stores::connect_db().await?;
+        let db = audience::open_stores::connect_db().await?;
         let vectors = VectorStore::from_env(&global.data_dir, &db.schema);
         let embedder = LazyEmbedder::new(paths::models_dir());
         // The model loads while PostgreSQL does its part of the ingest.

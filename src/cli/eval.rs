@@ -20,7 +20,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Global;
-use crate::cli::terminal;
+use audience::terminal;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {

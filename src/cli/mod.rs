@@ -6,5 +6,4 @@ pub mod bench;
 pub mod data_commands;
 pub mod eval;
 pub mod repl;
-pub mod terminal;
 pub mod tool_command;

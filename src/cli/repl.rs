@@ -17,13 +17,14 @@ use rustyline::{Config, Editor, Helper};
 
 use crate::Global;
 use crate::cli::ask::check_question;
-use crate::cli::ask::{self, audience_summary, member_table};
+use crate::cli::ask;
+use audience::render::{audience_summary, member_table};
 use crate::cli::audiences;
-use crate::cli::terminal;
+use audience::terminal;
 use audience::agent::{AgentConfig, Answer, Session};
 use audience::exit;
 use audience::ledger::UsageTotals;
-use audience::stores::open_stores;
+use audience::open_stores::open_stores;
 use audience_tools::audience::report::evaluate;
 use audience_tools::audience::{AudienceReport, AudienceSession};
 use audience_tools::registry;

@@ -19,8 +19,8 @@ use crate::Global;
 use audience::exit::{FailureExt, FailureKind};
 use audience::ledger::{Ledger, UsageRecord};
 use audience::provider::{ChatModel, ProviderConfig};
-use audience::stores::open_stores;
-use audience::trace::inner_call_usage;
+use audience::open_stores::open_stores;
+use audience::agent_hook::inner_call_usage;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -153,7 +153,7 @@ fn parse_args<T: rig_core::tool::Tool>(json: &Value) -> Result<T::Args> {
 
 /// The output on stdout; with --verbose the trace (exact SQL, filter, strategy, timings) on stderr.
 fn print(output: &Value, trace: Option<&ToolTrace>, verbose: bool) -> Result<()> {
-    println!("{}", crate::cli::terminal::safe_json(output)?);
+    println!("{}", audience::terminal::safe_json(output)?);
     if verbose && let Some(trace) = trace {
         eprintln!("trace: {}", serde_json::to_string(trace)?);
     }

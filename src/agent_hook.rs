@@ -332,9 +332,11 @@ pub fn summarize_output(output: &Value) -> String {
 }
 
 impl TraceHook {
+    /// A line of the live trace; it quotes the model's words and stored customer text, so it is escaped like an
+    /// answer.
     fn say(&self, line: impl AsRef<str>) {
         if self.verbose {
-            eprintln!("{}", line.as_ref());
+            eprintln!("{}", crate::terminal::safe(line.as_ref()));
         }
     }
 

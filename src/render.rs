@@ -1,0 +1,102 @@
+//! Answers as the user reads them, written by the program from typed results: the answer to a found audience, the
+//! audience's summary (size, funnel, breakdown) and its members' table. `ask`, the REPL and the campaign commands
+//! print these; text from the model or from customer data is escaped for the terminal where it is printed.
+
+use audience_tools::audience::AudienceReport;
+use audience_tools::audience::report::{Member, Share};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+/// Members named in a rendered answer; the whole list is printed below it (and in `--json`).
+const NAMED_MEMBERS: usize = 3;
+
+/// The answer to a found audience, written by the program from the typed report: its size, what defines it, the
+/// best members and why they fit, and any clause left out because the question did not ask for it.
+pub fn audience_answer(report: &AudienceReport, dropped: &[String]) -> String {
+    let mut text = format!(
+        "{} of {} customers: {}.",
+        report.size, report.total_customers, report.explanation
+    );
+    if report.size == 0 {
+        text.push_str(" No customer meets every condition.");
+    }
+    let named: Vec<String> = report
+        .members
+        .iter()
+        .take(NAMED_MEMBERS)
+        .map(|m| {
+            let why = m.why.first().map(|why| format!(": {why}")).unwrap_or_default();
+            format!("{} {}{why}", m.external_id, m.name)
+        })
+        .collect();
+    if !named.is_empty() {
+        let order = if report.ranked_by == "intent" { "Best matches" } else { "Top spenders" };
+        text.push_str(&format!(" {order}: {}.", named.join("; ")));
+    }
+    for clause in dropped {
+        text.push_str(&format!(" Left out, as the question does not ask for it: {clause}."));
+    }
+    text
+}
+
+/// The audience in a few lines: its size, what defines it (with the size after each clause) and its makeup.
+pub fn audience_summary(report: &AudienceReport) -> String {
+    let mut lines = vec![format!(
+        "Audience: {} of {} customers: {}",
+        report.size,
+        report.total_customers,
+        crate::terminal::safe(&report.explanation)
+    )];
+    for step in &report.funnel {
+        let verb = if step.exclude { "excluding" } else { "" };
+        let text = crate::terminal::safe(&step.text);
+        lines.push(format!("  {} {verb:<9} {text:<60} {:>8}", step.clause, step.size).trim_end().to_owned());
+    }
+    lines.extend(report.warnings.iter().map(|warning| format!("  warning: {}", crate::terminal::safe(warning))));
+    let shares = |shares: &[Share]| -> String {
+        shares
+            .iter()
+            .take(4)
+            .map(|s| format!("{} {}%", crate::terminal::safe(&s.value), (s.share * 100.0).round()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if report.size > 0 {
+        let b = &report.breakdown;
+        lines.push(format!(
+            "  by country: {}; segment: {}; status: {}; spend: {}",
+            shares(&b.country),
+            shares(&b.segment),
+            shares(&b.status),
+            shares(&b.spend_band)
+        ));
+    }
+    lines.join("\n")
+}
+
+/// The listed members as a table: who, where, value, score (when ranked by an intent) and why they fit.
+pub fn member_table(members: &[Member]) -> Table {
+    let scored = members.iter().any(|member| member.score.is_some());
+    // The id column is the file's id (`external_id`), the one users know; the internal key stays internal.
+    let mut header = vec!["customer", "name", "country", "segment", "total_spent"];
+    if scored {
+        header.push("score");
+    }
+    header.push("why");
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    for member in members {
+        let mut row = vec![
+            crate::terminal::safe(&member.external_id).into_owned(),
+            crate::terminal::safe(&member.name).into_owned(),
+            crate::terminal::safe(member.country.as_deref().unwrap_or("unknown")).into_owned(),
+            crate::terminal::safe(&member.segment).into_owned(),
+            format!("{:.2}", member.total_spent),
+        ];
+        if scored {
+            row.push(member.score.map(|score| format!("{score:.3}")).unwrap_or_default());
+        }
+        row.push(crate::terminal::safe(&member.why.join("; ")).into_owned());
+        table.add_row(row);
+    }
+    table
+}
