@@ -25,8 +25,10 @@ use audience::render::member_table;
 use audience::terminal;
 use audience::exit::{self, FailureExt, FailureKind};
 
-/// The query the demo runs against the freshly ingested sample.
+/// The taste the demo ranks by without an LLM.
 const DEMO_QUERY: &str = "luxury watches and jewelry";
+/// The question the demo asks the agent: the product's origin question.
+const DEMO_QUESTION: &str = "find customers who bought socks and like luxury";
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -86,6 +88,12 @@ pub struct DemoArgs {
     /// Number of sample customers.
     #[arg(long, default_value_t = 500)]
     customers: u64,
+    /// The question the agent answers once the sample is in.
+    #[arg(long, default_value = DEMO_QUESTION)]
+    question: String,
+    /// Skip the agent (for machines without the local model): print a ranking by taste instead, with no LLM.
+    #[arg(long)]
+    no_llm: bool,
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -201,7 +209,18 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
         .map_err(exit::database_is_store)?;
     print_ingest(&report);
 
-    // The demo asks what a user would: the audience ranked by a taste, through the same report `ask` prints.
+    if !args.no_llm {
+        // The main job: a marketer's question answered by the agent (the local model unless another is configured).
+        let config = audience::agent::AgentConfig::load(&global.data_dir)?;
+        let stores = audience::open_stores::open_stores(&global.data_dir).await?;
+        let mut session = audience::agent::Session::new(config, stores, global.verbose).await?;
+        println!("\nQuestion: {}", args.question);
+        let answer = session.ask(&args.question).await?;
+        crate::cli::ask::print_answer(&answer);
+        eprintln!("{}", answer.usage.summary_line());
+        return Ok(());
+    }
+    // Without the LLM: the audience ranked by a taste, through the same report `ask` prints.
     let Stores { db, vectors, embedder } = stores;
     let stores = audience_tools::stores::Stores::new(db, vectors.reader(), embedder, ReadLimits::default());
     let definition = AudienceDefinition { intent: Some(DEMO_QUERY.to_owned()), limit: 10, ..Default::default() };
