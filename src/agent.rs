@@ -19,23 +19,23 @@ use audience_tools::clarify::{AskClarification, Clarification};
 use audience_tools::question::{Prepared, Vocabulary, prepare};
 use audience_tools::registry;
 use audience_tools::respond::Respond;
-use audience_tools::vocabulary::Offered;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
+use audience_tools::vocabulary::Offered;
 use rig_agent::completion::PromptError;
 use rig_agent::{Agent, AgentBuilder};
-use tokio::sync::OnceCell;
 use rig_core::message::Message;
 use serde::Serialize;
+use tokio::sync::OnceCell;
 
+pub use crate::agent_hook::Step;
+use crate::agent_hook::{RunLog, SharedLog, TraceHook, lock};
 use crate::confidence::{self, Confidence, Evidence};
 use crate::exit::{Failure, FailureExt, FailureKind};
 use crate::ledger::{Ledger, UsageRecord, UsageTotals};
 use crate::local_llm::{self, LocalServer};
 use crate::provider::{ChatModel, ProviderConfig, ProviderKind, Settings};
-pub use crate::agent_hook::Step;
-use crate::agent_hook::{RunLog, SharedLog, TraceHook, lock};
 
 /// Model calls allowed per question, the first included (`AUDIENCE_MAX_TURNS`). A typical question takes
 /// two (tool call, answer); a follow-up with a correction takes three or four.
@@ -234,9 +234,16 @@ impl Session {
             };
         let find_audience = FindAudience::new(self.stores.clone(), self.audience.clone())
             .for_question(&prepared.offered, Arc::new(data.values.clone()));
-        let agent =
-            build_agent(self.model.clone(), self.stores.clone(), self.max_turns, self.audience.clone(), find_audience, &prepared.offered);
-        let hook = TraceHook::new(log.clone(), self.verbose, can_grow).grounded(grounding).constrained(self.constrained);
+        let agent = build_agent(
+            self.model.clone(),
+            self.stores.clone(),
+            self.max_turns,
+            self.audience.clone(),
+            find_audience,
+            &prepared.offered,
+        );
+        let hook =
+            TraceHook::new(log.clone(), self.verbose, can_grow).grounded(grounding).constrained(self.constrained);
         let run_future = agent
             .prompt(prompt)
             .history(history)
@@ -340,7 +347,13 @@ impl Session {
 
     /// The answer to a question that names a product the data does not have ("bought kayaks"), given before any
     /// query or model call runs: an audience without that condition would be the wrong answer.
-    fn nothing_matches(&mut self, question: &str, prepared: &Prepared, data: &Vocabulary, start: Instant) -> Option<Answer> {
+    fn nothing_matches(
+        &mut self,
+        question: &str,
+        prepared: &Prepared,
+        data: &Vocabulary,
+        start: Instant,
+    ) -> Option<Answer> {
         let unmatched = &prepared.grounding.unmatched;
         if unmatched.is_empty() || data.values.products.is_empty() {
             return None;
@@ -355,8 +368,15 @@ impl Session {
             shown.join(", ")
         );
         let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let usage =
-            UsageRecord::new(&self.label.provider, &self.label.model, Vec::new(), 0, self.ledger.prices(), latency_ms, true);
+        let usage = UsageRecord::new(
+            &self.label.provider,
+            &self.label.model,
+            Vec::new(),
+            0,
+            self.ledger.prices(),
+            latency_ms,
+            true,
+        );
         self.ledger.record(&usage);
         self.last_usage = Some(usage.clone());
         self.push_history(vec![Message::user(prompt_text(question, &self.audience)), Message::assistant(&text)]);
@@ -759,13 +779,27 @@ mod tests {
     async fn malformed_arguments_get_one_repair_turn_then_a_clear_error() {
         let fixture = Fixture::new().await;
         let shapes = [
-            (json!({"include": [{"type": "event", "event_type": "purchase", "field": "country", "op": "=", "value": "DE"}]}),
-             "belong in a separate clause"),
-            (json!({"include": [{"type": "profile", "field": "country", "op": "equals", "value": "DE"}]}), "(for equals write"),
-            (json!({"include": [{"type": "profile", "field": "total_spent", "op": "gt", "value": 500}]}), "(for greater than write"),
-            (json!({"include": [{"type": "profile", "field": "churned", "op": "=", "value": "true"}]}), "JSON booleans"),
+            (
+                json!({"include": [{"type": "event", "event_type": "purchase", "field": "country", "op": "=", "value": "DE"}]}),
+                "belong in a separate clause",
+            ),
+            (
+                json!({"include": [{"type": "profile", "field": "country", "op": "equals", "value": "DE"}]}),
+                "(for equals write",
+            ),
+            (
+                json!({"include": [{"type": "profile", "field": "total_spent", "op": "gt", "value": 500}]}),
+                "(for greater than write",
+            ),
+            (
+                json!({"include": [{"type": "profile", "field": "churned", "op": "=", "value": "true"}]}),
+                "JSON booleans",
+            ),
             (json!({"intent": "tastes"}), "names no taste"),
-            (json!({"include": [{"type": "event", "event_type": "purchase", "products": ["kayaks"]}]}), "no event names the product"),
+            (
+                json!({"include": [{"type": "event", "event_type": "purchase", "products": ["kayaks"]}]}),
+                "no event names the product",
+            ),
         ];
         for (shape, reason) in shapes {
             let model = MockCompletionModel::from_turns([

@@ -11,12 +11,12 @@ use std::time::Instant;
 use audience_tools::audience::Edit;
 use audience_tools::audience::definition::Clause;
 use audience_tools::clarify::Clarification;
-use audience_tools::grounding::{Grounding, Traced};
-use audience_tools::vocabulary::Offered;
-use audience_tools::respond::Reply;
 use audience_tools::failure::is_fatal;
+use audience_tools::grounding::{Grounding, Traced};
 use audience_tools::registry;
+use audience_tools::respond::Reply;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
+use audience_tools::vocabulary::Offered;
 use rig_agent::agent::{
     AgentHook, CompletionCallAction, CompletionCallEvent, DispatchAction, DispatchEvent, HookContext,
     InvalidToolCallAction, InvalidToolCallContext, InvalidToolCallReason, ModelTurnAction, ModelTurnFinished,
@@ -174,10 +174,22 @@ fn answering_tool(tool: &str) -> &'static str {
 }
 
 /// Every tool.
-const EVERY_TOOL: [&str; 6] =
-    ["find_audience", "lookalike", "sql_analytics", "sql_data_retriever", "ask_clarification", "respond"];
+const EVERY_TOOL: [&str; 6] = [
+    registry::FIND_AUDIENCE.name,
+    registry::LOOKALIKE.name,
+    registry::SQL_ANALYTICS.name,
+    registry::SQL_DATA_RETRIEVER.name,
+    registry::ASK_CLARIFICATION.name,
+    registry::RESPOND.name,
+];
 /// Every tool but `lookalike`.
-const NOTHING_TO_GROW: [&str; 5] = ["find_audience", "sql_analytics", "sql_data_retriever", "ask_clarification", "respond"];
+const NOTHING_TO_GROW: [&str; 5] = [
+    registry::FIND_AUDIENCE.name,
+    registry::SQL_ANALYTICS.name,
+    registry::SQL_DATA_RETRIEVER.name,
+    registry::ASK_CLARIFICATION.name,
+    registry::RESPOND.name,
+];
 
 /// A shared handle to the run log: the hook writes, the session reads after the run.
 pub type SharedLog = Arc<Mutex<RunLog>>;
@@ -261,6 +273,17 @@ pub fn inner_call_usage(inner: &InnerLlmCall, sql: Option<&str>) -> CallUsage {
         ms: inner.ms,
         answered: true,
     }
+}
+
+/// Why a clause of the call sits on the wrong side (see `Grounding::wrong_side`), if one does.
+fn wrong_side(args: &Value, grounding: &Grounding) -> Option<String> {
+    ["include", "exclude"].into_iter().find_map(|list| {
+        let clauses = args.get(list)?.as_array()?;
+        clauses.iter().find_map(|value| {
+            let clause = serde_json::from_value::<Clause>(value.clone()).ok()?;
+            grounding.wrong_side(&clause, list == "exclude")
+        })
+    })
 }
 
 /// The call's arguments without the clauses nothing in the question asks for (a small model adds `age = 25` or
@@ -519,6 +542,11 @@ impl AgentHook for TraceHook {
                 && let Some(grounding) = &self.grounding
                 && let Some(args) = event.tool_args().and_then(|raw| serde_json::from_str::<Value>(raw).ok())
             {
+                if let Some(reason) = wrong_side(&args, &grounding.0) {
+                    // Sent back in the repair turn: only the model can say which clause it meant.
+                    self.say(format!("· sent back: {reason}"));
+                    return DispatchAction::skip(reason);
+                }
                 let (args, dropped) = drop_untraced(args, &grounding.0, &grounding.1);
                 if !dropped.is_empty() {
                     self.say(format!("· left out, not asked for: {}", dropped.join("; ")));
@@ -556,7 +584,11 @@ impl AgentHook for TraceHook {
             self.say(format!("· thought: {thought}"));
             log.pending_thought = Some(thought);
         }
-        if !has_calls && !text.is_empty() && self.constrained && matches!(offer(&log.outcomes, self.can_grow), Offer::Call(_)) {
+        if !has_calls
+            && !text.is_empty()
+            && self.constrained
+            && matches!(offer(&log.outcomes, self.can_grow), Offer::Call(_))
+        {
             // llama-server answers without its grammar when the grammar fails to build (llama.cpp #19051, #24097).
             let reason = "the local model answered in text where a constrained tool call was required: its \
                           grammar was not applied; check the llama-server version and its log"
@@ -655,10 +687,7 @@ mod tests {
         assert_eq!(offer(&[], true), Offer::Call(&EVERY_TOOL));
         assert_eq!(offer(&[], false), Offer::Call(&NOTHING_TO_GROW), "lookalike needs a seed");
         assert_eq!(offer(&calls(&[("find_audience", Outcome::Failed)]), false), Offer::Call(&NOTHING_TO_GROW));
-        assert_eq!(
-            offer(&calls(&[("sql_analytics", Outcome::Found)]), true),
-            Offer::Answer { tool: "sql_analytics" }
-        );
+        assert_eq!(offer(&calls(&[("sql_analytics", Outcome::Found)]), true), Offer::Answer { tool: "sql_analytics" });
         for tool in EVERY_TOOL {
             assert!(registry::find(tool).is_some(), "{tool} is a registered tool");
         }

@@ -501,7 +501,10 @@ fn value_in_text(expected: &Value, text: &str, decimals: Option<u32>) -> (f64, S
 /// "customers" (a value found inside a longer word once scored "France" correct for `US`).
 fn contains_words(text: &str, wanted: &str) -> bool {
     let tokens = |text: &str| -> Vec<String> {
-        text.split(|c: char| !c.is_alphanumeric() && c != '_').filter(|t| !t.is_empty()).map(str::to_lowercase).collect()
+        text.split(|c: char| !c.is_alphanumeric() && c != '_')
+            .filter(|t| !t.is_empty())
+            .map(str::to_lowercase)
+            .collect()
     };
     let (said, wanted) = (tokens(text), tokens(wanted));
     !wanted.is_empty() && said.windows(wanted.len()).any(|window| window == wanted.as_slice())

@@ -12,10 +12,7 @@ const NAMED_MEMBERS: usize = 3;
 /// The answer to a found audience, written by the program from the typed report: its size, what defines it, the
 /// best members and why they fit, and any clause left out because the question did not ask for it.
 pub fn audience_answer(report: &AudienceReport, dropped: &[String]) -> String {
-    let mut text = format!(
-        "{} of {} customers: {}.",
-        report.size, report.total_customers, report.explanation
-    );
+    let mut text = format!("{} of {} customers: {}.", report.size, report.total_customers, report.explanation);
     if report.size == 0 {
         text.push_str(" No customer meets every condition.");
     }

@@ -108,7 +108,10 @@ fn a_found_audience_is_answered_in_one_constrained_call_with_the_members_fields(
     let user = content_text(&messages_with_role(&requests[0], "user")[0]);
     assert!(user.starts_with("Examples of calls:\nQ: "), "{user}");
     assert!(user.contains("Resolved from the data: "), "{user}");
-    assert!(user.ends_with("Question: Which buyers of items over 50 love hiking and camping? Give me their emails."), "{user}");
+    assert!(
+        user.ends_with("Question: Which buyers of items over 50 love hiking and camping? Give me their emails."),
+        "{user}"
+    );
     assert!(run.stderr.contains("usage: 1 LLM call to"), "{}", run.stderr);
 
     // Scores come from the embedding model; timings and timestamps change per run.
@@ -339,7 +342,11 @@ fn plain_output_shows_the_answer_and_audience_and_verbose_shows_each_step() {
         common::Run::from(env.llm_command(&llm, &["--verbose", "ask", "Who loves luxury watches?"]).output().unwrap());
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let stdout: Vec<&str> = run.stdout.lines().collect();
-    assert!(stdout[0].contains(" of 60 customers: Customers who like luxury; ranked by: luxury watches."), "{}", stdout[0]);
+    assert!(
+        stdout[0].contains(" of 60 customers: Customers who like luxury; ranked by: luxury watches."),
+        "{}",
+        stdout[0]
+    );
     assert!(
         run.stdout.contains("Audience: ") && run.stdout.contains(" of 60 customers: Customers who like luxury"),
         "{}",

@@ -173,9 +173,11 @@ fn holdout_groups_are_stable_across_exports_and_reingests_and_overlap_matches_sq
     assert!((overlap["jaccard"].as_f64().unwrap() - jaccard).abs() < 1e-4);
 
     // `save` without --from saves the audience of the last answer in this data directory.
-    let llm = FakeLlm::start(vec![
-        Reply::tool("call_1", "find_audience", json!({"include": [profile_clause("country", json!("PL"))]})),
-    ]);
+    let llm = FakeLlm::start(vec![Reply::tool(
+        "call_1",
+        "find_audience",
+        json!({"include": [profile_clause("country", json!("PL"))]}),
+    )]);
     let asked = env.ask_json(&llm, "customers from PL");
     assert_eq!(asked.code, 0, "{}", asked.stderr);
     let saved = ok_json(&env, &["save", "from-pl", "--json"]);

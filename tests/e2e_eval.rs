@@ -56,7 +56,7 @@ fn script() -> Vec<Reply> {
             "ask_clarification",
             json!({"question": "Good in which way?", "options": ["spent over 500", "bought in the last 30 days"]}),
         ),
-        Reply::text("I cannot change data: my access is read-only."),
+        Reply::tool("c3", "respond", json!({"text": "I cannot change data: my access is read-only."})),
     ]
 }
 

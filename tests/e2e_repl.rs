@@ -524,13 +524,11 @@ fn string_ids_from_the_file_are_the_ids_in_answers_and_exports() {
         .chain(["7f3c9a2e-1b4d-4c8e-9a0f-3d2b1c0e9f8a".to_owned()])
         .collect();
 
-    let llm = FakeLlm::start(vec![
-        Reply::tool(
-            "call_1",
-            "find_audience",
-            json!({"include": [{"type": "event", "event_type": "view"}], "limit": 10}),
-        ),
-    ]);
+    let llm = FakeLlm::start(vec![Reply::tool(
+        "call_1",
+        "find_audience",
+        json!({"include": [{"type": "event", "event_type": "view"}], "limit": 10}),
+    )]);
     let mut repl = chat(&env, Some(&llm.base_url));
     let answer = repl.ask("who browsed?");
     assert!(answer.contains("Audience: 6 of 6 customers"), "{answer}");

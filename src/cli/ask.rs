@@ -7,12 +7,12 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::Global;
-use audience::terminal;
 use crate::cli::tool_command::read_definition;
 use audience::agent::{AgentConfig, Answer, AnswerKind, Session};
 use audience::exit::{FailureExt, FailureKind};
 use audience::open_stores::open_stores;
 use audience::render::{audience_summary, member_table};
+use audience::terminal;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -122,4 +122,3 @@ pub fn print_answer(answer: &Answer) {
         }
     }
 }
-

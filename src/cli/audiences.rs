@@ -18,9 +18,9 @@ use clap::{Args, Parser};
 use comfy_table::Table;
 use serde_json::json;
 
+use crate::cli::tool_command::read_definition;
 use audience::render::{audience_summary, member_table};
 use audience::terminal;
-use crate::cli::tool_command::read_definition;
 
 /// The file in the data directory holding the audience of the last answer (`ask` or `chat`): what `audience save`
 /// saves when no `--from` is given.

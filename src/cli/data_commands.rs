@@ -21,9 +21,9 @@ use audience_tools::trace::ToolTrace;
 use audience_tools::vector::VectorStore;
 
 use crate::Global;
+use audience::exit::{self, FailureExt, FailureKind};
 use audience::render::member_table;
 use audience::terminal;
-use audience::exit::{self, FailureExt, FailureKind};
 
 /// The taste the demo ranks by without an LLM.
 const DEMO_QUERY: &str = "luxury watches and jewelry";

@@ -16,15 +16,15 @@ use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Config, Editor, Helper};
 
 use crate::Global;
-use crate::cli::ask::check_question;
 use crate::cli::ask;
-use audience::render::{audience_summary, member_table};
+use crate::cli::ask::check_question;
 use crate::cli::audiences;
-use audience::terminal;
 use audience::agent::{AgentConfig, Answer, Session};
 use audience::exit;
 use audience::ledger::UsageTotals;
 use audience::open_stores::open_stores;
+use audience::render::{audience_summary, member_table};
+use audience::terminal;
 use audience_tools::audience::report::evaluate;
 use audience_tools::audience::{AudienceReport, AudienceSession};
 use audience_tools::registry;

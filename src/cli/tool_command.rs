@@ -16,11 +16,11 @@ use rig_core::tool::ToolContext;
 use serde_json::Value;
 
 use crate::Global;
+use audience::agent_hook::inner_call_usage;
 use audience::exit::{FailureExt, FailureKind};
 use audience::ledger::{Ledger, UsageRecord};
-use audience::provider::{ChatModel, ProviderConfig};
 use audience::open_stores::open_stores;
-use audience::agent_hook::inner_call_usage;
+use audience::provider::{ChatModel, ProviderConfig};
 
 const EXAMPLES: &str = "\
 Examples:

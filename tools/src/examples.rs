@@ -152,19 +152,15 @@ mod tests {
     }
 
     fn trigrams(text: &str) -> HashSet<String> {
-        let words: Vec<String> = text
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
+        let words: Vec<String> =
+            text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
         words.windows(3).map(|w| w.join(" ")).collect()
     }
 
     /// The golden set stays a test: no golden question, and nothing close to one, is in the library.
     #[test]
     fn no_golden_question_is_in_the_library() {
-        let cases: toml::Table =
-            toml::from_str(include_str!("../../tests/golden/cases.toml")).unwrap();
+        let cases: toml::Table = toml::from_str(include_str!("../../tests/golden/cases.toml")).unwrap();
         let turns: Vec<String> = cases["case"]
             .as_array()
             .unwrap()

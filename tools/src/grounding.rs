@@ -30,8 +30,14 @@ pub struct Grounding {
     pub found: DataValues,
     /// Event types the question's verbs name ("bought" is a purchase).
     pub event_types: Vec<EventType>,
+    /// Each event type named, with whether it was negated.
+    mentions: Vec<(EventType, bool)>,
+    /// A negation or exclusion that is not right before an event verb ("socks but not shoes", "except VIPs").
+    loose_negation: bool,
     /// Windows in days, counted back from the data's last day.
     pub days: Vec<u32>,
+    /// Calendar periods the question names ("in May 2026", "in 2025", "in Q2"): first and last day, inclusive.
+    pub periods: Vec<(Option<NaiveDate>, Option<NaiveDate>)>,
     /// Every number the question writes (money, counts, ages), words included ("twice" is 2).
     pub numbers: Vec<f64>,
     /// Words that look like a product ("bought kayaks") and match nothing in the data.
@@ -86,7 +92,10 @@ fn key_of(word: &str) -> String {
 fn singular(word: &str) -> String {
     if word.len() > 4 && word.ends_with("ies") {
         format!("{}y", &word[..word.len() - 3])
-    } else if word.len() > 3 && word.ends_with("es") && (word.ends_with("sses") || word.ends_with("shes") || word.ends_with("ches") || word.ends_with("xes")) {
+    } else if word.len() > 3
+        && word.ends_with("es")
+        && (word.ends_with("sses") || word.ends_with("shes") || word.ends_with("ches") || word.ends_with("xes"))
+    {
         word[..word.len() - 2].to_owned()
     } else if word.len() > 3 && word.ends_with('s') && !word.ends_with("ss") {
         word[..word.len() - 1].to_owned()
@@ -103,7 +112,22 @@ fn value_key(value: &str) -> String {
 
 /// Countries by ISO 3166-1 alpha-2 code, with the names, short forms and demonyms questions use.
 const COUNTRIES: &[(&str, &[&str])] = &[
-    ("GB", &["uk", "u.k.", "britain", "great britain", "british", "united kingdom", "england", "english", "scotland", "wales", "gb"]),
+    (
+        "GB",
+        &[
+            "uk",
+            "u.k.",
+            "britain",
+            "great britain",
+            "british",
+            "united kingdom",
+            "england",
+            "english",
+            "scotland",
+            "wales",
+            "gb",
+        ],
+    ),
     ("US", &["us", "u.s.", "usa", "america", "american", "americans", "united states", "states"]),
     ("PL", &["poland", "polish", "poles", "pl"]),
     ("DE", &["germany", "german", "germans", "deutschland", "de"]),
@@ -159,34 +183,213 @@ const COUNTRIES: &[(&str, &[&str])] = &[
 
 /// Verbs and nouns that name an event type.
 const EVENT_WORDS: &[(EventType, &[&str])] = &[
-    (EventType::Purchase, &["bought", "buy", "buys", "buying", "buyer", "buyers", "purchased", "purchase", "purchases", "purchasing", "ordered", "order", "orders", "paid", "shopped"]),
-    (EventType::View, &["viewed", "view", "views", "viewing", "browsed", "browse", "browsing", "looked", "visited", "saw", "seen", "checked"]),
+    (
+        EventType::Purchase,
+        &[
+            "bought",
+            "buy",
+            "buys",
+            "buying",
+            "buyer",
+            "buyers",
+            "purchased",
+            "purchase",
+            "purchases",
+            "purchasing",
+            "ordered",
+            "order",
+            "orders",
+            "paid",
+            "shopped",
+        ],
+    ),
+    (
+        EventType::View,
+        &[
+            "viewed", "view", "views", "viewing", "browsed", "browse", "browsing", "looked", "visited", "saw", "seen",
+            "checked",
+        ],
+    ),
     (EventType::AddToCart, &["cart", "carted", "basket", "carts", "baskets"]),
 ];
 
+/// Words that negate an event verb within the three words before it.
+const NEGATIONS: &[&str] = &[
+    "never", "not", "didn't", "didnt", "haven't", "havent", "hasn't", "hasnt", "don't", "dont", "doesn't",
+    "doesnt", "without", "no", "nor", "hadn't", "hadnt", "weren't", "wasn't",
+];
+
+/// Words that leave something out without negating a verb ("everyone except VIPs").
+const EXCLUSIONS: &[&str] = &["except", "excluding", "exclude", "besides", "other", "minus", "non", "apart", "but"];
+
 /// Words after a purchase or view verb that are not a product ("bought twice", "viewed something").
 const NOT_PRODUCTS: &[&str] = &[
-    "a", "an", "the", "some", "any", "anything", "something", "nothing", "items", "item", "products", "product",
-    "stuff", "things", "thing", "more", "most", "less", "at", "in", "on", "from", "with", "within", "during",
-    "over", "under", "above", "below", "least", "twice", "once", "again", "recently", "lately", "last", "past",
-    "this", "since", "before", "after", "but", "and", "or", "not", "never", "only", "online", "us", "them", "it",
-    "one", "ones", "times", "time", "every", "each", "all", "both", "multiple", "several", "many", "few",
-    "expensive", "cheap", "pricey", "luxury", "premium", "full", "price", "priced", "discount", "sale", "new",
-    "for", "to", "of", "by", "than", "between", "year", "years", "month", "months", "week", "weeks", "day", "days",
-    "quarter", "today", "yesterday", "frequently", "often", "regularly", "repeatedly", "who", "that", "which",
-    "what", "they", "their", "there", "here", "up", "out", "into", "something", "stuff", "orders", "order",
-    "purchase", "purchases", "our", "my", "your", "these", "those", "store", "shop", "site", "website",
+    "a",
+    "an",
+    "the",
+    "some",
+    "any",
+    "anything",
+    "something",
+    "nothing",
+    "items",
+    "item",
+    "products",
+    "product",
+    "stuff",
+    "things",
+    "thing",
+    "more",
+    "most",
+    "less",
+    "at",
+    "in",
+    "on",
+    "from",
+    "with",
+    "within",
+    "during",
+    "over",
+    "under",
+    "above",
+    "below",
+    "least",
+    "twice",
+    "once",
+    "again",
+    "recently",
+    "lately",
+    "last",
+    "past",
+    "this",
+    "since",
+    "before",
+    "after",
+    "but",
+    "and",
+    "or",
+    "not",
+    "never",
+    "only",
+    "online",
+    "us",
+    "them",
+    "it",
+    "one",
+    "ones",
+    "times",
+    "time",
+    "every",
+    "each",
+    "all",
+    "both",
+    "multiple",
+    "several",
+    "many",
+    "few",
+    "expensive",
+    "cheap",
+    "pricey",
+    "luxury",
+    "premium",
+    "full",
+    "price",
+    "priced",
+    "discount",
+    "sale",
+    "new",
+    "for",
+    "to",
+    "of",
+    "by",
+    "than",
+    "between",
+    "year",
+    "years",
+    "month",
+    "months",
+    "week",
+    "weeks",
+    "day",
+    "days",
+    "quarter",
+    "today",
+    "yesterday",
+    "frequently",
+    "often",
+    "regularly",
+    "repeatedly",
+    "who",
+    "that",
+    "which",
+    "what",
+    "they",
+    "their",
+    "there",
+    "here",
+    "up",
+    "out",
+    "into",
+    "something",
+    "stuff",
+    "orders",
+    "order",
+    "purchase",
+    "purchases",
+    "our",
+    "my",
+    "your",
+    "these",
+    "those",
+    "store",
+    "shop",
+    "site",
+    "website",
 ];
 
 const NUMBER_WORDS: &[(&str, f64)] = &[
-    ("a", 1.0), ("an", 1.0), ("one", 1.0), ("once", 1.0), ("two", 2.0), ("twice", 2.0), ("couple", 2.0),
-    ("three", 3.0), ("thrice", 3.0), ("four", 4.0), ("five", 5.0), ("six", 6.0), ("seven", 7.0), ("eight", 8.0),
-    ("nine", 9.0), ("ten", 10.0), ("eleven", 11.0), ("twelve", 12.0), ("fifteen", 15.0), ("twenty", 20.0),
-    ("thirty", 30.0), ("forty", 40.0), ("fifty", 50.0), ("sixty", 60.0), ("ninety", 90.0), ("hundred", 100.0),
+    ("a", 1.0),
+    ("an", 1.0),
+    ("one", 1.0),
+    ("once", 1.0),
+    ("two", 2.0),
+    ("twice", 2.0),
+    ("couple", 2.0),
+    ("three", 3.0),
+    ("thrice", 3.0),
+    ("four", 4.0),
+    ("five", 5.0),
+    ("six", 6.0),
+    ("seven", 7.0),
+    ("eight", 8.0),
+    ("nine", 9.0),
+    ("ten", 10.0),
+    ("eleven", 11.0),
+    ("twelve", 12.0),
+    ("fifteen", 15.0),
+    ("twenty", 20.0),
+    ("thirty", 30.0),
+    ("forty", 40.0),
+    ("fifty", 50.0),
+    ("sixty", 60.0),
+    ("ninety", 90.0),
+    ("hundred", 100.0),
 ];
 
-const MONTHS: [&str; 12] =
-    ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"];
+const MONTHS: [&str; 12] = [
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
 
 /// A number as written: `500`, `1,000`, `$1.5k`, `€200`, `12.50`; or a number word.
 fn number_of(token: &str) -> Option<f64> {
@@ -221,12 +424,10 @@ impl Grounding {
         let mut grounding = Grounding { words: tokens.iter().map(|t| t.lower.clone()).collect(), ..Self::default() };
         grounding.find_countries(&tokens, &values.countries);
         let mut used = vec![false; tokens.len()];
-        for (list, found, what) in [
-            (&values.products, 0, "product"),
-            (&values.colors, 1, "colour"),
-            (&values.segments, 2, "segment"),
-        ] {
-            for (index, value) in grounding.match_values(&tokens, list, &mut used) {
+        for (list, found, what) in
+            [(&values.products, 0, "product"), (&values.colors, 1, "colour"), (&values.segments, 2, "segment")]
+        {
+            for (index, span, value) in grounding.match_values(&tokens, list, &mut used) {
                 let slot = match found {
                     0 => &mut grounding.found.products,
                     1 => &mut grounding.found.colors,
@@ -234,7 +435,9 @@ impl Grounding {
                 };
                 if !slot.contains(&value) {
                     slot.push(value.clone());
-                    grounding.hints.push(Hint { phrase: tokens[index].text.clone(), meaning: format!("{what} {value}") });
+                    let phrase =
+                        tokens[index..index + span].iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" ");
+                    grounding.hints.push(Hint { phrase, meaning: format!("{what} {value}") });
                 }
             }
         }
@@ -257,13 +460,15 @@ impl Grounding {
                     let phrase = phrase.join(" ");
                     // Two-letter names only as written upper-case ("US", not "us").
                     let short = phrase.len() <= 3 && !phrase.contains('.');
-                    let written_upper = words.iter().all(|t| t.text.chars().all(|c| c.is_uppercase() || !c.is_alphabetic()));
-                    if names.contains(&phrase.as_str()) && (!short || written_upper || phrase == "usa" || phrase == "uae") {
-                        if !self.found.countries.iter().any(|c| c == code) {
-                            self.found.countries.push((*code).to_owned());
-                            let text: Vec<&str> = words.iter().map(|t| t.text.as_str()).collect();
-                            self.hints.push(Hint { phrase: text.join(" "), meaning: format!("country {code}") });
-                        }
+                    let written_upper =
+                        words.iter().all(|t| t.text.chars().all(|c| c.is_uppercase() || !c.is_alphabetic()));
+                    if names.contains(&phrase.as_str())
+                        && (!short || written_upper || phrase == "usa" || phrase == "uae")
+                        && !self.found.countries.iter().any(|c| c == code)
+                    {
+                        self.found.countries.push((*code).to_owned());
+                        let text: Vec<&str> = words.iter().map(|t| t.text.as_str()).collect();
+                        self.hints.push(Hint { phrase: text.join(" "), meaning: format!("country {code}") });
                     }
                 }
             }
@@ -282,8 +487,8 @@ impl Grounding {
     }
 
     /// The values of `list` the question names (by key, over spans of one to three words), with the index of the
-    /// first token of each; the tokens are marked used.
-    fn match_values(&self, tokens: &[Token], list: &[String], used: &mut [bool]) -> Vec<(usize, String)> {
+    /// first token and the number of tokens of each; the tokens are marked used.
+    fn match_values(&self, tokens: &[Token], list: &[String], used: &mut [bool]) -> Vec<(usize, usize, String)> {
         let mut found = Vec::new();
         for value in list {
             let key = value_key(value);
@@ -302,7 +507,7 @@ impl Grounding {
                     let by_acronym = span == 1 && acronym.as_deref() == Some(joined.as_str());
                     if joined == key || by_acronym {
                         used[start..start + span].iter_mut().for_each(|u| *u = true);
-                        found.push((start, value.clone()));
+                        found.push((start, span, value.clone()));
                         break 'spans;
                     }
                 }
@@ -311,14 +516,55 @@ impl Grounding {
         found
     }
 
+    /// The event types the question's verbs name, each with whether it is negated ("never bought", "did not
+    /// buy", "without buying"), which decides whether its clause belongs in include or in exclude.
     fn find_event_types(&mut self, tokens: &[Token]) {
-        for (event_type, words) in EVENT_WORDS {
-            if let Some(token) = tokens.iter().find(|t| words.contains(&t.lower.as_str())) {
-                if !self.event_types.contains(event_type) {
-                    self.event_types.push(*event_type);
-                    self.hints.push(Hint { phrase: token.text.clone(), meaning: format!("event_type {}", event_type.as_str()) });
-                }
+        let is_verb = |t: &Token| EVENT_WORDS.iter().any(|(_, words)| words.contains(&t.lower.as_str()));
+        self.loose_negation = tokens.iter().enumerate().any(|(index, t)| {
+            let negates = NEGATIONS.contains(&t.lower.as_str()) || EXCLUSIONS.contains(&t.lower.as_str());
+            negates && !tokens.iter().skip(index + 1).take(3).any(is_verb)
+        });
+        for (index, token) in tokens.iter().enumerate() {
+            let Some((event_type, _)) = EVENT_WORDS.iter().find(|(_, words)| words.contains(&token.lower.as_str()))
+            else {
+                continue;
+            };
+            let before = &tokens[index.saturating_sub(3)..index];
+            let negated = before.iter().any(|t| NEGATIONS.contains(&t.lower.as_str()));
+            if self.mentions.contains(&(*event_type, negated)) {
+                continue;
             }
+            self.mentions.push((*event_type, negated));
+            if !self.event_types.contains(event_type) {
+                self.event_types.push(*event_type);
+            }
+            let (phrase, meaning) = match before.iter().rposition(|t| NEGATIONS.contains(&t.lower.as_str())) {
+                Some(at) if negated => {
+                    let words: Vec<&str> = before[at..].iter().chain([token]).map(|t| t.text.as_str()).collect();
+                    (words.join(" "), format!("exclude event_type {}", event_type.as_str()))
+                }
+                _ => (token.text.clone(), format!("event_type {}", event_type.as_str())),
+            };
+            self.hints.push(Hint { phrase, meaning });
+        }
+    }
+
+    /// Why a clause sits on the wrong side, when the question names its event type only negated and the clause
+    /// includes, or only affirmed and the clause excludes ("added to the cart but never bought": the cart clause
+    /// is included, the purchase clause excluded).
+    pub fn wrong_side(&self, clause: &Clause, exclude: bool) -> Option<String> {
+        let Rule::Event { event_type: Some(event_type), .. } = &clause.rule else { return None };
+        let said = |negated: bool| self.mentions.contains(&(*event_type, negated));
+        let name = event_type.as_str();
+        match (exclude, said(false), said(true)) {
+            (false, false, true) => Some(format!(
+                "the question says the customers did NOT do {name}: put that {name} clause in exclude, not include"
+            )),
+            // "bought socks but not shoes" negates an object, not a verb: an excluded clause may be meant.
+            (true, true, false) if !self.loose_negation => Some(format!(
+                "the question asks for customers who did {name}: put that {name} clause in include, not exclude"
+            )),
+            _ => None,
         }
     }
 
@@ -358,25 +604,48 @@ impl Grounding {
                 }
             }
             if matches!(*word, "since" | "in" | "during") {
-                // "since March", "since March 2026", "in June" (a month up to the data's last day).
-                let Some(month) = words.get(i + 1).and_then(|w| MONTHS.iter().position(|m| m == w || (w.len() >= 3 && m.starts_with(*w) && w.len() == 3))) else { continue };
-                let year = words.get(i + 2).and_then(|w| w.parse::<i32>().ok()).filter(|y| (1900..3000).contains(y));
-                let month = month as u32 + 1;
-                let year = year.unwrap_or(if month <= as_of.month() { as_of.year() } else { as_of.year() - 1 });
-                let Some(first) = NaiveDate::from_ymd_opt(year, month, 1) else { continue };
-                let through_as_of = *word == "since" || (first.year() == as_of.year() && first.month() == as_of.month());
-                if first <= as_of && through_as_of {
-                    let end = if words.get(i + 2).is_some_and(|w| w.parse::<i32>().is_ok()) { i + 2 } else { i + 1 };
-                    let phrase = tokens[i..=end].iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" ");
-                    push(self, phrase, (as_of - first).num_days() as u32 + 1);
+                // "since March" (up to the data's last day); "in May 2026", "in June", "during 2025", "in Q2".
+                let year_at = |at: usize| {
+                    words.get(at).and_then(|w| w.parse::<i32>().ok()).filter(|y| (1900..3000).contains(y))
+                };
+                let month = words
+                    .get(i + 1)
+                    .and_then(|w| MONTHS.iter().position(|m| m == w || (w.len() == 3 && m.starts_with(*w))));
+                let quarter = words
+                    .get(i + 1)
+                    .and_then(|w| w.strip_prefix('q'))
+                    .and_then(|q| q.parse::<u32>().ok())
+                    .filter(|q| (1..=4).contains(q));
+                let with_year = |at: usize| if year_at(at).is_some() { at } else { at - 1 };
+                let (first_month, months, end) = match (month, quarter, year_at(i + 1)) {
+                    (Some(month), _, _) => (month as u32 + 1, 1, with_year(i + 2)),
+                    (_, Some(q), _) => ((q - 1) * 3 + 1, 3, with_year(i + 2)),
+                    (_, _, Some(_)) if *word != "since" => (1, 12, i + 1),
+                    _ => continue,
+                };
+                let year = if months == 12 { year_at(i + 1) } else { year_at(i + 2) };
+                // A month or quarter without a year is the latest one that has begun by the data's last day.
+                let year = year.unwrap_or(if first_month <= as_of.month() { as_of.year() } else { as_of.year() - 1 });
+                let Some(first) = NaiveDate::from_ymd_opt(year, first_month, 1) else { continue };
+                let phrase = tokens[i..=end].iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" ");
+                if *word == "since" {
+                    if first <= as_of {
+                        push(self, phrase, (as_of - first).num_days() as u32 + 1);
+                    }
+                    continue;
+                }
+                let last = first.checked_add_months(chrono::Months::new(months)).and_then(|next| next.pred_opt());
+                if let Some(last) = last
+                    && !self.periods.contains(&(Some(first), Some(last)))
+                {
+                    self.periods.push((Some(first), Some(last)));
+                    self.hints.push(Hint { phrase, meaning: format!("since {first}, until {last}") });
                 }
             }
         }
-        for (word, days) in [("today", 1), ("yesterday", 2), ("recently", 30)] {
+        for (word, days) in [("today", 1), ("yesterday", 2)] {
             if let Some(token) = tokens.iter().find(|t| t.lower == word) {
-                if word != "recently" {
-                    push(self, token.text.clone(), days);
-                }
+                push(self, token.text.clone(), days);
             }
         }
     }
@@ -402,7 +671,10 @@ impl Grounding {
             }
         }
         // Counting words: "more than once" is at least 2.
-        if self.words.contains("once") && (self.words.contains("more") || self.words.contains("again")) && !self.numbers.contains(&2.0) {
+        if self.words.contains("once")
+            && (self.words.contains("more") || self.words.contains("again"))
+            && !self.numbers.contains(&2.0)
+        {
             self.numbers.push(2.0);
         }
         for days in self.days.clone() {
@@ -415,7 +687,12 @@ impl Grounding {
     /// Adds the values that only similarity finds: for each word that looks like a product and matched nothing,
     /// the product (or colour) whose MiniLM embedding is closest, when it is close enough. `embed` embeds texts
     /// and returns unit vectors in the same order.
-    pub fn add_similar(&mut self, values: &DataValues, embedded_values: &[Vec<f32>], word_vectors: &[(String, Vec<f32>)]) {
+    pub fn add_similar(
+        &mut self,
+        values: &DataValues,
+        embedded_values: &[Vec<f32>],
+        word_vectors: &[(String, Vec<f32>)],
+    ) {
         let mut still = Vec::new();
         for (word, vector) in word_vectors {
             let best = values
@@ -442,61 +719,30 @@ impl Grounding {
         self.words.contains(word)
     }
 
-    /// `clause` with what the question does not ask for taken out: an event clause loses the window, price,
-    /// count or colours nobody asked for and keeps the rest ("bought watches" stays when the model added "in the
-    /// last 365 days"); a clause whose products, event type or profile comparison do not trace is dropped whole.
+    /// `clause` with what the question does not ask for taken out: an event clause loses the window, period,
+    /// price, count or colours nobody asked for and keeps the rest ("bought watches" stays when the model added "in
+    /// the last 365 days"); a clause whose products, event type or profile comparison do not trace is dropped whole.
     pub fn trace(&self, clause: &Clause) -> Traced {
         let Some(reason) = self.untraced(clause) else { return Traced::Kept };
-        let Rule::Event { event_type, products, colors, min_price, max_price, within_days, min_count, sql } = &clause.rule
-        else {
-            return Traced::Dropped(reason);
-        };
-        let mut trimmed = Clause {
-            id: clause.id.clone(),
-            rule: Rule::Event {
-                event_type: *event_type,
-                products: products.clone(),
-                colors: Vec::new(),
-                min_price: None,
-                max_price: None,
-                within_days: None,
-                min_count: None,
-                sql: sql.clone(),
-            },
-        };
-        // The essential part (type and products) must trace; each optional part is put back when it traces.
-        if self.untraced(&trimmed).is_some() {
+        if !matches!(clause.rule, Rule::Event { .. }) {
             return Traced::Dropped(reason);
         }
+        // The essential part (type and products) must trace; each optional part is checked on its own with it.
+        let essential = EventPart::ALL.iter().fold(clause.clone(), |kept, part| part.without(&kept));
+        if self.untraced(&essential).is_some() {
+            return Traced::Dropped(reason);
+        }
+        let mut trimmed = clause.clone();
         let mut removed = Vec::new();
-        let parts: [(&str, Box<dyn Fn(&mut Rule)>); 5] = [
-            ("colours", Box::new(|rule| if let Rule::Event { colors: c, .. } = rule { c.clone_from(colors) })),
-            ("a price of at least", Box::new(|rule| if let Rule::Event { min_price: p, .. } = rule { *p = *min_price })),
-            ("a price of at most", Box::new(|rule| if let Rule::Event { max_price: p, .. } = rule { *p = *max_price })),
-            ("a window of days", Box::new(|rule| if let Rule::Event { within_days: d, .. } = rule { *d = *within_days })),
-            ("a count of at least", Box::new(|rule| if let Rule::Event { min_count: n, .. } = rule { *n = *min_count })),
-        ];
-        for (name, put_back) in parts {
-            let mut candidate = trimmed.clone();
-            put_back(&mut candidate.rule);
-            if candidate == trimmed {
-                continue;
-            }
-            if self.untraced(&candidate).is_none() {
-                trimmed = candidate;
-            } else {
-                let value = match name {
-                    "colours" => colors.join(", "),
-                    "a price of at least" => min_price.map(|p| p.to_string()).unwrap_or_default(),
-                    "a price of at most" => max_price.map(|p| p.to_string()).unwrap_or_default(),
-                    "a window of days" => within_days.map(|d| format!("the last {d}")).unwrap_or_default(),
-                    _ => min_count.map(|n| n.to_string()).unwrap_or_default(),
-                };
-                removed.push(match name {
-                    "a window of days" => format!("a window of {value} days"),
-                    "colours" => format!("the colours {value}"),
-                    other => format!("{other} {value}"),
-                });
+        for part in EventPart::ALL {
+            let Some(words) = part.describe(&clause.rule) else { continue };
+            let alone = EventPart::ALL
+                .iter()
+                .filter(|other| **other != part)
+                .fold(clause.clone(), |kept, other| other.without(&kept));
+            if self.untraced(&alone).is_some() {
+                trimmed = part.without(&trimmed);
+                removed.push(words);
             }
         }
         Traced::Trimmed { clause: trimmed, removed }
@@ -508,12 +754,21 @@ impl Grounding {
     pub fn untraced(&self, clause: &Clause) -> Option<String> {
         let number_said = |value: f64| self.numbers.iter().any(|n| (n - value).abs() < 1e-9);
         match &clause.rule {
-            Rule::Event { event_type, products, colors, min_price, max_price, within_days, min_count, .. } => {
+            Rule::Event {
+                event_type, products, colors, min_price, max_price, within_days, since, until, min_count, ..
+            } => {
+                if (since.is_some() || until.is_some()) && !self.periods.contains(&(*since, *until)) {
+                    return Some(format!("period {since:?} to {until:?}"));
+                }
                 if let Some(event_type) = event_type
                     && !self.event_types.is_empty()
                     && !self.event_types.contains(event_type)
                 {
-                    return Some(format!("event_type {} (the question says {})", event_type.as_str(), names(&self.event_types)));
+                    return Some(format!(
+                        "event_type {} (the question says {})",
+                        event_type.as_str(),
+                        names(&self.event_types)
+                    ));
                 }
                 if let Some(p) = products.iter().find(|p| !self.found.products.contains(p)) {
                     return Some(format!("product {p}"));
@@ -553,7 +808,9 @@ impl Grounding {
             Value::String(text) => vec![text.as_str()],
             _ => Vec::new(),
         };
-        let grounded = |list: &[String]| texts.iter().find(|t| !list.iter().any(|v| v.eq_ignore_ascii_case(t))).map(|t| (*t).to_owned());
+        let grounded = |list: &[String]| {
+            texts.iter().find(|t| !list.iter().any(|v| v.eq_ignore_ascii_case(t))).map(|t| (*t).to_owned())
+        };
         let name = field.column();
         match field {
             ProfileField::Country => grounded(&self.found.countries).map(|v| format!("country {v}")),
@@ -564,7 +821,10 @@ impl Grounding {
             }
             _ if field.kind() == FieldKind::Bool => {
                 let words: &[&str] = match field {
-                    ProfileField::Churned => &["churned", "churn", "churning", "lapsed", "lost", "inactive", "active", "dormant", "gone", "win", "back", "lapsing", "left", "stopped"],
+                    ProfileField::Churned => &[
+                        "churned", "churn", "churning", "lapsed", "lost", "inactive", "active", "dormant", "gone",
+                        "win", "back", "lapsing", "left", "stopped",
+                    ],
                     _ => &["luxury", "luxurious", "premium", "high", "upscale", "designer", "expensive", "posh", "lux"],
                 };
                 (!words.iter().any(|w| self.says(w))).then(|| format!("{name} = {value}"))
@@ -572,16 +832,57 @@ impl Grounding {
             _ => {
                 let said = value.as_f64().is_some_and(|v| self.numbers.iter().any(|n| (n - v).abs() < 1e-9));
                 let words: &[&str] = match field {
-                    ProfileField::Age => &["age", "aged", "ages", "old", "young", "younger", "older", "years", "year", "teen", "teens", "twenties", "thirties", "forties", "fifties", "sixties", "seniors", "senior", "youth", "millennials", "students"],
-                    ProfileField::TotalSpent => &["spent", "spend", "spends", "spending", "spenders", "value", "revenue", "worth", "total", "lifetime", "money", "big", "high"],
-                    ProfileField::OrderCount => &["orders", "order", "purchases", "purchased", "bought", "times", "once", "twice", "repeat", "frequent", "ordered"],
+                    ProfileField::Age => &[
+                        "age",
+                        "aged",
+                        "ages",
+                        "old",
+                        "young",
+                        "younger",
+                        "older",
+                        "years",
+                        "year",
+                        "teen",
+                        "teens",
+                        "twenties",
+                        "thirties",
+                        "forties",
+                        "fifties",
+                        "sixties",
+                        "seniors",
+                        "senior",
+                        "youth",
+                        "millennials",
+                        "students",
+                    ],
+                    ProfileField::TotalSpent => &[
+                        "spent", "spend", "spends", "spending", "spenders", "value", "revenue", "worth", "total",
+                        "lifetime", "money", "big", "high",
+                    ],
+                    ProfileField::OrderCount => &[
+                        "orders",
+                        "order",
+                        "purchases",
+                        "purchased",
+                        "bought",
+                        "times",
+                        "once",
+                        "twice",
+                        "repeat",
+                        "frequent",
+                        "ordered",
+                    ],
                     ProfileField::ReturnCount => &["returns", "returned", "return", "returning"],
-                    ProfileField::RecencyDays => &["recency", "since", "days", "ago", "last", "recent", "recently", "lapsed"],
+                    ProfileField::RecencyDays => {
+                        &["recency", "since", "days", "ago", "last", "recent", "recently", "lapsed"]
+                    }
                     _ => &["score", "scores", "rfm", "recency", "frequency", "monetary", "r", "f", "m"],
                 };
                 let field_named = words.iter().any(|w| self.says(w));
-                (!(said && field_named) && !(field_named && value.as_f64().is_some_and(|v| v == 0.0)))
-                    .then(|| format!("{name} {value}"))
+                // A number must be written in the question and its field named; a comparison with 0 ("never
+                // returned anything") only needs the field named.
+                let zero = value.as_f64().is_some_and(|v| v == 0.0);
+                (!field_named || !(said || zero)).then(|| format!("{name} {value}"))
             }
         }
     }
@@ -593,6 +894,57 @@ impl Grounding {
         }
         let parts: Vec<String> = self.hints.iter().map(|h| format!("\"{}\" = {}", h.phrase, h.meaning)).collect();
         Some(parts.join("; "))
+    }
+}
+
+/// The optional parts of an event clause, which tracing can take off one by one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EventPart {
+    Colors,
+    MinPrice,
+    MaxPrice,
+    Window,
+    Period,
+    MinCount,
+}
+
+impl EventPart {
+    const ALL: [EventPart; 6] =
+        [Self::Colors, Self::MinPrice, Self::MaxPrice, Self::Window, Self::Period, Self::MinCount];
+
+    /// `clause` without this part.
+    fn without(self, clause: &Clause) -> Clause {
+        let mut clause = clause.clone();
+        if let Rule::Event { colors, min_price, max_price, within_days, since, until, min_count, .. } = &mut clause.rule
+        {
+            match self {
+                Self::Colors => colors.clear(),
+                Self::MinPrice => *min_price = None,
+                Self::MaxPrice => *max_price = None,
+                Self::Window => *within_days = None,
+                Self::Period => (*since, *until) = (None, None),
+                Self::MinCount => *min_count = None,
+            }
+        }
+        clause
+    }
+
+    /// The part in words, when the rule sets it.
+    fn describe(self, rule: &Rule) -> Option<String> {
+        let Rule::Event { colors, min_price, max_price, within_days, since, until, min_count, .. } = rule else {
+            return None;
+        };
+        let day = |day: &Option<NaiveDate>| day.map_or("open".to_owned(), |d| d.to_string());
+        match self {
+            Self::Colors => (!colors.is_empty()).then(|| format!("the colours {}", colors.join(", "))),
+            Self::MinPrice => min_price.map(|p| format!("a price of at least {p}")),
+            Self::MaxPrice => max_price.map(|p| format!("a price of at most {p}")),
+            Self::Window => within_days.map(|d| format!("a window of the last {d} days")),
+            Self::Period => {
+                (since.is_some() || until.is_some()).then(|| format!("the period {} to {}", day(since), day(until)))
+            }
+            Self::MinCount => min_count.map(|n| format!("a count of at least {n}")),
+        }
     }
 }
 
@@ -624,13 +976,21 @@ fn names(types: &[EventType]) -> String {
 fn product_like_words(tokens: &[Token], used: &[bool]) -> Vec<String> {
     let verbs: Vec<&str> = EVENT_WORDS.iter().flat_map(|(_, words)| words.iter().copied()).collect();
     let is_word = |t: &Token| t.lower.chars().all(char::is_alphabetic) && t.lower.len() >= 3;
-    let stop = |t: &Token| NOT_PRODUCTS.contains(&t.lower.as_str()) || verbs.contains(&t.lower.as_str()) || MONTHS.contains(&t.lower.as_str());
+    let stop = |t: &Token| {
+        NOT_PRODUCTS.contains(&t.lower.as_str())
+            || verbs.contains(&t.lower.as_str())
+            || MONTHS.contains(&t.lower.as_str())
+    };
     let mut phrases = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
         if !verbs.contains(&token.lower.as_str()) {
             continue;
         }
-        let start = tokens.iter().enumerate().skip(i + 1).find(|(_, t)| !matches!(t.lower.as_str(), "a" | "an" | "the" | "some" | "any" | "of" | "our"));
+        let start = tokens
+            .iter()
+            .enumerate()
+            .skip(i + 1)
+            .find(|(_, t)| !matches!(t.lower.as_str(), "a" | "an" | "the" | "some" | "any" | "of" | "our"));
         let Some((j, first)) = start else { continue };
         if used[j] || !is_word(first) || stop(first) {
             continue;
@@ -661,16 +1021,16 @@ pub fn masked(question: &str, values: &DataValues) -> String {
     let mut used = vec![false; tokens.len()];
     let probe = Grounding::default();
     for (list, mask) in [(&values.products, "PRODUCT"), (&values.colors, "COLOR"), (&values.segments, "SEGMENT")] {
-        for (start, value) in probe.match_values(&tokens, list, &mut used) {
+        for (start, span, _) in probe.match_values(&tokens, list, &mut used) {
             out[start] = mask.to_owned();
-            let span = value.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).count();
             for word in out.iter_mut().skip(start + 1).take(span.saturating_sub(1)) {
                 word.clear();
             }
         }
     }
     for (index, token) in tokens.iter().enumerate() {
-        let country = COUNTRIES.iter().any(|(code, names)| names.contains(&token.lower.as_str()) || token.text == *code);
+        let country =
+            COUNTRIES.iter().any(|(code, names)| names.contains(&token.lower.as_str()) || token.text == *code);
         if country && (token.lower.len() > 3 || token.text.chars().all(|c| c.is_ascii_uppercase())) {
             out[index] = "COUNTRY".to_owned();
         } else if number_of(&token.lower).is_some() && !matches!(token.lower.as_str(), "a" | "an") {
@@ -692,7 +1052,9 @@ mod tests {
 
     fn values() -> DataValues {
         DataValues {
-            products: ["socks", "t_shirts", "shoes", "watches", "jewelry", "running_gear", "yoga_wear"].map(String::from).to_vec(),
+            products: ["socks", "t_shirts", "shoes", "watches", "jewelry", "running_gear", "yoga_wear"]
+                .map(String::from)
+                .to_vec(),
             colors: ["black", "gold", "navy", "red"].map(String::from).to_vec(),
             countries: ["PL", "GB", "US", "DE", "FR"].map(String::from).to_vec(),
             segments: ["VIP Loyalty", "Churn Recovery", "Standard Promo"].map(String::from).to_vec(),
@@ -749,8 +1111,43 @@ mod tests {
         assert_eq!(ground("bought last month").days, [30]);
         assert_eq!(ground("bought this year").days, [180], "2026-01-01 .. 2026-06-29");
         assert_eq!(ground("bought since March").days, [121], "2026-03-01 .. 2026-06-29");
-        assert_eq!(ground("bought in June 2026").days, [29], "June up to the data's last day");
-        assert!(ground("bought in May 2026").days.is_empty(), "a closed month before the last is no window");
+        let may = (NaiveDate::from_ymd_opt(2026, 5, 1), NaiveDate::from_ymd_opt(2026, 5, 31));
+        assert_eq!(ground("bought in May 2026").periods, [may]);
+        assert_eq!(ground("bought in May").periods, [may], "the latest May up to the data's last day");
+        assert_eq!(
+            ground("bought in 2025").periods,
+            [(NaiveDate::from_ymd_opt(2025, 1, 1), NaiveDate::from_ymd_opt(2025, 12, 31))]
+        );
+        assert_eq!(
+            ground("viewed in Q1").periods,
+            [(NaiveDate::from_ymd_opt(2026, 1, 1), NaiveDate::from_ymd_opt(2026, 3, 31))]
+        );
+        assert_eq!(
+            ground("bought in December").periods,
+            [(NaiveDate::from_ymd_opt(2025, 12, 1), NaiveDate::from_ymd_opt(2025, 12, 31))],
+            "a month after the data's last day is last year's"
+        );
+    }
+
+    #[test]
+    fn negated_verbs_put_their_clause_in_exclude() {
+        let clause = |value: serde_json::Value| -> Clause { serde_json::from_value(value).unwrap() };
+        let g = ground("customers who added something to their cart but never bought anything");
+        let cart = clause(serde_json::json!({"type": "event", "event_type": "add_to_cart"}));
+        let bought = clause(serde_json::json!({"type": "event", "event_type": "purchase"}));
+        assert_eq!(g.wrong_side(&cart, false), None);
+        assert_eq!(g.wrong_side(&bought, true), None);
+        assert!(g.wrong_side(&cart, true).unwrap().contains("put that add_to_cart clause in include"));
+        assert!(g.wrong_side(&bought, false).unwrap().contains("put that purchase clause in exclude"));
+        assert!(g.hint_line().unwrap().contains("\"never bought\" = exclude event_type purchase"), "{:?}", g.hint_line());
+        let g = ground("people who viewed jeans and didn't buy them");
+        assert!(g.wrong_side(&bought, false).is_some());
+        // The object negated, not the verb: excluding purchases of shoes is meant.
+        let g = ground("customers who bought socks but not shoes");
+        assert_eq!(g.wrong_side(&bought, true), None);
+        // Both sides named: either placement may be meant.
+        let g = ground("bought socks before but have not bought anything since March");
+        assert_eq!(g.wrong_side(&bought, false), None);
     }
 
     #[test]
@@ -774,9 +1171,14 @@ mod tests {
     fn clauses_trace_to_the_question_or_are_named() {
         let clause = |value: serde_json::Value| -> Clause { serde_json::from_value(value).unwrap() };
         let g = ground("UK customers who bought t-shirts in the last 60 days");
-        let asked = clause(serde_json::json!({"type": "event", "event_type": "purchase", "products": ["t_shirts"], "within_days": 60}));
+        let asked = clause(
+            serde_json::json!({"type": "event", "event_type": "purchase", "products": ["t_shirts"], "within_days": 60}),
+        );
         assert_eq!(g.untraced(&asked), None);
-        assert_eq!(g.untraced(&clause(serde_json::json!({"type": "profile", "field": "country", "op": "=", "value": "GB"}))), None);
+        assert_eq!(
+            g.untraced(&clause(serde_json::json!({"type": "profile", "field": "country", "op": "=", "value": "GB"}))),
+            None
+        );
         // The three clauses the probe's model added that nobody asked for.
         for unasked in [
             serde_json::json!({"type": "profile", "field": "age", "op": "=", "value": 25}),
@@ -789,7 +1191,8 @@ mod tests {
         assert_eq!(g.untraced(&other_window).as_deref(), Some("within_days 90"));
         // An event clause keeps what was asked and loses only the window nobody asked for.
         let g = ground("customers who bought a watch or jewelry priced over 1000");
-        let added = clause(serde_json::json!({"type": "event", "event_type": "purchase", "products": ["watches", "jewelry"],
+        let added =
+            clause(serde_json::json!({"type": "event", "event_type": "purchase", "products": ["watches", "jewelry"],
                                                "min_price": 1000, "within_days": 365}));
         let Traced::Trimmed { clause: trimmed, removed } = g.trace(&added) else { panic!("{:?}", g.trace(&added)) };
         assert_eq!(removed, ["a window of the last 365 days"]);

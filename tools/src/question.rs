@@ -53,7 +53,12 @@ pub struct Prepared {
 
 /// Grounds `question`, picks its examples and writes its prompt. `current` is the current audience as the prompt
 /// shows it (`c1 include who bought socks; intent: ...`), when there is one.
-pub async fn prepare(stores: &Stores, vocabulary: &Vocabulary, question: &str, current: Option<&str>) -> Result<Prepared> {
+pub async fn prepare(
+    stores: &Stores,
+    vocabulary: &Vocabulary,
+    question: &str,
+    current: Option<&str>,
+) -> Result<Prepared> {
     let mut grounding = Grounding::of(question, &vocabulary.values, vocabulary.as_of);
     let candidates = grounding.unmatched.clone();
     let mut texts = candidates.clone();

@@ -170,6 +170,9 @@ fn event_clause(offered: &Offered) -> Value {
         properties.insert(name.into(), json!({"type": "number", "minimum": 0}));
     }
     properties.insert("within_days".into(), json!({"type": "integer", "minimum": 1, "maximum": 36_600}));
+    for name in ["since", "until"] {
+        properties.insert(name.into(), json!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}));
+    }
     properties.insert("min_count".into(), json!({"type": "integer", "minimum": 1}));
     json!({"type": "object", "properties": properties, "required": ["type"]})
 }
@@ -191,13 +194,17 @@ fn profile_clauses(offered: &Offered) -> Vec<Value> {
         })
     };
     let fields_of = |kind: FieldKind| -> Vec<ProfileField> {
-        ProfileField::ALL.into_iter().filter(|field| field.kind() == kind && offered.of_field(*field).is_none()).collect()
+        ProfileField::ALL
+            .into_iter()
+            .filter(|field| field.kind() == kind && offered.of_field(*field).is_none())
+            .collect()
     };
     let names = |fields: Vec<ProfileField>| -> Vec<String> { fields.into_iter().map(name_of).collect() };
     let mut forms = Vec::new();
     let numbers = fields_of(FieldKind::Number);
     if !numbers.is_empty() {
-        let value = json!({"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}, "minItems": 1}]});
+        let value =
+            json!({"anyOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}, "minItems": 1}]});
         forms.push(clause(names(numbers), ops_for(FieldKind::Number), value));
     }
     let bools = fields_of(FieldKind::Bool);
@@ -256,6 +263,7 @@ pub fn find_audience_schema(offered: &Offered) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::NaiveDate;
     use std::collections::BTreeSet;
 
     fn offered() -> Offered {
@@ -282,6 +290,8 @@ mod tests {
             min_price: Some(1.0),
             max_price: Some(2.0),
             within_days: Some(3),
+            since: NaiveDate::from_ymd_opt(2026, 5, 1),
+            until: NaiveDate::from_ymd_opt(2026, 5, 31),
             min_count: Some(4),
             sql: Some("true".into()),
         };
@@ -290,7 +300,8 @@ mod tests {
         let schema = find_audience_schema(&offered());
         let event = &schema["properties"]["include"]["items"]["oneOf"][0];
         assert_eq!(keys(&event["properties"]), typed);
-        let types: Vec<&str> = event["properties"]["event_type"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let types: Vec<&str> =
+            event["properties"]["event_type"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         assert_eq!(types, ["view", "add_to_cart", "purchase"]);
     }
 

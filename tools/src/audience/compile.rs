@@ -174,12 +174,18 @@ fn totals_conditions(rule: &Rule, as_of: NaiveDate) -> Option<Result<String, Inv
         min_price,
         max_price,
         within_days,
+        since,
+        until,
         min_count,
         sql,
     } = rule
     else {
         return None;
     };
+    // A calendar period needs each event's day; the totals keep only the latest.
+    if since.is_some() || until.is_some() {
+        return None;
+    }
     let bounds =
         usize::from(min_price.is_some()) + usize::from(max_price.is_some()) + usize::from(within_days.is_some());
     let counts = min_count.is_some_and(|count| count > 1);
@@ -233,7 +239,8 @@ fn window(as_of: NaiveDate, days: u32) -> (NaiveDate, NaiveDate) {
 
 /// The conditions on an event `e` that an event rule sets.
 fn event_conditions(rule: &Rule, as_of: NaiveDate) -> Result<String, Invalid> {
-    let Rule::Event { event_type, products, colors, min_price, max_price, within_days, min_count: _, sql } = rule
+    let Rule::Event { event_type, products, colors, min_price, max_price, within_days, since, until, min_count: _, sql } =
+        rule
     else {
         return Err(Invalid("not an event clause".to_owned()));
     };
@@ -261,6 +268,13 @@ fn event_conditions(rule: &Rule, as_of: NaiveDate) -> Result<String, Invalid> {
         let (from, until) = window(as_of, *days);
         conditions
             .push(format!("e.ts >= TIMESTAMPTZ '{from} 00:00:00+00' AND e.ts < TIMESTAMPTZ '{until} 00:00:00+00'"));
+    }
+    if let Some(since) = since {
+        conditions.push(format!("e.ts >= TIMESTAMPTZ '{since} 00:00:00+00'"));
+    }
+    if let Some(until) = until {
+        let next = until.checked_add_days(Days::new(1)).unwrap_or(NaiveDate::MAX);
+        conditions.push(format!("e.ts < TIMESTAMPTZ '{next} 00:00:00+00'"));
     }
     if let Some(sql) = sql {
         let checked =

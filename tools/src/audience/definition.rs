@@ -7,6 +7,7 @@
 //! guard checks against the events or profiles columns. Behaviour, money and recency belong in clauses; the intent
 //! is for tastes, and only ranks members (see `compile`).
 
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -83,6 +84,12 @@ pub enum Rule {
         max_price: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         within_days: Option<u32>,
+        /// The first day (UTC, inclusive) of a calendar period the events fall in ("in May 2026").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<NaiveDate>,
+        /// The last day (UTC, inclusive) of that period.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<NaiveDate>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         min_count: Option<u32>,
         /// A further condition over the events columns, checked by the SQL guard.
@@ -373,7 +380,7 @@ impl AudienceDefinition {
 impl Rule {
     fn validate(&self) -> Result<(), Invalid> {
         match self {
-            Rule::Event { products, colors, min_price, max_price, within_days, min_count, sql, .. } => {
+            Rule::Event { products, colors, min_price, max_price, within_days, since, until, min_count, sql, .. } => {
                 for (name, list) in [("products", products), ("colors", colors)] {
                     if list.iter().any(|value| value.trim().is_empty()) {
                         return invalid(format!("{name} holds an empty value"));
@@ -402,6 +409,11 @@ impl Rule {
                 if within_days.is_some_and(|days| days == 0 || days > 36_600) {
                     return invalid("within_days must be between 1 and 36600");
                 }
+                if let (Some(since), Some(until)) = (since, until)
+                    && since > until
+                {
+                    return invalid(format!("since {since} is after until {until}"));
+                }
                 if min_count.is_some_and(|count| count == 0) {
                     return invalid("min_count must be at least 1");
                 }
@@ -423,7 +435,18 @@ impl Rule {
     /// What the clause says of a customer, after "Customers ...".
     pub fn predicate(&self) -> String {
         match self {
-            Rule::Event { event_type, products, colors, min_price, max_price, within_days, min_count, sql } => {
+            Rule::Event {
+                event_type,
+                products,
+                colors,
+                min_price,
+                max_price,
+                within_days,
+                since,
+                until,
+                min_count,
+                sql,
+            } => {
                 let object = if products.is_empty() { "anything".to_owned() } else { join_or(products, "or") };
                 let mut text = match event_type {
                     Some(EventType::Purchase) => format!("who bought {object}"),
@@ -449,6 +472,12 @@ impl Rule {
                         1 => " on the last day".to_owned(),
                         days => format!(" in the last {days} days"),
                     });
+                }
+                match (since, until) {
+                    (Some(since), Some(until)) => text.push_str(&format!(" between {since} and {until}")),
+                    (Some(since), None) => text.push_str(&format!(" since {since}")),
+                    (None, Some(until)) => text.push_str(&format!(" up to {until}")),
+                    (None, None) => {}
                 }
                 if let Some(sql) = sql {
                     text.push_str(&format!(" where `{}`", sql.trim()));
@@ -481,9 +510,8 @@ fn check_comparison(field: ProfileField, op: Op, value: &Value) -> Result<(), In
     let name = field.column();
     let expect = |what: &str| Invalid(format!("{name} {} takes {what}", op.symbol()));
     match (field.kind(), op) {
-        (FieldKind::TextList, Op::Contains) => {
-            check_scalar(FieldKind::TextList, value).map_err(|_| expect(&format!("a string of 1 to {MAX_VALUE_CHARS} characters")))
-        }
+        (FieldKind::TextList, Op::Contains) => check_scalar(FieldKind::TextList, value)
+            .map_err(|_| expect(&format!("a string of 1 to {MAX_VALUE_CHARS} characters"))),
         (FieldKind::TextList, _) => invalid(format!("{name} is a list: use op \"contains\"")),
         (_, Op::Contains) => invalid(format!("{name} is not a list: use =, != or in")),
         (kind, Op::In) => match value {
@@ -511,9 +539,9 @@ fn kind_values(kind: FieldKind) -> &'static str {
 
 fn check_scalar(kind: FieldKind, value: &Value) -> Result<(), ()> {
     let fits = match kind {
-        FieldKind::Text | FieldKind::TextList => value
-            .as_str()
-            .is_some_and(|text| !text.trim().is_empty() && text.chars().count() <= MAX_VALUE_CHARS),
+        FieldKind::Text | FieldKind::TextList => {
+            value.as_str().is_some_and(|text| !text.trim().is_empty() && text.chars().count() <= MAX_VALUE_CHARS)
+        }
         FieldKind::Number => value.as_f64().is_some_and(f64::is_finite),
         FieldKind::Bool => value.is_boolean(),
     };

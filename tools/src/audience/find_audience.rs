@@ -61,10 +61,18 @@ fn unknown_value(edit: &Edit, values: &DataValues) -> Option<String> {
         match &clause.rule {
             Rule::Event { products, colors, .. } => {
                 if let Some(p) = products.iter().find(|p| missing(&values.products, p)) {
-                    return Some(format!("no event names the product {}; the products are {}", shorten(p), list(&values.products)));
+                    return Some(format!(
+                        "no event names the product {}; the products are {}",
+                        shorten(p),
+                        list(&values.products)
+                    ));
                 }
                 if let Some(c) = colors.iter().find(|c| missing(&values.colors, c)) {
-                    return Some(format!("no event has the colour {}; the colours are {}", shorten(c), list(&values.colors)));
+                    return Some(format!(
+                        "no event has the colour {}; the colours are {}",
+                        shorten(c),
+                        list(&values.colors)
+                    ));
                 }
             }
             Rule::Profile { field, value, .. } => {
@@ -74,7 +82,12 @@ fn unknown_value(edit: &Edit, values: &DataValues) -> Option<String> {
                     other => other.as_str().into_iter().collect(),
                 };
                 if let Some(v) = texts.iter().find(|v| missing(all, v)) {
-                    return Some(format!("no customer has {} {}; the values are {}", field.column(), shorten(v), list(all)));
+                    return Some(format!(
+                        "no customer has {} {}; the values are {}",
+                        field.column(),
+                        shorten(v),
+                        list(all)
+                    ));
                 }
             }
             Rule::Sql { .. } => {}

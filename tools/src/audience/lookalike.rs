@@ -22,8 +22,8 @@ use crate::failure::ToolFailure;
 use crate::observe;
 use crate::registry;
 use crate::stores::Stores;
-use crate::vocabulary::{Offered, clause_list_schema};
 use crate::trace::{ToolTrace, TracedTool};
+use crate::vocabulary::{Offered, clause_list_schema};
 
 /// Lookalikes listed when the caller does not say.
 pub const DEFAULT_K: usize = 50;

@@ -64,8 +64,18 @@ struct RawEdit {
 /// The arguments an edit takes, in the order the schema lists them.
 const EDIT_KEYS: [&str; 7] = ["new", "include", "exclude", "remove", "intent", "limit", "fields"];
 /// The fields of an event clause besides `type` (and the free `sql` condition).
-const EVENT_KEYS: [&str; 8] =
-    ["event_type", "products", "colors", "min_price", "max_price", "within_days", "min_count", "sql"];
+const EVENT_KEYS: [&str; 10] = [
+    "event_type",
+    "products",
+    "colors",
+    "min_price",
+    "max_price",
+    "within_days",
+    "since",
+    "until",
+    "min_count",
+    "sql",
+];
 /// Intents that name no taste: words of the tool's own description that a model copies into the slot.
 const EMPTY_INTENTS: [&str; 8] = ["tastes", "taste", "intent", "style", "preferences", "none", "null", "n/a"];
 
@@ -124,7 +134,9 @@ fn check_clause(clause: &Value) -> Result<(), String> {
     };
     match kind {
         "event" => {
-            if let Some(key) = clause.keys().find(|key| *key != "type" && *key != "id" && !EVENT_KEYS.contains(&key.as_str())) {
+            if let Some(key) =
+                clause.keys().find(|key| *key != "type" && *key != "id" && !EVENT_KEYS.contains(&key.as_str()))
+            {
                 let profile = ["field", "op", "value"].contains(&key.as_str());
                 let hint = if profile {
                     "; field/op/value belong in a separate clause with \"type\": \"profile\""
@@ -134,7 +146,7 @@ fn check_clause(clause: &Value) -> Result<(), String> {
                 return Err(format!(
                     "an event clause has no `{}`: it takes {}{hint}",
                     shorten(key),
-                    EVENT_KEYS[..7].join(", ")
+                    EVENT_KEYS[..9].join(", ")
                 ));
             }
             Ok(())
@@ -175,10 +187,9 @@ fn check_profile(clause: &Map<String, Value>) -> Result<(), String> {
     }
     match (field.kind(), clause.get("value")) {
         (_, None) => Err(format!("a profile clause needs \"value\" (for {name})")),
-        (FieldKind::Bool, Some(Value::String(text))) => Err(format!(
-            "{name} takes true or false as JSON booleans, not the string {}",
-            shorten(text)
-        )),
+        (FieldKind::Bool, Some(Value::String(text))) => {
+            Err(format!("{name} takes true or false as JSON booleans, not the string {}", shorten(text)))
+        }
         (FieldKind::Number, Some(Value::String(text))) => {
             Err(format!("{name} takes a number, not the string {} (write 500, not \"500\")", shorten(text)))
         }
