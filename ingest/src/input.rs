@@ -1211,6 +1211,11 @@ impl EventReader {
         Ok(Self { source, seen: IdSet::default(), known })
     }
 
+    /// The data rows read so far.
+    pub fn rows_read(&self) -> u64 {
+        self.source.row_number
+    }
+
     /// The customers and keys the events were checked against.
     pub fn known(&self) -> &KnownCustomers {
         &self.known

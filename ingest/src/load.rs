@@ -9,9 +9,10 @@
 //! chunk by chunk; only the sets of customer and event ids are kept (see [`crate::input::IdSet`]).
 //!
 //! A load never replaces live data with little or nothing because of its own rejects: it fails when more rows of
-//! one file are rejected than [`LoadOptions::max_rejects`] allows, and always when no customer is left. Both
-//! checks run in [`load_staging`], so the caller's transaction rolls back and nothing changes; the rejects file is
-//! kept in these two cases, since it is what the user needs to fix the data.
+//! one file are rejected than [`LoadOptions::max_rejects`] allows, always when no customer is left, and when no
+//! event is left where the live data has events (a header-only events file included). These checks run in
+//! [`load_staging`], so the caller's transaction rolls back and nothing changes; the rejects file is kept in these
+//! cases, since it is what the user needs to fix the data.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -143,8 +144,8 @@ pub struct LoadReport {
 /// the `customers` path is not read. Run it inside the caller's transaction; on error, roll back.
 ///
 /// Errors: a whole-file problem (see [`crate::input`]) or, with `strict`, the first rejected row, as one line
-/// `<file>:<line>: <reason>`; a file with more rejected rows than `max_rejects` allows, or no valid customer at
-/// all, as one line saying "nothing was changed" (the caller rolls back) and where the rejects file is; or a
+/// `<file>:<line>: <reason>`; a file with more rejected rows than `max_rejects` allows, no valid customer at all,
+/// or no event where the live data has events, as one line saying "nothing was changed" (the caller rolls back) and where the rejects file is; or a
 /// database error.
 pub async fn load_staging(
     conn: &mut PgConnection,
@@ -184,6 +185,12 @@ pub async fn load_staging(
     let events_loaded =
         copy_table(conn, "events_staging", &EVENTS.columns(), &mut event_reader, &mut rejects, &mut copy_secs).await?;
     let event_rejects = rejects.end_file();
+    // Like the customers' check above, and before the reject limit, whose message would not say that the load
+    // would have emptied the events: a header-only or wholly rejected events file must not replace them with none.
+    if events_loaded == 0 && live_events_exist(conn).await? {
+        let example = event_rejects.first().cloned();
+        return Err(no_events(event_reader.file(), event_reader.rows_read(), example, rejects));
+    }
     rejects_by_reason.extend(event_rejects.reasons());
     if !opts.max_rejects.allows(event_rejects.count, events_loaded + event_rejects.count) {
         return Err(over_limit(event_reader.file(), events_loaded, event_rejects, opts.max_rejects, rejects));
@@ -226,6 +233,39 @@ fn no_customers(file: &str, read: u64, example: Option<Reject>, rejects: RejectS
     let example = example.map(|first| format!(", e.g. line {}: {}", first.line, first.reason)).unwrap_or_default();
     let kept = kept_rejects(rejects);
     anyhow!("no valid customers in {file}: {} rejected{example}; nothing was changed{kept}", rows(read))
+}
+
+/// True when the live `events` table exists and has a row: a load with no events would then remove them all.
+async fn live_events_exist(conn: &mut PgConnection) -> Result<bool> {
+    let live: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(EVENTS.name)
+        .fetch_one(&mut *conn)
+        .await
+        .context("cannot look for the live events")?;
+    if live.is_none() {
+        return Ok(false);
+    }
+    sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {})", EVENTS.name))
+        .fetch_one(&mut *conn)
+        .await
+        .context("cannot read the live events")
+}
+
+/// The error for an events file that gave no event where the live data has events; keeps the rejects file.
+fn no_events(file: &str, read: u64, example: Option<Reject>, rejects: RejectSink) -> anyhow::Error {
+    if read == 0 {
+        return anyhow!(
+            "no events in {file}: it has no data rows, and loading it would remove every current event; nothing was \
+             changed"
+        );
+    }
+    let example = example.map(|first| format!(", e.g. line {}: {}", first.line, first.reason)).unwrap_or_default();
+    let kept = kept_rejects(rejects);
+    anyhow!(
+        "no valid events in {file}: {} rejected{example}, and loading it would remove every current event; nothing \
+         was changed{kept}",
+        rows(read)
+    )
 }
 
 /// The error for a file with more rejects than the limit allows; keeps the rejects file.
@@ -484,6 +524,11 @@ impl FileRejects {
             .collect();
         reasons.sort_by_key(|r| (std::cmp::Reverse(r.rows), r.first_line));
         reasons
+    }
+
+    /// The first rejected row (of those whose reason is counted, see [`MAX_REASON_PATTERNS`]).
+    fn first(&self) -> Option<&Reject> {
+        self.by_reason.values().map(|(_, first)| first).min_by_key(|first| first.line)
     }
 
     /// The reason most rows were rejected for (the earliest on a tie): how many, and its first row.

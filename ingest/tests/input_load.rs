@@ -823,3 +823,49 @@ async fn a_whitespace_file_read_as_csv_names_its_header_and_the_delimiter_to_set
     })
     .await;
 }
+
+/// The reported case: a header-only events file loaded with exit 0 and replaced every event with none.
+#[tokio::test]
+async fn a_load_that_leaves_no_events_where_there_were_some_fails_and_changes_nothing() {
+    with_schema(|db| async move {
+        let (good_dir, good_customers, good_events) = files(GOOD_CUSTOMERS.as_bytes(), GOOD_EVENTS.as_bytes());
+        ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("good load");
+        let before = snapshot(&db).await;
+        assert!(!before.1.is_empty());
+
+        let header = GOOD_EVENTS.lines().next().unwrap();
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), format!("{header}\n").as_bytes());
+        for limit in [RejectLimit::default(), RejectLimit::NONE] {
+            let opts = LoadOptions { max_rejects: limit, ..options(dir.path(), false) };
+            let error = ingest(&db, &customers, &events, &opts).await.expect_err("header-only events");
+            let expected = format!(
+                "no events in {}: it has no data rows, and loading it would remove every current event; nothing was \
+                 changed",
+                events.display()
+            );
+            assert_eq!(format!("{error:#}"), expected, "{limit}");
+            assert_eq!(snapshot(&db).await, before, "{limit}: the live events were replaced");
+        }
+
+        // Every event of an unknown type: rejected, even where the reject limit would let them all go.
+        let unknown_types = GOOD_EVENTS.replace(",view,", ",glance,").replace(",purchase,", ",glance,");
+        let unknown_types = unknown_types.replace(",add_to_cart,", ",glance,");
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), unknown_types.as_bytes());
+        let opts = options(dir.path(), false);
+        let error = ingest(&db, &customers, &events, &opts).await.expect_err("no valid events");
+        let message = format!("{error:#}");
+        let start = format!("no valid events in {}: ", events.display());
+        assert!(message.starts_with(&start), "{message}");
+        assert!(message.contains(", e.g. line 2: unknown event_type \"glance\""), "{message}");
+        assert!(message.ends_with(&format!("nothing was changed; all rejects are in {}", opts.rejects_path.display())));
+        assert_eq!(snapshot(&db).await, before);
+
+        // A first load may have no events: there are none to lose.
+        with_schema(|fresh| async move {
+            let report = ingest(&fresh, &customers, &events, &options(dir.path(), false)).await.expect("first load");
+            assert_eq!(report.events, 0);
+        })
+        .await;
+    })
+    .await;
+}
