@@ -150,7 +150,7 @@ pub struct LoadReport {
 
 /// Creates `customers_staging` and `events_staging` in the current schema (replacing leftovers) and fills them
 /// with validated rows via COPY. When the mapping derives customers from the events file (`from_events = true`),
-/// the `customers` path is not read. Run it inside the caller's transaction; on error, roll back.
+/// the `customers` path is not read, and a derived customer none of whose events loaded is removed. Run it inside the caller's transaction; on error, roll back.
 ///
 /// Errors: a whole-file problem (see [`crate::input`]) or, with `strict`, the first rejected row, as one line
 /// `<file>:<line>: <reason>`; a file with more rejected rows than `max_rejects` allows, no valid customer at all,
@@ -164,6 +164,7 @@ pub async fn load_staging(
 ) -> Result<LoadReport> {
     let started = Instant::now();
     let mapping = opts.mapping.as_ref();
+    let derived = mapping.is_some_and(Mapping::customers_from_events);
     // Both headers are checked before any SQL runs, so a missing column fails fast.
     let keys = CustomerKeys::load(conn).await?;
     let mut customer_reader = CustomerReader::open(customers, events, mapping, keys)?;
@@ -196,14 +197,19 @@ pub async fn load_staging(
     let event_rejects = rejects.end_file();
     // Like the customers' check above, and before the reject limit, whose message would not say that the load
     // would have emptied the events: a header-only or wholly rejected events file must not replace them with none.
-    if events_loaded == 0 && live_events_exist(conn).await? {
+    // Customers derived from the events would all be removed below, leaving none.
+    if events_loaded == 0 && (derived || live_events_exist(conn).await?) {
         let example = event_rejects.first().cloned();
-        return Err(no_events(event_reader.file(), event_reader.rows_read(), example, rejects));
+        let outcome =
+            if derived { "so it gives no customer either" } else { "and loading it would remove every current event" };
+        return Err(no_events(event_reader.file(), event_reader.rows_read(), example, outcome, rejects));
     }
     rejects_by_reason.extend(event_rejects.reasons());
     if !opts.max_rejects.allows(event_rejects.count, events_loaded + event_rejects.count) {
         return Err(over_limit(event_reader.file(), events_loaded, event_rejects, opts.max_rejects, rejects));
     }
+    let customers_loaded =
+        if derived { customers_loaded - remove_customers_without_events(conn).await? } else { customers_loaded };
     // In the same transaction as the data: a rolled-back ingest assigns no key, a committed one keeps its keys.
     event_reader.known().keys().save(conn).await?;
 
@@ -260,21 +266,30 @@ async fn live_events_exist(conn: &mut PgConnection) -> Result<bool> {
         .context("cannot read the live events")
 }
 
-/// The error for an events file that gave no event where the live data has events; keeps the rejects file.
-fn no_events(file: &str, read: u64, example: Option<Reject>, rejects: RejectSink) -> anyhow::Error {
+/// Removes the customers derived from the events file (`from_events = true`) that have no loaded event, and
+/// returns how many. The customer reader derives a customer only from a row whose values are all valid, but only
+/// the events' pass knows which rows repeat an earlier `event_id`: a customer whose one such row was rejected as a
+/// repeat would otherwise exist without a row that loaded.
+async fn remove_customers_without_events(conn: &mut PgConnection) -> Result<u64> {
+    let removed = sqlx::query(
+        "DELETE FROM customers_staging c \
+         WHERE NOT EXISTS (SELECT 1 FROM events_staging e WHERE e.customer_id = c.customer_id)",
+    )
+    .execute(&mut *conn)
+    .await
+    .context("cannot remove the derived customers without events")?;
+    Ok(removed.rows_affected())
+}
+
+/// The error for an events file that gave no event where that may not be, `outcome` saying why; keeps the rejects
+/// file.
+fn no_events(file: &str, read: u64, example: Option<Reject>, outcome: &str, rejects: RejectSink) -> anyhow::Error {
     if read == 0 {
-        return anyhow!(
-            "no events in {file}: it has no data rows, and loading it would remove every current event; nothing was \
-             changed"
-        );
+        return anyhow!("no events in {file}: it has no data rows, {outcome}; nothing was changed");
     }
     let example = example.map(|first| format!(", e.g. line {}: {}", first.line, first.reason)).unwrap_or_default();
     let kept = kept_rejects(rejects);
-    anyhow!(
-        "no valid events in {file}: {} rejected{example}, and loading it would remove every current event; nothing \
-         was changed{kept}",
-        rows(read)
-    )
+    anyhow!("no valid events in {file}: {} rejected{example}, {outcome}; nothing was changed{kept}", rows(read))
 }
 
 /// The error for a file with more rejects than the limit allows; keeps the rejects file.

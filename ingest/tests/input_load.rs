@@ -869,3 +869,59 @@ async fn a_load_that_leaves_no_events_where_there_were_some_fails_and_changes_no
     })
     .await;
 }
+
+/// The reported cases: with customers derived from the events, a customer whose every row was rejected was still
+/// made (here `bob`, `cid` and `dan`, and `customer_id` from the header line); and a header line in a file the
+/// mapping reads without one was rejected without saying why.
+#[tokio::test]
+async fn derived_customers_come_only_from_rows_that_load_and_a_header_line_is_named() {
+    with_schema(|db| async move {
+        let mapping = Mapping::parse(
+            r#"
+            [events]
+            has_header = false
+            columns = ["event_id", "customer_id", "event_type", "price", "ts"]
+            event_id = "event_id"
+            customer_id = "customer_id"
+            event_type = "event_type"
+            price = "price"
+            ts = "ts"
+
+            [customers]
+            from_events = true
+            customer_id = "customer_id"
+            "#,
+        )
+        .unwrap();
+        let log = "event_id,customer_id,event_type,price,ts\n\
+                   1,ann,view,10.00,2024-05-01\n\
+                   2,ann,purchase,10.00,2024-05-02\n\
+                   3,bob,view,abc,2024-05-01\n\
+                   4,bob,buy,5.00,2024-05-02\n\
+                   5,cid,view,1.00,not-a-date\n\
+                   1,dan,view,1.00,2024-05-03\n\
+                   6,eve,view,1.00,2024-05-03\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.csv");
+        std::fs::write(&events, log).expect("write events");
+        let opts = LoadOptions { mapping: Some(mapping), ..options(dir.path(), false) };
+        let report = ingest(&db, &events, &events, &opts).await.expect("load");
+        assert_eq!((report.customers, report.events, report.rejected), (2, 3, 5));
+        let customers: Vec<String> = sqlx::query_scalar("SELECT external_id FROM customers ORDER BY external_id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("customers");
+        assert_eq!(customers, ["ann", "eve"]);
+
+        let rejects = read_rejects(&dir.path().join("rejects.csv"));
+        let lines: Vec<u64> = rejects.iter().map(|(_, line, _)| *line).collect();
+        assert_eq!(lines, [1, 4, 5, 6, 7]);
+        assert_eq!(
+            rejects[0].2,
+            "line 1 looks like a header: if the file has one, set has_header = true and remove columns = [...] in \
+             the mapping (event_id \"event_id\" is not an integer)"
+        );
+        assert_eq!(rejects[4].2, "duplicate event_id 1");
+    })
+    .await;
+}
