@@ -59,7 +59,11 @@
 //! decompressed while it is read.
 //! A table that is not in the mapping uses our own column names.
 //! `[customers] from_events = true` says there is no customer file: one customer is derived from the first
-//! valid row of each customer id in the events file, with the `[customers]` keys read from that file.
+//! valid row of each customer id in the events file, with the `[customers]` keys read from that file. A valid row
+//! is one whose customer values and event values are all valid, so a customer whose every row is rejected is not
+//! made (the load also removes a customer none of whose events loaded: see `load::load_staging`).
+//! When a file read with `has_header = false` has a first row that is rejected and reads like a header, its reason
+//! says so.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -579,13 +583,35 @@ struct CsvInput {
     /// Our table's columns, in registry order.
     table: Table,
     fields: Vec<Field>,
-    /// The file's column names (the header, or the mapping's `columns`), to name the column a bad byte is in.
+    /// The file's column names (the header, or the mapping's `columns`), to name the column a bad byte is in and
+    /// to tell a header line read as data.
     header: StringRecord,
+    /// The file has no header row (`has_header = false`): `header` is the mapping's `columns = [...]`.
+    headerless: bool,
     decimal: DecimalMark,
+    /// Customers derived from an events file: the events' columns of the same rows, to check that a row loads as an
+    /// event too.
+    event_fields: Option<Vec<Field>>,
+}
+
+/// The current record of a [`CsvInput`] read as one of our tables. Its checks use the file's header and decimal
+/// mark through `input`, so a row read as an event checks the same whether the events or the customers read it.
+struct Row<'a> {
+    input: &'a CsvInput,
+    table: Table,
+    fields: &'a [Field],
 }
 
 impl CsvInput {
-    fn open(path: &Path, table: Table, mapping: Option<&TableMapping>, layout: &Layout) -> Result<Self> {
+    /// Opens `path` for `table` and resolves our columns against its header. `events` is given to read the same
+    /// rows as events too, through that mapping (`None` within: our own column names).
+    fn open(
+        path: &Path,
+        table: Table,
+        mapping: Option<&TableMapping>,
+        layout: &Layout,
+        events: Option<Option<&TableMapping>>,
+    ) -> Result<Self> {
         let file = path.display().to_string();
         let handle = File::open(path).with_context(|| format!("cannot open {file}"))?;
         // A `.gz` export is read as it is; whitespace-separated lines become tab-separated before csv sees them.
@@ -629,50 +655,69 @@ impl CsvInput {
                 if header_line == 0 { format!("{file}: in columns = [...]") } else { format!("{file}:{header_line}") };
             anyhow!("{place}: {what}{}", header_hint(&header, layout))
         };
-        let mut fields = Vec::new();
-        for target in table.columns() {
-            let required = table.required().contains(&target);
-            let source = match mapping {
-                Some(m) => m.sources.get(target).cloned(),
-                None => {
-                    Some(Source::Column { name: target.to_owned(), format: None, map: BTreeMap::new(), default: None })
-                }
-            };
-            let mut values: HashMap<String, String> =
-                mapping.and_then(|m| m.values.get(target)).cloned().unwrap_or_default();
-            let mut default = None;
-            let (getter, format) = match source {
-                None => (None, None),
-                Some(Source::Column { name, format, map, default: fallback }) => {
-                    values.extend(map);
-                    default = fallback;
-                    match find(&name) {
-                        Some(index) => (Some(Getter::Column(index)), format),
-                        // Our own format may leave out optional columns; a mapping that names a column means it.
-                        None if !required && mapping.is_none() => (None, None),
-                        None => return Err(missing(&name, target)),
+        let resolve = |table: Table, mapping: Option<&TableMapping>| -> Result<Vec<Field>> {
+            let mut fields = Vec::new();
+            for target in table.columns() {
+                let required = table.required().contains(&target);
+                let source = match mapping {
+                    Some(m) => m.sources.get(target).cloned(),
+                    None => Some(Source::Column {
+                        name: target.to_owned(),
+                        format: None,
+                        map: BTreeMap::new(),
+                        default: None,
+                    }),
+                };
+                let mut values: HashMap<String, String> =
+                    mapping.and_then(|m| m.values.get(target)).cloned().unwrap_or_default();
+                let mut default = None;
+                let (getter, format) = match source {
+                    None => (None, None),
+                    Some(Source::Column { name, format, map, default: fallback }) => {
+                        values.extend(map);
+                        default = fallback;
+                        match find(&name) {
+                            Some(index) => (Some(Getter::Column(index)), format),
+                            // Our own format may leave out optional columns; a mapping that names a column means it.
+                            None if !required && mapping.is_none() => (None, None),
+                            None => return Err(missing(&name, target)),
+                        }
                     }
-                }
-                Some(Source::Value(value)) => (Some(Getter::Value(value)), None),
-                Some(Source::RowNumber) => (Some(Getter::RowNumber), None),
-                Some(Source::Template(template)) => {
-                    let pieces = parse_template(&template)?
-                        .into_iter()
-                        .map(|piece| match piece {
-                            TemplatePiece::Text(text) => Ok(Piece::Text(text)),
-                            TemplatePiece::Column(name) => {
-                                find(&name).map(Piece::Column).ok_or_else(|| missing(&name, target))
-                            }
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    (Some(Getter::Template(pieces)), None)
-                }
-            };
-            let values = (!values.is_empty()).then_some(values);
-            fields.push(Field { getter, values, default, format, hint_formats: OnceCell::new() });
-        }
-        let decimal = layout.decimal;
-        Ok(Self { file, reader, record: StringRecord::new(), row_number: 0, line: 1, table, fields, header, decimal })
+                    Some(Source::Value(value)) => (Some(Getter::Value(value)), None),
+                    Some(Source::RowNumber) => (Some(Getter::RowNumber), None),
+                    Some(Source::Template(template)) => {
+                        let pieces = parse_template(&template)?
+                            .into_iter()
+                            .map(|piece| match piece {
+                                TemplatePiece::Text(text) => Ok(Piece::Text(text)),
+                                TemplatePiece::Column(name) => {
+                                    find(&name).map(Piece::Column).ok_or_else(|| missing(&name, target))
+                                }
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        (Some(Getter::Template(pieces)), None)
+                    }
+                };
+                let values = (!values.is_empty()).then_some(values);
+                fields.push(Field { getter, values, default, format, hint_formats: OnceCell::new() });
+            }
+            Ok(fields)
+        };
+        let fields = resolve(table, mapping)?;
+        let event_fields = events.map(|mapping| resolve(Table::Events, mapping)).transpose()?;
+        Ok(Self {
+            file,
+            reader,
+            record: StringRecord::new(),
+            row_number: 0,
+            line: 1,
+            table,
+            fields,
+            headerless: layout.columns.is_some(),
+            header,
+            decimal: layout.decimal,
+            event_fields,
+        })
     }
 
     /// Reads the next record; false at the end of the file. Unreadable input is a whole-file error.
@@ -690,19 +735,62 @@ impl CsvInput {
         Ok(true)
     }
 
-    /// The value of our column number `index` in the current record; None when absent or empty.
-    fn get(&self, column: &str) -> Option<Cow<'_, str>> {
+    /// The current record as our table.
+    fn row(&self) -> Row<'_> {
+        Row { input: self, table: self.table, fields: &self.fields }
+    }
+
+    /// The current record as an event, when the file is read for both (customers derived from events).
+    fn event_row(&self) -> Option<Row<'_>> {
+        self.event_fields.as_deref().map(|fields| Row { input: self, table: Table::Events, fields })
+    }
+
+    /// The current row, rejected for `reason`; when it is the first row of a file read without a header and reads
+    /// like a header, the reason says so, since every value in it is then wrong for the same cause.
+    fn reject(&self, reason: String) -> Reject {
+        let reason = if self.row_number == 1 && self.looks_like_header() {
+            format!(
+                "line {} looks like a header: if the file has one, set has_header = true and remove columns = [...] \
+                 in the mapping ({reason})",
+                self.line
+            )
+        } else {
+            reason
+        };
+        Reject { file: self.file.clone(), line: self.line, reason }
+    }
+
+    /// True when the file is read without a header row but the current record reads like one: a field is the name
+    /// of a column (one of the mapping's `columns` or ours), or, in an events file, no field has a digit, which
+    /// its timestamp must have.
+    fn looks_like_header(&self) -> bool {
+        if !self.headerless {
+            return false;
+        }
+        let fields: Vec<&str> = self.record.iter().map(str::trim).filter(|field| !field.is_empty()).collect();
+        let names_a_column = fields.iter().any(|field| {
+            self.header.iter().chain(self.table.columns()).any(|name| name.trim().eq_ignore_ascii_case(field))
+        });
+        let no_digits = !fields.is_empty() && fields.iter().all(|field| !field.bytes().any(|b| b.is_ascii_digit()));
+        names_a_column || (self.table == Table::Events && no_digits)
+    }
+}
+
+impl<'a> Row<'a> {
+    /// The value of our column `column` in the record; None when absent or empty.
+    fn get(&self, column: &str) -> Option<Cow<'a, str>> {
         let field = self.field(column)?;
-        let raw: Cow<'_, str> = match field.getter.as_ref()? {
-            Getter::Column(i) => Cow::Borrowed(self.record.get(*i).unwrap_or("").trim()),
+        let record = &self.input.record;
+        let raw: Cow<'a, str> = match field.getter.as_ref()? {
+            Getter::Column(i) => Cow::Borrowed(record.get(*i).unwrap_or("").trim()),
             Getter::Value(value) => Cow::Borrowed(value.as_str()),
-            Getter::RowNumber => Cow::Owned(self.row_number.to_string()),
+            Getter::RowNumber => Cow::Owned(self.input.row_number.to_string()),
             Getter::Template(pieces) => {
                 let mut out = String::new();
                 for piece in pieces {
                     match piece {
                         Piece::Text(text) => out.push_str(text),
-                        Piece::Column(i) => out.push_str(self.record.get(*i).unwrap_or("").trim()),
+                        Piece::Column(i) => out.push_str(record.get(*i).unwrap_or("").trim()),
                     }
                 }
                 Cow::Owned(out)
@@ -719,7 +807,7 @@ impl CsvInput {
         (!mapped.is_empty()).then_some(mapped)
     }
 
-    fn format(&self, column: &str) -> Option<&str> {
+    fn format(&self, column: &str) -> Option<&'a str> {
         self.field(column)?.format.as_deref()
     }
 
@@ -737,11 +825,13 @@ impl CsvInput {
         Ok(Some(value.into_owned()))
     }
 
-    /// Refuses a row with a NUL byte in a field that is read: PostgreSQL text cannot hold one, and COPY would
-    /// fail the whole load without naming the row. Fields no column is read from are never loaded, so they may.
+    /// Refuses a row with a NUL byte in a field that one of this row's columns is read from: PostgreSQL text cannot
+    /// hold one, and COPY would fail the whole load without naming the row. Fields none is read from are never
+    /// loaded (as this table), so they may.
     fn check_nul(&self) -> Result<(), String> {
         // One scan of the whole record; the fields are only looked at in the rare row that has one.
-        if !self.record.as_slice().contains('\0') {
+        let record = &self.input.record;
+        if !record.as_slice().contains('\0') {
             return Ok(());
         }
         let read = self.fields.iter().filter_map(|field| field.getter.as_ref()).flat_map(|getter| match getter {
@@ -755,7 +845,7 @@ impl CsvInput {
                 .collect(),
             Getter::Value(_) | Getter::RowNumber => Vec::new(),
         });
-        let mut bad = read.filter(|index| self.record.get(*index).is_some_and(|value| value.contains('\0')));
+        let mut bad = read.filter(|index| record.get(*index).is_some_and(|value| value.contains('\0')));
         match bad.next() {
             Some(index) => Err(self.nul_reason(index)),
             None => Ok(()),
@@ -763,7 +853,7 @@ impl CsvInput {
     }
 
     fn nul_reason(&self, index: usize) -> String {
-        let name = self.header.get(index).map_or_else(|| (index + 1).to_string(), |name| name.trim().to_owned());
+        let name = self.input.header.get(index).map_or_else(|| (index + 1).to_string(), |name| name.trim().to_owned());
         format!("the value contains a NUL byte in column {name}")
     }
 
@@ -776,14 +866,10 @@ impl CsvInput {
     }
 
     /// Our column `column` (a registry name) as read from this file.
-    fn field(&self, column: &str) -> Option<&Field> {
+    fn field(&self, column: &str) -> Option<&'a Field> {
         let index = self.table.spec().index(column);
         debug_assert!(index.is_some(), "{column} is not a {} column", self.table.name());
         self.fields.get(index?)
-    }
-
-    fn reject(&self, reason: String) -> Reject {
-        Reject { file: self.file.clone(), line: self.line, reason }
     }
 }
 
@@ -1295,7 +1381,9 @@ impl CustomerReader {
         let derived = mapping.is_some_and(Mapping::customers_from_events);
         let path = if derived { events } else { customers };
         let layout = mapping.map(|m| m.layout(Table::Customers)).unwrap_or_default();
-        let source = CsvInput::open(path, Table::Customers, mapping.and_then(|m| m.table(Table::Customers)), &layout)?;
+        let events_mapping = derived.then(|| mapping.and_then(|m| m.table(Table::Events)));
+        let customers_mapping = mapping.and_then(|m| m.table(Table::Customers));
+        let source = CsvInput::open(path, Table::Customers, customers_mapping, &layout, events_mapping)?;
         Ok(Self { source, seen: IdSet::default(), keys, derived, failed: HashMap::new(), first_failure: None })
     }
 
@@ -1330,6 +1418,13 @@ impl CustomerReader {
                 if self.seen.contains(id) {
                     continue;
                 }
+                // A customer comes only from a row that loads as an event too, so one whose every row is rejected
+                // is not made. The event's own reason is reported on that row; only a customer's reason is kept
+                // for its other rows.
+                if let Some(Err(reason)) = self.source.event_row().map(|row| parse_event(&row)) {
+                    self.note_failure(&reason);
+                    continue;
+                }
                 match self.customer(id, external) {
                     Ok(customer) => {
                         self.seen.insert(id);
@@ -1344,7 +1439,7 @@ impl CustomerReader {
                 continue;
             }
             // A NUL byte is named as such, also in the id (where it would otherwise be "control characters").
-            let checked = self.source.check_nul().and(id).and_then(|(id, external)| {
+            let checked = self.source.row().check_nul().and(id).and_then(|(id, external)| {
                 let customer = self.customer(id, external)?;
                 if self.seen.insert(id) {
                     Ok(customer)
@@ -1371,13 +1466,13 @@ impl CustomerReader {
 
     /// The current row's customer id as the file has it.
     fn external_id(&self) -> Result<String, String> {
-        let external = required(self.source.get("customer_id").as_ref(), "customer_id")?.to_owned();
+        let external = required(self.source.row().get("customer_id").as_ref(), "customer_id")?.to_owned();
         check_external_id(&external)?;
         Ok(external)
     }
 
     fn customer(&self, customer_id: i64, external_id: String) -> Result<Customer, String> {
-        let s = &self.source;
+        let s = self.source.row();
         s.check_nul()?;
         let email = s.text("email")?;
         if let Some(email) = &email {
@@ -1431,8 +1526,14 @@ impl EventReader {
     /// Opens `events` and checks its header.
     pub fn open(events: &Path, mapping: Option<&Mapping>, known: KnownCustomers) -> Result<Self> {
         let layout = mapping.map(|m| m.layout(Table::Events)).unwrap_or_default();
-        let source = CsvInput::open(events, Table::Events, mapping.and_then(|m| m.table(Table::Events)), &layout)?;
+        let source =
+            CsvInput::open(events, Table::Events, mapping.and_then(|m| m.table(Table::Events)), &layout, None)?;
         Ok(Self { source, seen: IdSet::default(), known })
+    }
+
+    /// The data rows read so far.
+    pub fn rows_read(&self) -> u64 {
+        self.source.row_number
     }
 
     /// The customers and keys the events were checked against.
@@ -1457,36 +1558,7 @@ impl EventReader {
     }
 
     fn event(&mut self) -> Result<Event, String> {
-        let s = &self.source;
-        s.check_nul()?;
-        // Without an event id, the row number is one: unique within the file, as ids must be.
-        let event_id = match s.get("event_id") {
-            Some(_) => parse_id(s.get("event_id"), "event_id")?,
-            None => i64::try_from(s.row_number).map_err(|_| "too many rows".to_owned())?,
-        };
-        let external = required(s.get("customer_id").as_ref(), "customer_id")?.to_owned();
-        let event_type = parse_event_type(required(s.get("event_type").as_ref(), "event_type")?)?;
-        let product = s.text("product")?;
-        let color = s.text("color")?;
-        let price_cents = s.get("price").map(|price| parse_price(&price, s.decimal)).transpose()?;
-        let quantity: i32 = match s.get("quantity") {
-            None => 1,
-            Some(text) => match text.parse() {
-                Ok(0) | Err(_) => return Err(format!("quantity {text:?} is not a non-zero integer")),
-                Ok(q) => q,
-            },
-        };
-        if quantity < 0 && event_type != "purchase" {
-            return Err(format!("negative quantity on a {event_type} event (only a purchase can be returned)"));
-        }
-        // The line total: the file's own, else price x quantity.
-        let amount_cents = match s.get("amount") {
-            Some(amount) => Some(parse_amount(&amount, s.decimal)?),
-            None => price_cents.map(|price| price * i64::from(quantity)),
-        };
-        let ts_value = s.get("ts");
-        let ts_text = required(ts_value.as_ref(), "ts")?;
-        let ts = parse_ts(ts_text, s.format("ts")).map_err(|reason| s.date_reason("ts", ts_text, reason))?;
+        let (external, mut event) = parse_event(&self.source.row())?;
         let customer_id = self.known.keys.lookup(&external).filter(|key| self.known.ids.contains(*key));
         let Some(customer_id) = customer_id else {
             let key = self.known.keys.lookup(&external);
@@ -1495,11 +1567,49 @@ impl EventReader {
                 None => format!("unknown customer_id {external}"),
             });
         };
-        if !self.seen.insert(event_id) {
-            return Err(format!("duplicate event_id {event_id}"));
+        if !self.seen.insert(event.event_id) {
+            return Err(format!("duplicate event_id {}", event.event_id));
         }
-        Ok(Event { event_id, customer_id, event_type, product, color, price_cents, quantity, amount_cents, ts })
+        event.customer_id = customer_id;
+        Ok(event)
     }
+}
+
+/// The current row of an events file as an event, checked as far as the row alone can tell: every value, but not
+/// whether its customer is known or its `event_id` repeats an earlier row's. Returns the customer id as the file
+/// has it, and the event with `customer_id` 0, for the caller to set to that customer's key.
+fn parse_event(s: &Row<'_>) -> Result<(String, Event), String> {
+    s.check_nul()?;
+    // Without an event id, the row number is one: unique within the file, as ids must be.
+    let event_id = match s.get("event_id") {
+        Some(_) => parse_id(s.get("event_id"), "event_id")?,
+        None => i64::try_from(s.input.row_number).map_err(|_| "too many rows".to_owned())?,
+    };
+    let external = required(s.get("customer_id").as_ref(), "customer_id")?.to_owned();
+    let event_type = parse_event_type(required(s.get("event_type").as_ref(), "event_type")?)?;
+    let product = s.text("product")?;
+    let color = s.text("color")?;
+    let price_cents = s.get("price").map(|price| parse_price(&price, s.input.decimal)).transpose()?;
+    let quantity: i32 = match s.get("quantity") {
+        None => 1,
+        Some(text) => match text.parse() {
+            Ok(0) | Err(_) => return Err(format!("quantity {text:?} is not a non-zero integer")),
+            Ok(q) => q,
+        },
+    };
+    if quantity < 0 && event_type != "purchase" {
+        return Err(format!("negative quantity on a {event_type} event (only a purchase can be returned)"));
+    }
+    // The line total: the file's own, else price x quantity.
+    let amount_cents = match s.get("amount") {
+        Some(amount) => Some(parse_amount(&amount, s.input.decimal)?),
+        None => price_cents.map(|price| price * i64::from(quantity)),
+    };
+    let ts_value = s.get("ts");
+    let ts_text = required(ts_value.as_ref(), "ts")?;
+    let ts = parse_ts(ts_text, s.format("ts")).map_err(|reason| s.date_reason("ts", ts_text, reason))?;
+    let event = Event { event_id, customer_id: 0, event_type, product, color, price_cents, quantity, amount_cents, ts };
+    Ok((external, event))
 }
 
 #[cfg(test)]

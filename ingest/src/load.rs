@@ -5,13 +5,21 @@
 //! COMMIT`. A failed ingest therefore leaves the old data untouched, and readers see old or new data, never a mix
 //! (`swap_in` takes ACCESS EXCLUSIVE locks, so a reader waits for the COMMIT and then reads the new tables).
 //!
+//! The swap never deadlocks with readers: before its DROP it locks every live table in one `LOCK TABLE`, in the
+//! order membership queries read them (`customer_facts`, `event_totals`, `profiles`, `events`, `customers`), so
+//! the DROP itself never waits while it holds a table. A reader whose transaction reads the tables in another order
+//! could still hold one the LOCK waits for while it waits for one the LOCK took; so each attempt to lock waits at
+//! most half of `deadlock_timeout` inside a savepoint, and on a timeout it releases what it took and tries again,
+//! before any reader's deadlock check could fail that reader (see [`lock_live_tables`]).
+//!
 //! Memory stays flat: rows are validated one at a time, encoded as COPY text lines into a ~1 MB buffer and sent
 //! chunk by chunk; only the sets of customer and event ids are kept (see [`crate::input::IdSet`]).
 //!
 //! A load never replaces live data with little or nothing because of its own rejects: it fails when more rows of
-//! one file are rejected than [`LoadOptions::max_rejects`] allows, and always when no customer is left. Both
-//! checks run in [`load_staging`], so the caller's transaction rolls back and nothing changes; the rejects file is
-//! kept in these two cases, since it is what the user needs to fix the data.
+//! one file are rejected than [`LoadOptions::max_rejects`] allows, always when no customer is left, and when no
+//! event is left where the live data has events (a header-only events file included). These checks run in
+//! [`load_staging`], so the caller's transaction rolls back and nothing changes; the rejects file is kept in these
+//! cases, since it is what the user needs to fix the data.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,12 +27,14 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use audience_tools::dataset::DATASET_DDL;
 use audience_tools::db::{check_identifier, prepare_reader, tolerate_existing};
-use audience_tools::schema::{CUSTOMER_FACTS, CUSTOMERS, EVENT_TOTALS, EVENTS, READER_ROLE, TABLES, swapped_tables};
+use audience_tools::schema::{
+    CUSTOMER_FACTS, CUSTOMERS, EVENT_TOTALS, EVENTS, PROFILES, READER_ROLE, TABLES, swapped_tables,
+};
 use sqlx::postgres::PgCopyIn;
 use sqlx::{PgConnection, PgPool};
 
@@ -140,12 +150,12 @@ pub struct LoadReport {
 
 /// Creates `customers_staging` and `events_staging` in the current schema (replacing leftovers) and fills them
 /// with validated rows via COPY. When the mapping derives customers from the events file (`from_events = true`),
-/// the `customers` path is not read. Run it inside the caller's transaction; on error, roll back.
+/// the `customers` path is not read, and a derived customer none of whose events loaded is removed. Run it inside the caller's transaction; on error, roll back.
 ///
 /// Errors: a whole-file problem (see [`crate::input`]) or, with `strict`, the first rejected row, as one line
-/// `<file>:<line>: <reason>`; a file with more rejected rows than `max_rejects` allows, or no valid customer at
-/// all, as one line saying "nothing was changed" (the caller rolls back) and where the rejects file is; or a
-/// database error.
+/// `<file>:<line>: <reason>`; a file with more rejected rows than `max_rejects` allows, no valid customer at all,
+/// or no event where the live data has events, as one line saying "nothing was changed" (the caller rolls back)
+/// and where the rejects file is; or a database error.
 pub async fn load_staging(
     conn: &mut PgConnection,
     customers: &Path,
@@ -154,6 +164,7 @@ pub async fn load_staging(
 ) -> Result<LoadReport> {
     let started = Instant::now();
     let mapping = opts.mapping.as_ref();
+    let derived = mapping.is_some_and(Mapping::customers_from_events);
     // Both headers are checked before any SQL runs, so a missing column fails fast.
     let keys = CustomerKeys::load(conn).await?;
     let mut customer_reader = CustomerReader::open(customers, events, mapping, keys)?;
@@ -184,10 +195,21 @@ pub async fn load_staging(
     let events_loaded =
         copy_table(conn, "events_staging", &EVENTS.columns(), &mut event_reader, &mut rejects, &mut copy_secs).await?;
     let event_rejects = rejects.end_file();
+    // Like the customers' check above, and before the reject limit, whose message would not say that the load
+    // would have emptied the events: a header-only or wholly rejected events file must not replace them with none.
+    // Customers derived from the events would all be removed below, leaving none.
+    if events_loaded == 0 && (derived || live_events_exist(conn).await?) {
+        let example = event_rejects.first().cloned();
+        let outcome =
+            if derived { "so it gives no customer either" } else { "and loading it would remove every current event" };
+        return Err(no_events(event_reader.file(), event_reader.rows_read(), example, outcome, rejects));
+    }
     rejects_by_reason.extend(event_rejects.reasons());
     if !opts.max_rejects.allows(event_rejects.count, events_loaded + event_rejects.count) {
         return Err(over_limit(event_reader.file(), events_loaded, event_rejects, opts.max_rejects, rejects));
     }
+    let customers_loaded =
+        if derived { customers_loaded - remove_customers_without_events(conn).await? } else { customers_loaded };
     // In the same transaction as the data: a rolled-back ingest assigns no key, a committed one keeps its keys.
     event_reader.known().keys().save(conn).await?;
 
@@ -226,6 +248,48 @@ fn no_customers(file: &str, read: u64, example: Option<Reject>, rejects: RejectS
     let example = example.map(|first| format!(", e.g. line {}: {}", first.line, first.reason)).unwrap_or_default();
     let kept = kept_rejects(rejects);
     anyhow!("no valid customers in {file}: {} rejected{example}; nothing was changed{kept}", rows(read))
+}
+
+/// True when the live `events` table exists and has a row: a load with no events would then remove them all.
+async fn live_events_exist(conn: &mut PgConnection) -> Result<bool> {
+    let live: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(EVENTS.name)
+        .fetch_one(&mut *conn)
+        .await
+        .context("cannot look for the live events")?;
+    if live.is_none() {
+        return Ok(false);
+    }
+    sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {})", EVENTS.name))
+        .fetch_one(&mut *conn)
+        .await
+        .context("cannot read the live events")
+}
+
+/// Removes the customers derived from the events file (`from_events = true`) that have no loaded event, and
+/// returns how many. The customer reader derives a customer only from a row whose values are all valid, but only
+/// the events' pass knows which rows repeat an earlier `event_id`: a customer whose one such row was rejected as a
+/// repeat would otherwise exist without a row that loaded.
+async fn remove_customers_without_events(conn: &mut PgConnection) -> Result<u64> {
+    let removed = sqlx::query(
+        "DELETE FROM customers_staging c \
+         WHERE NOT EXISTS (SELECT 1 FROM events_staging e WHERE e.customer_id = c.customer_id)",
+    )
+    .execute(&mut *conn)
+    .await
+    .context("cannot remove the derived customers without events")?;
+    Ok(removed.rows_affected())
+}
+
+/// The error for an events file that gave no event where that may not be, `outcome` saying why; keeps the rejects
+/// file.
+fn no_events(file: &str, read: u64, example: Option<Reject>, outcome: &str, rejects: RejectSink) -> anyhow::Error {
+    if read == 0 {
+        return anyhow!("no events in {file}: it has no data rows, {outcome}; nothing was changed");
+    }
+    let example = example.map(|first| format!(", e.g. line {}: {}", first.line, first.reason)).unwrap_or_default();
+    let kept = kept_rejects(rejects);
+    anyhow!("no valid events in {file}: {} rejected{example}, {outcome}; nothing was changed{kept}", rows(read))
 }
 
 /// The error for a file with more rejects than the limit allows; keeps the rejects file.
@@ -486,6 +550,11 @@ impl FileRejects {
         reasons
     }
 
+    /// The first rejected row (of those whose reason is counted, see [`MAX_REASON_PATTERNS`]).
+    fn first(&self) -> Option<&Reject> {
+        self.by_reason.values().map(|(_, first)| first).min_by_key(|first| first.line)
+    }
+
     /// The reason most rows were rejected for (the earliest on a tie): how many, and its first row.
     fn most_common(&self) -> Option<(u64, &Reject)> {
         self.by_reason
@@ -636,6 +705,7 @@ pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
             bail!("cannot swap in new data: table {staging} does not exist");
         }
     }
+    lock_live_tables(conn).await?;
     let live = names.join(", ");
     sqlx::query(&format!("DROP TABLE IF EXISTS {live}"))
         .execute(&mut *conn)
@@ -702,6 +772,89 @@ pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
         sqlx::query(&statement).execute(&mut *conn).await.with_context(|| format!("swap-in failed at: {statement}"))?;
     }
     Ok(())
+}
+
+/// The live tables in the order the swap locks them: the order membership queries read them in (the derived
+/// tables, then `profiles`, `events` and `customers`; see the module doc).
+const LOCK_ORDER: [&str; 5] = [CUSTOMER_FACTS, EVENT_TOTALS, PROFILES.name, EVENTS.name, CUSTOMERS.name];
+
+/// The savepoint each attempt to lock the live tables runs in.
+const LOCK_SAVEPOINT: &str = "audience_swap_locks";
+
+/// The longest one attempt to lock the live tables may wait, in milliseconds; shorter when half the server's
+/// `deadlock_timeout` is shorter (see [`lock_live_tables`]).
+const LOCK_ATTEMPT_MS: i64 = 500;
+
+/// How long the swap keeps trying to lock the live tables before the ingest fails. Readers' statements time out
+/// after 10 s, so readers that hold the tables this long are stuck, not busy.
+const LOCK_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Takes ACCESS EXCLUSIVE locks on the live tables that exist, in [`LOCK_ORDER`], in one `LOCK TABLE`, so the
+/// swap's DROP never waits for a reader while it holds some of the tables.
+///
+/// A reader that read one table and then waits for another that the swap holds, while the swap waits for the first,
+/// is a deadlock, which PostgreSQL breaks by failing one of the two. Locking in the readers' order avoids most of
+/// these, but not all: a reader's transaction may run several statements in another order. So one attempt waits at
+/// most half of `deadlock_timeout` (the server's, 1 s by default, and never above [`LOCK_ATTEMPT_MS`]) and runs in
+/// a savepoint: on a timeout (or a deadlock, should the server's check come first) it rolls back to the savepoint,
+/// which releases the locks it took, lets readers through for a moment and tries again. A reader waiting for a
+/// table the swap holds began waiting after the attempt began, so the attempt gives up before the reader's deadlock
+/// check runs: readers are never the victim, and the swap retries for up to [`LOCK_PATIENCE`].
+async fn lock_live_tables(conn: &mut PgConnection) -> Result<()> {
+    let mut live = Vec::new();
+    for name in LOCK_ORDER {
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass($1)::text").bind(name).fetch_one(&mut *conn).await?;
+        if exists.is_some() {
+            live.push(name);
+        }
+    }
+    if live.is_empty() {
+        return Ok(());
+    }
+    let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", live.join(", "));
+    let (attempt_ms, statement_timeout): (i64, String) = sqlx::query_as(
+        "SELECT LEAST($1, GREATEST(1, EXTRACT(EPOCH FROM current_setting('deadlock_timeout')::interval) * 500))\
+         ::int8, current_setting('statement_timeout')",
+    )
+    .bind(LOCK_ATTEMPT_MS)
+    .fetch_one(&mut *conn)
+    .await
+    .context("cannot read the lock timeouts")?;
+    let started = Instant::now();
+    sqlx::query(&format!("SAVEPOINT {LOCK_SAVEPOINT}")).execute(&mut *conn).await?;
+    loop {
+        // Set inside the savepoint: a failed attempt's rollback restores the ingest's own timeout.
+        sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+            .bind(attempt_ms.to_string())
+            .execute(&mut *conn)
+            .await?;
+        match sqlx::query(&lock).execute(&mut *conn).await {
+            Ok(_) => break,
+            Err(error) if is_lock_wait(&error) && started.elapsed() < LOCK_PATIENCE => {
+                sqlx::query(&format!("ROLLBACK TO SAVEPOINT {LOCK_SAVEPOINT}")).execute(&mut *conn).await?;
+                // Long enough for the readers that queued behind the attempt to finish, jittered so the swap does
+                // not meet the same readers at the same point again.
+                let pause = 20 + rand::random::<u64>() % 80;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Err(error) if is_lock_wait(&error) => bail!(
+                "cannot swap in the new data: readers kept the tables locked for {} s; nothing was changed",
+                LOCK_PATIENCE.as_secs()
+            ),
+            Err(error) => return Err(error).context("cannot lock the live tables"),
+        }
+    }
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)").bind(statement_timeout).execute(&mut *conn).await?;
+    sqlx::query(&format!("RELEASE SAVEPOINT {LOCK_SAVEPOINT}")).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// True for the errors of a lock wait given up: the attempt's timeout, or the deadlock check.
+fn is_lock_wait(error: &sqlx::Error) -> bool {
+    let code = error.as_database_error().and_then(|e| e.code());
+    // query_canceled (the statement timeout), lock_not_available, deadlock_detected.
+    code.is_some_and(|code| matches!(code.as_ref(), "57014" | "55P03" | "40P01"))
 }
 
 /// Names the table's primary key `<table>_pkey` (a renamed table keeps its staging constraint name), or adds one.
@@ -795,6 +948,15 @@ mod tests {
         assert!(!RejectLimit::Rows(2).allows(3, 1_000));
         assert!(!RejectLimit::Rows(0).allows(1, 1_000_000));
         assert!(RejectLimit::NONE.allows(u64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn the_swap_locks_every_table_it_replaces() {
+        let mut locked = LOCK_ORDER.to_vec();
+        let mut swapped = swapped_tables();
+        locked.sort_unstable();
+        swapped.sort_unstable();
+        assert_eq!(locked, swapped);
     }
 
     #[test]

@@ -1026,3 +1026,183 @@ async fn a_date_in_a_common_format_names_the_format_to_set() {
     })
     .await;
 }
+
+/// The reported case: a header-only events file loaded with exit 0 and replaced every event with none.
+#[tokio::test]
+async fn a_load_that_leaves_no_events_where_there_were_some_fails_and_changes_nothing() {
+    with_schema(|db| async move {
+        let (good_dir, good_customers, good_events) = files(GOOD_CUSTOMERS.as_bytes(), GOOD_EVENTS.as_bytes());
+        ingest(&db, &good_customers, &good_events, &options(good_dir.path(), false)).await.expect("good load");
+        let before = snapshot(&db).await;
+        assert!(!before.1.is_empty());
+
+        let header = GOOD_EVENTS.lines().next().unwrap();
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), format!("{header}\n").as_bytes());
+        for limit in [RejectLimit::default(), RejectLimit::NONE] {
+            let opts = LoadOptions { max_rejects: limit, ..options(dir.path(), false) };
+            let error = ingest(&db, &customers, &events, &opts).await.expect_err("header-only events");
+            let expected = format!(
+                "no events in {}: it has no data rows, and loading it would remove every current event; nothing was \
+                 changed",
+                events.display()
+            );
+            assert_eq!(format!("{error:#}"), expected, "{limit}");
+            assert_eq!(snapshot(&db).await, before, "{limit}: the live events were replaced");
+        }
+
+        // Every event of an unknown type: rejected, even where the reject limit would let them all go.
+        let unknown_types = GOOD_EVENTS.replace(",view,", ",glance,").replace(",purchase,", ",glance,");
+        let unknown_types = unknown_types.replace(",add_to_cart,", ",glance,");
+        let (dir, customers, events) = files(GOOD_CUSTOMERS.as_bytes(), unknown_types.as_bytes());
+        let opts = options(dir.path(), false);
+        let error = ingest(&db, &customers, &events, &opts).await.expect_err("no valid events");
+        let message = format!("{error:#}");
+        let start = format!("no valid events in {}: ", events.display());
+        assert!(message.starts_with(&start), "{message}");
+        assert!(message.contains(", e.g. line 2: unknown event_type \"glance\""), "{message}");
+        assert!(message.ends_with(&format!("nothing was changed; all rejects are in {}", opts.rejects_path.display())));
+        assert_eq!(snapshot(&db).await, before);
+
+        // A first load may have no events: there are none to lose.
+        with_schema(|fresh| async move {
+            let report = ingest(&fresh, &customers, &events, &options(dir.path(), false)).await.expect("first load");
+            assert_eq!(report.events, 0);
+        })
+        .await;
+    })
+    .await;
+}
+
+/// The reported cases: with customers derived from the events, a customer whose every row was rejected was still
+/// made (here `bob`, `cid` and `dan`, and `customer_id` from the header line); and a header line in a file the
+/// mapping reads without one was rejected without saying why.
+#[tokio::test]
+async fn derived_customers_come_only_from_rows_that_load_and_a_header_line_is_named() {
+    with_schema(|db| async move {
+        let mapping = Mapping::parse(
+            r#"
+            [events]
+            has_header = false
+            columns = ["event_id", "customer_id", "event_type", "price", "ts"]
+            event_id = "event_id"
+            customer_id = "customer_id"
+            event_type = "event_type"
+            price = "price"
+            ts = "ts"
+
+            [customers]
+            from_events = true
+            customer_id = "customer_id"
+            "#,
+        )
+        .unwrap();
+        let log = "event_id,customer_id,event_type,price,ts\n\
+                   1,ann,view,10.00,2024-05-01\n\
+                   2,ann,purchase,10.00,2024-05-02\n\
+                   3,bob,view,abc,2024-05-01\n\
+                   4,bob,buy,5.00,2024-05-02\n\
+                   5,cid,view,1.00,not-a-date\n\
+                   1,dan,view,1.00,2024-05-03\n\
+                   6,eve,view,1.00,2024-05-03\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.csv");
+        std::fs::write(&events, log).expect("write events");
+        let opts = LoadOptions { mapping: Some(mapping), ..options(dir.path(), false) };
+        let report = ingest(&db, &events, &events, &opts).await.expect("load");
+        assert_eq!((report.customers, report.events, report.rejected), (2, 3, 5));
+        let customers: Vec<String> = sqlx::query_scalar("SELECT external_id FROM customers ORDER BY external_id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("customers");
+        assert_eq!(customers, ["ann", "eve"]);
+
+        let rejects = read_rejects(&dir.path().join("rejects.csv"));
+        let lines: Vec<u64> = rejects.iter().map(|(_, line, _)| *line).collect();
+        assert_eq!(lines, [1, 4, 5, 6, 7]);
+        assert_eq!(
+            rejects[0].2,
+            "line 1 looks like a header: if the file has one, set has_header = true and remove columns = [...] in \
+             the mapping (event_id \"event_id\" is not an integer)"
+        );
+        assert_eq!(rejects[4].2, "duplicate event_id 1");
+    })
+    .await;
+}
+
+/// Customers derived from the events file are made only from rows that load as events, and an event row is held
+/// to every check of the events file (the decimal comma, the text caps, NUL bytes, the date hint), so none of
+/// these rows makes a customer; a NUL byte in a column only the customers read still keeps its customer out.
+#[tokio::test]
+async fn derived_customers_hold_their_event_rows_to_every_event_check() {
+    with_schema(|db| async move {
+        let mapping = Mapping::parse(
+            r#"
+            [events]
+            delimiter = "semicolon"
+            decimal = "comma"
+            event_id = "event_id"
+            customer_id = "customer_id"
+            event_type = "event_type"
+            product = "product"
+            price = "price"
+            ts = "ts"
+
+            [customers]
+            from_events = true
+            customer_id = "customer_id"
+            first_name = "name"
+            "#,
+        )
+        .unwrap();
+        let log = format!(
+            "event_id;customer_id;name;event_type;product;price;ts\n\
+             1;ann;Ann;view;socks;12,50;2024-05-01\n\
+             2;bob;Bob;view;socks;1.250;2024-05-01\n\
+             3;cid;Cid;view;{};1,00;2024-05-01\n\
+             4;dan;Dan;view;so\0cks;1,00;2024-05-01\n\
+             5;eve;Eve;view;socks;1,00;31.12.2024\n\
+             6;fay;F\0ay;view;socks;1,00;2024-05-01\n\
+             7;gus;Gus;purchase;socks;4,99;2024-05-02\n",
+            "p".repeat(201)
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let events = dir.path().join("events.csv");
+        std::fs::write(&events, log).expect("write events");
+        let opts = LoadOptions { mapping: Some(mapping), ..options(dir.path(), false) };
+        let report = ingest(&db, &events, &events, &opts).await.expect("load");
+        assert_eq!((report.customers, report.events, report.rejected), (2, 2, 5));
+        let customers: Vec<(String, String)> =
+            sqlx::query_as("SELECT external_id, first_name FROM customers ORDER BY external_id")
+                .fetch_all(&db.pool)
+                .await
+                .expect("customers");
+        assert_eq!(customers, [("ann".into(), "Ann".into()), ("gus".into(), "Gus".into())]);
+        let prices: Vec<String> = sqlx::query_scalar("SELECT price::text FROM events ORDER BY event_id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("prices");
+        assert_eq!(prices, ["12.50", "4.99"]);
+
+        let rejects = read_rejects(&dir.path().join("rejects.csv"));
+        let reasons: Vec<(u64, &str)> = rejects.iter().map(|(_, line, reason)| (*line, reason.as_str())).collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    3,
+                    "price \"1.250\" is ambiguous with decimal = \"comma\": its point may be a thousands separator or \
+                     a decimal point"
+                ),
+                (4, "product has 201 characters, more than the 200 allowed"),
+                (5, "the value contains a NUL byte in column product"),
+                (
+                    6,
+                    "ts \"31.12.2024\" is not a timestamp (RFC 3339, YYYY-MM-DD HH:MM:SS or YYYY-MM-DD); it reads as \
+                     %d.%m.%Y: set format = \"%d.%m.%Y\" for column ts in the mapping"
+                ),
+                (7, "customer_id fay has no valid customer row (the value contains a NUL byte in column name)"),
+            ]
+        );
+    })
+    .await;
+}

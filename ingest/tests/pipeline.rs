@@ -7,9 +7,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use tempfile::TempDir;
 
@@ -18,7 +20,7 @@ use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest, reindex};
 use audience_ingest::render::text_hash;
-use audience_tools::db::Db;
+use audience_tools::db::{Db, ReadLimits};
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::paths;
 use audience_tools::vector::{VectorReader, VectorSearch, VectorStore};
@@ -661,5 +663,71 @@ async fn string_ids_keep_their_keys_and_a_one_percent_change_re_embeds_exactly_t
     let mut expected = keys_before.clone();
     expected.remove("user_0050");
     assert_eq!(keys().await?, expected);
+    env.drop_schema().await
+}
+
+/// Reads a reader transaction runs: the membership's order (the derived tables, then the base tables), and each
+/// pair alone, as the report's separate statements do.
+const READS: [&str; 3] = [
+    "SELECT count(*) FROM customer_facts f WHERE EXISTS (SELECT 1 FROM event_totals t WHERE t.customer_id = \
+     f.customer_id) AND EXISTS (SELECT 1 FROM profiles p WHERE p.customer_id = f.customer_id) AND EXISTS (SELECT 1 \
+     FROM events e WHERE e.customer_id = f.customer_id) AND EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = \
+     f.customer_id)",
+    "SELECT count(*) FROM customer_facts f JOIN profiles p ON p.customer_id = f.customer_id",
+    "SELECT count(*) FROM event_totals t JOIN events e ON e.customer_id = t.customer_id",
+];
+
+/// The reported case: ingests beside readers that read the derived tables and then the base tables failed with
+/// `cannot drop the old tables: deadlock detected` (and a reader could be the one that failed instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ingests_and_concurrent_readers_never_deadlock() -> Result<()> {
+    let env = Env::new().await?;
+    let (customers, events) = (fixture("small_customers.csv"), fixture("small_events.csv"));
+    env.ingest(&customers, &events, None).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // As many readers as the reader pool has connections.
+    let readers: Vec<_> = (0..4)
+        .map(|reader| {
+            let (db, stop) = (env.db.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut transactions = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut tx = db.begin_read_only(ReadLimits::default()).await?;
+                    // Half the readers read in the membership's order, half in another.
+                    let order: Vec<&str> =
+                        if reader % 2 == 0 { READS.to_vec() } else { READS.iter().rev().copied().collect() };
+                    for sql in order {
+                        sqlx::query(sql).execute(&mut *tx).await.with_context(|| format!("reader {reader}: {sql}"))?;
+                    }
+                    tx.commit().await?;
+                    transactions += 1;
+                }
+                anyhow::Ok(transactions)
+            })
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut ingests = 0;
+    let mut failed = None;
+    while ingests < 10 && started.elapsed() < Duration::from_secs(60) {
+        match env.ingest(&customers, &events, None).await {
+            Ok(_) => ingests += 1,
+            Err(error) => {
+                failed = Some(error);
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let transactions = reader.await??;
+        assert!(transactions > 0, "a reader never finished a transaction");
+    }
+    if let Some(error) = failed {
+        panic!("ingest {} failed: {error:#}", ingests + 1);
+    }
+    assert_eq!(ingests, 10, "10 ingests did not finish in 60 s");
     env.drop_schema().await
 }
