@@ -463,7 +463,8 @@ fn ctrl_c_cancels_a_slow_question_and_a_missing_provider_is_named() {
     let requests = llm.requests();
     assert_eq!(requests.len(), 1);
     let users: Vec<String> = messages_with_role(&requests[0], "user").iter().map(content_text).collect();
-    assert_eq!(users, vec!["a second question".to_owned()]);
+    assert_eq!(users.len(), 1);
+    assert!(users[0].ends_with("\nQuestion: a second question"), "{users:?}");
 
     // Regression: the cancelled question is still in the ledger (it had spent nothing the provider reported).
     let cost = repl.ask("/cost");
