@@ -215,8 +215,8 @@ const EVENT_WORDS: &[(EventType, &[&str])] = &[
 
 /// Words that negate an event verb within the three words before it.
 const NEGATIONS: &[&str] = &[
-    "never", "not", "didn't", "didnt", "haven't", "havent", "hasn't", "hasnt", "don't", "dont", "doesn't",
-    "doesnt", "without", "no", "nor", "hadn't", "hadnt", "weren't", "wasn't",
+    "never", "not", "didn't", "didnt", "haven't", "havent", "hasn't", "hasnt", "don't", "dont", "doesn't", "doesnt",
+    "without", "no", "nor", "hadn't", "hadnt", "weren't", "wasn't",
 ];
 
 /// Words that leave something out without negating a verb ("everyone except VIPs").
@@ -605,9 +605,8 @@ impl Grounding {
             }
             if matches!(*word, "since" | "in" | "during") {
                 // "since March" (up to the data's last day); "in May 2026", "in June", "during 2025", "in Q2".
-                let year_at = |at: usize| {
-                    words.get(at).and_then(|w| w.parse::<i32>().ok()).filter(|y| (1900..3000).contains(y))
-                };
+                let year_at =
+                    |at: usize| words.get(at).and_then(|w| w.parse::<i32>().ok()).filter(|y| (1900..3000).contains(y));
                 let month = words
                     .get(i + 1)
                     .and_then(|w| MONTHS.iter().position(|m| m == w || (w.len() == 3 && m.starts_with(*w))));
@@ -734,19 +733,23 @@ impl Grounding {
         if !matches!(clause.rule, Rule::Event { .. }) {
             return Traced::Dropped(reason);
         }
-        // The essential part (type and products) must trace; each optional part is checked on its own with it.
-        let essential = EventPart::ALL.iter().fold(clause.clone(), |kept, part| part.without(&kept));
+        // The essential part must trace: the event type, and the products when the question names any (a clause
+        // on other products than the question's is wrong, not too narrow). Each optional part is checked on its
+        // own with it.
+        let parts: Vec<EventPart> = EventPart::ALL
+            .into_iter()
+            .filter(|part| *part != EventPart::Products || self.found.products.is_empty())
+            .collect();
+        let essential = parts.iter().fold(clause.clone(), |kept, part| part.without(&kept));
         if self.untraced(&essential).is_some() {
             return Traced::Dropped(reason);
         }
         let mut trimmed = clause.clone();
         let mut removed = Vec::new();
-        for part in EventPart::ALL {
+        for &part in &parts {
             let Some(words) = part.describe(&clause.rule) else { continue };
-            let alone = EventPart::ALL
-                .iter()
-                .filter(|other| **other != part)
-                .fold(clause.clone(), |kept, other| other.without(&kept));
+            let alone =
+                parts.iter().filter(|other| **other != part).fold(clause.clone(), |kept, other| other.without(&kept));
             if self.untraced(&alone).is_some() {
                 trimmed = part.without(&trimmed);
                 removed.push(words);
@@ -762,7 +765,16 @@ impl Grounding {
         let number_said = |value: f64| self.numbers.iter().any(|n| (n - value).abs() < 1e-9);
         match &clause.rule {
             Rule::Event {
-                event_type, products, colors, min_price, max_price, within_days, since, until, min_count, ..
+                event_type,
+                products,
+                colors,
+                min_price,
+                max_price,
+                within_days,
+                since,
+                until,
+                min_count,
+                ..
             } => {
                 if (since.is_some() || until.is_some()) && !self.periods.contains(&(*since, *until)) {
                     return Some(format!("period {since:?} to {until:?}"));
@@ -907,6 +919,7 @@ impl Grounding {
 /// The optional parts of an event clause, which tracing can take off one by one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EventPart {
+    Products,
     Colors,
     MinPrice,
     MaxPrice,
@@ -916,15 +929,17 @@ enum EventPart {
 }
 
 impl EventPart {
-    const ALL: [EventPart; 6] =
-        [Self::Colors, Self::MinPrice, Self::MaxPrice, Self::Window, Self::Period, Self::MinCount];
+    const ALL: [EventPart; 7] =
+        [Self::Products, Self::Colors, Self::MinPrice, Self::MaxPrice, Self::Window, Self::Period, Self::MinCount];
 
     /// `clause` without this part.
     fn without(self, clause: &Clause) -> Clause {
         let mut clause = clause.clone();
-        if let Rule::Event { colors, min_price, max_price, within_days, since, until, min_count, .. } = &mut clause.rule
+        if let Rule::Event { products, colors, min_price, max_price, within_days, since, until, min_count, .. } =
+            &mut clause.rule
         {
             match self {
+                Self::Products => products.clear(),
                 Self::Colors => colors.clear(),
                 Self::MinPrice => *min_price = None,
                 Self::MaxPrice => *max_price = None,
@@ -938,11 +953,13 @@ impl EventPart {
 
     /// The part in words, when the rule sets it.
     fn describe(self, rule: &Rule) -> Option<String> {
-        let Rule::Event { colors, min_price, max_price, within_days, since, until, min_count, .. } = rule else {
+        let Rule::Event { products, colors, min_price, max_price, within_days, since, until, min_count, .. } = rule
+        else {
             return None;
         };
         let day = |day: &Option<NaiveDate>| day.map_or("open".to_owned(), |d| d.to_string());
         match self {
+            Self::Products => (!products.is_empty()).then(|| format!("the products {}", products.join(", "))),
             Self::Colors => (!colors.is_empty()).then(|| format!("the colours {}", colors.join(", "))),
             Self::MinPrice => min_price.map(|p| format!("a price of at least {p}")),
             Self::MaxPrice => max_price.map(|p| format!("a price of at most {p}")),
@@ -1153,7 +1170,11 @@ mod tests {
         assert_eq!(g.wrong_side(&bought, true), None);
         assert!(g.wrong_side(&cart, true).unwrap().contains("put that add_to_cart clause in include"));
         assert!(g.wrong_side(&bought, false).unwrap().contains("put that purchase clause in exclude"));
-        assert!(g.hint_line().unwrap().contains("\"never bought\" = exclude event_type purchase"), "{:?}", g.hint_line());
+        assert!(
+            g.hint_line().unwrap().contains("\"never bought\" = exclude event_type purchase"),
+            "{:?}",
+            g.hint_line()
+        );
         let g = ground("people who viewed jeans and didn't buy them");
         assert!(g.wrong_side(&bought, false).is_some());
         // The object negated, not the verb: excluding purchases of shoes is meant.
@@ -1214,5 +1235,19 @@ mod tests {
             serde_json::to_value(&trimmed).unwrap(),
             serde_json::json!({"type": "event", "event_type": "purchase", "products": ["watches", "jewelry"], "min_price": 1000.0})
         );
+        // A question that names no product: products the model listed are taken off, the cart clause stays.
+        let g = ground("customers who added something to their cart but never bought anything");
+        let listed =
+            clause(serde_json::json!({"type": "event", "event_type": "add_to_cart", "products": ["socks", "shoes"],
+                                                "min_price": 0, "within_days": 36600}));
+        let Traced::Trimmed { clause: trimmed, .. } = g.trace(&listed) else { panic!("{:?}", g.trace(&listed)) };
+        assert_eq!(
+            serde_json::to_value(&trimmed).unwrap(),
+            serde_json::json!({"type": "event", "event_type": "add_to_cart"})
+        );
+        // A question that names products: a clause on other products is dropped.
+        let g = ground("customers who bought socks");
+        let other = clause(serde_json::json!({"type": "event", "event_type": "purchase", "products": ["shoes"]}));
+        assert!(matches!(g.trace(&other), Traced::Dropped(_)));
     }
 }

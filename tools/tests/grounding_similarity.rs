@@ -10,10 +10,25 @@ use chrono::NaiveDate;
 
 async fn ground(question: &str) -> Grounding {
     let values = DataValues {
-        products: ["socks", "t_shirts", "dresses", "scarves", "yoga_wear", "jeans", "shoes", "running_gear", "watches",
-            "jewelry", "hats", "perfume", "sunglasses", "bags", "jackets"]
-            .map(String::from)
-            .to_vec(),
+        products: [
+            "socks",
+            "t_shirts",
+            "dresses",
+            "scarves",
+            "yoga_wear",
+            "jeans",
+            "shoes",
+            "running_gear",
+            "watches",
+            "jewelry",
+            "hats",
+            "perfume",
+            "sunglasses",
+            "bags",
+            "jackets",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..DataValues::default()
     };
     let embedder = LazyEmbedder::new(paths::models_dir());

@@ -239,8 +239,18 @@ fn window(as_of: NaiveDate, days: u32) -> (NaiveDate, NaiveDate) {
 
 /// The conditions on an event `e` that an event rule sets.
 fn event_conditions(rule: &Rule, as_of: NaiveDate) -> Result<String, Invalid> {
-    let Rule::Event { event_type, products, colors, min_price, max_price, within_days, since, until, min_count: _, sql } =
-        rule
+    let Rule::Event {
+        event_type,
+        products,
+        colors,
+        min_price,
+        max_price,
+        within_days,
+        since,
+        until,
+        min_count: _,
+        sql,
+    } = rule
     else {
         return Err(Invalid("not an event clause".to_owned()));
     };

@@ -380,7 +380,9 @@ impl AudienceDefinition {
 impl Rule {
     fn validate(&self) -> Result<(), Invalid> {
         match self {
-            Rule::Event { products, colors, min_price, max_price, within_days, since, until, min_count, sql, .. } => {
+            Rule::Event {
+                products, colors, min_price, max_price, within_days, since, until, min_count, sql, ..
+            } => {
                 for (name, list) in [("products", products), ("colors", colors)] {
                     if list.iter().any(|value| value.trim().is_empty()) {
                         return invalid(format!("{name} holds an empty value"));

@@ -64,18 +64,8 @@ struct RawEdit {
 /// The arguments an edit takes, in the order the schema lists them.
 const EDIT_KEYS: [&str; 7] = ["new", "include", "exclude", "remove", "intent", "limit", "fields"];
 /// The fields of an event clause besides `type` (and the free `sql` condition).
-const EVENT_KEYS: [&str; 10] = [
-    "event_type",
-    "products",
-    "colors",
-    "min_price",
-    "max_price",
-    "within_days",
-    "since",
-    "until",
-    "min_count",
-    "sql",
-];
+const EVENT_KEYS: [&str; 10] =
+    ["event_type", "products", "colors", "min_price", "max_price", "within_days", "since", "until", "min_count", "sql"];
 /// Intents that name no taste: words of the tool's own description that a model copies into the slot.
 const EMPTY_INTENTS: [&str; 8] = ["tastes", "taste", "intent", "style", "preferences", "none", "null", "n/a"];
 
