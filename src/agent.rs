@@ -544,7 +544,7 @@ pub fn system_prompt() -> String {
 /// Output tokens one agent call may produce: an answer of a few sentences or one tool call (an audience edit of
 /// several clauses takes under 150). It also bounds what a
 /// runaway model can write into the conversation (a megabyte "condition"), which every later call would resend.
-pub const MAX_OUTPUT_TOKENS: u64 = 400;
+pub const MAX_OUTPUT_TOKENS: u64 = 300;
 
 /// The agent of one question: the tools, with `find_audience` offered with the question's schema. Temperature 0:
 /// the same question gets the same call, and the recorded golden set replays.

@@ -70,6 +70,11 @@ impl DataValues {
     }
 }
 
+/// Most products or colours one clause of the model's may list (the definition itself takes more).
+const LISTED_IN_A_CLAUSE: usize = 6;
+/// The longest window the model may set: ten years (the definition itself takes a century).
+const MAX_WINDOW_DAYS: u32 = 3_660;
+
 /// The values one question's schema offers: all of a small vocabulary, the grounded ones of a large one.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Offered {
@@ -161,15 +166,19 @@ fn event_clause(offered: &Offered) -> Value {
     properties.insert("type".into(), json!({"const": "event"}));
     let types: Vec<String> = EventType::ALL.into_iter().map(name_of).collect();
     properties.insert("event_type".into(), string_enum(&types));
+    // A question names a few products or colours; a small model left free lists the whole enum.
     for (name, values) in [("products", &offered.products), ("colors", &offered.colors)] {
         if !values.is_empty() {
-            properties.insert(name.into(), json!({"type": "array", "items": string_enum(values), "minItems": 1}));
+            properties.insert(
+                name.into(),
+                json!({"type": "array", "items": string_enum(values), "minItems": 1, "maxItems": LISTED_IN_A_CLAUSE}),
+            );
         }
     }
     for name in ["min_price", "max_price"] {
         properties.insert(name.into(), json!({"type": "number", "minimum": 0}));
     }
-    properties.insert("within_days".into(), json!({"type": "integer", "minimum": 1, "maximum": 36_600}));
+    properties.insert("within_days".into(), json!({"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_DAYS}));
     for name in ["since", "until"] {
         properties.insert(name.into(), json!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}));
     }
