@@ -1,6 +1,7 @@
-//! The agent: a rig loop over the tools (`find_audience`, `sql_analytics`, `sql_data_retriever`) with a short
-//! system prompt, an explicit turn budget, conversation history for follow-ups, the conversation's audience, a trace
-//! of every step and a usage record per question.
+//! The agent: a rig loop over the tools (`registry::TOOLS`), built per question with schemas that carry the values
+//! grounded for it, where every turn is a constrained tool call (see `agent_hook`); an explicit turn budget,
+//! conversation history for follow-ups, the conversation's audience, a trace of every step and a usage record per
+//! question. A found audience, a reply or a clarifying question is the answer, rendered by the program.
 //!
 //! [`Session`] is the API the `ask` command and the REPL use:
 //! `Session::new(config, stores, verbose)`, then `ask(question)` any number of times (each question sees the
@@ -16,7 +17,7 @@ use audience_tools::audience::lookalike::Lookalike;
 use audience_tools::audience::saved::SavedAudiences;
 use audience_tools::audience::{AudienceReport, AudienceSession, FindAudience};
 use audience_tools::clarify::{AskClarification, Clarification};
-use audience_tools::question::{Prepared, Vocabulary, prepare};
+use audience_tools::question::{Current, Prepared, Vocabulary, prepare};
 use audience_tools::registry;
 use audience_tools::respond::Respond;
 use audience_tools::sql_analytics::SqlAnalytics;
@@ -37,8 +38,9 @@ use crate::ledger::{Ledger, UsageRecord, UsageTotals};
 use crate::local_llm::{self, LocalServer};
 use crate::provider::{ChatModel, ProviderConfig, ProviderKind, Settings};
 
-/// Model calls allowed per question, the first included (`AUDIENCE_MAX_TURNS`). A typical question takes
-/// two (tool call, answer); a follow-up with a correction takes three or four.
+/// Model calls allowed per question, the first included (`AUDIENCE_MAX_TURNS`). A typical question takes one
+/// (the call, whose result the program renders), two with a repair; an analytics question three (the call, its
+/// text-to-SQL call, the answer in words). The budget is a backstop.
 pub const DEFAULT_MAX_TURNS: usize = 6;
 /// Times the model is told "no such tool" before the run fails.
 pub const DEFAULT_UNKNOWN_TOOL_RETRIES: usize = 1;
@@ -218,9 +220,13 @@ impl Session {
         let start = Instant::now();
         let history: Vec<Message> = self.history.iter().flatten().cloned().collect();
         let data = self.data().await?;
-        let current = current_audience(&self.audience);
-        let prepared = prepare(&self.stores, &data, question, current.as_deref()).await.kind(FailureKind::Store)?;
-        if let Some(answer) = self.nothing_matches(question, &prepared, &data, start) {
+        // What the history keeps of this question: it as asked, with the audience it was asked about.
+        let asked = prompt_text(question, &self.audience);
+        let definition = self.audience.current();
+        let text = current_audience(&self.audience);
+        let current = definition.as_ref().zip(text.as_deref()).map(|(definition, text)| Current { definition, text });
+        let prepared = prepare(&self.stores, &data, question, current).await.kind(FailureKind::Store)?;
+        if let Some(answer) = self.nothing_matches(&asked, &prepared, &data, start) {
             return Ok(Some(answer));
         }
         let prompt = prepared.prompt.clone();
@@ -285,7 +291,7 @@ impl Session {
         if let Some(clarification) = run.clarification.take() {
             // The run stopped on the question: the user's reply is the next turn, so the history keeps both.
             let text = clarification.render();
-            self.push_history(vec![Message::user(prompt_text(question, &self.audience)), Message::assistant(&text)]);
+            self.push_history(vec![Message::user(asked), Message::assistant(&text)]);
             let confidence = Confidence {
                 level: confidence::Level::Medium,
                 reasons: vec!["the request can mean different audiences; the agent asks which".to_owned()],
@@ -314,7 +320,7 @@ impl Session {
         };
         // The history keeps the question and its answer: the current audience is the host's, told to the model
         // with every question, and the examples and hints of an earlier question would only cost tokens.
-        self.push_history(vec![Message::user(prompt_text(question, &self.audience)), Message::assistant(&text)]);
+        self.push_history(vec![Message::user(asked), Message::assistant(&text)]);
         let run_audience = audience;
         let vocabulary = match run_audience.as_ref().and_then(|report| report.definition.intent.as_ref()) {
             Some(_) => self.vocabulary().await,
@@ -349,7 +355,7 @@ impl Session {
     /// query or model call runs: an audience without that condition would be the wrong answer.
     fn nothing_matches(
         &mut self,
-        question: &str,
+        asked: &str,
         prepared: &Prepared,
         data: &Vocabulary,
         start: Instant,
@@ -379,7 +385,7 @@ impl Session {
         );
         self.ledger.record(&usage);
         self.last_usage = Some(usage.clone());
-        self.push_history(vec![Message::user(prompt_text(question, &self.audience)), Message::assistant(&text)]);
+        self.push_history(vec![Message::user(asked), Message::assistant(&text)]);
         Some(Answer {
             kind: AnswerKind::Answer,
             text,
@@ -839,7 +845,7 @@ mod tests {
         // The fixture has customers but no profiles: the audience is empty, and the answer says so.
         assert!(answer.text.starts_with("0 of 0 customers: Customers from DE"), "{}", answer.text);
         assert!(answer.text.contains("No customer meets every condition"), "{}", answer.text);
-        assert!(answer.text.contains("Left out, as the question does not ask for it: aged 25"), "{}", answer.text);
+        assert!(answer.text.contains("Left out, as no word of the question asks for it: aged 25"), "{}", answer.text);
         assert_eq!(session.audience().current().unwrap().include.len(), 1);
     }
 

@@ -71,6 +71,8 @@ pub struct RunLog {
     pub dropped: Vec<String>,
     /// Correctable tool failures so far (see [`MAX_FAILED_CALLS`]).
     failures: u32,
+    /// Whether a `find_audience` call was already sent back for its clauses (that happens once per question).
+    sent_back: bool,
     /// The clarifying question the model asked instead of answering; the run stopped on it.
     pub clarification: Option<Clarification>,
     /// The full output of each successful tool call, in order: what the answer's numbers must come from.
@@ -304,11 +306,17 @@ fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (
             }
             match grounding.trace(&clause) {
                 Traced::Kept => true,
-                Traced::Trimmed { clause: trimmed, removed } => {
-                    dropped.extend(removed.into_iter().map(|part| format!("{part} (of {})", trimmed.rule.predicate())));
-                    *value = serde_json::to_value(&trimmed).unwrap_or(Value::Null);
-                    true
-                }
+                Traced::Trimmed { clause: trimmed, removed } => match serde_json::to_value(&trimmed) {
+                    Ok(trimmed_value) => {
+                        dropped.extend(
+                            removed.into_iter().map(|part| format!("{part} (of {})", trimmed.rule.predicate())),
+                        );
+                        *value = trimmed_value;
+                        true
+                    }
+                    // A clause that cannot be written back is left as the model sent it.
+                    Err(_) => true,
+                },
                 Traced::Dropped(_) => {
                     dropped.push(clause.rule.predicate());
                     false
@@ -542,12 +550,34 @@ impl AgentHook for TraceHook {
                 && let Some(grounding) = &self.grounding
                 && let Some(args) = event.tool_args().and_then(|raw| serde_json::from_str::<Value>(raw).ok())
             {
-                if let Some(reason) = wrong_side(&args, &grounding.0) {
-                    // Sent back in the repair turn: only the model can say which clause it meant.
+                let first_try = !lock(&self.log).sent_back;
+                if first_try && let Some(reason) = wrong_side(&args, &grounding.0) {
+                    // Sent back once, in the repair turn: only the model can say which clause it meant; a model
+                    // that insists is believed (the question may negate in a way grounding does not read).
                     self.say(format!("· sent back: {reason}"));
+                    lock(&self.log).sent_back = true;
                     return DispatchAction::skip(reason);
                 }
+                let clauses = |args: &Value| {
+                    ["include", "exclude"]
+                        .iter()
+                        .filter_map(|list| args.get(*list)?.as_array().map(Vec::len))
+                        .sum::<usize>()
+                };
+                let had = clauses(&args);
                 let (args, dropped) = drop_untraced(args, &grounding.0, &grounding.1);
+                let changes_else = ["remove", "intent", "new"].iter().any(|key| args.get(*key).is_some());
+                if first_try && had > 0 && clauses(&args) == 0 && !changes_else {
+                    // Nothing the call asked for is in the question: the whole customer base is no answer to it.
+                    let reason = format!(
+                        "none of these clauses matches the question's words ({}); use the values under \"Resolved from \
+                         the data\", or ask_clarification",
+                        dropped.join("; ")
+                    );
+                    self.say(format!("· sent back: {reason}"));
+                    lock(&self.log).sent_back = true;
+                    return DispatchAction::skip(reason);
+                }
                 if !dropped.is_empty() {
                     self.say(format!("· left out, not asked for: {}", dropped.join("; ")));
                     lock(&self.log).dropped.extend(dropped);

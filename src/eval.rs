@@ -506,6 +506,11 @@ fn contains_words(text: &str, wanted: &str) -> bool {
             .map(str::to_lowercase)
             .collect()
     };
+    // A code ("US", "GB") is matched as written: "let us know" does not state the United States.
+    let code = wanted.len() <= 3 && wanted.chars().all(|c| c.is_ascii_uppercase());
+    if code {
+        return text.split(|c: char| !c.is_alphanumeric()).any(|word| word == wanted);
+    }
     let (said, wanted) = (tokens(text), tokens(wanted));
     !wanted.is_empty() && said.windows(wanted.len()).any(|window| window == wanted.as_slice())
 }
@@ -634,7 +639,7 @@ mod tests {
         assert_eq!(value_in_text(&json!(1234), "There are 1,235 customers.", None).0, 0.0);
         assert_eq!(value_in_text(&json!(56.789), "Average order: 56.79", None).0, 1.0);
         assert_eq!(value_in_text(&json!(56.789), "Average order: 56.8", Some(1)).0, 1.0);
-        assert_eq!(value_in_text(&json!("PL"), "Most customers are in pl.", None).0, 1.0);
+        assert_eq!(value_in_text(&json!("PL"), "Most customers are in PL.", None).0, 1.0);
         assert_eq!(value_in_text(&json!("Liam Novak"), "The top spender is Liam Novak (US).", None).0, 1.0);
         assert_eq!(value_in_text(&json!("t_shirts"), "Best seller: t_shirts", None).0, 1.0);
     }
@@ -644,6 +649,7 @@ mod tests {
     fn text_values_match_whole_words_only() {
         assert_eq!(value_in_text(&json!("US"), "France has the most customers.", None).0, 0.0);
         assert_eq!(value_in_text(&json!("US"), "Most customers are in the US.", None).0, 1.0);
+        assert_eq!(value_in_text(&json!("US"), "Let us know: France leads.", None).0, 0.0);
         assert_eq!(value_in_text(&json!("shoes"), "Snowshoes sold best.", None).0, 0.0);
     }
 

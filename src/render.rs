@@ -30,7 +30,7 @@ pub fn audience_answer(report: &AudienceReport, dropped: &[String]) -> String {
         text.push_str(&format!(" {order}: {}.", named.join("; ")));
     }
     for clause in dropped {
-        text.push_str(&format!(" Left out, as the question does not ask for it: {clause}."));
+        text.push_str(&format!(" Left out, as no word of the question asks for it: {clause}."));
     }
     text
 }

@@ -151,6 +151,50 @@ mod tests {
         assert!(examples.iter().any(|e| e.current.is_some() && e.args.get("remove").is_some()), "removal is shown");
     }
 
+    /// The tracing that guards the model's calls accepts the library's own answers: every clause of every
+    /// audience example (refinements aside: they lean on an audience the example only describes) traces to its
+    /// question and sits on the side its question puts it.
+    #[tokio::test]
+    async fn every_library_answer_traces_to_its_question() {
+        use crate::grounding::{Grounding, Traced, value_text};
+        let examples = library().unwrap();
+        let mut values = DataValues::default();
+        for example in &examples {
+            example.values(&mut values);
+        }
+        values.countries =
+            ["PL", "DE", "FR", "GB", "US", "ES", "IT", "NL", "SE", "BE", "DK", "NO", "FI", "IE", "PT", "AT", "CH"]
+                .map(String::from)
+                .to_vec();
+        let as_of = chrono::NaiveDate::from_ymd_opt(2026, 6, 29).unwrap();
+        // Grounded as the agent grounds a question: by text, then by similarity with the real model.
+        let embedder = LazyEmbedder::new(crate::paths::models_dir());
+        let texts: Vec<String> = values.products.iter().map(|p| value_text(p)).collect();
+        let product_vectors = embedder.embed(texts).await.unwrap().vectors;
+        let mut failures = Vec::new();
+        for example in examples.iter().filter(|e| e.tool == "find_audience" && e.current.is_none()) {
+            let mut grounding = Grounding::of(&example.question, &values, as_of);
+            let words = grounding.unmatched.clone();
+            if !words.is_empty() {
+                let vectors = embedder.embed(words.clone()).await.unwrap().vectors;
+                grounding.add_similar(&values, &product_vectors, &words.into_iter().zip(vectors).collect::<Vec<_>>());
+            }
+            let edit: Edit = serde_json::from_value(example.args.clone()).unwrap();
+            for (clause, exclude) in
+                edit.include.iter().map(|c| (c, false)).chain(edit.exclude.iter().map(|c| (c, true)))
+            {
+                let traced = grounding.trace(clause);
+                if traced != Traced::Kept {
+                    failures.push(format!("{:?}: {} -> {traced:?}", example.question, clause.rule.predicate()));
+                }
+                if let Some(reason) = grounding.wrong_side(clause, exclude) {
+                    failures.push(format!("{:?}: {reason}", example.question));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{} clauses do not trace:\n{}", failures.len(), failures.join("\n"));
+    }
+
     fn trigrams(text: &str) -> HashSet<String> {
         let words: Vec<String> =
             text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use chrono::{Datelike, NaiveDate};
 use serde_json::Value;
 
-use crate::audience::definition::{Clause, EventType, FieldKind, ProfileField, Rule};
+use crate::audience::definition::{AudienceDefinition, Clause, EventType, FieldKind, ProfileField, Rule};
 use crate::vocabulary::DataValues;
 
 /// One resolved phrase of the question, shown to the model as `"phrase" = meaning`.
@@ -36,6 +36,8 @@ pub struct Grounding {
     loose_negation: bool,
     /// Windows in days, counted back from the data's last day.
     pub days: Vec<u32>,
+    /// The data's last day, which windows count back from.
+    as_of: NaiveDate,
     /// Calendar periods the question names ("in May 2026", "in 2025", "in Q2"): first and last day, inclusive.
     pub periods: Vec<(Option<NaiveDate>, Option<NaiveDate>)>,
     /// Every number the question writes (money, counts, ages), words included ("twice" is 2).
@@ -66,13 +68,21 @@ fn tokens(question: &str) -> Vec<Token> {
                 || !(i.checked_sub(1).and_then(|p| chars.get(p)).is_some_and(char::is_ascii_digit)
                     && chars.get(i + 1).is_some_and(char::is_ascii_digit))
         })
-        .map(|(_, c)| *c)
+        // Typographic quotes and dashes as a keyboard writes them ("didn’t", "25–34").
+        .map(|(_, c)| match c {
+            '\u{2018}' | '\u{2019}' => '\'',
+            '\u{201c}' | '\u{201d}' => '"',
+            '\u{2013}' | '\u{2014}' => '-',
+            other => *other,
+        })
         .collect();
     question
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '?' | '!' | '(' | ')' | '"' | '/' | ':'))
         .flat_map(|word| {
-            // "t-shirts" keeps its parts as separate tokens, so "t shirts" and "t-shirts" both reach "tshirt".
-            let word = word.trim_matches(|c: char| matches!(c, '.' | '\'' | '`'));
+            // "t-shirts" keeps its parts as separate tokens, so "t shirts" and "t-shirts" both reach "tshirt";
+            // "500+" is 500; "U.K." keeps its dots.
+            let word = word.trim_start_matches(['.', '\'', '`']).trim_end_matches(['\'', '`', '+']);
+            let word = if word.matches('.').count() >= 2 { word } else { word.trim_end_matches('.') };
             word.split(['-', '_']).map(str::to_owned).collect::<Vec<_>>()
         })
         .filter(|word| !word.is_empty())
@@ -90,7 +100,10 @@ fn key_of(word: &str) -> String {
 }
 
 fn singular(word: &str) -> String {
-    if word.len() > 4 && word.ends_with("ies") {
+    if word.len() > 4 && word.ends_with("ves") {
+        // scarves, shelves: scarf, shelf.
+        format!("{}f", &word[..word.len() - 3])
+    } else if word.len() > 4 && word.ends_with("ies") {
         format!("{}y", &word[..word.len() - 3])
     } else if word.len() > 3
         && word.ends_with("es")
@@ -197,6 +210,8 @@ const EVENT_WORDS: &[(EventType, &[&str])] = &[
             "purchases",
             "purchasing",
             "ordered",
+            "purchasers",
+            "purchaser",
             "order",
             "orders",
             "paid",
@@ -206,8 +221,8 @@ const EVENT_WORDS: &[(EventType, &[&str])] = &[
     (
         EventType::View,
         &[
-            "viewed", "view", "views", "viewing", "browsed", "browse", "browsing", "looked", "visited", "saw", "seen",
-            "checked",
+            "viewed", "viewers", "viewer", "visitors", "view", "views", "viewing", "browsed", "browse", "browsing",
+            "looked", "visited", "saw", "seen",
         ],
     ),
     (EventType::AddToCart, &["cart", "carted", "basket", "carts", "baskets"]),
@@ -216,11 +231,15 @@ const EVENT_WORDS: &[(EventType, &[&str])] = &[
 /// Words that negate an event verb within the three words before it.
 const NEGATIONS: &[&str] = &[
     "never", "not", "didn't", "didnt", "haven't", "havent", "hasn't", "hasnt", "don't", "dont", "doesn't", "doesnt",
-    "without", "no", "nor", "hadn't", "hadnt", "weren't", "wasn't",
+    "without", "no", "nor", "hadn't", "hadnt", "weren't", "wasn't", "nothing", "none", "neither",
 ];
 
-/// Words that leave something out without negating a verb ("everyone except VIPs").
-const EXCLUSIONS: &[&str] = &["except", "excluding", "exclude", "besides", "other", "minus", "non", "apart", "but"];
+/// Words that leave something out ("everyone except VIPs"); right before an event verb they negate it like
+/// "never" ("excluding anyone who purchased", "non-buyers").
+const EXCLUSIONS: &[&str] =
+    &["except", "excluding", "exclude", "besides", "minus", "non", "apart", "remove", "drop", "leave", "without"];
+/// Words that end the reach of a negation: in "never browse but buy" the purchase is not negated.
+const CLAUSE_BREAKS: &[&str] = &["but", "and", "or", "yet", "while"];
 
 /// Words after a purchase or view verb that are not a product ("bought twice", "viewed something").
 const NOT_PRODUCTS: &[&str] = &[
@@ -421,7 +440,8 @@ impl Grounding {
     /// Grounds `question` in `values` by text alone; [`Self::add_similar`] adds what only similarity finds.
     pub fn of(question: &str, values: &DataValues, as_of: NaiveDate) -> Self {
         let tokens = tokens(question);
-        let mut grounding = Grounding { words: tokens.iter().map(|t| t.lower.clone()).collect(), ..Self::default() };
+        let mut grounding =
+            Grounding { words: tokens.iter().map(|t| t.lower.clone()).collect(), as_of, ..Self::default() };
         grounding.find_countries(&tokens, &values.countries);
         let mut used = vec![false; tokens.len()];
         for (list, found, what) in
@@ -473,8 +493,9 @@ impl Grounding {
                 }
             }
         }
-        // A code the data holds, written as a code ("from PL").
-        for token in tokens {
+        // A code the data holds, written as a code ("from PL"), unless the whole question is in capitals.
+        let shouting = tokens.iter().filter(|t| t.text.len() > 2).all(|t| !t.text.chars().any(char::is_lowercase));
+        for token in tokens.iter().filter(|_| !shouting) {
             if token.text.len() == 2
                 && token.text.chars().all(|c| c.is_ascii_uppercase())
                 && countries.contains(&token.text)
@@ -529,8 +550,16 @@ impl Grounding {
             else {
                 continue;
             };
-            let before = &tokens[index.saturating_sub(3)..index];
-            let negated = before.iter().any(|t| NEGATIONS.contains(&t.lower.as_str()));
+            // The three words before the verb, up to a break or another verb.
+            let mut start = index.saturating_sub(3);
+            if let Some(stop) =
+                tokens[start..index].iter().rposition(|t| CLAUSE_BREAKS.contains(&t.lower.as_str()) || is_verb(t))
+            {
+                start += stop + 1;
+            }
+            let before = &tokens[start..index];
+            let negates = |t: &Token| NEGATIONS.contains(&t.lower.as_str()) || EXCLUSIONS.contains(&t.lower.as_str());
+            let negated = before.iter().any(negates);
             if self.mentions.contains(&(*event_type, negated)) {
                 continue;
             }
@@ -538,7 +567,7 @@ impl Grounding {
             if !self.event_types.contains(event_type) {
                 self.event_types.push(*event_type);
             }
-            let (phrase, meaning) = match before.iter().rposition(|t| NEGATIONS.contains(&t.lower.as_str())) {
+            let (phrase, meaning) = match before.iter().rposition(negates) {
                 Some(at) if negated => {
                     let words: Vec<&str> = before[at..].iter().chain([token]).map(|t| t.text.as_str()).collect();
                     (words.join(" "), format!("exclude event_type {}", event_type.as_str()))
@@ -650,7 +679,7 @@ impl Grounding {
     }
 
     fn find_numbers(&mut self, tokens: &[Token]) {
-        for (i, token) in tokens.iter().enumerate() {
+        for token in tokens {
             // "a" and "an" are numbers only before a unit ("a month"), which windows already read.
             if matches!(token.lower.as_str(), "a" | "an") {
                 continue;
@@ -659,8 +688,6 @@ impl Grounding {
                 if !self.numbers.contains(&value) {
                     self.numbers.push(value);
                 }
-                // "30s" as in "in their 30s": the decade.
-                let _ = i;
             } else if let Some(decade) = token.lower.strip_suffix('s').and_then(|d| d.parse::<u32>().ok()) {
                 for value in [decade as f64, decade as f64 + 9.0] {
                     if !self.numbers.contains(&value) {
@@ -669,12 +696,30 @@ impl Grounding {
                 }
             }
         }
-        // Counting words: "more than once" is at least 2.
-        if self.words.contains("once")
-            && (self.words.contains("more") || self.words.contains("again"))
-            && !self.numbers.contains(&2.0)
-        {
+        // Counting words: "more than once", "repeat buyers", "bought again" are at least 2.
+        let repeated =
+            ["again", "repeat", "repeated", "multiple", "several", "returning"].iter().any(|w| self.words.contains(*w))
+                || (self.words.contains("once") && self.words.contains("more"));
+        if repeated && !self.numbers.contains(&2.0) {
             self.numbers.push(2.0);
+        }
+        // Decades in words: "in their thirties" is 30 to 39 (and 40 for "under 40").
+        for (word, from, to) in [
+            ("teens", 13.0, 19.0),
+            ("teenagers", 13.0, 19.0),
+            ("twenties", 20.0, 29.0),
+            ("thirties", 30.0, 39.0),
+            ("forties", 40.0, 49.0),
+            ("fifties", 50.0, 59.0),
+            ("sixties", 60.0, 69.0),
+        ] {
+            if self.words.contains(word) {
+                for value in [from, to, to + 1.0] {
+                    if !self.numbers.contains(&value) {
+                        self.numbers.push(value);
+                    }
+                }
+            }
         }
         for days in self.days.clone() {
             if !self.numbers.contains(&f64::from(days)) {
@@ -713,11 +758,79 @@ impl Grounding {
                     phrase: word.clone(),
                     meaning: format!("no such product (closest: {best}); a taste goes in intent"),
                 });
-            } else {
+            } else if word.ends_with('s') && !word.ends_with("ss") {
+                // Plural nouns after a purchase or view ("kayaks") name products; anything else is told only.
                 unrelated.push(word.clone());
+            } else {
+                self.hints.push(Hint { phrase: word.clone(), meaning: "no such product in the data".to_owned() });
             }
         }
         self.unmatched = unrelated;
+    }
+
+    /// Counts the current audience's values, windows, periods and numbers as the question's: a refinement ("now
+    /// only Germany", "widen the window to 60 days") re-sends clauses of the audience it edits.
+    pub fn inherit(&mut self, definition: &AudienceDefinition) {
+        fn add<T: PartialEq + Clone>(list: &mut Vec<T>, value: &T) {
+            if !list.contains(value) {
+                list.push(value.clone());
+            }
+        }
+        for (clause, _) in definition.clauses() {
+            match &clause.rule {
+                Rule::Event {
+                    event_type,
+                    products,
+                    colors,
+                    min_price,
+                    max_price,
+                    within_days,
+                    since,
+                    until,
+                    min_count,
+                    ..
+                } => {
+                    if let Some(event_type) = event_type {
+                        add(&mut self.event_types, event_type);
+                    }
+                    products.iter().for_each(|p| add(&mut self.found.products, p));
+                    colors.iter().for_each(|c| add(&mut self.found.colors, c));
+                    for number in [*min_price, *max_price, min_count.map(f64::from)].into_iter().flatten() {
+                        add(&mut self.numbers, &number);
+                    }
+                    if let Some(days) = within_days {
+                        add(&mut self.days, days);
+                    }
+                    if since.is_some() || until.is_some() {
+                        add(&mut self.periods, &(*since, *until));
+                    }
+                }
+                Rule::Profile { field, value, .. } => {
+                    let items: Vec<&Value> = match value {
+                        Value::Array(items) => items.iter().collect(),
+                        other => vec![other],
+                    };
+                    for item in items {
+                        match (item.as_str(), item.as_f64()) {
+                            (Some(text), _) => {
+                                let list = match field {
+                                    ProfileField::Country => &mut self.found.countries,
+                                    ProfileField::Segment => &mut self.found.segments,
+                                    ProfileField::Interests => &mut self.found.products,
+                                    _ => &mut self.found.colors,
+                                };
+                                add(list, &text.to_owned());
+                            }
+                            (None, Some(number)) => add(&mut self.numbers, &number),
+                            _ => {}
+                        }
+                    }
+                    // The field's own word is as good as said: the audience already compares it.
+                    add_word(&mut self.words, field.column());
+                }
+                Rule::Sql { .. } => {}
+            }
+        }
     }
 
     /// Whether the question's words mention `word` (lower-case).
@@ -763,6 +876,11 @@ impl Grounding {
     /// field it compares is named by a word of the question.
     pub fn untraced(&self, clause: &Clause) -> Option<String> {
         let number_said = |value: f64| self.numbers.iter().any(|n| (n - value).abs() < 1e-9);
+        // "More than 3 times" is at least 4; "under 30" may be written as at most 29.
+        let count_said = |value: f64| self.numbers.iter().any(|n| (n - value).abs() <= 1.0 + 1e-9);
+        // "The last 6 months" is 180 days here and 182 or 183 to someone else.
+        let window_said =
+            |days: u32| self.days.iter().any(|d| d.abs_diff(days) <= (d / 30).max(2)) || number_said(f64::from(days));
         match &clause.rule {
             Rule::Event {
                 event_type,
@@ -776,7 +894,15 @@ impl Grounding {
                 min_count,
                 ..
             } => {
-                if (since.is_some() || until.is_some()) && !self.periods.contains(&(*since, *until)) {
+                // A period traces when the question names it, or, opened with `since` alone, when it is a window
+                // the question names ("since March" read as a date).
+                let as_window = match (since, until) {
+                    (Some(since), None) => {
+                        u32::try_from((self.as_of - *since).num_days() + 1).ok().is_some_and(window_said)
+                    }
+                    _ => false,
+                };
+                if (since.is_some() || until.is_some()) && !self.periods.contains(&(*since, *until)) && !as_window {
                     return Some(format!("period {since:?} to {until:?}"));
                 }
                 if let Some(event_type) = event_type
@@ -796,8 +922,7 @@ impl Grounding {
                     return Some(format!("colour {c}"));
                 }
                 if let Some(days) = within_days
-                    && !self.days.contains(days)
-                    && !number_said(f64::from(*days))
+                    && !window_said(*days)
                 {
                     return Some(format!("within_days {days}"));
                 }
@@ -810,7 +935,7 @@ impl Grounding {
                 }
                 if let Some(count) = min_count
                     && *count > 1
-                    && !number_said(f64::from(*count))
+                    && !count_said(f64::from(*count))
                 {
                     return Some(format!("min_count {count}"));
                 }
@@ -849,7 +974,12 @@ impl Grounding {
                 (!words.iter().any(|w| self.says(w))).then(|| format!("{name} = {value}"))
             }
             _ => {
-                let said = value.as_f64().is_some_and(|v| self.numbers.iter().any(|n| (n - v).abs() < 1e-9));
+                let tolerance = if field == ProfileField::TotalSpent { 1e-9 } else { 1.0 + 1e-9 };
+                let said_one = |v: f64| self.numbers.iter().any(|n| (n - v).abs() <= tolerance);
+                let said = match value {
+                    Value::Array(items) => !items.is_empty() && items.iter().all(|v| v.as_f64().is_some_and(said_one)),
+                    other => other.as_f64().is_some_and(said_one),
+                };
                 let words: &[&str] = match field {
                     ProfileField::Age => &[
                         "age",
@@ -873,10 +1003,17 @@ impl Grounding {
                         "youth",
                         "millennials",
                         "students",
+                        "teenagers",
+                        "olds",
+                        "under",
+                        "over",
+                        "between",
+                        "adults",
+                        "retirees",
                     ],
                     ProfileField::TotalSpent => &[
                         "spent", "spend", "spends", "spending", "spenders", "value", "revenue", "worth", "total",
-                        "lifetime", "money", "big", "high",
+                        "lifetime", "money", "big", "high", "ltv", "clv",
                     ],
                     ProfileField::OrderCount => &[
                         "orders",
@@ -891,7 +1028,9 @@ impl Grounding {
                         "frequent",
                         "ordered",
                     ],
-                    ProfileField::ReturnCount => &["returns", "returned", "return", "returning"],
+                    ProfileField::ReturnCount => {
+                        &["returns", "returned", "return", "returning", "sent", "refund", "refunds"]
+                    }
                     ProfileField::RecencyDays => {
                         &["recency", "since", "days", "ago", "last", "recent", "recently", "lapsed"]
                     }
@@ -972,6 +1111,21 @@ impl EventPart {
     }
 }
 
+/// Adds a field's name to the question's words, for tracing ("total_spent" names itself).
+fn add_word(words: &mut HashSet<String>, column: &str) {
+    let named = match column {
+        "total_spent" => "spent",
+        "order_count" => "orders",
+        "return_count" => "returns",
+        "recency_days" => "recency",
+        "likes_luxury" => "luxury",
+        "churned" => "churned",
+        "age" => "age",
+        other => other,
+    };
+    words.insert(named.to_owned());
+}
+
 /// What tracing a clause to the question left of it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Traced {
@@ -1006,32 +1160,42 @@ fn names(types: &[EventType]) -> String {
 /// "designer handbags"): what the question wants bought or viewed.
 fn product_like_words(tokens: &[Token], used: &[bool]) -> Vec<String> {
     let verbs: Vec<&str> = EVENT_WORDS.iter().flat_map(|(_, words)| words.iter().copied()).collect();
+    // Besides event verbs, words after which a product is named ("interacted with sneakers").
+    let cues = ["interacted", "engaged", "interested"];
     let is_word = |t: &Token| t.lower.chars().all(char::is_alphabetic) && t.lower.len() >= 3;
+    let filler =
+        |t: &Token| matches!(t.lower.as_str(), "a" | "an" | "the" | "some" | "any" | "of" | "our" | "with" | "in");
     let stop = |t: &Token| {
         NOT_PRODUCTS.contains(&t.lower.as_str())
+            || NUMBER_WORDS.iter().any(|(word, _)| *word == t.lower)
             || verbs.contains(&t.lower.as_str())
             || MONTHS.contains(&t.lower.as_str())
     };
     let mut phrases = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
-        if !verbs.contains(&token.lower.as_str()) {
+        if !verbs.contains(&token.lower.as_str()) && !cues.contains(&token.lower.as_str()) {
             continue;
         }
-        let start = tokens
-            .iter()
-            .enumerate()
-            .skip(i + 1)
-            .find(|(_, t)| !matches!(t.lower.as_str(), "a" | "an" | "the" | "some" | "any" | "of" | "our"));
-        let Some((j, first)) = start else { continue };
-        if used[j] || !is_word(first) || stop(first) {
+        // The first word after the verb that no value matched; matched words before it (a colour in "white
+        // tees") are skipped, a matched product ends the search ("bought shoes in red").
+        let mut at = i + 1;
+        while tokens.get(at).is_some_and(&filler) {
+            at += 1;
+        }
+        // One matched word (a colour) may stand before the product.
+        if used.get(at) == Some(&true) && tokens.get(at + 1).is_some_and(|n| !used[at + 1] && is_word(n) && !stop(n)) {
+            at += 1;
+        }
+        let Some(first) = tokens.get(at) else { continue };
+        if used[at] || !is_word(first) || stop(first) {
             continue;
         }
         let mut phrase = vec![first.lower.clone()];
-        if let Some(second) = tokens.get(j + 1)
+        if let Some(second) = tokens.get(at + 1)
             && is_word(second)
             && !stop(second)
         {
-            if used[j + 1] {
+            if used[at + 1] {
                 continue;
             }
             phrase.push(second.lower.clone());
@@ -1183,6 +1347,46 @@ mod tests {
         // Both sides named: either placement may be meant.
         let g = ground("bought socks before but have not bought anything since March");
         assert_eq!(g.wrong_side(&bought, false), None);
+    }
+
+    #[test]
+    fn a_refinement_traces_to_the_audience_it_edits_and_windows_have_some_give() {
+        let clause = |value: serde_json::Value| -> Clause { serde_json::from_value(value).unwrap() };
+        let current = AudienceDefinition::from_json(
+            &serde_json::json!({"version": 1, "limit": 10, "include": [
+                {"type": "event", "event_type": "view", "products": ["shoes"], "within_days": 30},
+                {"type": "profile", "field": "country", "op": "in", "value": ["PL", "DE"]}]})
+            .to_string(),
+        )
+        .unwrap();
+        let mut g = ground("widen the window to 60 days and add the US");
+        g.inherit(&current);
+        let widened = clause(
+            serde_json::json!({"type": "event", "event_type": "view", "products": ["shoes"], "within_days": 60}),
+        );
+        assert_eq!(g.trace(&widened), Traced::Kept);
+        let countries =
+            clause(serde_json::json!({"type": "profile", "field": "country", "op": "in", "value": ["PL", "DE", "US"]}));
+        assert_eq!(g.trace(&countries), Traced::Kept);
+        // "The last 6 months" is 180 days here; 182 or 183 elsewhere.
+        let g = ground("bought shoes in the last 6 months");
+        let months = clause(
+            serde_json::json!({"type": "event", "event_type": "purchase", "products": ["shoes"], "within_days": 183}),
+        );
+        assert_eq!(g.trace(&months), Traced::Kept);
+        // "More than 3 times" is at least 4.
+        let g = ground("bought socks more than 3 times");
+        let times = clause(
+            serde_json::json!({"type": "event", "event_type": "purchase", "products": ["socks"], "min_count": 4}),
+        );
+        assert_eq!(g.trace(&times), Traced::Kept);
+        // Curly apostrophes negate as straight ones do.
+        let g = ground("customers who didn\u{2019}t buy anything");
+        let bought = clause(serde_json::json!({"type": "event", "event_type": "purchase"}));
+        assert!(g.wrong_side(&bought, false).is_some());
+        // "Excluding" before a verb negates it.
+        let g = ground("everyone excluding anyone who purchased recently");
+        assert_eq!(g.wrong_side(&bought, true), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use chrono::NaiveDate;
 
+use crate::audience::AudienceDefinition;
 use crate::dataset::Dataset;
 use crate::examples::{Example, ExampleIndex};
 use crate::grounding::{Grounding, masked, value_text};
@@ -51,13 +52,20 @@ pub struct Prepared {
     pub prompt: String,
 }
 
-/// Grounds `question`, picks its examples and writes its prompt. `current` is the current audience as the prompt
-/// shows it (`c1 include who bought socks; intent: ...`), when there is one.
+/// The audience a question refines: its definition, and how the prompt shows it (`c1 include who bought socks;
+/// intent: ...`).
+pub struct Current<'a> {
+    pub definition: &'a AudienceDefinition,
+    pub text: &'a str,
+}
+
+/// Grounds `question` (in the data and in the audience it refines, if any), picks its examples and writes its
+/// prompt.
 pub async fn prepare(
     stores: &Stores,
     vocabulary: &Vocabulary,
     question: &str,
-    current: Option<&str>,
+    current: Option<Current<'_>>,
 ) -> Result<Prepared> {
     let mut grounding = Grounding::of(question, &vocabulary.values, vocabulary.as_of);
     let candidates = grounding.unmatched.clone();
@@ -68,6 +76,9 @@ pub async fn prepare(
     if !vocabulary.product_vectors.is_empty() {
         let words: Vec<(String, Vec<f32>)> = candidates.into_iter().zip(vectors).collect();
         grounding.add_similar(&vocabulary.values, &vocabulary.product_vectors, &words);
+    }
+    if let Some(current) = &current {
+        grounding.inherit(current.definition);
     }
     let offered = Offered::narrow(&vocabulary.values, &grounding.found);
     let examples: Vec<Example> =
@@ -80,8 +91,8 @@ pub async fn prepare(
     if let Some(hints) = grounding.hint_line() {
         prompt.push_str(&format!("Resolved from the data: {hints}\n"));
     }
-    if let Some(current) = current {
-        prompt.push_str(&format!("Current audience: {current}\n"));
+    if let Some(current) = &current {
+        prompt.push_str(&format!("Current audience: {}\n", current.text));
     }
     prompt.push_str(&format!("Question: {question}"));
     Ok(Prepared { grounding, offered, examples, prompt })
