@@ -238,8 +238,11 @@ impl Session {
                 Some(saved) => saved.any().await.unwrap_or(true),
                 None => false,
             };
-        let find_audience = FindAudience::new(self.stores.clone(), self.audience.clone())
-            .for_question(&prepared.offered, Arc::new(data.values.clone()));
+        let find_audience = FindAudience::new(self.stores.clone(), self.audience.clone()).for_question(
+            &prepared.offered,
+            Arc::new(data.values.clone()),
+            definition.as_ref(),
+        );
         let agent = build_agent(
             self.model.clone(),
             self.stores.clone(),

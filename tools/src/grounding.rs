@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use chrono::{Datelike, NaiveDate};
 use serde_json::Value;
 
-use crate::audience::definition::{AudienceDefinition, Clause, EventType, FieldKind, ProfileField, Rule};
+use crate::audience::definition::{AudienceDefinition, Clause, EventType, FieldKind, Op, ProfileField, Rule};
 use crate::vocabulary::DataValues;
 
 /// One resolved phrase of the question, shown to the model as `"phrase" = meaning`.
@@ -34,6 +34,10 @@ pub struct Grounding {
     mentions: Vec<(EventType, bool)>,
     /// A negation or exclusion that is not right before an event verb ("socks but not shoes", "except VIPs").
     loose_negation: bool,
+    /// Where in the question each grounded value is named (value, token index), for its polarity.
+    positions: Vec<(String, usize)>,
+    /// The question's tokens, lower-case, in order.
+    sequence: Vec<String>,
     /// Windows in days, counted back from the data's last day.
     pub days: Vec<u32>,
     /// The data's last day, which windows count back from.
@@ -231,7 +235,8 @@ const EVENT_WORDS: &[(EventType, &[&str])] = &[
 /// Words that negate an event verb within the three words before it.
 const NEGATIONS: &[&str] = &[
     "never", "not", "didn't", "didnt", "haven't", "havent", "hasn't", "hasnt", "don't", "dont", "doesn't", "doesnt",
-    "without", "no", "nor", "hadn't", "hadnt", "weren't", "wasn't", "nothing", "none", "neither",
+    "without", "no", "nor", "hadn't", "hadnt", "weren't", "wasn't", "nothing", "none", "neither", "aren't", "arent",
+    "isn't", "isnt",
 ];
 
 /// Words that leave something out ("everyone except VIPs"); right before an event verb they negate it like
@@ -440,8 +445,12 @@ impl Grounding {
     /// Grounds `question` in `values` by text alone; [`Self::add_similar`] adds what only similarity finds.
     pub fn of(question: &str, values: &DataValues, as_of: NaiveDate) -> Self {
         let tokens = tokens(question);
-        let mut grounding =
-            Grounding { words: tokens.iter().map(|t| t.lower.clone()).collect(), as_of, ..Self::default() };
+        let mut grounding = Grounding {
+            words: tokens.iter().map(|t| t.lower.clone()).collect(),
+            sequence: tokens.iter().map(|t| t.lower.clone()).collect(),
+            as_of,
+            ..Self::default()
+        };
         grounding.find_countries(&tokens, &values.countries);
         let mut used = vec![false; tokens.len()];
         for (list, found, what) in
@@ -453,6 +462,7 @@ impl Grounding {
                     1 => &mut grounding.found.colors,
                     _ => &mut grounding.found.segments,
                 };
+                grounding.positions.push((value.clone(), index));
                 if !slot.contains(&value) {
                     slot.push(value.clone());
                     let phrase =
@@ -489,6 +499,7 @@ impl Grounding {
                         self.found.countries.push((*code).to_owned());
                         let text: Vec<&str> = words.iter().map(|t| t.text.as_str()).collect();
                         self.hints.push(Hint { phrase: text.join(" "), meaning: format!("country {code}") });
+                        self.positions.push(((*code).to_owned(), start));
                     }
                 }
             }
@@ -502,6 +513,9 @@ impl Grounding {
                 && !self.found.countries.contains(&token.text)
             {
                 self.found.countries.push(token.text.clone());
+                if let Some(at) = tokens.iter().position(|t| std::ptr::eq(t, token)) {
+                    self.positions.push((token.text.clone(), at));
+                }
                 self.hints.push(Hint { phrase: token.text.clone(), meaning: format!("country {}", token.text) });
             }
         }
@@ -582,6 +596,9 @@ impl Grounding {
     /// includes, or only affirmed and the clause excludes ("added to the cart but never bought": the cart clause
     /// is included, the purchase clause excluded).
     pub fn wrong_side(&self, clause: &Clause, exclude: bool) -> Option<String> {
+        if let Rule::Profile { field, op, value } = &clause.rule {
+            return self.wrong_side_of_profile(*field, *op, value, exclude);
+        }
         let Rule::Event { event_type: Some(event_type), .. } = &clause.rule else { return None };
         let said = |negated: bool| self.mentions.contains(&(*event_type, negated));
         let name = event_type.as_str();
@@ -593,6 +610,90 @@ impl Grounding {
             (true, true, false) if !self.loose_negation => Some(format!(
                 "the question asks for customers who did {name}: put that {name} clause in include, not exclude"
             )),
+            _ => None,
+        }
+    }
+
+    /// Whether the words before token `at` negate it ("outside the US", "not churned", "except VIP Loyalty").
+    fn negated_at(&self, at: usize) -> bool {
+        let start = at.saturating_sub(4);
+        let before = &self.sequence[start..at];
+        // A list of values shares its negation ("not in Poland or Germany"); "but" starts a new part, except in
+        // "anything but red".
+        let cut = before.iter().enumerate().rposition(|(i, w)| {
+            w == "but" && !(i > 0 && matches!(before[i - 1].as_str(), "anything" | "everything" | "all" | "nothing"))
+        });
+        let from = cut.map_or(0, |i| i + 1);
+        before[from..].iter().any(|w| {
+            NEGATIONS.contains(&w.as_str())
+                || EXCLUSIONS.contains(&w.as_str())
+                || matches!(w.as_str(), "outside" | "other" | "than" | "leaving" | "but")
+        })
+    }
+
+    /// A profile clause on the wrong side: a country, segment or colour the question asks for that the clause
+    /// leaves out ("VIP Loyalty customers outside the US" with VIP Loyalty excluded), or the reverse; churn or
+    /// luxury said one way and compared the other ("churned customers" with churned = true excluded).
+    fn wrong_side_of_profile(&self, field: ProfileField, op: Op, value: &Value, exclude: bool) -> Option<String> {
+        let name = field.column();
+        match field.kind() {
+            FieldKind::Text if matches!(op, Op::Eq | Op::Ne | Op::In) => {
+                let leaves_out = exclude != (op == Op::Ne);
+                let texts: Vec<&str> = match value {
+                    Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+                    other => other.as_str().into_iter().collect(),
+                };
+                texts.iter().find_map(|text| {
+                    let at: Vec<bool> = self
+                        .positions
+                        .iter()
+                        .filter(|(v, _)| v.eq_ignore_ascii_case(text))
+                        .map(|(_, at)| self.negated_at(*at))
+                        .collect();
+                    match (at.is_empty(), at.iter().all(|n| *n), at.iter().all(|n| !*n), leaves_out) {
+                        (false, true, _, false) => Some(format!(
+                            "the question leaves {name} {text} out: put that clause in exclude (or use !=), not include"
+                        )),
+                        (false, _, true, true) => Some(format!(
+                            "the question asks for {name} {text}: put that clause in include with =, not exclude"
+                        )),
+                        _ => None,
+                    }
+                })
+            }
+            FieldKind::Bool => {
+                let (yes, flips): (&[&str], &[&str]) = match field {
+                    ProfileField::Churned => (&["churned", "lapsed", "inactive", "dormant", "churn"], &["active"]),
+                    _ => (&["luxury", "premium", "upscale", "luxurious"], &[]),
+                };
+                let said: Vec<bool> = self
+                    .sequence
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(at, w)| {
+                        let negated = self.negated_at(at);
+                        if yes.contains(&w.as_str()) {
+                            Some(!negated)
+                        } else if flips.contains(&w.as_str()) {
+                            Some(negated)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                // What the clause keeps: true when its members are churned (like luxury).
+                let keeps =
+                    value.as_bool()? != (op == Op::Ne) && !exclude || (value.as_bool()? == (op == Op::Ne) && exclude);
+                match (said.is_empty(), said.iter().all(|s| *s), said.iter().all(|s| !*s), keeps) {
+                    (false, true, _, false) => {
+                        Some(format!("the question asks for {name} = true customers; the clause keeps the others"))
+                    }
+                    (false, _, true, true) => {
+                        Some(format!("the question asks for {name} = false customers; the clause keeps the others"))
+                    }
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }
@@ -1387,6 +1488,29 @@ mod tests {
         // "Excluding" before a verb negates it.
         let g = ground("everyone excluding anyone who purchased recently");
         assert_eq!(g.wrong_side(&bought, true), None);
+    }
+
+    #[test]
+    fn profile_clauses_on_the_wrong_side_are_named() {
+        let clause = |value: serde_json::Value| -> Clause { serde_json::from_value(value).unwrap() };
+        let us = clause(serde_json::json!({"type": "profile", "field": "country", "op": "=", "value": "US"}));
+        let vip = clause(serde_json::json!({"type": "profile", "field": "segment", "op": "=", "value": "VIP Loyalty"}));
+        let g = ground("VIP Loyalty customers outside the US");
+        assert_eq!(g.wrong_side(&us, true), None);
+        assert!(g.wrong_side(&us, false).is_some());
+        assert_eq!(g.wrong_side(&vip, false), None);
+        assert!(g.wrong_side(&vip, true).is_some());
+        let not_us = clause(serde_json::json!({"type": "profile", "field": "country", "op": "!=", "value": "US"}));
+        assert_eq!(g.wrong_side(&not_us, false), None, "!= in include leaves out as exclude does");
+        let churned = clause(serde_json::json!({"type": "profile", "field": "churned", "op": "=", "value": true}));
+        let g = ground("Churned customers in the US");
+        assert_eq!(g.wrong_side(&churned, false), None);
+        assert!(g.wrong_side(&churned, true).is_some());
+        let g = ground("customers who have not churned");
+        assert!(g.wrong_side(&churned, false).is_some());
+        assert_eq!(g.wrong_side(&churned, true), None);
+        let g = ground("active customers in PL");
+        assert!(g.wrong_side(&churned, false).is_some());
     }
 
     #[test]

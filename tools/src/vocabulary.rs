@@ -252,21 +252,27 @@ pub fn clause_list_schema(offered: &Offered) -> Value {
 }
 
 /// The JSON schema of `find_audience`'s arguments for one question (see the module doc).
-pub fn find_audience_schema(offered: &Offered) -> Value {
+///
+/// `current` holds the ids of the current audience's clauses, when there is one: `remove` then names only those
+/// ids, and `new` may start over; without an audience neither is offered (a small model otherwise invents ids to
+/// remove from an audience that does not exist).
+pub fn find_audience_schema(offered: &Offered, current: Option<&[String]>) -> Value {
     let clause_list = clause_list_schema(offered);
     let fields: Vec<&str> = profile_fields();
-    json!({
-        "type": "object",
-        "properties": {
-            "new": {"type": "boolean"},
-            "include": clause_list,
-            "exclude": clause_list,
-            "remove": {"type": "array", "items": {"type": "string", "pattern": "^c[0-9]+$"}},
-            "intent": {"type": "string", "maxLength": MAX_INTENT_CHARS},
-            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
-            "fields": {"type": "array", "items": {"type": "string", "enum": fields}},
+    let mut properties = Map::new();
+    properties.insert("include".into(), clause_list.clone());
+    properties.insert("exclude".into(), clause_list);
+    properties.insert("intent".into(), json!({"type": "string", "maxLength": MAX_INTENT_CHARS}));
+    if let Some(ids) = current {
+        if !ids.is_empty() {
+            let remove = json!({"type": "array", "items": string_enum(ids), "maxItems": ids.len()});
+            properties.insert("remove".into(), remove);
         }
-    })
+        properties.insert("new".into(), json!({"type": "boolean"}));
+    }
+    properties.insert("limit".into(), json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}));
+    properties.insert("fields".into(), json!({"type": "array", "items": {"type": "string", "enum": fields}}));
+    json!({"type": "object", "properties": properties})
 }
 
 #[cfg(test)]
@@ -306,7 +312,7 @@ mod tests {
         };
         let mut typed = keys(&serde_json::to_value(Clause { id: String::new(), rule }).unwrap());
         typed.remove("sql");
-        let schema = find_audience_schema(&offered());
+        let schema = find_audience_schema(&offered(), None);
         let event = &schema["properties"]["include"]["items"]["oneOf"][0];
         assert_eq!(keys(&event["properties"]), typed);
         let types: Vec<&str> =
@@ -318,7 +324,7 @@ mod tests {
     /// operator a kind accepts validates.
     #[test]
     fn every_profile_field_has_one_form_with_its_operators() {
-        let schema = find_audience_schema(&offered());
+        let schema = find_audience_schema(&offered(), None);
         let forms = schema["properties"]["include"]["items"]["oneOf"].as_array().unwrap();
         for field in ProfileField::ALL {
             let name = name_of(field);
@@ -339,6 +345,17 @@ mod tests {
         assert_eq!(country["properties"]["value"]["anyOf"][0]["enum"], json!(["PL", "GB"]));
     }
 
+    /// Without an audience there is nothing to remove or start over from; with one, only its clause ids.
+    #[test]
+    fn remove_names_only_the_current_clauses() {
+        let fresh = find_audience_schema(&offered(), None);
+        assert!(fresh["properties"].get("remove").is_none() && fresh["properties"].get("new").is_none());
+        let ids = ["c1".to_owned(), "c3".to_owned()];
+        let refining = find_audience_schema(&offered(), Some(&ids));
+        assert_eq!(refining["properties"]["remove"]["items"]["enum"], json!(["c1", "c3"]));
+        assert_eq!(refining["properties"]["new"], json!({"type": "boolean"}));
+    }
+
     #[test]
     fn large_vocabularies_are_narrowed_to_grounded_values_and_the_schema_has_no_refs() {
         let values = DataValues {
@@ -350,11 +367,11 @@ mod tests {
         let offered = Offered::narrow(&values, &grounded);
         assert_eq!(offered.products, ["p7"]);
         assert_eq!(offered.colors, ["red"]);
-        let text = find_audience_schema(&offered).to_string();
+        let text = find_audience_schema(&offered, None).to_string();
         assert!(!text.contains("$ref") && !text.contains("$defs"), "{text}");
         // Nothing grounded in a large vocabulary: the slot is left out rather than offered empty.
         let none = Offered::narrow(&values, &DataValues::default());
-        let schema = find_audience_schema(&none);
+        let schema = find_audience_schema(&none, None);
         assert!(schema["properties"]["include"]["items"]["oneOf"][0]["properties"].get("products").is_none());
     }
 }

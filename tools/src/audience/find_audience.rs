@@ -34,13 +34,20 @@ pub struct FindAudience {
 
 impl FindAudience {
     pub fn new(stores: Stores, session: AudienceSession) -> Self {
-        Self { stores, session, schema: find_audience_schema(&Offered::default()), values: None }
+        Self { stores, session, schema: find_audience_schema(&Offered::default(), Some(&[])), values: None }
     }
 
-    /// The tool as the agent offers it for one question: its schema enumerates `offered`, and a clause naming a
-    /// value the data lacks is sent back to the model with the values there are.
-    pub fn for_question(mut self, offered: &Offered, values: Arc<DataValues>) -> Self {
-        self.schema = find_audience_schema(offered);
+    /// The tool as the agent offers it for one question: its schema enumerates `offered` and the clause ids of
+    /// the `current` audience, and a clause naming a value the data lacks is sent back to the model with the values
+    /// there are.
+    pub fn for_question(
+        mut self,
+        offered: &Offered,
+        values: Arc<DataValues>,
+        current: Option<&super::AudienceDefinition>,
+    ) -> Self {
+        let ids: Option<Vec<String>> = current.map(|d| d.clauses().map(|(clause, _)| clause.id.clone()).collect());
+        self.schema = find_audience_schema(offered, ids.as_deref());
         self.values = Some(values);
         self
     }
