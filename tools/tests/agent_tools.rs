@@ -99,8 +99,11 @@ async fn find_audience_defines_refines_and_ranks_within_the_membership() {
 
     // Mistakes the model can correct leave the audience as it was.
     let before = session.current();
+    // A number written as a string is refused when the arguments are read, with the reason.
+    let lots = json!({"include": [{"type": "profile", "field": "total_spent", "op": ">", "value": "lots"}]});
+    let refused = serde_json::from_value::<Edit>(lots).unwrap_err().to_string();
+    assert!(refused.contains("total_spent takes a number, not the string \"lots\""), "{refused}");
     for bad in [
-        json!({"include": [{"type": "profile", "field": "total_spent", "op": ">", "value": "lots"}]}),
         json!({"include": [{"type": "sql", "condition": "price > 10"}]}),
         json!({"include": [{"type": "sql", "condition": "total_spent > 'abc'"}]}),
         json!({"remove": ["c9"]}),
