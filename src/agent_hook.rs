@@ -429,8 +429,9 @@ impl TraceHook {
             .as_ref()
             .filter(|_| tool == registry::RESPOND.name)
             .and_then(|output| serde_json::from_value::<Reply>(output.clone()).ok());
-        let outcome = if error.is_some() { Outcome::Failed } else { Outcome::Found };
-        if error.is_some() {
+        // A call the hook sent back never ran: it has neither an error from the tool nor an output.
+        let outcome = if error.is_some() || output.is_none() { Outcome::Failed } else { Outcome::Found };
+        if outcome == Outcome::Failed {
             log.failures += 1;
         }
         log.outcomes.push((tool.to_owned(), outcome));

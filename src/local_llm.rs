@@ -27,9 +27,10 @@ const MODELS: [(&str, &str); 2] = [
 /// llama-server parses into `tool_calls`) and, after a tool result, for a plain-text answer instead of a repeat.
 const CHAT_TEMPLATE: &str = include_str!("../prompts/local/qwen2.5-coder-toolcall.jinja");
 
-/// The context the server is started with, shared by its two slots: each holds a prompt, five tool schemas, a
-/// report and the answer.
-const CONTEXT_TOKENS: u32 = 16_384;
+/// The context the server is started with, shared by its two slots (16k tokens each): a slot holds the system
+/// prompt and six generated tool schemas (about 4,800 tokens), the examples, a conversation of three refinements
+/// and a repair turn; at 8k per slot the third turn of a refinement overflowed.
+const CONTEXT_TOKENS: u32 = 32_768;
 /// Longest wait for a started server to load its model and answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 

@@ -75,7 +75,8 @@ fn an_ingest_that_rejects_every_row_fails_with_exit_1_and_keeps_the_live_data() 
     // Every event is rejected: the load would leave no events where there are some, which is refused first.
     assert!(run.stderr.contains("no valid events in "), "{}", run.stderr);
     assert!(
-        run.stderr.contains("unknown customer_id 1, and loading it would remove every current event; nothing was changed"),
+        run.stderr
+            .contains("unknown customer_id 1, and loading it would remove every current event; nothing was changed"),
         "{}",
         run.stderr
     );
