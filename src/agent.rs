@@ -23,6 +23,7 @@ use audience_tools::respond::Respond;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
+use audience_tools::triage::{Context as TriageContext, Triage, triage};
 use audience_tools::vocabulary::Offered;
 use rig_agent::completion::PromptError;
 use rig_agent::{Agent, AgentBuilder};
@@ -143,6 +144,8 @@ pub struct Session {
     /// Where saved audiences are looked up: `lookalike` is offered only when there is something to grow.
     saved: Option<SavedAudiences>,
     last_usage: Option<UsageRecord>,
+    /// The clarifying question the last answer asked, whose options a numbered reply picks.
+    pending: Option<Clarification>,
     /// Redacts the API key from provider error messages.
     redact: Arc<dyn Fn(&str) -> String + Send + Sync>,
     /// The local model server this session started, stopped when the session ends.
@@ -168,7 +171,7 @@ impl Session {
             ModelLabel { provider: config.provider.kind.name().to_owned(), model: config.provider.model.clone() };
         let provider = config.provider.clone();
         let mut session = Self::with_model(model, label, &config, stores, ledger, verbose);
-        session.constrained = config.provider.kind == ProviderKind::Local;
+        session.constrained = config.provider.constrains_calls();
         session.redact = Arc::new(move |text: &str| provider.redact(text));
         session._local_server = local_server;
         Ok(session)
@@ -197,6 +200,7 @@ impl Session {
             audience,
             saved,
             last_usage: None,
+            pending: None,
             redact: Arc::new(str::to_owned),
             _local_server: None,
             stores,
@@ -218,6 +222,9 @@ impl Session {
     pub async fn ask_until(&mut self, question: &str, cancel: impl Future<Output = ()>) -> Result<Option<Answer>> {
         let log = SharedLog::default();
         let start = Instant::now();
+        // A reply of "2" to a clarifying question means its second option.
+        let chosen = self.pending.take().and_then(|asked| asked.chosen(question));
+        let question = chosen.as_deref().unwrap_or(question);
         let history: Vec<Message> = self.history.iter().flatten().cloned().collect();
         let data = self.data().await?;
         // What the history keeps of this question: it as asked, with the audience it was asked about.
@@ -226,7 +233,7 @@ impl Session {
         let text = current_audience(&self.audience);
         let current = definition.as_ref().zip(text.as_deref()).map(|(definition, text)| Current { definition, text });
         let prepared = prepare(&self.stores, &data, question, current).await.kind(FailureKind::Store)?;
-        if let Some(answer) = self.nothing_matches(&asked, &prepared, &data, start) {
+        if let Some(answer) = self.answered_here(&asked, &prepared, &data, start).await {
             return Ok(Some(answer));
         }
         let prompt = prepared.prompt.clone();
@@ -295,6 +302,7 @@ impl Session {
             // The run stopped on the question: the user's reply is the next turn, so the history keeps both.
             let text = clarification.render();
             self.push_history(vec![Message::user(asked), Message::assistant(&text)]);
+            self.pending = Some(clarification.clone());
             let confidence = Confidence {
                 level: confidence::Level::Medium,
                 reasons: vec!["the request can mean different audiences; the agent asks which".to_owned()],
@@ -354,28 +362,59 @@ impl Session {
         self.data.get_or_try_init(|| Vocabulary::load(&self.stores)).await.cloned().kind(FailureKind::Store)
     }
 
-    /// The answer to a question that names a product the data does not have ("bought kayaks"), given before any
-    /// query or model call runs: an audience without that condition would be the wrong answer.
-    fn nothing_matches(
+    /// The answer the program gives without the model ([`triage`]): a refusal of a request to change data, a
+    /// clarifying question for a request that names no criterion or refers to nothing named yet, or, for a question
+    /// that names a product the data does not have ("bought kayaks"), that nothing matches (an audience without that
+    /// condition would be the wrong answer). `None` leaves the question to the model.
+    async fn answered_here(
         &mut self,
         asked: &str,
         prepared: &Prepared,
         data: &Vocabulary,
         start: Instant,
     ) -> Option<Answer> {
-        let unmatched = &prepared.grounding.unmatched;
-        if unmatched.is_empty() || data.values.products.is_empty() {
-            return None;
+        let saved: Vec<String> = match (&self.saved, self.audience.current()) {
+            (Some(saved), None) => saved.list().await.map(|list| list.into_iter().map(|s| s.name).collect()),
+            _ => Ok(Vec::new()),
         }
-        let shown: Vec<&str> = data.values.products.iter().take(20).map(String::as_str).collect();
-        let more = data.values.products.len().saturating_sub(shown.len());
-        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
-        let words: Vec<String> = unmatched.iter().map(|word| format!("\"{word}\"")).collect();
-        let text = format!(
-            "Nothing in the data matches {}, so no audience was built. The products are: {}{more}.",
-            words.join(" or "),
-            shown.join(", ")
-        );
+        .unwrap_or_default();
+        let context = TriageContext {
+            values: &data.values,
+            has_current: self.audience.current().is_some(),
+            saved: &saved,
+            high_spend: data.high_spend,
+        };
+        let unmatched = &prepared.grounding.unmatched;
+        let (kind, text, clarification, reason) = match triage(&prepared.grounding, &context) {
+            Triage::ChangesData(request) => (
+                AnswerKind::Answer,
+                "I can't do that: audience only reads your data (its database login is read-only), so it cannot \
+                 change, add or delete customers, events or tables. I can find, count, explain or export an audience \
+                 instead."
+                    .to_owned(),
+                None,
+                format!("the question asks to change stored data ({request}); the tool only reads"),
+            ),
+            _ if !unmatched.is_empty() && !data.values.products.is_empty() => {
+                let shown: Vec<&str> = data.values.products.iter().take(20).map(String::as_str).collect();
+                let more = data.values.products.len().saturating_sub(shown.len());
+                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                let words: Vec<String> = unmatched.iter().map(|word| format!("\"{word}\"")).collect();
+                let text = format!(
+                    "Nothing in the data matches {}, so no audience was built. The products are: {}{more}.",
+                    words.join(" or "),
+                    shown.join(", ")
+                );
+                (AnswerKind::Answer, text, None, format!("no product in the data is named {}", words.join(" or ")))
+            }
+            Triage::Unclear(question) => (
+                AnswerKind::Clarification,
+                question.render(),
+                Some(question),
+                "the request names no criterion, or refers to something not named yet; the agent asks which".to_owned(),
+            ),
+            Triage::Model => return None,
+        };
         let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let usage = UsageRecord::new(
             &self.label.provider,
@@ -389,14 +428,13 @@ impl Session {
         self.ledger.record(&usage);
         self.last_usage = Some(usage.clone());
         self.push_history(vec![Message::user(asked), Message::assistant(&text)]);
+        self.pending = clarification.clone();
+        let level = if clarification.is_some() { confidence::Level::Medium } else { confidence::Level::High };
         Some(Answer {
-            kind: AnswerKind::Answer,
+            kind,
             text,
-            clarification: None,
-            confidence: Confidence {
-                level: confidence::Level::High,
-                reasons: vec![format!("no product in the data is named {}", words.join(" or "))],
-            },
+            clarification,
+            confidence: Confidence { level, reasons: vec![reason] },
             audience: None,
             steps: Vec::new(),
             usage,
@@ -817,7 +855,7 @@ mod tests {
                 MockTurn::text("never reached"),
             ]);
             let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
-            let error = session.ask("customers").await.unwrap_err();
+            let error = session.ask("customers who bought something").await.unwrap_err();
             assert_eq!(kind_of(&error), Some(FailureKind::Provider), "{shape}: {error:#}");
             assert!(format!("{error:#}").contains("after one repair"), "{error:#}");
             assert_eq!(model.request_count(), 2, "{shape}");
@@ -861,9 +899,36 @@ mod tests {
             MockTurn::text("never reached"),
         ]);
         let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
-        let answer = session.ask("delete all customers").await.unwrap();
+        let answer = session.ask("hi, what can you do?").await.unwrap();
         assert_eq!(answer.text, "I only read data, so I cannot delete customers.");
         assert_eq!(model.request_count(), 1);
+    }
+
+    /// Requests to change data, and requests that name no criterion, are answered by the program alone; a numbered
+    /// reply to the clarifying question is its option.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn triaged_questions_take_no_model_call_and_a_numbered_reply_picks_an_option() {
+        let fixture = Fixture::new().await;
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "respond", json!({"text": "Noted."})),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let refusal = session.ask("Please delete the customers from France").await.unwrap();
+        assert!(refusal.text.contains("read-only"), "{}", refusal.text);
+        assert_eq!(refusal.kind, AnswerKind::Answer);
+        let clarification = session.ask("who should get our next campaign?").await.unwrap();
+        assert_eq!(clarification.kind, AnswerKind::Clarification);
+        let options = clarification.clarification.unwrap().options;
+        assert_eq!(options[1], "customers who bought in the last 30 days");
+        assert_eq!(model.request_count(), 0, "neither took a model call");
+        assert_eq!((session.totals().questions, session.totals().llm_calls), (2, 0));
+        session.ask("2").await.unwrap();
+        let asked = serde_json::to_string(&model.requests()[0].chat_history).unwrap();
+        assert!(asked.contains("Question: customers who bought in the last 30 days"), "{asked}");
+        let customers: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM customers").fetch_one(&fixture.stores.db.pool).await.unwrap();
+        assert_eq!(customers, 3, "nothing was deleted");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -874,7 +939,7 @@ mod tests {
             MockTurn::text("Sorry, I can only read data."),
         ]);
         let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
-        let answer = session.ask("drop the customers table").await.unwrap();
+        let answer = session.ask("count our customers, any way you like").await.unwrap();
         assert_eq!(answer.text, "Sorry, I can only read data.");
         assert_eq!(answer.steps[0].tool, "run_sql");
         assert!(answer.steps[0].observation.contains("no tool named `run_sql`"), "{}", answer.steps[0].observation);

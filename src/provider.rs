@@ -230,6 +230,18 @@ fn parse_config_file(text: &str) -> Result<BTreeMap<String, String>> {
 }
 
 impl ProviderConfig {
+    /// Whether the provider constrains tool calls to their schema (llama-server does), so that a text reply where
+    /// a call was required means its grammar failed. A replay answers as the provider it was recorded from.
+    pub fn constrains_calls(&self) -> bool {
+        let recorded = self.cassette.as_ref().and_then(|cassette| cassette.recording().ok());
+        match recorded {
+            Some(recording) if self.cassette.as_ref().is_some_and(|c| c.mode() == Mode::Replay) => {
+                ProviderKind::parse(&recording.provider).is_ok_and(|kind| kind == ProviderKind::Local)
+            }
+            _ => self.kind == ProviderKind::Local,
+        }
+    }
+
     /// Reads the provider settings. A missing key or an unusable value is a configuration error (exit 2)
     /// naming the variable to set.
     pub fn load(data_dir: &Path) -> Result<Self> {

@@ -35,6 +35,14 @@ impl Clarification {
         text
     }
 
+    /// The option a reply picks by its number ("2", "option 2", "#2"), or `None` for any other reply.
+    pub fn chosen(&self, reply: &str) -> Option<String> {
+        let reply = reply.trim().trim_end_matches(['.', ')']).to_lowercase();
+        let number = reply.trim_start_matches("option").trim_start_matches('#').trim();
+        let index = number.parse::<usize>().ok()?.checked_sub(1)?;
+        self.options.get(index).cloned()
+    }
+
     fn checked(self) -> Result<Self, ToolFailure> {
         let question = self.question.trim().to_owned();
         if question.is_empty() || question.chars().count() > MAX_QUESTION_CHARS {

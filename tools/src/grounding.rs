@@ -232,6 +232,11 @@ const EVENT_WORDS: &[(EventType, &[&str])] = &[
     (EventType::AddToCart, &["cart", "carted", "basket", "carts", "baskets"]),
 ];
 
+/// The event type a word names ("bought" a purchase, "basket" a cart), if any.
+pub fn event_type_of(word: &str) -> Option<EventType> {
+    EVENT_WORDS.iter().find(|(_, words)| words.contains(&word)).map(|(event_type, _)| *event_type)
+}
+
 /// Words that negate an event verb within the three words before it.
 const NEGATIONS: &[&str] = &[
     "never", "not", "didn't", "didnt", "haven't", "havent", "hasn't", "hasnt", "don't", "dont", "doesn't", "doesnt",
@@ -934,6 +939,11 @@ impl Grounding {
         }
     }
 
+    /// The question's words, lower-case, in order.
+    pub fn sequence(&self) -> &[String] {
+        &self.sequence
+    }
+
     /// Whether the question's words mention `word` (lower-case).
     pub fn says(&self, word: &str) -> bool {
         self.words.contains(word)
@@ -1065,14 +1075,7 @@ impl Grounding {
                 grounded(&self.found.colors).map(|v| format!("colour {v}"))
             }
             _ if field.kind() == FieldKind::Bool => {
-                let words: &[&str] = match field {
-                    ProfileField::Churned => &[
-                        "churned", "churn", "churning", "lapsed", "lost", "inactive", "active", "dormant", "gone",
-                        "win", "back", "lapsing", "left", "stopped",
-                    ],
-                    _ => &["luxury", "luxurious", "premium", "high", "upscale", "designer", "expensive", "posh", "lux"],
-                };
-                (!words.iter().any(|w| self.says(w))).then(|| format!("{name} = {value}"))
+                (!field_words(field).iter().any(|w| self.says(w))).then(|| format!("{name} = {value}"))
             }
             _ => {
                 let tolerance = if field == ProfileField::TotalSpent { 1e-9 } else { 1.0 + 1e-9 };
@@ -1081,63 +1084,7 @@ impl Grounding {
                     Value::Array(items) => !items.is_empty() && items.iter().all(|v| v.as_f64().is_some_and(said_one)),
                     other => other.as_f64().is_some_and(said_one),
                 };
-                let words: &[&str] = match field {
-                    ProfileField::Age => &[
-                        "age",
-                        "aged",
-                        "ages",
-                        "old",
-                        "young",
-                        "younger",
-                        "older",
-                        "years",
-                        "year",
-                        "teen",
-                        "teens",
-                        "twenties",
-                        "thirties",
-                        "forties",
-                        "fifties",
-                        "sixties",
-                        "seniors",
-                        "senior",
-                        "youth",
-                        "millennials",
-                        "students",
-                        "teenagers",
-                        "olds",
-                        "under",
-                        "over",
-                        "between",
-                        "adults",
-                        "retirees",
-                    ],
-                    ProfileField::TotalSpent => &[
-                        "spent", "spend", "spends", "spending", "spenders", "value", "revenue", "worth", "total",
-                        "lifetime", "money", "big", "high", "ltv", "clv",
-                    ],
-                    ProfileField::OrderCount => &[
-                        "orders",
-                        "order",
-                        "purchases",
-                        "purchased",
-                        "bought",
-                        "times",
-                        "once",
-                        "twice",
-                        "repeat",
-                        "frequent",
-                        "ordered",
-                    ],
-                    ProfileField::ReturnCount => {
-                        &["returns", "returned", "return", "returning", "sent", "refund", "refunds"]
-                    }
-                    ProfileField::RecencyDays => {
-                        &["recency", "since", "days", "ago", "last", "recent", "recently", "lapsed"]
-                    }
-                    _ => &["score", "scores", "rfm", "recency", "frequency", "monetary", "r", "f", "m"],
-                };
-                let field_named = words.iter().any(|w| self.says(w));
+                let field_named = field_words(field).iter().any(|w| self.says(w));
                 // A number must be written in the question and its field named; a comparison with 0 ("never
                 // returned anything") only needs the field named.
                 let zero = value.as_f64().is_some_and(|v| v == 0.0);
@@ -1209,6 +1156,41 @@ impl EventPart {
             }
             Self::MinCount => min_count.map(|n| format!("a count of at least {n}")),
         }
+    }
+}
+
+/// The words by which a question names a profile field ("spenders" names `total_spent`, "lapsed" `churned`): a
+/// clause on the field traces to the question only when one of them is in it.
+pub fn field_words(field: ProfileField) -> &'static [&'static str] {
+    match field {
+        ProfileField::Churned => &[
+            "churned", "churn", "churning", "lapsed", "lost", "inactive", "active", "dormant", "gone", "win", "back",
+            "lapsing", "left", "stopped",
+        ],
+        ProfileField::LikesLuxury => {
+            &["luxury", "luxurious", "premium", "high", "upscale", "designer", "expensive", "posh", "lux"]
+        }
+        ProfileField::Age => &[
+            "age", "aged", "ages", "old", "young", "younger", "older", "years", "year", "teen", "teens", "twenties",
+            "thirties", "forties", "fifties", "sixties", "seniors", "senior", "youth", "millennials", "students",
+            "teenagers", "olds", "under", "over", "between", "adults", "retirees",
+        ],
+        ProfileField::TotalSpent => &[
+            "spent", "spend", "spends", "spending", "spenders", "value", "revenue", "worth", "total", "lifetime",
+            "money", "big", "high", "ltv", "clv",
+        ],
+        ProfileField::OrderCount => {
+            &["orders", "order", "purchases", "purchased", "bought", "times", "once", "twice", "repeat", "frequent", "ordered"]
+        }
+        ProfileField::ReturnCount => &["returns", "returned", "return", "returning", "sent", "refund", "refunds"],
+        ProfileField::RecencyDays => &["recency", "since", "days", "ago", "last", "recent", "recently", "lapsed"],
+        ProfileField::RScore | ProfileField::FScore | ProfileField::MScore => {
+            &["score", "scores", "rfm", "recency", "frequency", "monetary", "r", "f", "m"]
+        }
+        ProfileField::Country => &["country", "countries", "nationality"],
+        ProfileField::Segment => &["segment", "segments", "tier"],
+        ProfileField::FavoriteColor | ProfileField::PreferredColors => &["colour", "colours", "color", "colors"],
+        ProfileField::Interests => &["interest", "interests", "interested"],
     }
 }
 

@@ -23,5 +23,6 @@ pub mod sql_data_retriever;
 pub mod sql_guard;
 pub mod stores;
 pub mod trace;
+pub mod triage;
 pub mod vector;
 pub mod vocabulary;

@@ -28,6 +28,8 @@ pub struct Vocabulary {
     pub values: DataValues,
     product_vectors: Vec<Vec<f32>>,
     pub as_of: NaiveDate,
+    /// A total spend about a tenth of the buyers exceed, at two significant digits (an option triage offers).
+    pub high_spend: Option<f64>,
     examples: ExampleIndex,
 }
 
@@ -38,8 +40,21 @@ impl Vocabulary {
         let product_vectors = if texts.is_empty() { Vec::new() } else { stores.embedder.embed(texts).await?.vectors };
         let as_of = Dataset::as_of(&stores.db).await?.unwrap_or_else(|| chrono::Utc::now().date_naive());
         let examples = ExampleIndex::build(&stores.embedder).await?;
-        Ok(Arc::new(Self { values, product_vectors, as_of, examples }))
+        let high_spend: Option<f64> = sqlx::query_scalar(
+            "SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY total_spent::float8) FROM profiles WHERE total_spent > 0",
+        )
+        .fetch_one(&stores.db.pool)
+        .await?;
+        let high_spend = high_spend.filter(|spend| *spend >= 1.0).map(two_digits);
+        Ok(Arc::new(Self { values, product_vectors, as_of, high_spend, examples }))
     }
+}
+
+/// `value` rounded to two significant digits (1,537.20 is 1,500), as a person would write a threshold.
+fn two_digits(value: f64) -> f64 {
+    let exponent = value.log10().floor() as i32 - 1;
+    let scale = 10f64.powi(exponent.abs());
+    if exponent >= 0 { (value / scale).round() * scale } else { (value * scale).round() / scale }
 }
 
 /// One question, grounded and with its examples.
@@ -96,4 +111,16 @@ pub async fn prepare(
     }
     prompt.push_str(&format!("Question: {question}"));
     Ok(Prepared { grounding, offered, examples, prompt })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::two_digits;
+
+    #[test]
+    fn thresholds_are_rounded_as_a_person_writes_them() {
+        assert_eq!(two_digits(1537.2), 1500.0);
+        assert_eq!(two_digits(86.4), 86.0);
+        assert_eq!(two_digits(9.99), 10.0);
+    }
 }
