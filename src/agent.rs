@@ -27,7 +27,6 @@ use audience_tools::triage::{Context as TriageContext, Triage, triage};
 use audience_tools::vocabulary::Offered;
 use rig_agent::completion::PromptError;
 use rig_agent::{Agent, AgentBuilder};
-use rig_core::message::Message;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
@@ -47,6 +46,8 @@ pub const DEFAULT_MAX_TURNS: usize = 6;
 pub const DEFAULT_UNKNOWN_TOOL_RETRIES: usize = 1;
 /// Earlier questions kept in the conversation (older ones are dropped to bound the prompt size).
 const HISTORY_QUESTIONS: usize = 4;
+/// Characters of an earlier answer the prompt repeats: its gist, not its member table.
+const EARLIER_ANSWER_CHARS: usize = 160;
 
 const SYSTEM_PROMPT: &str = include_str!("../prompts/system.md");
 
@@ -137,7 +138,10 @@ pub struct Session {
     unknown_tool_retries: usize,
     verbose: bool,
     /// The messages of each earlier question's run (prompt, tool calls, results, answer).
-    history: Vec<Vec<Message>>,
+    /// The earlier questions and the gist of their answers, told to the model inside the question's own message.
+    /// Not as chat messages: after an assistant message in plain text, llama-server lets the 1.5B model answer in
+    /// text although a tool call is required (it copied its earlier answer in every refinement chain).
+    earlier: Vec<Exchange>,
     ledger: Ledger,
     /// The audience the conversation works on; the host keeps it, so it outlives the trimmed history.
     audience: AudienceSession,
@@ -195,7 +199,7 @@ impl Session {
             max_turns: config.max_turns,
             unknown_tool_retries: config.unknown_tool_retries,
             verbose,
-            history: Vec::new(),
+            earlier: Vec::new(),
             ledger,
             audience,
             saved,
@@ -225,14 +229,13 @@ impl Session {
         // A reply of "2" to a clarifying question means its second option.
         let chosen = self.pending.take().and_then(|asked| asked.chosen(question));
         let question = chosen.as_deref().unwrap_or(question);
-        let history: Vec<Message> = self.history.iter().flatten().cloned().collect();
+        let earlier = conversation(&self.earlier);
         let data = self.data().await?;
-        // What the history keeps of this question: it as asked, with the audience it was asked about.
-        let asked = prompt_text(question, &self.audience);
+        let asked = question.to_owned();
         let definition = self.audience.current();
         let text = current_audience(&self.audience);
         let current = definition.as_ref().zip(text.as_deref()).map(|(definition, text)| Current { definition, text });
-        let prepared = prepare(&self.stores, &data, question, current).await.kind(FailureKind::Store)?;
+        let prepared = prepare(&self.stores, &data, question, current, earlier.as_deref()).await.kind(FailureKind::Store)?;
         if let Some(answer) = self.answered_here(&asked, &prepared, &data, start).await {
             return Ok(Some(answer));
         }
@@ -262,7 +265,6 @@ impl Session {
             TraceHook::new(log.clone(), self.verbose, can_grow).grounded(grounding).constrained(self.constrained);
         let run_future = agent
             .prompt(prompt)
-            .history(history)
             .max_turns(self.max_turns)
             .max_invalid_tool_call_retries(self.unknown_tool_retries)
             .add_hook(hook)
@@ -301,7 +303,7 @@ impl Session {
         if let Some(clarification) = run.clarification.take() {
             // The run stopped on the question: the user's reply is the next turn, so the history keeps both.
             let text = clarification.render();
-            self.push_history(vec![Message::user(asked), Message::assistant(&text)]);
+            self.remember(asked, &text);
             self.pending = Some(clarification.clone());
             let confidence = Confidence {
                 level: confidence::Level::Medium,
@@ -331,7 +333,7 @@ impl Session {
         };
         // The history keeps the question and its answer: the current audience is the host's, told to the model
         // with every question, and the examples and hints of an earlier question would only cost tokens.
-        self.push_history(vec![Message::user(asked), Message::assistant(&text)]);
+        self.remember(asked, &text);
         let run_audience = audience;
         let vocabulary = match run_audience.as_ref().and_then(|report| report.definition.intent.as_ref()) {
             Some(_) => self.vocabulary().await,
@@ -427,7 +429,7 @@ impl Session {
         );
         self.ledger.record(&usage);
         self.last_usage = Some(usage.clone());
-        self.push_history(vec![Message::user(asked), Message::assistant(&text)]);
+        self.remember(asked.to_owned(), &text);
         self.pending = clarification.clone();
         let level = if clarification.is_some() { confidence::Level::Medium } else { confidence::Level::High };
         Some(Answer {
@@ -441,10 +443,11 @@ impl Session {
         })
     }
 
-    fn push_history(&mut self, messages: Vec<Message>) {
-        self.history.push(messages);
-        if self.history.len() > HISTORY_QUESTIONS {
-            self.history.remove(0);
+    fn remember(&mut self, question: String, answer: &str) {
+        let answer = answer.lines().find(|line| !line.trim().is_empty()).unwrap_or_default();
+        self.earlier.push(Exchange { question, answer: shortened(answer, EARLIER_ANSWER_CHARS) });
+        if self.earlier.len() > HISTORY_QUESTIONS {
+            self.earlier.remove(0);
         }
     }
 
@@ -464,7 +467,7 @@ impl Session {
 
     /// Forgets the conversation and the last audience (the session totals stay).
     pub fn reset(&mut self) {
-        self.history.clear();
+        self.earlier.clear();
         self.audience.reset();
     }
 
@@ -551,21 +554,31 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Collapses whitespace (provider bodies are multi-line JSON) and caps the length.
 fn one_line(text: &str) -> String {
-    const MAX: usize = 400;
+    shortened(text, 400)
+}
+
+/// `text` on one line, cut to `max` characters.
+fn shortened(text: &str, max: usize) -> String {
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match text.char_indices().nth(MAX) {
+    match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
     }
 }
 
-/// The question, preceded by the current audience when there is one: the model refines what it is told here, not
-/// what the (trimmed) history happens to still hold.
-fn prompt_text(question: &str, audience: &AudienceSession) -> String {
-    match current_audience(audience) {
-        Some(current) => format!("[current audience: {current}]\n{question}"),
-        None => question.to_owned(),
+/// One earlier question and the gist of its answer.
+struct Exchange {
+    question: String,
+    answer: String,
+}
+
+/// The earlier exchanges as the prompt tells them, or `None` at the start of a conversation.
+fn conversation(earlier: &[Exchange]) -> Option<String> {
+    if earlier.is_empty() {
+        return None;
     }
+    let lines: Vec<String> = earlier.iter().map(|e| format!("- \"{}\" -> {}", e.question, e.answer)).collect();
+    Some(lines.join("\n"))
 }
 
 /// The current audience as the model is told it: each clause by id, and the intent.
@@ -608,12 +621,14 @@ fn build_agent(
         .max_tokens(MAX_OUTPUT_TOKENS)
         .temperature(0.0)
         .default_max_turns(max_turns)
-        .tool(find_audience)
+        // `find_audience` last: its schema changes with the audience (the clause ids `remove` names), and the prompt
+        // caches of llama-server and the hosted providers keep the longest unchanged prefix.
         .tool(Lookalike::new(stores.clone(), audience).for_question(offered))
         .tool(SqlAnalytics::new(stores.clone(), model))
         .tool(SqlDataRetriever::new(stores))
         .tool(AskClarification)
         .tool(Respond)
+        .tool(find_audience)
         .build()
 }
 

@@ -75,12 +75,13 @@ pub struct Current<'a> {
 }
 
 /// Grounds `question` (in the data and in the audience it refines, if any), picks its examples and writes its
-/// prompt.
+/// prompt; `earlier` is the conversation so far, one line per question with the gist of its answer.
 pub async fn prepare(
     stores: &Stores,
     vocabulary: &Vocabulary,
     question: &str,
     current: Option<Current<'_>>,
+    earlier: Option<&str>,
 ) -> Result<Prepared> {
     let mut grounding = Grounding::of(question, &vocabulary.values, vocabulary.as_of);
     let candidates = grounding.unmatched.clone();
@@ -105,6 +106,9 @@ pub async fn prepare(
     }
     if let Some(hints) = grounding.hint_line() {
         prompt.push_str(&format!("Resolved from the data: {hints}\n"));
+    }
+    if let Some(earlier) = earlier {
+        prompt.push_str(&format!("Earlier in this conversation:\n{earlier}\n"));
     }
     if let Some(current) = &current {
         prompt.push_str(&format!("Current audience: {}\n", current.text));

@@ -251,6 +251,14 @@ pub fn clause_list_schema(offered: &Offered) -> Value {
     json!({"type": "array", "items": {"oneOf": clauses}, "maxItems": MAX_CLAUSES})
 }
 
+/// The JSON schema of a list of profile clauses only: `lookalike`'s filters on who may be found ("only in
+/// Germany", "not VIP Loyalty"), which the whole clause grammar would make about 2,500 tokens longer in every
+/// request's fixed prefix.
+pub fn profile_clause_list_schema(offered: &Offered) -> Value {
+    let clauses = profile_clauses(offered);
+    json!({"type": "array", "items": {"oneOf": clauses}, "maxItems": MAX_CLAUSES})
+}
+
 /// The JSON schema of `find_audience`'s arguments for one question (see the module doc).
 ///
 /// `current` holds the ids of the current audience's clauses, when there is one: `remove` then names only those
@@ -263,6 +271,9 @@ pub fn find_audience_schema(offered: &Offered, current: Option<&[String]>) -> Va
     properties.insert("include".into(), clause_list.clone());
     properties.insert("exclude".into(), clause_list);
     properties.insert("intent".into(), json!({"type": "string", "maxLength": MAX_INTENT_CHARS}));
+    properties.insert("limit".into(), json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}));
+    properties.insert("fields".into(), json!({"type": "array", "items": {"type": "string", "enum": fields}}));
+    // Last, because they change with every refinement: the servers' prompt caches keep everything before them.
     if let Some(ids) = current {
         if !ids.is_empty() {
             let remove = json!({"type": "array", "items": string_enum(ids), "maxItems": ids.len()});
@@ -270,8 +281,6 @@ pub fn find_audience_schema(offered: &Offered, current: Option<&[String]>) -> Va
         }
         properties.insert("new".into(), json!({"type": "boolean"}));
     }
-    properties.insert("limit".into(), json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}));
-    properties.insert("fields".into(), json!({"type": "array", "items": {"type": "string", "enum": fields}}));
     json!({"type": "object", "properties": properties})
 }
 

@@ -23,7 +23,7 @@ use crate::observe;
 use crate::registry;
 use crate::stores::Stores;
 use crate::trace::{ToolTrace, TracedTool};
-use crate::vocabulary::{Offered, clause_list_schema};
+use crate::vocabulary::{Offered, profile_clause_list_schema, schema_of};
 
 /// Lookalikes listed when the caller does not say.
 pub const DEFAULT_K: usize = 50;
@@ -37,18 +37,26 @@ const SPREAD_RANKS: [usize; 7] = [1, 10, 25, 50, 100, 250, 500];
 
 /// What to grow and where: a saved audience, or customers by file id, or (neither) the conversation's current
 /// audience; `include`/`exclude` clauses limit where lookalikes may come from; `k` is how many to list.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+///
+/// The model sees the schema generated from this type, with `include`/`exclude` replaced by the profile clauses of
+/// the question's vocabulary ([`profile_clause_list_schema`]).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookalikeArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub audience: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200), inner(length(max = 128)))]
     pub ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<serde_json::Value>")]
     pub include: Vec<Clause>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<serde_json::Value>")]
     pub exclude: Vec<Clause>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
     pub k: Option<usize>,
 }
 
@@ -287,18 +295,19 @@ fn round4(value: f64) -> f64 {
 pub struct Lookalike {
     stores: Stores,
     session: AudienceSession,
-    /// The clause schema of `include`/`exclude`, the one `find_audience` offers for the question.
+    /// The schema of `include`/`exclude`: the profile clauses `find_audience` offers for the question.
     clause_list: Value,
 }
 
 impl Lookalike {
     pub fn new(stores: Stores, session: AudienceSession) -> Self {
-        Self { stores, session, clause_list: clause_list_schema(&Offered::default()) }
+        Self { stores, session, clause_list: profile_clause_list_schema(&Offered::default()) }
     }
 
-    /// The tool as the agent offers it for one question: clauses with the question's values (see `vocabulary`).
+    /// The tool as the agent offers it for one question: profile clauses with the question's values (see
+    /// `vocabulary`).
     pub fn for_question(mut self, offered: &Offered) -> Self {
-        self.clause_list = clause_list_schema(offered);
+        self.clause_list = profile_clause_list_schema(offered);
         self
     }
 }
@@ -363,16 +372,7 @@ impl Tool for Lookalike {
     }
 
     fn parameters(&self) -> Value {
-        json!({
-            "type": "object",
-            "properties": {
-                "audience": {"type": "string", "maxLength": 64},
-                "ids": {"type": "array", "items": {"type": "string", "maxLength": 128}, "maxItems": 200},
-                "include": self.clause_list,
-                "exclude": self.clause_list,
-                "k": {"type": "integer", "minimum": 1, "maximum": MAX_K}
-            }
-        })
+        arguments_schema(&self.clause_list)
     }
 
     fn map_error(&self, error: ToolFailure) -> ToolExecutionError {
@@ -384,9 +384,30 @@ impl Tool for Lookalike {
     }
 }
 
+/// The schema of [`LookalikeArgs`] with `clause_list` as its `include` and `exclude`.
+fn arguments_schema(clause_list: &Value) -> Value {
+    let mut schema = schema_of::<LookalikeArgs>();
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.insert("include".into(), clause_list.clone());
+        properties.insert("exclude".into(), clause_list.clone());
+    }
+    schema
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schema_is_generated_from_the_arguments_with_profile_clauses_only() {
+        let schema = arguments_schema(&profile_clause_list_schema(&Offered::default()));
+        let properties = schema["properties"].as_object().unwrap();
+        let names: Vec<&str> = properties.keys().map(String::as_str).collect();
+        assert_eq!(names, ["audience", "ids", "include", "exclude", "k"]);
+        assert_eq!(schema["properties"]["k"]["maximum"], MAX_K);
+        let forms = schema["properties"]["include"]["items"]["oneOf"].as_array().unwrap();
+        assert!(forms.iter().all(|form| form["properties"]["type"]["const"] == "profile"), "{forms:?}");
+    }
 
     #[test]
     fn centroid_is_the_normalized_mean() {
