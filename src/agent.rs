@@ -905,6 +905,25 @@ mod tests {
         assert_eq!(session.audience().current().unwrap().include.len(), 1);
     }
 
+    /// A call that leaves out something the question names is sent back once with what it left out; the corrected
+    /// call is the answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_leaves_out_what_the_question_names_is_sent_back_once() {
+        let fixture = Fixture::new().await;
+        let germany = json!({"type": "profile", "field": "country", "op": "=", "value": "DE"});
+        let bought = json!({"type": "event", "event_type": "purchase"});
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "find_audience", json!({"include": [germany.clone()]})),
+            MockTurn::tool_call("c2", "find_audience", json!({"include": [germany, bought]})),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("customers in Germany who bought something").await.unwrap();
+        assert_eq!(model.request_count(), 2);
+        assert!(tool_results(&model, 1).contains("the question also names event_type purchase"));
+        assert_eq!(answer.audience.as_ref().unwrap().definition.include.len(), 2);
+    }
+
     /// A refusal is a `respond` call: one model call, its text the answer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reply_ends_the_question_in_one_call() {

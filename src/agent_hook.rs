@@ -288,6 +288,18 @@ fn wrong_side(args: &Value, grounding: &Grounding) -> Option<String> {
     })
 }
 
+/// What the question names that no clause of the call uses (see `Grounding::uncovered`). Nothing for a call whose
+/// arguments do not read (its repair comes first), nor for one without clauses unless the question names an event
+/// ("bought", "viewed"): an intent alone may be the right answer to a question of tastes, never to one of deeds.
+fn uncovered(args: &Value, grounding: &Grounding) -> Vec<String> {
+    let Ok(edit) = Edit::try_from(args.clone()) else { return Vec::new() };
+    let clauses: Vec<Clause> = edit.include.into_iter().chain(edit.exclude).collect();
+    if clauses.is_empty() && (grounding.event_types.is_empty() || !edit.remove.is_empty()) {
+        return Vec::new();
+    }
+    grounding.uncovered(&clauses)
+}
+
 /// The call's arguments without the clauses nothing in the question asks for (a small model adds `age = 25` or
 /// `churned = false` to a question that names neither), and those clauses in words. A clause naming a value the
 /// schema does not offer stays: the tool sends it back with the values there are, which is the better repair.
@@ -574,6 +586,19 @@ impl AgentHook for TraceHook {
                         "none of these clauses matches the question's words ({}); use the values under \"Resolved from \
                          the data\", or ask_clarification",
                         dropped.join("; ")
+                    );
+                    self.say(format!("· sent back: {reason}"));
+                    lock(&self.log).sent_back = true;
+                    return DispatchAction::skip(reason);
+                }
+                let uncovered = uncovered(&args, &grounding.0);
+                if first_try && !uncovered.is_empty() {
+                    // The other half of tracing: a clause for everything the question names ("Jeans buyers, but
+                    // leave out anyone in Germany" answered with the Germany clause alone is the wrong audience).
+                    let reason = format!(
+                        "the question also names {}: add a clause for each (include, or exclude where the question \
+                         negates it), keeping the clauses you sent",
+                        uncovered.join(", ")
                     );
                     self.say(format!("· sent back: {reason}"));
                     lock(&self.log).sent_back = true;

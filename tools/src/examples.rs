@@ -191,8 +191,14 @@ mod tests {
                     failures.push(format!("{:?}: {reason}", example.question));
                 }
             }
+            // And the other way: the answer uses everything its question names.
+            let clauses: Vec<_> = edit.include.iter().chain(&edit.exclude).cloned().collect();
+            let uncovered = grounding.uncovered(&clauses);
+            if !uncovered.is_empty() && !(clauses.is_empty() && grounding.event_types.is_empty()) {
+                failures.push(format!("{:?}: does not use {}", example.question, uncovered.join(", ")));
+            }
         }
-        assert!(failures.is_empty(), "{} clauses do not trace:\n{}", failures.len(), failures.join("\n"));
+        assert!(failures.is_empty(), "{} answers do not trace:\n{}", failures.len(), failures.join("\n"));
     }
 
     fn trigrams(text: &str) -> HashSet<String> {

@@ -50,6 +50,9 @@ pub struct Grounding {
     pub unmatched: Vec<String>,
     /// The question's words, lower-case (for tracing a clause's field to the question).
     words: HashSet<String>,
+    /// Whether the current audience's values were added ([`Self::inherit`]): a refinement's call need not name
+    /// them all again.
+    inherited: bool,
 }
 
 /// A word of the question with its normalised form.
@@ -877,6 +880,7 @@ impl Grounding {
     /// Counts the current audience's values, windows, periods and numbers as the question's: a refinement ("now
     /// only Germany", "widen the window to 60 days") re-sends clauses of the audience it edits.
     pub fn inherit(&mut self, definition: &AudienceDefinition) {
+        self.inherited = true;
         fn add<T: PartialEq + Clone>(list: &mut Vec<T>, value: &T) {
             if !list.contains(value) {
                 list.push(value.clone());
@@ -942,6 +946,65 @@ impl Grounding {
     /// The question's words, lower-case, in order.
     pub fn sequence(&self) -> &[String] {
         &self.sequence
+    }
+
+    /// What the question names that no clause of `clauses` uses: a country, segment, product or colour grounding
+    /// found, or an event its verbs name ("Jeans buyers, but leave out anyone in Germany" answered with the Germany
+    /// clause alone). Empty for a refinement, whose call edits an audience that may already hold them.
+    pub fn uncovered(&self, clauses: &[Clause]) -> Vec<String> {
+        if self.inherited {
+            return Vec::new();
+        }
+        let mut used = DataValues::default();
+        let mut events = Vec::new();
+        for clause in clauses {
+            match &clause.rule {
+                Rule::Event { event_type, products, colors, .. } => {
+                    events.extend(*event_type);
+                    used.products.extend(products.iter().cloned());
+                    used.colors.extend(colors.iter().cloned());
+                }
+                Rule::Profile { field, value, .. } => {
+                    let texts: Vec<String> = match value {
+                        Value::Array(items) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+                        Value::String(text) => vec![text.clone()],
+                        _ => Vec::new(),
+                    };
+                    match field {
+                        ProfileField::Country => used.countries.extend(texts),
+                        ProfileField::Segment => used.segments.extend(texts),
+                        ProfileField::Interests => used.products.extend(texts),
+                        ProfileField::FavoriteColor | ProfileField::PreferredColors => used.colors.extend(texts),
+                        // Facts computed from the purchases ("one-time buyers", "lapsed buyers") name them too.
+                        ProfileField::OrderCount
+                        | ProfileField::RecencyDays
+                        | ProfileField::RScore
+                        | ProfileField::FScore
+                        | ProfileField::MScore
+                        | ProfileField::TotalSpent
+                        | ProfileField::ReturnCount
+                        | ProfileField::Churned => events.push(EventType::Purchase),
+                        ProfileField::Age | ProfileField::LikesLuxury => {}
+                    }
+                }
+                Rule::Sql { .. } => {}
+            }
+        }
+        let mut missing = Vec::new();
+        for (what, named, had) in [
+            ("country", &self.found.countries, &used.countries),
+            ("segment", &self.found.segments, &used.segments),
+            ("product", &self.found.products, &used.products),
+            ("colour", &self.found.colors, &used.colors),
+        ] {
+            for value in named.iter().filter(|value| !had.iter().any(|h| h.eq_ignore_ascii_case(value))) {
+                missing.push(format!("{what} {value}"));
+            }
+        }
+        for event_type in self.event_types.iter().filter(|event_type| !events.contains(event_type)) {
+            missing.push(format!("event_type {}", event_type.as_str()));
+        }
+        missing
     }
 
     /// Whether the question's words mention `word` (lower-case).
@@ -1345,6 +1408,31 @@ mod tests {
 
     fn ground(question: &str) -> Grounding {
         Grounding::of(question, &values(), day("2026-06-29"))
+    }
+
+    fn clauses(args: serde_json::Value) -> Vec<Clause> {
+        serde_json::from_value(args).unwrap()
+    }
+
+    #[test]
+    fn a_call_must_use_what_the_question_names() {
+        let grounding = ground("Watch buyers, but leave out anyone in Germany");
+        let only_germany = clauses(serde_json::json!([
+            {"id": "c1", "type": "profile", "field": "country", "op": "=", "value": "DE"}
+        ]));
+        assert_eq!(grounding.uncovered(&only_germany), ["product watches", "event_type purchase"]);
+        let both = clauses(serde_json::json!([
+            {"id": "c1", "type": "profile", "field": "country", "op": "=", "value": "DE"},
+            {"id": "c2", "type": "event", "event_type": "purchase", "products": ["watches"]}
+        ]));
+        assert!(grounding.uncovered(&both).is_empty());
+        // An interest names the product as well as a purchase does.
+        let grounding = ground("VIP Loyalty customers interested in watches");
+        let interest = clauses(serde_json::json!([
+            {"id": "c1", "type": "profile", "field": "segment", "op": "=", "value": "VIP Loyalty"},
+            {"id": "c2", "type": "profile", "field": "interests", "op": "contains", "value": "watches"}
+        ]));
+        assert!(grounding.uncovered(&interest).is_empty());
     }
 
     #[test]
