@@ -248,15 +248,21 @@ fn profile_clauses(offered: &Offered) -> Vec<Value> {
 pub fn clause_list_schema(offered: &Offered) -> Value {
     let mut clauses = vec![event_clause(offered)];
     clauses.extend(profile_clauses(offered));
-    json!({"type": "array", "items": {"oneOf": clauses}, "maxItems": MAX_CLAUSES})
+    json!({"type": "array", "items": {"oneOf": clauses}, "maxItems": CLAUSES_PER_LIST})
 }
+
+/// Most clauses one call adds to `include` (or to `exclude`). A question names a few conditions; a small model that
+/// repeats a clause until its output budget ends (seen: 14 segment clauses) is cut off here by the grammar, in valid
+/// JSON, instead of mid-value. A definition still grows to `MAX_CLAUSES` over refinements.
+pub const CLAUSES_PER_LIST: usize = 6;
+const _: () = assert!(2 * CLAUSES_PER_LIST <= MAX_CLAUSES, "one call's clauses must fit in a definition");
 
 /// The JSON schema of a list of profile clauses only: `lookalike`'s filters on who may be found ("only in
 /// Germany", "not VIP Loyalty"), which the whole clause grammar would make about 2,500 tokens longer in every
 /// request's fixed prefix.
 pub fn profile_clause_list_schema(offered: &Offered) -> Value {
     let clauses = profile_clauses(offered);
-    json!({"type": "array", "items": {"oneOf": clauses}, "maxItems": MAX_CLAUSES})
+    json!({"type": "array", "items": {"oneOf": clauses}, "maxItems": CLAUSES_PER_LIST})
 }
 
 /// The JSON schema of `find_audience`'s arguments for one question (see the module doc).
