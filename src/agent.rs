@@ -261,8 +261,10 @@ impl Session {
             find_audience,
             &prepared.offered,
         );
-        let hook =
-            TraceHook::new(log.clone(), self.verbose, can_grow).grounded(grounding).constrained(self.constrained);
+        let hook = TraceHook::new(log.clone(), self.verbose, can_grow)
+            .grounded(grounding)
+            .editing(definition.clone())
+            .constrained(self.constrained);
         let run_future = agent
             .prompt(prompt)
             .max_turns(self.max_turns)
@@ -322,7 +324,7 @@ impl Session {
         let audience = if run.audience_found { self.audience.last_report() } else { None };
         let text = match (&run.reply, &audience) {
             (Some(reply), _) => reply.text.clone(),
-            (None, Some(report)) => crate::render::audience_answer(report, &run.dropped),
+            (None, Some(report)) => crate::render::audience_answer(report, &run.dropped, &run.settled),
             (None, None) => {
                 let response = result.map_err(|error| self.run_error(error, &run))?;
                 if !answered {
@@ -922,6 +924,31 @@ mod tests {
         assert_eq!(model.request_count(), 2);
         assert!(tool_results(&model, 1).contains("the question also names event_type purchase"));
         assert_eq!(answer.audience.as_ref().unwrap().definition.include.len(), 2);
+    }
+
+    /// A follow-up's call is read against the audience it edits: a `new` the question does not ask for is dropped,
+    /// and a second country that could only hold nobody replaces the first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follow_ups_keep_the_audience_and_replace_a_contradicting_clause() {
+        let fixture = Fixture::new().await;
+        let country = |code: &str| json!({"type": "profile", "field": "country", "op": "=", "value": code});
+        let churned = json!({"type": "profile", "field": "churned", "op": "=", "value": true});
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "find_audience", json!({"include": [country("DE")]})),
+            MockTurn::tool_call("c2", "find_audience", json!({"new": true, "exclude": [churned]})),
+            MockTurn::tool_call("c3", "find_audience", json!({"include": [country("FR")]})),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        session.ask("customers in Germany").await.unwrap();
+        let answer = session.ask("exclude churned customers").await.unwrap();
+        let definition = session.audience().current().unwrap();
+        assert_eq!((definition.include.len(), definition.exclude.len()), (1, 1), "{definition:?}");
+        assert!(answer.text.contains("Kept the current audience"), "{}", answer.text);
+        let answer = session.ask("same but for France instead").await.unwrap();
+        let definition = session.audience().current().unwrap();
+        assert_eq!(definition.include.len(), 1, "{definition:?}");
+        assert!(answer.text.contains("From FR replaces from DE."), "{}", answer.text);
     }
 
     /// A refusal is a `respond` call: one model call, its text the answer.

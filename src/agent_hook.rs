@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use audience_tools::audience::Edit;
+use audience_tools::audience::AudienceDefinition;
+use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::audience::definition::Clause;
 use audience_tools::clarify::Clarification;
 use audience_tools::failure::is_fatal;
@@ -69,6 +71,8 @@ pub struct RunLog {
     pub reply: Option<Reply>,
     /// Clauses left out of a `find_audience` call because nothing in the question asks for them, in words.
     pub dropped: Vec<String>,
+    /// How a follow-up's call was read against the audience it edits (see `refine::settle`), in words.
+    pub settled: Vec<String>,
     /// Correctable tool failures so far (see [`MAX_FAILED_CALLS`]).
     failures: u32,
     /// Whether a `find_audience` call was already sent back for its clauses (that happens once per question).
@@ -210,6 +214,8 @@ pub struct TraceHook {
     /// The question's grounding, and the values its schema offers: every clause of a `find_audience` call must
     /// trace to the question.
     grounding: Option<Arc<(Grounding, Offered)>>,
+    /// The audience a follow-up edits: a call's `new` and `remove` are settled against it (see `refine`).
+    current: Option<Arc<AudienceDefinition>>,
     /// Whether the provider constrains a required tool call (llama-server's grammar): a text reply to a required
     /// call then means the constraint failed, which is an error, never an answer.
     constrained: bool,
@@ -217,12 +223,18 @@ pub struct TraceHook {
 
 impl TraceHook {
     pub fn new(log: SharedLog, verbose: bool, can_grow: bool) -> Self {
-        Self { log, verbose, can_grow, grounding: None, constrained: false }
+        Self { log, verbose, can_grow, grounding: None, current: None, constrained: false }
     }
 
     /// Checks `find_audience` calls against `grounding` (and `offered`: see [`drop_untraced`]).
     pub fn grounded(mut self, grounding: Arc<(Grounding, Offered)>) -> Self {
         self.grounding = Some(grounding);
+        self
+    }
+
+    /// Settles `find_audience` calls against the audience the question edits.
+    pub fn editing(mut self, current: Option<AudienceDefinition>) -> Self {
+        self.current = current.map(Arc::new);
         self
     }
 
@@ -578,7 +590,16 @@ impl AgentHook for TraceHook {
                         .sum::<usize>()
                 };
                 let had = clauses(&args);
-                let (args, dropped) = drop_untraced(args, &grounding.0, &grounding.1);
+                let (mut args, dropped) = drop_untraced(args, &grounding.0, &grounding.1);
+                let mut rewritten = !dropped.is_empty();
+                if let Some(current) = &self.current {
+                    let settled = refine::settle(&mut args, current, FollowUp::of(grounding.0.sequence()));
+                    if !settled.notes.is_empty() {
+                        self.say(format!("· settled: {}", settled.notes.join("; ")));
+                        lock(&self.log).settled.extend(settled.notes);
+                        rewritten = true;
+                    }
+                }
                 let changes_else = ["remove", "intent", "new"].iter().any(|key| args.get(*key).is_some());
                 if first_try && had > 0 && clauses(&args) == 0 && !changes_else {
                     // Nothing the call asked for is in the question: the whole customer base is no answer to it.
@@ -607,6 +628,8 @@ impl AgentHook for TraceHook {
                 if !dropped.is_empty() {
                     self.say(format!("· left out, not asked for: {}", dropped.join("; ")));
                     lock(&self.log).dropped.extend(dropped);
+                }
+                if rewritten {
                     return DispatchAction::rewrite_tool_args(event.kind, args);
                 }
             }

@@ -10,8 +10,9 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 const NAMED_MEMBERS: usize = 3;
 
 /// The answer to a found audience, written by the program from the typed report: its size, what defines it, the
-/// best members and why they fit, and any clause left out because the question did not ask for it.
-pub fn audience_answer(report: &AudienceReport, dropped: &[String]) -> String {
+/// best members and why they fit, any clause left out because the question did not ask for it, and how a
+/// follow-up's call was read against the audience it edits.
+pub fn audience_answer(report: &AudienceReport, dropped: &[String], settled: &[String]) -> String {
     let mut text = format!("{} of {} customers: {}.", report.size, report.total_customers, report.explanation);
     if report.size == 0 {
         text.push_str(" No customer meets every condition.");
@@ -31,6 +32,13 @@ pub fn audience_answer(report: &AudienceReport, dropped: &[String]) -> String {
     }
     for clause in dropped {
         text.push_str(&format!(" Left out, as no word of the question asks for it: {clause}."));
+    }
+    for note in settled {
+        let mut note = note.clone();
+        if let Some(first) = note.get(..1) {
+            note.replace_range(..1, &first.to_uppercase());
+        }
+        text.push_str(&format!(" {note}."));
     }
     text
 }

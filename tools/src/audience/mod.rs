@@ -10,6 +10,7 @@ pub mod definition;
 pub mod export;
 pub mod find_audience;
 pub mod lookalike;
+pub mod refine;
 pub mod report;
 pub mod saved;
 pub mod session;

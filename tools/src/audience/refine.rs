@@ -1,0 +1,176 @@
+//! How a refinement's call is read against the audience it edits.
+//!
+//! A follow-up edits the current audience: its clauses are added, `remove` takes clauses out, and `new` starts
+//! over. A small model gets two things wrong here, seen in every recorded refinement chain:
+//! - it sends `new` for a follow-up that only narrows ("exclude churned customers"), which throws away the
+//!   audience the follow-up was about;
+//! - it adds a second country for "same but for France instead", and `country = PL AND country = FR` is nobody.
+//!
+//! Both are decisions about what the question says, so the program settles them: `new` stands only when the
+//! question starts over or reads as a question of its own, and a clause the edit adds on the same profile field (or
+//! the same event) as a current clause replaces it when the question says so ("instead", "swap") or when keeping
+//! both could only hold nobody (two different values of a field a customer has one of).
+
+use serde_json::Value;
+
+use crate::audience::definition::{AudienceDefinition, FieldKind, Op, ProfileField, Rule};
+use crate::audience::session::Edit;
+
+/// Words that start a new audience ("forget that", "new search", "scrap all of this").
+const STARTS_OVER: &[&str] = &["forget", "scrap", "scratch", "fresh", "reset", "restart", "anew", "afresh"];
+/// Nouns that "new", "different" or "another" make a new audience ("a new search").
+const FRESH_NOUNS: &[&str] = &["search", "audience", "list", "question", "query", "segment", "one", "group"];
+/// Words that make a question a follow-up of the current audience ("only those in Italy", "exclude churned").
+const FOLLOW_UP: &[&str] = &[
+    "only", "now", "those", "them", "these", "ones", "they", "their", "exclude", "excluding", "except", "also",
+    "keep", "same", "instead", "just", "remove", "drop", "add", "narrow", "widen", "restrict", "limit", "leave",
+    "too", "further", "swap", "switch", "change", "replace", "still",
+];
+/// Words that say a clause takes another's place ("same but for France instead", "swap Germany for Austria").
+const REPLACES: &[&str] = &["instead", "swap", "switch", "replace", "rather", "change", "changing", "substitute"];
+
+/// What a follow-up's `words` (lower-case, in order) say about the audience it edits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowUp {
+    /// The question asks for a new audience, or reads as a question of its own.
+    pub starts_over: bool,
+    /// The question says a clause takes another's place.
+    pub replaces: bool,
+}
+
+impl FollowUp {
+    pub fn of(words: &[String]) -> Self {
+        let has = |set: &[&str]| words.iter().any(|w| set.contains(&w.as_str()));
+        let fresh = words.windows(2).any(|pair| {
+            matches!(pair[0].as_str(), "new" | "different" | "another") && FRESH_NOUNS.contains(&pair[1].as_str())
+        }) || words.windows(2).any(|pair| pair[0] == "start" && pair[1] == "over");
+        Self { starts_over: has(STARTS_OVER) || fresh || !has(FOLLOW_UP), replaces: has(REPLACES) }
+    }
+}
+
+/// What settling changed, in words for the answer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settled {
+    pub notes: Vec<String>,
+}
+
+/// Settles `args` (a `find_audience` call) against `current` and the question's `follow_up`: rewrites `new` and
+/// `remove` in place, and says what it changed. Arguments that do not read as an edit are left for the tool to
+/// refuse with its precise reason.
+pub fn settle(args: &mut Value, current: &AudienceDefinition, follow_up: FollowUp) -> Settled {
+    let mut settled = Settled::default();
+    let Ok(edit) = Edit::try_from(args.clone()) else { return settled };
+    let Some(object) = args.as_object_mut() else { return settled };
+    if edit.new && !follow_up.starts_over {
+        object.remove("new");
+        settled.notes.push("kept the current audience: the question edits it, it does not start over".to_owned());
+    }
+    if edit.new && follow_up.starts_over {
+        return settled;
+    }
+    let mut remove = edit.remove.clone();
+    for (added, exclude) in edit.include.iter().map(|c| (c, false)).chain(edit.exclude.iter().map(|c| (c, true))) {
+        for (old, old_exclude) in current.clauses() {
+            if old_exclude != exclude || remove.contains(&old.id) || !same_slot(&old.rule, &added.rule) {
+                continue;
+            }
+            if follow_up.replaces || (!exclude && contradicts(&old.rule, &added.rule)) {
+                settled.notes.push(format!("{} replaces {}", added.rule.predicate(), old.rule.predicate()));
+                remove.push(old.id.clone());
+            }
+        }
+    }
+    if remove.len() > edit.remove.len() {
+        object.insert("remove".into(), Value::from(remove));
+    }
+    settled
+}
+
+/// Whether two rules constrain the same thing: one profile field, or events of one type.
+fn same_slot(old: &Rule, new: &Rule) -> bool {
+    match (old, new) {
+        (Rule::Profile { field: a, .. }, Rule::Profile { field: b, .. }) => a == b,
+        (Rule::Event { event_type: a, .. }, Rule::Event { event_type: b, .. }) => a == b && a.is_some(),
+        _ => false,
+    }
+}
+
+/// Whether both rules together could hold nobody: a field a customer has one value of (a country, a segment, a
+/// favourite colour, a flag), required to equal two different sets of values.
+fn contradicts(old: &Rule, new: &Rule) -> bool {
+    let (Rule::Profile { field, op: old_op, value: old_value }, Rule::Profile { op: new_op, value: new_value, .. }) =
+        (old, new)
+    else {
+        return false;
+    };
+    let single = matches!(field.kind(), FieldKind::Text | FieldKind::Bool) && *field != ProfileField::Interests;
+    let equality = |op: &Op| matches!(op, Op::Eq | Op::In);
+    if !single || !equality(old_op) || !equality(new_op) {
+        return false;
+    }
+    let values = |value: &Value| -> Vec<String> {
+        match value {
+            Value::Array(items) => items.iter().map(|v| v.to_string().to_lowercase()).collect(),
+            other => vec![other.to_string().to_lowercase()],
+        }
+    };
+    let old_values = values(old_value);
+    !values(new_value).iter().any(|v| old_values.contains(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase()).collect()
+    }
+
+    fn current() -> AudienceDefinition {
+        serde_json::from_value(json!({
+            "version": 1,
+            "limit": 10,
+            "include": [
+                {"id": "c1", "type": "profile", "field": "country", "op": "=", "value": "PL"},
+                {"id": "c2", "type": "event", "event_type": "view", "products": ["watches"], "within_days": 180}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn new_stands_only_when_the_question_starts_over_or_stands_alone() {
+        let mut args = json!({"new": true, "exclude": [{"type": "profile", "field": "churned", "op": "=", "value": true}]});
+        let settled = settle(&mut args, &current(), FollowUp::of(&words("exclude churned customers")));
+        assert!(args.get("new").is_none(), "{args}");
+        assert_eq!(settled.notes.len(), 1);
+        for question in ["forget that, show me churned customers", "new search: perfume buyers", "Who bought socks?"] {
+            let mut args = json!({"new": true, "include": [{"type": "event", "event_type": "purchase"}]});
+            settle(&mut args, &current(), FollowUp::of(&words(question)));
+            assert_eq!(args["new"], true, "{question}");
+        }
+    }
+
+    #[test]
+    fn a_clause_on_the_same_field_replaces_the_current_one_when_both_could_hold_nobody_or_the_question_says_so() {
+        let france = json!({"type": "profile", "field": "country", "op": "=", "value": "FR"});
+        let mut args = json!({"include": [france]});
+        settle(&mut args, &current(), FollowUp::of(&words("now only France")));
+        assert_eq!(args["remove"], json!(["c1"]));
+        // A second country that overlaps narrows: kept as an AND.
+        let mut args = json!({"include": [{"type": "profile", "field": "country", "op": "in", "value": ["PL", "DE"]}]});
+        settle(&mut args, &current(), FollowUp::of(&words("only those in Poland or Germany")));
+        assert!(args.get("remove").is_none(), "{args}");
+        // Events of one type are replaced only when the question says so.
+        let jewelry = json!({"type": "event", "event_type": "view", "products": ["jewelry"]});
+        let mut args = json!({"include": [jewelry.clone()]});
+        settle(&mut args, &current(), FollowUp::of(&words("also those who viewed jewelry")));
+        assert!(args.get("remove").is_none(), "{args}");
+        let mut args = json!({"include": [jewelry]});
+        let settled = settle(&mut args, &current(), FollowUp::of(&words("same but for jewelry instead of watches")));
+        assert_eq!(args["remove"], json!(["c2"]));
+        assert_eq!(settled.notes, ["who viewed jewelry replaces who viewed watches in the last 180 days"]);
+    }
+}
