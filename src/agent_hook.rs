@@ -13,7 +13,7 @@ use audience_tools::audience::AudienceDefinition;
 use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::audience::definition::Clause;
 use audience_tools::clarify::Clarification;
-use audience_tools::failure::is_fatal;
+use audience_tools::failure::{is_fatal, model_visible};
 use audience_tools::grounding::{Grounding, Traced};
 use audience_tools::registry;
 use audience_tools::respond::Reply;
@@ -581,7 +581,7 @@ impl AgentHook for TraceHook {
                     // that insists is believed (the question may negate in a way grounding does not read).
                     self.say(format!("· sent back: {reason}"));
                     lock(&self.log).sent_back = true;
-                    return DispatchAction::skip(reason);
+                    return DispatchAction::skip(model_visible(&reason));
                 }
                 let clauses = |args: &Value| {
                     ["include", "exclude"]
@@ -610,7 +610,7 @@ impl AgentHook for TraceHook {
                     );
                     self.say(format!("· sent back: {reason}"));
                     lock(&self.log).sent_back = true;
-                    return DispatchAction::skip(reason);
+                    return DispatchAction::skip(model_visible(&reason));
                 }
                 let uncovered = uncovered(&args, &grounding.0);
                 if first_try && !uncovered.is_empty() {
@@ -623,7 +623,7 @@ impl AgentHook for TraceHook {
                     );
                     self.say(format!("· sent back: {reason}"));
                     lock(&self.log).sent_back = true;
-                    return DispatchAction::skip(reason);
+                    return DispatchAction::skip(model_visible(&reason));
                 }
                 if !dropped.is_empty() {
                     self.say(format!("· left out, not asked for: {}", dropped.join("; ")));

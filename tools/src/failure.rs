@@ -35,12 +35,19 @@ impl ToolFailure {
     /// The rig error the model sees: the correction hint, or for a fatal failure an error tagged [`FATAL_CODE`].
     pub fn into_execution_error(self) -> ToolExecutionError {
         match self {
-            Self::Correctable(message) => ToolExecutionError::other(message).with_retryable(true),
+            // Marked as an error in words: a bare "at most 10 fields" reads to a small model like a result, and it
+            // then wrote a made-up tool response where it had to send the corrected call.
+            Self::Correctable(message) => ToolExecutionError::other(model_visible(&message)).with_retryable(true),
             Self::Fatal(error) => {
                 ToolExecutionError::other(format!("{error:#}")).with_code(FATAL_CODE).with_retryable(false)
             }
         }
     }
+}
+
+/// A correctable error as the model reads it: `Error: ` and the reason.
+pub fn model_visible(reason: &str) -> String {
+    format!("Error: {reason}")
 }
 
 /// True when a tool's error is fatal and the run must stop.
