@@ -133,6 +133,8 @@ pub struct Session {
     data: Arc<OnceCell<Arc<Vocabulary>>>,
     /// Whether the provider constrains tool calls to their schema (the local llama-server).
     constrained: bool,
+    /// Fields every request of the provider carries besides the standard ones (see `ProviderKind::request_params`).
+    request_params: Option<serde_json::Value>,
     label: ModelLabel,
     max_turns: usize,
     unknown_tool_retries: usize,
@@ -176,6 +178,7 @@ impl Session {
         let provider = config.provider.clone();
         let mut session = Self::with_model(model, label, &config, stores, ledger, verbose);
         session.constrained = config.provider.constrains_calls();
+        session.request_params = config.provider.kind.request_params();
         session.redact = Arc::new(move |text: &str| provider.redact(text));
         session._local_server = local_server;
         Ok(session)
@@ -195,6 +198,7 @@ impl Session {
             model,
             data: Arc::new(OnceCell::new()),
             constrained: false,
+            request_params: None,
             label,
             max_turns: config.max_turns,
             unknown_tool_retries: config.unknown_tool_retries,
@@ -260,6 +264,7 @@ impl Session {
             self.audience.clone(),
             find_audience,
             &prepared.offered,
+            self.request_params.clone(),
         );
         let hook = TraceHook::new(log.clone(), self.verbose, can_grow)
             .grounded(grounding)
@@ -617,8 +622,14 @@ fn build_agent(
     audience: AudienceSession,
     find_audience: FindAudience,
     offered: &Offered,
+    request_params: Option<serde_json::Value>,
 ) -> Agent {
-    AgentBuilder::new(model.clone())
+    let builder = AgentBuilder::new(model.clone());
+    let builder = match request_params {
+        Some(params) => builder.additional_params(params),
+        None => builder,
+    };
+    builder
         .preamble(system_prompt())
         .max_tokens(MAX_OUTPUT_TOKENS)
         .temperature(0.0)

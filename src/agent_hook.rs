@@ -300,6 +300,23 @@ fn wrong_side(args: &Value, grounding: &Grounding) -> Option<String> {
     })
 }
 
+/// Removes every null-valued key from the objects in `value`; whether there was one.
+fn strip_nulls(value: &mut Value) -> bool {
+    match value {
+        Value::Object(object) => {
+            let before = object.len();
+            object.retain(|_, v| !v.is_null());
+            let mut stripped = object.len() < before;
+            for v in object.values_mut() {
+                stripped |= strip_nulls(v);
+            }
+            stripped
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |stripped, item| strip_nulls(item) | stripped),
+        _ => false,
+    }
+}
+
 /// What the question names that no clause of the call uses (see `Grounding::uncovered`). Nothing for a call whose
 /// arguments do not read (its repair comes first), nor for one without clauses unless the question names an event
 /// ("bought", "viewed"): an intent alone may be the right answer to a question of tastes, never to one of deeds.
@@ -571,9 +588,12 @@ impl AgentHook for TraceHook {
             if let Some(id) = event.call_id {
                 lock(&self.log).pending_tools.insert(id.to_string(), Instant::now());
             }
+            let mut args = event.tool_args().and_then(|raw| serde_json::from_str::<Value>(raw).ok());
+            // Strict providers send every optional argument, as null: null is an absent argument.
+            let nulls = args.as_mut().is_some_and(strip_nulls);
             if tool == registry::FIND_AUDIENCE.name
                 && let Some(grounding) = &self.grounding
-                && let Some(args) = event.tool_args().and_then(|raw| serde_json::from_str::<Value>(raw).ok())
+                && let Some(args) = args.clone()
             {
                 let first_try = !lock(&self.log).sent_back;
                 if first_try && let Some(reason) = wrong_side(&args, &grounding.0) {
@@ -591,7 +611,7 @@ impl AgentHook for TraceHook {
                 };
                 let had = clauses(&args);
                 let (mut args, dropped) = drop_untraced(args, &grounding.0, &grounding.1);
-                let mut rewritten = !dropped.is_empty();
+                let mut rewritten = nulls || !dropped.is_empty();
                 if let Some(current) = &self.current {
                     let settled = refine::settle(&mut args, current, FollowUp::of(grounding.0.sequence()));
                     if !settled.notes.is_empty() {
@@ -632,6 +652,8 @@ impl AgentHook for TraceHook {
                 if rewritten {
                     return DispatchAction::rewrite_tool_args(event.kind, args);
                 }
+            } else if nulls && let Some(args) = args {
+                return DispatchAction::rewrite_tool_args(event.kind, args);
             }
         }
         DispatchAction::proceed()

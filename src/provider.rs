@@ -108,6 +108,18 @@ impl ProviderKind {
         }
     }
 
+    /// Whether the provider offers strict tool schemas (OpenAI's structured outputs, which OpenRouter passes on
+    /// to the models that support them). The local server constrains calls with a grammar instead.
+    pub fn has_strict_tools(self) -> bool {
+        matches!(self, ProviderKind::OpenAi | ProviderKind::OpenRouter)
+    }
+
+    /// Request fields the provider needs besides the standard ones: OpenRouter routes a request with strict
+    /// tools only to providers that honour them when asked to require its parameters.
+    pub fn request_params(self) -> Option<serde_json::Value> {
+        (self == ProviderKind::OpenRouter).then(|| serde_json::json!({"provider": {"require_parameters": true}}))
+    }
+
     fn dialect(self) -> &'static Dialect {
         match self {
             ProviderKind::OpenRouter => &OPENROUTER,
@@ -334,7 +346,13 @@ impl ProviderConfig {
                 if let Some(url) = &self.base_url {
                     config = config.with_base_url(url.clone());
                 }
-                config.connect(http).chat(self.model.clone()).erase()
+                let mut model = config.connect(http).chat(self.model.clone());
+                if kind.has_strict_tools() {
+                    // The provider then holds every call to its tool's schema; rig rewrites the schemas into the
+                    // strict subset (every property required, optional ones nullable, `oneOf` as `anyOf`).
+                    model.wire = model.wire.with_strict_tools();
+                }
+                model.erase()
             }
         };
         Ok(model)

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{FakeLlm, Reply, TestEnv, content_text, messages_with_role, redact_timings, run_with_stdin};
+use common::{FakeLlm, Reply, Run, TestEnv, content_text, messages_with_role, redact_timings, run_with_stdin};
 use serde_json::{Value, json};
 
 /// gpt-4o-mini (the openai-compatible default) in prompts/prices.toml, USD per million tokens.
@@ -200,6 +200,37 @@ fn an_injection_attempt_is_refused_and_no_table_changes() {
     assert_eq!(llm.remaining(), 1, "no call after the second refusal");
     assert_eq!(env.checksum(), before);
     assert_eq!(env.sql_scalar("SELECT count(*)::text FROM customers"), "60");
+}
+
+/// OpenAI and OpenRouter get strict tool schemas (OpenRouter also routes only to providers that honour them), and the
+/// nulls a strict provider sends for every argument it leaves out read as absent.
+#[test]
+fn hosted_providers_get_strict_tools_and_their_nulls_read_as_absent() {
+    let env = TestEnv::ingested("strict");
+    for provider in ["openai", "openrouter"] {
+        let llm = FakeLlm::start(vec![
+            Reply::tool(
+                "call_1",
+                "find_audience",
+                json!({"include": [{"type": "profile", "field": "country", "op": "=", "value": "DE"}],
+                       "exclude": null, "intent": null, "limit": null, "fields": null}),
+            ),
+            Reply::text("never requested"),
+        ]);
+        let mut command = env.command(&["ask", "--json", "customers from Germany"]);
+        command.env("AUDIENCE_PROVIDER", provider).env("AUDIENCE_BASE_URL", &llm.base_url).env(
+            if provider == "openai" { "OPENAI_API_KEY" } else { "OPENROUTER_API_KEY" },
+            "test",
+        );
+        let run = Run::from(command.output().unwrap());
+        assert_eq!(run.code, 0, "{provider}: {}", run.stderr);
+        assert_eq!(run.json()["audience"]["definition"]["include"][0]["value"], "DE", "{provider}");
+        let request = &llm.requests()[0];
+        let tools = request["tools"].as_array().unwrap();
+        assert!(tools.iter().all(|tool| tool["function"]["strict"] == true), "{provider}: {tools:?}");
+        let routing = &request["provider"]["require_parameters"];
+        assert_eq!(routing.as_bool(), (provider == "openrouter").then_some(true), "{provider}");
+    }
 }
 
 /// A request to change data is refused, and a request that names no criterion gets a clarifying question (exit 5),
