@@ -962,6 +962,30 @@ mod tests {
         assert!(answer.text.contains("From FR replaces from DE."), "{}", answer.text);
     }
 
+    /// Customers looked up by ids the question never gives are sent back to `find_audience`; ids it gives are read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lookup_by_ids_nobody_gave_is_sent_back() {
+        let fixture = Fixture::new().await;
+        let germany = json!({"include": [{"type": "profile", "field": "country", "op": "=", "value": "DE"}]});
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "sql_data_retriever", json!({"customer_ids": ["Germany"]})),
+            MockTurn::tool_call("c2", "find_audience", germany),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("show me our customers in Germany").await.unwrap();
+        assert!(tool_results(&model, 1).contains("Error: sql_data_retriever reads customers by the ids"));
+        assert!(answer.audience.is_some());
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "sql_data_retriever", json!({"customer_ids": ["2"]})),
+            MockTurn::text("Ben Kurz, from DE."),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("what do we know about customer 2?").await.unwrap();
+        assert_eq!(answer.text, "Ben Kurz, from DE.");
+        assert!(!tool_results(&model, 1).contains("Error:"), "{}", tool_results(&model, 1));
+    }
+
     /// A refusal is a `respond` call: one model call, its text the answer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reply_ends_the_question_in_one_call() {

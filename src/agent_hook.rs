@@ -652,6 +652,28 @@ impl AgentHook for TraceHook {
                 if rewritten {
                     return DispatchAction::rewrite_tool_args(event.kind, args);
                 }
+            } else if tool == registry::SQL_DATA_RETRIEVER.name
+                && self.current.is_none()
+                && let Some(grounding) = &self.grounding
+                && let Some(ids) = args.as_ref().and_then(|a| a.get("customer_ids")).and_then(Value::as_array)
+                && !ids.iter().any(|id| {
+                    // An id as the question writes it: a word with a digit ("42", "C-1042"), not a word that names
+                    // a value ("Germany").
+                    let id = id.as_str().map_or_else(|| id.to_string(), str::to_owned).to_lowercase();
+                    let mut numbered = id.split(|c: char| !c.is_alphanumeric()).filter(|part| {
+                        part.chars().any(|c| c.is_ascii_digit())
+                    });
+                    numbered.clone().next().is_some() && numbered.all(|part| grounding.0.says(part))
+                })
+                && !lock(&self.log).sent_back
+            {
+                // Customers looked up by ids nobody gave ("VIP Loyalty" as an id): the question describes an
+                // audience, which is find_audience's.
+                let reason = "sql_data_retriever reads customers by the ids the question gives, and it gives none; \
+                              to find customers by what they did or are, call find_audience";
+                self.say(format!("· sent back: {reason}"));
+                lock(&self.log).sent_back = true;
+                return DispatchAction::skip(model_visible(reason));
             } else if nulls && let Some(args) = args {
                 return DispatchAction::rewrite_tool_args(event.kind, args);
             }
