@@ -3,11 +3,15 @@
 //!
 //! A file is written to a temporary file beside the target and renamed over it only when complete, so an export
 //! that fails or is interrupted leaves no half file under the target name (the temporary file is removed when the
-//! writer is dropped). The holdout group of a customer depends only on its file id, the seed and the percentage,
+//! writer is dropped). Only a regular file is replaced, keeping its mode (a new file gets 0644); a symbolic link to
+//! one is written through; a directory, FIFO, device or socket, and a read-only file, are refused before any
+//! query runs ([`replaceable_target`]). The holdout group of a customer depends only on its file id, the seed and the percentage,
 //! so re-running an export, or exporting after a re-ingest, keeps every customer in the same group.
 
 use std::collections::BTreeMap;
+use std::fs::Permissions;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +20,8 @@ use audience_tools::stores::Stores;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+use crate::exit::{self, FailureExt, FailureKind};
 
 /// A file format of an export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -132,10 +138,12 @@ pub fn columns(options: &ExportOptions) -> Vec<String> {
 /// The dimensions a holdout's balance is checked on.
 const BALANCE_DIMENSIONS: [&str; 2] = ["country", "segment"];
 
-/// Writes every member of `members` as `options` say; see the module comment for the guarantees.
+/// Writes every member of `members` as `options` say; see the module comment for the guarantees. A file that
+/// cannot be written is an I/O failure (exit 1); a definition the tools refuse, or a store that fails, has the
+/// exit kind of any tool failure ([`exit::tool_failure`]).
 pub async fn export(stores: &Stores, members: Members<'_>, options: &ExportOptions) -> Result<ExportSummary> {
     let columns = columns(options);
-    let mut file = ExportFile::create(&options.path, options.format, columns.clone())?;
+    let mut file = ExportFile::create(&options.path, options.format, columns.clone()).kind(FailureKind::Input)?;
     // Country and segment are read even when not written: the holdout's balance is checked on them.
     let mut query_fields = options.fields.clone();
     for dimension in BALANCE_DIMENSIONS {
@@ -166,11 +174,11 @@ pub async fn export(stores: &Stores, members: Members<'_>, options: &ExportOptio
                 record.insert("email_sha256".to_owned(), Value::String(hex::encode(digest)));
             }
         }
-        file.write(&record)
+        file.write(&record).kind(FailureKind::Input)
     })
     .await
-    .map_err(|failure| anyhow::anyhow!("{failure}"))?;
-    file.finish()?;
+    .map_err(exit::tool_failure)?;
+    file.finish().kind(FailureKind::Input)?;
     let holdout = options.holdout.map(|holdout| {
         let size = |group: &str| -> u64 {
             counts.get(group).and_then(|d| d.get("country")).map_or(0, |values| values.values().sum())
@@ -211,7 +219,10 @@ pub async fn export(stores: &Stores, members: Members<'_>, options: &ExportOptio
 /// as it was.
 pub struct ExportFile {
     out: BufWriter<tempfile::NamedTempFile>,
+    /// The regular file the export replaces or creates (a symbolic link resolved).
     path: PathBuf,
+    /// The mode the finished file gets: the replaced file's, or [`NEW_FILE_MODE`].
+    mode: u32,
     format: Format,
     columns: Vec<String>,
     rows: u64,
@@ -219,7 +230,8 @@ pub struct ExportFile {
 
 impl ExportFile {
     pub fn create(path: &Path, format: Format, columns: Vec<String>) -> Result<Self> {
-        let directory = match path.parent() {
+        let (target, mode) = replaceable_target(path)?;
+        let directory = match target.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
@@ -227,7 +239,7 @@ impl ExportFile {
             .prefix(".audience-export-")
             .tempfile_in(&directory)
             .with_context(|| format!("cannot write in {}", directory.display()))?;
-        let mut file = Self { out: BufWriter::new(temp), path: path.to_path_buf(), format, columns, rows: 0 };
+        let mut file = Self { out: BufWriter::new(temp), path: target, mode, format, columns, rows: 0 };
         match format {
             Format::Csv => {
                 let header = csv_line(file.columns.iter().map(String::as_str))?;
@@ -272,10 +284,49 @@ impl ExportFile {
             self.out.write_all(if self.rows == 0 { b"]\n" } else { b"\n]\n" })?;
         }
         let temp = self.out.into_inner().map_err(|e| e.into_error())?;
+        temp.as_file().set_permissions(Permissions::from_mode(self.mode))?;
         temp.as_file().sync_all()?;
         temp.persist(&self.path).with_context(|| format!("cannot write {}", self.path.display()))?;
         Ok(self.rows)
     }
+}
+
+/// The mode of a file an export creates: the owner writes, everyone reads, as a file written by any editor.
+const NEW_FILE_MODE: u32 = 0o644;
+
+/// The file an export may write for `path`, and the mode it gets. Renaming over a directory, FIFO, device or socket
+/// would replace it by a file (or fail half-way); a read-only file says it is not to be changed. A symbolic link is
+/// followed, so the link stays and the file it names gets the export.
+fn replaceable_target(path: &Path) -> Result<(PathBuf, u32)> {
+    let link = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((path.to_path_buf(), NEW_FILE_MODE)),
+        Err(error) => return Err(error).with_context(|| format!("cannot inspect {}", path.display())),
+    };
+    let (target, metadata) = if link.file_type().is_symlink() {
+        let target = std::fs::canonicalize(path)
+            .with_context(|| format!("{} is a symbolic link to a file that does not exist", path.display()))?;
+        let metadata = std::fs::metadata(&target).with_context(|| format!("cannot inspect {}", target.display()))?;
+        (target, metadata)
+    } else {
+        (path.to_path_buf(), link)
+    };
+    let file_type = metadata.file_type();
+    let what = if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        "a device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if metadata.permissions().readonly() {
+        "a read-only file"
+    } else {
+        return Ok((target, metadata.permissions().mode() & 0o7777));
+    };
+    let named = if target == path { String::new() } else { format!(" (the link names {})", target.display()) };
+    bail!("will not replace {}{named}: it is {what}; export to a regular file", path.display())
 }
 
 fn csv_line<'a>(cells: impl IntoIterator<Item = &'a str>) -> Result<Vec<u8>> {
@@ -333,5 +384,65 @@ mod tests {
         file.write(&record).unwrap();
         assert_eq!(file.finish().unwrap(), 1);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "[\n{\"external_id\":\"a\"}\n]\n");
+    }
+
+    fn export_one(path: &Path) -> Result<u64> {
+        let record: Map<String, Value> = [("external_id".to_owned(), Value::from("a"))].into_iter().collect();
+        let mut file = ExportFile::create(path, Format::Csv, vec!["external_id".into()])?;
+        file.write(&record)?;
+        file.finish()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Regression (issue 22, item 10): a FIFO, a device, a symbolic link or a read-only file was replaced by a
+    /// regular file of mode 0600 (as root, `--out /dev/null` would have deleted the device node).
+    #[test]
+    fn only_a_regular_file_is_replaced_and_it_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.csv");
+        export_one(&new).unwrap();
+        assert_eq!(mode(&new), 0o644, "a new file is readable by everyone, as an editor writes it");
+
+        let kept = dir.path().join("kept.csv");
+        std::fs::write(&kept, "old\n").unwrap();
+        std::fs::set_permissions(&kept, Permissions::from_mode(0o640)).unwrap();
+        export_one(&kept).unwrap();
+        assert_eq!((mode(&kept), std::fs::read_to_string(&kept).unwrap()), (0o640, "external_id\na\n".to_owned()));
+
+        // A link to a regular file is written through: the link stays, the file it names gets the export.
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&new, &link).unwrap();
+        std::fs::write(&new, "old\n").unwrap();
+        export_one(&link).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_to_string(&new).unwrap(), "external_id\na\n");
+
+        let fifo = dir.path().join("fifo.csv");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let read_only = dir.path().join("read_only.csv");
+        std::fs::write(&read_only, "keep me\n").unwrap();
+        std::fs::set_permissions(&read_only, Permissions::from_mode(0o444)).unwrap();
+        // A link to a device: the device itself is never the test's target.
+        let device = dir.path().join("device.csv");
+        std::os::unix::fs::symlink("/dev/null", &device).unwrap();
+        let directory = dir.path().join("directory.csv");
+        std::fs::create_dir(&directory).unwrap();
+        for (path, what) in
+            [(&fifo, "a FIFO"), (&read_only, "a read-only file"), (&device, "a device"), (&directory, "a directory")]
+        {
+            let error = format!("{:#}", export_one(path).unwrap_err());
+            assert!(error.contains("will not replace") && error.contains(what), "{}: {error}", path.display());
+        }
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(std::fs::read_to_string(&read_only).unwrap(), "keep me\n");
+        assert_eq!(std::fs::read_link(&device).unwrap(), Path::new("/dev/null"));
+        assert!(std::fs::symlink_metadata("/dev/null").unwrap().file_type().is_char_device());
+        assert!(directory.is_dir());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 7, "no temporary file left behind: {names:?}");
     }
 }

@@ -4,18 +4,25 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | failure: unreadable or malformed input files, rejected data, I/O |
-//! | 2 | usage or configuration error: bad arguments or flags, a missing or invalid variable, no provider |
+//! | 1 | failure: unreadable or malformed input files, rejected data, I/O (an export that cannot be written) |
+//! | 2 | usage or configuration error: bad arguments or flags, arguments or a definition a tool refuses, a missing or invalid variable, no provider |
 //! | 3 | LLM provider error: unreachable, rejected, rate limited after retries, empty answers, turn budget |
 //! | 4 | tool or store error: database down, vector index missing or outdated, SQL the agent could not fix |
 //! | 5 | `ask` only: the agent asks a clarifying question instead of answering (`cli::ask::CLARIFICATION_EXIT`) |
+//!
+//! Each kind has one code ([`FailureKind::code`]), and a tool's failure has one kind whichever command ran the tool
+//! ([`tool_failure`]).
 
 use std::fmt;
 use std::process::ExitCode;
 
+use audience_tools::failure::ToolFailure;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
-    /// Bad arguments: clap's errors, a `--args` that is not the tool's JSON, an empty or oversized question.
+    /// A file that cannot be read or written, or data the input rules reject.
+    Input,
+    /// Bad arguments: clap's errors, a `--args` or definition a tool refuses, an empty or oversized question.
     Usage,
     Config,
     Provider,
@@ -23,11 +30,12 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 4] =
-        [FailureKind::Usage, FailureKind::Config, FailureKind::Provider, FailureKind::Store];
+    pub const ALL: [FailureKind; 5] =
+        [FailureKind::Input, FailureKind::Usage, FailureKind::Config, FailureKind::Provider, FailureKind::Store];
 
     pub fn code(self) -> u8 {
         match self {
+            FailureKind::Input => 1,
             FailureKind::Usage | FailureKind::Config => 2,
             FailureKind::Provider => 3,
             FailureKind::Store => 4,
@@ -42,6 +50,7 @@ pub struct Failure(pub FailureKind);
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self.0 {
+            FailureKind::Input => "input or output error",
             FailureKind::Usage => "usage error",
             FailureKind::Config => "configuration error",
             FailureKind::Provider => "LLM provider error",
@@ -61,6 +70,17 @@ pub trait FailureExt<T> {
 impl<T, E: Into<anyhow::Error>> FailureExt<T> for Result<T, E> {
     fn kind(self, kind: FailureKind) -> anyhow::Result<T> {
         self.map_err(|e| e.into().context(Failure(kind)))
+    }
+}
+
+/// A tool's failure as a command's error: what the tool refuses (arguments, a definition, SQL) is the user's to fix
+/// (exit 2), a broken store is a store error (exit 4). A fatal error that already carries its kind keeps it: an
+/// export's file that cannot be written stays an I/O failure (exit 1).
+pub fn tool_failure(failure: ToolFailure) -> anyhow::Error {
+    match failure {
+        ToolFailure::Correctable(reason) => anyhow::Error::msg(reason).context(Failure(FailureKind::Usage)),
+        ToolFailure::Fatal(error) if error.downcast_ref::<Failure>().is_some() => error,
+        ToolFailure::Fatal(error) => error.context(Failure(FailureKind::Store)),
     }
 }
 
@@ -101,5 +121,17 @@ mod tests {
         assert_eq!(code_for(&error), ExitCode::from(4));
         assert_eq!(one_line(&error), "cannot open the stores: connection refused");
         assert_eq!(code_for(&anyhow::anyhow!("plain")), ExitCode::from(1));
+    }
+
+    #[test]
+    fn a_tool_failure_has_one_code_whoever_ran_the_tool() {
+        assert_eq!(
+            code_for(&tool_failure(ToolFailure::correctable("limit must be between 1 and 50"))),
+            ExitCode::from(2)
+        );
+        assert_eq!(code_for(&tool_failure(ToolFailure::Fatal(anyhow::anyhow!("database down")))), ExitCode::from(4));
+        let unwritable: anyhow::Result<()> = Err(anyhow::anyhow!("disk full")).kind(FailureKind::Input);
+        let failure = ToolFailure::Fatal(unwritable.unwrap_err());
+        assert_eq!(code_for(&tool_failure(failure)), ExitCode::from(1));
     }
 }

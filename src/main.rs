@@ -100,6 +100,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command, &global)) {
         Ok(code) => code,
+        // `audience … | head -1`: the reader has what it wanted.
+        Err(error) if error.is::<terminal::StdoutClosed>() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", terminal::safe(&exit::one_line(&error)));
             exit::code_for(&error)
@@ -141,5 +143,10 @@ fn init_logging(verbose: bool) {
     let default = if verbose { "info,audience=debug,qdrant_edge=error" } else { "warn,qdrant_edge=error" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUDIENCE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(terminal::colour_stderr())
+        .without_time()
+        .try_init();
 }

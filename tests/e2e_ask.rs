@@ -478,7 +478,7 @@ fn the_tool_command_runs_tools_without_an_llm() {
     let refused = common::Run::from(
         env.command(&["tool", "sql_analytics", "--args", r#"{"sql": "DELETE FROM customers"}"#]).output().unwrap(),
     );
-    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert_eq!(refused.code, 2, "SQL the guard refuses is a bad --args: {}", refused.stderr);
     assert_eq!(env.sql_scalar("SELECT count(*)::text FROM customers"), "60");
     // A question needs the text-to-SQL model, hence a provider.
     let needs_llm = common::Run::from(

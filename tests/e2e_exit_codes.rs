@@ -1,6 +1,7 @@
 //! One table of exit codes for every command (README "Exit codes", `src/exit.rs`), checked command by command:
-//! 2 for usage and configuration (clap's errors, a missing or malformed DATABASE_URL or AUDIENCE_SCHEMA), 4 for a
-//! database that does not answer, 0 for help.
+//! 2 for usage and configuration (clap's errors, a missing or malformed DATABASE_URL or AUDIENCE_SCHEMA, arguments
+//! and definitions a tool refuses), 1 for a file that cannot be written, 4 for a database that does not answer, 0
+//! for help.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod common;
@@ -128,5 +129,66 @@ fn usage_errors_are_exit_2_and_help_is_exit_0() {
         let result = code(args);
         assert_eq!(result.code, 0, "{args:?}: {}", result.stderr);
         assert!(!result.stdout.is_empty());
+    }
+}
+
+/// Writes a definition file into the test's data directory.
+fn definition(env: &TestEnv, name: &str, definition: serde_json::Value) -> String {
+    let path = env.data_dir().join(name);
+    std::fs::write(&path, definition.to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// Regression (issue 22, item 13): the same failure exited with different codes in different commands. An export
+/// that could not be written exited 4 (the README says 1); invalid `find_audience` values exited 4 through `--args`
+/// and 2 through `--from`; a refused `--within` definition exited 2 from `lookalike` and 4 from `export`. One kind,
+/// one code, in every command.
+#[test]
+fn each_failure_has_one_code_in_every_command() {
+    let env = TestEnv::ingested("onecode");
+    let code = |args: &[&str]| {
+        let result = Run::from(env.command(args).output().unwrap());
+        assert_eq!(result.error_lines().len(), 1, "{args:?}: one error line: {}", result.stderr);
+        assert!(result.stdout.is_empty(), "{args:?}: nothing on stdout: {}", result.stdout);
+        result.code
+    };
+    let everyone = definition(&env, "everyone.json", serde_json::json!({"version": 1, "limit": 10}));
+
+    // An export that cannot be written is an I/O failure (1), whatever the reason.
+    let missing_dir = env.data_dir().join("no/such/dir/out.csv");
+    let directory = env.data_dir().join("a_directory.csv");
+    std::fs::create_dir(&directory).unwrap();
+    let fifo = env.data_dir().join("fifo.csv");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let read_only = env.data_dir().join("read_only.csv");
+    std::fs::write(&read_only, "keep\n").unwrap();
+    std::fs::set_permissions(&read_only, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    for out in [&missing_dir, &directory, &fifo, &read_only] {
+        assert_eq!(code(&["export", "--from", &everyone, "--out", out.to_str().unwrap()]), 1, "{}", out.display());
+    }
+    assert_eq!(std::fs::read_to_string(&read_only).unwrap(), "keep\n");
+
+    // Values find_audience refuses: the same code through --args and through --from.
+    let zero_limit = definition(&env, "zero_limit.json", serde_json::json!({"version": 1, "limit": 0}));
+    assert_eq!(code(&["tool", "find_audience", "--from", &zero_limit]), 2);
+    for args in [r#"{"limit": 0}"#, r#"{"fields": ["no_such_field"]}"#, r#"{"remove": ["c9"]}"#] {
+        assert_eq!(code(&["tool", "find_audience", "--args", args]), 2, "{args}");
+    }
+    assert_eq!(code(&["tool", "find_audience", "--from", &everyone, "--args", r#"{"remove": ["c9"]}"#]), 2);
+
+    // A definition that parses but that the SQL guard refuses, and one that does not parse: lookalike's --within
+    // and export's --from refuse both with the same code.
+    let refused = definition(
+        &env,
+        "refused.json",
+        serde_json::json!({"version": 1, "limit": 10,
+                           "include": [{"type": "sql", "condition": "pg_sleep(1) IS NOT NULL"}]}),
+    );
+    let malformed = definition(&env, "malformed.json", serde_json::json!({"version": 1, "include": "everyone"}));
+    let seed = env.sql_scalar("SELECT string_agg(external_id, ',') FROM (SELECT external_id FROM profiles LIMIT 3) s");
+    let out = env.data_dir().join("out.csv").display().to_string();
+    for file in [&refused, &malformed] {
+        assert_eq!(code(&["lookalike", "--ids", &seed, "--within", file]), 2, "{file}");
+        assert_eq!(code(&["export", "--from", file, "--out", &out]), 2, "{file}");
     }
 }

@@ -221,3 +221,93 @@ fn check_reports_what_would_load_and_changes_nothing() {
     assert_eq!(schemas, "0");
     assert!(files_under(fresh.data_dir()).is_empty(), "{:?}", files_under(fresh.data_dir()));
 }
+
+/// The median as PostgreSQL's `percentile_cont(0.5)` defines it: the middle value, or the mean of the two middle ones.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 }
+}
+
+fn assert_spread(spread: &serde_json::Value, values: Vec<f64>, what: &str) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let median = median(values);
+    for (key, want) in [("min", min), ("median", median), ("max", max)] {
+        let got = spread[key].as_f64().unwrap();
+        assert!((got - want).abs() < 0.005, "{what} {key}: {got} != {want}: {spread}");
+    }
+}
+
+/// Regression (issue 22, item 9): `--check` showed no spend or order figures, so a line total mapped to `price`
+/// (spend multiplied by the quantity) went unnoticed, and a file without products loaded profiles that an intent
+/// cannot rank. The check now shows spend and purchases per customer (min, median, max), the share of customers who
+/// bought something, and a note when no event names a product.
+#[test]
+fn check_shows_spend_and_purchases_and_notes_a_file_without_products() {
+    let env = TestEnv::empty("checkspread");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let log = root.join("ingest/tests/fixtures/purchase_log.txt");
+    let mapping = root.join("examples/mappings/purchase_log.toml");
+    let check = |extra: &[&str]| {
+        let mut args =
+            vec!["ingest", "--check", "--events", log.to_str().unwrap(), "--mapping", mapping.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let run = Run::from(env.command(&args).output().unwrap());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run
+    };
+    // Independently from the file: every line is one purchase, its dollar value the line total.
+    let mut spend: std::collections::BTreeMap<String, (f64, f64)> = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let entry = spend.entry(fields[0].to_owned()).or_default();
+        entry.0 += fields[3].parse::<f64>().unwrap();
+        entry.1 += 1.0;
+    }
+    let report = check(&["--json"]).json();
+    let distribution = &report["distribution"];
+    assert_spread(&distribution["spend"], spend.values().map(|(spent, _)| *spent).collect(), "spend");
+    assert_spread(&distribution["orders"], spend.values().map(|(_, orders)| *orders).collect(), "purchases");
+    assert_eq!(distribution["buyers_share"].as_f64(), Some(1.0));
+    let notes: Vec<&str> =
+        report["profiles"]["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert!(notes.iter().any(|note| note.starts_with("no event names a product")), "{notes:?}");
+    let text = check(&[]).stdout;
+    assert!(text.contains("note: no event names a product (is a product column mapped?)"), "{text}");
+    assert!(text.contains("% of customers bought something"), "{text}");
+
+    // A sample with products and customers who never bought: the share and the spread match the ingested data.
+    let sample = TestEnv::ingested("checkspread2");
+    let (customers, events) = sample.sample_files();
+    let run = Run::from(
+        sample
+            .command(&[
+                "ingest",
+                "--check",
+                "--json",
+                "--customers",
+                customers.to_str().unwrap(),
+                "--events",
+                events.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    let live = |sql: &str| -> Vec<f64> {
+        sample
+            .sql_scalar(&format!("SELECT string_agg(v::text, ',') FROM ({sql}) s(v)"))
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    assert_spread(&report["distribution"]["spend"], live("SELECT total_spent FROM profiles"), "spend");
+    assert_spread(&report["distribution"]["orders"], live("SELECT order_count FROM profiles"), "purchases");
+    let buyers = live("SELECT (order_count > 0)::int FROM profiles");
+    let share = buyers.iter().sum::<f64>() / buyers.len() as f64;
+    assert!((report["distribution"]["buyers_share"].as_f64().unwrap() - share).abs() < 1e-9, "{report}");
+    let notes = report["profiles"]["notes"].to_string();
+    assert!(!notes.contains("no event names a product"), "{notes}");
+}

@@ -23,7 +23,7 @@ use sqlx::PgConnection;
 
 use crate::audience_tables;
 use crate::load::{self, LoadOptions, LoadReport};
-use crate::profiles::{self, ProfileStats};
+use crate::profiles::{self, Distribution, ProfileStats};
 use crate::sync::{self, ProfilesTable, SyncMode, SyncReport};
 
 /// What to ingest.
@@ -126,11 +126,13 @@ pub async fn ingest(
     Ok(IngestReport { load: load_report, profiles: profile_stats, sync: sync_report, times })
 }
 
-/// What `ingest --check` found: what the files would load, and a few of the profiles they would make.
+/// What `ingest --check` found: what the files would load, how spend and purchases spread over the customers, and a
+/// few of the profiles they would make.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CheckReport {
     pub load: LoadReport,
     pub profiles: ProfileStats,
+    pub distribution: Distribution,
     pub samples: Vec<SampleProfile>,
 }
 
@@ -155,6 +157,7 @@ pub async fn check(db: &Db, req: IngestRequest) -> Result<CheckReport> {
     let options = LoadOptions { dry_run: true, ..req.load };
     let load_report = load::load_staging(&mut tx, &req.customers, &req.events, &options).await?;
     let profile_stats = profiles::compute(&mut tx, req.as_of).await?;
+    let distribution = profiles::distribution(&mut tx).await?;
     let samples: Vec<(String, String)> = sqlx::query_as(
         "SELECT external_id, profile_text FROM profiles_staging ORDER BY total_spent DESC, customer_id LIMIT $1",
     )
@@ -166,6 +169,7 @@ pub async fn check(db: &Db, req: IngestRequest) -> Result<CheckReport> {
     Ok(CheckReport {
         load: load_report,
         profiles: profile_stats,
+        distribution,
         samples: samples
             .into_iter()
             .map(|(external_id, profile_text)| SampleProfile { external_id, profile_text })

@@ -109,7 +109,8 @@ pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Resul
     .fetch_one(&mut *conn)
     .await?;
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
-    let notes = uninformative_dimensions(conn).await?;
+    let mut notes = uninformative_dimensions(conn).await?;
+    notes.extend(no_products(conn).await?);
     Ok(ProfileStats {
         profiles: count(profiles),
         as_of,
@@ -118,6 +119,57 @@ pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Resul
         standard: count(standard),
         likes_luxury: count(likes_luxury),
         notes,
+    })
+}
+
+/// A note when no event names a product: interests come only from products, so every profile text then says "No
+/// shopping interests yet." and an intent has nothing to rank customers by. Usually the mapping names no product
+/// column.
+async fn no_products(conn: &mut PgConnection) -> Result<Option<String>> {
+    let any_product: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events_staging WHERE product IS NOT NULL)")
+            .fetch_one(&mut *conn)
+            .await
+            .context("cannot look for products")?;
+    Ok((!any_product).then(|| {
+        "no event names a product (is a product column mapped?): profiles get no interests, so ranking by an intent \
+         cannot tell customers apart; map the column that names the product or category to `product`"
+            .to_owned()
+    }))
+}
+
+/// Min, median and max of one profile figure over all customers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+/// How spend and purchases spread over the customers: a line total mapped to `price` (spend multiplied by the
+/// quantity) or purchases that were never mapped show here before they reach the data.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Distribution {
+    pub spend: Spread,
+    pub orders: Spread,
+    /// The share of customers with any purchase, 0 to 1.
+    pub buyers_share: f64,
+}
+
+/// The [`Distribution`] of `profiles_staging` (after [`compute`]).
+pub async fn distribution(conn: &mut PgConnection) -> Result<Distribution> {
+    type Row = (f64, f64, f64, f64, f64, f64, f64);
+    let (spend_min, spend_median, spend_max, orders_min, orders_median, orders_max, buyers_share): Row =
+        sqlx::query_as(
+            "SELECT coalesce(min(total_spent), 0)::float8,              coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY total_spent), 0)::float8,              coalesce(max(total_spent), 0)::float8, coalesce(min(order_count), 0)::float8,              coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY order_count), 0)::float8,              coalesce(max(order_count), 0)::float8, coalesce(avg((order_count > 0)::int), 0)::float8              FROM profiles_staging",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .context("cannot read the spend and order distribution")?;
+    Ok(Distribution {
+        spend: Spread { min: spend_min, median: spend_median, max: spend_max },
+        orders: Spread { min: orders_min, median: orders_median, max: orders_max },
+        buyers_share,
     })
 }
 

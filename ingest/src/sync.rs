@@ -4,6 +4,10 @@
 //! when its text hash differs from the stored one (or it has no point yet); points of customers that are no
 //! longer in the table are deleted. `SyncMode::Full` (`audience reindex`) embeds every profile.
 //!
+//! Many customers share a profile text (the same few purchases, or none), so each distinct text goes through the
+//! model once per sync and its vector is written for every profile with that text: profiles are embedded in the
+//! order of their text hashes, so a text that continues into the next chunk is still at hand there.
+//!
 //! The sync writes into a staging version that readers cannot see (`vector::VectorWriter`) and reads the profiles
 //! over the caller's connection, so ingest can embed `profiles_staging` inside its transaction and publish the
 //! version right after the commit: readers see old data with the old index, or new data with the new one.
@@ -33,7 +37,10 @@ pub enum SyncMode {
 /// What a sync did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct SyncReport {
+    /// Profiles whose vector was written.
     pub embedded: u64,
+    /// Distinct profile texts the model ran on: profiles that share a text share its vector.
+    pub texts_embedded: u64,
     pub deleted: u64,
     pub unchanged: u64,
     /// Model tokens embedded (for usage accounting).
@@ -94,8 +101,10 @@ pub async fn sync(
     let (to_embed, unchanged) = plan(&current, &stored, mode);
 
     let progress = progress_bar(to_embed.len() as u64);
-    let mut tokens = 0u64;
+    let (mut tokens, mut texts_embedded) = (0u64, 0u64);
     let (mut embed_seconds, mut upsert_seconds) = (0.0, 0.0);
+    // The vector of each text of the previous chunk, by text.
+    let mut previous_chunk: HashMap<String, Vec<f32>> = HashMap::new();
     for ids in to_embed.chunks(CHUNK) {
         let rows: Vec<ProfileRow> = sqlx::query_as(&format!(
             "SELECT customer_id, {} AS payload, profile_text FROM {table} WHERE customer_id = ANY($1) \
@@ -106,21 +115,39 @@ pub async fn sync(
         .fetch_all(&mut *conn)
         .await
         .context("cannot read profiles to embed")?;
-        let texts: Vec<String> = rows.iter().map(|row| row.profile_text.clone()).collect();
-        let stage = Instant::now();
-        let embedded = embedder.embed(texts).await.context("cannot embed profiles")?;
-        embed_seconds += stage.elapsed().as_secs_f64();
-        tokens += embedded.tokens;
+        let mut vectors: HashMap<String, Vec<f32>> = HashMap::new();
+        let mut new_texts: Vec<String> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for row in &rows {
+            if !seen.insert(&row.profile_text) {
+                continue;
+            }
+            match previous_chunk.remove(&row.profile_text) {
+                Some(vector) => {
+                    vectors.insert(row.profile_text.clone(), vector);
+                }
+                None => new_texts.push(row.profile_text.clone()),
+            }
+        }
+        if !new_texts.is_empty() {
+            let stage = Instant::now();
+            let embedded = embedder.embed(new_texts.clone()).await.context("cannot embed profiles")?;
+            embed_seconds += stage.elapsed().as_secs_f64();
+            tokens += embedded.tokens;
+            texts_embedded += new_texts.len() as u64;
+            vectors.extend(new_texts.into_iter().zip(embedded.vectors));
+        }
         let points = rows
             .into_iter()
-            .zip(embedded.vectors)
-            .map(|(row, vector)| {
+            .map(|row| {
                 let id = u64::try_from(row.customer_id)
                     .with_context(|| format!("customer id {} cannot be a vector id", row.customer_id))?;
                 let payload = serde_json::from_str(&row.payload).context("a profile payload is not a JSON object")?;
+                let vector = vectors.get(&row.profile_text).cloned().context("a profile text was not embedded")?;
                 Ok(VectorPoint { id, vector, payload })
             })
             .collect::<Result<Vec<_>>>()?;
+        previous_chunk = vectors;
         let count = points.len() as u64;
         let stage = Instant::now();
         index.upsert(points).await.context("cannot write vectors")?;
@@ -137,6 +164,7 @@ pub async fn sync(
 
     Ok(SyncReport {
         embedded: to_embed.len() as u64,
+        texts_embedded,
         deleted: stale.len() as u64,
         unchanged,
         tokens,
@@ -146,19 +174,21 @@ pub async fn sync(
     })
 }
 
-/// Customer ids to embed, and how many profiles are already embedded with their current text.
+/// Customer ids to embed, in the order of their text hashes (profiles with the same text side by side), and how
+/// many profiles are already embedded with their current text.
 fn plan(current: &[(i64, String)], stored: &HashMap<u64, String>, mode: SyncMode) -> (Vec<i64>, u64) {
-    let mut to_embed = Vec::new();
+    let mut to_embed: Vec<(&str, i64)> = Vec::new();
     let mut unchanged = 0;
     for (id, hash) in current {
         let same = u64::try_from(*id).ok().and_then(|id| stored.get(&id)).is_some_and(|stored| stored == hash);
         if same && mode == SyncMode::Incremental {
             unchanged += 1;
         } else {
-            to_embed.push(*id);
+            to_embed.push((hash, *id));
         }
     }
-    (to_embed, unchanged)
+    to_embed.sort_unstable();
+    (to_embed.into_iter().map(|(_, id)| id).collect(), unchanged)
 }
 
 /// A progress bar with rate and ETA on stderr, hidden when stderr is not a terminal (logs, CI, tests).
@@ -186,5 +216,8 @@ mod tests {
         let stored = HashMap::from([(1, "a".to_owned()), (2, "old".to_owned()), (9, "z".to_owned())]);
         assert_eq!(plan(&current, &stored, SyncMode::Incremental), (vec![2, 3], 1));
         assert_eq!(plan(&current, &stored, SyncMode::Full), (vec![1, 2, 3], 0));
+        // The same text side by side, whatever the ids.
+        let shared = vec![(1, "y".to_owned()), (2, "x".to_owned()), (3, "y".to_owned()), (4, "x".to_owned())];
+        assert_eq!(plan(&shared, &HashMap::new(), SyncMode::Full), (vec![2, 4, 1, 3], 0));
     }
 }

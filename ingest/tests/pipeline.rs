@@ -391,6 +391,47 @@ async fn a_value_with_a_line_break_reaches_the_profile_text_intact() -> Result<(
     env.drop_schema().await
 }
 
+/// Regression (issue 22, item 20): on a real purchase log most customers share one of a few profile texts, and each
+/// profile was embedded on its own (84 of 88 s of an ingest). Each distinct text now goes through the model once per
+/// ingest, also when its profiles span several chunks, and every profile with that text gets the same vector.
+#[tokio::test]
+async fn each_distinct_profile_text_is_embedded_once() -> Result<()> {
+    let env = Env::new().await?;
+    let customers_count = 2 * audience_ingest::sync::CHUNK + 100;
+    let mut customers = String::from("customer_id,country\n");
+    let mut events = String::from("event_id,customer_id,event_type,product,price,quantity,ts\n");
+    for id in 1..=customers_count {
+        let product = if id % 2 == 0 { "socks" } else { "watches" };
+        customers.push_str(&format!("{id},PL\n"));
+        events.push_str(&format!("{id},{id},purchase,{product},20.00,1,2024-06-01T10:00:00Z\n"));
+    }
+    let (customers_path, events_path) = (env.dir.path().join("same_c.csv"), env.dir.path().join("same_e.csv"));
+    std::fs::write(&customers_path, customers)?;
+    std::fs::write(&events_path, events)?;
+    let sync = env.ingest(&customers_path, &events_path, None).await?.sync;
+
+    let texts: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT profile_text FROM profiles ORDER BY 1").fetch_all(&env.db.pool).await?;
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!((sync.embedded, sync.texts_embedded), (customers_count as u64, 2));
+    let alone = EMBEDDER.embed(texts.clone()).await?;
+    assert_eq!(sync.tokens, alone.tokens, "only the two texts went through the model");
+
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT customer_id, profile_text FROM profiles").fetch_all(&env.db.pool).await?;
+    let ids: Vec<u64> = rows.iter().map(|(id, _)| *id as u64).collect();
+    let points = env.index().await?.retrieve(ids, true).await?;
+    assert_eq!(points.len(), customers_count);
+    let text_of: HashMap<u64, &str> = rows.iter().map(|(id, text)| (*id as u64, text.as_str())).collect();
+    let mut vector_of: HashMap<&str, Vec<f32>> = HashMap::new();
+    for point in points {
+        let vector = point.vector.expect("asked for vectors");
+        let first = vector_of.entry(text_of[&point.id]).or_insert_with(|| vector.clone());
+        assert_eq!(*first, vector, "customer {} has another vector than its text's", point.id);
+    }
+    env.drop_schema().await
+}
+
 /// On the generated 500-customer sample, each taste intent finds the hidden persona it describes: precision@10
 /// against labels.csv (the personas are never ingested). The profile text carries tastes, not numbers, for this.
 #[tokio::test]

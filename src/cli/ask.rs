@@ -11,6 +11,7 @@ use crate::cli::tool_command::read_definition;
 use audience::agent::{AgentConfig, Answer, AnswerKind, Session};
 use audience::exit::{FailureExt, FailureKind};
 use audience::open_stores::open_stores;
+use audience::outln;
 use audience::render::{audience_summary, member_table};
 use audience::terminal;
 
@@ -77,9 +78,9 @@ pub async fn run(args: AskArgs, global: &Global) -> Result<ExitCode> {
         crate::cli::audiences::remember_current(&global.data_dir, audience);
     }
     if args.json {
-        println!("{}", terminal::safe_json(&answer)?);
+        outln!("{}", terminal::safe_json(&answer)?)?;
     } else {
-        print_answer(&answer);
+        print_answer(&answer)?;
     }
     eprintln!("{}", answer.usage.summary_line());
     Ok(match answer.kind {
@@ -109,16 +110,17 @@ pub fn check_question(question: &str) -> Result<&str> {
 }
 
 /// The answer's text and its audience (summary and members), as the REPL and plain `ask` show them.
-pub fn print_answer(answer: &Answer) {
-    println!("{}", terminal::safe(answer.text.trim()));
+pub fn print_answer(answer: &Answer) -> Result<()> {
+    outln!("{}", terminal::safe(answer.text.trim()))?;
     if answer.kind == AnswerKind::Answer {
         let confidence = &answer.confidence;
-        println!("confidence: {} ({})", confidence.level.name(), terminal::safe(&confidence.reasons.join("; ")));
+        outln!("confidence: {} ({})", confidence.level.name(), terminal::safe(&confidence.reasons.join("; ")))?;
     }
     if let Some(audience) = &answer.audience {
-        println!("\n{}", audience_summary(audience));
+        outln!("\n{}", audience_summary(audience))?;
         if !audience.members.is_empty() {
-            println!("{}", member_table(&audience.members));
+            outln!("{}", member_table(&audience.members))?;
         }
     }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
 use audience::campaign::{self, ExportOptions, Format, Holdout};
-use audience::exit::{Failure, FailureExt, FailureKind};
+use audience::exit::{Failure, FailureExt, FailureKind, tool_failure};
 use audience_tools::audience::export::{Members, checked_export_fields, count_members, member_ids};
 use audience_tools::audience::lookalike::{LookalikeArgs, find_lookalikes, spread_line};
 use audience_tools::audience::report::evaluate;
@@ -19,6 +19,7 @@ use comfy_table::Table;
 use serde_json::json;
 
 use crate::cli::tool_command::read_definition;
+use audience::outln;
 use audience::render::{audience_summary, member_table};
 use audience::terminal;
 
@@ -139,12 +140,8 @@ fn kind(error: SavedError) -> anyhow::Error {
     }
 }
 
-fn tool_error(failure: audience_tools::failure::ToolFailure) -> anyhow::Error {
-    anyhow!("{failure}").context(Failure(FailureKind::Store))
-}
-
 async fn report_of(stores: &Stores, definition: &AudienceDefinition) -> Result<AudienceReport> {
-    evaluate(stores, definition, &[], &mut ToolTrace::new("audience")).await.map_err(tool_error)
+    evaluate(stores, definition, &[], &mut ToolTrace::new("audience")).await.map_err(tool_failure)
 }
 
 /// The members of a saved audience: the frozen list, or its definition evaluated now.
@@ -177,10 +174,10 @@ pub async fn save(stores: &Stores, args: SaveArgs, session: Option<&AudienceSess
     let report = report_of(stores, &definition).await?;
     let saved = saved_audiences.save(stores, &args.name, &report, args.freeze, args.replace).await.map_err(kind)?;
     if args.json {
-        println!("{}", terminal::safe_json(&saved)?);
+        outln!("{}", terminal::safe_json(&saved)?)?;
     } else {
         let frozen = if saved.frozen { " (members frozen)" } else { "" };
-        println!("saved {}: {} members{frozen}: {}", saved.name, saved.size, terminal::safe(&saved.explanation));
+        outln!("saved {}: {} members{frozen}: {}", saved.name, saved.size, terminal::safe(&saved.explanation))?;
     }
     Ok(())
 }
@@ -191,7 +188,7 @@ pub async fn list(stores: &Stores, args: ListArgs) -> Result<()> {
     let mut rows = Vec::new();
     for audience in saved.list().await.map_err(kind)? {
         let frozen = members_of(&saved, &audience).await?;
-        let now = count_members(stores, members(&audience, &frozen)).await.map_err(tool_error)?;
+        let now = count_members(stores, members(&audience, &frozen)).await.map_err(tool_failure)?;
         rows.push((audience, now));
     }
     if args.json {
@@ -202,11 +199,11 @@ pub async fn list(stores: &Stores, args: ListArgs) -> Result<()> {
                        "frozen": a.frozen, "data_version": a.data_version, "explanation": a.explanation})
             })
             .collect();
-        println!("{}", terminal::safe_json(&list)?);
+        outln!("{}", terminal::safe_json(&list)?)?;
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no saved audiences yet: `audience save NAME` saves the last answer's audience.");
+        outln!("no saved audiences yet: `audience save NAME` saves the last answer's audience.")?;
         return Ok(());
     }
     let mut table = Table::new();
@@ -222,7 +219,7 @@ pub async fn list(stores: &Stores, args: ListArgs) -> Result<()> {
             terminal::safe(&a.explanation).to_string(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}")?;
     Ok(())
 }
 
@@ -233,42 +230,45 @@ pub async fn show(stores: &Stores, args: NameArgs) -> Result<()> {
     let frozen = members_of(&saved, &audience).await?;
     let report = report_of(stores, &audience.definition).await?;
     let frozen_now = match &frozen {
-        Some(ids) => Some(count_members(stores, Members::Frozen(ids)).await.map_err(tool_error)?),
+        Some(ids) => Some(count_members(stores, Members::Frozen(ids)).await.map_err(tool_failure)?),
         None => None,
     };
     let size_now = frozen_now.unwrap_or(report.size);
     if args.json {
         let value = json!({"saved": audience, "size_now": size_now, "definition_size_now": report.size,
                            "drift": size_now as i64 - audience.size as i64, "now": report});
-        println!("{}", terminal::safe_json(&value)?);
+        outln!("{}", terminal::safe_json(&value)?)?;
         return Ok(());
     }
-    println!("{}: {}", terminal::safe(&audience.name), terminal::safe(&audience.explanation));
-    println!(
+    outln!("{}: {}", terminal::safe(&audience.name), terminal::safe(&audience.explanation))?;
+    outln!(
         "saved {} from data version {} (as of {}): {} members",
         audience.saved_at.format("%Y-%m-%d %H:%M UTC"),
         audience.data_version,
         audience.as_of,
         audience.size
-    );
+    )?;
     let drift = size_now as i64 - audience.size as i64;
     match frozen_now {
-        Some(now) => println!(
+        Some(now) => outln!(
             "frozen: {now} of its {} members are still in the data ({drift:+}); the definition selects {} now",
-            audience.size, report.size
-        ),
-        None => println!("now: {size_now} members ({drift:+} since saved)"),
+            audience.size,
+            report.size
+        )?,
+        None => outln!("now: {size_now} members ({drift:+} since saved)")?,
     }
-    println!("definition: {}", terminal::safe(&serde_json::to_string(&audience.definition)?));
-    println!("{}", audience_summary(&report));
+    outln!("definition: {}", terminal::safe(&serde_json::to_string(&audience.definition)?))?;
+    outln!("{}", audience_summary(&report))?;
     Ok(())
 }
 
 /// `audience rm NAME`.
 pub async fn remove(stores: &Stores, args: NameArgs) -> Result<()> {
     SavedAudiences::new(&stores.db).map_err(kind)?.remove(&args.name).await.map_err(kind)?;
-    println!("removed {}", terminal::safe(&args.name));
-    Ok(())
+    if args.json {
+        return outln!("{}", terminal::safe_json(&json!({"removed": args.name}))?);
+    }
+    outln!("removed {}", terminal::safe(&args.name))
 }
 
 /// `audience overlap A B`: |A∩B|, |A−B|, |B−A| and the Jaccard index, on the members now.
@@ -278,7 +278,7 @@ pub async fn overlap(stores: &Stores, args: OverlapArgs) -> Result<()> {
     for name in [&args.a, &args.b] {
         let audience = saved.get(name).await.map_err(kind)?;
         let frozen = members_of(&saved, &audience).await?;
-        sets.push(member_ids(stores, members(&audience, &frozen)).await.map_err(tool_error)?);
+        sets.push(member_ids(stores, members(&audience, &frozen)).await.map_err(tool_failure)?);
     }
     let (a, b) = (&sets[0], &sets[1]);
     let both = a.iter().filter(|id| b.binary_search(id).is_ok()).count() as u64;
@@ -288,16 +288,16 @@ pub async fn overlap(stores: &Stores, args: OverlapArgs) -> Result<()> {
     if args.json {
         let value = json!({"a": args.a, "b": args.b, "size_a": a.len(), "size_b": b.len(), "both": both,
                            "only_a": only_a, "only_b": only_b, "jaccard": jaccard});
-        println!("{}", terminal::safe_json(&value)?);
+        outln!("{}", terminal::safe_json(&value)?)?;
     } else {
-        println!(
+        outln!(
             "{a_name} ({}) and {b_name} ({}): both {both}, only {a_name} {only_a}, only {b_name} {only_b}, \
              Jaccard {jaccard:.4}",
             a.len(),
             b.len(),
             a_name = terminal::safe(&args.a),
             b_name = terminal::safe(&args.b),
-        );
+        )?;
     }
     Ok(())
 }
@@ -331,17 +331,20 @@ pub async fn export(stores: &Stores, args: ExportArgs, current: Option<AudienceD
             return Err(anyhow!("name a saved audience to export, or pass --from FILE")).kind(FailureKind::Usage);
         }
     };
-    let summary = campaign::export(stores, members, &options).await.kind(FailureKind::Store)?;
+    let summary = campaign::export(stores, members, &options).await?;
     if args.json {
-        println!("{}", terminal::safe_json(&summary)?);
+        outln!("{}", terminal::safe_json(&summary)?)?;
         return Ok(());
     }
-    println!("exported {} member{} to {}", summary.members, plural(summary.members), summary.path.display());
+    outln!("exported {} member{} to {}", summary.members, plural(summary.members), summary.path.display())?;
     if let Some(holdout) = &summary.holdout {
-        println!(
+        outln!(
             "holdout {}% (seed {}): treatment {}, control {}",
-            holdout.percent, holdout.seed, holdout.treatment, holdout.control
-        );
+            holdout.percent,
+            holdout.seed,
+            holdout.treatment,
+            holdout.control
+        )?;
         for balance in &holdout.balance {
             let shares: Vec<String> = balance
                 .shares
@@ -349,12 +352,12 @@ pub async fn export(stores: &Stores, args: ExportArgs, current: Option<AudienceD
                 .take(5)
                 .map(|(value, t, c)| format!("{} {:.1}%/{:.1}%", terminal::safe(value), t * 100.0, c * 100.0))
                 .collect();
-            println!(
+            outln!(
                 "  {} (treatment/control): {}; largest gap {:.1} points",
                 balance.dimension,
                 shares.join(", "),
                 balance.max_gap_points
-            );
+            )?;
         }
     }
     Ok(())
@@ -371,29 +374,25 @@ pub async fn lookalike(stores: &Stores, args: LookalikeCommandArgs, session: &Au
         k: Some(args.k),
     };
     let report =
-        find_lookalikes(stores, session, &request, &mut ToolTrace::new("lookalike")).await.map_err(|failure| {
-            let usage = matches!(failure, audience_tools::failure::ToolFailure::Correctable(_));
-            let error = anyhow!("{failure}");
-            error.context(Failure(if usage { FailureKind::Usage } else { FailureKind::Store }))
-        })?;
+        find_lookalikes(stores, session, &request, &mut ToolTrace::new("lookalike")).await.map_err(tool_failure)?;
     if args.json {
-        println!("{}", terminal::safe_json(&report)?);
+        outln!("{}", terminal::safe_json(&report)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{} lookalikes of the {} ({} members) among {} candidates{}",
         report.members.len(),
         terminal::safe(&report.seed),
         report.seed_size,
         report.candidates,
         report.within.as_ref().map(|w| format!(": {}", terminal::safe(w))).unwrap_or_default()
-    );
+    )?;
     if !report.unknown_ids.is_empty() {
-        println!("unknown ids: {}", terminal::safe(&report.unknown_ids.join(", ")));
+        outln!("unknown ids: {}", terminal::safe(&report.unknown_ids.join(", ")))?;
     }
-    println!("{}", spread_line(&report.spread));
+    outln!("{}", spread_line(&report.spread))?;
     if !report.members.is_empty() {
-        println!("{}", member_table(&report.members));
+        outln!("{}", member_table(&report.members))?;
     }
     Ok(())
 }

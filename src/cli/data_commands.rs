@@ -22,6 +22,7 @@ use audience_tools::vector::VectorStore;
 
 use crate::Global;
 use audience::exit::{self, FailureExt, FailureKind};
+use audience::outln;
 use audience::render::member_table;
 use audience::terminal;
 
@@ -77,8 +78,9 @@ pub struct IngestArgs {
     /// Print the report as one JSON document (counts, stage times, peak memory) instead of text.
     #[arg(long)]
     json: bool,
-    /// Dry run: validate the files and the mapping, and print what would be loaded (counts, rejects by reason, a
-    /// few rendered profiles), changing nothing: no table, no vector index, no rejects file.
+    /// Dry run: validate the files and the mapping, and print what would be loaded (counts, rejects by reason, spend
+    /// and purchases per customer, a few rendered profiles), changing nothing: no table, no vector index, no rejects
+    /// file.
     #[arg(long)]
     check: bool,
 }
@@ -105,13 +107,13 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         out_dir: args.out,
     };
     let report = generate::generate(&opts)?;
-    println!(
+    outln!(
         "wrote {} customers and {} events to {} (seed {}, personas in labels.csv)",
         report.customers,
         report.events,
         opts.out_dir.display(),
         opts.seed
-    );
+    )?;
     Ok(())
 }
 
@@ -139,9 +141,9 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
         let db = audience::open_stores::connect_db().await?;
         let report = pipeline::check(&db, request).await.map_err(exit::database_is_store)?;
         if args.json {
-            println!("{}", serde_json::to_string(&report)?);
+            outln!("{}", serde_json::to_string(&report)?)?;
         } else {
-            print_check(&report);
+            print_check(&report)?;
         }
         return Ok(());
     }
@@ -152,9 +154,9 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
     if args.json {
         let mut json = serde_json::to_value(&report)?;
         json["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
-        println!("{json}");
+        outln!("{json}")?;
     } else {
-        print_ingest(&report);
+        print_ingest(&report)?;
     }
     Ok(())
 }
@@ -174,9 +176,8 @@ pub async fn reindex(global: &Global) -> Result<()> {
     }
     let report =
         pipeline::reindex(&stores.db, &stores.vectors, &stores.embedder).await.map_err(exit::database_is_store)?;
-    println!("reindexed {}", stores.vectors.describe());
-    print_sync(&report);
-    Ok(())
+    outln!("reindexed {}", stores.vectors.describe())?;
+    print_sync(&report)
 }
 
 pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
@@ -189,7 +190,7 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
         out_dir: sample.clone(),
     };
     let generated = generate::generate(&opts)?;
-    println!("generated {} customers and {} events in {}", generated.customers, generated.events, sample.display());
+    outln!("generated {} customers and {} events in {}", generated.customers, generated.events, sample.display())?;
 
     let stores = Stores::open(global).await?;
     let request = IngestRequest {
@@ -207,16 +208,16 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
     let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request)
         .await
         .map_err(exit::database_is_store)?;
-    print_ingest(&report);
+    print_ingest(&report)?;
 
     if !args.no_llm {
         // The main job: a marketer's question answered by the agent (the local model unless another is configured).
         let config = audience::agent::AgentConfig::load(&global.data_dir)?;
         let stores = audience::open_stores::open_stores(&global.data_dir).await?;
         let mut session = audience::agent::Session::new(config, stores, global.verbose).await?;
-        println!("\nQuestion: {}", args.question);
+        outln!("\nQuestion: {}", args.question)?;
         let answer = session.ask(&args.question).await?;
-        crate::cli::ask::print_answer(&answer);
+        crate::cli::ask::print_answer(&answer)?;
         eprintln!("{}", answer.usage.summary_line());
         return Ok(());
     }
@@ -224,12 +225,9 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
     let Stores { db, vectors, embedder } = stores;
     let stores = audience_tools::stores::Stores::new(db, vectors.reader(), embedder, ReadLimits::default());
     let definition = AudienceDefinition { intent: Some(DEMO_QUERY.to_owned()), limit: 10, ..Default::default() };
-    let report = evaluate(&stores, &definition, &[], &mut ToolTrace::new("demo"))
-        .await
-        .map_err(|failure| anyhow::anyhow!("{failure}"))
-        .kind(FailureKind::Store)?;
-    println!("\nTop 10 customers for {DEMO_QUERY:?} (vector ranking, no LLM):");
-    println!("{}", member_table(&report.members));
+    let report = evaluate(&stores, &definition, &[], &mut ToolTrace::new("demo")).await.map_err(exit::tool_failure)?;
+    outln!("\nTop 10 customers for {DEMO_QUERY:?} (vector ranking, no LLM):")?;
+    outln!("{}", member_table(&report.members))?;
     Ok(())
 }
 
@@ -251,7 +249,7 @@ impl Stores {
     }
 }
 
-fn print_ingest(report: &IngestReport) {
+fn print_ingest(report: &IngestReport) -> Result<()> {
     let load = &report.load;
     let count = |n: u64, noun: &str| if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") };
     let mut loaded = format!("loaded {} and {}", count(load.customers, "customer"), count(load.events, "event"));
@@ -261,58 +259,88 @@ fn print_ingest(report: &IngestReport) {
         }
         _ => loaded.push_str("; no rows rejected"),
     }
-    println!("{loaded}");
-    print_profiles(&report.profiles);
-    print_sync(&report.sync);
+    outln!("{loaded}")?;
+    print_profiles(&report.profiles)?;
+    print_sync(&report.sync)?;
     let t = &report.times;
     let peak = peak_rss_bytes().map(|bytes| format!(", peak memory {} MiB", bytes >> 20)).unwrap_or_default();
-    println!(
+    outln!(
         "times: load {:.2} s, profiles {:.2} s, swap {:.2} s, vacuum {:.2} s, embed {:.2} s, total {:.2} s{peak}",
-        t.load, t.profiles, t.swap, t.vacuum, t.embed, t.total
-    );
+        t.load,
+        t.profiles,
+        t.swap,
+        t.vacuum,
+        t.embed,
+        t.total
+    )?;
+    Ok(())
 }
 
-fn print_profiles(p: &ProfileStats) {
-    println!(
+fn print_profiles(p: &ProfileStats) -> Result<()> {
+    outln!(
         "profiles: {} as of {} (VIP Loyalty {}, Churn Recovery {}, Standard Promo {}; {} like luxury)",
-        p.profiles, p.as_of, p.vip, p.churn_recovery, p.standard, p.likes_luxury
-    );
+        p.profiles,
+        p.as_of,
+        p.vip,
+        p.churn_recovery,
+        p.standard,
+        p.likes_luxury
+    )?;
     for note in &p.notes {
-        println!("note: {note}");
+        outln!("note: {note}")?;
     }
+    Ok(())
 }
 
-fn print_check(report: &CheckReport) {
+fn print_check(report: &CheckReport) -> Result<()> {
     let load = &report.load;
-    println!(
+    outln!(
         "check: would load {} customers and {} events; {} rows rejected (nothing was changed)",
-        load.customers, load.events, load.rejected
-    );
+        load.customers,
+        load.events,
+        load.rejected
+    )?;
     for reason in &load.rejects_by_reason {
-        println!(
+        outln!(
             "  {} rows of {}: {} (first at line {}: {})",
             reason.rows,
             reason.file,
             reason.reason,
             reason.first_line,
             terminal::safe(&reason.first_reason)
-        );
+        )?;
     }
-    print_profiles(&report.profiles);
+    print_profiles(&report.profiles)?;
+    let (spend, orders) = (&report.distribution.spend, &report.distribution.orders);
+    outln!(
+        "spend per customer: min {:.2}, median {:.2}, max {:.2}; purchases per customer: min {}, median {}, max {}; \
+         {:.1}% of customers bought something",
+        spend.min,
+        spend.median,
+        spend.max,
+        orders.min,
+        orders.median,
+        orders.max,
+        report.distribution.buyers_share * 100.0
+    )?;
     for sample in &report.samples {
-        println!("\ncustomer {}:\n{}", terminal::safe(&sample.external_id), terminal::safe(&sample.profile_text));
+        outln!("\ncustomer {}:\n{}", terminal::safe(&sample.external_id), terminal::safe(&sample.profile_text))?;
     }
+    Ok(())
 }
 
-fn print_sync(report: &SyncReport) {
-    println!(
-        "vectors: {} embedded ({} tokens), {} unchanged, {} deleted in {:.2} s (model {:.2} s, index writes {:.2} s)",
+fn print_sync(report: &SyncReport) -> Result<()> {
+    outln!(
+        "vectors: {} embedded from {} distinct texts ({} tokens), {} unchanged, {} deleted in {:.2} s (model {:.2} s, \
+         index writes {:.2} s)",
         report.embedded,
+        report.texts_embedded,
         report.tokens,
         report.unchanged,
         report.deleted,
         report.seconds,
         report.embed_seconds,
         report.upsert_seconds
-    );
+    )?;
+    Ok(())
 }

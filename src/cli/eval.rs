@@ -12,6 +12,7 @@ use audience::cassette::{Cassette, Mode};
 use audience::eval::{self, CaseFile, CaseResult, Summary};
 use audience::exit::{FailureExt, FailureKind};
 use audience::local_llm;
+use audience::outln;
 use audience::provider::{ApiKey, ProviderConfig, ProviderKind, RetryPolicy};
 use audience_tools::db::DEFAULT_SCHEMA;
 use clap::Args;
@@ -150,14 +151,14 @@ pub async fn run(args: EvalArgs, global: &Global) -> Result<()> {
             "recording": recording,
             "not_recorded": not_recorded,
         });
-        println!("{}", terminal::safe_json(&document)?);
+        outln!("{}", terminal::safe_json(&document)?)?;
     } else {
-        print_report(&summary, &results);
+        print_report(&summary, &results)?;
         if !not_recorded.is_empty() {
-            println!("not recorded, so not scored ({}): {}", not_recorded.len(), not_recorded.join(", "));
+            outln!("not recorded, so not scored ({}): {}", not_recorded.len(), not_recorded.join(", "))?;
         }
         if let Some(recording) = &recording {
-            println!(
+            outln!(
                 "replayed: {} {} recorded on {}{}",
                 recording.provider,
                 recording.model,
@@ -167,7 +168,7 @@ pub async fn run(args: EvalArgs, global: &Global) -> Result<()> {
                 } else {
                     ""
                 }
-            );
+            )?;
         }
     }
     if !summary.passed {
@@ -182,7 +183,7 @@ pub async fn run(args: EvalArgs, global: &Global) -> Result<()> {
     Ok(())
 }
 
-fn print_report(summary: &Summary, results: &[CaseResult]) {
+fn print_report(summary: &Summary, results: &[CaseResult]) -> Result<()> {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
         "category",
@@ -202,7 +203,7 @@ fn print_report(summary: &Summary, results: &[CaseResult]) {
             if category.passed { "yes" } else { "NO" }.to_owned(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}")?;
     let mut calibration = Table::new();
     calibration.load_preset(UTF8_FULL_CONDENSED).set_header(["confidence", "answers", "correct", "accuracy"]);
     for level in &summary.calibration {
@@ -213,8 +214,8 @@ fn print_report(summary: &Summary, results: &[CaseResult]) {
             format!("{:.3}", level.accuracy),
         ]);
     }
-    println!("{calibration}");
-    println!(
+    outln!("{calibration}")?;
+    outln!(
         "{} cases, {} LLM calls, {} prompt + {} completion tokens, ${:.4}, latency per case p50 {:.1} s / p95 {:.1} s",
         summary.cases,
         summary.llm_calls,
@@ -223,13 +224,14 @@ fn print_report(summary: &Summary, results: &[CaseResult]) {
         summary.cost_usd,
         summary.latency_p50_ms as f64 / 1000.0,
         summary.latency_p95_ms as f64 / 1000.0
-    );
+    )?;
     let missed: Vec<&CaseResult> = results.iter().filter(|r| !r.correct).collect();
     if !missed.is_empty() {
-        println!("\nmissed:");
+        outln!("\nmissed:")?;
         for result in missed {
             let why = result.error.as_deref().unwrap_or(&result.detail);
-            println!("  {} ({:.2}): {}", result.id, result.score, terminal::safe(why));
+            outln!("  {} ({:.2}): {}", result.id, result.score, terminal::safe(why))?;
         }
     }
+    Ok(())
 }

@@ -23,6 +23,7 @@ use audience::agent::{AgentConfig, Answer, Session};
 use audience::exit;
 use audience::ledger::UsageTotals;
 use audience::open_stores::open_stores;
+use audience::outln;
 use audience::render::{audience_summary, member_table};
 use audience::terminal;
 use audience_tools::audience::report::evaluate;
@@ -68,14 +69,11 @@ pub async fn run(global: &Global) -> Result<()> {
     let setup_error = chat.configure().await.err();
     let mut lines = LineReader::open(&global.data_dir.join(HISTORY_FILE))?;
 
-    println!("audience chat: ask about your customers in plain words. /help lists commands; Ctrl-D or /quit leaves.");
+    outln!("audience chat: ask about your customers in plain words. /help lists commands; Ctrl-D or /quit leaves.")?;
     match (&chat.agent, setup_error) {
-        (Agent::Ready(session), _) => println!("model: {}", session.model()),
+        (Agent::Ready(session), _) => outln!("model: {}", session.model())?,
         (Agent::Unconfigured, Some(error)) => {
-            println!(
-                "note: no LLM provider is usable yet ({}); questions fail until it is set.",
-                exit::one_line(&error)
-            )
+            outln!("note: no LLM provider is usable yet ({}); questions fail until it is set.", exit::one_line(&error))?
         }
         (Agent::Unconfigured, None) => {}
     }
@@ -94,11 +92,11 @@ pub async fn run(global: &Global) -> Result<()> {
         if input.starts_with('/') {
             match parse_command(input) {
                 Ok(Command::Quit) => break,
-                Ok(command) => chat.command(command).await,
-                Err(message) => println!("{message}"),
+                Ok(command) => chat.command(command).await?,
+                Err(message) => outln!("{message}")?,
             }
         } else {
-            chat.ask(input).await;
+            chat.ask(input).await?;
         }
     }
     lines.save();
@@ -128,21 +126,18 @@ impl Chat {
         Ok(())
     }
 
-    async fn ask(&mut self, question: &str) {
+    /// Answers one question; only a failure to write the answer is returned, every other error is shown.
+    async fn ask(&mut self, question: &str) -> Result<()> {
         if matches!(self.agent, Agent::Unconfigured) {
             // Re-read the configuration: the user may have edited config.toml since the REPL started.
             if let Err(error) = self.configure().await {
-                println!("error: {}", terminal::safe(&exit::one_line(&error)));
-                return;
+                return outln!("error: {}", terminal::safe(&exit::one_line(&error)));
             }
         }
-        let Agent::Ready(session) = &mut self.agent else { return };
+        let Agent::Ready(session) = &mut self.agent else { return Ok(()) };
         let question = match check_question(question) {
             Ok(question) => question,
-            Err(error) => {
-                println!("error: {error}");
-                return;
-            }
+            Err(error) => return outln!("error: {error}"),
         };
         // Listening for Ctrl-C only while a question runs: at the prompt the terminal is in raw mode and
         // rustyline reads Ctrl-C as a key. Cancelling drops the run's HTTP request and tool calls; the session
@@ -158,21 +153,23 @@ impl Chat {
                 print_answer(&answer)
             }
             Err(error) => {
-                println!("error: {}", terminal::safe(&exit::one_line(&error)));
+                outln!("error: {}", terminal::safe(&exit::one_line(&error)))?;
                 if let Some(usage) = session.last_usage() {
-                    println!("{}", usage.summary_line());
+                    outln!("{}", usage.summary_line())?;
                 }
+                Ok(())
             }
-            Ok(None) => println!("\ncancelled; the conversation is as it was before this question."),
+            Ok(None) => outln!("\ncancelled; the conversation is as it was before this question."),
         }
     }
 
-    async fn command(&mut self, command: Command) {
+    /// Runs one slash command; only a failure to write its output is returned, every other error is shown.
+    async fn command(&mut self, command: Command) -> Result<()> {
         match command {
-            Command::Help => print_help(),
+            Command::Help => print_help()?,
             Command::Tools => {
                 for tool in registry::TOOLS {
-                    println!("{:<20} {}", tool.name, first_sentence(tool.text()));
+                    outln!("{:<20} {}", tool.name, first_sentence(tool.text()))?;
                 }
             }
             Command::Verbose => {
@@ -180,47 +177,47 @@ impl Chat {
                 if let Agent::Ready(session) = &mut self.agent {
                     session.set_verbose(self.verbose);
                 }
-                println!("verbose trace {}", if self.verbose { "on" } else { "off" });
+                outln!("verbose trace {}", if self.verbose { "on" } else { "off" })?;
             }
             Command::Cost => {
                 let totals = match &self.agent {
                     Agent::Ready(session) => session.totals().clone(),
                     Agent::Unconfigured => UsageTotals::default(),
                 };
-                println!("{}", totals.summary_line());
+                outln!("{}", totals.summary_line())?;
             }
             Command::Reset => {
                 if let Agent::Ready(session) = &mut self.agent {
                     session.reset();
                 }
-                println!("conversation and audience cleared; the next question starts fresh.");
+                outln!("conversation and audience cleared; the next question starts fresh.")?;
             }
             Command::Audience => match self.current_report().await {
                 Ok(Some(report)) => {
-                    println!("{}", audience_summary(&report));
+                    outln!("{}", audience_summary(&report))?;
                     if !report.members.is_empty() {
-                        println!("{}", member_table(&report.members));
+                        outln!("{}", member_table(&report.members))?;
                     }
                 }
-                Ok(None) => println!("no audience yet: ask a question that finds customers first."),
-                Err(error) => println!("error: {}", terminal::safe(&exit::one_line(&error))),
+                Ok(None) => outln!("no audience yet: ask a question that finds customers first.")?,
+                Err(error) => outln!("error: {}", terminal::safe(&exit::one_line(&error)))?,
             },
             Command::Explain => match self.audience().and_then(|audience| audience.current()) {
                 Some(definition) => {
-                    println!("{}", terminal::safe(&definition.explain()));
+                    outln!("{}", terminal::safe(&definition.explain()))?;
                     for (clause, exclude) in definition.clauses() {
                         let verb = if exclude { "exclude" } else { "include" };
-                        println!("  {} {verb} {}", clause.id, terminal::safe(&clause.rule.predicate()));
+                        outln!("  {} {verb} {}", clause.id, terminal::safe(&clause.rule.predicate()))?;
                     }
                 }
-                None => println!("no audience yet: ask a question that finds customers first."),
+                None => outln!("no audience yet: ask a question that finds customers first.")?,
             },
             Command::Undo => match self.audience() {
                 Some(audience) if audience.undo() => match audience.current() {
-                    Some(definition) => println!("back to: {}", terminal::safe(&definition.explain())),
-                    None => println!("back to no audience."),
+                    Some(definition) => outln!("back to: {}", terminal::safe(&definition.explain()))?,
+                    None => outln!("back to no audience.")?,
                 },
-                _ => println!("nothing to undo."),
+                _ => outln!("nothing to undo.")?,
             },
             Command::Export(rest) => {
                 let mut words = split_words(&rest);
@@ -230,34 +227,35 @@ impl Chat {
                 let current = self.audience().and_then(AudienceSession::current);
                 match audiences::ExportArgs::try_parse_from(words) {
                     Ok(args) if args.name.is_none() && args.from.is_none() && current.is_none() => {
-                        println!("no audience yet: ask a question that finds customers first.")
+                        outln!("no audience yet: ask a question that finds customers first.")?
                     }
-                    Ok(args) => report(audiences::export(&self.stores, args, current).await),
-                    Err(error) => println!("{}", error.render()),
+                    Ok(args) => report(audiences::export(&self.stores, args, current).await)?,
+                    Err(error) => outln!("{}", error.render())?,
                 }
             }
             Command::Save(rest) => match audiences::SaveArgs::try_parse_from(split_words(&rest)) {
-                Ok(args) => report(audiences::save(&self.stores, args, self.audience(), &self.data_dir).await),
-                Err(error) => println!("{}", error.render()),
+                Ok(args) => report(audiences::save(&self.stores, args, self.audience(), &self.data_dir).await)?,
+                Err(error) => outln!("{}", error.render())?,
             },
-            Command::Saved => report(audiences::list(&self.stores, audiences::ListArgs { json: false }).await),
+            Command::Saved => report(audiences::list(&self.stores, audiences::ListArgs { json: false }).await)?,
             Command::Show(rest) => match audiences::NameArgs::try_parse_from(split_words(&rest)) {
-                Ok(args) => report(audiences::show(&self.stores, args).await),
-                Err(error) => println!("{}", error.render()),
+                Ok(args) => report(audiences::show(&self.stores, args).await)?,
+                Err(error) => outln!("{}", error.render())?,
             },
             Command::Overlap(rest) => match audiences::OverlapArgs::try_parse_from(split_words(&rest)) {
-                Ok(args) => report(audiences::overlap(&self.stores, args).await),
-                Err(error) => println!("{}", error.render()),
+                Ok(args) => report(audiences::overlap(&self.stores, args).await)?,
+                Err(error) => outln!("{}", error.render())?,
             },
             Command::Lookalike(rest) => match audiences::LookalikeCommandArgs::try_parse_from(split_words(&rest)) {
                 Ok(args) => {
                     let session = self.audience().cloned().unwrap_or_default();
-                    report(audiences::lookalike(&self.stores, args, &session).await)
+                    report(audiences::lookalike(&self.stores, args, &session).await)?
                 }
-                Err(error) => println!("{}", error.render()),
+                Err(error) => outln!("{}", error.render())?,
             },
             Command::Quit => {}
         }
+        Ok(())
     }
 
     fn audience(&self) -> Option<&AudienceSession> {
@@ -283,17 +281,18 @@ impl Chat {
 }
 
 /// In the chat the usage line follows each answer on screen.
-fn print_answer(answer: &Answer) {
-    ask::print_answer(answer);
-    println!("{}", answer.usage.summary_line());
+fn print_answer(answer: &Answer) -> Result<()> {
+    ask::print_answer(answer)?;
+    outln!("{}", answer.usage.summary_line())
 }
 
-fn print_help() {
-    println!("Ask a question in plain words; follow-ups refine the current audience (\"now only PL\").");
-    println!("End a line with \\ to continue the question on the next line.");
+fn print_help() -> Result<()> {
+    outln!("Ask a question in plain words; follow-ups refine the current audience (\"now only PL\").")?;
+    outln!("End a line with \\ to continue the question on the next line.")?;
     for (command, help) in COMMANDS {
-        println!("  {command:<18} {help}");
+        outln!("  {command:<18} {help}")?;
     }
+    Ok(())
 }
 
 /// The first sentence of a description: up to the first ". " that does not end "e.g." or "i.e.", within the
@@ -381,10 +380,13 @@ fn split_words(text: &str) -> Vec<String> {
     words
 }
 
-/// Shows a command's error on its own line; the REPL goes on.
-fn report(result: Result<()>) {
-    if let Err(error) = result {
-        println!("error: {}", terminal::safe(&exit::one_line(&error)));
+/// Shows a command's error on its own line, and the REPL goes on; a closed stdout ends it.
+fn report(result: Result<()>) -> Result<()> {
+    match result {
+        Err(error) if !error.is::<terminal::StdoutClosed>() => {
+            outln!("error: {}", terminal::safe(&exit::one_line(&error)))
+        }
+        other => other,
     }
 }
 

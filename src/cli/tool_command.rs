@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use audience_tools::audience::{AudienceDefinition, AudienceSession, FindAudience};
-use audience_tools::failure::ToolFailure;
 use audience_tools::registry::{self, FIND_AUDIENCE, SQL_ANALYTICS, SQL_DATA_RETRIEVER};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_data_retriever::SqlDataRetriever;
@@ -17,9 +16,10 @@ use serde_json::Value;
 
 use crate::Global;
 use audience::agent_hook::inner_call_usage;
-use audience::exit::{FailureExt, FailureKind};
+use audience::exit::{self, FailureExt, FailureKind};
 use audience::ledger::{Ledger, UsageRecord};
 use audience::open_stores::open_stores;
+use audience::outln;
 use audience::provider::{ChatModel, ProviderConfig};
 
 const EXAMPLES: &str = "\
@@ -55,7 +55,7 @@ pub struct ToolArgs {
 pub async fn run(args: ToolArgs, global: &Global) -> Result<()> {
     if args.list {
         for tool in registry::TOOLS {
-            println!("{}\n  {}\n", tool.name, tool.text().replace('\n', "\n  "));
+            outln!("{}\n  {}\n", tool.name, tool.text().replace('\n', "\n  "))?;
         }
         return Ok(());
     }
@@ -139,8 +139,10 @@ async fn call<T: TracedTool>(tool: T, json: Value) -> Result<(Value, Option<Tool
     let trace = context.result::<ToolTrace>().ok().flatten();
     match result {
         Ok(output) => Ok((serde_json::to_value(output)?, trace)),
-        Err(ToolFailure::Correctable(message)) => Err(anyhow!("{}: {message}", T::NAME)).kind(FailureKind::Store),
-        Err(ToolFailure::Fatal(error)) => Err(error.context(format!("{} failed", T::NAME))).kind(FailureKind::Store),
+        Err(failure) => {
+            let what = if failure.is_fatal() { format!("{} failed", T::NAME) } else { T::NAME.to_owned() };
+            Err(exit::tool_failure(failure).context(what))
+        }
     }
 }
 
@@ -153,7 +155,7 @@ fn parse_args<T: rig_core::tool::Tool>(json: &Value) -> Result<T::Args> {
 
 /// The output on stdout; with --verbose the trace (exact SQL, filter, strategy, timings) on stderr.
 fn print(output: &Value, trace: Option<&ToolTrace>, verbose: bool) -> Result<()> {
-    println!("{}", audience::terminal::safe_json(output)?);
+    outln!("{}", audience::terminal::safe_json(output)?)?;
     if verbose && let Some(trace) = trace {
         eprintln!("trace: {}", serde_json::to_string(trace)?);
     }

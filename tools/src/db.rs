@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{ConnectOptions, PgPool, Postgres, Transaction};
 
 use crate::schema::READER_ROLE;
 
@@ -53,7 +53,7 @@ impl Db {
     /// whole reader URL. Its pool connects on first use, so commands that never run model SQL never log in.
     pub async fn connect(url: &str, schema: &str) -> Result<Self> {
         check_identifier(schema)?;
-        let options = parse_url(url, "DATABASE_URL")?.options([("search_path", schema)]);
+        let options = quiet_slow_statements(parse_url(url, "DATABASE_URL")?.options([("search_path", schema)]));
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
@@ -61,7 +61,9 @@ impl Db {
             .await
             .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
         let reader_options = match std::env::var("AUDIENCE_READER_URL").ok().filter(|v| !v.trim().is_empty()) {
-            Some(reader_url) => parse_url(&reader_url, "AUDIENCE_READER_URL")?.options([("search_path", schema)]),
+            Some(reader_url) => {
+                quiet_slow_statements(parse_url(&reader_url, "AUDIENCE_READER_URL")?.options([("search_path", schema)]))
+            }
             None => {
                 let options = options.username(READER_ROLE);
                 match std::env::var("AUDIENCE_READER_PASSWORD").ok().filter(|v| !v.is_empty()) {
@@ -213,6 +215,16 @@ async fn retry_concurrent_update(pool: &PgPool, statement: &str) -> Result<(), s
     }
 }
 
+/// Statements slower than this are logged as slow.
+const SLOW_STATEMENT: Duration = Duration::from_secs(1);
+
+/// Logs slow statements at debug instead of sqlx's default warning: an ingest's profile SQL is expected to take
+/// seconds, and a warning would print the whole statement (several KB) at the default log level, where users
+/// should see the progress and the summary. `AUDIENCE_LOG=debug` shows them.
+fn quiet_slow_statements(options: PgConnectOptions) -> PgConnectOptions {
+    options.log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT)
+}
+
 fn parse_url(url: &str, variable: &str) -> Result<PgConnectOptions> {
     url.parse().with_context(|| format!("{variable} is not a valid PostgreSQL URL: {}", redact(url)))
 }
@@ -258,5 +270,44 @@ mod tests {
         assert!(check_identifier("audience_test_1").is_ok());
         assert!(check_identifier("a; drop table x").is_err());
         assert!(check_identifier("Upper").is_err());
+    }
+
+    /// What the log lines of a test say.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Regression (issue 22, item 11): an ingest of 100k customers printed sqlx's "slow statement" warnings, each
+    /// with the whole profile SQL, at the default log level. A slow statement is a debug line now, on the owner's
+    /// connections and the reader's.
+    #[tokio::test(flavor = "current_thread")]
+    async fn slow_statements_are_debug_lines_not_warnings() {
+        let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let db = Db::connect(&url, "public").await.unwrap();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let slow = format!("SELECT pg_sleep({})", SLOW_STATEMENT.as_secs_f64() + 0.2);
+        sqlx::query(&slow).execute(&db.pool).await.unwrap();
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let slow_lines: Vec<&str> = text.lines().filter(|line| line.contains("slow statement")).collect();
+        assert_eq!(slow_lines.len(), 1, "the slow statement is logged once: {text}");
+        assert!(slow_lines[0].contains("DEBUG"), "{}", slow_lines[0]);
+        assert!(!text.contains("WARN"), "{text}");
     }
 }

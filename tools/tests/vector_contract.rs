@@ -210,6 +210,39 @@ async fn search_matches_brute_force(index: Arc<dyn VectorIndex>) {
     assert_ranked(&got, &brute_force(&points, &query, None), 10, &points, &query);
 }
 
+/// Regression (issue 22, item 19): customers with the same profile text have the same vector, and each engine cut
+/// such a tie at the limit in its own order. Equal scores now come back by ascending id, and the limit keeps the
+/// lowest ids of a tie that straddles it, in both engines.
+async fn equal_scores_come_back_by_id(index: Arc<dyn VectorIndex>) {
+    let mut rng = Rng(11);
+    let texts: Vec<Vec<f32>> = (0..3).map(|_| random_vector(&mut rng)).collect();
+    // Written highest id first, so an engine's own order (insertion, internal offset) is not the id order.
+    let points: Vec<VectorPoint> = (1..=90u64)
+        .rev()
+        .map(|id| VectorPoint { id, vector: texts[(id % 3) as usize].clone(), payload: payload(id, &mut rng) })
+        .collect();
+    index.ensure_collection().await.unwrap();
+    index.upsert(points.clone()).await.unwrap();
+    let query = texts[1].clone();
+    let mut expected: Vec<(u64, f32)> = points.iter().map(|p| (p.id, dot(&p.vector, &query))).collect();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let by_id: HashMap<u64, &VectorPoint> = points.iter().map(|p| (p.id, p)).collect();
+    for limit in [1, 7, 30, 31, 45, 90, 200] {
+        let got = index.search(query.clone(), None, limit).await.unwrap();
+        let ids: Vec<u64> = got.iter().map(|hit| hit.id).collect();
+        let want: Vec<u64> = expected.iter().take(limit).map(|(id, _)| *id).collect();
+        assert_eq!(ids, want, "limit {limit}");
+        for hit in &got {
+            assert_eq!(hit.payload, by_id[&hit.id].payload, "payload of hit {}", hit.id);
+        }
+    }
+    // Within a filter as well: the members of an audience tie the same way.
+    let odd = Filter::must([Condition::HasId { ids: (1..=90).filter(|id| id % 2 == 1).collect() }]);
+    let got: Vec<u64> = index.search(query.clone(), Some(odd), 5).await.unwrap().iter().map(|hit| hit.id).collect();
+    let want: Vec<u64> = expected.iter().map(|(id, _)| *id).filter(|id| id % 2 == 1).take(5).collect();
+    assert_eq!(got, want);
+}
+
 async fn filters_match_brute_force(index: Arc<dyn VectorIndex>) {
     let points = loaded(&index, 300, 3).await;
     // The median stored amount: a bound that splits the data and equals a stored value (tells gt from gte).
@@ -419,6 +452,7 @@ macro_rules! contract {
 contract!(
     ensure_collection_is_idempotent,
     search_matches_brute_force,
+    equal_scores_come_back_by_id,
     filters_match_brute_force,
     retrieve_by_id,
     upsert_replaces_payload,

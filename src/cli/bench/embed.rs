@@ -77,7 +77,7 @@ pub async fn run(bench: &Bench, args: &EmbedBenchArgs) -> Result<()> {
         "embedding floor at the higher peak".to_owned(),
         format!("{} tokens/s", thousands(floor.tokens_per_second())),
     ]);
-    table.print("## Hardware floor");
+    table.print("## Hardware floor")?;
 
     let dataset = bench.dataset(args.customers, args.events_per_customer)?;
     let texts = profile_texts(bench, &dataset, args.texts).await?;
@@ -104,7 +104,7 @@ pub async fn run(bench: &Bench, args: &EmbedBenchArgs) -> Result<()> {
             format!("{:.0}%", 100.0 * tokens.median() / floor.tokens_per_second()),
         ]);
     }
-    table.print(&format!("## Embedding throughput, {} profile texts per run, {} runs", texts.len(), args.runs));
+    table.print(&format!("## Embedding throughput, {} profile texts per run, {} runs", texts.len(), args.runs))?;
     Ok(())
 }
 

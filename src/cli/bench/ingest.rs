@@ -16,6 +16,7 @@ use sqlx::{Postgres, QueryBuilder};
 
 use super::stats::{Samples, Table, thousands};
 use super::{Bench, Dataset, output_of};
+use audience::outln;
 
 /// COPY data goes out in chunks of this size, as in the real loader.
 const COPY_CHUNK: usize = 1 << 20;
@@ -51,12 +52,12 @@ pub async fn run(bench: &Bench, args: &IngestBenchArgs) -> Result<()> {
     }
     for &customers in &args.customers {
         let dataset = bench.dataset(customers, args.events_per_customer)?;
-        println!(
+        outln!(
             "\n## Ingest: {} customers, {} events ({} runs)",
             thousands(customers as f64),
             thousands(dataset.events as f64),
             args.runs
-        );
+        )?;
         loader(bench, &dataset, args).await?;
         full_ingest(bench, &dataset, args.runs).await?;
         incremental(bench, &dataset, args.runs).await?;
@@ -118,7 +119,7 @@ async fn loader(bench: &Bench, dataset: &Dataset, args: &IngestBenchArgs) -> Res
     table.print(&format!(
         "### Loader alone: COPY is {:.1}x multi-row INSERT (median rates, same run)",
         copy.median() / insert.median().max(f64::MIN_POSITIVE)
-    ));
+    ))?;
     Ok(())
 }
 
@@ -264,7 +265,7 @@ async fn full_ingest(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()
         };
         table.row([name.to_string(), cell]);
     }
-    table.print("### Full ingest (`audience ingest --json`, a fresh schema and index each run)");
+    table.print("### Full ingest (`audience ingest --json`, a fresh schema and index each run)")?;
     Ok(())
 }
 
@@ -312,6 +313,6 @@ async fn incremental(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()
     table.row(["profiles re-embedded".to_owned(), format!("{expected} of {} (1%), every run", dataset.customers)]);
     table.row(["re-ingest total (s)".to_owned(), seconds.spread(2)]);
     table.row(["of which vector sync (s)".to_owned(), embed_seconds.spread(2)]);
-    table.print("### Incremental re-ingest after 1% of customers changed");
+    table.print("### Incremental re-ingest after 1% of customers changed")?;
     Ok(())
 }

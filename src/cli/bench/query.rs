@@ -7,6 +7,7 @@
 
 use anyhow::{Result, bail};
 use audience::campaign::{self, ExportOptions, Format, Holdout};
+use audience::outln;
 use audience_tools::audience::export::{Members, export_fields};
 use audience_tools::audience::lookalike::{LookalikeArgs, find_lookalikes};
 use audience_tools::audience::{AudienceDefinition, AudienceSession, Edit, FindAudience};
@@ -96,11 +97,11 @@ pub async fn run(bench: &Bench, args: &QueryBenchArgs) -> Result<()> {
     let stores = open(bench, &dataset).await?;
     // Model load is start-up cost (see `bench startup`), not query latency.
     stores.embedder.get().await?;
-    println!(
+    outln!(
         "\n## Tool latency at {} customers ({} queries per figure, milliseconds)",
         thousands(dataset.customers as f64),
         args.queries
-    );
+    )?;
     ranking(&stores, &dataset, args).await?;
     membership(&stores, args).await?;
     retriever(&stores, &dataset, args).await?;
@@ -166,7 +167,7 @@ async fn ranking(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> R
         p50_p95(&phases.members),
         p50_p95(&phases.total),
     ]);
-    table.print("### find_audience ranked by an intent, by audience size");
+    table.print("### find_audience ranked by an intent, by audience size")?;
     Ok(())
 }
 
@@ -214,7 +215,7 @@ async fn membership(stores: &Stores, args: &QueryBenchArgs) -> Result<()> {
             p50_p95(&phases.total),
         ]);
     }
-    table.print("### find_audience membership queries (no intent: listed by total spent)");
+    table.print("### find_audience membership queries (no intent: listed by total spent)")?;
     Ok(())
 }
 
@@ -238,7 +239,7 @@ async fn retriever(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) ->
         }
         table.row([ids.to_string(), p50_p95(&phases.sql), p50_p95(&phases.total)]);
     }
-    table.print("### sql_data_retriever (campaign fields of random customers)");
+    table.print("### sql_data_retriever (campaign fields of random customers)")?;
     Ok(())
 }
 
@@ -281,6 +282,6 @@ async fn campaign(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> 
         }
         table.row([format!("lookalike, seed of {seed_size}, top 50"), "50".to_owned(), p50_p95(&phases.total)]);
     }
-    table.print("### Campaign: export and lookalikes");
+    table.print("### Campaign: export and lookalikes")?;
     Ok(())
 }

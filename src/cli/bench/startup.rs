@@ -60,7 +60,7 @@ pub async fn run(bench: &Bench, args: &StartupBenchArgs) -> Result<()> {
         "## Cold start, index of {} customers ({} runs, each a new process)",
         thousands(dataset.customers as f64),
         args.runs
-    ));
+    ))?;
     Ok(())
 }
 

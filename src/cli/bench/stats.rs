@@ -1,5 +1,6 @@
 //! Summaries of repeated measurements (median and spread, percentiles) and Markdown tables to print them.
 
+use audience::outln;
 use std::fmt::Write;
 
 /// Repeated measurements of one figure.
@@ -73,8 +74,8 @@ impl Table {
     }
 
     /// Prints the table to stdout with a title line before it.
-    pub fn print(&self, title: &str) {
-        println!("\n{title}\n\n{self}");
+    pub fn print(&self, title: &str) -> anyhow::Result<()> {
+        outln!("\n{title}\n\n{self}")
     }
 }
 

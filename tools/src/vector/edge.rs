@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
+use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
     CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, FieldIndexOperations,
     JsonPath, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
@@ -214,13 +215,16 @@ fn schema_type(kind: FieldKind) -> PayloadSchemaType {
     }
 }
 
-#[async_trait]
-impl VectorSearch for EdgeIndex {
-    async fn search(&self, vector: Vec<f32>, filter: Option<Filter>, limit: usize) -> Result<Vec<ScoredPoint>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let filter = to_edge_filter(filter.as_ref())?;
+impl EdgeIndex {
+    /// The shard's own nearest-neighbour query: its best `limit` points, only those scoring above `above` when given
+    /// (see [`super::search_by_score_then_id`]).
+    async fn nearest(
+        &self,
+        vector: Vec<f32>,
+        filter: Option<qdrant_edge::Filter>,
+        above: Option<f32>,
+        limit: usize,
+    ) -> Result<Vec<ScoredPoint>> {
         let hits = self
             .read(move |shard| {
                 shard
@@ -232,7 +236,7 @@ impl VectorSearch for EdgeIndex {
                         filter,
                         with_payload: WithPayloadInterface::Bool(true),
                         prefetches: vec![],
-                        score_threshold: None,
+                        score_threshold: above.map(OrderedFloat),
                         limit,
                         offset: 0,
                         params: None,
@@ -244,6 +248,15 @@ impl VectorSearch for EdgeIndex {
         hits.into_iter()
             .map(|hit| Ok(ScoredPoint { id: numeric_id(hit.id)?, score: hit.score, payload: payload_map(hit.payload) }))
             .collect()
+    }
+}
+
+#[async_trait]
+impl VectorSearch for EdgeIndex {
+    async fn search(&self, vector: Vec<f32>, filter: Option<Filter>, limit: usize) -> Result<Vec<ScoredPoint>> {
+        let filter = to_edge_filter(filter.as_ref())?;
+        super::search_by_score_then_id(limit, |above, limit| self.nearest(vector.clone(), filter.clone(), above, limit))
+            .await
     }
 
     async fn count(&self, filter: Option<Filter>) -> Result<u64> {

@@ -2,8 +2,11 @@
 //! (`qdrant-edge`, the embedded default) and a Qdrant server through `qdrant-client` (when `QDRANT_URL` is set).
 //!
 //! One filter model of our own ([`Filter`]) maps onto both engines, because their native filter types
-//! (edge's internal REST-shaped `Filter`, the client's gRPC `Filter`) have no conversion between them.
+//! (edge's internal REST-shaped `Filter`, the client's gRPC `Filter`) have no conversion between them. One order of
+//! hits, too: best first and equal scores by ascending id ([`search_by_score_then_id`]), so customers with the same
+//! profile text come back in the same order from either engine.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -116,10 +119,48 @@ impl Filter {
     }
 }
 
+/// Best first, and equal scores by ascending id.
+fn score_then_id(a: &ScoredPoint, b: &ScoredPoint) -> Ordering {
+    b.score.total_cmp(&a.score).then(a.id.cmp(&b.id))
+}
+
+/// The `limit` best points in the order both engines share: best first, equal scores by ascending id.
+///
+/// `nearest(above, n)` is an engine's own query: its best `n` points, only those scoring above `above` when given.
+/// An engine cuts a group of equal scores (customers whose profile texts are the same) at the limit in an order of
+/// its own, so the search asks for one point more than the limit; when that point ties with the last, it asks again
+/// for every point scoring at least the tied score, and the sort keeps the lowest ids of the tie.
+pub(crate) async fn search_by_score_then_id<F, Fut>(limit: usize, nearest: F) -> Result<Vec<ScoredPoint>>
+where
+    F: Fn(Option<f32>, usize) -> Fut,
+    Fut: Future<Output = Result<Vec<ScoredPoint>>>,
+{
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut hits = nearest(None, limit + 1).await?;
+    if hits.len() > limit && hits[limit].score == hits[limit - 1].score {
+        let tied = hits[limit].score;
+        let mut wanted = (limit + 1).saturating_mul(2);
+        hits = loop {
+            // Just below the tied score: the whole tie passes whether an engine's bound is strict or not.
+            let found = nearest(Some(tied.next_down()), wanted).await?;
+            if found.len() < wanted {
+                break found;
+            }
+            wanted = wanted.saturating_mul(2);
+        };
+    }
+    hits.sort_by(score_then_id);
+    hits.truncate(limit);
+    Ok(hits)
+}
+
 /// Read access to the index. Agent tools get only this.
 #[async_trait]
 pub trait VectorSearch: Send + Sync {
-    /// Up to `limit` points nearest to `vector` (cosine, best first) that pass `filter`.
+    /// Up to `limit` points nearest to `vector` (cosine) that pass `filter`: best first, equal scores by ascending
+    /// id, the same points and order from every engine.
     async fn search(&self, vector: Vec<f32>, filter: Option<Filter>, limit: usize) -> Result<Vec<ScoredPoint>>;
     /// Exact number of points that pass `filter`.
     async fn count(&self, filter: Option<Filter>) -> Result<u64>;

@@ -154,20 +154,26 @@ fn dense_vector(vectors: Option<VectorsOutput>) -> Result<Vec<f32>> {
     }
 }
 
-#[async_trait]
-impl VectorSearch for ServerIndex {
-    async fn search(&self, vector: Vec<f32>, filter: Option<Filter>, limit: usize) -> Result<Vec<ScoredPoint>> {
-        // The server rejects a zero limit; an empty answer is what the caller asked for.
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
+impl ServerIndex {
+    /// The server's own nearest-neighbour query: its best `limit` points, only those scoring above `above` when
+    /// given (see [`super::search_by_score_then_id`]).
+    async fn nearest(
+        &self,
+        vector: Vec<f32>,
+        filter: Option<qdrant::Filter>,
+        above: Option<f32>,
+        limit: usize,
+    ) -> Result<Vec<ScoredPoint>> {
         let mut request = QueryPointsBuilder::new(&self.collection)
             .query(Query::new_nearest(vector))
             .using(VECTOR_NAME)
             .limit(limit as u64)
             .with_payload(true);
-        if let Some(filter) = filter.filter(|f| !f.is_empty()) {
-            request = request.filter(grpc_filter(&filter));
+        if let Some(filter) = filter {
+            request = request.filter(filter);
+        }
+        if let Some(above) = above {
+            request = request.score_threshold(above);
         }
         let response = self.client.query(request).await.context("vector search on the Qdrant server failed")?;
         response
@@ -175,6 +181,16 @@ impl VectorSearch for ServerIndex {
             .into_iter()
             .map(|hit| Ok(ScoredPoint { id: numeric_id(hit.id)?, score: hit.score, payload: payload_map(hit.payload) }))
             .collect()
+    }
+}
+
+#[async_trait]
+impl VectorSearch for ServerIndex {
+    async fn search(&self, vector: Vec<f32>, filter: Option<Filter>, limit: usize) -> Result<Vec<ScoredPoint>> {
+        // The server rejects a zero limit; the shared search answers it with no hits before asking.
+        let filter = filter.filter(|f| !f.is_empty()).map(|filter| grpc_filter(&filter));
+        super::search_by_score_then_id(limit, |above, limit| self.nearest(vector.clone(), filter.clone(), above, limit))
+            .await
     }
 
     async fn count(&self, filter: Option<Filter>) -> Result<u64> {
