@@ -3,7 +3,9 @@
 //! they are swapped in with, and always describe, the data they come from.
 
 use anyhow::{Context, Result};
-use audience_tools::schema::{CUSTOMER_FACTS, CUSTOMER_FACTS_COLUMNS, DERIVED_TABLES, EVENT_TOTALS, spend_band_sql};
+use audience_tools::schema::{
+    CUSTOMER_FACTS, CUSTOMER_FACTS_COLUMNS, DERIVED_TABLES, EVENT_TOTALS, is_return, spend_band_sql,
+};
 use chrono::NaiveDate;
 use sqlx::PgConnection;
 
@@ -26,14 +28,15 @@ pub async fn build(conn: &mut PgConnection, as_of: NaiveDate) -> Result<()> {
     sqlx::query(&format!("ALTER TABLE {CUSTOMER_FACTS}_staging ADD PRIMARY KEY (customer_id)"))
         .execute(&mut *conn)
         .await?;
-    // A purchase with a quantity of zero or less is a return, which an audience clause on purchases leaves out
-    // (see `audience::compile`); views and cart additions count whatever their quantity.
+    // A return (`schema::is_return`) is not a purchase, which an audience clause on purchases leaves out (see
+    // `audience::compile`); views and cart additions count whatever their quantity.
+    let returned = is_return("quantity");
     sqlx::query(&format!(
         "CREATE TABLE {EVENT_TOTALS}_staging AS \
          SELECT customer_id, event_type, product, count(*)::integer AS events, \
                 max(ts) FILTER (WHERE ts < (($1::date + 1)::timestamp AT TIME ZONE 'UTC')) AS last_ts, \
                 min(price) AS min_price, max(price) AS max_price \
-         FROM events_staging WHERE NOT (event_type = 'purchase' AND quantity <= 0) \
+         FROM events_staging WHERE NOT (event_type = 'purchase' AND {returned}) \
          GROUP BY customer_id, event_type, product"
     ))
     .bind(as_of)

@@ -31,10 +31,7 @@ use chrono::{NaiveDate, Utc};
 use sqlx::PgConnection;
 
 use crate::render::{self, ProfileFacts};
-use audience_tools::schema::PROFILES;
-
-/// Days without a purchase after which a customer counts as churned.
-pub const CHURN_DAYS: i32 = 90;
+use audience_tools::schema::{CHURN_DAYS, PROFILES, is_return, is_sale};
 /// Spend above which a customer "likes luxury items".
 pub const LUXURY_SPEND: f64 = 800.0;
 /// Profiles rendered per round trip; bounds memory at any customer count.
@@ -76,7 +73,7 @@ pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Resul
     ] {
         sqlx::query(statement).execute(&mut *conn).await?;
     }
-    sqlx::query(FACTS_SQL)
+    sqlx::query(&facts_sql())
         .bind(as_of)
         .bind(CHURN_DAYS)
         .bind(LUXURY_SPEND)
@@ -246,15 +243,18 @@ fn fact_columns() -> Vec<&'static str> {
 
 /// `$1` = as_of (date), `$2` = churn days, `$3` = luxury spend. Events are scanned twice: once for purchase totals,
 /// once (pre-aggregated per customer, product and color) for interests and colors.
-const FACTS_SQL: &str = "
+fn facts_sql() -> String {
+    let (sale, returned) = (is_sale("quantity"), is_return("quantity"));
+    format!(
+        "
 CREATE TEMP TABLE profile_facts AS
 WITH purchases AS (
     SELECT customer_id,
-           sum(coalesce(amount, 0)) FILTER (WHERE quantity > 0) AS total_spent,
-           count(*) FILTER (WHERE quantity > 0) AS order_count,
-           count(*) FILTER (WHERE quantity < 0) AS return_count,
-           min(ts) FILTER (WHERE quantity > 0) AS first_purchase,
-           max(ts) FILTER (WHERE quantity > 0) AS last_purchase
+           sum(coalesce(amount, 0)) FILTER (WHERE {sale}) AS total_spent,
+           count(*) FILTER (WHERE {sale}) AS order_count,
+           count(*) FILTER (WHERE {returned}) AS return_count,
+           min(ts) FILTER (WHERE {sale}) AS first_purchase,
+           max(ts) FILTER (WHERE {sale}) AS last_purchase
     FROM events_staging
     WHERE event_type = 'purchase' AND ts < (($1::date + 1)::timestamp AT TIME ZONE 'UTC')
     GROUP BY customer_id
@@ -263,7 +263,7 @@ cells AS (
     SELECT customer_id, product, color,
            sum(CASE event_type WHEN 'purchase' THEN 3 WHEN 'add_to_cart' THEN 2 ELSE 1 END) AS weight
     FROM events_staging
-    WHERE NOT (event_type = 'purchase' AND quantity < 0) AND ts < (($1::date + 1)::timestamp AT TIME ZONE 'UTC')
+    WHERE NOT (event_type = 'purchase' AND {returned}) AND ts < (($1::date + 1)::timestamp AT TIME ZONE 'UTC')
     GROUP BY customer_id, product, color
 ),
 interest_rank AS (
@@ -292,9 +292,9 @@ base AS (
            coalesce(p.return_count, 0)::integer AS return_count,
            p.first_purchase, p.last_purchase,
            ($1::date - (p.last_purchase AT TIME ZONE 'UTC')::date)::integer AS recency_days,
-           coalesce(i.interests, '{}') AS interests,
-           coalesce(i.interest_weights, '{}') AS interest_weights,
-           coalesce(co.colors, '{}') AS preferred_colors
+           coalesce(i.interests, '{{}}') AS interests,
+           coalesce(i.interest_weights, '{{}}') AS interest_weights,
+           coalesce(co.colors, '{{}}') AS preferred_colors
     FROM customers_staging c
     LEFT JOIN purchases p USING (customer_id)
     LEFT JOIN interests i USING (customer_id)
@@ -344,7 +344,9 @@ SELECT customer_id, external_id, first_name, last_name, email, country, age, fav
        CASE WHEN churned THEN 'Churn Recovery' WHEN top_buyer THEN 'VIP Loyalty' ELSE 'Standard Promo' END AS segment,
        interests, interest_weights, preferred_colors,
        total_spent > $3::numeric AS likes_luxury
-FROM scored";
+FROM scored"
+    )
+}
 
 #[cfg(test)]
 mod tests {

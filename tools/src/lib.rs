@@ -12,6 +12,7 @@ pub mod embed;
 pub mod examples;
 pub mod failure;
 pub mod grounding;
+pub mod metrics;
 pub mod observe;
 pub mod paths;
 pub mod question;

@@ -203,6 +203,23 @@ pub fn spend_band_sql(total_spent: &str) -> String {
     )
 }
 
+/// The return rule, spelled once for every query that tells sales from returns (profiles, the derived event totals,
+/// audience clauses, metrics): a purchase line with a positive quantity is a sale, and one with a quantity of zero or
+/// less is a return (ingest refuses a zero quantity, and a negative one on any other event). `quantity` names the
+/// column as the query sees it (`quantity`, `e.quantity`).
+pub fn is_sale(quantity: &str) -> String {
+    format!("{quantity} > 0")
+}
+
+/// The other half of the return rule (see [`is_sale`]): a purchase line that is a return.
+pub fn is_return(quantity: &str) -> String {
+    format!("{quantity} <= 0")
+}
+
+/// Days without a purchase after which a buyer counts as churned (ingest computes `churned` with it; the metrics
+/// catalogue says it in words).
+pub const CHURN_DAYS: i32 = 90;
+
 /// Per customer, event type and product: how many events, the latest one up to the data's last day, and the lowest
 /// and highest price (purchases only with a positive quantity: a return is not a purchase). An audience clause
 /// such as "viewed watches" reads one row per customer here instead of every matching event.

@@ -73,7 +73,7 @@ impl DataValues {
 /// Most products or colours one clause of the model's may list (the definition itself takes more).
 const LISTED_IN_A_CLAUSE: usize = 6;
 /// The longest window the model may set: ten years (the definition itself takes a century).
-const MAX_WINDOW_DAYS: u32 = 3_660;
+pub const MAX_WINDOW_DAYS: u32 = 3_660;
 
 /// The values one question's schema offers: all of a small vocabulary, the grounded ones of a large one.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -144,6 +144,11 @@ fn name_of<T: serde::Serialize>(value: T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
+/// A calendar day, `YYYY-MM-DD` (an anchored pattern: llama.cpp's grammar converter needs `^...$`).
+pub fn date_schema() -> Value {
+    json!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"})
+}
+
 fn string_enum(values: &[String]) -> Value {
     json!({"type": "string", "enum": values})
 }
@@ -180,7 +185,7 @@ fn event_clause(offered: &Offered) -> Value {
     }
     properties.insert("within_days".into(), json!({"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_DAYS}));
     for name in ["since", "until"] {
-        properties.insert(name.into(), json!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}));
+        properties.insert(name.into(), date_schema());
     }
     properties.insert("min_count".into(), json!({"type": "integer", "minimum": 1}));
     json!({"type": "object", "properties": properties, "required": ["type"]})

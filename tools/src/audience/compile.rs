@@ -15,7 +15,7 @@ use chrono::{Days, NaiveDate};
 use serde_json::Value;
 
 use super::definition::{AudienceDefinition, Clause, FieldKind, Invalid, Op, ProfileField, Rule, number};
-use crate::schema::{CUSTOMER_FACTS, EVENT_TOTALS, spend_band_sql};
+use crate::schema::{CUSTOMER_FACTS, EVENT_TOTALS, is_sale, spend_band_sql};
 use crate::sql_guard::{self, ConditionTable};
 
 /// What the data offers the compiler.
@@ -192,7 +192,7 @@ fn totals_conditions(rule: &Rule, as_of: NaiveDate) -> Option<Result<String, Inv
     if !colors.is_empty() || sql.is_some() || bounds > 1 || (counts && bounds > 0) {
         return None;
     }
-    // The totals leave out returns already (a purchase with a quantity of zero or less), as `event_conditions` does.
+    // The totals leave out returns already (`schema::is_return`), as `event_conditions` does.
     let mut conditions = vec![format!("t.event_type = '{}'", event_type.as_str())];
     if !products.is_empty() {
         match in_list("t.product", products) {
@@ -230,15 +230,16 @@ fn totals_count(rule: &Rule, as_of: NaiveDate) -> Option<String> {
     })
 }
 
-/// The days a window of `days` days ending on `as_of` spans: from its first day to the day after its last.
-fn window(as_of: NaiveDate, days: u32) -> (NaiveDate, NaiveDate) {
+/// The days a window of `days` days ending on `as_of` spans: from its first day to the day after its last. The one
+/// owner of the convention "the last N days": audience clauses and metrics both count back from the data's last day.
+pub(crate) fn window(as_of: NaiveDate, days: u32) -> (NaiveDate, NaiveDate) {
     let from = as_of.checked_sub_days(Days::new(u64::from(days.saturating_sub(1)))).unwrap_or(NaiveDate::MIN);
     let until = as_of.checked_add_days(Days::new(1)).unwrap_or(NaiveDate::MAX);
     (from, until)
 }
 
 /// The conditions on an event `e` that an event rule sets.
-fn event_conditions(rule: &Rule, as_of: NaiveDate) -> Result<String, Invalid> {
+pub(crate) fn event_conditions(rule: &Rule, as_of: NaiveDate) -> Result<String, Invalid> {
     let Rule::Event {
         event_type,
         products,
@@ -258,8 +259,8 @@ fn event_conditions(rule: &Rule, as_of: NaiveDate) -> Result<String, Invalid> {
     if let Some(event_type) = event_type {
         conditions.push(format!("e.event_type = '{}'", event_type.as_str()));
         if *event_type == super::definition::EventType::Purchase {
-            // A purchase with a negative quantity is a return, not a purchase.
-            conditions.push("e.quantity > 0".to_owned());
+            // A return is not a purchase.
+            conditions.push(is_sale("e.quantity"));
         }
     }
     if !products.is_empty() {

@@ -1,0 +1,463 @@
+//! The metrics catalogue: every measure and dimension the `metrics` tool offers, each with its exact SQL and its
+//! definition in words. This is the one place a measure is defined: the tool's argument schema, the checks, the
+//! compiled query, the answer's "how it was computed" and the README's table all follow it.
+//!
+//! A measure is computed at one of two grains:
+//! - **customer** measures (customers, average age, churn rate) describe customers as their profiles are now: one
+//!   row per customer of the customer table `c` (`customer_facts`, or `profiles`);
+//! - **event** measures are computed from the events `e` of the period in two steps: first per customer (and per
+//!   group of the dimensions) into the [`customer_event_facts`] of a row `f`, then over those rows. So a buyer, a
+//!   viewer who added to the cart or a repeat buyer is counted once per group, however many events they have.
+//!
+//! Sales and returns are told apart by the one return rule of `schema` ([`is_sale`], [`is_return`]). Money is the
+//! line total (`amount`: the file's own, else price x quantity), as spend is; a line without one counts 0.
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{CHURN_DAYS, SPEND_BANDS, is_return, is_sale, spend_band_sql};
+
+/// What a measure is computed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grain {
+    Customer,
+    Event,
+}
+
+impl Grain {
+    /// The grain in words, for messages.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Customer => "describes customers as they are now",
+            Self::Event => "is computed from events",
+        }
+    }
+}
+
+/// How a measure's value reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// A whole number of customers, events, lines or items.
+    Count,
+    /// A sum of line totals.
+    Money,
+    /// A mean (of money, or of years).
+    Average,
+    /// A share between 0 and 1.
+    Rate,
+}
+
+impl Unit {
+    /// Whether a missing value (no row in a period) is zero: true of counts and sums, not of means and shares.
+    pub fn zero_when_missing(self) -> bool {
+        matches!(self, Self::Count | Self::Money)
+    }
+}
+
+/// A measure of the catalogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    Customers,
+    Buyers,
+    ActiveCustomers,
+    Events,
+    Orders,
+    Items,
+    GrossRevenue,
+    NetRevenue,
+    Returns,
+    ReturnedItems,
+    AverageOrderValue,
+    AverageSpendPerBuyer,
+    AverageAge,
+    ChurnRate,
+    ViewToCart,
+    CartToPurchase,
+    CartAbandonment,
+    RepeatPurchaseRate,
+}
+
+/// The columns of one customer's events in the period and group (a row `f`), which the event measures aggregate:
+/// `(name, SQL over the events e)`.
+pub fn customer_event_facts() -> Vec<(&'static str, String)> {
+    let purchase = "e.event_type = 'purchase'";
+    let (sale, returned) = (is_sale("e.quantity"), is_return("e.quantity"));
+    vec![
+        ("events", "count(*)".to_owned()),
+        ("orders", format!("count(*) FILTER (WHERE {purchase} AND {sale})")),
+        ("items", format!("sum(e.quantity) FILTER (WHERE {purchase} AND {sale})")),
+        ("sales", format!("sum(e.amount) FILTER (WHERE {purchase} AND {sale})")),
+        ("return_lines", format!("count(*) FILTER (WHERE {purchase} AND {returned})")),
+        ("returned_items", format!("-sum(e.quantity) FILTER (WHERE {purchase} AND {returned})")),
+        // A file may write a return's own amount as positive or negative; either way it is money given back.
+        ("refunds", format!("sum(abs(e.amount)) FILTER (WHERE {purchase} AND {returned})")),
+        ("viewed", "bool_or(e.event_type = 'view')".to_owned()),
+        ("carted", "bool_or(e.event_type = 'add_to_cart')".to_owned()),
+    ]
+}
+
+impl Measure {
+    pub const ALL: [Measure; 18] = [
+        Self::Customers,
+        Self::Buyers,
+        Self::ActiveCustomers,
+        Self::Events,
+        Self::Orders,
+        Self::Items,
+        Self::GrossRevenue,
+        Self::NetRevenue,
+        Self::Returns,
+        Self::ReturnedItems,
+        Self::AverageOrderValue,
+        Self::AverageSpendPerBuyer,
+        Self::AverageAge,
+        Self::ChurnRate,
+        Self::ViewToCart,
+        Self::CartToPurchase,
+        Self::CartAbandonment,
+        Self::RepeatPurchaseRate,
+    ];
+
+    /// The name a call uses (`net_revenue`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Customers => "customers",
+            Self::Buyers => "buyers",
+            Self::ActiveCustomers => "active_customers",
+            Self::Events => "events",
+            Self::Orders => "orders",
+            Self::Items => "items",
+            Self::GrossRevenue => "gross_revenue",
+            Self::NetRevenue => "net_revenue",
+            Self::Returns => "returns",
+            Self::ReturnedItems => "returned_items",
+            Self::AverageOrderValue => "average_order_value",
+            Self::AverageSpendPerBuyer => "average_spend_per_buyer",
+            Self::AverageAge => "average_age",
+            Self::ChurnRate => "churn_rate",
+            Self::ViewToCart => "view_to_cart",
+            Self::CartToPurchase => "cart_to_purchase",
+            Self::CartAbandonment => "cart_abandonment",
+            Self::RepeatPurchaseRate => "repeat_purchase_rate",
+        }
+    }
+
+    /// The measure called `name`, if the catalogue has one.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|measure| measure.name() == name)
+    }
+
+    /// The measure as a person says it ("net revenue").
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ViewToCart => "view→cart conversion",
+            Self::CartToPurchase => "cart→purchase conversion",
+            Self::RepeatPurchaseRate => "repeat-purchase rate",
+            Self::ActiveCustomers => "active customers",
+            Self::GrossRevenue => "gross revenue",
+            Self::NetRevenue => "net revenue",
+            Self::ReturnedItems => "returned items",
+            Self::AverageOrderValue => "average order value",
+            Self::AverageSpendPerBuyer => "average spend per buyer",
+            Self::AverageAge => "average age",
+            Self::ChurnRate => "churn rate",
+            Self::CartAbandonment => "cart abandonment",
+            other => other.name(),
+        }
+    }
+
+    /// Its definition in one line of words, what "label = definition" says.
+    pub fn definition(self) -> String {
+        match self {
+            Self::Customers => "customers on file, each counted once".to_owned(),
+            Self::Buyers => "customers with at least one purchase (a return is not one)".to_owned(),
+            Self::ActiveCustomers => "customers with at least one event (view, cart addition or purchase)".to_owned(),
+            Self::Events => "views, cart additions, purchase lines and returns".to_owned(),
+            Self::Orders => "purchase lines with a positive quantity".to_owned(),
+            Self::Items => "units bought: the quantities of the orders".to_owned(),
+            Self::GrossRevenue => "the line totals of the orders, before returns".to_owned(),
+            Self::NetRevenue => "purchases minus returns".to_owned(),
+            Self::Returns => "purchase lines with a quantity of zero or less".to_owned(),
+            Self::ReturnedItems => "units returned: the quantities of the returns".to_owned(),
+            Self::AverageOrderValue => "gross revenue / orders (purchase lines)".to_owned(),
+            Self::AverageSpendPerBuyer => "gross revenue / buyers".to_owned(),
+            Self::AverageAge => "the mean age of the customers whose age is known".to_owned(),
+            Self::ChurnRate => format!(
+                "churned buyers / buyers (churned: no purchase in the {CHURN_DAYS} days up to the data's last day)"
+            ),
+            Self::ViewToCart => "customers who viewed and added to the cart / customers who viewed".to_owned(),
+            Self::CartToPurchase => "customers who added to the cart and bought / customers who added to the cart".to_owned(),
+            Self::CartAbandonment => {
+                "customers who added to the cart and never bought / customers who added to the cart".to_owned()
+            }
+            Self::RepeatPurchaseRate => "buyers with two or more orders / buyers".to_owned(),
+        }
+    }
+
+    pub fn grain(self) -> Grain {
+        match self {
+            Self::Customers | Self::AverageAge | Self::ChurnRate => Grain::Customer,
+            _ => Grain::Event,
+        }
+    }
+
+    pub fn unit(self) -> Unit {
+        match self {
+            Self::GrossRevenue | Self::NetRevenue => Unit::Money,
+            Self::AverageOrderValue | Self::AverageSpendPerBuyer | Self::AverageAge => Unit::Average,
+            Self::ChurnRate | Self::ViewToCart | Self::CartToPurchase | Self::CartAbandonment => Unit::Rate,
+            Self::RepeatPurchaseRate => Unit::Rate,
+            _ => Unit::Count,
+        }
+    }
+
+    /// The exact SQL: an aggregate over the customers `c` (customer grain) or over the rows `f` of
+    /// [`customer_event_facts`] (event grain).
+    pub fn sql(self) -> &'static str {
+        match self {
+            Self::Customers => "count(*)",
+            Self::AverageAge => "avg(c.age)",
+            Self::ChurnRate => {
+                "count(*) FILTER (WHERE c.churned)::numeric / nullif(count(*) FILTER (WHERE c.order_count > 0), 0)"
+            }
+            Self::ActiveCustomers => "count(*)",
+            Self::Buyers => "count(*) FILTER (WHERE f.orders > 0)",
+            Self::Events => "coalesce(sum(f.events), 0)",
+            Self::Orders => "coalesce(sum(f.orders), 0)",
+            Self::Items => "coalesce(sum(f.items), 0)",
+            Self::GrossRevenue => "coalesce(sum(f.sales), 0)",
+            Self::NetRevenue => "coalesce(sum(f.sales), 0) - coalesce(sum(f.refunds), 0)",
+            Self::Returns => "coalesce(sum(f.return_lines), 0)",
+            Self::ReturnedItems => "coalesce(sum(f.returned_items), 0)",
+            Self::AverageOrderValue => "coalesce(sum(f.sales), 0) / nullif(sum(f.orders), 0)",
+            Self::AverageSpendPerBuyer => {
+                "coalesce(sum(f.sales), 0) / nullif(count(*) FILTER (WHERE f.orders > 0), 0)"
+            }
+            Self::ViewToCart => {
+                "count(*) FILTER (WHERE f.viewed AND f.carted)::numeric / nullif(count(*) FILTER (WHERE f.viewed), 0)"
+            }
+            Self::CartToPurchase => {
+                "count(*) FILTER (WHERE f.carted AND f.orders > 0)::numeric \
+                 / nullif(count(*) FILTER (WHERE f.carted), 0)"
+            }
+            Self::CartAbandonment => {
+                "count(*) FILTER (WHERE f.carted AND f.orders = 0)::numeric \
+                 / nullif(count(*) FILTER (WHERE f.carted), 0)"
+            }
+            Self::RepeatPurchaseRate => {
+                "count(*) FILTER (WHERE f.orders >= 2)::numeric / nullif(count(*) FILTER (WHERE f.orders > 0), 0)"
+            }
+        }
+    }
+
+    /// Whether `dimension` splits this measure into groups it has a value in: every measure takes the customer
+    /// dimensions; only event measures take the event ones, and of those only events and active customers are
+    /// split by event type (the others read given event types, so every other group would be empty).
+    pub fn takes(self, dimension: Dimension) -> bool {
+        match (self.grain(), dimension.source()) {
+            (_, Source::Customer) => true,
+            (Grain::Customer, Source::Event) => false,
+            (Grain::Event, Source::Event) => {
+                dimension != Dimension::EventType || matches!(self, Self::Events | Self::ActiveCustomers)
+            }
+        }
+    }
+}
+
+/// Where a dimension's value comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The customer `c`.
+    Customer,
+    /// The event `e`.
+    Event,
+}
+
+/// A dimension of the catalogue: what a breakdown or a series groups by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Country,
+    Segment,
+    AgeBand,
+    SpendBand,
+    Product,
+    Color,
+    EventType,
+    Day,
+    Week,
+    Month,
+    Quarter,
+}
+
+/// The age bands of the `age_band` dimension, in order; the last is for an unknown age.
+pub const AGE_BANDS: [&str; 7] = ["under 25", "25-34", "35-44", "45-54", "55-64", "65 or more", "unknown"];
+
+impl Dimension {
+    pub const ALL: [Dimension; 11] = [
+        Self::Country,
+        Self::Segment,
+        Self::AgeBand,
+        Self::SpendBand,
+        Self::Product,
+        Self::Color,
+        Self::EventType,
+        Self::Day,
+        Self::Week,
+        Self::Month,
+        Self::Quarter,
+    ];
+
+    /// The name a call uses (`age_band`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Country => "country",
+            Self::Segment => "segment",
+            Self::AgeBand => "age_band",
+            Self::SpendBand => "spend_band",
+            Self::Product => "product",
+            Self::Color => "color",
+            Self::EventType => "event_type",
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+            Self::Quarter => "quarter",
+        }
+    }
+
+    /// The dimension called `name`, if the catalogue has one.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|dimension| dimension.name() == name)
+    }
+
+    /// What its values are, in words.
+    pub fn definition(self) -> String {
+        match self {
+            Self::Country => "the customer's country (ISO code; unknown when not given)".to_owned(),
+            Self::Segment => "the customer's segment (VIP Loyalty, Churn Recovery, Standard Promo)".to_owned(),
+            Self::AgeBand => format!("the customer's age in bands: {}", AGE_BANDS.join(", ")),
+            Self::SpendBand => format!("the customer's total spent in bands: {}", SPEND_BANDS.join(", ")),
+            Self::Product => "the event's product (unknown when not given)".to_owned(),
+            Self::Color => "the event's colour (unknown when not given)".to_owned(),
+            Self::EventType => "the event's type: view, add_to_cart or purchase".to_owned(),
+            Self::Day => "the UTC day of the event (YYYY-MM-DD)".to_owned(),
+            Self::Week => "the ISO week of the event, Monday to Sunday, UTC (YYYY-Www)".to_owned(),
+            Self::Month => "the UTC month of the event (YYYY-MM)".to_owned(),
+            Self::Quarter => "the UTC quarter of the event (YYYY-Qn)".to_owned(),
+        }
+    }
+
+    pub fn source(self) -> Source {
+        match self {
+            Self::Country | Self::Segment | Self::AgeBand | Self::SpendBand => Source::Customer,
+            _ => Source::Event,
+        }
+    }
+
+    /// Whether it is a period of the event's time (a series).
+    pub fn is_time(self) -> bool {
+        matches!(self, Self::Day | Self::Week | Self::Month | Self::Quarter)
+    }
+
+    /// The SQL of the value groups are formed and ordered by: text, a band number or a day.
+    pub fn key_sql(self) -> String {
+        let period = |unit: &str| format!("date_trunc('{unit}', e.ts AT TIME ZONE 'UTC')::date");
+        match self {
+            Self::Country => "coalesce(c.country, 'unknown')".to_owned(),
+            Self::Segment => "coalesce(c.segment, 'unknown')".to_owned(),
+            Self::AgeBand => "CASE WHEN c.age IS NULL THEN 6 WHEN c.age < 25 THEN 0 WHEN c.age < 35 THEN 1 \
+                              WHEN c.age < 45 THEN 2 WHEN c.age < 55 THEN 3 WHEN c.age < 65 THEN 4 ELSE 5 END"
+                .to_owned(),
+            Self::SpendBand => spend_band_sql("c.total_spent"),
+            Self::Product => "coalesce(e.product, 'unknown')".to_owned(),
+            Self::Color => "coalesce(e.color, 'unknown')".to_owned(),
+            Self::EventType => "e.event_type".to_owned(),
+            Self::Day => "(e.ts AT TIME ZONE 'UTC')::date".to_owned(),
+            Self::Week => period("week"),
+            Self::Month => period("month"),
+            Self::Quarter => period("quarter"),
+        }
+    }
+
+    /// The SQL of the value shown for the group whose key is the column `key`.
+    pub fn label_sql(self, key: &str) -> String {
+        let bands = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|name| format!("'{name}'")).collect();
+            format!("(ARRAY[{}])[{key} + 1]", names.join(", "))
+        };
+        match self {
+            Self::AgeBand => bands(&AGE_BANDS),
+            Self::SpendBand => bands(&SPEND_BANDS),
+            Self::Day => format!("to_char({key}, 'YYYY-MM-DD')"),
+            Self::Week => format!("to_char({key}, 'IYYY-\"W\"IW')"),
+            Self::Month => format!("to_char({key}, 'YYYY-MM')"),
+            Self::Quarter => format!("to_char({key}, 'YYYY-\"Q\"Q')"),
+            Self::Country | Self::Segment | Self::Product | Self::Color | Self::EventType => key.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_read_back() {
+        for measure in Measure::ALL {
+            assert_eq!(Measure::named(measure.name()), Some(measure));
+            assert_eq!(serde_json::to_value(measure).unwrap(), measure.name(), "serde spells it as the catalogue");
+            assert!(!measure.definition().is_empty() && !measure.sql().is_empty());
+        }
+        for dimension in Dimension::ALL {
+            assert_eq!(Dimension::named(dimension.name()), Some(dimension));
+            assert_eq!(serde_json::to_value(dimension).unwrap(), dimension.name());
+        }
+        let measures: std::collections::HashSet<&str> = Measure::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(measures.len(), Measure::ALL.len());
+        // A measure and a dimension may both be named in `order_by`, so no name is both.
+        assert!(Dimension::ALL.iter().all(|d| !measures.contains(d.name())));
+    }
+
+    /// Each event measure reads only the per-customer facts `f`, each customer measure only the customer `c`.
+    #[test]
+    fn measures_read_their_grain_only() {
+        let facts: Vec<&str> = customer_event_facts().into_iter().map(|(name, _)| name).collect();
+        for measure in Measure::ALL {
+            let sql = measure.sql();
+            match measure.grain() {
+                Grain::Customer => assert!(!sql.contains("f.") && !sql.contains("e."), "{sql}"),
+                Grain::Event => {
+                    assert!(!sql.contains("c.") && !sql.contains("e."), "{sql}");
+                    for column in sql.split("f.").skip(1) {
+                        let name: String = column.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                        assert!(facts.contains(&name.as_str()), "{}: f.{name}", measure.name());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The README documents every measure and dimension with the catalogue's own words.
+    #[test]
+    fn the_readme_documents_every_measure_and_dimension() {
+        let readme = include_str!("../../../README.md");
+        for measure in Measure::ALL {
+            let line = format!("| `{}` | {} |", measure.name(), measure.definition());
+            assert!(readme.contains(&line), "the README lacks the line {line}");
+        }
+        for dimension in Dimension::ALL {
+            let line = format!("| `{}` | {} |", dimension.name(), dimension.definition());
+            assert!(readme.contains(&line), "the README lacks the line {line}");
+        }
+    }
+
+    #[test]
+    fn the_return_rule_comes_from_the_schema() {
+        let facts = customer_event_facts();
+        let sales = &facts.iter().find(|(name, _)| *name == "sales").unwrap().1;
+        assert!(sales.contains(&is_sale("e.quantity")), "{sales}");
+        let refunds = &facts.iter().find(|(name, _)| *name == "refunds").unwrap().1;
+        assert!(refunds.contains(&is_return("e.quantity")), "{refunds}");
+    }
+}
