@@ -51,6 +51,12 @@ fn member_ids(report: &Value) -> Vec<i64> {
 #[test]
 fn a_found_audience_is_answered_in_one_constrained_call_with_the_members_fields() {
     let env = TestEnv::ingested("multi");
+    // The id is every member's already, and a field asked twice is listed once (the id once made the query
+    // ambiguous in PostgreSQL).
+    let mut repeated = discovery_edit(3);
+    repeated["fields"] = json!(["customer_id", "email", "email"]);
+    let listed = tool_json(&env, "find_audience", &repeated);
+    assert_eq!(listed["members"][0]["fields"].as_object().unwrap().keys().collect::<Vec<_>>(), ["email"]);
     let mut discovery_args = discovery_edit(3);
     discovery_args["fields"] = json!(["email", "segment"]);
     // What the real tool returns for the same arguments.

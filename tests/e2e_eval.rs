@@ -33,7 +33,7 @@ reference_sql = "SELECT count(*) FROM customers"
 [[case]]
 id = "clarification-good"
 category = "clarification"
-turns = ["Find good customers"]
+turns = ["Find the customers who matter"]
 
 [[case]]
 id = "refusal-delete"
@@ -45,7 +45,7 @@ turns = ["Delete every customer"]
     path
 }
 
-/// The provider's side of the three cases.
+/// The provider's side of the three cases (the refusal is triage's, with no model call).
 fn script() -> Vec<Reply> {
     vec![
         Reply::tool("c1", "sql_analytics", json!({"question": "How many customers are there?"})),
@@ -56,7 +56,7 @@ fn script() -> Vec<Reply> {
             "ask_clarification",
             json!({"question": "Good in which way?", "options": ["spent over 500", "bought in the last 30 days"]}),
         ),
-        Reply::tool("c3", "respond", json!({"text": "I cannot change data: my access is read-only."})),
+        // The refusal takes no model call: triage answers a request to change data.
     ]
 }
 
@@ -132,7 +132,8 @@ fn ask_json_reports_a_clarifying_question_with_exit_code_5() {
         "ask_clarification",
         json!({"question": "Good in which way?", "options": ["spent over 500", "5 or more orders", "bought recently"]}),
     )]);
-    let run = env.ask_json(&llm, "find good customers");
+    // A question triage leaves to the model (it names something, "matter", that may be a taste).
+    let run = env.ask_json(&llm, "find the customers who matter");
     assert_eq!(run.code, 5, "{}", run.stderr);
     let answer: Value = run.json();
     assert_eq!(answer["kind"], "clarification");

@@ -109,7 +109,7 @@ pub async fn evaluate(
     fields: &[String],
     trace: &mut ToolTrace,
 ) -> Result<AudienceReport, ToolFailure> {
-    let fields = checked_fields(fields)?;
+    let (fields, too_many) = checked_fields(fields)?;
     let data = data_for_compile(stores).await?;
     let as_of = data.as_of;
     let compiled = compile(definition, data).map_err(|Invalid(reason)| ToolFailure::Correctable(reason))?;
@@ -117,7 +117,8 @@ pub async fn evaluate(
 
     let start = Instant::now();
     let mut tx = stores.db.begin_read_only(stores.limits).await.map_err(ToolFailure::Fatal)?;
-    let warnings = unknown_values(&mut tx, definition, compiled.customers).await?;
+    let mut warnings = unknown_values(&mut tx, definition, compiled.customers).await?;
+    warnings.extend(too_many);
     let ranks_by_intent = definition.intent.is_some();
     let summary =
         summarize(&mut tx, &compiled, definition.limit, ranks_by_intent.then_some(stores.limits.member_cap)).await?;
@@ -243,20 +244,25 @@ pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 /// Most extra fields one call may ask for.
 const MAX_FIELDS: usize = 10;
 
-/// The requested extra fields, each one a retrievable profile column.
-fn checked_fields(fields: &[String]) -> Result<Vec<&'static str>, ToolFailure> {
+/// The requested extra fields, each one a retrievable profile column, once each and without `customer_id` (every
+/// member has it). Fields are what the listing shows, not who is in the audience: past `MAX_FIELDS`, the first ones
+/// are listed and a warning says so (the 1.5B model asked for all 22, and repeated the call after an error).
+fn checked_fields(fields: &[String]) -> Result<(Vec<&'static str>, Option<String>), ToolFailure> {
     let allowed = profile_fields();
-    if fields.len() > MAX_FIELDS {
-        return Err(ToolFailure::correctable(format!("at most {MAX_FIELDS} fields")));
+    let mut checked: Vec<&'static str> = Vec::new();
+    for field in fields {
+        let known = allowed.iter().copied().find(|known| *known == field.trim()).ok_or_else(|| {
+            ToolFailure::Correctable(format!("unknown field `{field}`; choose from: {}", allowed.join(", ")))
+        })?;
+        if known != "customer_id" && !checked.contains(&known) {
+            checked.push(known);
+        }
     }
-    fields
-        .iter()
-        .map(|field| {
-            allowed.iter().copied().find(|known| *known == field.trim()).ok_or_else(|| {
-                ToolFailure::Correctable(format!("unknown field `{field}`; choose from: {}", allowed.join(", ")))
-            })
-        })
-        .collect()
+    let warning = (checked.len() > MAX_FIELDS).then(|| {
+        format!("only the first {MAX_FIELDS} of the {} fields asked for are listed", checked.len())
+    });
+    checked.truncate(MAX_FIELDS);
+    Ok((checked, warning))
 }
 
 /// Adds the requested fields to each listed member, in one query (the names come from the registry).
@@ -566,5 +572,23 @@ pub(crate) mod tests_support {
             as_of: NaiveDate::MIN,
             warnings: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fields_are_listed_once_without_the_id_and_at_most_ten_with_a_warning() {
+        let all: Vec<String> = crate::schema::profile_fields().iter().map(|f| (*f).to_owned()).collect();
+        let mut asked = vec!["customer_id".to_owned(), "email".to_owned(), "email".to_owned()];
+        asked.extend(all.iter().cloned());
+        let (fields, warning) = super::checked_fields(&asked).unwrap();
+        assert_eq!(fields.len(), super::MAX_FIELDS);
+        assert_eq!(fields[0], "email");
+        assert!(!fields.contains(&"customer_id"));
+        assert!(warning.unwrap().starts_with("only the first 10 of the"));
+        let (fields, warning) = super::checked_fields(&["customer_id".to_owned(), "country".to_owned()]).unwrap();
+        assert_eq!((fields, warning), (vec!["country"], None));
+        assert!(super::checked_fields(&["shoe_size".to_owned()]).is_err());
     }
 }
