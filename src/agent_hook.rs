@@ -326,7 +326,7 @@ fn uncovered(args: &Value, grounding: &Grounding) -> Vec<String> {
     if clauses.is_empty() && (grounding.event_types.is_empty() || !edit.remove.is_empty()) {
         return Vec::new();
     }
-    grounding.uncovered(&clauses)
+    grounding.uncovered(&clauses, edit.intent.as_deref())
 }
 
 /// The call's arguments without the clauses nothing in the question asks for (a small model adds `age = 25` or

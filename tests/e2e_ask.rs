@@ -737,7 +737,8 @@ fn stored_injections_in_customer_data_stay_quoted_data() {
         ),
         Reply::text("I will not change data."),
     ]);
-    let run = env.ask_json(&llm, "who is this customer?");
+    // A question with the customer's id: "who is this customer?" alone refers to no one, and triage would ask which.
+    let run = env.ask_json(&llm, &format!("who is customer {id}?"));
     assert_eq!(run.code, 0, "{}", run.stderr);
     let requests = llm.requests();
     let result = &tool_messages(&requests[1])[0];

@@ -951,11 +951,19 @@ impl Grounding {
     /// What the question names that no clause of `clauses` uses: a country, segment, product or colour grounding
     /// found, or an event its verbs name ("Jeans buyers, but leave out anyone in Germany" answered with the Germany
     /// clause alone). Empty for a refinement, whose call edits an audience that may already hold them.
-    pub fn uncovered(&self, clauses: &[Clause]) -> Vec<String> {
+    pub fn uncovered(&self, clauses: &[Clause], intent: Option<&str>) -> Vec<String> {
         if self.inherited {
             return Vec::new();
         }
         let mut used = DataValues::default();
+        // A taste may name products and colours ("who loves luxury watches" ranked by "luxury watches"); a country,
+        // a segment or an event is a condition, and needs its clause.
+        if let Some(intent) = intent {
+            let said: HashSet<String> = tokens(intent).into_iter().map(|t| t.key).collect();
+            let named = |value: &String| value.split('_').all(|part| said.contains(&key_of(part)));
+            used.products.extend(self.found.products.iter().filter(|v| named(v)).cloned());
+            used.colors.extend(self.found.colors.iter().filter(|v| named(v)).cloned());
+        }
         let mut events = Vec::new();
         for clause in clauses {
             match &clause.rule {
@@ -1420,19 +1428,21 @@ mod tests {
         let only_germany = clauses(serde_json::json!([
             {"id": "c1", "type": "profile", "field": "country", "op": "=", "value": "DE"}
         ]));
-        assert_eq!(grounding.uncovered(&only_germany), ["product watches", "event_type purchase"]);
+        assert_eq!(grounding.uncovered(&only_germany, None), ["product watches", "event_type purchase"]);
+        // A product in the intent is a taste; the purchase is still a condition.
+        assert_eq!(grounding.uncovered(&only_germany, Some("fine watches")), ["event_type purchase"]);
         let both = clauses(serde_json::json!([
             {"id": "c1", "type": "profile", "field": "country", "op": "=", "value": "DE"},
             {"id": "c2", "type": "event", "event_type": "purchase", "products": ["watches"]}
         ]));
-        assert!(grounding.uncovered(&both).is_empty());
+        assert!(grounding.uncovered(&both, None).is_empty());
         // An interest names the product as well as a purchase does.
         let grounding = ground("VIP Loyalty customers interested in watches");
         let interest = clauses(serde_json::json!([
             {"id": "c1", "type": "profile", "field": "segment", "op": "=", "value": "VIP Loyalty"},
             {"id": "c2", "type": "profile", "field": "interests", "op": "contains", "value": "watches"}
         ]));
-        assert!(grounding.uncovered(&interest).is_empty());
+        assert!(grounding.uncovered(&interest, None).is_empty());
     }
 
     #[test]
