@@ -279,21 +279,26 @@ fn conversation_refines_reports_cost_exports_and_quits() {
     assert!(second.contains(&format!("Audience: {narrowed} of 60 customers")), "{second}");
     assert!(repl.ask("/verbose").contains("verbose trace off"));
 
-    // The follow-up's request carries the first question and its answer, and the current audience, which the
-    // host holds: one call per question.
+    // The follow-up's one message carries the first question with the gist of its answer, and the current
+    // audience, which the host holds: one call per question, and no chat history (no assistant message in plain
+    // text for a small model to copy).
     let requests = llm.requests();
     assert_eq!(requests.len(), 2);
     let follow_up = &requests[1];
     let users: Vec<String> = messages_with_role(follow_up, "user").iter().map(content_text).collect();
-    assert_eq!(users.first().map(String::as_str), Some("who buys hiking gear?"), "{follow_up}");
+    assert_eq!(users.len(), 1, "{follow_up}");
     let last = users.last().unwrap();
+    assert!(
+        last.contains("\nEarlier in this conversation:\n- \"who buys hiking gear?\" -> ")
+            && last.contains(" of 60 customers: Customers who bought anything"),
+        "{last}"
+    );
     assert!(
         last.contains("\nCurrent audience: c1 include who bought anything; intent: outdoor hiking and camping gear\n"),
         "{last}"
     );
     assert!(last.ends_with("only those who spent \nmore than 50 on an item"), "{last}");
-    let assistant = messages_with_role(follow_up, "assistant");
-    assert!(content_text(&assistant[0]).contains(" of 60 customers: Customers who bought anything"), "{follow_up}");
+    assert!(messages_with_role(follow_up, "assistant").is_empty(), "{follow_up}");
 
     // The audience, its explanation, and undo.
     let audience = repl.ask("/audience");
