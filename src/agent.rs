@@ -239,7 +239,8 @@ impl Session {
         let definition = self.audience.current();
         let text = current_audience(&self.audience);
         let current = definition.as_ref().zip(text.as_deref()).map(|(definition, text)| Current { definition, text });
-        let prepared = prepare(&self.stores, &data, question, current, earlier.as_deref()).await.kind(FailureKind::Store)?;
+        let prepared =
+            prepare(&self.stores, &data, question, current, earlier.as_deref()).await.kind(FailureKind::Store)?;
         if let Some(answer) = self.answered_here(&asked, &prepared, &data, start).await {
             return Ok(Some(answer));
         }

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use audience_tools::audience::Edit;
 use audience_tools::audience::AudienceDefinition;
-use audience_tools::audience::refine::{self, FollowUp};
+use audience_tools::audience::Edit;
 use audience_tools::audience::definition::Clause;
+use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::clarify::Clarification;
 use audience_tools::failure::{is_fatal, model_visible};
 use audience_tools::grounding::{Grounding, Traced};
@@ -660,9 +660,9 @@ impl AgentHook for TraceHook {
                     // An id as the question writes it: a word with a digit ("42", "C-1042"), not a word that names
                     // a value ("Germany").
                     let id = id.as_str().map_or_else(|| id.to_string(), str::to_owned).to_lowercase();
-                    let mut numbered = id.split(|c: char| !c.is_alphanumeric()).filter(|part| {
-                        part.chars().any(|c| c.is_ascii_digit())
-                    });
+                    let mut numbered = id
+                        .split(|c: char| !c.is_alphanumeric())
+                        .filter(|part| part.chars().any(|c| c.is_ascii_digit()));
                     numbered.clone().next().is_some() && numbered.all(|part| grounding.0.says(part))
                 })
                 && !lock(&self.log).sent_back

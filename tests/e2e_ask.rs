@@ -224,10 +224,10 @@ fn hosted_providers_get_strict_tools_and_their_nulls_read_as_absent() {
             Reply::text("never requested"),
         ]);
         let mut command = env.command(&["ask", "--json", "customers from Germany"]);
-        command.env("AUDIENCE_PROVIDER", provider).env("AUDIENCE_BASE_URL", &llm.base_url).env(
-            if provider == "openai" { "OPENAI_API_KEY" } else { "OPENROUTER_API_KEY" },
-            "test",
-        );
+        command
+            .env("AUDIENCE_PROVIDER", provider)
+            .env("AUDIENCE_BASE_URL", &llm.base_url)
+            .env(if provider == "openai" { "OPENAI_API_KEY" } else { "OPENROUTER_API_KEY" }, "test");
         let run = Run::from(command.output().unwrap());
         assert_eq!(run.code, 0, "{provider}: {}", run.stderr);
         assert_eq!(run.json()["audience"]["definition"]["include"][0]["value"], "DE", "{provider}");

@@ -37,7 +37,6 @@ pub fn find(name: &str) -> Option<ToolInfo> {
     TOOLS.into_iter().find(|tool| tool.name == name)
 }
 
-
 impl ToolInfo {
     /// The description as sent: trimmed.
     pub fn text(&self) -> &'static str {

@@ -11,10 +11,10 @@
 //! BENCHMARKS.md 2026-12-07). A question that refines the conversation's audience is never clarified here: its
 //! words refer to that audience.
 
+use crate::audience::definition::ProfileField;
 use crate::clarify::Clarification;
 use crate::grounding::{Grounding, event_type_of, field_words};
 use crate::vocabulary::DataValues;
-use crate::audience::definition::ProfileField;
 
 /// What the program does with a question before the model sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,10 +80,39 @@ const PARTICULARS: &[&str] =
     &["email", "emails", "mail", "address", "addresses", "phone", "name", "names", "password", "birthday"];
 /// Words that make a request an edit of the audience, not of the data ("remove the Germany condition").
 const AUDIENCE_EDITS: &[&str] = &[
-    "audience", "audiences", "clause", "clauses", "condition", "conditions", "filter", "filters", "criteria",
-    "criterion", "ranking", "rank", "ranked", "intent", "rule", "rules", "search", "query", "selection", "instead",
-    "only", "exclude", "excluding", "keep", "same", "export", "save", "list", "window", "threshold", "minimum",
-    "maximum", "limit",
+    "audience",
+    "audiences",
+    "clause",
+    "clauses",
+    "condition",
+    "conditions",
+    "filter",
+    "filters",
+    "criteria",
+    "criterion",
+    "ranking",
+    "rank",
+    "ranked",
+    "intent",
+    "rule",
+    "rules",
+    "search",
+    "query",
+    "selection",
+    "instead",
+    "only",
+    "exclude",
+    "excluding",
+    "keep",
+    "same",
+    "export",
+    "save",
+    "list",
+    "window",
+    "threshold",
+    "minimum",
+    "maximum",
+    "limit",
 ];
 
 /// What a request to change stored data asks for, or `None` when the question does not ask to change any.
@@ -121,7 +150,8 @@ fn changes_data(words: &[String], has_current: bool) -> Option<String> {
         let has = |set: &[&str]| object.iter().any(|w| set.contains(&w.as_str()));
         // "customer 42", "a new customer": one stored record.
         let one_record = object.windows(2).any(|pair| {
-            (customers(&pair[0]) && pair[1].chars().all(|c| c.is_ascii_digit())) || (pair[0] == "new" && customers(&pair[1]))
+            (customers(&pair[0]) && pair[1].chars().all(|c| c.is_ascii_digit()))
+                || (pair[0] == "new" && customers(&pair[1]))
         });
         let writes = ALWAYS_WRITES.contains(&word)
             || (MUTATES.contains(&word)
@@ -146,27 +176,193 @@ fn changes_data(words: &[String], has_current: bool) -> Option<String> {
 
 /// Words that carry no criterion: requests, pronouns, the product's own nouns.
 const FILLER: &[&str] = &[
-    "a", "an", "the", "me", "my", "our", "us", "we", "i", "you", "your", "all", "some", "any", "of", "for", "to", "in",
-    "on", "at", "with", "from", "by", "please", "can", "could", "would", "should", "will", "shall", "do", "does", "is",
-    "are", "be", "want", "need", "find", "show", "get", "give", "list", "pull", "build", "make", "create", "fetch",
-    "identify", "select", "pick", "choose", "target", "targeting", "reach", "who", "whom", "which", "what", "whose",
-    "customers", "customer", "people", "users", "user", "clients", "client", "shoppers", "shopper", "folks", "persons",
-    "audience", "audiences", "group", "campaign", "campaigns", "ones", "one", "them", "those", "these", "this", "that",
-    "it", "there", "here", "now", "more", "most", "really", "very", "just", "also", "too", "and", "or", "so", "then",
-    "okay", "ok", "hey", "hi", "go", "let", "let's", "lets", "help", "i'm", "i'd", "looking", "start", "next",
-    "upcoming", "store", "shop", "how", "about", "should", "send", "email", "mail", "newsletter", "offer", "promotion",
-    "promo", "ad", "ads", "marketing", "run", "i'll", "we're", "im", "id", "got",
+    "a",
+    "an",
+    "the",
+    "me",
+    "my",
+    "our",
+    "us",
+    "we",
+    "i",
+    "you",
+    "your",
+    "all",
+    "some",
+    "any",
+    "of",
+    "for",
+    "to",
+    "in",
+    "on",
+    "at",
+    "with",
+    "from",
+    "by",
+    "please",
+    "can",
+    "could",
+    "would",
+    "should",
+    "will",
+    "shall",
+    "do",
+    "does",
+    "is",
+    "are",
+    "be",
+    "want",
+    "need",
+    "find",
+    "show",
+    "get",
+    "give",
+    "list",
+    "pull",
+    "build",
+    "make",
+    "create",
+    "fetch",
+    "identify",
+    "select",
+    "pick",
+    "choose",
+    "target",
+    "targeting",
+    "reach",
+    "who",
+    "whom",
+    "which",
+    "what",
+    "whose",
+    "customers",
+    "customer",
+    "people",
+    "users",
+    "user",
+    "clients",
+    "client",
+    "shoppers",
+    "shopper",
+    "folks",
+    "persons",
+    "audience",
+    "audiences",
+    "group",
+    "campaign",
+    "campaigns",
+    "ones",
+    "one",
+    "them",
+    "those",
+    "these",
+    "this",
+    "that",
+    "it",
+    "there",
+    "here",
+    "now",
+    "more",
+    "most",
+    "really",
+    "very",
+    "just",
+    "also",
+    "too",
+    "and",
+    "or",
+    "so",
+    "then",
+    "okay",
+    "ok",
+    "hey",
+    "hi",
+    "go",
+    "let",
+    "let's",
+    "lets",
+    "help",
+    "i'm",
+    "i'd",
+    "looking",
+    "start",
+    "next",
+    "upcoming",
+    "store",
+    "shop",
+    "how",
+    "about",
+    "should",
+    "send",
+    "email",
+    "mail",
+    "newsletter",
+    "offer",
+    "promotion",
+    "promo",
+    "ad",
+    "ads",
+    "marketing",
+    "run",
+    "i'll",
+    "we're",
+    "im",
+    "id",
+    "got",
 ];
 /// Words that ask for customers (small talk such as "what can you do?" has none, and goes to the model).
 const ASKS_FOR_CUSTOMERS: &[&str] = &[
-    "find", "show", "get", "give", "list", "pull", "build", "make", "fetch", "identify", "select", "pick", "choose",
-    "target", "targeting", "reach", "who", "whom", "customers", "customer", "people", "users", "clients", "shoppers",
-    "folks", "audience", "audiences", "group", "ones",
+    "find",
+    "show",
+    "get",
+    "give",
+    "list",
+    "pull",
+    "build",
+    "make",
+    "fetch",
+    "identify",
+    "select",
+    "pick",
+    "choose",
+    "target",
+    "targeting",
+    "reach",
+    "who",
+    "whom",
+    "customers",
+    "customer",
+    "people",
+    "users",
+    "clients",
+    "shoppers",
+    "folks",
+    "audience",
+    "audiences",
+    "group",
+    "ones",
 ];
 /// Words that praise without saying by what measure.
 const EVALUATIVE: &[&str] = &[
-    "good", "best", "better", "great", "top", "ideal", "right", "perfect", "nice", "strong", "key", "important",
-    "relevant", "interesting", "promising", "suitable", "cool", "awesome", "valuable",
+    "good",
+    "best",
+    "better",
+    "great",
+    "top",
+    "ideal",
+    "right",
+    "perfect",
+    "nice",
+    "strong",
+    "key",
+    "important",
+    "relevant",
+    "interesting",
+    "promising",
+    "suitable",
+    "cool",
+    "awesome",
+    "valuable",
 ];
 
 /// Whether the question names nothing an audience could be built on: no value of the data, no event, window,
@@ -188,7 +384,10 @@ fn names_no_criterion(words: &[String], grounding: &Grounding) -> bool {
     // Field words that also fill sentences ("over", "total", "last") name no field alone.
     let field_word = |w: &str| {
         ProfileField::ALL.iter().any(|field| field_words(*field).contains(&w))
-            && !matches!(w, "over" | "under" | "between" | "total" | "last" | "since" | "high" | "big" | "value" | "back")
+            && !matches!(
+                w,
+                "over" | "under" | "between" | "total" | "last" | "since" | "high" | "big" | "value" | "back"
+            )
     };
     !words.is_empty()
         && words.iter().all(|w| {
@@ -198,18 +397,79 @@ fn names_no_criterion(words: &[String], grounding: &Grounding) -> bool {
 }
 
 /// Words that point back at something said before.
-const REFERENCES: &[&str] =
-    &["discussed", "mentioned", "talked", "earlier", "previously", "previous", "before", "last", "time", "same", "like", "similar", "again"];
+const REFERENCES: &[&str] = &[
+    "discussed",
+    "mentioned",
+    "talked",
+    "earlier",
+    "previously",
+    "previous",
+    "before",
+    "last",
+    "time",
+    "same",
+    "like",
+    "similar",
+    "again",
+];
 /// Words of time and count, which say when but not what ("bought it recently").
 const TIMES: &[&str] = &[
-    "recently", "lately", "recent", "last", "past", "this", "week", "weeks", "month", "months", "day", "days", "year",
-    "years", "today", "yesterday", "ago", "twice", "once", "again", "times", "within", "during", "since", "not",
-    "never", "didn't", "but", "have", "has", "had", "did",
+    "recently",
+    "lately",
+    "recent",
+    "last",
+    "past",
+    "this",
+    "week",
+    "weeks",
+    "month",
+    "months",
+    "day",
+    "days",
+    "year",
+    "years",
+    "today",
+    "yesterday",
+    "ago",
+    "twice",
+    "once",
+    "again",
+    "times",
+    "within",
+    "during",
+    "since",
+    "not",
+    "never",
+    "didn't",
+    "but",
+    "have",
+    "has",
+    "had",
+    "did",
 ];
 /// Nouns that a demonstrative ("that country") makes a reference to something named before.
 const REFERENT_NOUNS: &[&str] = &[
-    "country", "countries", "product", "products", "item", "items", "segment", "colour", "color", "group", "audience",
-    "list", "campaign", "brand", "category", "city", "region", "ones", "people", "customers", "guys",
+    "country",
+    "countries",
+    "product",
+    "products",
+    "item",
+    "items",
+    "segment",
+    "colour",
+    "color",
+    "group",
+    "audience",
+    "list",
+    "campaign",
+    "brand",
+    "category",
+    "city",
+    "region",
+    "ones",
+    "people",
+    "customers",
+    "guys",
 ];
 
 /// A clarifying question for a reference to something the conversation has not named: "that country" with no
@@ -234,7 +494,11 @@ fn unresolved_reference(words: &[String], grounding: &Grounding, context: &Conte
                 return Some(choose("Which product do you mean?", &context.values.products, "customers who bought"));
             }
             "segment" | "group" if found.segments.is_empty() => {
-                return Some(choose("Which segment do you mean?", &context.values.segments, "customers in the segment"));
+                return Some(choose(
+                    "Which segment do you mean?",
+                    &context.values.segments,
+                    "customers in the segment",
+                ));
             }
             "colour" | "color" if found.colors.is_empty() => {
                 return Some(choose("Which colour do you mean?", &context.values.colors, "customers who like"));
@@ -260,8 +524,14 @@ fn unresolved_reference(words: &[String], grounding: &Grounding, context: &Conte
         return Some(choose("Which product do you mean?", &context.values.products, "customers who bought"));
     }
     // "Like the ones we discussed", "the same audience as before".
-    let looks_back = words.iter().any(|w| matches!(w.as_str(), "discussed" | "mentioned" | "talked" | "earlier" | "previously"))
-        || words.windows(2).any(|pair| matches!((pair[0].as_str(), pair[1].as_str()), ("like" | "similar", "them" | "those" | "these") | ("last", "time") | ("the", "ones")));
+    let looks_back =
+        words.iter().any(|w| matches!(w.as_str(), "discussed" | "mentioned" | "talked" | "earlier" | "previously"))
+            || words.windows(2).any(|pair| {
+                matches!(
+                    (pair[0].as_str(), pair[1].as_str()),
+                    ("like" | "similar", "them" | "those" | "these") | ("last", "time") | ("the", "ones")
+                )
+            });
     (looks_back && names_no_criterion(words, grounding)).then(|| no_audience_yet(context))
 }
 
@@ -322,9 +592,19 @@ mod tests {
 
     fn values() -> DataValues {
         DataValues {
-            products: ["socks", "t_shirts", "shoes", "watches", "jewelry", "running_gear", "yoga_wear", "bags", "scarves"]
-                .map(String::from)
-                .to_vec(),
+            products: [
+                "socks",
+                "t_shirts",
+                "shoes",
+                "watches",
+                "jewelry",
+                "running_gear",
+                "yoga_wear",
+                "bags",
+                "scarves",
+            ]
+            .map(String::from)
+            .to_vec(),
             colors: ["black", "gold", "navy", "red"].map(String::from).to_vec(),
             countries: ["PL", "GB", "US", "DE", "FR", "ES"].map(String::from).to_vec(),
             segments: ["VIP Loyalty", "Churn Recovery", "Standard Promo"].map(String::from).to_vec(),

@@ -22,9 +22,37 @@ const STARTS_OVER: &[&str] = &["forget", "scrap", "scratch", "fresh", "reset", "
 const FRESH_NOUNS: &[&str] = &["search", "audience", "list", "question", "query", "segment", "one", "group"];
 /// Words that make a question a follow-up of the current audience ("only those in Italy", "exclude churned").
 const FOLLOW_UP: &[&str] = &[
-    "only", "now", "those", "them", "these", "ones", "they", "their", "exclude", "excluding", "except", "also",
-    "keep", "same", "instead", "just", "remove", "drop", "add", "narrow", "widen", "restrict", "limit", "leave",
-    "too", "further", "swap", "switch", "change", "replace", "still",
+    "only",
+    "now",
+    "those",
+    "them",
+    "these",
+    "ones",
+    "they",
+    "their",
+    "exclude",
+    "excluding",
+    "except",
+    "also",
+    "keep",
+    "same",
+    "instead",
+    "just",
+    "remove",
+    "drop",
+    "add",
+    "narrow",
+    "widen",
+    "restrict",
+    "limit",
+    "leave",
+    "too",
+    "further",
+    "swap",
+    "switch",
+    "change",
+    "replace",
+    "still",
 ];
 /// Words that say a clause takes another's place ("same but for France instead", "swap Germany for Austria").
 const REPLACES: &[&str] = &["instead", "swap", "switch", "replace", "rather", "change", "changing", "substitute"];
@@ -142,7 +170,8 @@ mod tests {
 
     #[test]
     fn new_stands_only_when_the_question_starts_over_or_stands_alone() {
-        let mut args = json!({"new": true, "exclude": [{"type": "profile", "field": "churned", "op": "=", "value": true}]});
+        let mut args =
+            json!({"new": true, "exclude": [{"type": "profile", "field": "churned", "op": "=", "value": true}]});
         let settled = settle(&mut args, &current(), FollowUp::of(&words("exclude churned customers")));
         assert!(args.get("new").is_none(), "{args}");
         assert_eq!(settled.notes.len(), 1);

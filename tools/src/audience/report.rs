@@ -258,9 +258,8 @@ fn checked_fields(fields: &[String]) -> Result<(Vec<&'static str>, Option<String
             checked.push(known);
         }
     }
-    let warning = (checked.len() > MAX_FIELDS).then(|| {
-        format!("only the first {MAX_FIELDS} of the {} fields asked for are listed", checked.len())
-    });
+    let warning = (checked.len() > MAX_FIELDS)
+        .then(|| format!("only the first {MAX_FIELDS} of the {} fields asked for are listed", checked.len()));
     checked.truncate(MAX_FIELDS);
     Ok((checked, warning))
 }

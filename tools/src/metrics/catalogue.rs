@@ -187,7 +187,9 @@ impl Measure {
                 "churned buyers / buyers (churned: no purchase in the {CHURN_DAYS} days up to the data's last day)"
             ),
             Self::ViewToCart => "customers who viewed and added to the cart / customers who viewed".to_owned(),
-            Self::CartToPurchase => "customers who added to the cart and bought / customers who added to the cart".to_owned(),
+            Self::CartToPurchase => {
+                "customers who added to the cart and bought / customers who added to the cart".to_owned()
+            }
             Self::CartAbandonment => {
                 "customers who added to the cart and never bought / customers who added to the cart".to_owned()
             }
@@ -231,9 +233,7 @@ impl Measure {
             Self::Returns => "coalesce(sum(f.return_lines), 0)",
             Self::ReturnedItems => "coalesce(sum(f.returned_items), 0)",
             Self::AverageOrderValue => "coalesce(sum(f.sales), 0) / nullif(sum(f.orders), 0)",
-            Self::AverageSpendPerBuyer => {
-                "coalesce(sum(f.sales), 0) / nullif(count(*) FILTER (WHERE f.orders > 0), 0)"
-            }
+            Self::AverageSpendPerBuyer => "coalesce(sum(f.sales), 0) / nullif(count(*) FILTER (WHERE f.orders > 0), 0)",
             Self::ViewToCart => {
                 "count(*) FILTER (WHERE f.viewed AND f.carted)::numeric / nullif(count(*) FILTER (WHERE f.viewed), 0)"
             }

@@ -246,11 +246,14 @@ impl MetricsArgs {
                 return invalid(format!("the dimension {name} is named twice"));
             }
             if let Some(measure) = measures.iter().find(|measure| !measure.takes(dimension)) {
-                let takes: Vec<&str> =
-                    Dimension::ALL.iter().filter(|d| measure.takes(**d)).map(|d| d.name()).collect();
+                let takes: Vec<&str> = Dimension::ALL.iter().filter(|d| measure.takes(**d)).map(|d| d.name()).collect();
                 let why = match measure.grain() {
-                    Grain::Customer => format!("{} {}, and {name} belongs to events", measure.name(), measure.grain().words()),
-                    Grain::Event => format!("{} counts given event types only, so other types have no value", measure.name()),
+                    Grain::Customer => {
+                        format!("{} {}, and {name} belongs to events", measure.name(), measure.grain().words())
+                    }
+                    Grain::Event => {
+                        format!("{} counts given event types only, so other types have no value", measure.name())
+                    }
                 };
                 return invalid(format!(
                     "the dimension {name} does not apply to {}: {why}; {} takes {}",
@@ -265,7 +268,9 @@ impl MetricsArgs {
     }
 
     fn filters(&self) -> Result<AudienceDefinition, Invalid> {
-        for (clause, kind) in self.filters.iter().map(|c| (c, "filters")).chain(self.exclude.iter().map(|c| (c, "exclude"))) {
+        for (clause, kind) in
+            self.filters.iter().map(|c| (c, "filters")).chain(self.exclude.iter().map(|c| (c, "exclude")))
+        {
             if names_nothing(&clause.rule) {
                 return invalid(format!(
                     "an event clause in {kind} names no condition: give at least one of event_type, products, colors, \
@@ -443,8 +448,12 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
     let audience = audience_compile::compile(&query.filters, data)?;
     let customers = audience.customers;
     let filtered = query.filters.clauses().next().is_some();
-    let keys: Vec<String> =
-        query.dimensions.iter().enumerate().map(|(at, dimension)| format!("{} AS k{at}", dimension.key_sql())).collect();
+    let keys: Vec<String> = query
+        .dimensions
+        .iter()
+        .enumerate()
+        .map(|(at, dimension)| format!("{} AS k{at}", dimension.key_sql()))
+        .collect();
     let key_names: Vec<String> = (0..query.dimensions.len()).map(|at| format!("k{at}")).collect();
     let measures: Vec<String> =
         query.measures.iter().enumerate().map(|(at, measure)| format!("{} AS m{at}", measure.sql())).collect();
@@ -588,7 +597,10 @@ mod tests {
     #[test]
     fn bad_calls_get_one_precise_reason() {
         let unknown = refusal(json!({"measures": ["revenue"]}));
-        assert!(unknown.starts_with("unknown measure \"revenue\"; did you mean gross_revenue or net_revenue?"), "{unknown}");
+        assert!(
+            unknown.starts_with("unknown measure \"revenue\"; did you mean gross_revenue or net_revenue?"),
+            "{unknown}"
+        );
         assert!(unknown.contains("The measures are customers, buyers,"), "{unknown}");
         assert_eq!(
             refusal(json!({"measures": ["churn_rate"], "dimensions": ["product"]})),
@@ -601,10 +613,15 @@ mod tests {
              other types have no value; net_revenue takes country, segment, age_band, spend_band, product, color, \
              day, week, month or quarter"
         );
-        assert!(refusal(json!({"measures": ["orders"], "filters": [{"type": "event"}]}))
-            .starts_with("an event clause in filters names no condition"));
+        assert!(
+            refusal(json!({"measures": ["orders"], "filters": [{"type": "event"}]}))
+                .starts_with("an event clause in filters names no condition")
+        );
         assert!(refusal(json!({"measures": []})).starts_with("name at least one measure: customers, buyers"));
-        assert_eq!(refusal(json!({"measures": ["country"]})), "country is a dimension, not a measure: put it in dimensions");
+        assert_eq!(
+            refusal(json!({"measures": ["country"]})),
+            "country is a dimension, not a measure: put it in dimensions"
+        );
         assert_eq!(
             refusal(json!({"measures": ["customers", "orders"]})),
             "customers and orders cannot be measured in one call: customers describes customers as they are now, \
@@ -636,7 +653,11 @@ mod tests {
         let day = |text: &str| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok();
         assert_eq!(compiled.period, Some(Period { first: day("2025-06-01"), last: DATA.as_of }));
         assert_eq!(compiled.previous, Some(Period { first: day("2025-05-02"), last: day("2025-05-31").unwrap() }));
-        assert!(compiled.sql.contains("AS net_revenue, coalesce(prev.m0, 0)::float8 AS net_revenue_previous"), "{}", compiled.sql);
+        assert!(
+            compiled.sql.contains("AS net_revenue, coalesce(prev.m0, 0)::float8 AS net_revenue_previous"),
+            "{}",
+            compiled.sql
+        );
         assert!(
             compiled.sql.contains(
                 "WHERE e.ts >= TIMESTAMPTZ '2025-05-02 00:00:00+00' AND e.ts < TIMESTAMPTZ '2025-07-01 00:00:00+00'"
@@ -668,9 +689,6 @@ mod tests {
         let membership = audience_compile::compile(&query.filters, DATA).unwrap().membership;
         let sql = compile(&query, DATA).unwrap().sql;
         assert!(sql.contains(&format!("WHERE c.customer_id IN ({membership})")), "{sql}");
-        assert_eq!(
-            filter_words(&query.filters).unwrap(),
-            "customers from PL, excluding churned customers"
-        );
+        assert_eq!(filter_words(&query.filters).unwrap(), "customers from PL, excluding churned customers");
     }
 }

@@ -9,8 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::catalogue::{Dimension, Measure, Unit};
 use super::query::{
-    CompiledMetrics, MAX_DIMENSIONS, MAX_LIMIT, MAX_MEASURES, MetricsArgs, MetricsQuery, Period, compile,
-    filter_words,
+    CompiledMetrics, MAX_DIMENSIONS, MAX_LIMIT, MAX_MEASURES, MetricsArgs, MetricsQuery, Period, compile, filter_words,
 };
 use crate::audience::definition::Invalid;
 use crate::audience::report::data_for_compile;
@@ -175,7 +174,8 @@ impl TracedTool for Metrics {
         }
         let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
         let rows = report.rows.iter().map(|row| {
-            let mut cells: Vec<String> = row.dimensions.iter().map(|d| observe::cell(&Value::String(d.clone()))).collect();
+            let mut cells: Vec<String> =
+                row.dimensions.iter().map(|d| observe::cell(&Value::String(d.clone()))).collect();
             for (at, value) in row.values.iter().enumerate() {
                 cells.push(number(*value));
                 if let Some(previous) = &row.previous {
