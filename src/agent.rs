@@ -37,6 +37,7 @@ use crate::exit::{Failure, FailureExt, FailureKind};
 use crate::ledger::{Ledger, UsageRecord, UsageTotals};
 use crate::local_llm::{self, LocalServer};
 use crate::provider::{ChatModel, ProviderConfig, ProviderKind, Settings};
+use crate::render::one_line;
 
 /// Model calls allowed per question, the first included (`AUDIENCE_MAX_TURNS`). A typical question takes one
 /// (the call, whose result the program renders), two with a repair; an analytics question three (the call, its
@@ -453,7 +454,7 @@ impl Session {
 
     fn remember(&mut self, question: String, answer: &str) {
         let answer = answer.lines().find(|line| !line.trim().is_empty()).unwrap_or_default();
-        self.earlier.push(Exchange { question, answer: shortened(answer, EARLIER_ANSWER_CHARS) });
+        self.earlier.push(Exchange { question, answer: one_line(answer, EARLIER_ANSWER_CHARS) });
         if self.earlier.len() > HISTORY_QUESTIONS {
             self.earlier.remove(0);
         }
@@ -508,7 +509,7 @@ impl Session {
     fn run_error(&self, error: PromptError, run: &RunLog) -> anyhow::Error {
         if let Some(fatal) = &run.fatal {
             let kind = if run.fatal_in_provider { FailureKind::Provider } else { FailureKind::Store };
-            return tagged(kind, one_line(&(self.redact)(fatal)));
+            return tagged(kind, error_line(&(self.redact)(fatal)));
         }
         let message = match &error {
             PromptError::MaxTurns { max_turns, .. } => format!(
@@ -527,7 +528,7 @@ impl Session {
                 )
             }
             other => {
-                let detail = one_line(&(self.redact)(&error_chain(other)));
+                let detail = error_line(&(self.redact)(&error_chain(other)));
                 // A request that got no reply at all: say where we tried to go.
                 let hint = if detail.contains("error sending request") || detail.contains("timed out") {
                     "; is the provider reachable (AUDIENCE_BASE_URL, network, AUDIENCE_TIMEOUT_SECS)?"
@@ -561,17 +562,8 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Collapses whitespace (provider bodies are multi-line JSON) and caps the length.
-fn one_line(text: &str) -> String {
-    shortened(text, 400)
-}
-
-/// `text` on one line, cut to `max` characters.
-fn shortened(text: &str, max: usize) -> String {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text,
-    }
+fn error_line(text: &str) -> String {
+    one_line(text, 400)
 }
 
 /// One earlier question and the gist of its answer.
@@ -1118,8 +1110,8 @@ mod tests {
 
     #[test]
     fn provider_errors_become_one_short_line() {
-        let text = one_line("HttpError:\n  {\n \"error\": \"down\"\n}");
+        let text = error_line("HttpError:\n  {\n \"error\": \"down\"\n}");
         assert_eq!(text, "HttpError: { \"error\": \"down\" }");
-        assert!(one_line(&"x ".repeat(1000)).chars().count() <= 401);
+        assert!(error_line(&"x ".repeat(1000)).chars().count() <= 401);
     }
 }

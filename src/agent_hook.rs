@@ -30,6 +30,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
+use crate::render::one_line;
 
 /// Failed tool calls one question may make: the first gets one repair turn with the exact error, the second ends
 /// the question with a clear error instead of the same call again.
@@ -368,13 +369,6 @@ fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (
     (args, dropped)
 }
 
-fn truncate(text: &str, max: usize) -> String {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text,
-    }
-}
 
 /// A short, human-readable summary of a tool's JSON output.
 pub fn summarize_output(output: &Value) -> String {
@@ -395,12 +389,12 @@ pub fn summarize_output(output: &Value) -> String {
         let truncated =
             if output.get("truncated").and_then(Value::as_bool) == Some(true) { " (truncated)" } else { "" };
         let first = output["rows"].get(0).map(|row| format!("; first: {row}")).unwrap_or_default();
-        return truncate(&format!("{total} rows{truncated}{first}"), OBSERVATION_CHARS);
+        return one_line(&format!("{total} rows{truncated}{first}"), OBSERVATION_CHARS);
     }
     if let Some(records) = count("records") {
         return format!("{records} customer records");
     }
-    truncate(&output.to_string(), OBSERVATION_CHARS)
+    one_line(&output.to_string(), OBSERVATION_CHARS)
 }
 
 impl TraceHook {
@@ -442,7 +436,7 @@ impl TraceHook {
             }
         });
         let observation = match (&error, &output) {
-            (Some((message, _)), _) => format!("error: {}", truncate(message, OBSERVATION_CHARS)),
+            (Some((message, _)), _) => format!("error: {}", one_line(message, OBSERVATION_CHARS)),
             (None, Some(output)) => summarize_output(output),
             (None, None) => "skipped".to_owned(),
         };
@@ -525,7 +519,7 @@ impl TraceHook {
         {
             let reason = format!(
                 "the model sent unusable arguments again after one repair ({tool}: {})",
-                truncate(message, OBSERVATION_CHARS)
+                one_line(message, OBSERVATION_CHARS)
             );
             log.fatal = Some(reason.clone());
             log.fatal_in_provider = true;

@@ -6,6 +6,15 @@ use audience_tools::audience::AudienceReport;
 use audience_tools::audience::report::{Member, Share};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
+/// `text` on one line, cut to `max` characters: a tool's output or an answer where only its gist is shown.
+pub fn one_line(text: &str, max: usize) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
 /// Members named in a rendered answer; the whole list is printed below it (and in `--json`).
 const NAMED_MEMBERS: usize = 3;
 

@@ -772,3 +772,119 @@ async fn ingests_and_concurrent_readers_never_deadlock() -> Result<()> {
     assert_eq!(ingests, 10, "10 ingests did not finish in 60 s");
     env.drop_schema().await
 }
+
+/// The reported case: during ingests, an intent-ranked audience counted one version while its members, names and
+/// "why" lines came from the other (8 of 25 runs), and one listed id did not exist in the counted version.
+/// Two versions alternate here: `A` (the fixture: 4 buyers) and `B` (every first name ends in "Bis", and a fifth
+/// buyer). Every answer must be wholly one of them, and name the one it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_during_ingests_comes_from_one_data_version_and_names_it() -> Result<()> {
+    use audience_tools::audience::report::evaluate;
+    use audience_tools::audience::{AudienceReport, Edit};
+    use audience_tools::stores::Stores;
+    use audience_tools::trace::ToolTrace;
+
+    let env = Env::new().await?;
+    let a = (fixture("small_customers.csv"), fixture("small_events.csv"));
+    let b = env.variant("b", |c, e| {
+        let mut customers: String = c
+            .lines()
+            .enumerate()
+            .map(|(line, row)| {
+                let mut fields: Vec<String> = row.split(',').map(str::to_owned).collect();
+                if line > 0 {
+                    fields[1].push_str("Bis");
+                }
+                fields.join(",") + "\n"
+            })
+            .collect();
+        customers.push_str("6,EveBis,Lind,eve.lind6@example.com,SE,29,green,2023-05-05\n");
+        (customers, format!("{e}20,6,purchase,bags,green,80.00,1,2024-06-30T10:00:00Z\n"))
+    })?;
+    let expected_size = |label: char| if label == 'A' { 4 } else { 5 };
+
+    // Which version holds which files: recorded after each ingest (ingests run one at a time).
+    let versions: Arc<std::sync::Mutex<HashMap<i64, char>>> = Arc::default();
+    let current_version = || async {
+        anyhow::Ok(sqlx::query_scalar::<_, i64>("SELECT version FROM dataset").fetch_one(&env.db.pool).await?)
+    };
+    env.ingest(&a.0, &a.1, None).await?;
+    versions.lock().unwrap().insert(current_version().await?, 'A');
+
+    let definition = serde_json::from_value::<Edit>(serde_json::json!({
+        "include": [{"type": "event", "event_type": "purchase"}],
+        "intent": "luxury watches and jewellery",
+        "limit": 50
+    }))?
+    .apply(None)
+    .map_err(|invalid| anyhow::anyhow!(invalid.0))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let stores =
+                Stores::new(env.db.clone(), env.store.reader(), EMBEDDER.clone(), ReadLimits::default());
+            let (definition, stop) = (definition.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reports: Vec<AudienceReport> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut trace = ToolTrace::new("find_audience");
+                    reports.push(evaluate(&stores, &definition, &[], &mut trace).await?);
+                }
+                anyhow::Ok(reports)
+            })
+        })
+        .collect();
+
+    for ingest in 0..10 {
+        let (label, (customers, events)) = if ingest % 2 == 0 { ('B', &b) } else { ('A', &a) };
+        env.ingest(customers, events, None).await?;
+        versions.lock().unwrap().insert(current_version().await?, label);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let versions = versions.lock().unwrap().clone();
+    let mut answers = 0;
+    for reader in readers {
+        for report in reader.await?? {
+            let version = report.data_version.expect("the answer names its data version");
+            let label = versions[&version];
+            let names: Vec<&str> = report.members.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(report.size, expected_size(label), "version {version} ({label}): size, members {names:?}");
+            assert_eq!(report.members.len() as u64, report.size, "version {version} ({label}): {names:?}");
+            assert!(
+                names.iter().all(|name| name.contains("Bis") == (label == 'B')),
+                "version {version} ({label}) lists {names:?}"
+            );
+            answers += 1;
+        }
+    }
+    assert!(answers > 0, "no reader finished an answer");
+    env.drop_schema().await
+}
+
+/// The reported case: a log with no product column gives every customer the text "No shopping interests yet.", so
+/// an intent scored every member alike while the answer still said `ranked_by: "intent"`. The answer says why it
+/// cannot rank by the intent, and ranks by spend.
+#[tokio::test]
+async fn an_intent_over_identical_profile_texts_ranks_by_spend_and_says_why() -> Result<()> {
+    use audience_tools::audience::Edit;
+    use audience_tools::audience::report::evaluate;
+    use audience_tools::stores::Stores;
+    use audience_tools::trace::ToolTrace;
+
+    let env = Env::new().await?;
+    env.ingest_mapped(&fixture("purchase_log.txt"), "purchase_log.toml").await?;
+    let stores = Stores::new(env.db.clone(), env.store.reader(), EMBEDDER.clone(), ReadLimits::default());
+    let definition = serde_json::from_value::<Edit>(serde_json::json!({"intent": "luxury watches", "limit": 5}))?
+        .apply(None)
+        .map_err(|invalid| anyhow::anyhow!(invalid.0))?;
+    let report = evaluate(&stores, &definition, &[], &mut ToolTrace::new("find_audience")).await?;
+    assert_eq!(report.ranked_by, "total_spent");
+    assert!(report.warnings.iter().any(|w| w.contains("the intent cannot rank them")), "{:?}", report.warnings);
+    let spend: Vec<String> =
+        sqlx::query_scalar("SELECT external_id FROM profiles ORDER BY total_spent DESC, customer_id LIMIT 5")
+            .fetch_all(&env.db.pool)
+            .await?;
+    let listed: Vec<&str> = report.members.iter().map(|m| m.external_id.as_str()).collect();
+    assert_eq!(listed, spend);
+    env.drop_schema().await
+}

@@ -58,12 +58,7 @@ impl Dataset {
 
     /// The row, or `None` when the schema has none yet (never ingested, or ingested by an older release).
     pub async fn read(db: &Db) -> Result<Option<Self>> {
-        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-            .bind(format!("{}.dataset", db.schema))
-            .fetch_one(&db.pool)
-            .await
-            .context("cannot look up the dataset table")?;
-        if exists.is_none() {
+        if !Self::table_exists(db).await? {
             return Ok(None);
         }
         // A schema last prepared by an older release has no derived_version column; read through the row's JSON,
@@ -82,6 +77,27 @@ impl Dataset {
             as_of,
             derived_tables_current: derived_version == Some(version),
         }))
+    }
+
+    /// The version alone, in one statement (`None` for a schema without the row): what a read compares before and
+    /// after it to know that it saw one version (`stores::OneVersion`).
+    pub async fn version(db: &Db) -> Result<Option<i64>> {
+        if !Self::table_exists(db).await? {
+            return Ok(None);
+        }
+        sqlx::query_scalar("SELECT version FROM dataset WHERE id = 1")
+            .fetch_optional(&db.pool)
+            .await
+            .context("cannot read the dataset version")
+    }
+
+    async fn table_exists(db: &Db) -> Result<bool> {
+        let table: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(format!("{}.dataset", db.schema))
+            .fetch_one(&db.pool)
+            .await
+            .context("cannot look up the dataset table")?;
+        Ok(table.is_some())
     }
 
     /// The profile count of the live `profiles` table, for schemas without a dataset row.

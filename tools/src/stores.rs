@@ -17,6 +17,11 @@ use crate::vector::{CurrentIndex, VectorReader, VectorSearch};
 /// publishes its index version, a few milliseconds apart, and a question may fall in between.
 const PUBLISH_GRACE: Duration = Duration::from_secs(3);
 
+/// Times a read that spans several statements and the vector index is started again when an ingest commits during
+/// it, before it is refused: each attempt takes milliseconds, and ingests take seconds, so a second attempt almost
+/// always sees one version throughout.
+const READ_ATTEMPTS: u32 = 3;
+
 /// Shared handles for the agent tools. Cheap to clone; clones share the connection pools, the index reader,
 /// the loaded model and the cached schema grounding.
 #[derive(Clone)]
@@ -42,6 +47,11 @@ impl Stores {
     /// Where the vector index is, for messages.
     pub fn describe_vectors(&self) -> String {
         self.vectors.describe()
+    }
+
+    /// Starts a read that must see one data version in PostgreSQL and the vector index: see [`OneVersion`].
+    pub fn one_version(&self) -> OneVersion<'_> {
+        OneVersion { stores: self, attempts: 0 }
     }
 
     /// The vector index as it is now, checked against PostgreSQL: it must hold exactly the profiles PostgreSQL
@@ -109,4 +119,49 @@ enum Freshness {
     Publishing,
     /// What is wrong, completing "the vector index in DIR ...".
     Stale(String),
+}
+
+/// A read of several statements and the vector index at one data version.
+///
+/// Each statement of a read sees the data committed when it starts, and the vector index is checked against the
+/// version PostgreSQL holds when it is opened; an ingest that commits between two of them would mix two versions
+/// (a size from one, members and their facts from the other). The version only grows, one step per ingest, so a read
+/// that finds the same version before and after saw that version throughout. Otherwise it is read again, and after
+/// [`READ_ATTEMPTS`] refused with a reason.
+///
+/// ```ignore
+/// let mut reading = stores.one_version();
+/// let report = loop {
+///     let version = reading.start().await?;
+///     let report = read(stores).await?;
+///     if reading.unchanged(version).await? { break report; }
+/// };
+/// ```
+pub struct OneVersion<'a> {
+    stores: &'a Stores,
+    attempts: u32,
+}
+
+impl OneVersion<'_> {
+    /// The data version an attempt starts at (`None` for a schema ingested before versions were recorded).
+    pub async fn start(&mut self) -> Result<Option<i64>, ToolFailure> {
+        self.attempts += 1;
+        Dataset::version(&self.stores.db).await.map_err(ToolFailure::Fatal)
+    }
+
+    /// Whether the data is still at `version`; an error when it changed on every attempt.
+    pub async fn unchanged(&self, version: Option<i64>) -> Result<bool, ToolFailure> {
+        let now = Dataset::version(&self.stores.db).await.map_err(ToolFailure::Fatal)?;
+        if now == version {
+            return Ok(true);
+        }
+        if self.attempts >= READ_ATTEMPTS {
+            return Err(ToolFailure::Fatal(anyhow!(
+                "the data changed during each of {READ_ATTEMPTS} attempts to read it (ingests are running); \
+                 try again when they have finished"
+            )));
+        }
+        tracing::debug!(from = ?version, to = ?now, "an ingest committed during the read; reading again");
+        Ok(false)
+    }
 }

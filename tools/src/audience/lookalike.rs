@@ -76,6 +76,9 @@ pub struct LookalikeReport {
     /// The lookalikes, most similar first, each with its score (cosine to the seed's centroid).
     pub members: Vec<Member>,
     pub spread: ScoreSpread,
+    /// The ingest the seed, the candidates and the members come from (`dataset.version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_version: Option<i64>,
 }
 
 /// Where similarity falls off.
@@ -88,8 +91,25 @@ pub struct ScoreSpread {
     pub seed_median: f64,
 }
 
-/// Finds the lookalikes `args` asks for; `session` supplies the seed when no audience or ids are given.
+/// Finds the lookalikes `args` asks for; `session` supplies the seed when no audience or ids are given. The seed,
+/// the candidates, the vectors and the members' facts all come from one data version, which the report names.
 pub async fn find_lookalikes(
+    stores: &Stores,
+    session: &AudienceSession,
+    args: &LookalikeArgs,
+    trace: &mut ToolTrace,
+) -> Result<LookalikeReport, ToolFailure> {
+    let mut reading = stores.one_version();
+    loop {
+        let version = reading.start().await?;
+        let report = find_lookalikes_once(stores, session, args, trace).await?;
+        if reading.unchanged(version).await? {
+            return Ok(LookalikeReport { data_version: version, ..report });
+        }
+    }
+}
+
+async fn find_lookalikes_once(
     stores: &Stores,
     session: &AudienceSession,
     args: &LookalikeArgs,
@@ -193,6 +213,7 @@ pub async fn find_lookalikes(
         candidates: candidate_count,
         members,
         spread: ScoreSpread { at_rank, seed_median: round4(spread_of_seed) },
+        data_version: None,
     })
 }
 

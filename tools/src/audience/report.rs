@@ -44,6 +44,10 @@ pub struct AudienceReport {
     pub members: Vec<Member>,
     /// The day the data was computed for; relative days count back from it.
     pub as_of: NaiveDate,
+    /// The ingest every figure and member comes from (`dataset.version`; absent for data ingested before versions
+    /// were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_version: Option<i64>,
     /// Values a clause names that the data does not have (a country code no customer has, a product no event
     /// names): such a clause matches nobody, which is rarely what was meant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -102,8 +106,25 @@ pub struct Member {
 }
 
 /// Evaluates `definition`, recording the membership SQL, timings and embedding tokens in `trace`. The listed members
-/// carry the profile `fields` asked for besides their usual ones.
+/// carry the profile `fields` asked for besides their usual ones. Size, funnel, breakdown, ranking and members all
+/// come from one data version, which the report names.
 pub async fn evaluate(
+    stores: &Stores,
+    definition: &AudienceDefinition,
+    fields: &[String],
+    trace: &mut ToolTrace,
+) -> Result<AudienceReport, ToolFailure> {
+    let mut reading = stores.one_version();
+    loop {
+        let version = reading.start().await?;
+        let report = evaluate_once(stores, definition, fields, trace).await?;
+        if reading.unchanged(version).await? {
+            return Ok(AudienceReport { data_version: version, ..report });
+        }
+    }
+}
+
+async fn evaluate_once(
     stores: &Stores,
     definition: &AudienceDefinition,
     fields: &[String],
@@ -126,14 +147,21 @@ pub async fn evaluate(
     let size = summary.size;
     trace.audience_size = Some(size);
 
+    let cap = stores.limits.member_cap;
+    if summary.member_ids.as_ref().is_some_and(|ids| ids.len() > cap) {
+        return Err(ToolFailure::correctable(format!(
+            "the audience has more than {cap} members, too many to rank; add a clause"
+        )));
+    }
+    let same_texts = match &summary.member_ids {
+        Some(ids) if size > 1 => !texts_differ(&mut tx, ids).await?,
+        _ => false,
+    };
+    if same_texts {
+        warnings.push(SAME_TEXTS.to_owned());
+    }
     let (ranked, ranked_by) = match (&definition.intent, summary.member_ids) {
-        (Some(intent), Some(ids)) if size > 0 => {
-            let cap = stores.limits.member_cap;
-            if ids.len() > cap {
-                return Err(ToolFailure::correctable(format!(
-                    "the audience has more than {cap} members, too many to rank; add a clause"
-                )));
-            }
+        (Some(intent), Some(ids)) if size > 0 && !same_texts => {
             tx.rollback().await?;
             // Customer ids are positive by construction; a negative one could not be a vector point id anyway.
             let ids = ids.into_iter().filter_map(|id| u64::try_from(id).ok()).collect();
@@ -173,8 +201,27 @@ pub async fn evaluate(
         ranked_by: ranked_by.to_owned(),
         members,
         as_of,
+        data_version: None,
         warnings,
     })
+}
+
+/// The warning when an intent cannot rank: its similarity is the same for every member.
+const SAME_TEXTS: &str = "every member's profile text is the same (the data names no products or colours for them), \
+                          so the intent cannot rank them: ranked by total spent instead";
+
+/// Whether the members' profile texts are not all the same. It stops at the first text that differs from the first
+/// member's, so it reads one row or two in the usual case and every member only when they all match (as when the
+/// mapping names no product column and every text says "No shopping interests yet.").
+async fn texts_differ(tx: &mut Tx, ids: &[i64]) -> Result<bool, ToolFailure> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM profiles WHERE customer_id = ANY($1) \
+         AND text_hash <> (SELECT text_hash FROM profiles WHERE customer_id = $2))",
+    )
+    .bind(ids)
+    .bind(ids.first().copied().unwrap_or_default())
+    .fetch_one(&mut **tx)
+    .await?)
 }
 
 /// Warnings for the countries, segments and products the definition names that no customer or event has, with the
@@ -569,6 +616,7 @@ pub(crate) mod tests_support {
             ranked_by: "total_spent".to_owned(),
             members: Vec::new(),
             as_of: NaiveDate::MIN,
+            data_version: None,
             warnings: Vec::new(),
         }
     }

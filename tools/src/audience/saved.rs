@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::definition::AudienceDefinition;
+use super::definition::{AudienceDefinition, shorten};
 use super::export::{Members, member_external_ids};
 use super::report::{AudienceReport, Breakdown};
 use crate::dataset::Dataset;
@@ -24,13 +24,14 @@ pub const MAX_NAME_CHARS: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum SavedError {
     #[error(
-        "invalid audience name {0:?}: use 1 to {MAX_NAME_CHARS} letters, digits, '-' or '_', starting with a \
-         letter or digit"
+        "invalid audience name {}: use 1 to {MAX_NAME_CHARS} letters, digits, '-' or '_', starting with a \
+         letter or digit",
+        shorten(.0)
     )]
     BadName(String),
-    #[error("an audience named {0:?} is already saved: pass --replace to save over it")]
+    #[error("an audience named {} is already saved: pass --replace to save over it", shorten(.0))]
     Exists(String),
-    #[error("no saved audience is named {0:?}; `audience list` shows the saved ones")]
+    #[error("no saved audience is named {}; `audience list` shows the saved ones", shorten(.0))]
     NotFound(String),
     #[error(transparent)]
     Store(#[from] anyhow::Error),
