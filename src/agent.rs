@@ -36,7 +36,7 @@ use crate::confidence::{self, Confidence, Evidence};
 use crate::exit::{Failure, FailureExt, FailureKind};
 use crate::ledger::{Ledger, UsageRecord, UsageTotals};
 use crate::local_llm::{self, LocalServer};
-use crate::provider::{ChatModel, ProviderConfig, ProviderKind, Settings};
+use crate::provider::{ChatModel, ProviderConfig, ProviderKind, ReportedUsage, Settings};
 use crate::render::one_line;
 
 /// Model calls allowed per question, the first included (`AUDIENCE_MAX_TURNS`). A typical question takes one
@@ -130,6 +130,8 @@ pub struct Session {
     /// The model every question's agent is built on: the agent is built per question, because the tool schemas
     /// carry the values grounded for it.
     model: ChatModel,
+    /// What the provider reported for each agent call, read off the transport (none for a model built in-process).
+    reported: ReportedUsage,
     /// The data's values, their embeddings and the example library, read on the first question.
     data: Arc<OnceCell<Arc<Vocabulary>>>,
     /// Whether the provider constrains tool calls to their schema (the local llama-server).
@@ -172,12 +174,13 @@ impl Session {
             ),
             _ => None,
         };
-        let model = config.provider.chat_model()?;
+        let (model, reported) = config.provider.agent_model()?;
         let ledger = Ledger::open(&config.data_dir)?;
         let label =
             ModelLabel { provider: config.provider.kind.name().to_owned(), model: config.provider.model.clone() };
         let provider = config.provider.clone();
         let mut session = Self::with_model(model, label, &config, stores, ledger, verbose);
+        session.reported = reported;
         session.constrained = config.provider.constrains_calls();
         session.request_params = config.provider.kind.request_params();
         session.redact = Arc::new(move |text: &str| provider.redact(text));
@@ -197,6 +200,7 @@ impl Session {
         let saved = SavedAudiences::new(&stores.db).ok();
         Self {
             model,
+            reported: ReportedUsage::default(),
             data: Arc::new(OnceCell::new()),
             constrained: false,
             request_params: None,
@@ -272,6 +276,8 @@ impl Session {
             .grounded(grounding)
             .editing(definition.clone())
             .constrained(self.constrained);
+        // Counts left from an earlier question (or this question's model-free steps) are not this run's.
+        self.reported.take();
         let run_future = agent
             .prompt(prompt)
             .max_turns(self.max_turns)
@@ -294,7 +300,11 @@ impl Session {
                 let reported: Vec<_> = response.completion_calls.iter().map(|call| call.usage).collect();
                 run.reconcile(&reported);
             }
-            _ => run.record_unanswered_call(),
+            _ => {
+                run.record_unanswered_call();
+                // rig's error carries no usage: the transport's record of what the provider counted does.
+                run.reconcile(&self.reported.take());
+            }
         }
         let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let usage = UsageRecord::new(
@@ -530,7 +540,7 @@ impl Session {
             other => {
                 let detail = error_line(&(self.redact)(&error_chain(other)));
                 // A request that got no reply at all: say where we tried to go.
-                let hint = if detail.contains("error sending request") || detail.contains("timed out") {
+                let hint = if detail.contains("error sending request") {
                     "; is the provider reachable (AUDIENCE_BASE_URL, network, AUDIENCE_TIMEOUT_SECS)?"
                 } else {
                     ""

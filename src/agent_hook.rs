@@ -369,7 +369,6 @@ fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (
     (args, dropped)
 }
 
-
 /// A short, human-readable summary of a tool's JSON output.
 pub fn summarize_output(output: &Value) -> String {
     let count = |key: &str| output.get(key).and_then(Value::as_array).map(Vec::len);
@@ -481,7 +480,8 @@ impl TraceHook {
                 .and_then(|f| serde_json::to_value(f).ok()),
             audience_size: trace.as_ref().and_then(|t| t.audience_size),
             observation,
-            ok: error.is_none(),
+            // A call sent back never ran: it did not work, though no tool reported an error.
+            ok: outcome == Outcome::Found,
             ms,
         };
         if let Some(sql) = &step.sql {

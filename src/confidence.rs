@@ -85,7 +85,13 @@ pub fn assess(evidence: &Evidence) -> Confidence {
     if !medium.is_empty() {
         return Confidence { level: Level::Medium, reasons: medium };
     }
-    let tools: Vec<&str> = evidence.calls.iter().map(|(tool, _)| tool.as_str()).collect();
+    // Only the calls that worked returned numbers; a tool named twice is named once.
+    let mut tools: Vec<&str> = Vec::new();
+    for (tool, _) in evidence.calls.iter().filter(|(_, ok)| *ok) {
+        if !tools.contains(&tool.as_str()) {
+            tools.push(tool);
+        }
+    }
     let mut reasons = vec![format!("every number in the answer comes from {}", tools.join(", "))];
     if let Some(report) = evidence.audience {
         reasons.push(format!("the audience has {} of {} customers", report.size, report.total_customers));

@@ -84,14 +84,12 @@ pub fn tool_failure(failure: ToolFailure) -> anyhow::Error {
     }
 }
 
-/// Tags an error as a store error (exit 4) when PostgreSQL caused it, leaving input errors (exit 1) as they are:
-/// an ingest fails on a malformed file or on the database, and scripts must tell the two apart.
-pub fn database_is_store(error: anyhow::Error) -> anyhow::Error {
-    if error.chain().any(|cause| cause.downcast_ref::<sqlx::Error>().is_some()) {
-        error.context(Failure(FailureKind::Store))
-    } else {
-        error
-    }
+/// Tags an error as a store error (exit 4) when PostgreSQL or the vector server caused it, leaving input errors
+/// (exit 1) as they are: an ingest fails on a malformed file or on a store, and scripts must tell the two apart.
+pub fn store_is_store(error: anyhow::Error) -> anyhow::Error {
+    let from_store = error.chain().any(|cause| cause.downcast_ref::<sqlx::Error>().is_some())
+        || audience_tools::vector::server::is_server_failure(&error);
+    if from_store { error.context(Failure(FailureKind::Store)) } else { error }
 }
 
 /// The exit code for an error: the outermost [`Failure`] tag in its chain, else 1.

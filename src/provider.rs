@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use rig_core::DynModel;
+use rig_core::completion::Usage;
 use rig_core::http_client::{
     self, HttpClientExt, LazyBody, MultipartForm, Request, Response, StatusCode, StreamingResponse,
 };
@@ -320,7 +322,19 @@ impl ProviderConfig {
 
     /// Builds the chat model on a retrying, time-limited transport.
     pub fn chat_model(&self) -> Result<ChatModel> {
+        self.model_on(RetryingHttp::new(self.timeout, self.retry).kind(FailureKind::Config)?)
+    }
+
+    /// The agent's chat model, and the usage its provider reports for each tool-offering call, read off the
+    /// transport: a run that ends in an error keeps those counts for the ledger.
+    pub fn agent_model(&self) -> Result<(ChatModel, ReportedUsage)> {
+        let reported = ReportedUsage::default();
         let mut http = RetryingHttp::new(self.timeout, self.retry).kind(FailureKind::Config)?;
+        http.reported = Some(reported.clone());
+        Ok((self.model_on(http)?, reported))
+    }
+
+    fn model_on(&self, mut http: RetryingHttp) -> Result<ChatModel> {
         http.cassette = self.cassette.clone();
         let key = self.api_key.as_ref().map(|key| key.expose().to_owned()).unwrap_or_default();
         let model = match self.kind {
@@ -374,7 +388,42 @@ impl ProviderConfig {
 pub struct RetryingHttp {
     inner: ReqwestClient,
     policy: RetryPolicy,
+    /// The request timeout, named in the error when it is reached.
+    timeout: Duration,
     cassette: Option<Cassette>,
+    reported: Option<ReportedUsage>,
+}
+
+/// The token counts a provider reported for each agent call (a request that offers tools), in the order the replies
+/// came, `Usage::new()` where a reply reported none. rig's error for an aborted run (a tool that does not exist,
+/// called twice) carries no usage; without these the ledger would record estimates for calls the provider counted.
+#[derive(Clone, Debug, Default)]
+pub struct ReportedUsage(Arc<Mutex<Vec<Usage>>>);
+
+impl ReportedUsage {
+    /// The counts recorded since the last `take`, oldest first.
+    pub fn take(&self) -> Vec<Usage> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn push(&self, usage: Usage) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(usage);
+    }
+}
+
+/// The counters of one JSON reply: OpenAI-style `usage`, Gemini's `usageMetadata`, Ollama's top-level counters.
+fn reported_usage(reply: &serde_json::Value) -> Usage {
+    let count =
+        |object: Option<&serde_json::Value>, key: &str| object.and_then(|o| o.get(key)).and_then(|v| v.as_u64());
+    let (openai, gemini) = (reply.get("usage"), reply.get("usageMetadata"));
+    let mut usage = Usage::new();
+    usage.input_tokens = count(openai, "prompt_tokens")
+        .or_else(|| count(gemini, "promptTokenCount"))
+        .or_else(|| count(Some(reply), "prompt_eval_count"));
+    usage.output_tokens = count(openai, "completion_tokens")
+        .or_else(|| count(gemini, "candidatesTokenCount"))
+        .or_else(|| count(Some(reply), "eval_count"));
+    usage
 }
 
 impl RetryingHttp {
@@ -384,8 +433,48 @@ impl RetryingHttp {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self { inner: ReqwestClient::from(client), policy, cassette: None })
+        Ok(Self { inner: ReqwestClient::from(client), policy, timeout, cassette: None, reported: None })
     }
+
+    /// A reply's body as the agent reads it: implausible counts removed ([`scrub_usage`]), the counts of an agent
+    /// call recorded, a reply without choices and a timeout while reading turned into errors that say so.
+    fn reply<U: From<Bytes> + Send + 'static>(
+        &self,
+        agent_call: bool,
+        response: Response<LazyBody<Bytes>>,
+    ) -> Response<LazyBody<U>> {
+        let (timeout, reported) = (self.timeout, self.reported.clone().filter(|_| agent_call));
+        response.map(|body| -> LazyBody<U> {
+            Box::pin(async move {
+                let bytes = scrub_usage(body.await.map_err(|error| named_timeout(error, timeout))?);
+                let reply = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+                if let (Some(reported), Some(reply)) = (&reported, &reply) {
+                    reported.push(reported_usage(reply));
+                }
+                if reply.as_ref().and_then(|r| r.get("choices")).and_then(|c| c.as_array()).is_some_and(Vec::is_empty) {
+                    return Err(http_client::Error::Instance(
+                        "the provider's reply held no answer (an empty `choices` list)".into(),
+                    ));
+                }
+                Ok(U::from(bytes))
+            })
+        })
+    }
+}
+
+/// A timeout reached by the transport, said as such with the setting that sets it: reqwest reports it as "error
+/// sending request", which reads like a network failure.
+fn named_timeout(error: http_client::Error, timeout: Duration) -> http_client::Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<rig_reqwest::reqwest::Error>().is_some_and(rig_reqwest::reqwest::Error::is_timeout) {
+            return http_client::Error::Instance(
+                format!("no reply within {} s (AUDIENCE_TIMEOUT_SECS)", timeout.as_secs()).into(),
+            );
+        }
+        source = cause.source();
+    }
+    error
 }
 
 /// How long to wait before retrying `error`, or `None` when it must not be retried.
@@ -410,17 +499,8 @@ fn retry_delay(error: &http_client::Error, attempt: u32, policy: &RetryPolicy) -
 
 /// The reply with implausible token counts removed, so that they read as "not reported" (and are estimated, marked
 /// as such) instead of being priced, or overflowing a sum: negative, fractional or above
-/// [`crate::agent_hook::PLAUSIBLE_TOKENS_PER_CALL`]. Only the usage objects of the providers' JSON replies are touched.
-fn believable_usage<U: From<Bytes> + Send + 'static>(response: Response<LazyBody<Bytes>>) -> Response<LazyBody<U>> {
-    response.map(|body| -> LazyBody<U> {
-        Box::pin(async move {
-            let bytes = body.await?;
-            Ok(U::from(scrub_usage(bytes)))
-        })
-    })
-}
-
-/// [`believable_usage`] on one body; anything that is not a JSON object with such counters is returned as it came.
+/// [`crate::agent_hook::PLAUSIBLE_TOKENS_PER_CALL`]. Only the usage objects of the providers' JSON replies are
+/// touched; anything that is not a JSON object with such counters is returned as it came.
 fn scrub_usage(bytes: Bytes) -> Bytes {
     let Ok(serde_json::Value::Object(mut reply)) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return bytes;
@@ -477,13 +557,17 @@ impl HttpClientExt for RetryingHttp {
     {
         let (parts, body) = req.into_parts();
         let body: Bytes = body.into();
-        let inner = self.inner.clone();
-        let policy = self.policy;
-        let cassette = self.cassette.clone();
+        let transport = self.clone();
+        let (inner, policy, cassette) = (self.inner.clone(), self.policy, self.cassette.clone());
+        // Agent calls offer tools; the text-to-SQL writer's call does not.
+        let agent_call = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|request| request.get("tools").and_then(|tools| tools.as_array()).map(|tools| !tools.is_empty()))
+            .unwrap_or(false);
         async move {
             if let Some(cassette) = cassette.as_ref().filter(|c| c.mode() == Mode::Replay) {
                 let reply = cassette.replay(&body).map_err(|e| http_client::Error::Instance(e.into()))?;
-                return Ok(believable_usage(Response::new(ready_body(reply))));
+                return Ok(transport.reply(agent_call, Response::new(ready_body(reply))));
             }
             let mut attempt = 0;
             loop {
@@ -499,16 +583,16 @@ impl HttpClientExt for RetryingHttp {
                             tokio::time::sleep(delay).await;
                             attempt += 1;
                         }
-                        None => return Err(error),
+                        None => return Err(named_timeout(error, transport.timeout)),
                     },
-                    Err(error) => return Err(error),
+                    Err(error) => return Err(named_timeout(error, transport.timeout)),
                     Ok(response) => {
-                        let Some(cassette) = &cassette else { return Ok(believable_usage(response)) };
+                        let Some(cassette) = &cassette else { return Ok(transport.reply(agent_call, response)) };
                         // Recording reads the reply now, to keep it as the provider sent it.
                         let (reply_parts, reply) = response.into_parts();
-                        let reply = reply.await?;
+                        let reply = reply.await.map_err(|error| named_timeout(error, transport.timeout))?;
                         cassette.record(&body, &reply);
-                        return Ok(believable_usage(Response::from_parts(reply_parts, ready_body(reply))));
+                        return Ok(transport.reply(agent_call, Response::from_parts(reply_parts, ready_body(reply))));
                     }
                 }
             }

@@ -291,6 +291,62 @@ fn unknown_tool_names_get_one_correction_then_fail_with_exit_3() {
         run.stderr
     );
     assert!(run.stdout.is_empty());
+    // Regression (hardening item 14): the aborted run's ledger record held tiktoken estimates (about 1,700 prompt
+    // tokens a call) although the provider reported 100 and 10 for each of its two calls.
+    let ledger = std::fs::read_to_string(common::data_file(&env, "usage.jsonl")).unwrap();
+    let record: Value = serde_json::from_str(ledger.lines().last().unwrap()).unwrap();
+    assert_eq!(record["ok"], false);
+    assert_eq!(
+        (&record["llm_calls"], &record["prompt_tokens"], &record["completion_tokens"], &record["estimated"]),
+        (&json!(2), &json!(200), &json!(20), &json!(false)),
+        "{record}"
+    );
+}
+
+/// Regression (hardening item 14): a reply with an empty `choices` list was reported as "the reply ended before the
+/// provider ended it", and a request that timed out as "error sending request".
+#[test]
+fn an_empty_reply_and_a_timeout_are_named_as_such() {
+    let env = TestEnv::ingested("emptyreply");
+    let llm = FakeLlm::start(vec![Reply::Body(json!({"id": "x", "object": "chat.completion", "choices": []}))]);
+    let run = env.ask_plain(&llm, "count customers");
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
+    assert!(
+        run.error_lines()[0].contains("the provider's reply held no answer (an empty `choices` list)"),
+        "{}",
+        run.stderr
+    );
+
+    let llm = FakeLlm::start(vec![Reply::Stall(std::time::Duration::from_secs(4))]);
+    let mut command = env.llm_command(&llm, &["ask", "count customers"]);
+    command.env("AUDIENCE_TIMEOUT_SECS", "1");
+    let run = common::Run::from(command.output().unwrap());
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
+    assert!(run.error_lines()[0].contains("no reply within 1 s (AUDIENCE_TIMEOUT_SECS)"), "{}", run.stderr);
+    assert!(!run.error_lines()[0].contains("error sending request"), "{}", run.stderr);
+}
+
+/// Regression (hardening item 14): an answer whose only tool call was sent back (it never ran) had confidence
+/// `high`, "every number in the answer comes from" that call.
+#[test]
+fn an_answer_whose_only_call_never_ran_is_not_trusted() {
+    let env = TestEnv::ingested("sentback");
+    let llm = FakeLlm::start(vec![
+        // The question says "never purchased": a purchase clause on the include side is sent back unrun.
+        Reply::tool(
+            "call_1",
+            "find_audience",
+            json!({"include": [{"type": "event", "event_type": "view"}, {"type": "event", "event_type": "purchase"}]}),
+        ),
+        Reply::text("There are 12 such customers."),
+    ]);
+    let run = env.ask_json(&llm, "customers who viewed products but never purchased");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let answer = run.json();
+    assert_eq!(answer["steps"][0]["ok"], false, "{answer}");
+    assert_eq!(answer["confidence"]["level"], "low", "{answer}");
 }
 
 #[test]

@@ -192,3 +192,69 @@ fn each_failure_has_one_code_in_every_command() {
         assert_eq!(code(&["export", "--from", file, "--out", &out]), 2, "{file}");
     }
 }
+
+/// Regression (hardening item 7): a 5,000-character audience name was echoed whole in the error, burying the reason.
+/// The error quotes its first 40 characters, on one line, and says what a name may be.
+#[test]
+fn a_long_saved_audience_name_is_echoed_shortened() {
+    let env = TestEnv::ingested("longname");
+    let name = "x".repeat(5_000);
+    let from = definition(&env, "everyone.json", serde_json::json!({"version": 1, "limit": 10}));
+    for args in [&["show", name.as_str()][..], &["rm", &name], &["save", &name, "--from", &from]] {
+        let result = Run::from(env.command(args).output().unwrap());
+        assert_eq!(result.code, 2, "{:?}: {}", args[0], result.stderr);
+        let lines = result.error_lines();
+        assert_eq!(lines.len(), 1, "{:?}: {}", args[0], result.stderr);
+        assert!(lines[0].len() < 300, "{:?}: {}", args[0], lines[0]);
+        assert!(lines[0].contains(&format!("\"{}\"…", "x".repeat(40))), "{:?}: {}", args[0], lines[0]);
+        assert!(lines[0].contains("letters, digits"), "{:?}: {}", args[0], lines[0]);
+    }
+}
+
+/// Regression (hardening item 18): with the vector server unreachable, `ingest` and `reindex` exited 1 (input) while
+/// `tool` and `lookalike` exited 4; and a `QDRANT_URL` naming the REST port said only "h2 protocol error". A store
+/// that does not answer is exit 4 in every command, and an HTTP/1 port is named as the wrong port.
+#[test]
+fn an_unreachable_vector_server_is_a_store_error_in_every_command() {
+    let env = TestEnv::ingested("qdrantdown");
+    let (customers, events) = env.sample_files();
+    let (customers, events) = (customers.display().to_string(), events.display().to_string());
+    let seed = env.sql_scalar("SELECT external_id FROM profiles ORDER BY external_id LIMIT 1");
+    let find = r#"{"intent": "luxury watches"}"#;
+    let commands: [&[&str]; 4] = [
+        &["ingest", "--customers", &customers, "--events", &events],
+        &["reindex"],
+        &["tool", "find_audience", "--args", find],
+        &["lookalike", "--ids", &seed],
+    ];
+    // Nobody listens on the first; the second answers every request as HTTP/1.1, as Qdrant's REST port does.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http1 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let rest = http1.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in http1.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            // Reads what the client sends first (the HTTP/2 preface and settings), answers, and lets the client close.
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+            let mut buffer = [0u8; 4096];
+            while matches!(std::io::Read::read(&mut stream, &mut buffer), Ok(n) if n > 0) {}
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            while matches!(std::io::Read::read(&mut stream, &mut buffer), Ok(n) if n > 0) {}
+        }
+    });
+    for (port, says) in [(closed, "Qdrant"), (rest, "gRPC port, 6334 by default")] {
+        for args in commands {
+            let mut command = env.command(args);
+            command.env("QDRANT_URL", format!("http://127.0.0.1:{port}"));
+            let result = Run::from(command.output().unwrap());
+            assert_eq!(result.code, 4, "{args:?} on port {port}: {}", result.stderr);
+            let lines = result.error_lines();
+            assert_eq!(lines.len(), 1, "{args:?}: {}", result.stderr);
+            assert!(lines[0].contains(says), "{args:?} on port {port}: {}", lines[0]);
+        }
+    }
+}

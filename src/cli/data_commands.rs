@@ -139,7 +139,7 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
     };
     if args.check {
         let db = audience::open_stores::connect_db().await?;
-        let report = pipeline::check(&db, request).await.map_err(exit::database_is_store)?;
+        let report = pipeline::check(&db, request).await.map_err(exit::store_is_store)?;
         if args.json {
             outln!("{}", serde_json::to_string(&report)?)?;
         } else {
@@ -148,9 +148,8 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
         return Ok(());
     }
     let stores = Stores::open(global).await?;
-    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request)
-        .await
-        .map_err(exit::database_is_store)?;
+    let report =
+        pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.map_err(exit::store_is_store)?;
     if args.json {
         let mut json = serde_json::to_value(&report)?;
         json["peak_rss_bytes"] = serde_json::json!(peak_rss_bytes());
@@ -175,7 +174,7 @@ pub async fn reindex(global: &Global) -> Result<()> {
         bail!("no profiles in schema {:?} yet; run `audience ingest` first", stores.db.schema);
     }
     let report =
-        pipeline::reindex(&stores.db, &stores.vectors, &stores.embedder).await.map_err(exit::database_is_store)?;
+        pipeline::reindex(&stores.db, &stores.vectors, &stores.embedder).await.map_err(exit::store_is_store)?;
     outln!("reindexed {}", stores.vectors.describe())?;
     print_sync(&report)
 }
@@ -205,9 +204,8 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
         },
         as_of: None,
     };
-    let report = pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request)
-        .await
-        .map_err(exit::database_is_store)?;
+    let report =
+        pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.map_err(exit::store_is_store)?;
     print_ingest(&report)?;
 
     if !args.no_llm {

@@ -30,6 +30,10 @@ pub enum Reply {
     Chat { content: Option<String>, tool_calls: Vec<(String, String, Value)>, usage: Option<(u64, u64)> },
     /// An HTTP error.
     Status { code: u16, retry_after: Option<u64>, body: String },
+    /// A 200 reply with this JSON body, whatever it is.
+    Body(Value),
+    /// No reply for this long, then a plain answer (a provider slower than the client's timeout).
+    Stall(std::time::Duration),
 }
 
 impl Reply {
@@ -81,6 +85,8 @@ impl Reply {
                 let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 (status, headers, body).into_response()
             }
+            Reply::Body(body) => axum::Json(body).into_response(),
+            Reply::Stall(_) => Reply::text("too late").into_response(model, index),
             Reply::Chat { content, tool_calls, usage } => {
                 let calls: Vec<Value> = tool_calls
                     .iter()
@@ -136,6 +142,9 @@ async fn chat_completions(State(state): State<Arc<FakeState>>, body: String) -> 
         requests.len()
     };
     let next = state.script.lock().unwrap().pop_front();
+    if let Some(Reply::Stall(wait)) = &next {
+        tokio::time::sleep(*wait).await;
+    }
     match next {
         Some(reply) => reply.into_response(&model, index),
         // A test that sends more requests than it scripted fails on this body, not on a hang.

@@ -5,9 +5,8 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use async_trait::async_trait;
-use qdrant_client::Qdrant;
 use qdrant_client::qdrant::r#match::MatchValue as GrpcMatch;
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::vector_output::Vector as VectorOutput;
@@ -17,6 +16,7 @@ use qdrant_client::qdrant::{
     QueryPointsBuilder, RepeatedIntegers, RepeatedStrings, ScrollPointsBuilder, UpsertPointsBuilder,
     VectorParamsBuilder, VectorsConfigBuilder, VectorsOutput,
 };
+use qdrant_client::{Qdrant, QdrantError};
 use serde_json::{Map, Value};
 
 use super::{
@@ -43,17 +43,16 @@ impl ServerIndex {
         let client = Qdrant::from_url(url)
             .skip_compatibility_check()
             .build()
-            .with_context(|| format!("cannot create a Qdrant client for {url}"))?;
+            .map_err(|e| server_error(url, format!("cannot create a Qdrant client for {url}"), e))?;
         Ok(Self { client, url: url.to_string(), collection: collection.to_string() })
     }
 
     /// Deletes the whole collection if it exists (used to clean up after tests and to rebuild from scratch).
     pub async fn drop_collection(&self) -> Result<()> {
         if self.exists().await? {
-            self.client
-                .delete_collection(&self.collection)
-                .await
-                .with_context(|| format!("cannot delete collection {} on {}", self.collection, self.url))?;
+            self.client.delete_collection(&self.collection).await.map_err(|e| {
+                server_error(&self.url, format!("cannot delete collection {} on {}", self.collection, self.url), e)
+            })?;
         }
         Ok(())
     }
@@ -62,8 +61,26 @@ impl ServerIndex {
         self.client
             .collection_exists(&self.collection)
             .await
-            .with_context(|| format!("cannot reach the Qdrant server at {}", self.url))
+            .map_err(|e| server_error(&self.url, format!("cannot reach the Qdrant server at {}", self.url), e))
     }
+}
+
+/// Whether the vector server caused `error` (unreachable, refused, failed): a store failure, like a database one.
+pub fn is_server_failure(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.downcast_ref::<QdrantError>().is_some())
+}
+
+/// A failed server call as an error that says what was being done. The client speaks gRPC; pointed at the REST port
+/// it gets only "h2 protocol error", so that error also says which port is wanted.
+fn server_error(url: &str, what: String, error: QdrantError) -> anyhow::Error {
+    let hint = if error.to_string().contains("h2 protocol error") {
+        format!(
+            " ({url} does not speak gRPC: QDRANT_URL must name the server's gRPC port, 6334 by default, not its REST port 6333)"
+        )
+    } else {
+        String::new()
+    };
+    anyhow::Error::new(error).context(format!("{what}{hint}"))
 }
 
 fn grpc_match(value: &MatchValue) -> GrpcMatch {
@@ -175,7 +192,11 @@ impl ServerIndex {
         if let Some(above) = above {
             request = request.score_threshold(above);
         }
-        let response = self.client.query(request).await.context("vector search on the Qdrant server failed")?;
+        let response = self
+            .client
+            .query(request)
+            .await
+            .map_err(|e| server_error(&self.url, "vector search on the Qdrant server failed".to_owned(), e))?;
         response
             .result
             .into_iter()
@@ -198,7 +219,11 @@ impl VectorSearch for ServerIndex {
         if let Some(filter) = filter.filter(|f| !f.is_empty()) {
             request = request.filter(grpc_filter(&filter));
         }
-        let response = self.client.count(request).await.context("vector count on the Qdrant server failed")?;
+        let response = self
+            .client
+            .count(request)
+            .await
+            .map_err(|e| server_error(&self.url, "vector count on the Qdrant server failed".to_owned(), e))?;
         Ok(response.result.map(|r| r.count).unwrap_or(0))
     }
 
@@ -208,7 +233,11 @@ impl VectorSearch for ServerIndex {
         }
         let ids: Vec<PointId> = ids.into_iter().map(PointId::from).collect();
         let request = GetPointsBuilder::new(&self.collection, ids).with_payload(true).with_vectors(with_vectors);
-        let response = self.client.get_points(request).await.context("vector retrieve on the Qdrant server failed")?;
+        let response = self
+            .client
+            .get_points(request)
+            .await
+            .map_err(|e| server_error(&self.url, "vector retrieve on the Qdrant server failed".to_owned(), e))?;
         response
             .result
             .into_iter()
@@ -237,7 +266,11 @@ impl VectorIndex for ServerIndex {
             if let Some(offset) = offset.take() {
                 request = request.offset(offset);
             }
-            let response = self.client.scroll(request).await.context("vector scroll on the Qdrant server failed")?;
+            let response = self
+                .client
+                .scroll(request)
+                .await
+                .map_err(|e| server_error(&self.url, "vector scroll on the Qdrant server failed".to_owned(), e))?;
             for point in response.result {
                 let id = numeric_id(point.id)?;
                 if let Some(Value::String(hash)) = payload_map(point.payload).remove(TEXT_HASH_FIELD) {
@@ -258,13 +291,13 @@ impl VectorIndex for ServerIndex {
             self.client
                 .create_collection(CreateCollectionBuilder::new(&self.collection).vectors_config(vectors))
                 .await
-                .with_context(|| format!("cannot create collection {} on {}", self.collection, self.url))?;
+                .map_err(|e| {
+                    server_error(&self.url, format!("cannot create collection {} on {}", self.collection, self.url), e)
+                })?;
         }
-        let info = self
-            .client
-            .collection_info(&self.collection)
-            .await
-            .with_context(|| format!("cannot read collection {} on {}", self.collection, self.url))?;
+        let info = self.client.collection_info(&self.collection).await.map_err(|e| {
+            server_error(&self.url, format!("cannot read collection {} on {}", self.collection, self.url), e)
+        })?;
         let existing = info.result.map(|r| r.payload_schema).unwrap_or_default();
         for (field, kind) in crate::schema::indexed_payload_fields() {
             if existing.contains_key(field) {
@@ -275,7 +308,9 @@ impl VectorIndex for ServerIndex {
                     CreateFieldIndexCollectionBuilder::new(&self.collection, field, field_type(kind)).wait(true),
                 )
                 .await
-                .with_context(|| format!("cannot create payload index {field} on {}", self.collection))?;
+                .map_err(|e| {
+                    server_error(&self.url, format!("cannot create payload index {field} on {}", self.collection), e)
+                })?;
         }
         Ok(())
     }
@@ -295,7 +330,7 @@ impl VectorIndex for ServerIndex {
         self.client
             .upsert_points(UpsertPointsBuilder::new(&self.collection, structs).wait(true))
             .await
-            .context("vector upsert on the Qdrant server failed")?;
+            .map_err(|e| server_error(&self.url, "vector upsert on the Qdrant server failed".to_owned(), e))?;
         Ok(())
     }
 
@@ -307,7 +342,7 @@ impl VectorIndex for ServerIndex {
         self.client
             .delete_points(DeletePointsBuilder::new(&self.collection).points(PointsIdsList { ids }).wait(true))
             .await
-            .context("vector delete on the Qdrant server failed")?;
+            .map_err(|e| server_error(&self.url, "vector delete on the Qdrant server failed".to_owned(), e))?;
         Ok(())
     }
 }
