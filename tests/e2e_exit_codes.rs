@@ -193,8 +193,9 @@ fn each_failure_has_one_code_in_every_command() {
     }
 }
 
-/// Regression (hardening item 7): a 5,000-character audience name was echoed whole in the error, burying the reason.
-/// The error quotes its first 40 characters, on one line, and says what a name may be.
+/// Regression (hardening item 7): a 5,000-character audience name was echoed whole in the error, burying the reason,
+/// and typed clause values had no length cap. The error quotes a name's first 40 characters, on one line, and says
+/// what a name may be; a clause value over 200 characters is refused the same way.
 #[test]
 fn a_long_saved_audience_name_is_echoed_shortened() {
     let env = TestEnv::ingested("longname");
@@ -208,6 +209,19 @@ fn a_long_saved_audience_name_is_echoed_shortened() {
         assert!(lines[0].len() < 300, "{:?}: {}", args[0], lines[0]);
         assert!(lines[0].contains(&format!("\"{}\"…", "x".repeat(40))), "{:?}: {}", args[0], lines[0]);
         assert!(lines[0].contains("letters, digits"), "{:?}: {}", args[0], lines[0]);
+    }
+    // Typed clause values are capped like conditions and intents, and a refused one is echoed shortened too.
+    let long = "y".repeat(5_000);
+    for clause in [
+        serde_json::json!({"type": "event", "event_type": "purchase", "products": [long]}),
+        serde_json::json!({"type": "profile", "field": "country", "op": "=", "value": long}),
+    ] {
+        let args = serde_json::json!({"include": [clause]}).to_string();
+        let result = Run::from(env.command(&["tool", "find_audience", "--args", &args]).output().unwrap());
+        assert_eq!(result.code, 2, "{clause}: {}", result.stderr);
+        let lines = result.error_lines();
+        assert_eq!(lines.len(), 1, "{}", result.stderr);
+        assert!(lines[0].len() < 300 && lines[0].contains("200"), "{}", lines[0]);
     }
 }
 
