@@ -79,6 +79,7 @@ impl Env {
                 dry_run: false,
             },
             as_of,
+            predict: Default::default(),
         }
     }
 
