@@ -108,7 +108,8 @@ pub async fn ingest(
     let stage = Instant::now();
     let (profiles, fingerprint) = fingerprint(&mut tx, ProfilesTable::Staging).await?;
     load::swap_in(&mut tx).await?;
-    let version = record_dataset(&mut tx, profiles, &fingerprint, profile_stats.as_of, &profile_stats.prediction).await?;
+    let version =
+        record_dataset(&mut tx, profiles, &fingerprint, profile_stats.as_of, &profile_stats.prediction).await?;
     tx.commit().await.context("cannot commit the ingest")?;
     writer.publish(&Manifest { profiles, fingerprint, data_version: Some(version) }).await.context(
         "the data is committed, but its vector index version could not be published; run `audience reindex`",

@@ -19,6 +19,8 @@ use audience_ingest::generate::{GenerateOptions, generate};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest, reindex};
+use audience_ingest::predict::bgnbd::History;
+use audience_ingest::predict::{Buyer, FitReport, TimeUnit};
 use audience_ingest::render::text_hash;
 use audience_tools::db::{Db, ReadLimits};
 use audience_tools::embed::LazyEmbedder;
@@ -822,8 +824,7 @@ async fn an_answer_during_ingests_comes_from_one_data_version_and_names_it() -> 
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2)
         .map(|_| {
-            let stores =
-                Stores::new(env.db.clone(), env.store.reader(), EMBEDDER.clone(), ReadLimits::default());
+            let stores = Stores::new(env.db.clone(), env.store.reader(), EMBEDDER.clone(), ReadLimits::default());
             let (definition, stop) = (definition.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut reports: Vec<AudienceReport> = Vec::new();
@@ -887,5 +888,124 @@ async fn an_intent_over_identical_profile_texts_ranks_by_spend_and_says_why() ->
             .await?;
     let listed: Vec<&str> = report.members.iter().map(|m| m.external_id.as_str()).collect();
     assert_eq!(listed, spend);
+    env.drop_schema().await
+}
+
+/// A buyer's purchase history as the predicted fields define it, written here from the live `events` table: every
+/// sale of one UTC day is one purchase, times in days up to `as_of`, the mean spend of the repeat days.
+async fn independent_buyers(db: &Db, as_of: NaiveDate) -> Result<Vec<(i64, Buyer)>> {
+    let rows: Vec<(i64, Vec<NaiveDate>, Vec<f64>)> = sqlx::query_as(
+        "SELECT customer_id, array_agg(day ORDER BY day), array_agg(spend ORDER BY day) FROM ( \
+             SELECT customer_id, (ts AT TIME ZONE 'UTC')::date AS day, sum(amount)::float8 AS spend FROM events \
+             WHERE event_type = 'purchase' AND quantity > 0 AND (ts AT TIME ZONE 'UTC')::date <= $1 GROUP BY 1, 2) d \
+         GROUP BY customer_id ORDER BY customer_id",
+    )
+    .bind(as_of)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, days, spends)| {
+            let x = days.len() as u32 - 1;
+            let days_between = |a: NaiveDate, b: NaiveDate| (b - a).num_days() as f64;
+            let history =
+                History { x, t_x: days_between(days[0], days[days.len() - 1]), t: days_between(days[0], as_of) };
+            let mean_repeat_spend = if x > 0 { spends[1..].iter().sum::<f64>() / f64::from(x) } else { 0.0 };
+            (id, Buyer { history, mean_repeat_spend })
+        })
+        .collect())
+}
+
+type Predicted = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
+async fn predicted_fields(db: &Db) -> Result<Vec<Predicted>> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, p_alive, expected_purchases, expected_avg_spend, clv_12m FROM profiles ORDER BY customer_id",
+    )
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Issue 23: the generated sample's purchase log fits both models; every buyer's predicted fields are the fit's
+/// predictions for their history (summarised here independently, in SQL over `events`), prospects have none, and
+/// the fit is stored with the data version it describes.
+#[tokio::test]
+async fn predicted_fields_follow_the_fit_stored_with_the_data() -> Result<()> {
+    let env = Env::new().await?;
+    let generated = generate(&GenerateOptions {
+        customers: 500,
+        events_per_customer: 20,
+        seed: 42,
+        end_date: day("2025-01-01"),
+        out_dir: env.dir.path().join("sample"),
+    })?;
+    let report = env.ingest(&generated.customers_path, &generated.events_path, None).await?;
+    let fit = &report.profiles.prediction;
+    assert!(fit.purchases.is_some() && fit.spend.is_some(), "{:?}", fit.notes);
+    assert_eq!(fit.time_unit, TimeUnit::Days);
+    let stored: sqlx::types::Json<FitReport> =
+        sqlx::query_scalar("SELECT prediction_fit FROM dataset WHERE id = 1").fetch_one(&env.db.pool).await?;
+    assert_eq!(&stored.0, fit);
+
+    let buyers: HashMap<i64, Buyer> = independent_buyers(&env.db, report.profiles.as_of).await?.into_iter().collect();
+    assert_eq!(buyers.len() as u64, fit.buyers);
+    let close = |stored: Option<f64>, computed: Option<f64>, decimals: i32| match (stored, computed) {
+        (Some(s), Some(c)) => (s - c).abs() <= 0.5 * 10f64.powi(-decimals) + 1e-9,
+        (s, c) => s.is_none() && c.is_none(),
+    };
+    for (id, p_alive, expected, spend, clv) in predicted_fields(&env.db).await? {
+        let Some(buyer) = buyers.get(&id) else {
+            assert_eq!((p_alive, expected, spend, clv), (None, None, None, None), "prospect {id}");
+            continue;
+        };
+        let want = fit.predict(buyer);
+        assert!(p_alive.is_some_and(|p| (0.0..=1.0).contains(&p)), "customer {id}");
+        assert!(close(p_alive, want.p_alive, 4) && close(expected, want.expected_purchases, 4), "customer {id}");
+        assert!(close(spend, want.expected_avg_spend, 2) && close(clv, want.clv, 2), "customer {id}: {clv:?} {want:?}");
+    }
+    env.drop_schema().await
+}
+
+/// Issue 23's edge cases: no purchases at all, one buyer, and buyers who all bought once leave every predicted field
+/// unknown (NULL) and say why, instead of a number from a model that could not be fitted.
+#[tokio::test]
+async fn data_the_purchase_model_cannot_describe_leaves_the_predictions_unknown() -> Result<()> {
+    let env = Env::new().await?;
+    let sales = |line: &str| line.contains(",purchase,") && !line.contains(",-1,");
+    let cases: [(&str, Box<dyn Fn(usize, &str) -> Option<String>>, &str); 3] = [
+        (
+            "none",
+            Box::new(|_, line| (!line.contains(",-1,")).then(|| line.replace(",purchase,", ",view,"))),
+            "no purchases",
+        ),
+        (
+            "single",
+            Box::new(
+                move |_, line| {
+                    if !sales(line) || line.contains(",1,purchase,") { Some(line.to_owned()) } else { None }
+                },
+            ),
+            "single buyer",
+        ),
+        // One purchase line per buyer: the first of each customer's sales in the file.
+        (
+            "once",
+            Box::new(move |i, line| (!sales(line) || [1, 8, 13, 17].contains(&i)).then(|| line.to_owned())),
+            "second day",
+        ),
+    ];
+    for (name, keep, reason) in cases {
+        let (customers, events) = env.variant(name, |c, e| {
+            let kept: Vec<String> = e.lines().enumerate().filter_map(|(i, line)| keep(i, line)).collect();
+            (c.to_owned(), kept.join("\n") + "\n")
+        })?;
+        let report = env.ingest(&customers, &events, Some(day("2024-06-30"))).await?;
+        let fit = &report.profiles.prediction;
+        assert!(fit.purchases.is_none() && fit.spend.is_none(), "{name}");
+        assert!(fit.notes.iter().any(|n| n.contains(reason) && n.contains("unknown")), "{name}: {:?}", fit.notes);
+        for (id, p_alive, expected, spend, clv) in predicted_fields(&env.db).await? {
+            assert_eq!((p_alive, expected, spend, clv), (None, None, None, None), "{name}: customer {id}");
+        }
+    }
     env.drop_schema().await
 }

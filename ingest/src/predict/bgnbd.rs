@@ -13,6 +13,14 @@
 //! - The expected purchases in the next `t` is the paper's equation (10):
 //!   `(a+b+x-1)/(a-1) · [1 - ((α+T)/(α+T+t))^(r+x) ₂F₁(r+x, b+x; a+b+x-1; z)] · P(alive)`, `z = t/(α+T+t)`,
 //!   with the ₂F₁ of [`hyp2f1`] after Euler's transformation (see there).
+//!
+//! When every customer drops out with nearly the same probability (data without drop-out heterogeneity, such as
+//! the generated sample), the likelihood keeps growing as a, b → ∞ with a/(a+b) → p: the maximum is the limit
+//! model in which p is one number ([`Dropout::Homogeneous`]), and that is what is fitted then. Its formulas are
+//! the limits of the ones above: `B(a, b+x)/B(a, b) → (1-p)^x`, `a/(b+x-1) → p/(1-p)`, and the expected purchases
+//! in the next `t` of a customer with rate λ who is alive are `(1 - e^(-λpt))/p` (each purchase is followed by a
+//! drop-out with probability p), which averaged over λ ~ Gamma(r+x, α+T) gives
+//! `P(alive) · (1 - ((α+T)/(α+T+pt))^(r+x)) / p`.
 
 use statrs::function::gamma::ln_gamma;
 
@@ -23,8 +31,35 @@ use super::optimize::{self, Estimate};
 pub struct BgNbd {
     pub r: f64,
     pub alpha: f64,
-    pub a: f64,
-    pub b: f64,
+    pub dropout: Dropout,
+}
+
+/// How the drop-out probability after a purchase varies over customers.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Dropout {
+    /// p ~ Beta(a, b): the paper's model.
+    Beta { a: f64, b: f64 },
+    /// The same p for everyone: the limit of Beta(a, b) as a, b → ∞ with a/(a+b) = p.
+    Homogeneous { p: f64 },
+}
+
+impl Dropout {
+    /// ln B(a, b+x)/B(a, b): the log-probability of surviving x purchases.
+    fn ln_survive(self, x: f64) -> f64 {
+        match self {
+            Self::Beta { a, b } => ln_gamma(a + b) + ln_gamma(b + x) - ln_gamma(b) - ln_gamma(a + b + x),
+            Self::Homogeneous { p } => x * (-p).ln_1p(),
+        }
+    }
+
+    /// ln(a/(b+x-1)): the log-odds of dropping out after the x-th purchase rather than surviving it (x > 0).
+    fn ln_drop_odds(self, x: f64) -> f64 {
+        match self {
+            Self::Beta { a, b } => (a / (b + x - 1.0)).ln(),
+            Self::Homogeneous { p } => p.ln() - (-p).ln_1p(),
+        }
+    }
 }
 
 /// One customer's purchase history, in one time unit.
@@ -94,18 +129,18 @@ fn log_add_exp(a: f64, b: f64) -> f64 {
 }
 
 impl Grouped {
-    /// The log-likelihood of all histories at `p` = (r, α, a, b).
-    fn log_likelihood(&self, p: &[f64]) -> f64 {
-        let (r, alpha, a, b) = (p[0], p[1], p[2], p[3]);
-        let (ln_r, ln_ab, ln_b, ln_alpha, ln_a) = (ln_gamma(r), ln_gamma(a + b), ln_gamma(b), alpha.ln(), a.ln());
-        // Per repeat count: ln Γ(r+x) - ln Γ(r) + ln B(a, b+x) - ln B(a, b), and ln(a/(b+x-1)) for x > 0.
+    /// The log-likelihood of all histories under `model`.
+    fn log_likelihood(&self, model: &BgNbd) -> f64 {
+        let (r, alpha) = (model.r, model.alpha);
+        let (ln_r, ln_alpha) = (ln_gamma(r), alpha.ln());
+        // Per repeat count: ln Γ(r+x) - ln Γ(r) + ln P(survive x), and the drop-out log-odds for x > 0.
         let per_count: Vec<(f64, f64, f64)> = self
             .counts
             .iter()
             .map(|&x| {
                 let x = f64::from(x);
-                let common = ln_gamma(r + x) - ln_r + ln_ab + ln_gamma(b + x) - ln_b - ln_gamma(a + b + x);
-                let drop = if x > 0.0 { ln_a - (b + x - 1.0).ln() } else { f64::NEG_INFINITY };
+                let common = ln_gamma(r + x) - ln_r + model.dropout.ln_survive(x);
+                let drop = if x > 0.0 { model.dropout.ln_drop_odds(x) } else { f64::NEG_INFINITY };
                 (common, drop, r + x)
             })
             .collect();
@@ -128,6 +163,9 @@ pub struct Fitted {
     pub log_likelihood: f64,
 }
 
+/// A and b both beyond this at the boundary: the likelihood grows towards homogeneous drop-out.
+const HOMOGENEOUS_AB: f64 = 1e3;
+
 /// Maximum-likelihood fit; `Err` says why there is none (see [`unfit_reason`] and `optimize`).
 pub fn fit(histories: &[History]) -> Result<Fitted, String> {
     if let Some(reason) = unfit_reason(histories) {
@@ -136,36 +174,52 @@ pub fn fit(histories: &[History]) -> Result<Fitted, String> {
     // Times are divided by the longest observation, so α is fitted on a scale near 1 whatever the unit.
     let scale = histories.iter().map(|h| h.t).fold(0.0, f64::max).max(f64::MIN_POSITIVE);
     let grouped = group(histories, scale);
-    match optimize::maximize(|p| grouped.log_likelihood(p), &[1.0, 1.0, 1.0, 1.0]) {
-        Estimate::Converged { params, log_likelihood, .. } => {
-            let params = BgNbd { r: params[0], alpha: params[1] * scale, a: params[2], b: params[3] };
-            // The likelihood is a density in the x repeat purchase times, so the scaled one is larger by
-            // scale^x per customer.
-            let repeats: f64 = histories.iter().map(|h| f64::from(h.x)).sum();
-            let log_likelihood = log_likelihood - repeats * scale.ln();
-            Ok(Fitted { params, log_likelihood })
+    let beta = |p: &[f64]| BgNbd { r: p[0], alpha: p[1], dropout: Dropout::Beta { a: p[2], b: p[3] } };
+    let (model, log_likelihood) = match optimize::maximize(|p| grouped.log_likelihood(&beta(p)), &[1.0; 4]) {
+        Estimate::Converged { params, log_likelihood } => (beta(&params), log_likelihood),
+        Estimate::AtBoundary { params, log_likelihood: beta_ll }
+            if params[2] > HOMOGENEOUS_AB && params[3] > HOMOGENEOUS_AB =>
+        {
+            // The drop-out probability's odds p/(1-p) are the free parameter, so p stays in (0, 1).
+            let homogeneous =
+                |p: &[f64]| BgNbd { r: p[0], alpha: p[1], dropout: Dropout::Homogeneous { p: p[2] / (1.0 + p[2]) } };
+            let start = [params[0], params[1], params[2] / params[3]];
+            match optimize::maximize(|p| grouped.log_likelihood(&homogeneous(p)), &start) {
+                // The limit is the supremum only if it is at least as likely as the path towards it.
+                Estimate::Converged { params, log_likelihood } if log_likelihood >= beta_ll - 1e-6 * beta_ll.abs() => {
+                    (homogeneous(&params), log_likelihood)
+                }
+                Estimate::NotConverged { reason } => return Err(reason),
+                Estimate::Converged { params, .. } | Estimate::AtBoundary { params, .. } => {
+                    return Err(Estimate::boundary_reason(&params));
+                }
+            }
         }
-        Estimate::NotConverged { reason } => Err(reason),
-    }
+        Estimate::AtBoundary { params, .. } => return Err(Estimate::boundary_reason(&params)),
+        Estimate::NotConverged { reason } => return Err(reason),
+    };
+    let params = BgNbd { alpha: model.alpha * scale, ..model };
+    // The likelihood is a density in the x repeat purchase times, so the scaled one is larger by scale^x per
+    // customer.
+    let repeats: f64 = histories.iter().map(|h| f64::from(h.x)).sum();
+    Ok(Fitted { params, log_likelihood: log_likelihood - repeats * scale.ln() })
 }
 
 impl BgNbd {
     /// The log-likelihood of `histories`, in their unit.
     pub fn log_likelihood(&self, histories: &[History]) -> f64 {
-        group(histories, 1.0).log_likelihood(&[self.r, self.alpha, self.a, self.b])
+        group(histories, 1.0).log_likelihood(self)
     }
 
-    /// ln of the odds of having dropped out: ln(a/(b+x-1)) + (r+x) ln((α+T)/(α+t_x)); `None` for x = 0.
-    fn log_drop_odds(&self, h: &History) -> Option<f64> {
-        (h.x > 0).then(|| {
-            let x = f64::from(h.x);
-            (self.a / (self.b + x - 1.0)).ln() + (self.r + x) * ((self.alpha + h.t) / (self.alpha + h.t_x)).ln()
-        })
-    }
-
-    /// The probability that the customer has not dropped out by `T`.
+    /// The probability that the customer has not dropped out by `T`: 1 / (1 + e^L) with the log-odds
+    /// L = ln(a/(b+x-1)) + (r+x) ln((α+T)/(α+t_x)); 1 without a repeat purchase.
     pub fn p_alive(&self, h: &History) -> f64 {
-        self.log_drop_odds(h).map_or(1.0, |odds| 1.0 / (1.0 + odds.exp()))
+        if h.x == 0 {
+            return 1.0;
+        }
+        let x = f64::from(h.x);
+        let odds = self.dropout.ln_drop_odds(x) + (self.r + x) * ((self.alpha + h.t) / (self.alpha + h.t_x)).ln();
+        1.0 / (1.0 + odds.exp())
     }
 
     /// The expected purchases in the next `horizon` (in the histories' unit); `None` when the series does not
@@ -174,12 +228,16 @@ impl BgNbd {
         if horizon <= 0.0 {
             return Some(0.0);
         }
-        let (r, alpha, a, b) = (self.r, self.alpha, self.a, self.b);
-        let x = f64::from(h.x);
-        let z = horizon / (alpha + h.t + horizon);
-        // ((α+T)/(α+T+t))^(r+x) ₂F₁(r+x, b+x; a+b+x-1; z) = (1-z)^(a-1) ₂F₁(a+b-1-r, a-1; a+b+x-1; z) by Euler.
-        let tail = (1.0 - z).powf(a - 1.0) * hyp2f1(a + b - 1.0 - r, a - 1.0, a + b + x - 1.0, z)?;
-        let value = (a + b + x - 1.0) / (a - 1.0) * (1.0 - tail) * self.p_alive(h);
+        let (r, alpha, x) = (self.r, self.alpha, f64::from(h.x));
+        let value = match self.dropout {
+            Dropout::Beta { a, b } => {
+                let z = horizon / (alpha + h.t + horizon);
+                // ((α+T)/(α+T+t))^(r+x) ₂F₁(r+x, b+x; a+b+x-1; z) = (1-z)^(a-1) ₂F₁(a+b-1-r, a-1; a+b+x-1; z).
+                let tail = (1.0 - z).powf(a - 1.0) * hyp2f1(a + b - 1.0 - r, a - 1.0, a + b + x - 1.0, z)?;
+                (a + b + x - 1.0) / (a - 1.0) * (1.0 - tail)
+            }
+            Dropout::Homogeneous { p } => -(-(r + x) * (p * horizon / (alpha + h.t)).ln_1p()).exp_m1() / p,
+        } * self.p_alive(h);
         (value.is_finite() && value >= 0.0).then_some(value)
     }
 }
@@ -249,9 +307,27 @@ mod tests {
         assert!((direct - euler).abs() < 1e-12, "{direct} vs {euler}");
     }
 
+    fn cdnow() -> BgNbd {
+        BgNbd { r: 0.243, alpha: 4.414, dropout: Dropout::Beta { a: 0.793, b: 2.426 } }
+    }
+
+    #[test]
+    fn homogeneous_dropout_is_the_limit_of_the_beta() {
+        let (p, k) = (0.3, 2000.0);
+        let beta = BgNbd { r: 0.5, alpha: 10.0, dropout: Dropout::Beta { a: p * k, b: (1.0 - p) * k } };
+        let limit = BgNbd { dropout: Dropout::Homogeneous { p }, ..beta };
+        for h in [History { x: 0, t_x: 0.0, t: 50.0 }, History { x: 4, t_x: 30.0, t: 50.0 }] {
+            let (pa, pl) = (beta.p_alive(&h), limit.p_alive(&h));
+            let (ea, el) = (beta.expected_purchases(&h, 20.0).unwrap(), limit.expected_purchases(&h, 20.0).unwrap());
+            assert!((pa - pl).abs() < 0.002 && (ea - el).abs() < 0.005 * el, "{h:?}: {pa} {pl} {ea} {el}");
+            let (la, ll) = (beta.log_likelihood(&[h]), limit.log_likelihood(&[h]));
+            assert!((la - ll).abs() < 0.02, "{la} {ll}");
+        }
+    }
+
     #[test]
     fn large_frequencies_stay_finite() {
-        let model = BgNbd { r: 0.243, alpha: 4.414, a: 0.793, b: 2.426 };
+        let model = cdnow();
         let h = History { x: 5_000, t_x: 38.86, t: 38.86 };
         let p = model.p_alive(&h);
         let e = model.expected_purchases(&h, 39.0).unwrap();
@@ -262,7 +338,7 @@ mod tests {
 
     #[test]
     fn no_repeat_purchase_is_alive_and_nobody_to_fit_says_why() {
-        let model = BgNbd { r: 0.243, alpha: 4.414, a: 0.793, b: 2.426 };
+        let model = cdnow();
         assert_eq!(model.p_alive(&History { x: 0, t_x: 0.0, t: 30.0 }), 1.0);
         assert!(fit(&[]).unwrap_err().contains("no purchases"));
         assert!(fit(&[History { x: 3, t_x: 10.0, t: 20.0 }]).unwrap_err().contains("single buyer"));

@@ -61,11 +61,8 @@ impl Prepared {
     fn log_likelihood(&self, params: &[f64]) -> f64 {
         let (p, q, v) = (params[0], params[1], params[2]);
         let constant = q * v.ln() - ln_gamma(q);
-        let per_count: Vec<f64> = self
-            .counts
-            .iter()
-            .map(|&x| ln_gamma(p * f64::from(x) + q) - ln_gamma(p * f64::from(x)))
-            .collect();
+        let per_count: Vec<f64> =
+            self.counts.iter().map(|&x| ln_gamma(p * f64::from(x) + q) - ln_gamma(p * f64::from(x))).collect();
         self.rows
             .iter()
             .map(|&(i, x, ln_m, m, ln_x)| {
@@ -97,6 +94,7 @@ pub fn fit(spends: &[Spend]) -> Result<Fitted, String> {
             // The likelihood is a density in m, so the scaled one is larger by `scale` per buyer.
             Ok(Fitted { params, log_likelihood: log_likelihood - spends.len() as f64 * scale.ln() })
         }
+        Estimate::AtBoundary { params, .. } => Err(Estimate::boundary_reason(&params)),
         Estimate::NotConverged { reason } => Err(reason),
     }
 }

@@ -28,7 +28,7 @@ use audience_tools::schema::{PREDICTED_COLUMNS, is_sale};
 use chrono::NaiveDate;
 use sqlx::PgConnection;
 
-use bgnbd::{BgNbd, History};
+use bgnbd::{BgNbd, Dropout, History};
 use gamma_gamma::{GammaGamma, Spend};
 
 /// The unit that purchase histories and α are measured in.
@@ -113,9 +113,13 @@ impl FitReport {
             TimeUnit::Weeks => "weeks",
         };
         if let Some(fit) = &self.purchases {
-            let BgNbd { r, alpha, a, b } = fit.params;
+            let BgNbd { r, alpha, dropout } = fit.params;
+            let dropout = match dropout {
+                Dropout::Beta { a, b } => format!("a {a:.4}, b {b:.4}"),
+                Dropout::Homogeneous { p } => format!("drop-out p {p:.4} for everyone (a, b -> infinity)"),
+            };
             lines.push(format!(
-                "purchase model (BG/NBD, {} buyers, time in {unit}): r {r:.4}, alpha {alpha:.4}, a {a:.4}, b {b:.4}, \
+                "purchase model (BG/NBD, {} buyers, time in {unit}): r {r:.4}, alpha {alpha:.4}, {dropout}, \
                  log-likelihood {:.2}",
                 self.buyers, fit.log_likelihood
             ));
@@ -174,8 +178,7 @@ impl FitReport {
         let Some(purchases) = self.purchases.map(|fit| fit.params) else { return Prediction::default() };
         let h = &buyer.history;
         let horizon = f64::from(self.options.horizon_days) / self.time_unit.days();
-        let expected_avg_spend =
-            self.spend.map(|fit| fit.params.expected_average_spend(h.x, buyer.mean_repeat_spend));
+        let expected_avg_spend = self.spend.map(|fit| fit.params.expected_average_spend(h.x, buyer.mean_repeat_spend));
         Prediction {
             p_alive: Some(purchases.p_alive(h)),
             expected_purchases: purchases.expected_purchases(h, horizon),
@@ -210,12 +213,10 @@ pub async fn fit_profiles(conn: &mut PgConnection, as_of: NaiveDate, options: Op
 
     sqlx::query(&format!("DROP TABLE IF EXISTS {PREDICTIONS_TABLE}")).execute(&mut *conn).await?;
     let columns = PREDICTED_COLUMNS.iter().map(|c| format!("{c} DOUBLE PRECISION")).collect::<Vec<_>>().join(", ");
-    sqlx::query(&format!(
-        "CREATE TEMP TABLE {PREDICTIONS_TABLE} (customer_id BIGINT PRIMARY KEY, {columns})"
-    ))
-    .execute(&mut *conn)
-    .await
-    .context("cannot create the predictions table")?;
+    sqlx::query(&format!("CREATE TEMP TABLE {PREDICTIONS_TABLE} (customer_id BIGINT PRIMARY KEY, {columns})"))
+        .execute(&mut *conn)
+        .await
+        .context("cannot create the predictions table")?;
     if report.purchases.is_none() {
         return Ok(report);
     }

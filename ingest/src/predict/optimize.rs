@@ -30,8 +30,27 @@ const SIMPLEX_STEP: f64 = 0.5;
 /// A maximum-likelihood estimate, or why there is none.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Estimate {
-    Converged { params: Vec<f64>, log_likelihood: f64, iterations: u64 },
-    NotConverged { reason: String },
+    Converged {
+        params: Vec<f64>,
+        log_likelihood: f64,
+    },
+    /// The likelihood keeps growing towards the edge of the parameter space: `params` is the best point found,
+    /// with a parameter at e^±[`LOG_BOUND`]. A model may know the limit it tends to (see `bgnbd::fit`).
+    AtBoundary {
+        params: Vec<f64>,
+        log_likelihood: f64,
+    },
+    NotConverged {
+        reason: String,
+    },
+}
+
+impl Estimate {
+    /// Why a boundary estimate is not a fit, in words.
+    pub fn boundary_reason(params: &[f64]) -> String {
+        let far = params.iter().copied().fold(1.0, |far: f64, p| if p.ln().abs() > far.ln().abs() { p } else { far });
+        format!("a parameter runs off to {far:e}: the likelihood has no maximum inside the model")
+    }
 }
 
 /// The negative log-likelihood as a function of the log-parameters.
@@ -42,6 +61,11 @@ impl<F: Fn(&[f64]) -> f64> CostFunction for LogSpace<F> {
     type Output = f64;
 
     fn cost(&self, log_params: &Self::Param) -> Result<f64, argmin::core::Error> {
+        // Outside the box the model is degenerate: the simplex stays inside, and an optimum on its wall is reported
+        // as such.
+        if log_params.iter().any(|p| p.abs() > LOG_BOUND) {
+            return Ok(f64::MAX);
+        }
         let params: Vec<f64> = log_params.iter().map(|p| p.exp()).collect();
         let value = -(self.0)(&params);
         // A non-finite likelihood (an overflow far from the optimum) is the worst possible point, not an error, so
@@ -54,10 +78,9 @@ impl<F: Fn(&[f64]) -> f64> CostFunction for LogSpace<F> {
 pub fn maximize(log_likelihood: impl Fn(&[f64]) -> f64, start: &[f64]) -> Estimate {
     let mut best: Vec<f64> = start.iter().map(|p| p.ln()).collect();
     let mut best_ll = f64::NEG_INFINITY;
-    let mut iterations = 0;
     let cost = LogSpace(&log_likelihood);
     let tolerance = match cost.cost(&best) {
-        Ok(start) if start.is_finite() && start < f64::MAX => SD_TOLERANCE * start.abs().max(1.0),
+        Ok(start) if start < f64::MAX => SD_TOLERANCE * start.abs().max(1.0),
         _ => return Estimate::NotConverged { reason: "the log-likelihood is not finite at the start".to_owned() },
     };
     for _ in 0..=MAX_RESTARTS {
@@ -71,22 +94,26 @@ pub fn maximize(log_likelihood: impl Fn(&[f64]) -> f64, start: &[f64]) -> Estima
             Ok(solver) => solver,
             Err(e) => return Estimate::NotConverged { reason: e.to_string() },
         };
-        let result = match Executor::new(LogSpace(&log_likelihood), solver).configure(|s| s.max_iters(MAX_ITERS)).run() {
+        let result = match Executor::new(LogSpace(&log_likelihood), solver).configure(|s| s.max_iters(MAX_ITERS)).run()
+        {
             Ok(result) => result,
             Err(e) => return Estimate::NotConverged { reason: format!("the optimiser failed: {e}") },
         };
         let state = result.state();
-        iterations += state.get_iter();
+        let (Some(point), ll) = (state.get_best_param(), -state.get_best_cost()) else {
+            return Estimate::NotConverged { reason: "the optimiser returned no point".to_owned() };
+        };
         if state.get_termination_status() != &TerminationStatus::Terminated(TerminationReason::SolverConverged) {
+            // Still crawling along a ridge far out (the likelihood's gain there is tiny per step): heading for the
+            // edge, not for a maximum inside.
+            if ll.is_finite() && point.iter().any(|p| p.abs() > LOG_BOUND / 2.0) {
+                return Estimate::AtBoundary { params: point.iter().map(|p| p.exp()).collect(), log_likelihood: ll };
+            }
             return Estimate::NotConverged {
                 reason: format!("no convergence within {MAX_ITERS} Nelder-Mead iterations"),
             };
         }
-        let Some(point) = state.get_best_param() else {
-            return Estimate::NotConverged { reason: "the optimiser returned no point".to_owned() };
-        };
-        let ll = -state.get_best_cost();
-        if !ll.is_finite() {
+        if !ll.is_finite() || ll <= -f64::MAX {
             return Estimate::NotConverged { reason: "the log-likelihood is not finite at any point".to_owned() };
         }
         let gain = ll - best_ll;
@@ -95,15 +122,12 @@ pub fn maximize(log_likelihood: impl Fn(&[f64]) -> f64, start: &[f64]) -> Estima
             best_ll = ll;
         }
         if gain.is_finite() && gain <= RESTART_GAIN * best_ll.abs().max(1.0) {
-            if let Some(p) = best.iter().find(|p| p.abs() > LOG_BOUND) {
-                return Estimate::NotConverged {
-                    reason: format!(
-                        "a parameter runs off to {:e}: the data has no interior maximum of the likelihood",
-                        p.exp()
-                    ),
-                };
+            let params = best.iter().map(|p| p.exp()).collect();
+            // Within a step of the wall: the maximum is not inside the box.
+            if best.iter().any(|p| p.abs() > LOG_BOUND - 1.0) {
+                return Estimate::AtBoundary { params, log_likelihood: best_ll };
             }
-            return Estimate::Converged { params: best.iter().map(|p| p.exp()).collect(), log_likelihood: best_ll, iterations };
+            return Estimate::Converged { params, log_likelihood: best_ll };
         }
     }
     Estimate::NotConverged { reason: format!("still improving after {MAX_RESTARTS} Nelder-Mead restarts") }
@@ -125,6 +149,7 @@ mod tests {
     fn a_maximum_at_the_boundary_is_not_a_fit() {
         // Increasing in p forever: no interior maximum.
         let ll = |p: &[f64]| -1.0 / p[0];
-        assert!(matches!(maximize(ll, &[1.0]), Estimate::NotConverged { .. }));
+        let Estimate::AtBoundary { params, .. } = maximize(ll, &[1.0]) else { panic!("not at the boundary") };
+        assert!(params[0] > 1e6, "{params:?}");
     }
 }
