@@ -183,8 +183,12 @@ pub const TABLES: [TableSpec; 3] = [CUSTOMERS, EVENTS, PROFILES];
 pub const CUSTOMER_FACTS: &str = "customer_facts";
 /// The columns of [`CUSTOMER_FACTS`] copied from `profiles`: the key and every scalar field an audience clause can
 /// name, fixed-width ones first (PostgreSQL reads a row's columns in order). `spend_band` follows them.
-pub const CUSTOMER_FACTS_COLUMNS: [&str; 14] = [
+pub const CUSTOMER_FACTS_COLUMNS: [&str; 18] = [
     "customer_id",
+    "p_alive",
+    "expected_purchases",
+    "expected_avg_spend",
+    "clv_12m",
     "age",
     "order_count",
     "return_count",
