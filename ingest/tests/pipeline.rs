@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
+use serde_json::json;
 use tempfile::TempDir;
 
 use audience_ingest::generate::{GenerateOptions, generate};
@@ -22,6 +23,8 @@ use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest, reindex};
 use audience_ingest::predict::bgnbd::History;
 use audience_ingest::predict::{Buyer, FitReport, TimeUnit};
 use audience_ingest::render::text_hash;
+use audience_tools::audience::AudienceDefinition;
+use audience_tools::audience::compile::{Data, compile};
 use audience_tools::db::{Db, ReadLimits};
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::paths;
@@ -962,6 +965,47 @@ async fn predicted_fields_follow_the_fit_stored_with_the_data() -> Result<()> {
         assert!(p_alive.is_some_and(|p| (0.0..=1.0).contains(&p)), "customer {id}");
         assert!(close(p_alive, want.p_alive, 4) && close(expected, want.expected_purchases, 4), "customer {id}");
         assert!(close(spend, want.expected_avg_spend, 2) && close(clv, want.clv, 2), "customer {id}: {clv:?} {want:?}");
+    }
+
+    // Audience clauses on the predicted fields (compiled over customer_facts) count what SQL over profiles counts;
+    // a customer without a prediction is in no comparison, and so never excluded by one.
+    let data = Data { as_of: report.profiles.as_of, derived_tables: true };
+    let cases = [
+        (
+            json!({"include": [{"type": "profile", "field": "p_alive", "op": "<", "value": 0.3},
+                               {"type": "profile", "field": "total_spent", "op": ">", "value": 500}]}),
+            "p_alive < 0.3 AND total_spent > 500",
+        ),
+        (
+            json!({"include": [{"type": "profile", "field": "expected_purchases", "op": ">=", "value": 0.3}]}),
+            "expected_purchases >= 0.3",
+        ),
+        (
+            json!({"exclude": [{"type": "profile", "field": "p_alive", "op": "<", "value": 0.5}]}),
+            "NOT coalesce(p_alive < 0.5, false)",
+        ),
+        (
+            json!({"include": [{"type": "profile", "field": "clv_12m", "op": ">", "value": 100},
+                               {"type": "profile", "field": "expected_avg_spend", "op": "<=", "value": 200}]}),
+            "clv_12m > 100 AND expected_avg_spend <= 200",
+        ),
+    ];
+    for (clauses, condition) in cases {
+        let mut definition = json!({"version": 1, "limit": 10});
+        for (key, value) in clauses.as_object().unwrap() {
+            definition[key] = value.clone();
+        }
+        let definition = AudienceDefinition::from_json(&definition.to_string())?;
+        let membership = compile(&definition, data)?.membership;
+        assert!(membership.contains("FROM customer_facts p"), "{membership}");
+        let size: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM ({membership}) m")).fetch_one(&env.db.pool).await?;
+        let expected: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM profiles WHERE {condition}"))
+            .fetch_one(&env.db.pool)
+            .await?;
+        println!("{condition}: {size} of 500");
+        assert_eq!(size, expected, "{condition}");
+        assert!(size > 0 && size < 500, "{condition}: {size} customers says nothing about the clause");
     }
     env.drop_schema().await
 }

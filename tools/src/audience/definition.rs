@@ -145,6 +145,7 @@ pub enum ProfileField {
     PAlive,
     ExpectedPurchases,
     ExpectedAvgSpend,
+    #[serde(rename = "clv_12m")]
     Clv12m,
 }
 
