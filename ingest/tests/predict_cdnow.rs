@@ -215,6 +215,10 @@ fn predictions_on_cdnow_are_in_range() {
     let model = report.purchases.unwrap().params;
     let p = model.p_alive(&History { x: 2, t_x: 30.43, t: 38.86 });
     assert!((p - 0.7266).abs() < 0.003, "P(alive) {p}");
+    // The README's worked example: customer 1 (repeat purchases of 22.35 on average) as of 1997-09-30.
+    let first = &customers[0].buyer;
+    assert_eq!(first.history.x, 2);
+    println!("CDNOW customer 1: {first:?}: {:?}", report.predict(first));
     for c in &customers {
         let prediction = report.predict(&c.buyer);
         let p = prediction.p_alive.unwrap();
