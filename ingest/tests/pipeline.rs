@@ -27,6 +27,7 @@ use audience_tools::audience::AudienceDefinition;
 use audience_tools::audience::compile::{Data, compile};
 use audience_tools::db::{Db, ReadLimits};
 use audience_tools::embed::LazyEmbedder;
+use audience_tools::metrics::query::{MetricsArgs, compile as compile_metrics};
 use audience_tools::paths;
 use audience_tools::vector::{VectorReader, VectorSearch, VectorStore};
 
@@ -1006,6 +1007,29 @@ async fn predicted_fields_follow_the_fit_stored_with_the_data() -> Result<()> {
         println!("{condition}: {size} of 500");
         assert_eq!(size, expected, "{condition}");
         assert!(size > 0 && size < 500, "{condition}: {size} customers says nothing about the clause");
+    }
+
+    // The catalogue's measures on the predicted fields, by segment, against SQL written here over profiles.
+    let args: MetricsArgs = serde_json::from_value(
+        json!({"measures": ["average_p_alive", "predicted_value"], "dimensions": ["segment"], "order_by": "segment"}),
+    )?;
+    let compiled = compile_metrics(&args.check()?, data)?;
+    let got: Vec<(String, Option<f64>, Option<f64>)> = sqlx::query_as(&compiled.sql).fetch_all(&env.db.pool).await?;
+    let want: Vec<(String, Option<f64>, Option<f64>)> =
+        sqlx::query_as("SELECT segment, avg(p_alive), sum(clv_12m) FROM profiles GROUP BY segment ORDER BY segment")
+            .fetch_all(&env.db.pool)
+            .await?;
+    assert_eq!(got.len(), want.len());
+    for ((segment, alive, value), (want_segment, want_alive, want_value)) in got.iter().zip(&want) {
+        assert_eq!(segment, want_segment);
+        let same = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() < 1e-6 * b.abs().max(1.0),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        assert!(
+            same(*alive, *want_alive) && same(*value, *want_value),
+            "{segment}: {alive:?} {value:?} vs {want_alive:?} {want_value:?}"
+        );
     }
     env.drop_schema().await
 }
