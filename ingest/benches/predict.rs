@@ -1,7 +1,8 @@
 //! `cargo bench -p audience-ingest --bench predict`: the purchase and spend models' fit plus every customer's
 //! predictions (p_alive, expected purchases in 90 days, expected spend, 12 monthly steps of CLV), the work ingest
 //! adds per ingest, on purchase histories simulated from a BG/NBD and a Gamma-Gamma process (seeded, whole days,
-//! as ingest summarises them). Prints one Markdown row per size for BENCHMARKS.md.
+//! as ingest summarises them). Prints one Markdown row per size for BENCHMARKS.md. Purchases of one day merge into
+//! one, as at ingest, so the fitted parameters are not exactly the simulated ones (fast buyers lose purchases).
 
 use std::time::Instant;
 
