@@ -1040,7 +1040,9 @@ async fn predicted_fields_follow_the_fit_stored_with_the_data() -> Result<()> {
 async fn data_the_purchase_model_cannot_describe_leaves_the_predictions_unknown() -> Result<()> {
     let env = Env::new().await?;
     let sales = |line: &str| line.contains(",purchase,") && !line.contains(",-1,");
-    let cases: [(&str, Box<dyn Fn(usize, &str) -> Option<String>>, &str); 3] = [
+    // (variant, the event line kept (by its index in the file) or rewritten, the reason a note must give)
+    type Case<'a> = (&'a str, Box<dyn Fn(usize, &str) -> Option<String>>, &'a str);
+    let cases: [Case; 3] = [
         (
             "none",
             Box::new(|_, line| (!line.contains(",-1,")).then(|| line.replace(",purchase,", ",view,"))),

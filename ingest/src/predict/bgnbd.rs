@@ -257,7 +257,7 @@ const HYP2F1_MAX_TERMS: usize = 200_000;
 /// ₂F₁(r+x, b+x; ·) would); z = t/(α+T+t) is below 1 for every finite horizon, and near 1 only for customers
 /// observed for a short time against a long horizon, which take a few thousand terms.
 pub fn hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Option<f64> {
-    if !(0.0..1.0).contains(&z) || !(a.is_finite() && b.is_finite() && c.is_finite()) {
+    if !((0.0..1.0).contains(&z) && a.is_finite() && b.is_finite() && c.is_finite()) {
         return None;
     }
     let monotone_from = (a + b - c - 1.0).max(0.0);
