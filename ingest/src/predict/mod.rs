@@ -152,12 +152,10 @@ pub fn fit(buyers: &[Buyer], unit: TimeUnit, options: Options) -> FitReport {
     let spends: Vec<Spend> = buyers.iter().map(|b| Spend { x: b.history.x, m: b.mean_repeat_spend }).collect();
     let spend = match gamma_gamma::fit(&spends) {
         Ok(fit) => Some(ModelFit { params: fit.params, log_likelihood: fit.log_likelihood }),
-        Err(reason) if purchases.is_some() => {
+        Err(reason) => {
             notes.push(format!("spend model not fitted ({reason}): expected_avg_spend and clv_12m are unknown"));
             None
         }
-        // Without buyers or repeat purchases the first note says it all.
-        Err(_) => None,
     };
     let repeat_buyers = buyers.iter().filter(|b| b.history.x > 0).count() as u64;
     FitReport { time_unit: unit, options, buyers: buyers.len() as u64, repeat_buyers, purchases, spend, notes }
@@ -173,12 +171,15 @@ pub struct Prediction {
 }
 
 impl FitReport {
-    /// The predicted fields of `buyer` (in the fit's unit) from whichever models were fitted.
+    /// The predicted fields of `buyer` (in the fit's unit) from whichever models were fitted: the spend model
+    /// alone gives `expected_avg_spend`, CLV needs both.
     pub fn predict(&self, buyer: &Buyer) -> Prediction {
-        let Some(purchases) = self.purchases.map(|fit| fit.params) else { return Prediction::default() };
         let h = &buyer.history;
-        let horizon = f64::from(self.options.horizon_days) / self.time_unit.days();
         let expected_avg_spend = self.spend.map(|fit| fit.params.expected_average_spend(h.x, buyer.mean_repeat_spend));
+        let Some(purchases) = self.purchases.map(|fit| fit.params) else {
+            return Prediction { expected_avg_spend, ..Prediction::default() };
+        };
+        let horizon = f64::from(self.options.horizon_days) / self.time_unit.days();
         Prediction {
             p_alive: Some(purchases.p_alive(h)),
             expected_purchases: purchases.expected_purchases(h, horizon),
@@ -217,7 +218,7 @@ pub async fn fit_profiles(conn: &mut PgConnection, as_of: NaiveDate, options: Op
         .execute(&mut *conn)
         .await
         .context("cannot create the predictions table")?;
-    if report.purchases.is_none() {
+    if report.purchases.is_none() && report.spend.is_none() {
         return Ok(report);
     }
     let mut rows = String::with_capacity(buyers.len() * 48);

@@ -76,7 +76,7 @@ pub enum Measure {
     CartToPurchase,
     CartAbandonment,
     RepeatPurchaseRate,
-    AverageProbabilityAlive,
+    AveragePAlive,
     PredictedValue,
 }
 
@@ -119,7 +119,7 @@ impl Measure {
         Self::CartToPurchase,
         Self::CartAbandonment,
         Self::RepeatPurchaseRate,
-        Self::AverageProbabilityAlive,
+        Self::AveragePAlive,
         Self::PredictedValue,
     ];
 
@@ -144,7 +144,7 @@ impl Measure {
             Self::CartToPurchase => "cart_to_purchase",
             Self::CartAbandonment => "cart_abandonment",
             Self::RepeatPurchaseRate => "repeat_purchase_rate",
-            Self::AverageProbabilityAlive => "average_p_alive",
+            Self::AveragePAlive => "average_p_alive",
             Self::PredictedValue => "predicted_value",
         }
     }
@@ -169,7 +169,7 @@ impl Measure {
             Self::AverageAge => "average age",
             Self::ChurnRate => "churn rate",
             Self::CartAbandonment => "cart abandonment",
-            Self::AverageProbabilityAlive => "average probability of being active",
+            Self::AveragePAlive => "average probability of being active",
             Self::PredictedValue => "predicted 12-month value",
             other => other.name(),
         }
@@ -202,7 +202,7 @@ impl Measure {
                 "customers who added to the cart and never bought / customers who added to the cart".to_owned()
             }
             Self::RepeatPurchaseRate => "buyers with two or more orders / buyers".to_owned(),
-            Self::AverageProbabilityAlive => {
+            Self::AveragePAlive => {
                 "the mean p_alive (the purchase model's probability that a buyer is still active) of the buyers with \
                  a prediction"
                     .to_owned()
@@ -217,11 +217,9 @@ impl Measure {
 
     pub fn grain(self) -> Grain {
         match self {
-            Self::Customers
-            | Self::AverageAge
-            | Self::ChurnRate
-            | Self::AverageProbabilityAlive
-            | Self::PredictedValue => Grain::Customer,
+            Self::Customers | Self::AverageAge | Self::ChurnRate | Self::AveragePAlive | Self::PredictedValue => {
+                Grain::Customer
+            }
             _ => Grain::Event,
         }
     }
@@ -231,7 +229,7 @@ impl Measure {
             Self::GrossRevenue | Self::NetRevenue | Self::PredictedValue => Unit::Money,
             Self::AverageOrderValue | Self::AverageSpendPerBuyer | Self::AverageAge => Unit::Average,
             Self::ChurnRate | Self::ViewToCart | Self::CartToPurchase | Self::CartAbandonment => Unit::Rate,
-            Self::RepeatPurchaseRate | Self::AverageProbabilityAlive => Unit::Rate,
+            Self::RepeatPurchaseRate | Self::AveragePAlive => Unit::Rate,
             _ => Unit::Count,
         }
     }
@@ -246,7 +244,7 @@ impl Measure {
                 "count(*) FILTER (WHERE c.churned)::numeric / nullif(count(*) FILTER (WHERE c.order_count > 0), 0)"
             }
             // Unknown (NULL) when no customer has a prediction: a model that was not fitted is not a value of 0.
-            Self::AverageProbabilityAlive => "avg(c.p_alive)",
+            Self::AveragePAlive => "avg(c.p_alive)",
             Self::PredictedValue => "sum(c.clv_12m)",
             Self::ActiveCustomers => "count(*)",
             Self::Buyers => "count(*) FILTER (WHERE f.orders > 0)",
