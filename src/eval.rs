@@ -203,6 +203,7 @@ pub async fn prepare_sample(spec: &SampleSpec, dir: &Path, database_url: &str, s
                 dry_run: false,
             },
             as_of: None,
+            predict: Default::default(),
         };
         pipeline::ingest(&db, &vectors, &embedder, request).await.context("cannot ingest the eval sample")?;
         std::fs::write(&marker, wanted.to_string()).with_context(|| format!("cannot write {}", marker.display()))?;

@@ -9,6 +9,7 @@ pub mod input;
 pub mod keys;
 pub mod load;
 pub mod pipeline;
+pub mod predict;
 pub mod profiles;
 pub mod render;
 pub mod sync;

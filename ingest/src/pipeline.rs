@@ -23,6 +23,7 @@ use sqlx::PgConnection;
 
 use crate::audience_tables;
 use crate::load::{self, LoadOptions, LoadReport};
+use crate::predict::{self, FitReport};
 use crate::profiles::{self, Distribution, ProfileStats};
 use crate::sync::{self, ProfilesTable, SyncMode, SyncReport};
 
@@ -34,6 +35,8 @@ pub struct IngestRequest {
     pub load: LoadOptions,
     /// The day profiles are computed for; `None` = the day of the newest event.
     pub as_of: Option<NaiveDate>,
+    /// The horizon and discount rate of the predicted profile fields.
+    pub predict: predict::Options,
 }
 
 /// Seconds spent in each stage.
@@ -93,7 +96,7 @@ pub async fn ingest(
     times.load = stage.elapsed().as_secs_f64();
 
     let stage = Instant::now();
-    let profile_stats = profiles::compute(&mut tx, req.as_of).await?;
+    let profile_stats = profiles::compute(&mut tx, req.as_of, req.predict).await?;
     audience_tables::build(&mut tx, profile_stats.as_of).await?;
     times.profiles = stage.elapsed().as_secs_f64();
 
@@ -105,7 +108,8 @@ pub async fn ingest(
     let stage = Instant::now();
     let (profiles, fingerprint) = fingerprint(&mut tx, ProfilesTable::Staging).await?;
     load::swap_in(&mut tx).await?;
-    let version = record_dataset(&mut tx, profiles, &fingerprint, profile_stats.as_of).await?;
+    let version =
+        record_dataset(&mut tx, profiles, &fingerprint, profile_stats.as_of, &profile_stats.prediction).await?;
     tx.commit().await.context("cannot commit the ingest")?;
     writer.publish(&Manifest { profiles, fingerprint, data_version: Some(version) }).await.context(
         "the data is committed, but its vector index version could not be published; run `audience reindex`",
@@ -156,7 +160,7 @@ pub async fn check(db: &Db, req: IngestRequest) -> Result<CheckReport> {
     load::prepare_schema_in(&mut tx, &db.schema).await?;
     let options = LoadOptions { dry_run: true, ..req.load };
     let load_report = load::load_staging(&mut tx, &req.customers, &req.events, &options).await?;
-    let profile_stats = profiles::compute(&mut tx, req.as_of).await?;
+    let profile_stats = profiles::compute(&mut tx, req.as_of, req.predict).await?;
     let distribution = profiles::distribution(&mut tx).await?;
     let samples: Vec<(String, String)> = sqlx::query_as(
         "SELECT external_id, profile_text FROM profiles_staging ORDER BY total_spent DESC, customer_id LIMIT $1",
@@ -213,19 +217,26 @@ async fn fingerprint(conn: &mut PgConnection, table: ProfilesTable) -> Result<(u
     Ok((u64::try_from(count).unwrap_or(0), fingerprint))
 }
 
-/// Records the new data in the `dataset` row and returns its version number.
-async fn record_dataset(conn: &mut PgConnection, profiles: u64, fingerprint: &str, as_of: NaiveDate) -> Result<i64> {
+/// Records the new data in the `dataset` row, with the fit of its predicted fields, and returns its version number.
+async fn record_dataset(
+    conn: &mut PgConnection,
+    profiles: u64,
+    fingerprint: &str,
+    as_of: NaiveDate,
+    prediction: &FitReport,
+) -> Result<i64> {
     sqlx::query_scalar(
-        "INSERT INTO dataset (id, version, profiles, fingerprint, ingested_at, as_of, derived_version) \
-         VALUES (1, 1, $1, $2, now(), $3, 1) \
+        "INSERT INTO dataset (id, version, profiles, fingerprint, ingested_at, as_of, derived_version, prediction_fit) \
+         VALUES (1, 1, $1, $2, now(), $3, 1, $4) \
          ON CONFLICT (id) DO UPDATE SET version = dataset.version + 1, profiles = EXCLUDED.profiles, \
          fingerprint = EXCLUDED.fingerprint, ingested_at = EXCLUDED.ingested_at, as_of = EXCLUDED.as_of, \
-         derived_version = dataset.version + 1 \
+         derived_version = dataset.version + 1, prediction_fit = EXCLUDED.prediction_fit \
          RETURNING version",
     )
     .bind(i64::try_from(profiles).unwrap_or(i64::MAX))
     .bind(fingerprint)
     .bind(as_of)
+    .bind(sqlx::types::Json(prediction))
     .fetch_one(&mut *conn)
     .await
     .context("cannot record the dataset version")

@@ -23,6 +23,8 @@
 //!   the top 3 categories by weight (ties by name), with their weights in `interest_weights`; `preferred_colors`
 //!   the top 2 colors by the same weights.
 //! - `likes_luxury`: `total_spent > 800`.
+//! - `p_alive`, `expected_purchases`, `expected_avg_spend`, `clv_12m`: predicted by the purchase and spend models
+//!   of [`crate::predict`] (see there), NULL for a customer without a purchase or when a model was not fitted.
 
 use std::fmt::Write as _;
 
@@ -30,8 +32,9 @@ use anyhow::{Context, Result};
 use chrono::{NaiveDate, Utc};
 use sqlx::PgConnection;
 
+use crate::predict::{self, FitReport, PREDICTIONS_TABLE};
 use crate::render::{self, ProfileFacts};
-use audience_tools::schema::{CHURN_DAYS, PROFILES, is_return, is_sale};
+use audience_tools::schema::{CHURN_DAYS, PREDICTED_COLUMNS, PROFILES, is_return, is_sale};
 /// Spend above which a customer "likes luxury items".
 pub const LUXURY_SPEND: f64 = 800.0;
 /// Profiles rendered per round trip; bounds memory at any customer count.
@@ -48,13 +51,19 @@ pub struct ProfileStats {
     pub likes_luxury: u64,
     /// What the data could not tell: a dimension every buyer ties in, or no purchases at all.
     pub notes: Vec<String>,
+    /// The purchase and spend models fitted for the predicted fields.
+    pub prediction: FitReport,
 }
 
 /// Creates and fills `profiles_staging` (replacing any earlier one) from the staging tables on `conn`.
 ///
 /// Run it inside the ingest transaction, after `load_staging` and before `swap_in`. It uses two temporary tables
 /// (`profile_facts`, `profile_texts`) and drops them before returning.
-pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Result<ProfileStats> {
+pub async fn compute(
+    conn: &mut PgConnection,
+    as_of: Option<NaiveDate>,
+    prediction: predict::Options,
+) -> Result<ProfileStats> {
     let as_of = match as_of {
         Some(day) => day,
         None => {
@@ -86,17 +95,20 @@ pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Resul
         .await?;
 
     render_texts(conn).await.context("cannot write profile texts")?;
+    let prediction = predict::fit_profiles(conn, as_of, prediction).await?;
 
     sqlx::query(&format!("CREATE TABLE profiles_staging ({})", PROFILES.ddl())).execute(&mut *conn).await?;
     let facts = fact_columns().join(", ");
+    let predicted = PREDICTED_COLUMNS.join(", ");
     sqlx::query(&format!(
-        "INSERT INTO profiles_staging ({facts}, profile_text, text_hash) \
-         SELECT {facts}, t.profile_text, t.text_hash FROM profile_facts JOIN profile_texts t USING (customer_id)"
+        "INSERT INTO profiles_staging ({facts}, {predicted}, profile_text, text_hash) \
+         SELECT {facts}, {predicted}, t.profile_text, t.text_hash \
+         FROM profile_facts JOIN profile_texts t USING (customer_id) LEFT JOIN {PREDICTIONS_TABLE} USING (customer_id)"
     ))
     .execute(&mut *conn)
     .await
     .context("cannot fill profiles_staging")?;
-    sqlx::query("DROP TABLE profile_facts, profile_texts").execute(&mut *conn).await?;
+    sqlx::query(&format!("DROP TABLE profile_facts, profile_texts, {PREDICTIONS_TABLE}")).execute(&mut *conn).await?;
 
     let (profiles, vip, churn_recovery, standard, likes_luxury): (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE segment = 'VIP Loyalty'), \
@@ -116,6 +128,7 @@ pub async fn compute(conn: &mut PgConnection, as_of: Option<NaiveDate>) -> Resul
         standard: count(standard),
         likes_luxury: count(likes_luxury),
         notes,
+        prediction,
     })
 }
 
@@ -236,9 +249,14 @@ fn copy_escape(value: &str) -> String {
     out
 }
 
-/// The profile columns computed in SQL: every profiles column but the rendered text and its hash.
+/// The profile columns computed in SQL: every profiles column but the rendered text and its hash, and the
+/// predicted ones.
 fn fact_columns() -> Vec<&'static str> {
-    PROFILES.columns().into_iter().filter(|c| !matches!(*c, "profile_text" | "text_hash")).collect()
+    PROFILES
+        .columns()
+        .into_iter()
+        .filter(|c| !matches!(*c, "profile_text" | "text_hash") && !PREDICTED_COLUMNS.contains(c))
+        .collect()
 }
 
 /// `$1` = as_of (date), `$2` = churn days, `$3` = luxury spend. Events are scanned twice: once for purchase totals,

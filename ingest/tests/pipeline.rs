@@ -13,15 +13,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
+use serde_json::json;
 use tempfile::TempDir;
 
 use audience_ingest::generate::{GenerateOptions, generate};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest, reindex};
+use audience_ingest::predict::bgnbd::History;
+use audience_ingest::predict::{Buyer, FitReport, TimeUnit};
 use audience_ingest::render::text_hash;
+use audience_tools::audience::AudienceDefinition;
+use audience_tools::audience::compile::{Data, compile};
 use audience_tools::db::{Db, ReadLimits};
 use audience_tools::embed::LazyEmbedder;
+use audience_tools::metrics::query::{MetricsArgs, compile as compile_metrics};
 use audience_tools::paths;
 use audience_tools::vector::{VectorReader, VectorSearch, VectorStore};
 
@@ -79,6 +85,7 @@ impl Env {
                 dry_run: false,
             },
             as_of,
+            predict: Default::default(),
         }
     }
 
@@ -891,5 +898,190 @@ async fn an_intent_over_identical_profile_texts_ranks_by_spend_and_says_why() ->
             .await?;
     let listed: Vec<&str> = report.members.iter().map(|m| m.external_id.as_str()).collect();
     assert_eq!(listed, spend);
+    env.drop_schema().await
+}
+
+/// A buyer's purchase history as the predicted fields define it, written here from the live `events` table: every
+/// sale of one UTC day is one purchase, times in days up to `as_of`, the mean spend of the repeat days.
+async fn independent_buyers(db: &Db, as_of: NaiveDate) -> Result<Vec<(i64, Buyer)>> {
+    let rows: Vec<(i64, Vec<NaiveDate>, Vec<f64>)> = sqlx::query_as(
+        "SELECT customer_id, array_agg(day ORDER BY day), array_agg(spend ORDER BY day) FROM ( \
+             SELECT customer_id, (ts AT TIME ZONE 'UTC')::date AS day, sum(amount)::float8 AS spend FROM events \
+             WHERE event_type = 'purchase' AND quantity > 0 AND (ts AT TIME ZONE 'UTC')::date <= $1 GROUP BY 1, 2) d \
+         GROUP BY customer_id ORDER BY customer_id",
+    )
+    .bind(as_of)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, days, spends)| {
+            let x = days.len() as u32 - 1;
+            let days_between = |a: NaiveDate, b: NaiveDate| (b - a).num_days() as f64;
+            let history =
+                History { x, t_x: days_between(days[0], days[days.len() - 1]), t: days_between(days[0], as_of) };
+            let mean_repeat_spend = if x > 0 { spends[1..].iter().sum::<f64>() / f64::from(x) } else { 0.0 };
+            (id, Buyer { history, mean_repeat_spend })
+        })
+        .collect())
+}
+
+type Predicted = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
+async fn predicted_fields(db: &Db) -> Result<Vec<Predicted>> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, p_alive, expected_purchases, expected_avg_spend, clv_12m FROM profiles ORDER BY customer_id",
+    )
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+/// Issue 23: the generated sample's purchase log fits both models; every buyer's predicted fields are the fit's
+/// predictions for their history (summarised here independently, in SQL over `events`), prospects have none, and
+/// the fit is stored with the data version it describes.
+#[tokio::test]
+async fn predicted_fields_follow_the_fit_stored_with_the_data() -> Result<()> {
+    let env = Env::new().await?;
+    let generated = generate(&GenerateOptions {
+        customers: 500,
+        events_per_customer: 20,
+        seed: 42,
+        end_date: day("2025-01-01"),
+        out_dir: env.dir.path().join("sample"),
+    })?;
+    let report = env.ingest(&generated.customers_path, &generated.events_path, None).await?;
+    let fit = &report.profiles.prediction;
+    assert!(fit.purchases.is_some() && fit.spend.is_some(), "{:?}", fit.notes);
+    assert_eq!(fit.time_unit, TimeUnit::Days);
+    let stored: sqlx::types::Json<FitReport> =
+        sqlx::query_scalar("SELECT prediction_fit FROM dataset WHERE id = 1").fetch_one(&env.db.pool).await?;
+    assert_eq!(&stored.0, fit);
+
+    let buyers: HashMap<i64, Buyer> = independent_buyers(&env.db, report.profiles.as_of).await?.into_iter().collect();
+    assert_eq!(buyers.len() as u64, fit.buyers);
+    let close = |stored: Option<f64>, computed: Option<f64>, decimals: i32| match (stored, computed) {
+        (Some(s), Some(c)) => (s - c).abs() <= 0.5 * 10f64.powi(-decimals) + 1e-9,
+        (s, c) => s.is_none() && c.is_none(),
+    };
+    for (id, p_alive, expected, spend, clv) in predicted_fields(&env.db).await? {
+        let Some(buyer) = buyers.get(&id) else {
+            assert_eq!((p_alive, expected, spend, clv), (None, None, None, None), "prospect {id}");
+            continue;
+        };
+        let want = fit.predict(buyer);
+        assert!(p_alive.is_some_and(|p| (0.0..=1.0).contains(&p)), "customer {id}");
+        assert!(close(p_alive, want.p_alive, 4) && close(expected, want.expected_purchases, 4), "customer {id}");
+        assert!(close(spend, want.expected_avg_spend, 2) && close(clv, want.clv, 2), "customer {id}: {clv:?} {want:?}");
+    }
+
+    // Audience clauses on the predicted fields (compiled over customer_facts) count what SQL over profiles counts;
+    // a customer without a prediction is in no comparison, and so never excluded by one.
+    let data = Data { as_of: report.profiles.as_of, derived_tables: true };
+    let cases = [
+        (
+            json!({"include": [{"type": "profile", "field": "p_alive", "op": "<", "value": 0.3},
+                               {"type": "profile", "field": "total_spent", "op": ">", "value": 500}]}),
+            "p_alive < 0.3 AND total_spent > 500",
+        ),
+        (
+            json!({"include": [{"type": "profile", "field": "expected_purchases", "op": ">=", "value": 0.3}]}),
+            "expected_purchases >= 0.3",
+        ),
+        (
+            json!({"exclude": [{"type": "profile", "field": "p_alive", "op": "<", "value": 0.5}]}),
+            "NOT coalesce(p_alive < 0.5, false)",
+        ),
+        (
+            json!({"include": [{"type": "profile", "field": "clv_12m", "op": ">", "value": 100},
+                               {"type": "profile", "field": "expected_avg_spend", "op": "<=", "value": 200}]}),
+            "clv_12m > 100 AND expected_avg_spend <= 200",
+        ),
+    ];
+    for (clauses, condition) in cases {
+        let mut definition = json!({"version": 1, "limit": 10});
+        for (key, value) in clauses.as_object().unwrap() {
+            definition[key] = value.clone();
+        }
+        let definition = AudienceDefinition::from_json(&definition.to_string())?;
+        let membership = compile(&definition, data)?.membership;
+        assert!(membership.contains("FROM customer_facts p"), "{membership}");
+        let size: i64 =
+            sqlx::query_scalar(&format!("SELECT count(*) FROM ({membership}) m")).fetch_one(&env.db.pool).await?;
+        let expected: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM profiles WHERE {condition}"))
+            .fetch_one(&env.db.pool)
+            .await?;
+        println!("{condition}: {size} of 500");
+        assert_eq!(size, expected, "{condition}");
+        assert!(size > 0 && size < 500, "{condition}: {size} customers says nothing about the clause");
+    }
+
+    // The catalogue's measures on the predicted fields, by segment, against SQL written here over profiles.
+    let args: MetricsArgs = serde_json::from_value(
+        json!({"measures": ["average_p_alive", "predicted_value"], "dimensions": ["segment"], "order_by": "segment"}),
+    )?;
+    let compiled = compile_metrics(&args.check()?, data)?;
+    let got: Vec<(String, Option<f64>, Option<f64>)> = sqlx::query_as(&compiled.sql).fetch_all(&env.db.pool).await?;
+    let want: Vec<(String, Option<f64>, Option<f64>)> =
+        sqlx::query_as("SELECT segment, avg(p_alive), sum(clv_12m) FROM profiles GROUP BY segment ORDER BY segment")
+            .fetch_all(&env.db.pool)
+            .await?;
+    assert_eq!(got.len(), want.len());
+    for ((segment, alive, value), (want_segment, want_alive, want_value)) in got.iter().zip(&want) {
+        assert_eq!(segment, want_segment);
+        let same = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() < 1e-6 * b.abs().max(1.0),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        assert!(
+            same(*alive, *want_alive) && same(*value, *want_value),
+            "{segment}: {alive:?} {value:?} vs {want_alive:?} {want_value:?}"
+        );
+    }
+    env.drop_schema().await
+}
+
+/// Issue 23's edge cases: no purchases at all, one buyer, and buyers who all bought once leave every predicted field
+/// unknown (NULL) and say why, instead of a number from a model that could not be fitted.
+#[tokio::test]
+async fn data_the_purchase_model_cannot_describe_leaves_the_predictions_unknown() -> Result<()> {
+    let env = Env::new().await?;
+    let sales = |line: &str| line.contains(",purchase,") && !line.contains(",-1,");
+    // (variant, the event line kept (by its index in the file) or rewritten, the reason a note must give)
+    type Case<'a> = (&'a str, Box<dyn Fn(usize, &str) -> Option<String>>, &'a str);
+    let cases: [Case; 3] = [
+        (
+            "none",
+            Box::new(|_, line| (!line.contains(",-1,")).then(|| line.replace(",purchase,", ",view,"))),
+            "no purchases",
+        ),
+        (
+            "single",
+            Box::new(
+                move |_, line| {
+                    if !sales(line) || line.contains(",1,purchase,") { Some(line.to_owned()) } else { None }
+                },
+            ),
+            "single buyer",
+        ),
+        // One purchase line per buyer: the first of each customer's sales in the file.
+        (
+            "once",
+            Box::new(move |i, line| (!sales(line) || [1, 8, 13, 17].contains(&i)).then(|| line.to_owned())),
+            "second day",
+        ),
+    ];
+    for (name, keep, reason) in cases {
+        let (customers, events) = env.variant(name, |c, e| {
+            let kept: Vec<String> = e.lines().enumerate().filter_map(|(i, line)| keep(i, line)).collect();
+            (c.to_owned(), kept.join("\n") + "\n")
+        })?;
+        let report = env.ingest(&customers, &events, Some(day("2024-06-30"))).await?;
+        let fit = &report.profiles.prediction;
+        assert!(fit.purchases.is_none() && fit.spend.is_none(), "{name}");
+        assert!(fit.notes.iter().any(|n| n.contains(reason) && n.contains("unknown")), "{name}: {:?}", fit.notes);
+        for (id, p_alive, expected, spend, clv) in predicted_fields(&env.db).await? {
+            assert_eq!((p_alive, expected, spend, clv), (None, None, None, None), "{name}: customer {id}");
+        }
+    }
     env.drop_schema().await
 }

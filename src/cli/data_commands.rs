@@ -10,6 +10,7 @@ use audience_ingest::generate::{self, GenerateOptions};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{self, CheckReport, IngestReport, IngestRequest};
+use audience_ingest::predict;
 use audience_ingest::profiles::ProfileStats;
 use audience_ingest::sync::SyncReport;
 use audience_tools::audience::definition::AudienceDefinition;
@@ -75,6 +76,14 @@ pub struct IngestArgs {
     /// Compute profiles as of this day (YYYY-MM-DD); default: the day of the newest event.
     #[arg(long)]
     as_of: Option<NaiveDate>,
+    /// The horizon of the predicted `expected_purchases`, in days.
+    #[arg(long, value_name = "DAYS", default_value_t = predict::DEFAULT_HORIZON_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    horizon_days: u32,
+    /// The monthly discount rate of the predicted `clv_12m` (0.01 = 1% a month).
+    #[arg(long, value_name = "RATE", default_value_t = predict::Options::default().monthly_discount,
+          value_parser = discount_rate)]
+    monthly_discount: f64,
     /// Print the report as one JSON document (counts, stage times, peak memory) instead of text.
     #[arg(long)]
     json: bool,
@@ -136,6 +145,7 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
             dry_run: false,
         },
         as_of: args.as_of,
+        predict: predict::Options { horizon_days: args.horizon_days, monthly_discount: args.monthly_discount },
     };
     if args.check {
         let db = audience::open_stores::connect_db().await?;
@@ -203,6 +213,7 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
             dry_run: false,
         },
         as_of: None,
+        predict: Default::default(),
     };
     let report =
         pipeline::ingest(&stores.db, &stores.vectors, &stores.embedder, request).await.map_err(exit::store_is_store)?;
@@ -287,7 +298,18 @@ fn print_profiles(p: &ProfileStats) -> Result<()> {
     for note in &p.notes {
         outln!("note: {note}")?;
     }
+    for line in p.prediction.lines() {
+        outln!("{line}")?;
+    }
     Ok(())
+}
+
+/// A monthly discount rate: a number from 0 to 1.
+fn discount_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{text:?} is not a monthly rate from 0 to 1 (0.01 = 1% a month)")),
+    }
 }
 
 fn print_check(report: &CheckReport) -> Result<()> {

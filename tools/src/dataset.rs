@@ -11,7 +11,8 @@ use chrono::NaiveDate;
 
 use crate::db::Db;
 
-/// The one-row table: `version` counts ingests; `profiles` and `fingerprint` describe the profiles it left.
+/// The one-row table: `version` counts ingests; `profiles` and `fingerprint` describe the profiles it left;
+/// `prediction_fit` is the fit of the predicted profile fields (`ingest::predict::FitReport` as JSON).
 pub const DATASET_DDL: &str = "
     id          SMALLINT PRIMARY KEY CHECK (id = 1),
     version     BIGINT NOT NULL,
@@ -19,7 +20,8 @@ pub const DATASET_DDL: &str = "
     fingerprint TEXT NOT NULL,
     ingested_at TIMESTAMPTZ NOT NULL,
     as_of       DATE,
-    derived_version BIGINT";
+    derived_version BIGINT,
+    prediction_fit JSONB";
 
 /// The profile count and fingerprint of `table` (`profiles` or `profiles_staging`): the md5 of every text hash in
 /// customer order, so any added, removed or changed profile changes it.

@@ -991,7 +991,11 @@ impl Grounding {
                         | ProfileField::MScore
                         | ProfileField::TotalSpent
                         | ProfileField::ReturnCount
-                        | ProfileField::Churned => events.push(EventType::Purchase),
+                        | ProfileField::Churned
+                        | ProfileField::PAlive
+                        | ProfileField::ExpectedPurchases
+                        | ProfileField::ExpectedAvgSpend
+                        | ProfileField::Clv12m => events.push(EventType::Purchase),
                         ProfileField::Age | ProfileField::LikesLuxury => {}
                     }
                 }
@@ -1297,6 +1301,10 @@ pub fn field_words(field: ProfileField) -> &'static [&'static str] {
         ProfileField::Segment => &["segment", "segments", "tier"],
         ProfileField::FavoriteColor | ProfileField::PreferredColors => &["colour", "colours", "color", "colors"],
         ProfileField::Interests => &["interest", "interests", "interested"],
+        ProfileField::PAlive => &["alive", "probability", "chance", "chances"],
+        ProfileField::ExpectedPurchases => &["expected", "predicted", "forecast", "forecasted"],
+        ProfileField::ExpectedAvgSpend => &["expected", "average", "avg", "aov"],
+        ProfileField::Clv12m => &["clv", "ltv", "lifetime", "predicted"],
     }
 }
 
@@ -1308,6 +1316,9 @@ fn add_word(words: &mut HashSet<String>, column: &str) {
         "return_count" => "returns",
         "recency_days" => "recency",
         "likes_luxury" => "luxury",
+        "p_alive" => "alive",
+        "expected_purchases" | "expected_avg_spend" => "expected",
+        "clv_12m" => "clv",
         "churned" => "churned",
         "age" => "age",
         other => other,

@@ -152,6 +152,12 @@ pub const PROFILES: TableSpec = TableSpec {
         column("interest_weights", "INTEGER[] NOT NULL"),
         field("preferred_colors", "TEXT[] NOT NULL"),
         field("likes_luxury", "BOOLEAN NOT NULL"),
+        // Predicted by ingest's purchase and spend models (`ingest::predict`); NULL without a purchase, or when a
+        // model could not be fitted.
+        field("p_alive", "DOUBLE PRECISION"),
+        field("expected_purchases", "DOUBLE PRECISION"),
+        field("expected_avg_spend", "DOUBLE PRECISION"),
+        field("clv_12m", "DOUBLE PRECISION"),
         // Ingest's bookkeeping: the rendered text and its hash (the hash also travels, for incremental embedding).
         column("profile_text", "TEXT NOT NULL"),
         Column {
@@ -164,6 +170,9 @@ pub const PROFILES: TableSpec = TableSpec {
     constraints: &[],
 };
 
+/// The profile columns that ingest's purchase and spend models predict (in this order), rather than SQL.
+pub const PREDICTED_COLUMNS: [&str; 4] = ["p_alive", "expected_purchases", "expected_avg_spend", "clv_12m"];
+
 /// The tables ingest loads and swaps, and the tools read.
 pub const TABLES: [TableSpec; 3] = [CUSTOMERS, EVENTS, PROFILES];
 
@@ -174,8 +183,12 @@ pub const TABLES: [TableSpec; 3] = [CUSTOMERS, EVENTS, PROFILES];
 pub const CUSTOMER_FACTS: &str = "customer_facts";
 /// The columns of [`CUSTOMER_FACTS`] copied from `profiles`: the key and every scalar field an audience clause can
 /// name, fixed-width ones first (PostgreSQL reads a row's columns in order). `spend_band` follows them.
-pub const CUSTOMER_FACTS_COLUMNS: [&str; 14] = [
+pub const CUSTOMER_FACTS_COLUMNS: [&str; 18] = [
     "customer_id",
+    "p_alive",
+    "expected_purchases",
+    "expected_avg_spend",
+    "clv_12m",
     "age",
     "order_count",
     "return_count",
@@ -295,6 +308,14 @@ mod tests {
         }
         assert_eq!(CUSTOMER_FACTS_COLUMNS[0], PROFILES.primary_key());
         assert!(!CUSTOMER_FACTS_COLUMNS.contains(&"profile_text") && !CUSTOMER_FACTS_COLUMNS.contains(&"email"));
+    }
+
+    #[test]
+    fn predicted_columns_are_nullable_profile_columns() {
+        for name in PREDICTED_COLUMNS {
+            let column = PROFILES.columns.iter().find(|c| c.name == name).unwrap();
+            assert!(column.retrievable && !column.sql.contains("NOT NULL"), "{name}");
+        }
     }
 
     #[test]

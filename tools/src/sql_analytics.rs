@@ -22,7 +22,7 @@ use sqlx::{Executor, Statement};
 use crate::db::{Db, ReadLimits};
 use crate::failure::ToolFailure;
 use crate::observe;
-use crate::schema::{TABLES, profile_fields};
+use crate::schema::{PREDICTED_COLUMNS, TABLES, profile_fields};
 use crate::sql_guard;
 use crate::stores::Stores;
 use crate::trace::{InnerLlmCall, ToolTrace, TracedTool};
@@ -298,8 +298,12 @@ impl Grounding {
         .await
         .context("cannot read the table columns from information_schema")?;
         // Text is the common type, so only the other types are written. Profile columns that are not profile
-        // fields (the rendered text and its hash) are ingest's bookkeeping, not data to count.
-        let fields = profile_fields();
+        // fields (the rendered text and its hash) are ingest's bookkeeping, not data to count. The predicted
+        // columns are not offered to text-to-SQL yet: the golden set's analytics recordings were made with this
+        // prompt (a replay refuses another one), and the metrics catalogue's `average_p_alive` and
+        // `predicted_value`, typed clauses, the retriever and exports offer them meanwhile.
+        let fields: Vec<&str> =
+            profile_fields().into_iter().filter(|field| !PREDICTED_COLUMNS.contains(field)).collect();
         let mut prompt = String::from("Tables (PostgreSQL; columns are text unless typed):\n");
         for table in &tables {
             let list: Vec<String> = columns

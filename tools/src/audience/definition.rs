@@ -141,6 +141,12 @@ pub enum ProfileField {
     LikesLuxury,
     Interests,
     PreferredColors,
+    /// The purchase model's probability that the customer is still active (`ingest::predict`).
+    PAlive,
+    ExpectedPurchases,
+    ExpectedAvgSpend,
+    #[serde(rename = "clv_12m")]
+    Clv12m,
 }
 
 /// What kind of value a field holds, which decides the operators and values it takes.
@@ -153,7 +159,7 @@ pub enum FieldKind {
 }
 
 impl ProfileField {
-    pub const ALL: [ProfileField; 15] = [
+    pub const ALL: [ProfileField; 19] = [
         Self::Country,
         Self::Age,
         Self::FavoriteColor,
@@ -169,6 +175,10 @@ impl ProfileField {
         Self::LikesLuxury,
         Self::Interests,
         Self::PreferredColors,
+        Self::PAlive,
+        Self::ExpectedPurchases,
+        Self::ExpectedAvgSpend,
+        Self::Clv12m,
     ];
 
     /// The `profiles` column.
@@ -189,6 +199,10 @@ impl ProfileField {
             Self::LikesLuxury => "likes_luxury",
             Self::Interests => "interests",
             Self::PreferredColors => "preferred_colors",
+            Self::PAlive => "p_alive",
+            Self::ExpectedPurchases => "expected_purchases",
+            Self::ExpectedAvgSpend => "expected_avg_spend",
+            Self::Clv12m => "clv_12m",
         }
     }
 
@@ -601,6 +615,10 @@ fn profile_predicate(field: ProfileField, op: Op, value: &Value) -> String {
         ProfileField::RScore => format!("with R score {}", amount(op)),
         ProfileField::FScore => format!("with F score {}", amount(op)),
         ProfileField::MScore => format!("with M score {}", amount(op)),
+        ProfileField::PAlive => format!("with a probability of being active {}", amount(op)),
+        ProfileField::ExpectedPurchases => format!("expected to make {} purchases soon", amount(op)),
+        ProfileField::ExpectedAvgSpend => format!("with an expected spend per purchase of {}", amount(op)),
+        ProfileField::Clv12m => format!("with a predicted 12-month value of {}", amount(op)),
     }
 }
 

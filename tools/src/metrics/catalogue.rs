@@ -76,6 +76,8 @@ pub enum Measure {
     CartToPurchase,
     CartAbandonment,
     RepeatPurchaseRate,
+    AveragePAlive,
+    PredictedValue,
 }
 
 /// The columns of one customer's events in the period and group (a row `f`), which the event measures aggregate:
@@ -98,7 +100,7 @@ pub fn customer_event_facts() -> Vec<(&'static str, String)> {
 }
 
 impl Measure {
-    pub const ALL: [Measure; 18] = [
+    pub const ALL: [Measure; 20] = [
         Self::Customers,
         Self::Buyers,
         Self::ActiveCustomers,
@@ -117,6 +119,8 @@ impl Measure {
         Self::CartToPurchase,
         Self::CartAbandonment,
         Self::RepeatPurchaseRate,
+        Self::AveragePAlive,
+        Self::PredictedValue,
     ];
 
     /// The name a call uses (`net_revenue`).
@@ -140,6 +144,8 @@ impl Measure {
             Self::CartToPurchase => "cart_to_purchase",
             Self::CartAbandonment => "cart_abandonment",
             Self::RepeatPurchaseRate => "repeat_purchase_rate",
+            Self::AveragePAlive => "average_p_alive",
+            Self::PredictedValue => "predicted_value",
         }
     }
 
@@ -163,6 +169,8 @@ impl Measure {
             Self::AverageAge => "average age",
             Self::ChurnRate => "churn rate",
             Self::CartAbandonment => "cart abandonment",
+            Self::AveragePAlive => "average probability of being active",
+            Self::PredictedValue => "predicted 12-month value",
             other => other.name(),
         }
     }
@@ -194,22 +202,34 @@ impl Measure {
                 "customers who added to the cart and never bought / customers who added to the cart".to_owned()
             }
             Self::RepeatPurchaseRate => "buyers with two or more orders / buyers".to_owned(),
+            Self::AveragePAlive => {
+                "the mean p_alive (the purchase model's probability that a buyer is still active) of the buyers with \
+                 a prediction"
+                    .to_owned()
+            }
+            Self::PredictedValue => {
+                "the sum of clv_12m (the purchase and spend models' discounted value of the next 12 months) of the \
+                 customers with a prediction"
+                    .to_owned()
+            }
         }
     }
 
     pub fn grain(self) -> Grain {
         match self {
-            Self::Customers | Self::AverageAge | Self::ChurnRate => Grain::Customer,
+            Self::Customers | Self::AverageAge | Self::ChurnRate | Self::AveragePAlive | Self::PredictedValue => {
+                Grain::Customer
+            }
             _ => Grain::Event,
         }
     }
 
     pub fn unit(self) -> Unit {
         match self {
-            Self::GrossRevenue | Self::NetRevenue => Unit::Money,
+            Self::GrossRevenue | Self::NetRevenue | Self::PredictedValue => Unit::Money,
             Self::AverageOrderValue | Self::AverageSpendPerBuyer | Self::AverageAge => Unit::Average,
             Self::ChurnRate | Self::ViewToCart | Self::CartToPurchase | Self::CartAbandonment => Unit::Rate,
-            Self::RepeatPurchaseRate => Unit::Rate,
+            Self::RepeatPurchaseRate | Self::AveragePAlive => Unit::Rate,
             _ => Unit::Count,
         }
     }
@@ -223,6 +243,9 @@ impl Measure {
             Self::ChurnRate => {
                 "count(*) FILTER (WHERE c.churned)::numeric / nullif(count(*) FILTER (WHERE c.order_count > 0), 0)"
             }
+            // Unknown (NULL) when no customer has a prediction: a model that was not fitted is not a value of 0.
+            Self::AveragePAlive => "avg(c.p_alive)",
+            Self::PredictedValue => "sum(c.clv_12m)",
             Self::ActiveCustomers => "count(*)",
             Self::Buyers => "count(*) FILTER (WHERE f.orders > 0)",
             Self::Events => "coalesce(sum(f.events), 0)",

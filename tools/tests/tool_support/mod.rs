@@ -190,7 +190,7 @@ impl TestDb {
                     "INSERT INTO profiles VALUES ({id}, '{id}', '{first}', '{last}', '{mail}@example.com', '{country}', {age}, 'blue', \
                      {spent}, 1, 0, now() - interval '60 days', now() - interval '{id} days', {id}, 1, {spent}, 5, 1, 4, \
                      false, '{segment}', ARRAY[{interests}]::text[], ARRAY[3, 1]::int[], ARRAY['blue']::text[], {luxury}, \
-                     '{text}', 'h{id}')",
+                     NULL, NULL, NULL, NULL, '{text}', 'h{id}')",
                     id = p.id,
                     first = p.first,
                     last = p.last,
