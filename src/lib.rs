@@ -10,6 +10,7 @@ pub mod confidence;
 pub mod eval;
 pub mod exit;
 pub mod ledger;
+pub mod lift;
 pub mod local_llm;
 pub mod open_stores;
 pub mod provider;

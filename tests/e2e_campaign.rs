@@ -271,3 +271,111 @@ fn lookalikes_exclude_the_seed_share_its_persona_and_respect_a_definition() {
     assert_eq!(top.split(", ").count(), 5, "{step}");
     assert!(top.split(", ").all(|id| !seed_ids.contains(id.trim())), "{step}");
 }
+
+/// The default rule table written by hand as SQL over the raw tables: each member's action, first match first.
+const DEFAULT_ACTIONS_SQL: &str = "SELECT string_agg(p.external_id || ':' || CASE \
+    WHEN p.churned AND p.m_score >= 4 THEN 'personal_win_back' \
+    WHEN p.churned THEN 'win_back_reminder' \
+    WHEN p.segment = 'VIP Loyalty' THEN 'early_access' \
+    WHEN p.order_count = 0 AND EXISTS (SELECT 1 FROM events e WHERE e.customer_id = p.customer_id \
+         AND e.event_type = 'add_to_cart') THEN 'cart_reminder' \
+    WHEN p.order_count = 1 AND p.recency_days <= 60 THEN 'second_purchase_incentive' \
+    ELSE 'none' END, ',') FROM profiles p";
+
+fn id_map(text: &str) -> BTreeMap<String, String> {
+    text.split(',').filter_map(|pair| pair.split_once(':')).map(|(id, a)| (id.to_owned(), a.to_owned())).collect()
+}
+
+fn per_member(report: &Value) -> BTreeMap<String, String> {
+    report["per_member"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["external_id"].as_str().unwrap().to_owned(), m["action"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[test]
+fn actions_match_independent_sql_over_the_rule_table_and_fill_the_export() {
+    let env = TestEnv::empty("actions");
+    env.ingest_generated(env.data_dir(), 1000, 7);
+    let everyone = definition_file(&env, "everyone", json!({"version": 1}));
+    ok(&env, &["save", "everyone", "--from", everyone.to_str().unwrap()]);
+
+    // The shipped table: every member gets exactly the action the hand-written SQL gives.
+    let report = ok_json(&env, &["actions", "everyone", "--json"]);
+    let expected = id_map(&env.sql_scalar(DEFAULT_ACTIONS_SQL));
+    assert_eq!(expected.len(), 1000);
+    assert_eq!(per_member(&report), expected);
+    let counts: Vec<(String, u64)> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["action"].as_str().unwrap().to_owned(), a["members"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 1000, "every member has exactly one action");
+    for (action, members) in &counts {
+        assert!(*members > 0, "no member gets {action}: the test would not check that rule ({counts:?})");
+        assert_eq!(*members, expected.values().filter(|a| *a == action).count() as u64, "{action}");
+    }
+    assert_eq!(counts.last().unwrap().0, "none");
+
+    // The export's action column is the same assignment.
+    let out = env.data_dir().join("actions.csv");
+    ok(&env, &["export", "everyone", "--out", out.to_str().unwrap(), "--holdout", "10", "--fields", "email"]);
+    let mut reader = csv::Reader::from_path(&out).unwrap();
+    assert_eq!(reader.headers().unwrap().iter().collect::<Vec<_>>(), ["external_id", "group", "email", "action"]);
+    let exported: BTreeMap<String, String> =
+        reader.records().map(|r| r.unwrap()).map(|r| (r[0].to_owned(), r[3].to_owned())).collect();
+    assert_eq!(exported, expected);
+
+    // A table of one's own, over a live definition: an event clause with a window, an exclude, a catch-all.
+    let rules = env.data_dir().join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+action = "watch_launch"
+reason = "viewed watches lately, never bought one"
+include = [{ type = "event", event_type = "view", products = ["watches"], within_days = 90 }]
+exclude = [{ type = "event", event_type = "purchase", products = ["watches"] }]
+
+[[rule]]
+action = "thank_you"
+reason = "spent over 500"
+include = [{ type = "profile", field = "total_spent", op = ">", value = 500 }]
+
+[[rule]]
+action = "newsletter"
+reason = "everyone else"
+"#,
+    )
+    .unwrap();
+    let de = definition_file(&env, "de", json!({"version": 1, "include": [profile_clause("country", json!("DE"))]}));
+    let custom =
+        ok_json(&env, &["actions", "--from", de.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--json"]);
+    let expected = id_map(&env.sql_scalar(
+        "SELECT string_agg(p.external_id || ':' || CASE \
+           WHEN EXISTS (SELECT 1 FROM events e WHERE e.customer_id = p.customer_id AND e.event_type = 'view' \
+                AND e.product = 'watches' AND e.ts >= ((((SELECT max(ts) FROM events) AT TIME ZONE 'UTC')::date - 89) \
+                    ::timestamp AT TIME ZONE 'UTC')) \
+            AND NOT EXISTS (SELECT 1 FROM events e WHERE e.customer_id = p.customer_id \
+                AND e.event_type = 'purchase' AND e.quantity > 0 AND e.product = 'watches') THEN 'watch_launch' \
+           WHEN p.total_spent > 500 THEN 'thank_you' ELSE 'newsletter' END, ',') \
+         FROM profiles p WHERE p.country = 'DE'",
+    ));
+    let found = per_member(&custom);
+    assert_eq!(found, expected);
+    for action in ["watch_launch", "thank_you", "newsletter"] {
+        assert!(found.values().any(|a| a == action), "no member gets {action}");
+    }
+    assert!(!found.values().any(|a| a == "none"), "a catch-all rule leaves nobody without an action");
+
+    // A table that is not one is the user's to fix, with the rule that is wrong.
+    std::fs::write(&rules, "[[rule]]\naction = \"x\"\nreason = \"r\"\ninclude = [{ type = \"profile\", field = \"age\", op = \"contains\", value = 3 }]\n").unwrap();
+    let bad = run(&env, &["actions", "everyone", "--rules", rules.to_str().unwrap()]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("rule 1 (x)"), "{}", bad.stderr);
+
+    insta::assert_snapshot!("actions_of_everyone", run(&env, &["actions", "everyone"]).stdout);
+}

@@ -118,6 +118,7 @@ impl Env {
             seed: 42,
             end_date: day("2025-01-01"),
             out_dir: self.dir.path().join("sample"),
+            lift: None,
         })?;
         let report = self.ingest(&generated.customers_path, &generated.events_path, None).await?;
         assert_eq!(report.sync.embedded, 500);
@@ -821,8 +822,7 @@ async fn an_answer_during_ingests_comes_from_one_data_version_and_names_it() -> 
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2)
         .map(|_| {
-            let stores =
-                Stores::new(env.db.clone(), env.store.reader(), EMBEDDER.clone(), ReadLimits::default());
+            let stores = Stores::new(env.db.clone(), env.store.reader(), EMBEDDER.clone(), ReadLimits::default());
             let (definition, stop) = (definition.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut reports: Vec<AudienceReport> = Vec::new();

@@ -8,6 +8,7 @@
 use anyhow::{Result, bail};
 use audience::campaign::{self, ExportOptions, Format, Holdout};
 use audience::outln;
+use audience_tools::audience::actions::ActionTable;
 use audience_tools::audience::export::{Members, export_fields};
 use audience_tools::audience::lookalike::{LookalikeArgs, find_lookalikes};
 use audience_tools::audience::{AudienceDefinition, AudienceSession, Edit, FindAudience};
@@ -253,6 +254,7 @@ async fn campaign(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> 
         fields: export_fields(),
         holdout: Some(Holdout::new(10.0, 1)?),
         mask_pii: true,
+        actions: ActionTable::defaults()?,
     };
     let mut export = Samples::default();
     let mut rows = 0;
@@ -264,7 +266,11 @@ async fn campaign(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> 
     }
     std::fs::remove_file(&out).ok();
     let mut table = Table::new(["what", "rows", "p50 / p95 (ms)"]);
-    table.row(["export, CSV, every field, 10% holdout, masked".to_owned(), thousands(rows as f64), p50_p95(&export)]);
+    table.row([
+        "export, CSV, every field, actions, 10% holdout, masked".to_owned(),
+        thousands(rows as f64),
+        p50_p95(&export),
+    ]);
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     for seed_size in [100usize, 1_000] {
         let mut phases = Phases::default();
