@@ -401,18 +401,19 @@ mod tests {
 
     #[test]
     fn the_bootstrap_is_seeded_and_roi_follows_the_revenue_lift() {
-        let mut observations = group(false, 400, 80, 50.0);
-        observations.extend(group(true, 400, 60, 50.0));
+        let mut observations = group(false, 1600, 320, 50.0);
+        observations.extend(group(true, 1600, 240, 50.0));
         let economics = Economics::new(1.0, 0.5).unwrap();
         let a = compare(&observations, Metric::Revenue, 3, Some(economics)).unwrap();
         let b = compare(&observations, Metric::Revenue, 3, Some(economics)).unwrap();
         assert_eq!(a, b, "the same seed gives the same intervals");
-        // Revenue per member 10 against 7.5: +2.5 per member, 1,000 incremental over 400 contacts costing 400.
+        // Revenue per member 10 against 7.5: +2.5 per member, 4,000 incremental over 1,600 contacts costing 1,600.
         assert!((a.lift.absolute - 2.5).abs() < 1e-9);
         assert!(a.lift.absolute_interval.contains(2.5) && a.lift.absolute_interval.low > 0.0);
         let roi = a.roi.unwrap();
-        assert!((roi.incremental_revenue - 1000.0).abs() < 1e-6 && (roi.cost - 400.0).abs() < 1e-9);
-        assert!((roi.roi.unwrap() - 0.25).abs() < 1e-9, "(1000 x 0.5 - 400) / 400");
+        assert!((roi.incremental_revenue - 4000.0).abs() < 1e-6 && (roi.cost - 1600.0).abs() < 1e-9);
+        assert!((roi.roi.unwrap() - 0.25).abs() < 1e-9, "(4000 x 0.5 - 1600) / 1600");
+        assert!(roi.roi_interval.unwrap().contains(0.25));
         assert!(compare(&group(true, 10, 1, 1.0), Metric::Conversion, 1, None).is_err(), "no control group");
         assert!(Economics::new(0.1, 0.0).is_err() && Economics::new(-1.0, 0.3).is_err());
     }

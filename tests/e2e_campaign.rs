@@ -8,6 +8,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use audience::campaign::Holdout;
+use audience::lift::{Metric, Observation, compare};
 use common::{FakeLlm, Reply, Run, TestEnv, content_text, messages_with_role};
 use serde_json::{Value, json};
 
@@ -378,4 +380,188 @@ reason = "everyone else"
     assert!(bad.stderr.contains("rule 1 (x)"), "{}", bad.stderr);
 
     insta::assert_snapshot!("actions_of_everyone", run(&env, &["actions", "everyone"]).stdout);
+}
+
+/// `external_id -> (orders, revenue)` of every customer's sales in `[since, until]`, by hand over the events.
+fn sales_between(env: &TestEnv, since: &str, until: &str) -> BTreeMap<String, (u32, f64)> {
+    let text = env.sql_scalar(&format!(
+        "SELECT string_agg(c.external_id || ':' || coalesce(s.orders, 0) || ':' || coalesce(s.revenue, 0), ',') \
+         FROM customers c LEFT JOIN (SELECT customer_id, count(*) AS orders, sum(price * quantity) AS revenue \
+           FROM events WHERE event_type = 'purchase' AND quantity > 0 \
+           AND ts >= TIMESTAMPTZ '{since} 00:00:00+00' AND ts < TIMESTAMPTZ '{until} 00:00:00+00' + interval '1 day' \
+           GROUP BY customer_id) s ON s.customer_id = c.customer_id"
+    ));
+    text.split(',')
+        .map(|row| {
+            let mut parts = row.split(':');
+            let id = parts.next().unwrap().to_owned();
+            (id, (parts.next().unwrap().parse().unwrap(), parts.next().unwrap().parse().unwrap()))
+        })
+        .collect()
+}
+
+fn observations(sales: &BTreeMap<String, (u32, f64)>, holdout: &Holdout) -> Vec<Observation> {
+    sales
+        .iter()
+        .map(|(id, (orders, revenue))| Observation {
+            control: holdout.group(id) == "control",
+            orders: *orders,
+            revenue: *revenue,
+        })
+        .collect()
+}
+
+#[test]
+fn measure_recovers_a_known_lift_and_an_aa_split_shows_none() {
+    let env = TestEnv::empty("measure");
+    // The campaign of 2025-06-01 went to the treatment group of a 50% holdout with seed 3; the generator makes 20%
+    // of those customers buy once more after that day.
+    let holdout = Holdout::new(50.0, 3).unwrap();
+    let customers = 2000u64;
+    let groups = env.data_dir().join("groups.csv");
+    let rows: Vec<String> = (1..=customers).map(|id| format!("{id},{}", holdout.group(&id.to_string()))).collect();
+    std::fs::write(&groups, format!("external_id,group\n{}\n", rows.join("\n"))).unwrap();
+    let sample = env.data_dir().join("sample");
+    let generated = run(
+        &env,
+        &[
+            "generate",
+            "--customers",
+            "2000",
+            "--events-per-customer",
+            "12",
+            "--seed",
+            "11",
+            "--end-date",
+            "2025-06-30",
+            "--out",
+            sample.to_str().unwrap(),
+            "--lift-ids",
+            groups.to_str().unwrap(),
+            "--lift-share",
+            "0.2",
+            "--lift-since",
+            "2025-06-01",
+        ],
+    );
+    assert_eq!(generated.code, 0, "{}", generated.stderr);
+    let lifted: Vec<String> =
+        std::fs::read_to_string(sample.join("lifted.csv")).unwrap().lines().skip(1).map(str::to_owned).collect();
+    let treatment = (1..=customers).filter(|id| holdout.group(&id.to_string()) == "treatment").count();
+    assert!(lifted.iter().all(|id| holdout.group(id) == "treatment"), "only the treatment group was reached");
+    let share = lifted.len() as f64 / treatment as f64;
+    assert!((0.17..=0.23).contains(&share), "{share}");
+    let (customers_csv, events_csv) = (sample.join("customers.csv"), sample.join("events.csv"));
+    ok(&env, &["ingest", "--customers", customers_csv.to_str().unwrap(), "--events", events_csv.to_str().unwrap()]);
+    let everyone = definition_file(&env, "everyone", json!({"version": 1}));
+    ok(&env, &["save", "everyone", "--from", everyone.to_str().unwrap(), "--freeze"]);
+
+    let measured =
+        ok_json(&env, &["measure", "everyone", "--since", "2025-06-01", "--holdout", "50", "--seed", "3", "--json"]);
+    assert_eq!((measured["membership"].as_str(), measured["until"].as_str()), (Some("frozen"), Some("2025-06-29")));
+    // The groups' figures are the hand-written SQL's.
+    let june = sales_between(&env, "2025-06-01", "2025-06-30");
+    let expected = compare(&observations(&june, &holdout), Metric::Conversion, 3, None).unwrap();
+    for group in ["treatment", "control"] {
+        let stats = if group == "treatment" { &expected.treatment } else { &expected.control };
+        assert_eq!(measured[group]["size"].as_u64(), Some(stats.size), "{group}");
+        assert_eq!(measured[group]["converters"].as_u64(), Some(stats.converters), "{group}");
+        assert_eq!(measured[group]["orders"].as_u64(), Some(stats.orders), "{group}");
+        assert!((measured[group]["revenue"].as_f64().unwrap() - stats.revenue).abs() < 0.01, "{group}");
+    }
+    // The known effect: a fifth of the treatment group bought once more, which converts the ones who would not have
+    // bought anyway (the control group's rate says how many would have).
+    let lift = &measured["lift"];
+    let control_rate = lift["control"].as_f64().unwrap();
+    let known = 0.2 * (1.0 - control_rate);
+    let (low, high) =
+        (lift["absolute_interval"]["low"].as_f64().unwrap(), lift["absolute_interval"]["high"].as_f64().unwrap());
+    eprintln!("conversion lift {} (95% CI {low} to {high}), known {known}, p {}", lift["absolute"], lift["p_value"]);
+    assert!(low <= known && known <= high, "the interval {low}..{high} misses the known lift {known}");
+    assert!(lift["p_value"].as_f64().unwrap() < 0.001 && lift["significant"] == true, "{lift}");
+
+    // Revenue: the extra purchases add money, and the ROI follows it.
+    let revenue = ok_json(
+        &env,
+        &[
+            "measure",
+            "everyone",
+            "--since",
+            "2025-06-01",
+            "--metric",
+            "revenue",
+            "--holdout",
+            "50",
+            "--seed",
+            "3",
+            "--cost-per-contact",
+            "0.5",
+            "--margin",
+            "0.3",
+            "--json",
+        ],
+    );
+    assert!(revenue["lift"]["absolute_interval"]["low"].as_f64().unwrap() > 0.0, "{}", revenue["lift"]);
+    let roi = &revenue["roi"];
+    assert_eq!(roi["contacts"].as_u64(), Some(treatment as u64));
+    let profit = roi["incremental_revenue"].as_f64().unwrap() * 0.3 - 0.5 * treatment as f64;
+    assert!((roi["incremental_profit"].as_f64().unwrap() - profit).abs() < 1e-6);
+
+    // Before the campaign the same split is an A/A test: no effect.
+    let may = ok_json(
+        &env,
+        &[
+            "measure",
+            "everyone",
+            "--since",
+            "2025-05-01",
+            "--until",
+            "2025-05-31",
+            "--holdout",
+            "50",
+            "--seed",
+            "3",
+            "--json",
+        ],
+    );
+    assert_eq!(may["lift"]["significant"], false, "{}", may["lift"]);
+    assert!(may["lift"]["verdict"].as_str().unwrap().starts_with("not significant at this size"));
+    // And over 100 seeds, in memory over the same outcomes, at most 5 splits look like an effect.
+    let may_sales = sales_between(&env, "2025-05-01", "2025-05-31");
+    let significant = (1..=100u64)
+        .filter(|seed| {
+            let split = Holdout::new(50.0, *seed).unwrap();
+            compare(&observations(&may_sales, &split), Metric::Conversion, *seed, None).unwrap().lift.p_value < 0.05
+        })
+        .count();
+    eprintln!("A/A: {significant} of 100 seeds significant at 5%");
+    assert!(significant <= 5, "{significant} of 100 A/A splits were significant");
+
+    // Usage errors: no holdout, a period after the data, until before since.
+    assert_eq!(run(&env, &["measure", "everyone", "--since", "2025-06-01"]).code, 2);
+    let late = run(&env, &["measure", "everyone", "--since", "2025-08-01", "--holdout", "50"]);
+    assert_eq!(late.code, 2, "{}", late.stderr);
+    assert!(late.stderr.contains("the data ends on 2025-06-29"), "{}", late.stderr);
+    let backwards = ["measure", "everyone", "--since", "2025-06-01", "--until", "2025-05-01", "--holdout", "50"];
+    assert_eq!(run(&env, &backwards).code, 2);
+
+    let text = run(
+        &env,
+        &[
+            "measure",
+            "everyone",
+            "--since",
+            "2025-06-01",
+            "--holdout",
+            "50",
+            "--seed",
+            "3",
+            "--cost-per-contact",
+            "0.5",
+            "--margin",
+            "0.3",
+        ],
+    );
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    insta::assert_snapshot!("measure_of_a_known_lift", text.stdout);
 }

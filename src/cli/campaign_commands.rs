@@ -242,9 +242,9 @@ fn render_measure(report: &MeasureReport) -> Result<()> {
         metric_name(lift.metric),
         level(lift.metric, lift.treatment),
         level(lift.metric, lift.control),
-        difference(lift.metric, lift.absolute),
-        difference(lift.metric, lift.absolute_interval.low),
-        difference(lift.metric, lift.absolute_interval.high),
+        difference(lift.metric, lift.absolute, true),
+        difference(lift.metric, lift.absolute_interval.low, false),
+        difference(lift.metric, lift.absolute_interval.high, true),
         p_value(lift.p_value)
     )?;
     outln!("{}", lift.verdict)?;
@@ -302,10 +302,11 @@ fn level(metric: Metric, value: f64) -> String {
     }
 }
 
-/// A difference in the metric, signed.
-fn difference(metric: Metric, value: f64) -> String {
+/// A difference in the metric, signed, with its unit when `unit`.
+fn difference(metric: Metric, value: f64, unit: bool) -> String {
     match metric {
-        Metric::Conversion => format!("{:+.1} points", value * 100.0),
+        Metric::Conversion if unit => format!("{:+.1} points", value * 100.0),
+        Metric::Conversion => format!("{:+.1}", value * 100.0),
         Metric::Revenue => format!("{value:+.2}"),
         Metric::Orders => format!("{value:+.3}"),
     }
