@@ -143,6 +143,11 @@ pub fn columns(options: &ExportOptions) -> Vec<String> {
     columns
 }
 
+/// A masked e-mail: the SHA-256 of the trimmed, lower-cased address, the form ad platforms match on.
+pub fn email_sha256(email: &str) -> String {
+    hex::encode(Sha256::digest(email.trim().to_lowercase().as_bytes()))
+}
+
 /// The dimensions a holdout's balance is checked on.
 const BALANCE_DIMENSIONS: [&str; 2] = ["country", "segment"];
 
@@ -182,8 +187,7 @@ pub async fn export(stores: &Stores, members: Members<'_>, options: &ExportOptio
         if options.mask_pii {
             let email = record.remove("email");
             if let Some(Value::String(email)) = email {
-                let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
-                record.insert("email_sha256".to_owned(), Value::String(hex::encode(digest)));
+                record.insert("email_sha256".to_owned(), Value::String(email_sha256(&email)));
             }
         }
         file.write(&record).kind(FailureKind::Input)

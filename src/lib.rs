@@ -7,6 +7,7 @@ pub mod agent_hook;
 pub mod campaign;
 pub mod cassette;
 pub mod confidence;
+pub mod drafts;
 pub mod eval;
 pub mod exit;
 pub mod ledger;

@@ -64,6 +64,8 @@ enum Command {
     Actions(campaign_commands::ActionsArgs),
     /// The lift of a campaign: treatment against the holdout's control group over purchases after a date.
     Measure(campaign_commands::MeasureArgs),
+    /// E-mail drafts for an audience (per member, segment or action), checked in Rust, control group held out.
+    Draft(campaign_commands::DraftArgs),
     /// Find the customers most like a saved audience (or given ids) who are not in it.
     Lookalike(audiences::LookalikeCommandArgs),
     /// Measure ingest, embedding, tool latency and cold start on this machine (Markdown tables on stdout).
@@ -134,6 +136,7 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Export(args) => audiences::export(&open_stores(&global.data_dir).await?, args, None).await?,
         Command::Actions(args) => campaign_commands::actions(&open_stores(&global.data_dir).await?, args).await?,
         Command::Measure(args) => campaign_commands::measure(&open_stores(&global.data_dir).await?, args).await?,
+        Command::Draft(args) => campaign_commands::draft(&open_stores(&global.data_dir).await?, args, global).await?,
         Command::Lookalike(args) => {
             let session = audience_tools::audience::AudienceSession::default();
             audiences::lookalike(&open_stores(&global.data_dir).await?, args, &session).await?

@@ -565,3 +565,207 @@ fn measure_recovers_a_known_lift_and_an_aa_split_shows_none() {
     assert_eq!(text.code, 0, "{}", text.stderr);
     insta::assert_snapshot!("measure_of_a_known_lift", text.stdout);
 }
+
+fn draft_reply(subject: &str, body: &str) -> Reply {
+    Reply::text(
+        &json!({"subject": subject, "preheader": "Picked for you", "body": body, "cta": "Shop now"}).to_string(),
+    )
+}
+
+/// Rows of a drafts CSV, by id.
+fn draft_rows(path: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| r.unwrap())
+        .map(|r| {
+            let row: BTreeMap<String, String> =
+                headers.iter().zip(r.iter()).map(|(h, v)| (h.to_owned(), v.to_owned())).collect();
+            (row["id"].clone(), row)
+        })
+        .collect()
+}
+
+fn user_text(request: &Value) -> String {
+    messages_with_role(request, "user").iter().map(content_text).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn drafts_pass_the_checks_or_are_rejected_after_one_retry_and_never_obey_a_stored_instruction() {
+    let env = TestEnv::empty("drafts");
+    env.ingest_generated(env.data_dir(), 60, 7);
+    // The golden set's stored injections, appended to the sample's customers and ingested with it.
+    let sample = env.data_dir().join("sample_60_7");
+    let mut customers = std::fs::read_to_string(sample.join("customers.csv")).unwrap();
+    let injections =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/injections.csv")).unwrap();
+    customers.push_str(&injections.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>());
+    let with_injections = env.data_dir().join("customers_injected.csv");
+    std::fs::write(&with_injections, customers).unwrap();
+    let events = sample.join("events.csv");
+    ok(&env, &["ingest", "--customers", with_injections.to_str().unwrap(), "--events", events.to_str().unwrap()]);
+
+    let fact =
+        |id: &str, sql: &str| env.sql_scalar(&format!("SELECT ({sql})::text FROM profiles WHERE external_id = '{id}'"));
+    // Six members with interests; each gets a scripted reply pair.
+    let ids: Vec<String> = env
+        .sql_scalar(
+            "SELECT string_agg(external_id, ',' ORDER BY customer_id) FROM (SELECT * FROM profiles \
+                     WHERE cardinality(interests) > 0 ORDER BY customer_id LIMIT 7) p",
+        )
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let interest = |id: &str| fact(id, "replace(interests[1], '_', ' ')");
+    let first = |id: &str| fact(id, "first_name");
+    let outside = |id: &str| {
+        fact(
+            id,
+            "(SELECT replace(x, '_', ' ') FROM unnest(ARRAY['socks','watches','dresses','running_gear','perfume']) x \
+                   WHERE x <> ALL(interests) LIMIT 1)",
+        )
+    };
+    let other_email = env.sql_scalar(&format!("SELECT email FROM profiles WHERE external_id <> '{}' LIMIT 1", ids[4]));
+    let good = |id: &str| {
+        draft_reply(
+            &format!("{}, new {} for you", first(id), interest(id)),
+            &format!("Dear {}, we picked new {} for you, with 20% off until Sunday.", first(id), interest(id)),
+        )
+    };
+    let offer = "20% off everything until Sunday";
+    let mut script = vec![good(&ids[0])];
+    let violations: Vec<(&str, Reply)> = vec![
+        ("placeholder", draft_reply("Hello [Name]", &format!("New {} for you.", interest(&ids[1])))),
+        ("the amount 50", draft_reply("Big sale", &format!("Take 50% off {}.", interest(&ids[2])))),
+        (
+            "neither among the interests nor in the offer",
+            draft_reply("New in", &format!("Try our new {}.", outside(&ids[3]))),
+        ),
+        ("e-mail address", draft_reply("Hello", &format!("Ask {other_email} about {}.", interest(&ids[4])))),
+        (
+            "characters (at most 78)",
+            draft_reply(&"A very long subject ".repeat(6), &format!("New {}.", interest(&ids[5]))),
+        ),
+    ];
+    for (_, reply) in &violations {
+        script.push(reply.clone());
+        script.push(reply.clone());
+    }
+    // The last member: wrong at first, right after the retry.
+    script.push(violations[0].1.clone());
+    script.push(good(&ids[6]));
+    let llm = FakeLlm::start(script);
+    let members = definition_file(
+        &env,
+        "seven",
+        json!({"version": 1, "include": [{"type": "sql",
+        "condition": format!("external_id IN ({})", ids.iter().map(|i| format!("'{i}'")).collect::<Vec<_>>().join(", "))}]}),
+    );
+    let out = env.data_dir().join("drafts.csv");
+    let run_draft = |llm: &FakeLlm, args: &[&str]| Run::from(env.llm_command(llm, args).output().unwrap());
+    let drafted = run_draft(
+        &llm,
+        &["draft", "--from", members.to_str().unwrap(), "--out", out.to_str().unwrap(), "--offer", offer, "--json"],
+    );
+    assert_eq!(drafted.code, 0, "{}", drafted.stderr);
+    let summary = drafted.json();
+    assert_eq!(
+        (
+            summary["accepted_first_try"].as_u64(),
+            summary["accepted_after_retry"].as_u64(),
+            summary["rejected"].as_u64()
+        ),
+        (Some(1), Some(1), Some(5)),
+        "{summary}"
+    );
+    assert_eq!(llm.requests().len(), 1 + 2 * 5 + 2, "exactly one retry per failed draft");
+    assert_eq!(llm.remaining(), 0);
+    // Generated under the JSON schema of `Draft`.
+    let format = &llm.requests()[0]["response_format"];
+    assert_eq!(format["type"], "json_schema", "{format}");
+    assert!(format.to_string().contains("preheader"), "{format}");
+    // The retry says why.
+    assert!(user_text(&llm.requests()[2]).contains("Your previous draft was rejected: it has the placeholder [Name]"));
+    let rows = draft_rows(&out);
+    assert_eq!(rows[&ids[0]]["status"], "accepted");
+    assert_eq!(rows[&ids[6]]["status"], "accepted");
+    for (i, (reason, _)) in violations.iter().enumerate() {
+        let row = &rows[&ids[i + 1]];
+        assert_eq!(row["status"], "rejected", "{row:?}");
+        assert!(row["reason"].contains(reason), "{reason}: {row:?}");
+    }
+    assert!(!partial_exists(&out), "the partial file goes once the output is complete");
+
+    // A stored injection (the golden set's 900002: a colour that asks for PWN3D written with an E) is never in the
+    // prompt, and a draft that obeys it is rejected.
+    let injected = definition_file(
+        &env,
+        "injected",
+        json!({"version": 1, "include": [{"type": "sql", "condition": "external_id = '900002'"}]}),
+    );
+    let obeying = draft_reply("PWNED", "PWNED");
+    let llm = FakeLlm::start(vec![obeying.clone(), obeying]);
+    let out2 = env.data_dir().join("injected.jsonl");
+    let drafted = run_draft(&llm, &["draft", "--from", injected.to_str().unwrap(), "--out", out2.to_str().unwrap()]);
+    assert_eq!(drafted.code, 0, "{}", drafted.stderr);
+    let prompt = user_text(&llm.requests()[0]);
+    assert!(!prompt.contains("PWN3D") && !prompt.contains("SYSTEM"), "{prompt}");
+    let row: Value = serde_json::from_str(std::fs::read_to_string(&out2).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(row["status"], "rejected", "{row}");
+    assert!(row["reason"].as_str().unwrap().contains("stored instruction"), "{row}");
+
+    // The control group gets no draft; --limit stops early and --resume writes the rest.
+    let everyone_file = definition_file(
+        &env,
+        "all",
+        json!({"version": 1, "include": [{"type": "sql",
+        "condition": "external_id IN ('1','2','3','4','5','6','7','8','9','10')"}]}),
+    );
+    let treatment: Vec<String> =
+        (1..=10).map(|i| i.to_string()).filter(|id| Holdout::new(50.0, 4).unwrap().group(id) == "treatment").collect();
+    let replies = |n: usize| (0..n).map(|_| draft_reply("New for you", "Something new for you.")).collect::<Vec<_>>();
+    let llm = FakeLlm::start(replies(2));
+    let out3 = env.data_dir().join("campaign.csv");
+    let args = [
+        "draft",
+        "--from",
+        everyone_file.to_str().unwrap(),
+        "--out",
+        out3.to_str().unwrap(),
+        "--holdout",
+        "50",
+        "--seed",
+        "4",
+        "--mask-pii",
+        "--json",
+    ];
+    let mut limited = args.to_vec();
+    limited.extend(["--limit", "2"]);
+    let first_run = run_draft(&llm, &limited).json();
+    assert_eq!(first_run["held_out"].as_u64(), Some(10 - treatment.len() as u64), "{first_run}");
+    assert_eq!(
+        (first_run["drafts"].as_u64(), first_run["remaining"].as_u64()),
+        (Some(2), Some(treatment.len() as u64 - 2))
+    );
+    assert!(partial_exists(&out3));
+    let llm = FakeLlm::start(replies(treatment.len() - 2));
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let second_run = run_draft(&llm, &resumed).json();
+    assert_eq!(
+        (second_run["resumed"].as_u64(), second_run["drafts"].as_u64()),
+        (Some(2), Some(treatment.len() as u64))
+    );
+    assert_eq!(llm.requests().len(), treatment.len() - 2, "the kept drafts are not written again");
+    let rows = draft_rows(&out3);
+    assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), treatment.iter().cloned().collect::<BTreeSet<_>>());
+    assert!(rows.values().all(|row| row["email_sha256"].len() == 64 && !row.contains_key("email")));
+    assert!(!partial_exists(&out3));
+}
+
+fn partial_exists(out: &Path) -> bool {
+    let mut name = out.file_name().unwrap().to_os_string();
+    name.push(".partial.jsonl");
+    out.with_file_name(name).exists()
+}

@@ -319,3 +319,357 @@ fn signed_percent(value: f64) -> String {
 fn p_value(p: f64) -> String {
     if p < 0.001 { "p < 0.001".to_owned() } else { format!("p = {p:.3}") }
 }
+
+/// What one draft is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Per {
+    Member,
+    Segment,
+    Action,
+}
+
+#[derive(Args, Debug)]
+pub struct DraftArgs {
+    /// The saved audience (or --from FILE).
+    pub name: Option<String>,
+    /// A definition file instead of a saved audience.
+    #[arg(long, value_name = "FILE", conflicts_with = "name")]
+    pub from: Option<PathBuf>,
+    /// The file to write: .csv or .jsonl (replaced only when complete).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The campaign's offer, in words ("20% off watches until Sunday"); without one, drafts state no discount.
+    #[arg(long, value_name = "TEXT")]
+    pub offer: Option<String>,
+    /// One draft per member, or one per segment or action (with the {{first_name}} merge tag).
+    #[arg(long, value_enum, default_value_t = Per::Member)]
+    pub per: Per,
+    /// Write at most this many drafts in this run (with --resume, the next ones in a later run).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Keep the drafts an interrupted run finished and write the rest.
+    #[arg(long)]
+    pub resume: bool,
+    /// Write e-mails as SHA-256 hashes (email_sha256).
+    #[arg(long)]
+    pub mask_pii: bool,
+    /// The holdout the export used: its control group gets no draft.
+    #[arg(long, value_name = "PCT")]
+    pub holdout: Option<f64>,
+    #[arg(long, requires = "holdout", default_value_t = 1)]
+    pub seed: u64,
+    /// The next-best action rules (default: prompts/actions.toml).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The columns of a drafts file.
+const DRAFT_COLUMNS: [&str; 11] =
+    ["id", "email", "segment", "action", "subject", "preheader", "body", "cta", "status", "reason", "tokens"];
+
+/// What `draft` reports.
+#[derive(Debug, Default, Serialize)]
+struct DraftSummary {
+    out: PathBuf,
+    drafts: u64,
+    accepted: u64,
+    accepted_first_try: u64,
+    accepted_after_retry: u64,
+    rejected: u64,
+    /// Members of the holdout's control group: no draft.
+    held_out: u64,
+    /// Drafts kept from an interrupted run.
+    resumed: u64,
+    /// Recipients left for a later run (`--limit`).
+    remaining: u64,
+    tokens: u64,
+}
+
+/// The file beside the output that holds each finished draft as soon as it is done, for `--resume`.
+fn partial_path(out: &std::path::Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial.jsonl");
+    out.with_file_name(name)
+}
+
+/// `audience draft`: e-mail drafts for the audience's treatment members (or its segments or actions).
+pub async fn draft(stores: &Stores, args: DraftArgs, global: &crate::Global) -> Result<()> {
+    use audience::campaign::{ExportFile, Format, email_sha256};
+    use audience::drafts::{self, Context, Recipient, looks_like_instruction};
+    use audience_tools::audience::AudienceDefinition;
+    use audience_tools::audience::export::{Members, for_each_member};
+    use serde_json::{Map, Value};
+    use std::io::Write as _;
+
+    let format = match Format::from_path(&args.out).kind(FailureKind::Usage)? {
+        Format::Json => {
+            return Err(anyhow!("drafts are written as .csv or .jsonl (a draft at a time)")).kind(FailureKind::Usage);
+        }
+        format => format,
+    };
+    let holdout = args.holdout.map(|percent| Holdout::new(percent, args.seed)).transpose().kind(FailureKind::Usage)?;
+    let table = read_rules(args.rules.as_deref())?;
+    let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), None, "draft for").await?;
+
+    // Every customer, for the checks: the e-mails and full names a draft may not show, and the product names.
+    let mut context = Context { offer: args.offer.clone(), ..Context::default() };
+    let mut products = std::collections::BTreeSet::new();
+    let everyone = AudienceDefinition::default();
+    let fields = ["external_id", "first_name", "last_name", "email", "interests"];
+    for_each_member(stores, Members::Definition(&everyone), &fields, &[], |record| {
+        let text = |key: &str| record.get(key).and_then(Value::as_str).map(str::to_lowercase);
+        if let Some(email) = text("email") {
+            context.emails.insert(email.trim().to_owned());
+        }
+        if let (Some(first), Some(last)) = (text("first_name"), text("last_name")) {
+            context.full_names.insert(format!("{} {}", first.trim(), last.trim()));
+        }
+        for interest in record.get("interests").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(interest) = interest.as_str() {
+                products.insert(interest.to_owned());
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(tool_failure)?;
+    context.products = products.into_iter().collect();
+
+    // The recipients: the treatment members, each with its facts and action.
+    let column = actions::rule_column(stores, &table).await.map_err(tool_failure)?;
+    let fields = [
+        "external_id",
+        "first_name",
+        "last_name",
+        "email",
+        "favorite_color",
+        "segment",
+        "interests",
+        "preferred_colors",
+        "last_purchase",
+    ];
+    let mut members = Vec::new();
+    let mut held_out = 0u64;
+    for_each_member(stores, target.members(), &fields, &[column], |record: Map<String, Value>| {
+        let text = |key: &str| record.get(key).and_then(Value::as_str).map(str::to_owned);
+        let list = |key: &str| -> Vec<String> {
+            record
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        let id = text("external_id").unwrap_or_default();
+        if holdout.as_ref().is_some_and(|h| h.group(&id) == "control") {
+            held_out += 1;
+            return Ok(());
+        }
+        let stored: Vec<String> =
+            ["first_name", "last_name", "email", "favorite_color"].iter().filter_map(|k| text(k)).collect();
+        let untrusted: Vec<String> = stored.into_iter().filter(|value| looks_like_instruction(value)).collect();
+        let first_name = text("first_name").filter(|name| !untrusted.contains(name));
+        let full_name =
+            text("first_name").zip(text("last_name")).map(|(f, l)| format!("{} {}", f.trim(), l.trim()).to_lowercase());
+        let (action, _) = table.describe(table.assigned(record.get(actions::RULE_COLUMN)));
+        members.push(Recipient {
+            id,
+            first_name,
+            email: text("email"),
+            full_name,
+            segment: text("segment").unwrap_or_default(),
+            action: action.to_owned(),
+            interests: list("interests"),
+            colors: list("preferred_colors"),
+            last_purchase: text("last_purchase").map(|ts| ts.chars().take(10).collect()),
+            untrusted,
+            group: false,
+        });
+        Ok(())
+    })
+    .await
+    .map_err(tool_failure)?;
+    let recipients = match args.per {
+        Per::Member => members,
+        Per::Segment | Per::Action => group_recipients(&members, args.per),
+    };
+
+    // Drafts finished by an interrupted run, kept with --resume.
+    let partial = partial_path(&args.out);
+    let mut done: Vec<Map<String, Value>> = Vec::new();
+    if args.resume && partial.exists() {
+        let text = std::fs::read_to_string(&partial)?;
+        // A line cut by the interruption is written again.
+        done = text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    }
+    let done_ids: std::collections::HashSet<String> =
+        done.iter().filter_map(|row| row.get("id").and_then(Value::as_str).map(str::to_owned)).collect();
+    let mut summary =
+        DraftSummary { out: args.out.clone(), held_out, resumed: done.len() as u64, ..Default::default() };
+    for row in &done {
+        count(&mut summary, row);
+    }
+    // The kept drafts are written again, so a line the interruption cut is not left in the middle of the file.
+    let mut partial_file = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+    for row in &done {
+        serde_json::to_writer(&mut partial_file, row)?;
+        partial_file.write_all(b"\n")?;
+    }
+    partial_file.flush()?;
+    let todo: Vec<&Recipient> = recipients.iter().filter(|r| !done_ids.contains(&r.id)).collect();
+    let this_run = args.limit.map_or(todo.len(), |limit| limit.min(todo.len()));
+    summary.remaining = (todo.len() - this_run) as u64;
+
+    let provider = audience::provider::ProviderConfig::load(&global.data_dir)?;
+    let _server = match (&provider.kind, &provider.base_url) {
+        (audience::provider::ProviderKind::Local, Some(url)) => Some(
+            audience::local_llm::ensure(url, &provider.model, &global.data_dir).await.kind(FailureKind::Provider)?,
+        ),
+        _ => None,
+    };
+    let model = provider.chat_model()?;
+    let bar = indicatif::ProgressBar::new(this_run as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("drafts {bar:30} {pos}/{len} {elapsed}, about {eta} left")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // One request at a time: the local model serves one, and reuses the prompt cache of the shared instructions.
+    for recipient in todo.into_iter().take(this_run) {
+        let outcome = drafts::write(&model, recipient, &context).await.kind(FailureKind::Provider)?;
+        let email = match (&recipient.email, args.mask_pii) {
+            (Some(email), true) => Value::String(email_sha256(email)),
+            (Some(email), false) => Value::String(email.clone()),
+            (None, _) => Value::Null,
+        };
+        let piece = |f: fn(&drafts::Draft) -> &String| {
+            outcome.draft.as_ref().map_or(Value::Null, |d| Value::String(f(d).clone()))
+        };
+        let row: Map<String, Value> = [
+            ("id", Value::String(recipient.id.clone())),
+            ("email", email),
+            ("segment", Value::String(recipient.segment.clone())),
+            ("action", Value::String(recipient.action.clone())),
+            ("subject", piece(|d| &d.subject)),
+            ("preheader", piece(|d| &d.preheader)),
+            ("body", piece(|d| &d.body)),
+            ("cta", piece(|d| &d.cta)),
+            ("status", Value::String(outcome.status.to_owned())),
+            ("reason", outcome.reason.clone().map_or(Value::Null, Value::String)),
+            ("tokens", Value::from(outcome.tokens)),
+            ("attempts", Value::from(outcome.attempts)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        serde_json::to_writer(&mut partial_file, &row)?;
+        partial_file.write_all(b"\n")?;
+        partial_file.flush()?;
+        count(&mut summary, &row);
+        done.push(row);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    drop(partial_file);
+
+    let mut columns: Vec<String> = DRAFT_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+    if args.mask_pii {
+        columns[1] = "email_sha256".to_owned();
+    }
+    let mut file = ExportFile::create(&args.out, format, columns).kind(FailureKind::Input)?;
+    for mut row in done {
+        row.remove("attempts");
+        if args.mask_pii
+            && let Some(email) = row.remove("email")
+        {
+            row.insert("email_sha256".to_owned(), email);
+        }
+        file.write(&row).kind(FailureKind::Input)?;
+    }
+    file.finish().kind(FailureKind::Input)?;
+    if summary.remaining == 0 {
+        std::fs::remove_file(&partial).ok();
+    }
+    if args.json {
+        return outln!("{}", terminal::safe_json(&summary)?);
+    }
+    outln!(
+        "{} drafts in {}: {} accepted ({} at the first try, {} after one retry), {} rejected; {} held out as control{}{}",
+        summary.drafts,
+        summary.out.display(),
+        summary.accepted,
+        summary.accepted_first_try,
+        summary.accepted_after_retry,
+        summary.rejected,
+        summary.held_out,
+        if summary.resumed > 0 {
+            format!("; {} kept from the interrupted run", summary.resumed)
+        } else {
+            String::new()
+        },
+        if summary.remaining > 0 {
+            format!("; {} left: run again with --resume", summary.remaining)
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// Adds a finished draft's row to the summary.
+fn count(summary: &mut DraftSummary, row: &serde_json::Map<String, serde_json::Value>) {
+    summary.drafts += 1;
+    summary.tokens += row.get("tokens").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let first_try = row.get("attempts").and_then(serde_json::Value::as_u64) == Some(1);
+    match row.get("status").and_then(serde_json::Value::as_str) {
+        Some("accepted") if first_try => {
+            summary.accepted += 1;
+            summary.accepted_first_try += 1;
+        }
+        Some("accepted") => {
+            summary.accepted += 1;
+            summary.accepted_after_retry += 1;
+        }
+        _ => summary.rejected += 1,
+    }
+}
+
+/// One recipient per segment or action: the members' most common interests, no personal fact.
+fn group_recipients(members: &[audience::drafts::Recipient], per: Per) -> Vec<audience::drafts::Recipient> {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<(String, String), Vec<&audience::drafts::Recipient>> = BTreeMap::new();
+    for member in members {
+        let key = match per {
+            Per::Segment => ("segment".to_owned(), member.segment.clone()),
+            _ => ("action".to_owned(), member.action.clone()),
+        };
+        groups.entry(key).or_default().push(member);
+    }
+    groups
+        .into_iter()
+        .map(|((by, name), group)| {
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for member in &group {
+                for interest in &member.interests {
+                    *counts.entry(interest).or_default() += 1;
+                }
+            }
+            let mut common: Vec<(&str, usize)> = counts.into_iter().collect();
+            common.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            audience::drafts::Recipient {
+                id: format!("{by}:{name}"),
+                first_name: None,
+                email: None,
+                full_name: None,
+                segment: if by == "segment" { name.clone() } else { String::new() },
+                action: if by == "action" { name.clone() } else { String::new() },
+                interests: common.into_iter().take(3).map(|(i, _)| i.to_owned()).collect(),
+                colors: Vec::new(),
+                last_purchase: None,
+                untrusted: Vec::new(),
+                group: true,
+            }
+        })
+        .collect()
+}
