@@ -150,7 +150,7 @@ fn standard_normal() -> Normal {
 
 /// The two-sided p-value of a z statistic; 1 when there is no spread to test against.
 fn p_value(difference: f64, standard_error: f64) -> f64 {
-    if !(standard_error > 0.0) || !standard_error.is_finite() {
+    if standard_error.is_nan() || standard_error <= 0.0 || standard_error.is_infinite() {
         return if difference == 0.0 { 1.0 } else { 0.0 };
     }
     2.0 * (1.0 - standard_normal().cdf((difference / standard_error).abs()))

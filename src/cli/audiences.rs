@@ -308,7 +308,7 @@ pub async fn overlap(stores: &Stores, args: OverlapArgs) -> Result<()> {
 
 /// The audience a campaign command acts on: a saved one (with its frozen members, if any) or a definition.
 pub enum Target {
-    Saved { audience: SavedAudience, frozen: Option<Vec<String>> },
+    Saved { audience: Box<SavedAudience>, frozen: Option<Vec<String>> },
     Definition(AudienceDefinition),
 }
 
@@ -326,7 +326,7 @@ impl Target {
                 let saved = SavedAudiences::new(&stores.db).map_err(kind)?;
                 let audience = saved.get(name).await.map_err(kind)?;
                 let frozen = members_of(&saved, &audience).await?;
-                Ok(Self::Saved { audience, frozen })
+                Ok(Self::Saved { audience: Box::new(audience), frozen })
             }
             (None, Some(path), _) => Ok(Self::Definition(read_definition(path)?)),
             (None, None, Some(current)) => Ok(Self::Definition(current)),
