@@ -769,3 +769,51 @@ fn partial_exists(out: &Path) -> bool {
     name.push(".partial.jsonl");
     out.with_file_name(name).exists()
 }
+
+/// Killed in the middle of a run (SIGKILL while it waits out a rate limit), `draft` leaves the output file as it
+/// was and the finished drafts in the partial file; `--resume` keeps them and writes only the rest.
+#[test]
+fn draft_resumes_after_a_kill() {
+    let env = TestEnv::ingested("draftkill");
+    let five = definition_file(
+        &env,
+        "five",
+        json!({"version": 1, "include": [{"type": "sql",
+        "condition": "external_id IN ('1','2','3','4','5')"}]}),
+    );
+    let reply = || draft_reply("New for you", "Something new for you.");
+    // Two drafts, then a rate limit whose wait outlasts the test's patience.
+    let llm = FakeLlm::start(vec![reply(), reply(), Reply::status(429).retry_after(25)]);
+    let out = env.data_dir().join("drafts.csv");
+    std::fs::write(&out, "the previous file\n").unwrap();
+    let args = ["draft", "--from", five.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"];
+    let mut child = env
+        .llm_command(&llm, &args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut partial = out.file_name().unwrap().to_os_string();
+    partial.push(".partial.jsonl");
+    let partial = out.with_file_name(partial);
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&partial).map_or(0, |text| text.lines().count()) < 2 || llm.requests().len() < 3 {
+        assert!(started.elapsed().as_secs() < 60, "the run did not reach its third request");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "the previous file\n", "nothing half-written");
+
+    let llm = FakeLlm::start(vec![reply(), reply(), reply()]);
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let run = Run::from(env.llm_command(&llm, &resumed).output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary = run.json();
+    assert_eq!((summary["resumed"].as_u64(), summary["drafts"].as_u64()), (Some(2), Some(5)), "{summary}");
+    assert_eq!(llm.requests().len(), 3, "only the three unfinished drafts are written");
+    let ids: Vec<String> = draft_rows(&out).into_keys().collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5"]);
+    assert!(!partial.exists());
+}
