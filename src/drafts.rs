@@ -14,6 +14,7 @@ use rig_core::completion::CompletionRequest;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::{CallPurpose, CallUsage};
 use crate::provider::ChatModel;
 
 /// The instructions of a per-member draft.
@@ -362,6 +363,9 @@ pub struct Outcome {
     /// Model calls made: 1, or 2 with the retry.
     pub attempts: u32,
     pub tokens: u64,
+    /// Each model call's usage, for the ledger.
+    #[serde(skip)]
+    pub calls: Vec<CallUsage>,
 }
 
 /// One model call: the draft (when the reply is one) and the check's verdict.
@@ -371,14 +375,23 @@ async fn attempt(
     message: String,
     recipient: &Recipient,
     context: &Context,
-) -> anyhow::Result<(Option<Draft>, Result<(), Violation>, u64)> {
+) -> anyhow::Result<(Option<Draft>, Result<(), Violation>, CallUsage)> {
     let request = CompletionRequest::new(message)
         .preamble(system)
         .max_tokens(700)
         .temperature(0.0)
         .output_schema(schemars::schema_for!(Draft));
+    let start = std::time::Instant::now();
     let response = model.call(request).await.map_err(|e| anyhow::anyhow!("the draft model call failed: {e}"))?;
-    let tokens = response.usage.total_tokens.unwrap_or(0);
+    let usage = &response.usage;
+    let tokens = CallUsage {
+        purpose: CallPurpose::Draft,
+        prompt_tokens: usage.input_tokens.unwrap_or(0),
+        completion_tokens: usage.output_tokens.unwrap_or(0),
+        estimated: false,
+        ms: start.elapsed().as_millis() as u64,
+        answered: true,
+    };
     Ok(match serde_json::from_str::<Draft>(response.text().trim()) {
         Ok(draft) => {
             let verdict = check(&draft, recipient, context);
@@ -394,16 +407,19 @@ async fn attempt(
 pub async fn write(model: &ChatModel, recipient: &Recipient, context: &Context) -> anyhow::Result<Outcome> {
     let system = if recipient.group { SYSTEM_GROUP } else { SYSTEM_MEMBER };
     let facts = prompt(recipient, context.offer.as_deref());
-    let (draft, verdict, tokens) = attempt(model, system, facts.clone(), recipient, context).await?;
+    let (draft, verdict, call) = attempt(model, system, facts.clone(), recipient, context).await?;
+    let total = |calls: &[CallUsage]| calls.iter().map(|c| c.prompt_tokens + c.completion_tokens).sum();
     let Err(first) = verdict else {
-        return Ok(Outcome { draft, status: "accepted", reason: None, attempts: 1, tokens });
+        let calls = vec![call];
+        return Ok(Outcome { draft, status: "accepted", reason: None, attempts: 1, tokens: total(&calls), calls });
     };
     let retry = format!("{facts}\n\nYour previous draft was rejected: {}. Write it again without that.", first.reason);
-    let (draft, verdict, more) = attempt(model, system, retry, recipient, context).await?;
-    let tokens = tokens + more;
+    let (draft, verdict, second_call) = attempt(model, system, retry, recipient, context).await?;
+    let calls = vec![call, second_call];
+    let tokens = total(&calls);
     Ok(match verdict {
-        Ok(()) => Outcome { draft, status: "accepted", reason: Some(first.reason), attempts: 2, tokens },
-        Err(second) => Outcome { draft, status: "rejected", reason: Some(second.reason), attempts: 2, tokens },
+        Ok(()) => Outcome { draft, status: "accepted", reason: Some(first.reason), attempts: 2, tokens, calls },
+        Err(second) => Outcome { draft, status: "rejected", reason: Some(second.reason), attempts: 2, tokens, calls },
     })
 }
 

@@ -680,6 +680,12 @@ fn drafts_pass_the_checks_or_are_rejected_after_one_retry_and_never_obey_a_store
         "{summary}"
     );
     assert_eq!(llm.requests().len(), 1 + 2 * 5 + 2, "exactly one retry per failed draft");
+    // Each draft's calls go to the usage ledger.
+    let ledger = std::fs::read_to_string(env.data_dir().join("usage.jsonl")).unwrap();
+    let records: Vec<Value> = ledger.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let draft_calls: usize =
+        records.iter().map(|r| r["calls"].as_array().unwrap().iter().filter(|c| c["purpose"] == "draft").count()).sum();
+    assert_eq!((records.len(), draft_calls), (7, 13));
     assert_eq!(llm.remaining(), 0);
     // Generated under the JSON schema of `Draft`.
     let format = &llm.requests()[0]["response_format"];

@@ -385,6 +385,8 @@ struct DraftSummary {
     /// Recipients left for a later run (`--limit`).
     remaining: u64,
     tokens: u64,
+    /// The model calls of this run, priced by the price table (also in the usage ledger); unknown without a price.
+    cost_usd: Option<f64>,
 }
 
 /// The file beside the output that holds each finished draft as soon as it is done, for `--resume`.
@@ -531,6 +533,8 @@ pub async fn draft(stores: &Stores, args: DraftArgs, global: &crate::Global) -> 
         _ => None,
     };
     let model = provider.chat_model()?;
+    let mut ledger = audience::ledger::Ledger::open(&global.data_dir)?;
+    summary.cost_usd = Some(0.0);
     let bar = indicatif::ProgressBar::new(this_run as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("drafts {bar:30} {pos}/{len} {elapsed}, about {eta} left")
@@ -538,7 +542,19 @@ pub async fn draft(stores: &Stores, args: DraftArgs, global: &crate::Global) -> 
     );
     // One request at a time: the local model serves one, and reuses the prompt cache of the shared instructions.
     for recipient in todo.into_iter().take(this_run) {
+        let start = std::time::Instant::now();
         let outcome = drafts::write(&model, recipient, &context).await.kind(FailureKind::Provider)?;
+        let usage = audience::ledger::UsageRecord::new(
+            provider.kind.name(),
+            &provider.model,
+            outcome.calls.clone(),
+            0,
+            ledger.prices(),
+            start.elapsed().as_millis() as u64,
+            true,
+        );
+        summary.cost_usd = summary.cost_usd.zip(usage.cost_usd).map(|(sum, cost)| sum + cost);
+        ledger.record(&usage);
         let email = match (&recipient.email, args.mask_pii) {
             (Some(email), true) => Value::String(email_sha256(email)),
             (Some(email), false) => Value::String(email.clone()),
