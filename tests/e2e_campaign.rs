@@ -822,4 +822,25 @@ fn draft_resumes_after_a_kill() {
     let ids: Vec<String> = draft_rows(&out).into_keys().collect();
     assert_eq!(ids, ["1", "2", "3", "4", "5"]);
     assert!(!partial.exists());
+
+    // One draft per segment, with the merge tag and no member's facts.
+    let segments: u64 = env
+        .sql_scalar("SELECT count(DISTINCT segment)::text FROM profiles WHERE external_id IN ('1','2','3','4','5')")
+        .parse()
+        .unwrap();
+    let group_reply = || draft_reply("New for you", "Hello {{first_name}}, something new for you.");
+    let llm = FakeLlm::start((0..segments).map(|_| group_reply()).collect());
+    let per_segment = env.data_dir().join("segments.jsonl");
+    let args = ["draft", "--from", five.to_str().unwrap(), "--out", per_segment.to_str().unwrap(), "--per", "segment"];
+    let run = Run::from(env.llm_command(&llm, &args).output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<Value> = std::fs::read_to_string(&per_segment)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(rows.len() as u64, segments);
+    assert!(rows.iter().all(|r| r["status"] == "accepted" && r["id"].as_str().unwrap().starts_with("segment:")));
+    let prompt = user_text(&llm.requests()[0]);
+    assert!(prompt.contains("The group: segment:") && !prompt.contains("First name"), "{prompt}");
 }
