@@ -1,5 +1,5 @@
-//! Campaign files: the whole membership of an audience written as CSV, JSON or JSON lines, with an optional seeded
-//! A/B holdout and masked personal data.
+//! Campaign files: the whole membership of an audience written as CSV, JSON or JSON lines, with each member's
+//! next-best action, an optional seeded A/B holdout and masked personal data.
 //!
 //! A file is written to a temporary file beside the target and renamed over it only when complete, so an export
 //! that fails or is interrupted leaves no half file under the target name (the temporary file is removed when the
@@ -15,6 +15,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use audience_tools::audience::actions::{ActionTable, RULE_COLUMN, rule_column};
 use audience_tools::audience::export::{Members, for_each_member};
 use audience_tools::stores::Stores;
 use serde::Serialize;
@@ -87,7 +88,12 @@ pub struct ExportOptions {
     /// Leave names out and write the e-mail as `email_sha256` (the SHA-256 of the trimmed, lower-cased address, the
     /// form ad platforms match on).
     pub mask_pii: bool,
+    /// The next-best action rules that fill the `action` column.
+    pub actions: ActionTable,
 }
+
+/// The column that carries each member's next-best action, after the profile fields.
+pub const ACTION_COLUMN: &str = "action";
 
 /// What an export wrote.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -119,7 +125,8 @@ pub struct Balance {
     pub shares: Vec<(String, f64, f64)>,
 }
 
-/// The columns the file gets for `fields`: the holdout `group` after the id, masked names left out.
+/// The columns the file gets for `fields`: the holdout `group` after the id, masked names left out, the `action`
+/// last.
 pub fn columns(options: &ExportOptions) -> Vec<String> {
     let mut columns = Vec::new();
     for field in &options.fields {
@@ -132,7 +139,13 @@ pub fn columns(options: &ExportOptions) -> Vec<String> {
             columns.push("group".to_owned());
         }
     }
+    columns.push(ACTION_COLUMN.to_owned());
     columns
+}
+
+/// A masked e-mail: the SHA-256 of the trimmed, lower-cased address, the form ad platforms match on.
+pub fn email_sha256(email: &str) -> String {
+    hex::encode(Sha256::digest(email.trim().to_lowercase().as_bytes()))
 }
 
 /// The dimensions a holdout's balance is checked on.
@@ -153,7 +166,11 @@ pub async fn export(stores: &Stores, members: Members<'_>, options: &ExportOptio
     }
     // counts[group][dimension][value]
     let mut counts: BTreeMap<&'static str, BTreeMap<&'static str, BTreeMap<String, u64>>> = BTreeMap::new();
-    let written = for_each_member(stores, members, &query_fields, |mut record| {
+    let rules = rule_column(stores, &options.actions).await.map_err(exit::tool_failure)?;
+    let written = for_each_member(stores, members, &query_fields, &[rules], |mut record| {
+        let assigned = options.actions.assigned(record.remove(RULE_COLUMN).as_ref());
+        let (action, _) = options.actions.describe(assigned);
+        record.insert(ACTION_COLUMN.to_owned(), Value::String(action.to_owned()));
         let id = record.get("external_id").and_then(Value::as_str).unwrap_or_default().to_owned();
         if let Some(holdout) = &options.holdout {
             let group = holdout.group(&id);
@@ -170,8 +187,7 @@ pub async fn export(stores: &Stores, members: Members<'_>, options: &ExportOptio
         if options.mask_pii {
             let email = record.remove("email");
             if let Some(Value::String(email)) = email {
-                let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
-                record.insert("email_sha256".to_owned(), Value::String(hex::encode(digest)));
+                record.insert("email_sha256".to_owned(), Value::String(email_sha256(&email)));
             }
         }
         file.write(&record).kind(FailureKind::Input)

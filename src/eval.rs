@@ -188,6 +188,7 @@ pub async fn prepare_sample(spec: &SampleSpec, dir: &Path, database_url: &str, s
             seed: spec.seed,
             end_date: spec.end_date,
             out_dir: dir.to_owned(),
+            lift: None,
         })?;
         if let Some(extra) = &spec.extra_customers {
             append_customers(&generated.customers_path, extra)?;

@@ -84,6 +84,8 @@ pub enum CallPurpose {
     Agent,
     /// The inner text-to-SQL call of `sql_analytics`.
     SqlWriter,
+    /// A campaign e-mail draft (`audience draft`), a retry included.
+    Draft,
 }
 
 /// Token usage and latency of one LLM call.

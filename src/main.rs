@@ -11,7 +11,7 @@ use audience::open_stores::open_stores;
 use clap::{Parser, Subcommand};
 
 use audience::terminal;
-use cli::{ask, audiences, bench, data_commands, eval, repl, tool_command};
+use cli::{ask, audiences, bench, campaign_commands, data_commands, eval, repl, tool_command};
 
 /// Agentic audience discovery over customer data in PostgreSQL and a vector index.
 #[derive(Parser, Debug)]
@@ -60,6 +60,12 @@ enum Command {
     Overlap(audiences::OverlapArgs),
     /// Write every member of a saved audience to a file, optionally with a seeded A/B holdout and masked PII.
     Export(audiences::ExportArgs),
+    /// Each member's next-best action from the rule table (prompts/actions.toml or --rules FILE), with counts.
+    Actions(campaign_commands::ActionsArgs),
+    /// The lift of a campaign: treatment against the holdout's control group over purchases after a date.
+    Measure(campaign_commands::MeasureArgs),
+    /// E-mail drafts for an audience (per member, segment or action), checked in Rust, control group held out.
+    Draft(campaign_commands::DraftArgs),
     /// Find the customers most like a saved audience (or given ids) who are not in it.
     Lookalike(audiences::LookalikeCommandArgs),
     /// Measure ingest, embedding, tool latency and cold start on this machine (Markdown tables on stdout).
@@ -128,6 +134,9 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => audiences::remove(&open_stores(&global.data_dir).await?, args).await?,
         Command::Overlap(args) => audiences::overlap(&open_stores(&global.data_dir).await?, args).await?,
         Command::Export(args) => audiences::export(&open_stores(&global.data_dir).await?, args, None).await?,
+        Command::Actions(args) => campaign_commands::actions(&open_stores(&global.data_dir).await?, args).await?,
+        Command::Measure(args) => campaign_commands::measure(&open_stores(&global.data_dir).await?, args).await?,
+        Command::Draft(args) => campaign_commands::draft(&open_stores(&global.data_dir).await?, args, global).await?,
         Command::Lookalike(args) => {
             let session = audience_tools::audience::AudienceSession::default();
             audiences::lookalike(&open_stores(&global.data_dir).await?, args, &session).await?

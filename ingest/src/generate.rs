@@ -9,9 +9,14 @@
 //! - `lapsed` (~16%): bought earlier, but nothing in the last 120+ days.
 //!
 //! About 2% of purchases are followed by a return (a purchase row with negative quantity).
+//!
+//! With a [`Lift`], a campaign's known effect is added on top: a chosen share of the given customers buy once more
+//! between the campaign date and the end date (listed in `lifted.csv`), from a random stream of its own, so every
+//! other row is exactly what the same seed writes without it. `audience measure` must find that effect.
 //! The output depends only on the options: one seeded ChaCha8 stream, consumed in a fixed order. Memory is flat:
 //! one customer's events at a time, streamed to buffered writers, so 1M customers / 50M events is fine.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -31,7 +36,23 @@ pub struct GenerateOptions {
     /// Events span the 365 days before this date.
     pub end_date: NaiveDate,
     pub out_dir: PathBuf,
+    /// A campaign's known effect, added on top of the sample.
+    pub lift: Option<Lift>,
 }
+
+/// Extra purchases that simulate a campaign that worked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lift {
+    /// The customers the campaign went to (their file ids).
+    pub customers: HashSet<u64>,
+    /// The share of them who buy once more because of it (0 < share <= 1).
+    pub share: f64,
+    /// The campaign date: the extra purchase falls between the start of this day and the end date.
+    pub since: NaiveDate,
+}
+
+/// The seed of the lift's own stream is the sample's seed mixed with this, so the base stream stays untouched.
+const LIFT_STREAM: u64 = 0x6c69_6674_6c69_6674;
 
 /// What was written.
 #[derive(Clone, Debug)]
@@ -41,6 +62,8 @@ pub struct GenerateReport {
     pub customers_path: PathBuf,
     pub events_path: PathBuf,
     pub labels_path: PathBuf,
+    /// With a lift: how many customers got the extra purchase, and the file listing them (`lifted.csv`).
+    pub lifted: Option<(u64, PathBuf)>,
 }
 
 /// Header of `customers.csv`.
@@ -313,6 +336,15 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport> {
     if opts.events_per_customer == 0 {
         bail!("--events-per-customer must be at least 1");
     }
+    if let Some(lift) = &opts.lift {
+        if !(lift.share > 0.0 && lift.share <= 1.0) {
+            bail!("--lift-share takes a share above 0 and at most 1, e.g. 0.2");
+        }
+        let first = opts.end_date - Duration::days(365);
+        if lift.since >= opts.end_date || lift.since < first {
+            bail!("--lift-since must fall in the sample's year, from {first} to the day before {}", opts.end_date);
+        }
+    }
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("cannot create {}", opts.out_dir.display()))?;
     let customers_path = opts.out_dir.join("customers.csv");
     let events_path = opts.out_dir.join("events.csv");
@@ -324,6 +356,16 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport> {
     writeln!(events_out, "{EVENTS_HEADER}")?;
     writeln!(labels_out, "{LABELS_HEADER}")?;
 
+    let mut lifted_out = match &opts.lift {
+        Some(_) => {
+            let mut out = create(&opts.out_dir.join("lifted.csv"))?;
+            writeln!(out, "customer_id")?;
+            Some(out)
+        }
+        None => None,
+    };
+    let mut lifted = 0u64;
+    let mut lift_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ LIFT_STREAM);
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let window_end = opts.end_date.and_time(NaiveTime::MIN).and_utc();
     let window_start = window_end - Duration::days(365);
@@ -338,6 +380,16 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport> {
         };
         let target = customer_events(&mut rng, opts.events_per_customer, persona);
         customer_rows(&mut rng, persona, window_start, last_allowed, target, &mut rows);
+        if let (Some(lift), Some(out)) = (&opts.lift, lifted_out.as_mut())
+            && lift.customers.contains(&customer_id)
+            && lift_rng.random_bool(lift.share)
+        {
+            let since = lift.since.and_time(NaiveTime::MIN).and_utc();
+            rows.push(lift_purchase(&mut lift_rng, persona, since, window_end));
+            rows.sort_by_key(|r| r.ts);
+            writeln!(out, "{customer_id}")?;
+            lifted += 1;
+        }
 
         let first_name = FIRST_NAMES[rng.random_range(0..FIRST_NAMES.len())];
         let last_name = LAST_NAMES[rng.random_range(0..LAST_NAMES.len())];
@@ -373,13 +425,36 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport> {
             )?;
         }
     }
-    for (out, path) in [(customers_out, &customers_path), (events_out, &events_path), (labels_out, &labels_path)] {
+    let lifted_path = opts.out_dir.join("lifted.csv");
+    let mut outputs = vec![(customers_out, &customers_path), (events_out, &events_path), (labels_out, &labels_path)];
+    if let Some(out) = lifted_out {
+        outputs.push((out, &lifted_path));
+    }
+    for (out, path) in outputs {
         out.into_inner()
             .map_err(|e| e.into_error())
             .and_then(|file| file.sync_all())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(GenerateReport { customers: opts.customers, events: event_id, customers_path, events_path, labels_path })
+    let lifted = opts.lift.as_ref().map(|_| (lifted, lifted_path));
+    Ok(GenerateReport { customers: opts.customers, events: event_id, customers_path, events_path, labels_path, lifted })
+}
+
+/// The campaign's extra purchase: one of the persona's categories, in its colours and price range, at a time
+/// between `since` and an hour before `end`.
+fn lift_purchase(rng: &mut ChaCha8Rng, persona: &Persona, since: DateTime<Utc>, end: DateTime<Utc>) -> Row {
+    let name = persona.categories[rng.random_range(0..persona.categories.len())];
+    let category = CATEGORIES.iter().find(|c| c.name == name).unwrap_or(&CATEGORIES[0]);
+    let (low, high) = if persona.luxury_prices { category.luxury } else { category.everyday };
+    let span = (end - since).num_seconds().saturating_sub(3600).max(1);
+    Row {
+        event_type: "purchase",
+        category: category.name,
+        color: persona.colors[rng.random_range(0..persona.colors.len())],
+        price_cents: rng.random_range(low..=high),
+        quantity: 1,
+        ts: since + Duration::seconds(rng.random_range(0..span)),
+    }
 }
 
 fn create(path: &Path) -> Result<BufWriter<File>> {

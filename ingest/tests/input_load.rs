@@ -458,6 +458,7 @@ fn generate_into(dir: &Path, seed: u64, customers: u64) -> audience_ingest::gene
         seed,
         end_date: NaiveDate::from_ymd_opt(2025, 1, 1).expect("date"),
         out_dir: dir.to_owned(),
+        lift: None,
     };
     generate(&opts).expect("generate")
 }

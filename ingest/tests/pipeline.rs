@@ -125,6 +125,7 @@ impl Env {
             seed: 42,
             end_date: day("2025-01-01"),
             out_dir: self.dir.path().join("sample"),
+            lift: None,
         })?;
         let report = self.ingest(&generated.customers_path, &generated.events_path, None).await?;
         assert_eq!(report.sync.embedded, 500);

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use audience::campaign::{self, ExportOptions, Format, Holdout};
 use audience::exit::{Failure, FailureExt, FailureKind, tool_failure};
+use audience_tools::audience::actions::ActionTable;
 use audience_tools::audience::export::{Members, checked_export_fields, count_members, member_ids};
 use audience_tools::audience::lookalike::{LookalikeArgs, find_lookalikes, spread_line};
 use audience_tools::audience::report::evaluate;
@@ -94,6 +95,9 @@ pub struct ExportArgs {
     /// Leave names out and write e-mails as SHA-256 hashes (email_sha256).
     #[arg(long)]
     pub mask_pii: bool,
+    /// The next-best action rules for the `action` column (default: prompts/actions.toml).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -302,6 +306,71 @@ pub async fn overlap(stores: &Stores, args: OverlapArgs) -> Result<()> {
     Ok(())
 }
 
+/// The audience a campaign command acts on: a saved one (with its frozen members, if any) or a definition.
+pub enum Target {
+    Saved { audience: Box<SavedAudience>, frozen: Option<Vec<String>> },
+    Definition(AudienceDefinition),
+}
+
+impl Target {
+    /// A saved audience by `name`, else the definition file `from`, else `current` (the REPL's audience).
+    pub async fn resolve(
+        stores: &Stores,
+        name: Option<&str>,
+        from: Option<&Path>,
+        current: Option<AudienceDefinition>,
+        verb: &str,
+    ) -> Result<Self> {
+        match (name, from, current) {
+            (Some(name), _, _) => {
+                let saved = SavedAudiences::new(&stores.db).map_err(kind)?;
+                let audience = saved.get(name).await.map_err(kind)?;
+                let frozen = members_of(&saved, &audience).await?;
+                Ok(Self::Saved { audience: Box::new(audience), frozen })
+            }
+            (None, Some(path), _) => Ok(Self::Definition(read_definition(path)?)),
+            (None, None, Some(current)) => Ok(Self::Definition(current)),
+            (None, None, None) => {
+                Err(anyhow!("name a saved audience to {verb}, or pass --from FILE")).kind(FailureKind::Usage)
+            }
+        }
+    }
+
+    pub fn members(&self) -> Members<'_> {
+        match self {
+            Self::Saved { audience, frozen } => members(audience, frozen),
+            Self::Definition(definition) => Members::Definition(definition),
+        }
+    }
+
+    /// The saved audience's name, or "the definition".
+    pub fn label(&self) -> String {
+        match self {
+            Self::Saved { audience, .. } => audience.name.clone(),
+            Self::Definition(_) => "the definition".to_owned(),
+        }
+    }
+
+    /// True when the members are a frozen list, not the definition evaluated now.
+    pub fn frozen(&self) -> bool {
+        matches!(self, Self::Saved { frozen: Some(_), .. })
+    }
+}
+
+/// The next-best action rules: a TOML file, or the shipped table. A file that is not a valid table is the user's
+/// to fix.
+pub fn read_rules(path: Option<&Path>) -> Result<ActionTable> {
+    let Some(path) = path else {
+        return ActionTable::defaults().map_err(anyhow::Error::from);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the action rules {}", path.display()))
+        .kind(FailureKind::Usage)?;
+    ActionTable::from_toml(&text)
+        .with_context(|| format!("invalid action rules in {}", path.display()))
+        .kind(FailureKind::Usage)
+}
+
 /// `audience export`: the whole membership to a file; `current` is the REPL's audience when no name is given.
 pub async fn export(stores: &Stores, args: ExportArgs, current: Option<AudienceDefinition>) -> Result<()> {
     let format = match args.format {
@@ -310,27 +379,10 @@ pub async fn export(stores: &Stores, args: ExportArgs, current: Option<AudienceD
     };
     let fields = checked_export_fields(&args.fields).map_err(|e| anyhow!("--fields: {e}")).kind(FailureKind::Usage)?;
     let holdout = args.holdout.map(|percent| Holdout::new(percent, args.seed)).transpose().kind(FailureKind::Usage)?;
-    let options = ExportOptions { path: args.out.clone(), format, fields, holdout, mask_pii: args.mask_pii };
-    let saved = SavedAudiences::new(&stores.db).map_err(kind)?;
-    let (audience, frozen, definition);
-    let members = match (&args.name, &args.from, current) {
-        (Some(name), _, _) => {
-            audience = saved.get(name).await.map_err(kind)?;
-            frozen = members_of(&saved, &audience).await?;
-            members(&audience, &frozen)
-        }
-        (None, Some(path), _) => {
-            definition = read_definition(path)?;
-            Members::Definition(&definition)
-        }
-        (None, None, Some(current)) => {
-            definition = current;
-            Members::Definition(&definition)
-        }
-        (None, None, None) => {
-            return Err(anyhow!("name a saved audience to export, or pass --from FILE")).kind(FailureKind::Usage);
-        }
-    };
+    let actions = read_rules(args.rules.as_deref())?;
+    let options = ExportOptions { path: args.out.clone(), format, fields, holdout, mask_pii: args.mask_pii, actions };
+    let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), current, "export").await?;
+    let members = target.members();
     let summary = campaign::export(stores, members, &options).await?;
     if args.json {
         outln!("{}", terminal::safe_json(&summary)?)?;

@@ -1,12 +1,13 @@
 //! The data engineer's commands: `generate`, `ingest`, `reindex` and `demo`.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::{NaiveDate, Utc};
 use clap::Args;
 
-use audience_ingest::generate::{self, GenerateOptions};
+use audience_ingest::generate::{self, GenerateOptions, Lift};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{self, CheckReport, IngestReport, IngestRequest};
@@ -49,6 +50,42 @@ pub struct GenerateArgs {
     /// Output directory.
     #[arg(long, default_value = "sample")]
     out: PathBuf,
+    /// Simulate a campaign that worked: the customers of this CSV (an export: its `external_id` column, and only
+    /// the `treatment` rows when it has a `group` column) buy once more, a --lift-share of them, after --lift-since.
+    #[arg(long, value_name = "FILE", requires_all = ["lift_share", "lift_since"])]
+    lift_ids: Option<PathBuf>,
+    /// The share of the --lift-ids customers who buy once more (0 to 1).
+    #[arg(long, value_name = "SHARE", requires = "lift_ids")]
+    lift_share: Option<f64>,
+    /// The campaign date: the extra purchases fall between it and the end date.
+    #[arg(long, value_name = "DATE", requires = "lift_ids")]
+    lift_since: Option<NaiveDate>,
+}
+
+/// The customers a simulated campaign reached: the `external_id`s of an export's treatment rows (every row when the
+/// file has no `group` column). The generator's ids are numbers, so any other id is an error.
+fn lift_customers(path: &std::path::Path) -> Result<HashSet<u64>> {
+    let mut reader = csv::Reader::from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .kind(FailureKind::Usage)?;
+    let headers = reader.headers()?.clone();
+    let Some(id) = headers.iter().position(|h| h == "external_id") else {
+        return Err(anyhow!("{} has no external_id column: pass an export", path.display())).kind(FailureKind::Usage);
+    };
+    let group = headers.iter().position(|h| h == "group");
+    let mut customers = HashSet::new();
+    for record in reader.records() {
+        let record = record.with_context(|| format!("cannot read {}", path.display())).kind(FailureKind::Usage)?;
+        if group.is_some_and(|group| &record[group] != "treatment") {
+            continue;
+        }
+        let value = &record[id];
+        let parsed = value
+            .parse::<u64>()
+            .map_err(|_| anyhow!("{}: {value:?} is not an id of a generated sample (a number)", path.display()));
+        customers.insert(parsed.kind(FailureKind::Usage)?);
+    }
+    Ok(customers)
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +151,10 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         end_date: args.end_date.unwrap_or_else(|| Utc::now().date_naive()),
         out_dir: args.out,
+        lift: match (&args.lift_ids, args.lift_share, args.lift_since) {
+            (Some(path), Some(share), Some(since)) => Some(Lift { customers: lift_customers(path)?, share, since }),
+            _ => None,
+        },
     };
     let report = generate::generate(&opts)?;
     outln!(
@@ -123,6 +164,12 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         opts.out_dir.display(),
         opts.seed
     )?;
+    if let Some((lifted, path)) = &report.lifted {
+        outln!(
+            "added one purchase each for {lifted} customers after the campaign date (listed in {})",
+            path.display()
+        )?;
+    }
     Ok(())
 }
 
@@ -197,6 +244,7 @@ pub async fn demo(args: DemoArgs, global: &Global) -> Result<()> {
         seed: 42,
         end_date: Utc::now().date_naive(),
         out_dir: sample.clone(),
+        lift: None,
     };
     let generated = generate::generate(&opts)?;
     outln!("generated {} customers and {} events in {}", generated.customers, generated.events, sample.display())?;

@@ -3,6 +3,7 @@
 pub mod ask;
 pub mod audiences;
 pub mod bench;
+pub mod campaign_commands;
 pub mod data_commands;
 pub mod eval;
 pub mod repl;

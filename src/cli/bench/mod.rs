@@ -135,6 +135,7 @@ impl Bench {
                     seed: 42,
                     end_date,
                     out_dir: dir.clone(),
+                    lift: None,
                 })?;
                 let mut record = wanted.clone();
                 record["events"] = report.events.into();

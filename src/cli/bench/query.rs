@@ -7,9 +7,12 @@
 
 use anyhow::{Result, bail};
 use audience::campaign::{self, ExportOptions, Format, Holdout};
+use audience::lift::{Economics, Metric, Observation, compare};
 use audience::outln;
+use audience_tools::audience::actions::ActionTable;
 use audience_tools::audience::export::{Members, export_fields};
 use audience_tools::audience::lookalike::{LookalikeArgs, find_lookalikes};
+use audience_tools::audience::outcomes::outcomes;
 use audience_tools::audience::{AudienceDefinition, AudienceSession, Edit, FindAudience};
 use audience_tools::db::ReadLimits;
 use audience_tools::embed::LazyEmbedder;
@@ -243,7 +246,8 @@ async fn retriever(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) ->
     Ok(())
 }
 
-/// Acting on audiences: a whole-membership export with a holdout (every customer), and lookalikes of random seeds.
+/// Acting on audiences: a whole-membership export with a holdout (every customer), a campaign's measured lift, and
+/// lookalikes of random seeds.
 async fn campaign(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> Result<()> {
     let everyone = AudienceDefinition::default();
     let out = dataset.dir.join("bench-export.csv");
@@ -253,6 +257,7 @@ async fn campaign(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> 
         fields: export_fields(),
         holdout: Some(Holdout::new(10.0, 1)?),
         mask_pii: true,
+        actions: ActionTable::defaults()?,
     };
     let mut export = Samples::default();
     let mut rows = 0;
@@ -264,7 +269,42 @@ async fn campaign(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> 
     }
     std::fs::remove_file(&out).ok();
     let mut table = Table::new(["what", "rows", "p50 / p95 (ms)"]);
-    table.row(["export, CSV, every field, 10% holdout, masked".to_owned(), thousands(rows as f64), p50_p95(&export)]);
+    table.row([
+        "export, CSV, every field, actions, 10% holdout, masked".to_owned(),
+        thousands(rows as f64),
+        p50_p95(&export),
+    ]);
+    // `measure`: every customer's purchases in the data's last 30 days, split by a 10% holdout and compared; the
+    // revenue metric with an ROI adds the bootstrap.
+    let as_of = audience_tools::dataset::Dataset::as_of(&stores.db).await?.unwrap_or(chrono::NaiveDate::MIN);
+    let since = as_of - chrono::Days::new(29);
+    let split = Holdout::new(10.0, 1)?;
+    for (metric, economics, what) in [
+        (Metric::Conversion, None, "measure, conversion, last 30 days, 10% holdout"),
+        (Metric::Revenue, Some(Economics::new(0.05, 0.3)?), "measure, revenue (bootstrap) and ROI, last 30 days"),
+    ] {
+        let mut samples = Samples::default();
+        let mut members = 0;
+        for _ in 0..args.queries.min(5) {
+            let start = std::time::Instant::now();
+            let found = outcomes(stores, Members::Definition(&everyone), since, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("measure: {e}"))?;
+            let observations: Vec<Observation> = found
+                .members
+                .iter()
+                .map(|m| Observation {
+                    control: split.group(&m.external_id) == "control",
+                    orders: m.orders,
+                    revenue: m.revenue,
+                })
+                .collect();
+            compare(&observations, metric, 1, economics)?;
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+            members = observations.len();
+        }
+        table.row([what.to_owned(), thousands(members as f64), p50_p95(&samples)]);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     for seed_size in [100usize, 1_000] {
         let mut phases = Phases::default();
@@ -282,6 +322,6 @@ async fn campaign(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> 
         }
         table.row([format!("lookalike, seed of {seed_size}, top 50"), "50".to_owned(), p50_p95(&phases.total)]);
     }
-    table.print("### Campaign: export and lookalikes")?;
+    table.print("### Campaign: export, measure and lookalikes")?;
     Ok(())
 }

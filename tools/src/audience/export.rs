@@ -49,7 +49,10 @@ pub fn checked_export_fields(wanted: &[String]) -> Result<Vec<&'static str>, Inv
 
 /// The membership as a query of `p.customer_id` (over `profiles p` or its narrow copy), and the text array it binds as `$1` (a frozen
 /// list).
-async fn membership_query(stores: &Stores, members: Members<'_>) -> Result<(String, Vec<String>), ToolFailure> {
+pub(crate) async fn membership_query(
+    stores: &Stores,
+    members: Members<'_>,
+) -> Result<(String, Vec<String>), ToolFailure> {
     match members {
         Members::Definition(definition) => {
             let data = data_for_compile(stores).await?;
@@ -105,11 +108,21 @@ where
     Ok(values)
 }
 
-/// Streams every member (the profile `fields`, by name) in customer order to `write`; returns how many there were.
+/// A column computed per member, beside the profile fields: its name in the record, and its SQL over the profile
+/// `p`, which the program writes (the action table's compiled `CASE`), never the user or the model.
+#[derive(Clone, Debug)]
+pub struct Computed {
+    pub name: &'static str,
+    pub sql: String,
+}
+
+/// Streams every member (the profile `fields`, by name, and the `computed` columns) in customer order to `write`;
+/// returns how many there were.
 pub async fn for_each_member(
     stores: &Stores,
     members: Members<'_>,
     fields: &[&str],
+    computed: &[Computed],
     mut write: impl FnMut(Map<String, Value>) -> anyhow::Result<()>,
 ) -> Result<u64, ToolFailure> {
     let allowed = export_fields();
@@ -117,7 +130,8 @@ pub async fn for_each_member(
         return Err(ToolFailure::Correctable(format!("{unknown} is not an exportable field")));
     }
     let (membership, bound) = membership_query(stores, members).await?;
-    let columns: Vec<String> = fields.iter().map(|field| format!("p.{field}")).collect();
+    let mut columns: Vec<String> = fields.iter().map(|field| format!("p.{field}")).collect();
+    columns.extend(computed.iter().map(|column| format!("{} AS {}", column.sql, column.name)));
     let sql = format!(
         "SELECT row_to_json(r)::text FROM (SELECT {} FROM ({membership}) m JOIN profiles p ON p.customer_id = \
          m.customer_id ORDER BY p.customer_id) r",

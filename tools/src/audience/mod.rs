@@ -5,11 +5,13 @@
 //! Architecture Invariant: membership comes only from the compiled query. The vector index ranks members by the
 //! intent, within the membership, and never adds or drops one.
 
+pub mod actions;
 pub mod compile;
 pub mod definition;
 pub mod export;
 pub mod find_audience;
 pub mod lookalike;
+pub mod outcomes;
 pub mod refine;
 pub mod report;
 pub mod saved;

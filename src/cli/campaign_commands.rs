@@ -1,0 +1,691 @@
+//! Acting on an audience and measuring it: `actions` (each member's next-best action from the rule table) and
+//! `measure` (the lift of a campaign, treatment against the holdout's control group).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow};
+use audience_tools::audience::actions::{self, Assigned};
+use audience_tools::audience::outcomes::outcomes;
+use chrono::NaiveDate;
+use clap::Args;
+use comfy_table::Table;
+use serde::Serialize;
+
+use crate::cli::audiences::{Target, read_rules};
+use audience::campaign::Holdout;
+use audience::exit::{FailureExt, FailureKind, tool_failure};
+use audience::lift::{Comparison, Economics, GroupStats, Interval, Metric, Observation, compare};
+use audience::outln;
+use audience::terminal;
+use audience_tools::stores::Stores;
+
+#[derive(Args, Debug)]
+pub struct ActionsArgs {
+    /// The saved audience (or --from FILE).
+    pub name: Option<String>,
+    /// A definition file instead of a saved audience.
+    #[arg(long, value_name = "FILE", conflicts_with = "name")]
+    pub from: Option<PathBuf>,
+    /// The rule table (TOML; default: prompts/actions.toml).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// One JSON document: the counts per rule and every member's action.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One rule's line of the summary (the last line is `none`).
+#[derive(Debug, Serialize)]
+struct RuleCount {
+    /// The rule's place in the table, from 1; `None` for the members no rule matched.
+    rule: Option<usize>,
+    action: String,
+    reason: String,
+    members: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct MemberAction<'a> {
+    external_id: &'a str,
+    action: &'a str,
+}
+
+/// `audience actions`: how many members each rule gives its action, and with `--json` every member's.
+pub async fn actions(stores: &Stores, args: ActionsArgs) -> Result<()> {
+    let table = read_rules(args.rules.as_deref())?;
+    let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), None, "plan actions for").await?;
+    let assigned = actions::assign(stores, target.members(), &table).await.map_err(tool_failure)?;
+    let mut counts = vec![0u64; table.rules.len() + 1];
+    for (_, assignment) in &assigned {
+        match assignment {
+            Assigned::Rule(index) => counts[*index] += 1,
+            Assigned::None => counts[table.rules.len()] += 1,
+        }
+    }
+    let lines: Vec<RuleCount> = counts
+        .iter()
+        .enumerate()
+        .map(|(index, members)| {
+            let assignment = if index < table.rules.len() { Assigned::Rule(index) } else { Assigned::None };
+            let (action, reason) = table.describe(assignment);
+            let rule = (index < table.rules.len()).then_some(index + 1);
+            RuleCount { rule, action: action.to_owned(), reason: reason.to_owned(), members: *members }
+        })
+        .collect();
+    let rules_source = match &args.rules {
+        Some(path) => path.display().to_string(),
+        None => "prompts/actions.toml (shipped)".to_owned(),
+    };
+    if args.json {
+        let members: Vec<MemberAction> = assigned
+            .iter()
+            .map(|(id, assignment)| MemberAction { external_id: id, action: table.describe(*assignment).0 })
+            .collect();
+        let value = serde_json::json!({"audience": target.label(), "rules": rules_source,
+                                       "members": assigned.len(), "actions": lines, "per_member": members});
+        return outln!("{}", terminal::safe_json(&value)?);
+    }
+    let total = assigned.len() as u64;
+    outln!(
+        "{}: {total} member{}; {} rules from {}, the first that matches gives the action",
+        terminal::safe(&target.label()),
+        if total == 1 { "" } else { "s" },
+        table.rules.len(),
+        terminal::safe(&rules_source)
+    )?;
+    let mut rendered = Table::new();
+    rendered.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    rendered.set_header(["rule", "action", "members", "share", "reason"]);
+    for line in &lines {
+        let share = if total == 0 { 0.0 } else { line.members as f64 / total as f64 * 100.0 };
+        rendered.add_row(vec![
+            line.rule.map_or("-".to_owned(), |rule| rule.to_string()),
+            terminal::safe(&line.action).to_string(),
+            line.members.to_string(),
+            format!("{share:.1}%"),
+            terminal::safe(&line.reason).to_string(),
+        ]);
+    }
+    outln!("{rendered}")
+}
+
+#[derive(Args, Debug)]
+pub struct MeasureArgs {
+    /// The saved audience the campaign went to (or --from FILE).
+    pub name: Option<String>,
+    /// A definition file instead of a saved audience.
+    #[arg(long, value_name = "FILE", conflicts_with = "name")]
+    pub from: Option<PathBuf>,
+    /// The campaign date: purchases from the start of this day (UTC, YYYY-MM-DD) count.
+    #[arg(long, value_name = "DATE")]
+    pub since: NaiveDate,
+    /// The last day (inclusive) that counts (default: the data's last day).
+    #[arg(long, value_name = "DATE")]
+    pub until: Option<NaiveDate>,
+    #[arg(long, value_enum, default_value_t = Metric::Conversion)]
+    pub metric: Metric,
+    /// The holdout percentage the campaign's export used (saved audiences do not record it).
+    #[arg(long, value_name = "PCT")]
+    pub holdout: f64,
+    /// The holdout's seed the export used (export's default is 1); it also seeds the bootstrap.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// What contacting one member cost, for the ROI.
+    #[arg(long, value_name = "X", requires = "margin")]
+    pub cost_per_contact: Option<f64>,
+    /// The share of revenue that is profit (0 to 1), for the ROI.
+    #[arg(long, value_name = "Y", requires = "cost_per_contact")]
+    pub margin: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `measure` reports.
+#[derive(Debug, Serialize)]
+struct MeasureReport {
+    audience: String,
+    /// `frozen` (the list kept at save time) or `live` (the definition evaluated on the data now).
+    membership: &'static str,
+    since: NaiveDate,
+    until: NaiveDate,
+    holdout: Holdout,
+    #[serde(flatten)]
+    comparison: Comparison,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+/// Why a live audience measures less exactly than a frozen one.
+const LIVE_NOTE: &str = "the definition was evaluated on the data now: purchases after the campaign can move members \
+                         in or out of it. Save an audience with --freeze before its campaign to measure exactly the \
+                         members it went to.";
+
+/// `audience measure`: treatment against control over the purchases after `--since`.
+pub async fn measure(stores: &Stores, args: MeasureArgs) -> Result<()> {
+    let holdout = Holdout::new(args.holdout, args.seed).kind(FailureKind::Usage)?;
+    let economics = match (args.cost_per_contact, args.margin) {
+        (Some(cost), Some(margin)) => Some(Economics::new(cost, margin).kind(FailureKind::Usage)?),
+        _ => None,
+    };
+    if let Some(until) = args.until
+        && until < args.since
+    {
+        return Err(anyhow!("--until {until} is before --since {}", args.since)).kind(FailureKind::Usage);
+    }
+    let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), None, "measure").await?;
+    let found = outcomes(stores, target.members(), args.since, args.until).await.map_err(tool_failure)?;
+    if args.since > found.as_of {
+        return Err(anyhow!(
+            "no purchases can count from {}: the data ends on {}; ingest the events after the campaign first",
+            args.since,
+            found.as_of
+        ))
+        .kind(FailureKind::Usage);
+    }
+    let observations: Vec<Observation> = found
+        .members
+        .iter()
+        .map(|member| Observation {
+            control: holdout.group(&member.external_id) == "control",
+            orders: member.orders,
+            revenue: member.revenue,
+        })
+        .collect();
+    let comparison = compare(&observations, args.metric, args.seed, economics).kind(FailureKind::Usage)?;
+    let live = !target.frozen();
+    let report = MeasureReport {
+        audience: target.label(),
+        membership: if live { "live" } else { "frozen" },
+        since: args.since,
+        until: args.until.unwrap_or(found.as_of).min(found.as_of),
+        holdout,
+        comparison,
+        note: live.then(|| LIVE_NOTE.to_owned()),
+    };
+    if args.json {
+        return outln!("{}", terminal::safe_json(&report)?);
+    }
+    render_measure(&report)
+}
+
+fn render_measure(report: &MeasureReport) -> Result<()> {
+    let comparison = &report.comparison;
+    outln!(
+        "lift of {}: purchases from {} to {}; holdout {}% (seed {}); members: {}",
+        terminal::safe(&report.audience),
+        report.since,
+        report.until,
+        report.holdout.percent,
+        report.holdout.seed,
+        if report.membership == "frozen" { "the frozen list" } else { "the definition now" }
+    )?;
+    let mut table = Table::new();
+    table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+    table.set_header(["group", "members", "converters", "conversion", "orders/member", "revenue/member"]);
+    for (name, group) in [("treatment", &comparison.treatment), ("control", &comparison.control)] {
+        table.add_row(group_row(name, group));
+    }
+    outln!("{table}")?;
+    let lift = &comparison.lift;
+    let relative = match (lift.relative, lift.relative_interval) {
+        (Some(relative), Some(interval)) => format!(
+            ", relative {} (95% CI {} to {})",
+            signed_percent(relative),
+            signed_percent(interval.low),
+            signed_percent(interval.high)
+        ),
+        (Some(relative), None) => format!(", relative {}", signed_percent(relative)),
+        (None, _) => String::new(),
+    };
+    outln!(
+        "{}: treatment {}, control {}: {} (95% CI {} to {}){relative}, {}",
+        metric_name(lift.metric),
+        level(lift.metric, lift.treatment),
+        level(lift.metric, lift.control),
+        difference(lift.metric, lift.absolute, true),
+        difference(lift.metric, lift.absolute_interval.low, false),
+        difference(lift.metric, lift.absolute_interval.high, true),
+        p_value(lift.p_value)
+    )?;
+    outln!("{}", lift.verdict)?;
+    if let Some(roi) = &comparison.roi {
+        let ratio = match (roi.roi, roi.roi_interval) {
+            (Some(value), Some(Interval { low, high })) => {
+                format!("; ROI {} (95% CI {} to {})", signed_percent(value), signed_percent(low), signed_percent(high))
+            }
+            _ => String::new(),
+        };
+        outln!(
+            "return: {} contacts at {:.2} cost {:.2}; incremental revenue {:.2} (95% CI {:.2} to {:.2}); at a {}% \
+             margin, incremental profit {:.2}{ratio}",
+            roi.contacts,
+            roi.cost_per_contact,
+            roi.cost,
+            roi.incremental_revenue,
+            roi.incremental_revenue_interval.low,
+            roi.incremental_revenue_interval.high,
+            roi.margin * 100.0,
+            roi.incremental_profit,
+        )?;
+    }
+    if let Some(note) = &report.note {
+        outln!("note: {note}")?;
+    }
+    Ok(())
+}
+
+fn group_row(name: &str, group: &GroupStats) -> Vec<String> {
+    vec![
+        name.to_owned(),
+        group.size.to_string(),
+        group.converters.to_string(),
+        format!("{:.1}%", group.conversion_rate * 100.0),
+        format!("{:.3}", group.orders_per_member),
+        format!("{:.2}", group.revenue_per_member),
+    ]
+}
+
+fn metric_name(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Conversion => "conversion",
+        Metric::Revenue => "revenue per member",
+        Metric::Orders => "orders per member",
+    }
+}
+
+/// A group's value of the metric.
+fn level(metric: Metric, value: f64) -> String {
+    match metric {
+        Metric::Conversion => format!("{:.1}%", value * 100.0),
+        Metric::Revenue => format!("{value:.2}"),
+        Metric::Orders => format!("{value:.3}"),
+    }
+}
+
+/// A difference in the metric, signed, with its unit when `unit`.
+fn difference(metric: Metric, value: f64, unit: bool) -> String {
+    match metric {
+        Metric::Conversion if unit => format!("{:+.1} points", value * 100.0),
+        Metric::Conversion => format!("{:+.1}", value * 100.0),
+        Metric::Revenue => format!("{value:+.2}"),
+        Metric::Orders => format!("{value:+.3}"),
+    }
+}
+
+fn signed_percent(value: f64) -> String {
+    format!("{:+.1}%", value * 100.0)
+}
+
+fn p_value(p: f64) -> String {
+    if p < 0.001 { "p < 0.001".to_owned() } else { format!("p = {p:.3}") }
+}
+
+/// What one draft is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Per {
+    Member,
+    Segment,
+    Action,
+}
+
+#[derive(Args, Debug)]
+pub struct DraftArgs {
+    /// The saved audience (or --from FILE).
+    pub name: Option<String>,
+    /// A definition file instead of a saved audience.
+    #[arg(long, value_name = "FILE", conflicts_with = "name")]
+    pub from: Option<PathBuf>,
+    /// The file to write: .csv or .jsonl (replaced only when complete).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The campaign's offer, in words ("20% off watches until Sunday"); without one, drafts state no discount.
+    #[arg(long, value_name = "TEXT")]
+    pub offer: Option<String>,
+    /// One draft per member, or one per segment or action (with the {{first_name}} merge tag).
+    #[arg(long, value_enum, default_value_t = Per::Member)]
+    pub per: Per,
+    /// Write at most this many drafts in this run (with --resume, the next ones in a later run).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Keep the drafts an interrupted run finished and write the rest.
+    #[arg(long)]
+    pub resume: bool,
+    /// Write e-mails as SHA-256 hashes (email_sha256).
+    #[arg(long)]
+    pub mask_pii: bool,
+    /// The holdout the export used: its control group gets no draft.
+    #[arg(long, value_name = "PCT")]
+    pub holdout: Option<f64>,
+    #[arg(long, requires = "holdout", default_value_t = 1)]
+    pub seed: u64,
+    /// The next-best action rules (default: prompts/actions.toml).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The columns of a drafts file.
+const DRAFT_COLUMNS: [&str; 11] =
+    ["id", "email", "segment", "action", "subject", "preheader", "body", "cta", "status", "reason", "tokens"];
+
+/// What `draft` reports.
+#[derive(Debug, Default, Serialize)]
+struct DraftSummary {
+    out: PathBuf,
+    drafts: u64,
+    accepted: u64,
+    accepted_first_try: u64,
+    accepted_after_retry: u64,
+    rejected: u64,
+    /// Members of the holdout's control group: no draft.
+    held_out: u64,
+    /// Drafts kept from an interrupted run.
+    resumed: u64,
+    /// Recipients left for a later run (`--limit`).
+    remaining: u64,
+    tokens: u64,
+    /// The model calls of this run, priced by the price table (also in the usage ledger); unknown without a price.
+    cost_usd: Option<f64>,
+}
+
+/// The file beside the output that holds each finished draft as soon as it is done, for `--resume`.
+fn partial_path(out: &std::path::Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".partial.jsonl");
+    out.with_file_name(name)
+}
+
+/// `audience draft`: e-mail drafts for the audience's treatment members (or its segments or actions).
+pub async fn draft(stores: &Stores, args: DraftArgs, global: &crate::Global) -> Result<()> {
+    use audience::campaign::{ExportFile, Format, email_sha256};
+    use audience::drafts::{self, Context, Recipient, looks_like_instruction};
+    use audience_tools::audience::AudienceDefinition;
+    use audience_tools::audience::export::{Members, for_each_member};
+    use serde_json::{Map, Value};
+    use std::io::Write as _;
+
+    let format = match Format::from_path(&args.out).kind(FailureKind::Usage)? {
+        Format::Json => {
+            return Err(anyhow!("drafts are written as .csv or .jsonl (a draft at a time)")).kind(FailureKind::Usage);
+        }
+        format => format,
+    };
+    let holdout = args.holdout.map(|percent| Holdout::new(percent, args.seed)).transpose().kind(FailureKind::Usage)?;
+    let table = read_rules(args.rules.as_deref())?;
+    let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), None, "draft for").await?;
+
+    // Every customer, for the checks: the e-mails and full names a draft may not show, and the product names.
+    let mut context = Context { offer: args.offer.clone(), ..Context::default() };
+    let mut products = std::collections::BTreeSet::new();
+    let everyone = AudienceDefinition::default();
+    let fields = ["external_id", "first_name", "last_name", "email", "interests"];
+    for_each_member(stores, Members::Definition(&everyone), &fields, &[], |record| {
+        let text = |key: &str| record.get(key).and_then(Value::as_str).map(str::to_lowercase);
+        if let Some(email) = text("email") {
+            context.emails.insert(email.trim().to_owned());
+        }
+        if let (Some(first), Some(last)) = (text("first_name"), text("last_name")) {
+            context.full_names.insert(format!("{} {}", first.trim(), last.trim()));
+        }
+        for interest in record.get("interests").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(interest) = interest.as_str() {
+                products.insert(interest.to_owned());
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(tool_failure)?;
+    context.products = products.into_iter().collect();
+
+    // The recipients: the treatment members, each with its facts and action.
+    let column = actions::rule_column(stores, &table).await.map_err(tool_failure)?;
+    let fields = [
+        "external_id",
+        "first_name",
+        "last_name",
+        "email",
+        "favorite_color",
+        "segment",
+        "interests",
+        "preferred_colors",
+        "last_purchase",
+    ];
+    let mut members = Vec::new();
+    let mut held_out = 0u64;
+    for_each_member(stores, target.members(), &fields, &[column], |record: Map<String, Value>| {
+        let text = |key: &str| record.get(key).and_then(Value::as_str).map(str::to_owned);
+        let list = |key: &str| -> Vec<String> {
+            record
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        let id = text("external_id").unwrap_or_default();
+        if holdout.as_ref().is_some_and(|h| h.group(&id) == "control") {
+            held_out += 1;
+            return Ok(());
+        }
+        let stored: Vec<String> =
+            ["first_name", "last_name", "email", "favorite_color"].iter().filter_map(|k| text(k)).collect();
+        let untrusted: Vec<String> = stored.into_iter().filter(|value| looks_like_instruction(value)).collect();
+        let first_name = text("first_name").filter(|name| !untrusted.contains(name));
+        let full_name =
+            text("first_name").zip(text("last_name")).map(|(f, l)| format!("{} {}", f.trim(), l.trim()).to_lowercase());
+        let (action, _) = table.describe(table.assigned(record.get(actions::RULE_COLUMN)));
+        members.push(Recipient {
+            id,
+            first_name,
+            email: text("email"),
+            full_name,
+            segment: text("segment").unwrap_or_default(),
+            action: action.to_owned(),
+            interests: list("interests"),
+            colors: list("preferred_colors"),
+            last_purchase: text("last_purchase").map(|ts| ts.chars().take(10).collect()),
+            untrusted,
+            group: false,
+        });
+        Ok(())
+    })
+    .await
+    .map_err(tool_failure)?;
+    let recipients = match args.per {
+        Per::Member => members,
+        Per::Segment | Per::Action => group_recipients(&members, args.per),
+    };
+
+    // Drafts finished by an interrupted run, kept with --resume.
+    let partial = partial_path(&args.out);
+    let mut done: Vec<Map<String, Value>> = Vec::new();
+    if args.resume && partial.exists() {
+        let text = std::fs::read_to_string(&partial)?;
+        // A line cut by the interruption is written again.
+        done = text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    }
+    let done_ids: std::collections::HashSet<String> =
+        done.iter().filter_map(|row| row.get("id").and_then(Value::as_str).map(str::to_owned)).collect();
+    let mut summary =
+        DraftSummary { out: args.out.clone(), held_out, resumed: done.len() as u64, ..Default::default() };
+    for row in &done {
+        count(&mut summary, row);
+    }
+    // The kept drafts are written again, so a line the interruption cut is not left in the middle of the file.
+    let mut partial_file = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+    for row in &done {
+        serde_json::to_writer(&mut partial_file, row)?;
+        partial_file.write_all(b"\n")?;
+    }
+    partial_file.flush()?;
+    let todo: Vec<&Recipient> = recipients.iter().filter(|r| !done_ids.contains(&r.id)).collect();
+    let this_run = args.limit.map_or(todo.len(), |limit| limit.min(todo.len()));
+    summary.remaining = (todo.len() - this_run) as u64;
+
+    let provider = audience::provider::ProviderConfig::load(&global.data_dir)?;
+    let _server = match (&provider.kind, &provider.base_url) {
+        (audience::provider::ProviderKind::Local, Some(url)) => Some(
+            audience::local_llm::ensure(url, &provider.model, &global.data_dir).await.kind(FailureKind::Provider)?,
+        ),
+        _ => None,
+    };
+    let model = provider.chat_model()?;
+    let mut ledger = audience::ledger::Ledger::open(&global.data_dir)?;
+    summary.cost_usd = Some(0.0);
+    let bar = indicatif::ProgressBar::new(this_run as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("drafts {bar:30} {pos}/{len} {elapsed}, about {eta} left")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // One request at a time: the local model serves one, and reuses the prompt cache of the shared instructions.
+    for recipient in todo.into_iter().take(this_run) {
+        let start = std::time::Instant::now();
+        let outcome = drafts::write(&model, recipient, &context).await.kind(FailureKind::Provider)?;
+        let usage = audience::ledger::UsageRecord::new(
+            provider.kind.name(),
+            &provider.model,
+            outcome.calls.clone(),
+            0,
+            ledger.prices(),
+            start.elapsed().as_millis() as u64,
+            true,
+        );
+        summary.cost_usd = summary.cost_usd.zip(usage.cost_usd).map(|(sum, cost)| sum + cost);
+        ledger.record(&usage);
+        let email = match (&recipient.email, args.mask_pii) {
+            (Some(email), true) => Value::String(email_sha256(email)),
+            (Some(email), false) => Value::String(email.clone()),
+            (None, _) => Value::Null,
+        };
+        let piece = |f: fn(&drafts::Draft) -> &String| {
+            outcome.draft.as_ref().map_or(Value::Null, |d| Value::String(f(d).clone()))
+        };
+        let row: Map<String, Value> = [
+            ("id", Value::String(recipient.id.clone())),
+            ("email", email),
+            ("segment", Value::String(recipient.segment.clone())),
+            ("action", Value::String(recipient.action.clone())),
+            ("subject", piece(|d| &d.subject)),
+            ("preheader", piece(|d| &d.preheader)),
+            ("body", piece(|d| &d.body)),
+            ("cta", piece(|d| &d.cta)),
+            ("status", Value::String(outcome.status.to_owned())),
+            ("reason", outcome.reason.clone().map_or(Value::Null, Value::String)),
+            ("tokens", Value::from(outcome.tokens)),
+            ("attempts", Value::from(outcome.attempts)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        serde_json::to_writer(&mut partial_file, &row)?;
+        partial_file.write_all(b"\n")?;
+        partial_file.flush()?;
+        count(&mut summary, &row);
+        done.push(row);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    drop(partial_file);
+
+    let mut columns: Vec<String> = DRAFT_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+    if args.mask_pii {
+        columns[1] = "email_sha256".to_owned();
+    }
+    let mut file = ExportFile::create(&args.out, format, columns).kind(FailureKind::Input)?;
+    for mut row in done {
+        row.remove("attempts");
+        if args.mask_pii
+            && let Some(email) = row.remove("email")
+        {
+            row.insert("email_sha256".to_owned(), email);
+        }
+        file.write(&row).kind(FailureKind::Input)?;
+    }
+    file.finish().kind(FailureKind::Input)?;
+    if summary.remaining == 0 {
+        std::fs::remove_file(&partial).ok();
+    }
+    if args.json {
+        return outln!("{}", terminal::safe_json(&summary)?);
+    }
+    outln!(
+        "{} drafts in {}: {} accepted ({} at the first try, {} after one retry), {} rejected; {} held out as control{}{}",
+        summary.drafts,
+        summary.out.display(),
+        summary.accepted,
+        summary.accepted_first_try,
+        summary.accepted_after_retry,
+        summary.rejected,
+        summary.held_out,
+        if summary.resumed > 0 {
+            format!("; {} kept from the interrupted run", summary.resumed)
+        } else {
+            String::new()
+        },
+        if summary.remaining > 0 {
+            format!("; {} left: run again with --resume", summary.remaining)
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// Adds a finished draft's row to the summary.
+fn count(summary: &mut DraftSummary, row: &serde_json::Map<String, serde_json::Value>) {
+    summary.drafts += 1;
+    summary.tokens += row.get("tokens").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let first_try = row.get("attempts").and_then(serde_json::Value::as_u64) == Some(1);
+    match row.get("status").and_then(serde_json::Value::as_str) {
+        Some("accepted") if first_try => {
+            summary.accepted += 1;
+            summary.accepted_first_try += 1;
+        }
+        Some("accepted") => {
+            summary.accepted += 1;
+            summary.accepted_after_retry += 1;
+        }
+        _ => summary.rejected += 1,
+    }
+}
+
+/// One recipient per segment or action: the members' most common interests, no personal fact.
+fn group_recipients(members: &[audience::drafts::Recipient], per: Per) -> Vec<audience::drafts::Recipient> {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<(String, String), Vec<&audience::drafts::Recipient>> = BTreeMap::new();
+    for member in members {
+        let key = match per {
+            Per::Segment => ("segment".to_owned(), member.segment.clone()),
+            _ => ("action".to_owned(), member.action.clone()),
+        };
+        groups.entry(key).or_default().push(member);
+    }
+    groups
+        .into_iter()
+        .map(|((by, name), group)| {
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for member in &group {
+                for interest in &member.interests {
+                    *counts.entry(interest).or_default() += 1;
+                }
+            }
+            let mut common: Vec<(&str, usize)> = counts.into_iter().collect();
+            common.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            audience::drafts::Recipient {
+                id: format!("{by}:{name}"),
+                first_name: None,
+                email: None,
+                full_name: None,
+                segment: if by == "segment" { name.clone() } else { String::new() },
+                action: if by == "action" { name.clone() } else { String::new() },
+                interests: common.into_iter().take(3).map(|(i, _)| i.to_owned()).collect(),
+                colors: Vec::new(),
+                last_purchase: None,
+                untrusted: Vec::new(),
+                group: true,
+            }
+        })
+        .collect()
+}
