@@ -949,6 +949,7 @@ async fn predicted_fields_follow_the_fit_stored_with_the_data() -> Result<()> {
         seed: 42,
         end_date: day("2025-01-01"),
         out_dir: env.dir.path().join("sample"),
+        lift: None,
     })?;
     let report = env.ingest(&generated.customers_path, &generated.events_path, None).await?;
     let fit = &report.profiles.prediction;
