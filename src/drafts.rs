@@ -9,20 +9,68 @@
 //! copy it or carry the marks of obeying it); subject, preheader, body and call to action within their lengths.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use anyhow::Context as _;
 
 use rig_core::completion::CompletionRequest;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::{CallPurpose, CallUsage};
+use crate::agent_hook::plausible;
+use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
 use crate::provider::ChatModel;
 
-/// The instructions of a per-member draft.
-pub const SYSTEM_MEMBER: &str = include_str!("../prompts/drafts/system.md");
-/// The instructions of a per-group draft.
-pub const SYSTEM_GROUP: &str = include_str!("../prompts/drafts/system_group.md");
-/// The tone by action and by segment.
-pub const TONES: &str = include_str!("../prompts/drafts/tone.toml");
+/// The shipped instructions of a per-member draft, of a per-group draft, and the tone by action and by segment.
+const SYSTEM_MEMBER: &str = include_str!("../prompts/drafts/system.md");
+const SYSTEM_GROUP: &str = include_str!("../prompts/drafts/system_group.md");
+const TONES: &str = include_str!("../prompts/drafts/tone.toml");
+/// The files of a prompts directory, each replacing its shipped text when present.
+pub const PROMPT_FILES: [&str; 3] = ["system.md", "system_group.md", "tone.toml"];
+
+/// The instructions and tones drafts are written with: the shipped ones (`prompts/drafts/`), or a user's edited copy
+/// of any of the files in a directory (`draft --prompts DIR`, by default `<data dir>/prompts/drafts/`).
+#[derive(Clone, Debug)]
+pub struct DraftPrompts {
+    member: String,
+    group: String,
+    tones: Tones,
+}
+
+impl Default for DraftPrompts {
+    fn default() -> Self {
+        // The shipped tone file is checked by a test; an edited one is checked when it is read.
+        let tones = toml::from_str(TONES).unwrap_or_default();
+        Self { member: SYSTEM_MEMBER.to_owned(), group: SYSTEM_GROUP.to_owned(), tones }
+    }
+}
+
+impl DraftPrompts {
+    /// The shipped prompts with each file `dir` holds in place of its shipped text. A tone file that does not parse
+    /// is an error naming the file, never ignored.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let mut prompts = Self::default();
+        let read = |name: &str| -> anyhow::Result<Option<String>> {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+            }
+        };
+        if let Some(text) = read("system.md")? {
+            prompts.member = text;
+        }
+        if let Some(text) = read("system_group.md")? {
+            prompts.group = text;
+        }
+        if let Some(text) = read("tone.toml")? {
+            let path = dir.join("tone.toml");
+            prompts.tones = toml::from_str(&text).with_context(|| format!("{} is not a tone table", path.display()))?;
+        }
+        Ok(prompts)
+    }
+}
 
 /// Longest subject, preheader, body and call to action, in characters.
 pub const MAX_SUBJECT: usize = 78;
@@ -70,6 +118,7 @@ pub struct Recipient {
 /// What the checks know beyond the recipient: the offer, the product names of the data, and every other customer.
 #[derive(Clone, Debug, Default)]
 pub struct Context {
+    pub prompts: DraftPrompts,
     pub offer: Option<String>,
     pub products: Vec<String>,
     /// Lower-cased e-mails of every customer.
@@ -316,7 +365,8 @@ fn check_lengths(draft: &Draft) -> Result<(), Violation> {
     Ok(())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct Tones {
     #[serde(default)]
     action: BTreeMap<String, String>,
@@ -325,8 +375,8 @@ struct Tones {
 }
 
 /// The prompt of a draft: the tone for the recipient's action or segment, its facts, and the offer.
-pub fn prompt(recipient: &Recipient, offer: Option<&str>) -> String {
-    let tones: Tones = toml::from_str(TONES).unwrap_or_default();
+pub fn prompt(recipient: &Recipient, context: &Context) -> String {
+    let (tones, offer) = (&context.prompts.tones, context.offer.as_deref());
     let tone = tones.action.get(&recipient.action).or_else(|| tones.segment.get(&recipient.segment));
     let mut lines = Vec::new();
     if let Some(tone) = tone {
@@ -376,6 +426,7 @@ async fn attempt(
     recipient: &Recipient,
     context: &Context,
 ) -> anyhow::Result<(Option<Draft>, Result<(), Violation>, CallUsage)> {
+    let prompt_text = format!("{system}\n{message}");
     let request = CompletionRequest::new(message)
         .preamble(system)
         .max_tokens(700)
@@ -383,12 +434,13 @@ async fn attempt(
         .output_schema(schemars::schema_for!(Draft));
     let start = std::time::Instant::now();
     let response = model.call(request).await.map_err(|e| anyhow::anyhow!("the draft model call failed: {e}"))?;
-    let usage = &response.usage;
+    // Counts the provider did not report (or reported implausibly) are estimated and marked so, never 0.
+    let (prompt, completion) = (plausible(response.usage.input_tokens), plausible(response.usage.output_tokens));
     let tokens = CallUsage {
         purpose: CallPurpose::Draft,
-        prompt_tokens: usage.input_tokens.unwrap_or(0),
-        completion_tokens: usage.output_tokens.unwrap_or(0),
-        estimated: false,
+        prompt_tokens: prompt.unwrap_or_else(|| estimate_tokens(&prompt_text)),
+        completion_tokens: completion.unwrap_or_else(|| estimate_tokens(&response.text())),
+        estimated: prompt.is_none() || completion.is_none(),
         ms: start.elapsed().as_millis() as u64,
         answered: true,
     };
@@ -405,8 +457,8 @@ async fn attempt(
 
 /// Generates and checks one draft, retrying once with the reason.
 pub async fn write(model: &ChatModel, recipient: &Recipient, context: &Context) -> anyhow::Result<Outcome> {
-    let system = if recipient.group { SYSTEM_GROUP } else { SYSTEM_MEMBER };
-    let facts = prompt(recipient, context.offer.as_deref());
+    let system = if recipient.group { &context.prompts.group } else { &context.prompts.member };
+    let facts = prompt(recipient, context);
     let (draft, verdict, call) = attempt(model, system, facts.clone(), recipient, context).await?;
     let total = |calls: &[CallUsage]| calls.iter().map(|c| c.prompt_tokens + c.completion_tokens).sum();
     let Err(first) = verdict else {
@@ -445,6 +497,7 @@ mod tests {
 
     fn context() -> Context {
         Context {
+            prompts: DraftPrompts::default(),
             offer: Some("20% off watches until Sunday".into()),
             products: vec!["watches".into(), "jewelry".into(), "socks".into(), "running_gear".into()],
             emails: ["anna.nowak7@example.com".to_owned(), "jan.smith8@example.com".to_owned()].into(),
@@ -493,7 +546,21 @@ mod tests {
         assert_eq!(check(&draft("PWNED"), &r, &c).unwrap_err().kind, "injection");
         assert_eq!(check(&draft("Reply only with the word, they said."), &r, &c).unwrap_err().kind, "injection");
         assert_eq!(check(&draft("Your watches are waiting, with 20% off until Sunday."), &r, &c), Ok(()));
-        assert!(prompt(&r, c.offer.as_deref()).contains("First name: (none"));
-        assert!(!prompt(&r, c.offer.as_deref()).contains("PWN3D"));
+        assert!(prompt(&r, &c).contains("First name: (none"));
+        assert!(!prompt(&r, &c).contains("PWN3D"));
+    }
+
+    #[test]
+    fn the_shipped_tones_parse_and_an_edited_file_replaces_its_text() {
+        toml::from_str::<Tones>(TONES).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tone.toml"), "[action]\npersonal_win_back = \"Brisk and cheerful.\"\n")
+            .unwrap();
+        let context = Context { prompts: DraftPrompts::load(dir.path()).unwrap(), ..context() };
+        assert!(prompt(&recipient(), &context).contains("Tone: Brisk and cheerful."));
+        assert_eq!(context.prompts.member, SYSTEM_MEMBER, "a file the directory lacks stays as shipped");
+        std::fs::write(dir.path().join("tone.toml"), "[actoin]\nx = \"y\"\n").unwrap();
+        let error = format!("{:#}", DraftPrompts::load(dir.path()).unwrap_err());
+        assert!(error.contains("tone.toml is not a tone table"), "{error}");
     }
 }

@@ -361,6 +361,10 @@ pub struct DraftArgs {
     /// The next-best action rules (default: prompts/actions.toml).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
+    /// A directory of edited draft prompts (system.md, system_group.md, tone.toml; each file it holds replaces the
+    /// shipped one). Default: <data dir>/prompts/drafts when it exists.
+    #[arg(long, value_name = "DIR")]
+    pub prompts: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -416,7 +420,12 @@ pub async fn draft(stores: &Stores, args: DraftArgs, global: &crate::Global) -> 
     let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), None, "draft for").await?;
 
     // Every customer, for the checks: the e-mails and full names a draft may not show, and the product names.
-    let mut context = Context { offer: args.offer.clone(), ..Context::default() };
+    let prompts_dir = args.prompts.clone().unwrap_or_else(|| global.data_dir.join("prompts").join("drafts"));
+    if args.prompts.is_some() && !prompts_dir.is_dir() {
+        return Err(anyhow!("--prompts {}: no such directory", prompts_dir.display())).kind(FailureKind::Usage);
+    }
+    let prompts = drafts::DraftPrompts::load(&prompts_dir).kind(FailureKind::Usage)?;
+    let mut context = Context { prompts, offer: args.offer.clone(), ..Context::default() };
     let mut products = std::collections::BTreeSet::new();
     let everyone = AudienceDefinition::default();
     let fields = ["external_id", "first_name", "last_name", "email", "interests"];
