@@ -134,9 +134,11 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => audiences::remove(&open_stores(&global.data_dir).await?, args).await?,
         Command::Overlap(args) => audiences::overlap(&open_stores(&global.data_dir).await?, args).await?,
         Command::Export(args) => audiences::export(&open_stores(&global.data_dir).await?, args, None).await?,
-        Command::Actions(args) => campaign_commands::actions(&open_stores(&global.data_dir).await?, args).await?,
+        Command::Actions(args) => campaign_commands::actions(&open_stores(&global.data_dir).await?, args, None).await?,
         Command::Measure(args) => campaign_commands::measure(&open_stores(&global.data_dir).await?, args).await?,
-        Command::Draft(args) => campaign_commands::draft(&open_stores(&global.data_dir).await?, args, global).await?,
+        Command::Draft(args) => {
+            campaign_commands::draft(&open_stores(&global.data_dir).await?, args, &global.data_dir, None).await?
+        }
         Command::Lookalike(args) => {
             let session = audience_tools::audience::AudienceSession::default();
             audiences::lookalike(&open_stores(&global.data_dir).await?, args, &session).await?

@@ -557,3 +557,38 @@ fn string_ids_from_the_file_are_the_ids_in_answers_and_exports() {
     repl.line("/quit");
     assert!(repl.wait().success());
 }
+
+/// The campaign loop from the chat: the current audience's next-best actions and drafts, without saving it first.
+#[test]
+fn the_current_audience_gets_actions_and_drafts_from_the_chat() {
+    let env = TestEnv::ingested("replcampaign");
+    let buyers = json!({"include": [{"type": "event", "event_type": "purchase"}], "limit": 5});
+    let draft = json!({"subject": "Something new for you", "preheader": "Picked for you",
+                       "body": "We picked a few new arrivals we think you will enjoy.", "cta": "Shop now"});
+    let llm = FakeLlm::start(vec![Reply::tool("call_1", "find_audience", buyers), Reply::text(&draft.to_string())]);
+    let mut repl = chat(&env, Some(&llm.base_url));
+    let before = repl.ask("/actions");
+    assert!(before.contains("name a saved audience to plan actions for"), "{before}");
+    repl.ask("customers who bought anything");
+    let size: u64 = env
+        .sql_scalar(
+            "SELECT count(DISTINCT customer_id)::text FROM events WHERE event_type = 'purchase' AND quantity > 0",
+        )
+        .parse()
+        .unwrap();
+
+    let actions = repl.ask("/actions");
+    assert!(actions.starts_with(&format!("the definition: {size} members;")), "{actions}");
+    let counted: u64 = actions
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| rule"))
+        .map(|line| line.split('|').nth(3).unwrap().trim().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, size, "every member gets exactly one action: {actions}");
+
+    let out = env.data_dir().join("drafts.csv");
+    let drafted = repl.ask(&format!("/draft {} --limit 1", out.display()));
+    assert!(drafted.contains("1 accepted (1 at the first try"), "{drafted}");
+    let rows = std::fs::read_to_string(&out).unwrap();
+    assert!(rows.contains("Something new for you") && rows.contains(",accepted,"), "{rows}");
+}

@@ -1,13 +1,14 @@
 //! Acting on an audience and measuring it: `actions` (each member's next-best action from the rule table) and
 //! `measure` (the lift of a campaign, treatment against the holdout's control group).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
+use audience_tools::audience::AudienceDefinition;
 use audience_tools::audience::actions::{self, Assigned};
 use audience_tools::audience::outcomes::outcomes;
 use chrono::NaiveDate;
-use clap::Args;
+use clap::{Args, Parser};
 use comfy_table::Table;
 use serde::Serialize;
 
@@ -19,7 +20,9 @@ use audience::outln;
 use audience::terminal;
 use audience_tools::stores::Stores;
 
-#[derive(Args, Debug)]
+// Parser as well: the REPL parses its `/actions` line with the same syntax.
+#[derive(Parser, Debug)]
+#[command(no_binary_name = true)]
 pub struct ActionsArgs {
     /// The saved audience (or --from FILE).
     pub name: Option<String>,
@@ -51,9 +54,11 @@ struct MemberAction<'a> {
 }
 
 /// `audience actions`: how many members each rule gives its action, and with `--json` every member's.
-pub async fn actions(stores: &Stores, args: ActionsArgs) -> Result<()> {
+/// `current` is the REPL's audience, used when neither a name nor a file is given.
+pub async fn actions(stores: &Stores, args: ActionsArgs, current: Option<AudienceDefinition>) -> Result<()> {
     let table = read_rules(args.rules.as_deref())?;
-    let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), None, "plan actions for").await?;
+    let target =
+        Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), current, "plan actions for").await?;
     let assigned = actions::assign(stores, target.members(), &table).await.map_err(tool_failure)?;
     let mut counts = vec![0u64; table.rules.len() + 1];
     for (_, assignment) in &assigned {
@@ -328,7 +333,9 @@ pub enum Per {
     Action,
 }
 
-#[derive(Args, Debug)]
+// Parser as well: the REPL parses its `/draft` line with the same syntax.
+#[derive(Parser, Debug)]
+#[command(no_binary_name = true)]
 pub struct DraftArgs {
     /// The saved audience (or --from FILE).
     pub name: Option<String>,
@@ -401,10 +408,15 @@ fn partial_path(out: &std::path::Path) -> PathBuf {
 }
 
 /// `audience draft`: e-mail drafts for the audience's treatment members (or its segments or actions).
-pub async fn draft(stores: &Stores, args: DraftArgs, global: &crate::Global) -> Result<()> {
+/// `current` is the REPL's audience, used when neither a name nor a file is given.
+pub async fn draft(
+    stores: &Stores,
+    args: DraftArgs,
+    data_dir: &Path,
+    current: Option<AudienceDefinition>,
+) -> Result<()> {
     use audience::campaign::{ExportFile, Format, email_sha256};
     use audience::drafts::{self, Context, Recipient, looks_like_instruction};
-    use audience_tools::audience::AudienceDefinition;
     use audience_tools::audience::export::{Members, for_each_member};
     use serde_json::{Map, Value};
     use std::io::Write as _;
@@ -417,10 +429,10 @@ pub async fn draft(stores: &Stores, args: DraftArgs, global: &crate::Global) -> 
     };
     let holdout = args.holdout.map(|percent| Holdout::new(percent, args.seed)).transpose().kind(FailureKind::Usage)?;
     let table = read_rules(args.rules.as_deref())?;
-    let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), None, "draft for").await?;
+    let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), current, "draft for").await?;
 
     // Every customer, for the checks: the e-mails and full names a draft may not show, and the product names.
-    let prompts_dir = args.prompts.clone().unwrap_or_else(|| global.data_dir.join("prompts").join("drafts"));
+    let prompts_dir = args.prompts.clone().unwrap_or_else(|| data_dir.join("prompts").join("drafts"));
     if args.prompts.is_some() && !prompts_dir.is_dir() {
         return Err(anyhow!("--prompts {}: no such directory", prompts_dir.display())).kind(FailureKind::Usage);
     }
@@ -534,15 +546,15 @@ pub async fn draft(stores: &Stores, args: DraftArgs, global: &crate::Global) -> 
     let this_run = args.limit.map_or(todo.len(), |limit| limit.min(todo.len()));
     summary.remaining = (todo.len() - this_run) as u64;
 
-    let provider = audience::provider::ProviderConfig::load(&global.data_dir)?;
+    let provider = audience::provider::ProviderConfig::load(&data_dir)?;
     let _server = match (&provider.kind, &provider.base_url) {
-        (audience::provider::ProviderKind::Local, Some(url)) => Some(
-            audience::local_llm::ensure(url, &provider.model, &global.data_dir).await.kind(FailureKind::Provider)?,
-        ),
+        (audience::provider::ProviderKind::Local, Some(url)) => {
+            Some(audience::local_llm::ensure(url, &provider.model, &data_dir).await.kind(FailureKind::Provider)?)
+        }
         _ => None,
     };
     let model = provider.chat_model()?;
-    let mut ledger = audience::ledger::Ledger::open(&global.data_dir)?;
+    let mut ledger = audience::ledger::Ledger::open(&data_dir)?;
     summary.cost_usd = Some(0.0);
     let bar = indicatif::ProgressBar::new(this_run as u64);
     bar.set_style(

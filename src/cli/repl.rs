@@ -19,6 +19,7 @@ use crate::Global;
 use crate::cli::ask;
 use crate::cli::ask::check_question;
 use crate::cli::audiences;
+use crate::cli::campaign_commands;
 use audience::agent::{AgentConfig, Answer, Session};
 use audience::exit;
 use audience::ledger::UsageTotals;
@@ -38,7 +39,7 @@ const CONTINUATION_PROMPT: &str = "      ... ";
 const HISTORY_FILE: &str = "history.txt";
 const HISTORY_SIZE: usize = 1000;
 /// The slash commands with their help text, in the order `/help` lists them.
-const COMMANDS: [(&str, &str); 16] = [
+const COMMANDS: [(&str, &str); 18] = [
     ("/help", "show this help"),
     ("/audience", "the current audience: its definition, size and makeup"),
     ("/explain", "the current audience in plain words, clause by clause"),
@@ -49,6 +50,11 @@ const COMMANDS: [(&str, &str); 16] = [
     ("/show NAME", "a saved audience: definition, size drift, breakdown now"),
     ("/overlap A B", "how two saved audiences overlap"),
     ("/lookalike [NAME]", "customers most like NAME (default: the current audience) who are not in it; -k N"),
+    ("/actions [NAME]", "the next-best action of each member of NAME (default: the current audience); --rules FILE"),
+    (
+        "/draft FILE",
+        "e-mail drafts for the current audience (or NAME) into FILE; --offer TEXT --per --limit N --holdout PCT",
+    ),
     ("/tools", "list the agent's tools"),
     ("/verbose", "toggle the live trace of each step (thought, action, SQL, observation)"),
     ("/cost", "session totals: questions, LLM calls, tokens, embedding tokens, cost"),
@@ -220,10 +226,7 @@ impl Chat {
                 _ => outln!("nothing to undo.")?,
             },
             Command::Export(rest) => {
-                let mut words = split_words(&rest);
-                if words.first().is_some_and(|word| !word.starts_with('-')) && !words.iter().any(|w| w == "--out") {
-                    words.insert(0, "--out".to_owned());
-                }
+                let words = file_first(&rest);
                 let current = self.audience().and_then(AudienceSession::current);
                 match audiences::ExportArgs::try_parse_from(words) {
                     Ok(args) if args.name.is_none() && args.from.is_none() && current.is_none() => {
@@ -250,6 +253,20 @@ impl Chat {
                 Ok(args) => {
                     let session = self.audience().cloned().unwrap_or_default();
                     report(audiences::lookalike(&self.stores, args, &session).await)?
+                }
+                Err(error) => outln!("{}", error.render())?,
+            },
+            Command::Actions(rest) => match campaign_commands::ActionsArgs::try_parse_from(split_words(&rest)) {
+                Ok(args) => {
+                    let current = self.audience().and_then(AudienceSession::current);
+                    report(campaign_commands::actions(&self.stores, args, current).await)?
+                }
+                Err(error) => outln!("{}", error.render())?,
+            },
+            Command::Draft(rest) => match campaign_commands::DraftArgs::try_parse_from(file_first(&rest)) {
+                Ok(args) => {
+                    let current = self.audience().and_then(AudienceSession::current);
+                    report(campaign_commands::draft(&self.stores, args, &self.data_dir, current).await)?
                 }
                 Err(error) => outln!("{}", error.render())?,
             },
@@ -324,6 +341,9 @@ enum Command {
     Show(String),
     Overlap(String),
     Lookalike(String),
+    Actions(String),
+    /// The rest of the line, parsed when run (the command-line `draft` syntax, FILE first).
+    Draft(String),
     Quit,
 }
 
@@ -354,6 +374,11 @@ fn parse_command(line: &str) -> std::result::Result<Command, String> {
         "/show" => Ok(Command::Show(rest.to_owned())),
         "/overlap" => Ok(Command::Overlap(rest.to_owned())),
         "/lookalike" => Ok(Command::Lookalike(rest.to_owned())),
+        "/actions" => Ok(Command::Actions(rest.to_owned())),
+        "/draft" if rest.is_empty() => {
+            Err("usage: /draft FILE [--offer TEXT] [--per member|segment|action] [--limit N]".to_owned())
+        }
+        "/draft" => Ok(Command::Draft(rest.to_owned())),
         _ => Err(format!("unknown command {name}; /help lists the commands")),
     }
 }
@@ -376,6 +401,15 @@ fn split_words(text: &str) -> Vec<String> {
     }
     if !word.is_empty() {
         words.push(word);
+    }
+    words
+}
+
+/// The words of a command that writes a file, the file allowed first without `--out` (`/export out.csv`).
+fn file_first(rest: &str) -> Vec<String> {
+    let mut words = split_words(rest);
+    if words.first().is_some_and(|word| !word.starts_with('-')) && !words.iter().any(|w| w == "--out") {
+        words.insert(0, "--out".to_owned());
     }
     words
 }
