@@ -15,6 +15,7 @@ use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::clarify::Clarification;
 use audience_tools::failure::{is_fatal, model_visible};
 use audience_tools::grounding::{Grounding, Traced};
+use audience_tools::metrics::MetricsReport;
 use audience_tools::registry;
 use audience_tools::respond::Reply;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
@@ -68,6 +69,9 @@ pub struct RunLog {
     /// Whether a `find_audience` call of this question succeeded: the run stops on it and the host renders the
     /// answer from the typed report the conversation's `AudienceSession` holds.
     pub audience_found: bool,
+    /// The report of this question's successful `metrics` call: the run stops on it and the host renders the answer
+    /// from it (each value with its definition).
+    pub metrics: Option<MetricsReport>,
     /// The plain reply the model gave through `respond`; the run stopped on it.
     pub reply: Option<Reply>,
     /// Clauses left out of a `find_audience` call because nothing in the question asks for them, in words.
@@ -164,7 +168,7 @@ enum Offer {
     Answer { tool: &'static str },
 }
 
-/// The offer for the next call: a required call until a tool succeeds, then the answer. `find_audience`,
+/// The offer for the next call: a required call until a tool succeeds, then the answer. `find_audience`, `metrics`,
 /// `respond` and `ask_clarification` end the run themselves (the host renders their answer), so only the
 /// results of the other tools are answered by the model. `can_grow`: there is a seed for `lookalike`.
 fn offer(outcomes: &[(String, Outcome)], can_grow: bool) -> Offer {
@@ -181,17 +185,19 @@ fn answering_tool(tool: &str) -> &'static str {
 }
 
 /// Every tool.
-const EVERY_TOOL: [&str; 6] = [
+const EVERY_TOOL: [&str; 7] = [
     registry::FIND_AUDIENCE.name,
     registry::LOOKALIKE.name,
+    registry::METRICS.name,
     registry::SQL_ANALYTICS.name,
     registry::SQL_DATA_RETRIEVER.name,
     registry::ASK_CLARIFICATION.name,
     registry::RESPOND.name,
 ];
 /// Every tool but `lookalike`.
-const NOTHING_TO_GROW: [&str; 5] = [
+const NOTHING_TO_GROW: [&str; 6] = [
     registry::FIND_AUDIENCE.name,
+    registry::METRICS.name,
     registry::SQL_ANALYTICS.name,
     registry::SQL_DATA_RETRIEVER.name,
     registry::ASK_CLARIFICATION.name,
@@ -464,6 +470,10 @@ impl TraceHook {
             .as_ref()
             .filter(|_| tool == registry::RESPOND.name)
             .and_then(|output| serde_json::from_value::<Reply>(output.clone()).ok());
+        let metrics = output
+            .as_ref()
+            .filter(|_| tool == registry::METRICS.name)
+            .and_then(|output| serde_json::from_value::<MetricsReport>(output.clone()).ok());
         // A call the hook sent back never ran: it has neither an error from the tool nor an output.
         let outcome = if error.is_some() || output.is_none() { Outcome::Failed } else { Outcome::Found };
         if outcome == Outcome::Failed {
@@ -507,6 +517,12 @@ impl TraceHook {
         }
         if reply.is_some() {
             log.reply = reply;
+            return OutcomeAction::stop(ANSWERED_STOP);
+        }
+        if metrics.is_some() {
+            // The typed report is the answer, as a found audience is: the host states each value with its
+            // definition, and no second model call restates (or rounds, or misreads) the numbers.
+            log.metrics = metrics;
             return OutcomeAction::stop(ANSWERED_STOP);
         }
         if outcome == Outcome::Found && tool == registry::FIND_AUDIENCE.name {

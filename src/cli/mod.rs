@@ -5,5 +5,6 @@ pub mod audiences;
 pub mod bench;
 pub mod data_commands;
 pub mod eval;
+pub mod metrics;
 pub mod repl;
 pub mod tool_command;

@@ -1,0 +1,247 @@
+//! The metrics layer end to end, with the built binary over a real ingested sample: `audience metrics` renders a
+//! number with its definition, a breakdown as a table with bars and a series with a sparkline (snapshots), `--json`
+//! carries the values, definitions, measure names and SQL; and the agent offers the `metrics` tool, renders its
+//! report as the answer in one model call, and gives a bad call one repair turn and then a clear error.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
+
+mod common;
+
+use common::{FakeLlm, Reply, Run, TestEnv, content_text, messages_with_role};
+use serde_json::{Value, json};
+
+fn metrics(env: &TestEnv, args: &[&str]) -> Run {
+    let mut all = vec!["metrics"];
+    all.extend_from_slice(args);
+    Run::from(env.command(&all).output().unwrap())
+}
+
+/// `463279.65` as the answers write money: `463,279.65`.
+fn money(value: f64) -> String {
+    let text = format!("{value:.2}");
+    let (whole, fraction) = text.split_once('.').unwrap();
+    let digits: Vec<char> = whole.chars().collect();
+    let mut grouped = String::new();
+    for (at, digit) in digits.iter().enumerate() {
+        if at > 0 && (digits.len() - at) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(*digit);
+    }
+    format!("{grouped}.{fraction}")
+}
+
+/// Net revenue written by hand from the raw events: sales minus the money of returns.
+const NET_REVENUE: &str = "SELECT (coalesce(sum(amount) FILTER (WHERE quantity > 0), 0) \
+     - coalesce(sum(abs(amount)) FILTER (WHERE quantity <= 0), 0))::text FROM events WHERE event_type = 'purchase'";
+
+#[test]
+fn the_metrics_command_renders_a_number_a_table_and_charts() {
+    let env = TestEnv::ingested("metrics_cli");
+    let net: f64 = env.sql_scalar(NET_REVENUE).parse().unwrap();
+
+    let number = metrics(&env, &["net_revenue"]);
+    assert_eq!(number.code, 0, "{}", number.stderr);
+    assert!(
+        number.stdout.starts_with(&format!("net revenue = purchases minus returns: {}\n", money(net))),
+        "{}",
+        number.stdout
+    );
+    insta::assert_snapshot!("metrics_number", number.stdout);
+
+    let compared = metrics(&env, &["net_revenue", "buyers", "--within-days", "30", "--compare"]);
+    assert_eq!(compared.code, 0, "{}", compared.stderr);
+    insta::assert_snapshot!("metrics_compared", compared.stdout);
+
+    let breakdown = metrics(&env, &["orders", "--by", "country", "--top", "5"]);
+    assert_eq!(breakdown.code, 0, "{}", breakdown.stderr);
+    assert!(breakdown.stdout.contains('█'), "a bar chart: {}", breakdown.stdout);
+    insta::assert_snapshot!("metrics_breakdown", breakdown.stdout);
+
+    let series = metrics(&env, &["gross_revenue", "--by", "month", "--period", "2025"]);
+    assert_eq!(series.code, 0, "{}", series.stderr);
+    insta::assert_snapshot!("metrics_series", series.stdout);
+
+    let rate = metrics(&env, &["churn_rate", "--by", "segment"]);
+    assert_eq!(rate.code, 0, "{}", rate.stderr);
+    insta::assert_snapshot!("metrics_rate_by_segment", rate.stdout);
+}
+
+/// Off a terminal and without `NO_COLOR` the output is the same plain text as with it: no colour codes, no cursor
+/// movement, the same blocks.
+#[test]
+fn charts_are_plain_text_with_or_without_no_color_off_a_terminal() {
+    let env = TestEnv::ingested("metrics_plain");
+    let args = ["metrics", "items", "--by", "product", "--top", "4"];
+    let with = Run::from(env.command(&args).output().unwrap());
+    let without = Run::from(env.command(&args).env_remove("NO_COLOR").output().unwrap());
+    assert_eq!(with.code, 0, "{}", with.stderr);
+    assert_eq!(with.stdout, without.stdout);
+    assert!(!without.stdout.contains('\u{1b}'), "{:?}", without.stdout);
+    insta::assert_snapshot!("metrics_no_color_pipe", without.stdout);
+}
+
+#[test]
+fn json_carries_values_definitions_measure_names_and_the_sql_and_bad_calls_are_usage_errors() {
+    let env = TestEnv::ingested("metrics_json");
+    let net: f64 = env.sql_scalar(NET_REVENUE).parse().unwrap();
+    let run = metrics(&env, &["net_revenue", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert!((report["value"].as_f64().unwrap() - net).abs() < 1e-6, "{report}");
+    assert_eq!(report["measures"][0]["name"], "net_revenue");
+    assert_eq!(report["measures"][0]["definition"], "purchases minus returns");
+    assert!(report["sql"].as_str().unwrap().starts_with("WITH f AS (SELECT"), "{report}");
+
+    // Filters are audience clauses; the buyers of PL match the hand-written count.
+    let clause = r#"{"type": "profile", "field": "country", "op": "=", "value": "PL"}"#;
+    let run = metrics(&env, &["buyers", "--where", clause, "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let expected = env.sql_scalar(
+        "SELECT count(DISTINCT e.customer_id)::text FROM events e JOIN customers c USING (customer_id) \
+         WHERE c.country = 'PL' AND e.event_type = 'purchase' AND e.quantity > 0",
+    );
+    assert_eq!(run.json()["value"], json!(expected.parse::<f64>().unwrap()));
+    assert_eq!(run.json()["filters"], "customers from PL");
+
+    // The same call through `audience tool metrics`.
+    let tool = Run::from(
+        env.command(&["tool", "metrics", "--args", r#"{"measures": ["net_revenue"]}"#]).output().unwrap(),
+    );
+    assert_eq!(tool.code, 0, "{}", tool.stderr);
+    assert_eq!(tool.json()["value"], report["value"]);
+
+    // Mistakes are one line and exit 2, checked before any store opens.
+    for (args, reason) in [
+        (vec!["revenue"], "unknown measure \"revenue\"; did you mean gross_revenue or net_revenue?"),
+        (vec!["churn_rate", "--by", "product"], "the dimension product does not apply to churn_rate"),
+        (vec!["orders", "--period", "June"], "--period \"June\" is not a year"),
+        (vec!["orders", "--where", "{\"type\": \"event\"}"], "an event clause in filters names no condition"),
+    ] {
+        let run = metrics(&env, &args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        let errors = run.error_lines();
+        assert_eq!(errors.len(), 1, "{}", run.stderr);
+        assert!(errors[0].contains(reason), "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty());
+    }
+    let list = metrics(&env, &["--list"]);
+    assert!(list.stdout.contains("  net_revenue              purchases minus returns\n"), "{}", list.stdout);
+}
+
+/// The tool results the model was sent in `request`.
+fn tool_results(request: &Value) -> String {
+    messages_with_role(request, "tool").iter().map(content_text).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn a_metrics_call_is_the_answer_rendered_with_its_definition_in_one_model_call() {
+    let env = TestEnv::ingested("metrics_agent");
+    let net: f64 = env.sql_scalar(NET_REVENUE).parse().unwrap();
+    let llm = FakeLlm::start(vec![
+        Reply::tool("c1", "metrics", json!({"measures": ["net_revenue"]})),
+        Reply::text("never requested"),
+    ]);
+    let run = env.ask_json(&llm, "What is our net revenue?");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(llm.remaining(), 1, "one model call: the program renders the answer");
+    let answer = run.json();
+    let text = answer["answer"].as_str().unwrap();
+    assert!(text.starts_with(&format!("net revenue = purchases minus returns: {}", money(net))), "{text}");
+    assert!(text.contains("Over all customers, events up to 2025-06-29."), "{text}");
+    assert_eq!(answer["metrics"]["measures"][0]["name"], "net_revenue");
+    assert!(answer["audience"].is_null());
+    assert_eq!(answer["confidence"]["level"], "high", "{answer}");
+    assert_eq!(answer["steps"][0]["sql"], answer["metrics"]["sql"]);
+
+    // The tool is offered with its generated schema, on a required call.
+    let request = &llm.requests()[0];
+    assert_eq!(request["tool_choice"], "required");
+    let tool = request["tools"].as_array().unwrap().iter().find(|t| t["function"]["name"] == "metrics").unwrap();
+    let schema = &tool["function"]["parameters"];
+    assert!(schema["properties"]["measures"]["items"]["enum"].as_array().unwrap().contains(&json!("churn_rate")));
+    assert!(!schema.to_string().contains("$ref"), "inlined for llama.cpp");
+
+    // Plain `ask` shows a breakdown's table and bars under the answer.
+    let llm = FakeLlm::start(vec![Reply::tool(
+        "c1",
+        "metrics",
+        json!({"measures": ["orders"], "dimensions": ["country"], "limit": 3}),
+    )]);
+    let plain = env.ask_plain(&llm, "Which 3 countries have the most orders?");
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    assert!(plain.stdout.starts_with("orders by country: "), "{}", plain.stdout);
+    assert!(plain.stdout.contains("orders = purchase lines with a positive quantity"), "{}", plain.stdout);
+    assert!(plain.stdout.contains("┌") && plain.stdout.contains('█'), "{}", plain.stdout);
+}
+
+#[test]
+fn a_bad_metrics_call_gets_one_repair_turn_then_a_clear_error() {
+    let env = TestEnv::ingested("metrics_repair");
+    // Repaired: an unknown measure, then the right one.
+    let llm = FakeLlm::start(vec![
+        Reply::tool("c1", "metrics", json!({"measures": ["revenue"]})),
+        Reply::tool("c2", "metrics", json!({"measures": ["gross_revenue"]})),
+    ]);
+    let run = env.ask_json(&llm, "What is our revenue?");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let sent = tool_results(&llm.requests()[1]);
+    assert!(sent.contains("unknown measure \\\"revenue\\\"") || sent.contains("unknown measure \"revenue\""), "{sent}");
+    assert!(sent.contains("did you mean gross_revenue or net_revenue?"), "{sent}");
+    let answer = run.json();
+    assert!(answer["answer"].as_str().unwrap().starts_with("gross revenue = the line totals of the orders"));
+    assert_eq!(answer["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(answer["usage"]["llm_calls"], 2);
+
+    // Not repaired: each bad call gets one repair turn, and the second failure ends the question.
+    let bad_calls = [
+        (json!({"measures": ["revenue"]}), "unknown measure"),
+        (json!({"measures": ["churn_rate"], "dimensions": ["product"]}), "the dimension product does not apply"),
+        (json!({"measures": ["orders"], "filters": [{"type": "event"}]}), "names no condition"),
+    ];
+    for (args, reason) in bad_calls {
+        let llm = FakeLlm::start(vec![
+            Reply::tool("c1", "metrics", args.clone()),
+            Reply::tool("c2", "metrics", args.clone()),
+            Reply::text("never requested"),
+        ]);
+        let run = env.ask_json(&llm, "How are the orders going?");
+        assert_eq!(run.code, 3, "{args}: {}", run.stderr);
+        assert_eq!(llm.remaining(), 1, "{args}: no third call");
+        let repair = tool_results(&llm.requests()[1]);
+        assert!(repair.contains(reason), "{args}: the repair turn carries the reason: {repair}");
+        let errors = run.error_lines();
+        assert_eq!(errors.len(), 1, "{}", run.stderr);
+        assert!(
+            errors[0].contains("the model sent unusable arguments again after one repair (metrics: ")
+                && errors[0].contains(reason),
+            "{}",
+            errors[0]
+        );
+    }
+}
+
+/// The SQL writer that copies the question back (SQL the agent wrote blind) is not run: the model is told so and
+/// can turn to `metrics`.
+#[test]
+fn sql_copied_back_by_the_writer_is_not_run() {
+    let env = TestEnv::ingested("metrics_copy");
+    let blind = "SELECT count(*) FROM customers WHERE country = 'PL'";
+    let llm = FakeLlm::start(vec![
+        Reply::tool("c1", "sql_analytics", json!({"question": blind})),
+        Reply::text(&format!("```sql\n{blind}\n```")),
+        Reply::tool("c2", "metrics", json!({"measures": ["customers"],
+            "filters": [{"type": "profile", "field": "country", "op": "=", "value": "PL"}]})),
+    ]);
+    let run = env.ask_json(&llm, "How many customers are from Poland?");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let sent = tool_results(&llm.requests()[2]);
+    assert!(sent.contains("returned the question unchanged"), "{sent}");
+    let answer = run.json();
+    assert!(answer["steps"][0]["sql"].is_null(), "nothing ran: {}", answer["steps"][0]);
+    let expected = env.sql_scalar("SELECT count(*)::text FROM customers WHERE country = 'PL'");
+    assert!(
+        answer["answer"].as_str().unwrap().starts_with(&format!("customers = customers on file, each counted once: {expected}\n")),
+        "{}",
+        answer["answer"]
+    );
+}
