@@ -115,8 +115,11 @@ pub fn answer(report: &MetricsReport) -> String {
                 .take(NAMED_ROWS)
                 .map(|row| format!("{} {}", row_label(row), row_values(report, row)))
                 .collect();
-            let more = report.rows.len().saturating_sub(NAMED_ROWS);
-            let more = if more > 0 { format!(" (and {more} more rows)") } else { String::new() };
+            let more = match report.rows.len().saturating_sub(NAMED_ROWS) {
+                0 => String::new(),
+                1 => " (and 1 more row)".to_owned(),
+                more => format!(" (and {more} more rows)"),
+            };
             lines.push(format!("{head}: {}{more}", named.join("; ")));
         }
         lines.extend(report.measures.iter().map(|measure| format!("{} = {}", measure.label, measure.definition)));
@@ -180,13 +183,16 @@ pub fn chart(report: &MetricsReport) -> Option<String> {
     }
     let labels: Vec<String> = report.rows.iter().map(row_label).collect();
     let label_width = labels.iter().map(|label| label.chars().count()).max().unwrap_or(0);
+    let shown: Vec<String> = values.iter().map(|shown| value(*shown, measure.unit)).collect();
+    let value_width = shown.iter().map(String::len).max().unwrap_or(0);
     let lines: Vec<String> = labels
         .iter()
         .zip(&values)
-        .map(|(label, shown)| {
-            let bar = shown.map_or_else(String::new, |shown| bar(shown.abs(), largest));
+        .zip(&shown)
+        .map(|((label, drawn), shown)| {
+            let bar = drawn.map_or_else(String::new, |drawn| bar(drawn.abs(), largest));
             let padding = " ".repeat(label_width - label.chars().count());
-            format!("{label}{padding}  {bar:<BAR_WIDTH$}  {}", value(*shown, measure.unit)).trim_end().to_owned()
+            format!("{label}{padding}  {bar:<BAR_WIDTH$}  {shown:>value_width$}")
         })
         .collect();
     Some(format!("{} by {}\n{}", measure.label, report.dimensions[0].name, lines.join("\n")))
