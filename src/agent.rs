@@ -845,7 +845,7 @@ mod tests {
         assert_eq!(answer.text, "There are 3 customers.");
         let requests = model.requests();
         assert_eq!(requests[0].tool_choice, Some(rig_core::message::ToolChoice::Required));
-        assert_eq!(requests[0].tools.len(), 5, "every tool but lookalike (nothing to grow yet)");
+        assert_eq!(requests[0].tools.len(), 6, "every tool but lookalike (nothing to grow yet)");
         let offered: Vec<String> = requests[1].tools.iter().map(|tool| tool.name.to_string()).collect();
         assert_eq!(offered, ["sql_analytics"]);
         assert_eq!(requests[1].tool_choice, Some(rig_core::message::ToolChoice::None));
