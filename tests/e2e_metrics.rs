@@ -245,3 +245,72 @@ fn sql_copied_back_by_the_writer_is_not_run() {
         answer["answer"]
     );
 }
+
+/// The golden analytics cases added for the catalogue are within its reach: each, answered by the `metrics` call it
+/// asks for (here scripted), scores 1 against its hand-written reference SQL on the golden sample. What remains for
+/// the model is choosing the call; `audience eval` with the local model measures that.
+#[test]
+fn the_catalogue_answers_every_golden_case_added_for_it() {
+    let env = TestEnv::empty("metrics_golden");
+    let country = |code: &str| json!([{"type": "profile", "field": "country", "op": "=", "value": code}]);
+    let segment = json!([{"type": "profile", "field": "segment", "op": "=", "value": "Standard Promo"}]);
+    let calls: [(&str, Value); 20] = [
+        ("analytics-view-to-cart-rate", json!({"measures": ["view_to_cart"]})),
+        ("analytics-cart-to-purchase-rate", json!({"measures": ["cart_to_purchase"]})),
+        ("analytics-cart-abandonment-rate", json!({"measures": ["cart_abandonment"]})),
+        ("analytics-repeat-purchase-rate", json!({"measures": ["repeat_purchase_rate"]})),
+        ("analytics-churn-rate-germany", json!({"measures": ["churn_rate"], "filters": country("DE")})),
+        ("analytics-cart-abandonment-standard-promo", json!({"measures": ["cart_abandonment"], "filters": segment})),
+        ("analytics-view-to-cart-last-90-days", json!({"measures": ["view_to_cart"], "within_days": 90})),
+        ("analytics-repeat-rate-last-90-days", json!({"measures": ["repeat_purchase_rate"], "within_days": 90})),
+        (
+            "analytics-net-revenue-30-days-vs-before",
+            json!({"measures": ["net_revenue"], "within_days": 30, "compare": true}),
+        ),
+        (
+            "analytics-gross-revenue-may-vs-april",
+            json!({"measures": ["gross_revenue"], "since": "2026-05-01", "until": "2026-05-31", "compare": true}),
+        ),
+        (
+            "analytics-revenue-last-week-vs-week-before",
+            json!({"measures": ["gross_revenue"], "within_days": 7, "compare": true}),
+        ),
+        (
+            "analytics-top-product-buyers-last-30-days-tie",
+            json!({"measures": ["buyers"], "dimensions": ["product"], "within_days": 30, "limit": 1}),
+        ),
+        (
+            "analytics-third-country-buyers-last-30-days-tie",
+            json!({"measures": ["buyers"], "dimensions": ["country"], "within_days": 30, "limit": 3}),
+        ),
+        ("analytics-top-colour-by-revenue", json!({"measures": ["gross_revenue"], "dimensions": ["color"], "limit": 1})),
+        ("analytics-most-returned-product", json!({"measures": ["returns"], "dimensions": ["product"], "limit": 1})),
+        (
+            "analytics-best-revenue-month-2026",
+            json!({"measures": ["gross_revenue"], "dimensions": ["month"], "since": "2026-01-01",
+                   "order_by": "gross_revenue", "order": "desc", "limit": 1}),
+        ),
+        ("analytics-average-order-value-last-90-days", json!({"measures": ["average_order_value"], "within_days": 90})),
+        ("analytics-spend-per-buyer-germany", json!({"measures": ["average_spend_per_buyer"], "filters": country("DE")})),
+        ("analytics-returned-units", json!({"measures": ["returned_items"]})),
+        ("analytics-active-customers-last-30-days", json!({"measures": ["active_customers"], "within_days": 30})),
+    ];
+    let script = calls.iter().enumerate().map(|(at, (_, args))| Reply::tool(&format!("c{at}"), "metrics", args.clone()));
+    let llm = FakeLlm::start(script.collect());
+    let cases = format!("{}/tests/golden/cases.toml", env!("CARGO_MANIFEST_DIR"));
+    let ids: Vec<&str> = calls.iter().map(|(id, _)| *id).collect();
+    let only = ids.join(",");
+    let run = Run::from(env.llm_command(&llm, &["eval", "--cases", &cases, "--only", &only, "--json"]).output().unwrap());
+    let report = run.json();
+    let scored: Vec<(&str, f64, &str)> = report["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| (case["id"].as_str().unwrap(), case["score"].as_f64().unwrap(), case["detail"].as_str().unwrap()))
+        .collect();
+    assert_eq!(scored.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(), ids, "{}", run.stderr);
+    let missed: Vec<_> = scored.iter().filter(|(_, score, _)| *score < 1.0).collect();
+    assert!(missed.is_empty(), "{missed:?}\n{}", run.stdout);
+    assert_eq!(llm.remaining(), 0, "one model call per case");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
