@@ -103,7 +103,10 @@ fn a_found_audience_is_answered_in_one_constrained_call_with_the_members_fields(
     let mut tools: Vec<&str> =
         requests[0]["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
     tools.sort_unstable();
-    assert_eq!(tools, ["ask_clarification", "find_audience", "metrics", "respond", "sql_analytics", "sql_data_retriever"]);
+    assert_eq!(
+        tools,
+        ["ask_clarification", "find_audience", "metrics", "respond", "sql_analytics", "sql_data_retriever"]
+    );
     assert_eq!(requests[0]["tool_choice"], "required");
     let find = requests[0]["tools"].as_array().unwrap().iter().find(|t| t["function"]["name"] == "find_audience");
     let schema = &find.unwrap()["function"]["parameters"];

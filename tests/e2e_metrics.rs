@@ -104,9 +104,8 @@ fn json_carries_values_definitions_measure_names_and_the_sql_and_bad_calls_are_u
     assert_eq!(run.json()["filters"], "customers from PL");
 
     // The same call through `audience tool metrics`.
-    let tool = Run::from(
-        env.command(&["tool", "metrics", "--args", r#"{"measures": ["net_revenue"]}"#]).output().unwrap(),
-    );
+    let tool =
+        Run::from(env.command(&["tool", "metrics", "--args", r#"{"measures": ["net_revenue"]}"#]).output().unwrap());
     assert_eq!(tool.code, 0, "{}", tool.stderr);
     assert_eq!(tool.json()["value"], report["value"]);
 
@@ -229,8 +228,12 @@ fn sql_copied_back_by_the_writer_is_not_run() {
     let llm = FakeLlm::start(vec![
         Reply::tool("c1", "sql_analytics", json!({"question": blind})),
         Reply::text(&format!("```sql\n{blind}\n```")),
-        Reply::tool("c2", "metrics", json!({"measures": ["customers"],
-            "filters": [{"type": "profile", "field": "country", "op": "=", "value": "PL"}]})),
+        Reply::tool(
+            "c2",
+            "metrics",
+            json!({"measures": ["customers"],
+            "filters": [{"type": "profile", "field": "country", "op": "=", "value": "PL"}]}),
+        ),
     ]);
     let run = env.ask_json(&llm, "How many customers are from Poland?");
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -240,7 +243,10 @@ fn sql_copied_back_by_the_writer_is_not_run() {
     assert!(answer["steps"][0]["sql"].is_null(), "nothing ran: {}", answer["steps"][0]);
     let expected = env.sql_scalar("SELECT count(*)::text FROM customers WHERE country = 'PL'");
     assert!(
-        answer["answer"].as_str().unwrap().starts_with(&format!("customers = customers on file, each counted once: {expected}\n")),
+        answer["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("customers = customers on file, each counted once: {expected}\n")),
         "{}",
         answer["answer"]
     );
@@ -283,7 +289,10 @@ fn the_catalogue_answers_every_golden_case_added_for_it() {
             "analytics-third-country-buyers-last-30-days-tie",
             json!({"measures": ["buyers"], "dimensions": ["country"], "within_days": 30, "limit": 3}),
         ),
-        ("analytics-top-colour-by-revenue", json!({"measures": ["gross_revenue"], "dimensions": ["color"], "limit": 1})),
+        (
+            "analytics-top-colour-by-revenue",
+            json!({"measures": ["gross_revenue"], "dimensions": ["color"], "limit": 1}),
+        ),
         ("analytics-most-returned-product", json!({"measures": ["returns"], "dimensions": ["product"], "limit": 1})),
         (
             "analytics-best-revenue-month-2026",
@@ -291,16 +300,21 @@ fn the_catalogue_answers_every_golden_case_added_for_it() {
                    "order_by": "gross_revenue", "order": "desc", "limit": 1}),
         ),
         ("analytics-average-order-value-last-90-days", json!({"measures": ["average_order_value"], "within_days": 90})),
-        ("analytics-spend-per-buyer-germany", json!({"measures": ["average_spend_per_buyer"], "filters": country("DE")})),
+        (
+            "analytics-spend-per-buyer-germany",
+            json!({"measures": ["average_spend_per_buyer"], "filters": country("DE")}),
+        ),
         ("analytics-returned-units", json!({"measures": ["returned_items"]})),
         ("analytics-active-customers-last-30-days", json!({"measures": ["active_customers"], "within_days": 30})),
     ];
-    let script = calls.iter().enumerate().map(|(at, (_, args))| Reply::tool(&format!("c{at}"), "metrics", args.clone()));
+    let script =
+        calls.iter().enumerate().map(|(at, (_, args))| Reply::tool(&format!("c{at}"), "metrics", args.clone()));
     let llm = FakeLlm::start(script.collect());
     let cases = format!("{}/tests/golden/cases.toml", env!("CARGO_MANIFEST_DIR"));
     let ids: Vec<&str> = calls.iter().map(|(id, _)| *id).collect();
     let only = ids.join(",");
-    let run = Run::from(env.llm_command(&llm, &["eval", "--cases", &cases, "--only", &only, "--json"]).output().unwrap());
+    let run =
+        Run::from(env.llm_command(&llm, &["eval", "--cases", &cases, "--only", &only, "--json"]).output().unwrap());
     let report = run.json();
     let scored: Vec<(&str, f64, &str)> = report["cases"]
         .as_array()

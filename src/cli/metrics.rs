@@ -141,7 +141,9 @@ fn typed_call(args: MetricsCommandArgs) -> Result<MetricsArgs> {
         exclude.push(clause(text, "--exclude")?);
     }
     let (since, until) = match &args.period {
-        Some(period) => calendar_period(period).map(|(since, until)| (Some(since), Some(until))).kind(FailureKind::Usage)?,
+        Some(period) => {
+            calendar_period(period).map(|(since, until)| (Some(since), Some(until))).kind(FailureKind::Usage)?
+        }
         None => (args.since, args.until),
     };
     let order = match (args.asc, args.desc) {

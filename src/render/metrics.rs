@@ -54,7 +54,8 @@ pub fn value(value: Option<f64>, unit: Unit) -> String {
 /// Whom and which days the report counts, in one sentence: "Over customers from PL, events 2026-06-01 to
 /// 2026-06-29; compared with 2026-05-03 to 2026-05-31."
 fn scope(report: &MetricsReport) -> String {
-    let who = report.filters.as_deref().map_or_else(|| "all customers".to_owned(), |filters| safe(filters).into_owned());
+    let who =
+        report.filters.as_deref().map_or_else(|| "all customers".to_owned(), |filters| safe(filters).into_owned());
     let when = match &report.period {
         Some(period) => format!("events {}", period.words()),
         None => format!("as they are now (data up to {})", report.as_of),
@@ -100,7 +101,12 @@ pub fn answer(report: &MetricsReport) -> String {
             let previous = row.and_then(|row| row.previous.as_ref()).map(|previous| {
                 format!(" (previous period: {})", value(previous.get(at).copied().flatten(), measure.unit))
             });
-            lines.push(format!("{} = {}: {current}{}", measure.label, measure.definition, previous.unwrap_or_default()));
+            lines.push(format!(
+                "{} = {}: {current}{}",
+                measure.label,
+                measure.definition,
+                previous.unwrap_or_default()
+            ));
         }
     } else {
         let labels: Vec<&str> = report.measures.iter().map(|measure| measure.label.as_str()).collect();

@@ -168,7 +168,9 @@ impl<M: CompletionModel> TracedTool for SqlAnalytics<M> {
     async fn execute(&self, args: SqlAnalyticsArgs, trace: &mut ToolTrace) -> Result<SqlAnalyticsOutput, ToolFailure> {
         let (sql, question) = match (args.sql, args.question) {
             (Some(sql), _) if !sql.trim().is_empty() => (sql, None),
-            (_, Some(question)) if !question.trim().is_empty() => (self.write_sql(&question, trace).await?, Some(question)),
+            (_, Some(question)) if !question.trim().is_empty() => {
+                (self.write_sql(&question, trace).await?, Some(question))
+            }
             _ => return Err(ToolFailure::correctable("pass a non-empty `question`")),
         };
         let checked = sql_guard::check_analytics(&sql).map_err(|refusal| {

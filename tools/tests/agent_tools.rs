@@ -209,10 +209,11 @@ async fn sql_analytics_writes_sql_with_one_grounded_model_call() {
     let model = MockCompletionModel::from_turns([MockTurn::text(&format!("```sql\n{}; \n```", asked.to_lowercase()))]);
     let copying = SqlAnalytics::new(stores.clone(), model);
     let mut context = ToolContext::new();
-    let copied = copying
-        .call_traced(&mut context, SqlAnalyticsArgs { question: Some(asked.into()), sql: None })
-        .await;
-    assert!(matches!(&copied, Err(ToolFailure::Correctable(m)) if m.contains("unchanged") && m.contains("metrics")), "{copied:?}");
+    let copied = copying.call_traced(&mut context, SqlAnalyticsArgs { question: Some(asked.into()), sql: None }).await;
+    assert!(
+        matches!(&copied, Err(ToolFailure::Correctable(m)) if m.contains("unchanged") && m.contains("metrics")),
+        "{copied:?}"
+    );
     assert_eq!(context.result::<ToolTrace>().unwrap().unwrap().sql, None, "nothing ran");
 
     // A provider failure is fatal, and marked so for the agent's hook.

@@ -688,11 +688,23 @@ mod tests {
             let query = args(json!({"measures": ["orders"], "since": since, "until": until, "compare": true}));
             compile(&query.check().unwrap(), DATA).unwrap().previous.unwrap()
         };
-        assert_eq!(compared("2025-05-01", "2025-05-31"), Period { first: day("2025-04-01"), last: day("2025-04-30").unwrap() });
-        assert_eq!(compared("2025-03-01", "2025-03-31"), Period { first: day("2025-02-01"), last: day("2025-02-28").unwrap() });
-        assert_eq!(compared("2025-01-01", "2025-03-31"), Period { first: day("2024-10-01"), last: day("2024-12-31").unwrap() });
+        assert_eq!(
+            compared("2025-05-01", "2025-05-31"),
+            Period { first: day("2025-04-01"), last: day("2025-04-30").unwrap() }
+        );
+        assert_eq!(
+            compared("2025-03-01", "2025-03-31"),
+            Period { first: day("2025-02-01"), last: day("2025-02-28").unwrap() }
+        );
+        assert_eq!(
+            compared("2025-01-01", "2025-03-31"),
+            Period { first: day("2024-10-01"), last: day("2024-12-31").unwrap() }
+        );
         // Not whole months: the same number of days.
-        assert_eq!(compared("2025-05-10", "2025-05-19"), Period { first: day("2025-04-30"), last: day("2025-05-09").unwrap() });
+        assert_eq!(
+            compared("2025-05-10", "2025-05-19"),
+            Period { first: day("2025-04-30"), last: day("2025-05-09").unwrap() }
+        );
     }
 
     #[test]
