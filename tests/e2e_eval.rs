@@ -2,6 +2,7 @@
 //! and replayed with no provider at all; a replay whose conversation diverges fails its case; scores below a
 //! threshold fail the run; and the shipped golden set replays above its thresholds. Also the clarifying question
 //! of `ask --json` (kind `clarification`, exit 5) and the confidence of an answer citing numbers no tool returned.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod common;
 

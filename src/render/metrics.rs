@@ -212,7 +212,7 @@ fn bar(value: f64, largest: f64) -> String {
     }
     let eighths = ((value / largest) * (BAR_WIDTH * 8) as f64).round() as usize;
     let mut text = "█".repeat(eighths / 8);
-    if eighths % 8 > 0 {
+    if !eighths.is_multiple_of(8) {
         text.push(EIGHTHS[eighths % 8]);
     }
     // A value too small to show still shows it is there.

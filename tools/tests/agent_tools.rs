@@ -206,7 +206,7 @@ async fn sql_analytics_writes_sql_with_one_grounded_model_call() {
     // A writer that copies back SQL the agent wrote into the question (without ever seeing the schema) has written
     // nothing: the copy is not run, and the reason points at metrics.
     let asked = "SELECT count(*) FROM customers WHERE country = 'DE'";
-    let model = MockCompletionModel::from_turns([MockTurn::text(&format!("```sql\n{}; \n```", asked.to_lowercase()))]);
+    let model = MockCompletionModel::from_turns([MockTurn::text(format!("```sql\n{}; \n```", asked.to_lowercase()))]);
     let copying = SqlAnalytics::new(stores.clone(), model);
     let mut context = ToolContext::new();
     let copied = copying.call_traced(&mut context, SqlAnalyticsArgs { question: Some(asked.into()), sql: None }).await;

@@ -577,9 +577,7 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
 
 /// The filters in words ("customers from PL who bought socks, excluding churned customers"), if there are any.
 pub fn filter_words(filters: &AudienceDefinition) -> Option<String> {
-    if filters.clauses().next().is_none() {
-        return None;
-    }
+    filters.clauses().next()?;
     let mut text = String::from("customers");
     let includes: Vec<String> = filters.include.iter().map(|clause| clause.rule.predicate()).collect();
     if !includes.is_empty() {
