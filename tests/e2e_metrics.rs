@@ -328,3 +328,153 @@ fn the_catalogue_answers_every_golden_case_added_for_it() {
     assert_eq!(llm.remaining(), 0, "one model call per case");
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+/// The report of `audience metrics ARGS --json`.
+fn report(env: &TestEnv, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let run = metrics(env, &all);
+    assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+    run.json()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-6 * b.abs().max(1.0)
+}
+
+/// Every measure, and each kind of dimension, against SQL written by hand over the raw tables of the ingested sample
+/// (`churned` and `segment` are the product's own facts, read from `profiles`).
+#[test]
+fn every_measure_and_dimension_matches_sql_written_by_hand() {
+    let env = TestEnv::ingested("metrics_values");
+    const SALE: &str = "event_type = 'purchase' AND quantity > 0";
+    const RETURN: &str = "event_type = 'purchase' AND quantity <= 0";
+    let rate = |numerator: &str, denominator: &str| {
+        format!(
+            "SELECT (count(*) FILTER (WHERE {numerator})::float8 / count(*) FILTER (WHERE {denominator}))::text FROM (SELECT customer_id, bool_or(event_type = 'view') AS viewed, bool_or(event_type = 'add_to_cart') AS carted, count(*) FILTER (WHERE {SALE}) AS orders FROM events GROUP BY customer_id) f"
+        )
+    };
+    let measures: Vec<(&str, String)> = vec![
+        ("customers", "SELECT count(*)::text FROM customers".to_owned()),
+        ("buyers", format!("SELECT count(DISTINCT customer_id)::text FROM events WHERE {SALE}")),
+        ("active_customers", "SELECT count(DISTINCT customer_id)::text FROM events".to_owned()),
+        ("events", "SELECT count(*)::text FROM events".to_owned()),
+        ("orders", format!("SELECT count(*)::text FROM events WHERE {SALE}")),
+        ("items", format!("SELECT sum(quantity)::text FROM events WHERE {SALE}")),
+        ("gross_revenue", format!("SELECT coalesce(sum(amount), 0)::text FROM events WHERE {SALE}")),
+        ("net_revenue", NET_REVENUE.to_owned()),
+        ("returns", format!("SELECT count(*)::text FROM events WHERE {RETURN}")),
+        ("returned_items", format!("SELECT coalesce(-sum(quantity), 0)::text FROM events WHERE {RETURN}")),
+        ("average_order_value", format!("SELECT (sum(amount) / count(*))::text FROM events WHERE {SALE}")),
+        (
+            "average_spend_per_buyer",
+            format!("SELECT (sum(amount) / count(DISTINCT customer_id))::text FROM events WHERE {SALE}"),
+        ),
+        ("average_age", "SELECT avg(age)::text FROM customers".to_owned()),
+        (
+            "churn_rate",
+            format!(
+                "SELECT (count(*) FILTER (WHERE p.churned)::float8 / count(*))::text FROM profiles p \
+                 WHERE EXISTS (SELECT 1 FROM events e WHERE e.customer_id = p.customer_id AND e.{SALE})"
+            ),
+        ),
+        ("view_to_cart", rate("viewed AND carted", "viewed")),
+        ("cart_to_purchase", rate("carted AND orders > 0", "carted")),
+        ("cart_abandonment", rate("carted AND orders = 0", "carted")),
+        ("repeat_purchase_rate", rate("orders >= 2", "orders > 0")),
+    ];
+    assert_eq!(measures.len(), 18, "every measure of the catalogue");
+    for (measure, sql) in &measures {
+        let expected: f64 = env.sql_scalar(sql).parse().unwrap();
+        let value = report(&env, &[measure])["value"].as_f64().unwrap();
+        assert!(close(value, expected), "{measure}: {value} != {expected}");
+    }
+
+    // One value of each kind of dimension: a customer's field, a band, the event's, and each period.
+    let row = |args: &[&str], key: &str| -> f64 {
+        let report = report(&env, args);
+        let rows = report["rows"].as_array().unwrap();
+        let row = rows.iter().find(|row| row["dimensions"][0] == key).unwrap_or_else(|| panic!("{key}: {report}"));
+        row["values"][0].as_f64().unwrap()
+    };
+    let by: [(&[&str], &str, String); 10] = [
+        (
+            &["orders", "--by", "country"],
+            "PL",
+            format!(
+                "SELECT count(*)::text FROM events JOIN customers USING (customer_id) WHERE country = 'PL' AND {SALE}"
+            ),
+        ),
+        (
+            &["gross_revenue", "--by", "segment"],
+            "VIP Loyalty",
+            format!(
+                "SELECT sum(amount)::text FROM events JOIN profiles USING (customer_id) \
+                 WHERE segment = 'VIP Loyalty' AND {SALE}"
+            ),
+        ),
+        (
+            &["customers", "--by", "age_band"],
+            "25-34",
+            "SELECT count(*)::text FROM customers WHERE age BETWEEN 25 AND 34".to_owned(),
+        ),
+        (
+            &["customers", "--by", "spend_band"],
+            "0",
+            format!(
+                "SELECT count(*)::text FROM customers c WHERE NOT EXISTS \
+                 (SELECT 1 FROM events e WHERE e.customer_id = c.customer_id AND e.{SALE})"
+            ),
+        ),
+        (
+            &["items", "--by", "product"],
+            "socks",
+            format!("SELECT coalesce(sum(quantity), 0)::text FROM events WHERE product = 'socks' AND {SALE}"),
+        ),
+        (
+            &["events", "--by", "event_type"],
+            "view",
+            "SELECT count(*)::text FROM events WHERE event_type = 'view'".to_owned(),
+        ),
+        (
+            &["events", "--by", "day"],
+            "2025-06-12",
+            "SELECT count(*)::text FROM events WHERE ts >= '2025-06-12 00:00+00' AND ts < '2025-06-13 00:00+00'"
+                .to_owned(),
+        ),
+        (
+            &["events", "--by", "week"],
+            "2025-W22",
+            "SELECT count(*)::text FROM events WHERE ts >= '2025-05-26 00:00+00' AND ts < '2025-06-02 00:00+00'"
+                .to_owned(),
+        ),
+        (
+            &["events", "--by", "month"],
+            "2025-05",
+            "SELECT count(*)::text FROM events WHERE ts >= '2025-05-01 00:00+00' AND ts < '2025-06-01 00:00+00'"
+                .to_owned(),
+        ),
+        (
+            &["events", "--by", "quarter"],
+            "2025-Q2",
+            "SELECT count(*)::text FROM events WHERE ts >= '2025-04-01 00:00+00' AND ts < '2025-07-01 00:00+00'"
+                .to_owned(),
+        ),
+    ];
+    for (args, key, sql) in by {
+        let expected: f64 = env.sql_scalar(&sql).parse().unwrap();
+        let value = row(args, key);
+        assert!(close(value, expected), "{args:?} {key}: {value} != {expected}");
+    }
+
+    // A window ends on the data's last day: the last 7 days are that day and the 6 before it.
+    let as_of = report(&env, &["orders"])["as_of"].as_str().unwrap().to_owned();
+    let expected: f64 = env
+        .sql_scalar(&format!(
+            "SELECT count(*)::text FROM events WHERE {SALE} AND ts >= (DATE '{as_of}' - 6)::timestamp AT TIME ZONE 'UTC' \
+             AND ts < (DATE '{as_of}' + 1)::timestamp AT TIME ZONE 'UTC'"
+        ))
+        .parse()
+        .unwrap();
+    assert_eq!(report(&env, &["orders", "--within-days", "7"])["value"].as_f64().unwrap(), expected);
+}
