@@ -6,6 +6,7 @@
 use audience_tools::metrics::MetricsReport;
 use audience_tools::metrics::catalogue::{Dimension, Unit};
 use audience_tools::metrics::tool::MetricsRow;
+use chrono::{Datelike, Days, Months, NaiveDate, Weekday};
 use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::terminal::safe;
@@ -179,11 +180,14 @@ pub fn chart(report: &MetricsReport) -> Option<String> {
         return None;
     }
     let measure = report.measures.first()?;
+    if is_series(report) {
+        let series = timeline(report).unwrap_or_else(|| {
+            report.rows.iter().map(|row| (row_label(row), row.values.first().copied().flatten())).collect()
+        });
+        return Some(sparkline(report, &series, measure.unit));
+    }
     let values: Vec<Option<f64>> = report.rows.iter().map(|row| row.values.first().copied().flatten()).collect();
     let largest = values.iter().flatten().fold(0.0_f64, |largest, value| largest.max(value.abs()));
-    if is_series(report) {
-        return Some(sparkline(report, &values, largest, measure.unit));
-    }
     if report.rows.len() > MAX_BARS {
         return None;
     }
@@ -222,33 +226,95 @@ fn bar(value: f64, largest: f64) -> String {
     text
 }
 
+/// The series in time order with every period from the first to the last, as `(label, value)`: a period the query
+/// returned no row for had no event, which is 0 for a count or a sum and no value for an average or a rate. `None`
+/// when a label does not read as its period.
+fn timeline(report: &MetricsReport) -> Option<Vec<(String, Option<f64>)>> {
+    let dimension = Dimension::named(&report.dimensions.first()?.name)?;
+    let unit = report.measures.first()?.unit;
+    let start = |label: &str| -> Option<NaiveDate> {
+        match dimension {
+            Dimension::Day => NaiveDate::parse_from_str(label, "%Y-%m-%d").ok(),
+            Dimension::Month => NaiveDate::parse_from_str(&format!("{label}-01"), "%Y-%m-%d").ok(),
+            Dimension::Quarter => {
+                let (year, quarter) = label.split_once("-Q")?;
+                NaiveDate::from_ymd_opt(year.parse().ok()?, 3 * quarter.parse::<u32>().ok()? - 2, 1)
+            }
+            Dimension::Week => {
+                let (year, week) = label.split_once("-W")?;
+                NaiveDate::from_isoywd_opt(year.parse().ok()?, week.parse().ok()?, Weekday::Mon)
+            }
+            _ => None,
+        }
+    };
+    let next = |day: NaiveDate| -> Option<NaiveDate> {
+        match dimension {
+            Dimension::Day => day.succ_opt(),
+            Dimension::Week => day.checked_add_days(Days::new(7)),
+            Dimension::Month => day.checked_add_months(Months::new(1)),
+            Dimension::Quarter => day.checked_add_months(Months::new(3)),
+            _ => None,
+        }
+    };
+    // The labels of the SQL (`Dimension::label_sql`), for the periods it returned no row for.
+    let label_of = |day: NaiveDate| -> String {
+        match dimension {
+            Dimension::Week => day.format("%G-W%V").to_string(),
+            Dimension::Month => day.format("%Y-%m").to_string(),
+            Dimension::Quarter => format!("{}-Q{}", day.year(), day.month0() / 3 + 1),
+            _ => day.format("%Y-%m-%d").to_string(),
+        }
+    };
+    let mut known: Vec<(NaiveDate, String, Option<f64>)> = Vec::new();
+    for row in &report.rows {
+        let label = row.dimensions.first()?;
+        known.push((start(label)?, label.clone(), row.values.first().copied().flatten()));
+    }
+    known.sort_by_key(|(day, _, _)| *day);
+    let (first, last) = (known.first()?.0, known.last()?.0);
+    let mut series = Vec::new();
+    let mut day = first;
+    let mut rows = known.into_iter().peekable();
+    while day <= last {
+        match rows.next_if(|(at, _, _)| *at == day) {
+            Some((_, label, value)) => series.push((safe(&label).into_owned(), value)),
+            None => series.push((label_of(day), unit.zero_when_missing().then_some(0.0))),
+        }
+        day = next(day)?;
+    }
+    Some(series)
+}
+
 /// One block per period, its height the value's share of the largest; a period without a value is a space. Then
 /// the first and last period, and where the lowest and highest values fell.
-fn sparkline(report: &MetricsReport, values: &[Option<f64>], largest: f64, unit: Unit) -> String {
+fn sparkline(report: &MetricsReport, series: &[(String, Option<f64>)], unit: Unit) -> String {
     const LEVELS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let line: String = values
+    let largest =
+        series.iter().filter_map(|(_, value)| *value).fold(0.0_f64, |largest, value| largest.max(value.abs()));
+    let line: String = series
         .iter()
-        .map(|shown| match shown {
+        .map(|(_, shown)| match shown {
             None => ' ',
             Some(_) if largest <= 0.0 => LEVELS[0],
             Some(shown) => LEVELS[((shown.abs() / largest) * 7.0).round() as usize],
         })
         .collect();
-    let label = |at: usize| report.rows.get(at).map(row_label).unwrap_or_default();
+    let label = |at: usize| series.get(at).map(|(label, _)| label.clone()).unwrap_or_default();
     let extreme = |better: fn(f64, f64) -> bool| -> Option<(usize, f64)> {
-        values.iter().enumerate().filter_map(|(at, shown)| shown.map(|shown| (at, shown))).fold(None, |best, next| {
-            match best {
+        series.iter().enumerate().filter_map(|(at, (_, shown))| shown.map(|shown| (at, shown))).fold(
+            None,
+            |best, next| match best {
                 Some((_, kept)) if !better(next.1, kept) => best,
                 _ => Some(next),
-            }
-        })
+            },
+        )
     };
     let measure = &report.measures[0].label;
     let mut text = format!(
         "{measure} by {}, {} to {}\n{line}",
         report.dimensions[0].name,
         label(0),
-        label(values.len().saturating_sub(1))
+        label(series.len().saturating_sub(1))
     );
     if let (Some((low, lowest)), Some((high, highest))) = (extreme(|a, b| a < b), extreme(|a, b| a > b)) {
         text.push_str(&format!(
@@ -276,6 +342,35 @@ mod tests {
         assert_eq!(value(Some(0.23456), Unit::Rate), "23.5%");
         assert_eq!(value(Some(41.0), Unit::Average), "41.00");
         assert_eq!(value(None, Unit::Rate), "n/a");
+    }
+
+    /// A series with periods that had no event: they are drawn as 0 for a count, as a gap for a rate.
+    #[test]
+    fn a_series_has_every_period_from_its_first_to_its_last() {
+        let report = |dimension: &str, unit: &str, rows: serde_json::Value| -> MetricsReport {
+            serde_json::from_value(serde_json::json!({
+                "explanation": "x", "as_of": "2026-06-29", "truncated": false, "sql": "",
+                "measures": [{"name": "m", "label": "m", "definition": "d", "unit": unit}],
+                "dimensions": [{"name": dimension, "definition": "d"}],
+                "rows": rows,
+            }))
+            .unwrap()
+        };
+        let row = |label: &str, value: f64| serde_json::json!({"dimensions": [label], "values": [value]});
+        let months = report("month", "count", serde_json::json!([row("2026-03", 4.0), row("2026-01", 8.0)]));
+        assert_eq!(
+            timeline(&months).unwrap(),
+            [("2026-01".to_owned(), Some(8.0)), ("2026-02".to_owned(), Some(0.0)), ("2026-03".to_owned(), Some(4.0))]
+        );
+        assert_eq!(
+            chart(&months).unwrap(),
+            "m by month, 2026-01 to 2026-03\n█▁▅\nlowest 0 (2026-02), highest 8 (2026-01)"
+        );
+        let weeks = report("week", "rate", serde_json::json!([row("2025-W52", 0.5), row("2026-W02", 0.25)]));
+        let labels: Vec<(String, Option<f64>)> = timeline(&weeks).unwrap();
+        assert_eq!(labels[1], ("2026-W01".to_owned(), None), "a rate without events has no value");
+        let quarters = report("quarter", "money", serde_json::json!([row("2025-Q4", 1.0), row("2026-Q2", 2.0)]));
+        assert_eq!(timeline(&quarters).unwrap()[1].0, "2026-Q1");
     }
 
     #[test]
