@@ -123,6 +123,16 @@ fn json_carries_values_definitions_measure_names_and_the_sql_and_bad_calls_are_u
         assert!(errors[0].contains(reason), "{args:?}: {}", run.stderr);
         assert!(run.stdout.is_empty());
     }
+    // A value the data does not have counts nobody: the reason names the values there are.
+    let uk = r#"{"type": "profile", "field": "country", "op": "=", "value": "UK"}"#;
+    let run = metrics(&env, &["customers", "--where", uk]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("filters: no customer is from UK (the United Kingdom's ISO code is GB); the data's countries: "),
+        "{}",
+        run.stderr
+    );
     let list = metrics(&env, &["--list"]);
     assert!(list.stdout.contains("  net_revenue              purchases minus returns\n"), "{}", list.stdout);
 }
