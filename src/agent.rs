@@ -340,7 +340,13 @@ impl Session {
         let text = match (&run.reply, &audience, &metrics) {
             (Some(reply), _, _) => reply.text.clone(),
             (None, Some(report), _) => crate::render::audience_answer(report, &run.dropped, &run.settled),
-            (None, None, Some(report)) => crate::render::metrics::answer(report),
+            (None, None, Some(report)) => {
+                let mut text = crate::render::metrics::answer(report);
+                for left_out in &run.dropped {
+                    text.push_str(&format!("\nLeft out, as no word of the question asks for it: {left_out}."));
+                }
+                text
+            }
             (None, None, None) => {
                 let response = result.map_err(|error| self.run_error(error, &run))?;
                 if !answered {

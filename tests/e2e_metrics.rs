@@ -181,6 +181,36 @@ fn a_metrics_call_is_the_answer_rendered_with_its_definition_in_one_model_call()
     assert!(plain.stdout.starts_with("orders by country: "), "{}", plain.stdout);
     assert!(plain.stdout.contains("orders = purchase lines with a positive quantity"), "{}", plain.stdout);
     assert!(plain.stdout.contains("┌") && plain.stdout.contains('█'), "{}", plain.stdout);
+
+    // What the 1.5B model sent for this question (it fills in every argument): the breakdowns, the window and the
+    // clause nobody asked for are left out, and the answer says so.
+    let recorded = json!({"measures": ["view_to_cart"], "dimensions": ["country", "segment"], "within_days": 365,
+        "filters": [{"type": "event", "event_type": "purchase", "products": ["socks"], "within_days": 30}],
+        "compare": false, "order_by": "view_to_cart", "order": "desc", "limit": 100});
+    let llm = FakeLlm::start(vec![Reply::tool("c1", "metrics", recorded)]);
+    let run = env.ask_json(&llm, "What share of our viewers also put something in their cart?");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let expected: f64 = env
+        .sql_scalar(
+            "SELECT (100.0 * count(*) FILTER (WHERE carted) / count(*))::text FROM (SELECT customer_id, \
+             bool_or(event_type = 'add_to_cart') AS carted FROM events GROUP BY customer_id \
+             HAVING bool_or(event_type = 'view')) v",
+        )
+        .parse()
+        .unwrap();
+    let answer = run.json();
+    let text = answer["answer"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "view→cart conversion = customers who viewed and added to the cart / customers who viewed: {expected:.1}%"
+        )),
+        "{text}"
+    );
+    for left_out in ["the breakdown by country", "the breakdown by segment", "within_days 365", "who bought socks"] {
+        assert!(text.contains(left_out), "{left_out}: {text}");
+    }
+    assert_eq!(answer["steps"][0]["args"]["measures"], json!(["view_to_cart"]));
+    assert!(answer["steps"][0]["args"].get("dimensions").is_none_or(|d| d == &json!([])), "{}", answer["steps"][0]);
 }
 
 #[test]
@@ -213,7 +243,7 @@ fn a_bad_metrics_call_gets_one_repair_turn_then_a_clear_error() {
             Reply::tool("c2", "metrics", args.clone()),
             Reply::text("never requested"),
         ]);
-        let run = env.ask_json(&llm, "How are the orders going?");
+        let run = env.ask_json(&llm, "How are orders and the churn rate going, by product?");
         assert_eq!(run.code, 3, "{args}: {}", run.stderr);
         assert_eq!(llm.remaining(), 1, "{args}: no third call");
         let repair = tool_results(&llm.requests()[1]);
