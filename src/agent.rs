@@ -1,7 +1,8 @@
 //! The agent: a rig loop over the tools (`registry::TOOLS`), built per question with schemas that carry the values
 //! grounded for it, where every turn is a constrained tool call (see `agent_hook`); an explicit turn budget,
 //! conversation history for follow-ups, the conversation's audience, a trace of every step and a usage record per
-//! question. A found audience, a reply or a clarifying question is the answer, rendered by the program.
+//! question. A found audience, a metrics report, a reply or a clarifying question is the answer, rendered by the
+//! program.
 //!
 //! [`Session`] is the API the `ask` command and the REPL use:
 //! `Session::new(config, stores, verbose)`, then `ask(question)` any number of times (each question sees the
@@ -17,6 +18,7 @@ use audience_tools::audience::lookalike::Lookalike;
 use audience_tools::audience::saved::SavedAudiences;
 use audience_tools::audience::{AudienceReport, AudienceSession, FindAudience};
 use audience_tools::clarify::{AskClarification, Clarification};
+use audience_tools::metrics::{Metrics, MetricsReport};
 use audience_tools::question::{Current, Prepared, Vocabulary, prepare};
 use audience_tools::registry;
 use audience_tools::respond::Respond;
@@ -113,6 +115,9 @@ pub struct Answer {
     pub confidence: Confidence,
     /// The audience this question's last `find_audience` call evaluated: definition, size, breakdown, members.
     pub audience: Option<AudienceReport>,
+    /// The report of this question's `metrics` call: each value or row, the definitions used, the SQL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsReport>,
     /// Thought / Action / Observation steps, in order.
     pub steps: Vec<Step>,
     pub usage: UsageRecord,
@@ -294,6 +299,7 @@ impl Session {
         let answered = run.clarification.is_some()
             || run.reply.is_some()
             || run.audience_found
+            || run.metrics.is_some()
             || matches!(&result, Some(Ok(response)) if !response.output().trim().is_empty());
         match &result {
             Some(Ok(response)) => {
@@ -334,15 +340,24 @@ impl Session {
                 clarification: Some(clarification),
                 confidence,
                 audience: None,
+                metrics: None,
                 steps: run.steps,
                 usage,
             }));
         }
         let audience = if run.audience_found { self.audience.last_report() } else { None };
-        let text = match (&run.reply, &audience) {
-            (Some(reply), _) => reply.text.clone(),
-            (None, Some(report)) => crate::render::audience_answer(report, &run.dropped, &run.settled),
-            (None, None) => {
+        let metrics = run.metrics.take();
+        let text = match (&run.reply, &audience, &metrics) {
+            (Some(reply), _, _) => reply.text.clone(),
+            (None, Some(report), _) => crate::render::audience_answer(report, &run.dropped, &run.settled),
+            (None, None, Some(report)) => {
+                let mut text = crate::render::metrics::answer(report);
+                for left_out in &run.dropped {
+                    text.push_str(&format!("\nLeft out, as no word of the question asks for it: {left_out}."));
+                }
+                text
+            }
+            (None, None, None) => {
                 let response = result.map_err(|error| self.run_error(error, &run))?;
                 if !answered {
                     return Err(tagged(FailureKind::Provider, "the model returned an empty answer".to_owned()));
@@ -373,6 +388,7 @@ impl Session {
             clarification: None,
             confidence,
             audience: run_audience,
+            metrics,
             steps: run.steps,
             usage,
         }))
@@ -457,6 +473,7 @@ impl Session {
             clarification,
             confidence: Confidence { level, reasons: vec![reason] },
             audience: None,
+            metrics: None,
             steps: Vec::new(),
             usage,
         })
@@ -640,6 +657,7 @@ fn build_agent(
         // `find_audience` last: its schema changes with the audience (the clause ids `remove` names), and the prompt
         // caches of llama-server and the hosted providers keep the longest unchanged prefix.
         .tool(Lookalike::new(stores.clone(), audience).for_question(offered))
+        .tool(Metrics::new(stores.clone(), offered))
         .tool(SqlAnalytics::new(stores.clone(), model))
         .tool(SqlDataRetriever::new(stores))
         .tool(AskClarification)
@@ -843,7 +861,7 @@ mod tests {
         assert_eq!(answer.text, "There are 3 customers.");
         let requests = model.requests();
         assert_eq!(requests[0].tool_choice, Some(rig_core::message::ToolChoice::Required));
-        assert_eq!(requests[0].tools.len(), 5, "every tool but lookalike (nothing to grow yet)");
+        assert_eq!(requests[0].tools.len(), 6, "every tool but lookalike (nothing to grow yet)");
         let offered: Vec<String> = requests[1].tools.iter().map(|tool| tool.name.to_string()).collect();
         assert_eq!(offered, ["sql_analytics"]);
         assert_eq!(requests[1].tool_choice, Some(rig_core::message::ToolChoice::None));

@@ -15,6 +15,7 @@ use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::clarify::Clarification;
 use audience_tools::failure::{is_fatal, model_visible};
 use audience_tools::grounding::{Grounding, Traced};
+use audience_tools::metrics::{MetricsArgs, MetricsReport};
 use audience_tools::registry;
 use audience_tools::respond::Reply;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
@@ -68,6 +69,9 @@ pub struct RunLog {
     /// Whether a `find_audience` call of this question succeeded: the run stops on it and the host renders the
     /// answer from the typed report the conversation's `AudienceSession` holds.
     pub audience_found: bool,
+    /// The report of this question's successful `metrics` call: the run stops on it and the host renders the answer
+    /// from it (each value with its definition).
+    pub metrics: Option<MetricsReport>,
     /// The plain reply the model gave through `respond`; the run stopped on it.
     pub reply: Option<Reply>,
     /// Clauses left out of a `find_audience` call because nothing in the question asks for them, in words.
@@ -164,7 +168,7 @@ enum Offer {
     Answer { tool: &'static str },
 }
 
-/// The offer for the next call: a required call until a tool succeeds, then the answer. `find_audience`,
+/// The offer for the next call: a required call until a tool succeeds, then the answer. `find_audience`, `metrics`,
 /// `respond` and `ask_clarification` end the run themselves (the host renders their answer), so only the
 /// results of the other tools are answered by the model. `can_grow`: there is a seed for `lookalike`.
 fn offer(outcomes: &[(String, Outcome)], can_grow: bool) -> Offer {
@@ -181,17 +185,19 @@ fn answering_tool(tool: &str) -> &'static str {
 }
 
 /// Every tool.
-const EVERY_TOOL: [&str; 6] = [
+const EVERY_TOOL: [&str; 7] = [
     registry::FIND_AUDIENCE.name,
     registry::LOOKALIKE.name,
+    registry::METRICS.name,
     registry::SQL_ANALYTICS.name,
     registry::SQL_DATA_RETRIEVER.name,
     registry::ASK_CLARIFICATION.name,
     registry::RESPOND.name,
 ];
 /// Every tool but `lookalike`.
-const NOTHING_TO_GROW: [&str; 5] = [
+const NOTHING_TO_GROW: [&str; 6] = [
     registry::FIND_AUDIENCE.name,
+    registry::METRICS.name,
     registry::SQL_ANALYTICS.name,
     registry::SQL_DATA_RETRIEVER.name,
     registry::ASK_CLARIFICATION.name,
@@ -334,12 +340,19 @@ fn uncovered(args: &Value, grounding: &Grounding) -> Vec<String> {
 /// `churned = false` to a question that names neither), and those clauses in words. A clause naming a value the
 /// schema does not offer stays: the tool sends it back with the values there are, which is the better repair.
 fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (Value, Vec<String>) {
-    let mut dropped = Vec::new();
     // Malformed arguments go to the tool as they are: its reason is what the repair turn needs.
     if Edit::try_from(args.clone()).is_err() {
-        return (args, dropped);
+        return (args, Vec::new());
     }
-    for list in ["include", "exclude"] {
+    let dropped = drop_untraced_clauses(&mut args, ["include", "exclude"], grounding, offered);
+    (args, dropped)
+}
+
+/// Takes the clauses of the lists `lists` of `args` that nothing in the question asks for out (see
+/// [`drop_untraced`]); returns them in words.
+fn drop_untraced_clauses(args: &mut Value, lists: [&str; 2], grounding: &Grounding, offered: &Offered) -> Vec<String> {
+    let mut dropped = Vec::new();
+    for list in lists {
         let Some(Value::Array(clauses)) = args.get_mut(list) else { continue };
         clauses.retain_mut(|value| {
             let Ok(clause) = serde_json::from_value::<Clause>(value.clone()) else { return true };
@@ -366,7 +379,83 @@ fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (
             }
         });
     }
-    (args, dropped)
+    dropped
+}
+
+/// Words that name each dimension in a question: a breakdown the question does not ask for is left out.
+fn dimension_words(dimension: &str) -> &'static [&'static str] {
+    match dimension {
+        "country" => &["country", "countries", "market", "markets", "nation", "nations"],
+        "segment" => &["segment", "segments"],
+        "age_band" => &["age", "ages", "band", "bands", "old", "young", "older", "younger"],
+        "spend_band" => &["band", "bands", "spenders", "spending"],
+        "product" => &["product", "products", "item", "items", "category", "categories", "sells", "selling", "seller"],
+        "color" => &["color", "colors", "colour", "colours"],
+        "event_type" => &["type", "types", "kind", "kinds"],
+        "day" => &["day", "days", "daily"],
+        "week" => &["week", "weeks", "weekly"],
+        "month" => &["month", "months", "monthly"],
+        "quarter" => &["quarter", "quarters", "quarterly"],
+        _ => &[],
+    }
+}
+
+/// Words that ask for a comparison with the period before.
+const COMPARE_WORDS: [&str; 11] =
+    ["compare", "compared", "comparison", "vs", "versus", "previous", "before", "prior", "change", "growth", "grew"];
+
+/// A `metrics` call without what nothing in the question asks for, as [`drop_untraced`] does for an audience (the
+/// 1.5B model fills in every argument of the schema: a breakdown by country and segment, `within_days: 3660`, a
+/// clause on jackets, for "what share of viewers added to the cart?"): dimensions the question names no word of,
+/// a window or period it does not give, a comparison it does not ask for, and clauses that do not trace to it.
+/// Returns what was left out, in words. Arguments that do not read go to the tool as they are, for its reason.
+fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) -> Vec<String> {
+    if serde_json::from_value::<MetricsArgs>(args.clone()).is_err() {
+        return Vec::new();
+    }
+    let mut dropped = Vec::new();
+    if let Some(Value::Array(dimensions)) = args.get_mut("dimensions") {
+        dimensions.retain(|dimension| {
+            let name = dimension.as_str().unwrap_or_default();
+            let named = dimension_words(name).iter().any(|word| grounding.says(word));
+            if !named {
+                dropped.push(format!("the breakdown by {name}"));
+            }
+            named
+        });
+    }
+    let kept: Vec<Value> = args.get("dimensions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let measures: Vec<Value> = args.get("measures").and_then(Value::as_array).cloned().unwrap_or_default();
+    if let Some(object) = args.as_object_mut() {
+        let windowed = !grounding.days.is_empty();
+        let dated = !grounding.periods.is_empty();
+        for (key, asked) in [("within_days", windowed), ("since", dated), ("until", dated)] {
+            if let Some(value) = object.get(key).filter(|_| !asked).cloned() {
+                object.remove(key);
+                dropped.push(format!("{key} {value}"));
+            }
+        }
+        if object.get("compare") == Some(&Value::Bool(true)) && !COMPARE_WORDS.iter().any(|word| grounding.says(word)) {
+            object.remove("compare");
+            dropped.push("the comparison with the period before".to_owned());
+        }
+        // An order by a dimension left out (or nothing of the call) would only be refused.
+        if let Some(order_by) = object.get("order_by").cloned()
+            && !kept.contains(&order_by)
+            && !measures.contains(&order_by)
+        {
+            object.remove("order_by");
+        }
+    }
+    // An event clause that names no condition is the tool's to refuse, with its reason.
+    let empty_event = |value: &Value| value.as_object().is_some_and(|o| o.keys().all(|k| k == "type" || k == "id"));
+    let empty = ["filters", "exclude"]
+        .iter()
+        .any(|list| args.get(*list).and_then(Value::as_array).is_some_and(|clauses| clauses.iter().any(empty_event)));
+    if !empty {
+        dropped.extend(drop_untraced_clauses(args, ["filters", "exclude"], grounding, offered));
+    }
+    dropped
 }
 
 /// A short, human-readable summary of a tool's JSON output.
@@ -463,6 +552,10 @@ impl TraceHook {
             .as_ref()
             .filter(|_| tool == registry::RESPOND.name)
             .and_then(|output| serde_json::from_value::<Reply>(output.clone()).ok());
+        let metrics = output
+            .as_ref()
+            .filter(|_| tool == registry::METRICS.name)
+            .and_then(|output| serde_json::from_value::<MetricsReport>(output.clone()).ok());
         // A call the hook sent back never ran: it has neither an error from the tool nor an output.
         let outcome = if error.is_some() || output.is_none() { Outcome::Failed } else { Outcome::Found };
         if outcome == Outcome::Failed {
@@ -507,6 +600,12 @@ impl TraceHook {
         }
         if reply.is_some() {
             log.reply = reply;
+            return OutcomeAction::stop(ANSWERED_STOP);
+        }
+        if metrics.is_some() {
+            // The typed report is the answer, as a found audience is: the host states each value with its
+            // definition, and no second model call restates (or rounds, or misreads) the numbers.
+            log.metrics = metrics;
             return OutcomeAction::stop(ANSWERED_STOP);
         }
         if outcome == Outcome::Found && tool == registry::FIND_AUDIENCE.name {
@@ -644,6 +743,20 @@ impl AgentHook for TraceHook {
                     lock(&self.log).dropped.extend(dropped);
                 }
                 if rewritten {
+                    return DispatchAction::rewrite_tool_args(event.kind, args);
+                }
+            } else if tool == registry::METRICS.name
+                && let Some(grounding) = &self.grounding
+                && let Some(mut args) = args.clone()
+            {
+                let dropped = settle_metrics(&mut args, &grounding.0, &grounding.1);
+                if !dropped.is_empty() {
+                    self.say(format!("· left out, not asked for: {}", dropped.join("; ")));
+                    lock(&self.log).dropped.extend(dropped);
+                }
+                if nulls
+                    || Some(&args) != event.tool_args().and_then(|raw| serde_json::from_str::<Value>(raw).ok()).as_ref()
+                {
                     return DispatchAction::rewrite_tool_args(event.kind, args);
                 }
             } else if tool == registry::SQL_DATA_RETRIEVER.name

@@ -11,7 +11,7 @@ use audience::open_stores::open_stores;
 use clap::{Parser, Subcommand};
 
 use audience::terminal;
-use cli::{ask, audiences, bench, campaign_commands, data_commands, eval, repl, tool_command};
+use cli::{ask, audiences, bench, campaign_commands, data_commands, eval, metrics, repl, tool_command};
 
 /// Agentic audience discovery over customer data in PostgreSQL and a vector index.
 #[derive(Parser, Debug)]
@@ -44,6 +44,8 @@ enum Command {
     Demo(data_commands::DemoArgs),
     /// Ask the agent one question and print the answer (with --json: one JSON document on stdout).
     Ask(ask::AskArgs),
+    /// Compute measures of the catalogue (revenue, buyers, rates, ...), optionally by a dimension, without the LLM.
+    Metrics(metrics::MetricsCommandArgs),
     /// Run one agent tool directly, without the LLM loop, and print its JSON output.
     Tool(tool_command::ToolArgs),
     /// Start an interactive session: follow-up questions refine the answer, /help lists commands.
@@ -122,6 +124,7 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Reindex => data_commands::reindex(global).await?,
         Command::Demo(args) => data_commands::demo(args, global).await?,
         Command::Ask(args) => return ask::run(args, global).await,
+        Command::Metrics(args) => metrics::run(args, global).await?,
         Command::Tool(args) => tool_command::run(args, global).await?,
         Command::Chat => repl::run(global).await?,
         Command::Bench(args) => bench::run(args, global).await?,

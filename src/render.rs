@@ -1,10 +1,13 @@
 //! Answers as the user reads them, written by the program from typed results: the answer to a found audience, the
-//! audience's summary (size, funnel, breakdown) and its members' table. `ask`, the REPL and the campaign commands
+//! audience's summary (size, funnel, breakdown) and its members' table, and a metrics report ([`metrics`]: the
+//! value with its definition, the table and the chart). `ask`, the REPL and the campaign commands
 //! print these; text from the model or from customer data is escaped for the terminal where it is printed.
 
 use audience_tools::audience::AudienceReport;
 use audience_tools::audience::report::{Member, Share};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+pub mod metrics;
 
 /// `text` on one line, cut to `max` characters: a tool's output or an answer where only its gist is shown.
 pub fn one_line(text: &str, max: usize) -> String {

@@ -24,6 +24,7 @@ fn bench_smoke_runs_every_section() {
         "### find_audience ranked by an intent, by audience size",
         "### find_audience membership queries",
         "### sql_data_retriever",
+        "### metrics: every measure of the catalogue",
         "## Cold start",
     ] {
         assert!(run.stdout.contains(heading), "missing {heading:?} in:\n{}", run.stdout);
@@ -42,5 +43,9 @@ fn bench_smoke_runs_every_section() {
         run.stdout.split("### find_audience membership queries").nth(1).unwrap().split("###").next().unwrap();
     for definition in ["bought socks in the last 60 days", "churned", "big spenders who stopped buying, not from DE"] {
         assert!(membership.contains(&format!("| {definition} |")), "{definition} in:\n{membership}");
+    }
+    let metrics = run.stdout.split("### metrics: every measure").nth(1).unwrap().split("###").next().unwrap();
+    for call in ["net_revenue", "churn_rate", "repeat_purchase_rate", "buyers, last 30 days vs the 30 before"] {
+        assert!(metrics.contains(&format!("| {call} |")), "{call} in:\n{metrics}");
     }
 }

@@ -103,7 +103,10 @@ fn a_found_audience_is_answered_in_one_constrained_call_with_the_members_fields(
     let mut tools: Vec<&str> =
         requests[0]["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
     tools.sort_unstable();
-    assert_eq!(tools, ["ask_clarification", "find_audience", "respond", "sql_analytics", "sql_data_retriever"]);
+    assert_eq!(
+        tools,
+        ["ask_clarification", "find_audience", "metrics", "respond", "sql_analytics", "sql_data_retriever"]
+    );
     assert_eq!(requests[0]["tool_choice"], "required");
     let find = requests[0]["tools"].as_array().unwrap().iter().find(|t| t["function"]["name"] == "find_audience");
     let schema = &find.unwrap()["function"]["parameters"];
@@ -273,8 +276,8 @@ fn unknown_tool_names_get_one_correction_then_fail_with_exit_3() {
     let answer = run.json();
     assert_eq!(answer["steps"][0]["tool"], "run_sql");
     let feedback = serde_json::to_string(&llm.requests()[1]["messages"]).unwrap();
-    let expected = "There is no tool named `run_sql`; the tools are find_audience, lookalike, sql_analytics, sql_data_retriever, \
-         ask_clarification, respond.";
+    let expected = "There is no tool named `run_sql`; the tools are find_audience, lookalike, metrics, sql_analytics, \
+         sql_data_retriever, ask_clarification, respond.";
     assert!(answer["steps"][0]["observation"].as_str().unwrap().contains(expected), "{answer}");
     assert!(feedback.contains(expected), "{feedback}");
 
@@ -286,7 +289,7 @@ fn unknown_tool_names_get_one_correction_then_fail_with_exit_3() {
     // Regression: the fatal error named an empty list of available tools.
     assert!(
         run.error_lines()[0]
-            .contains("does not exist (`run_sql`; the tools are find_audience, lookalike, sql_analytics"),
+            .contains("does not exist (`run_sql`; the tools are find_audience, lookalike, metrics, sql_analytics"),
         "{}",
         run.stderr
     );

@@ -12,7 +12,7 @@ use audience::agent::{AgentConfig, Answer, AnswerKind, Session};
 use audience::exit::{FailureExt, FailureKind};
 use audience::open_stores::open_stores;
 use audience::outln;
-use audience::render::{audience_summary, member_table};
+use audience::render::{audience_summary, member_table, metrics};
 use audience::terminal;
 
 const EXIT_CODES: &str = "\
@@ -35,7 +35,7 @@ AUDIENCE_TIMEOUT_SECS, AUDIENCE_MAX_RETRIES, AUDIENCE_MAX_TURNS; also read from 
 pub struct AskArgs {
     /// The question, in plain words; `-` reads it from stdin.
     question: String,
-    /// Print one JSON document on stdout: {answer, audience, steps, usage} (README "ask --json"). Logs and the
+    /// Print one JSON document on stdout: {answer, audience or metrics, steps, usage} (README "ask --json"). Logs and the
     /// usage line go to stderr in both modes, so stdout holds only the answer.
     #[arg(long)]
     json: bool,
@@ -109,7 +109,8 @@ pub fn check_question(question: &str) -> Result<&str> {
     Ok(question)
 }
 
-/// The answer's text and its audience (summary and members), as the REPL and plain `ask` show them.
+/// The answer's text and its audience (summary and members) or its metrics (table and chart), as the REPL and plain
+/// `ask` show them.
 pub fn print_answer(answer: &Answer) -> Result<()> {
     outln!("{}", terminal::safe(answer.text.trim()))?;
     if answer.kind == AnswerKind::Answer {
@@ -120,6 +121,14 @@ pub fn print_answer(answer: &Answer) -> Result<()> {
         outln!("\n{}", audience_summary(audience))?;
         if !audience.members.is_empty() {
             outln!("{}", member_table(&audience.members))?;
+        }
+    }
+    if let Some(report) = answer.metrics.as_ref().filter(|report| !report.dimensions.is_empty()) {
+        if !report.rows.is_empty() {
+            outln!("\n{}", metrics::table(report))?;
+        }
+        if let Some(chart) = metrics::chart(report) {
+            outln!("\n{chart}")?;
         }
     }
     Ok(())

@@ -6,5 +6,6 @@ pub mod bench;
 pub mod campaign_commands;
 pub mod data_commands;
 pub mod eval;
+pub mod metrics;
 pub mod repl;
 pub mod tool_command;

@@ -5,11 +5,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use audience_tools::audience::{AudienceDefinition, AudienceSession, FindAudience};
-use audience_tools::registry::{self, FIND_AUDIENCE, SQL_ANALYTICS, SQL_DATA_RETRIEVER};
+use audience_tools::metrics::Metrics;
+use audience_tools::registry::{self, FIND_AUDIENCE, METRICS, SQL_ANALYTICS, SQL_DATA_RETRIEVER};
 use audience_tools::sql_analytics::{SqlAnalytics, SqlAnalyticsArgs};
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
 use audience_tools::trace::{ToolTrace, TracedTool};
+use audience_tools::vocabulary::Offered;
 use clap::Args;
 use rig_core::tool::ToolContext;
 use serde_json::Value;
@@ -32,6 +34,7 @@ Examples:
   audience tool find_audience --from vip.json --args '{\"exclude\": [{\"type\": \"profile\",
     \"field\": \"churned\", \"op\": \"=\", \"value\": true}]}'
   audience tool sql_data_retriever --args '{\"customer_ids\": [1, 2], \"fields\": [\"email\", \"segment\"]}'
+  audience tool metrics --args '{\"measures\": [\"net_revenue\"], \"dimensions\": [\"country\"], \"limit\": 3}'
 
 Exit codes: 0 ok, 1 failure, 2 usage or configuration, 3 provider, 4 tool or store error.";
 
@@ -76,6 +79,7 @@ pub async fn run(args: ToolArgs, global: &Global) -> Result<()> {
     match tool.name {
         name if name == FIND_AUDIENCE.name => parse_args::<FindAudience>(&json).map(drop)?,
         name if name == SQL_DATA_RETRIEVER.name => parse_args::<SqlDataRetriever>(&json).map(drop)?,
+        name if name == METRICS.name => parse_args::<Metrics>(&json).map(drop)?,
         _ => parse_args::<SqlAnalytics<ChatModel>>(&json).map(drop)?,
     }
     let stores = open_stores(&global.data_dir).await?;
@@ -83,6 +87,8 @@ pub async fn run(args: ToolArgs, global: &Global) -> Result<()> {
     let (output, trace) = match tool.name {
         name if name == FIND_AUDIENCE.name => call(FindAudience::new(stores, session), json).await?,
         name if name == SQL_DATA_RETRIEVER.name => call(SqlDataRetriever::new(stores), json).await?,
+        // The schema only guides a model; the arguments are checked in Rust either way.
+        name if name == METRICS.name => call(Metrics::new(stores, &Offered::default()), json).await?,
         name if name == SQL_ANALYTICS.name => return run_sql_analytics(stores, json, global, start).await,
         name => return Err(anyhow!("the tool command cannot run {name}")).kind(FailureKind::Usage),
     };
@@ -132,7 +138,7 @@ async fn run_sql_analytics(stores: Stores, json: Value, global: &Global, start: 
 
 /// Runs a tool the way rig's `Tool::call` does in the agent loop (so it publishes the same trace), keeping the
 /// full output rather than the compact observation the model is sent.
-async fn call<T: TracedTool>(tool: T, json: Value) -> Result<(Value, Option<ToolTrace>)> {
+pub async fn call<T: TracedTool>(tool: T, json: Value) -> Result<(Value, Option<ToolTrace>)> {
     let args = parse_args::<T>(&json)?;
     let mut context = ToolContext::new();
     let result = tool.call_traced(&mut context, args).await;

@@ -24,13 +24,11 @@ pub const ASK_CLARIFICATION: ToolInfo =
 
 pub const RESPOND: ToolInfo = ToolInfo { name: "respond", description: include_str!("../../prompts/tools/respond.md") };
 
-/// Not yet among the agent's `TOOLS`: it joins them once the golden set's recordings, which hold the agent's tool
-/// list, are re-made with it.
 pub const METRICS: ToolInfo = ToolInfo { name: "metrics", description: include_str!("../../prompts/tools/metrics.md") };
 
 /// Every tool of the agent, in the order they are offered and listed.
-pub const TOOLS: [ToolInfo; 6] =
-    [FIND_AUDIENCE, LOOKALIKE, SQL_ANALYTICS, SQL_DATA_RETRIEVER, ASK_CLARIFICATION, RESPOND];
+pub const TOOLS: [ToolInfo; 7] =
+    [FIND_AUDIENCE, LOOKALIKE, METRICS, SQL_ANALYTICS, SQL_DATA_RETRIEVER, ASK_CLARIFICATION, RESPOND];
 
 /// The agent's tool called `name`, if there is one.
 pub fn find(name: &str) -> Option<ToolInfo> {

@@ -166,14 +166,20 @@ impl<M: CompletionModel> TracedTool for SqlAnalytics<M> {
     }
 
     async fn execute(&self, args: SqlAnalyticsArgs, trace: &mut ToolTrace) -> Result<SqlAnalyticsOutput, ToolFailure> {
-        let sql = match (args.sql, args.question) {
-            (Some(sql), _) if !sql.trim().is_empty() => sql,
-            (_, Some(question)) if !question.trim().is_empty() => self.write_sql(&question, trace).await?,
+        let (sql, question) = match (args.sql, args.question) {
+            (Some(sql), _) if !sql.trim().is_empty() => (sql, None),
+            (_, Some(question)) if !question.trim().is_empty() => {
+                (self.write_sql(&question, trace).await?, Some(question))
+            }
             _ => return Err(ToolFailure::correctable("pass a non-empty `question`")),
         };
         let checked = sql_guard::check_analytics(&sql).map_err(|refusal| {
             ToolFailure::Correctable(format!("{refusal}. The SQL was: {}", sql_guard::excerpt(&sql)))
         })?;
+        // A copy that does not even parse was refused above, with the guard's reason.
+        if question.as_deref().is_some_and(|question| copied(question, &sql)) {
+            return Err(ToolFailure::correctable(COPIED));
+        }
         trace.sql = Some(checked.clone());
         let start = Instant::now();
         let table = run_select(&self.stores.db, self.stores.limits, &checked).await;
@@ -224,6 +230,19 @@ fn extract_sql(text: &str) -> String {
         None => text,
     };
     body.trim().trim_end_matches(';').trim().to_owned()
+}
+
+/// Why a query the SQL writer copied from the question is not run.
+pub const COPIED: &str = "the SQL writer returned the question unchanged instead of writing a query, so it was not \
+     run (the question was SQL written without the schema); for counts, revenue, averages and rates call metrics, \
+     else ask sql_analytics the question in plain words";
+
+/// Whether the writer's `sql` is the `question` it was given, give or take code fences, a semicolon, case and
+/// spacing: then the model that wrote the question wrote the SQL, without ever seeing the schema, and the writer
+/// added nothing.
+fn copied(question: &str, sql: &str) -> bool {
+    let plain = |text: &str| extract_sql(text).split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+    plain(question) == plain(sql)
 }
 
 /// Rows of a guarded query, as JSON values in column order.

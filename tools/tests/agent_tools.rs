@@ -203,6 +203,19 @@ async fn sql_analytics_writes_sql_with_one_grounded_model_call() {
     assert!(matches!(&division, Err(ToolFailure::Correctable(m)) if m.contains("division by zero")), "{division:?}");
     assert_eq!(model.request_count(), 3);
 
+    // A writer that copies back SQL the agent wrote into the question (without ever seeing the schema) has written
+    // nothing: the copy is not run, and the reason points at metrics.
+    let asked = "SELECT count(*) FROM customers WHERE country = 'DE'";
+    let model = MockCompletionModel::from_turns([MockTurn::text(format!("```sql\n{}; \n```", asked.to_lowercase()))]);
+    let copying = SqlAnalytics::new(stores.clone(), model);
+    let mut context = ToolContext::new();
+    let copied = copying.call_traced(&mut context, SqlAnalyticsArgs { question: Some(asked.into()), sql: None }).await;
+    assert!(
+        matches!(&copied, Err(ToolFailure::Correctable(m)) if m.contains("unchanged") && m.contains("metrics")),
+        "{copied:?}"
+    );
+    assert_eq!(context.result::<ToolTrace>().unwrap().unwrap().sql, None, "nothing ran");
+
     // A provider failure is fatal, and marked so for the agent's hook.
     let failing =
         SqlAnalytics::new(stores.clone(), MockCompletionModel::from_turns([MockTurn::error("upstream down")]));

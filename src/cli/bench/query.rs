@@ -4,6 +4,8 @@
 //! its own id window, so the SQL is cheap and the ranking's cost shows), then for definitions as a marketer says
 //! them, whose membership reads events or profiles, with size, funnel and breakdown included. The split comes from
 //! the tool's own trace (size, funnel and breakdown SQL; embedding of the intent; vector ranking; member details).
+//! Then every measure of the metrics catalogue, and the shapes of a `metrics` call (a breakdown, a series, a
+//! comparison, a filter), each one compiled query.
 
 use anyhow::{Result, bail};
 use audience::campaign::{self, ExportOptions, Format, Holdout};
@@ -16,9 +18,11 @@ use audience_tools::audience::outcomes::outcomes;
 use audience_tools::audience::{AudienceDefinition, AudienceSession, Edit, FindAudience};
 use audience_tools::db::ReadLimits;
 use audience_tools::embed::LazyEmbedder;
+use audience_tools::metrics::{Measure, Metrics, MetricsArgs};
 use audience_tools::sql_data_retriever::{SqlDataRetriever, SqlDataRetrieverArgs};
 use audience_tools::stores::Stores;
 use audience_tools::trace::{ToolTrace, TracedTool};
+use audience_tools::vocabulary::Offered;
 use audience_tools::{paths, vector};
 use clap::Args;
 use rand::{Rng, SeedableRng};
@@ -108,6 +112,7 @@ pub async fn run(bench: &Bench, args: &QueryBenchArgs) -> Result<()> {
     ranking(&stores, &dataset, args).await?;
     membership(&stores, args).await?;
     retriever(&stores, &dataset, args).await?;
+    metrics(&stores, args).await?;
     campaign(&stores, &dataset, args).await
 }
 
@@ -243,6 +248,54 @@ async fn retriever(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) ->
         table.row([ids.to_string(), p50_p95(&phases.sql), p50_p95(&phases.total)]);
     }
     table.print("### sql_data_retriever (campaign fields of random customers)")?;
+    Ok(())
+}
+
+/// The `metrics` calls timed: each measure over every event, then one call of each shape.
+fn metrics_calls() -> Vec<(String, Value)> {
+    let mut calls: Vec<(String, Value)> =
+        Measure::ALL.iter().map(|measure| (measure.name().to_owned(), json!({"measures": [measure.name()]}))).collect();
+    let from_pl = json!([{"type": "profile", "field": "country", "op": "=", "value": "PL"}]);
+    calls.extend([
+        (
+            "net_revenue by country, top 10".to_owned(),
+            json!({"measures": ["net_revenue"], "dimensions": ["country"], "limit": 10}),
+        ),
+        ("orders by month".to_owned(), json!({"measures": ["orders"], "dimensions": ["month"]})),
+        (
+            "buyers, last 30 days vs the 30 before".to_owned(),
+            json!({"measures": ["buyers"], "within_days": 30, "compare": true}),
+        ),
+        ("churn_rate by segment".to_owned(), json!({"measures": ["churn_rate"], "dimensions": ["segment"]})),
+        (
+            "average_order_value of customers from PL".to_owned(),
+            json!({"measures": ["average_order_value"], "filters": from_pl}),
+        ),
+        (
+            "view_to_cart by product and quarter".to_owned(),
+            json!({"measures": ["view_to_cart"], "dimensions": ["product", "quarter"]}),
+        ),
+    ]);
+    calls
+}
+
+async fn metrics(stores: &Stores, args: &QueryBenchArgs) -> Result<()> {
+    let tool = Metrics::new(stores.clone(), &Offered::default());
+    let mut table = Table::new(["call", "rows", "SQL p50 / p95"]);
+    for (name, call) in metrics_calls() {
+        let call: MetricsArgs = serde_json::from_value(call)?;
+        let mut sql = Samples::default();
+        let mut rows = 0;
+        for _ in 0..args.queries {
+            let mut trace = ToolTrace::new("metrics");
+            let report =
+                tool.run_traced(call.clone(), &mut trace).await.map_err(|e| anyhow::anyhow!("metrics {name}: {e}"))?;
+            rows = report.rows.len();
+            sql.push(trace.timings_ms.get("sql").copied().unwrap_or(0.0));
+        }
+        table.row([name, rows.to_string(), p50_p95(&sql)]);
+    }
+    table.print("### metrics: every measure of the catalogue, and each shape of a call")?;
     Ok(())
 }
 

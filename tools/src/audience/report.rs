@@ -226,7 +226,7 @@ async fn texts_differ(tx: &mut Tx, ids: &[i64]) -> Result<bool, ToolFailure> {
 
 /// Warnings for the countries, segments and products the definition names that no customer or event has, with the
 /// countries the data does have (colours are not checked: no index finds one fast among every event).
-async fn unknown_values(
+pub(crate) async fn unknown_values(
     tx: &mut Tx,
     definition: &AudienceDefinition,
     customers: &str,

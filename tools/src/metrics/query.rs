@@ -4,13 +4,14 @@
 //! **Time, the one convention.** Event measures count the events up to the end of the data's last day (`as_of`,
 //! the day ingest computed the profiles for, as audience clauses do). `within_days: N` is the N days ending on that
 //! day (`audience::compile::window`); `since` and `until` are a calendar period, both days included, in UTC, and
-//! never past the data's last day. With `compare`, the previous period is the one of the same length that ends the
-//! day before the period starts. Customer measures describe customers as they are now and take no time.
+//! never past the data's last day. With `compare`, the previous period ends the day before the period starts: a
+//! calendar period of whole months (a month, a quarter, a year) is compared with as many calendar months before it
+//! (May with April), any other period with the same number of days. Customer measures describe customers as they are now and take no time.
 //!
 //! **Filters** are audience clauses, compiled by the audience compiler into the membership the counted customers
 //! (or the customers whose events are counted) must be in; there is no second compiler.
 
-use chrono::{Days, NaiveDate};
+use chrono::{Datelike, Days, Months, NaiveDate};
 use serde::{Deserialize, Serialize};
 
 use super::catalogue::{Dimension, Grain, Measure, customer_event_facts};
@@ -435,11 +436,20 @@ impl MetricsQuery {
     }
 }
 
-/// The period of the same length that ends the day before `period` starts.
-fn previous(period: &Period) -> Option<Period> {
+/// The period `period` is compared with, ending the day before it starts: for a calendar period of whole months (a
+/// month, a quarter, a year) as many calendar months, so May is compared with April however long each is; else the
+/// same number of days.
+fn previous(period: &Period, calendar: bool) -> Option<Period> {
     let first = period.first?;
-    let days = u64::try_from((period.last - first).num_days() + 1).ok()?;
     let last = first.checked_sub_days(Days::new(1))?;
+    let after = period.last.succ_opt()?;
+    if calendar && first.day() == 1 && after.day() == 1 {
+        let months = (after.year() - first.year()) * 12 + i32::try_from(after.month()).ok()?
+            - i32::try_from(first.month()).ok()?;
+        let start = first.checked_sub_months(Months::new(u32::try_from(months).ok()?))?;
+        return Some(Period { first: Some(start), last });
+    }
+    let days = u64::try_from((period.last - first).num_days() + 1).ok()?;
     Some(Period { first: Some(first.checked_sub_days(Days::new(days))?), last })
 }
 
@@ -460,7 +470,11 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
     let period = query.period(data.as_of)?;
     let compared = match (&period, query.compare) {
         (Some(period), true) => {
-            Some(previous(period).ok_or_else(|| Invalid("the previous period starts before any date".to_owned()))?)
+            let calendar = matches!(query.time, Time::Calendar { .. });
+            Some(
+                previous(period, calendar)
+                    .ok_or_else(|| Invalid("the previous period starts before any date".to_owned()))?,
+            )
         }
         _ => None,
     };
@@ -563,9 +577,7 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
 
 /// The filters in words ("customers from PL who bought socks, excluding churned customers"), if there are any.
 pub fn filter_words(filters: &AudienceDefinition) -> Option<String> {
-    if filters.clauses().next().is_none() {
-        return None;
-    }
+    filters.clauses().next()?;
     let mut text = String::from("customers");
     let includes: Vec<String> = filters.include.iter().map(|clause| clause.rule.predicate()).collect();
     if !includes.is_empty() {
@@ -664,6 +676,32 @@ mod tests {
             ),
             "{}",
             compiled.sql
+        );
+    }
+
+    #[test]
+    fn whole_calendar_months_are_compared_with_as_many_months_before() {
+        let day = |text: &str| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok();
+        let compared = |since: &str, until: &str| {
+            let query = args(json!({"measures": ["orders"], "since": since, "until": until, "compare": true}));
+            compile(&query.check().unwrap(), DATA).unwrap().previous.unwrap()
+        };
+        assert_eq!(
+            compared("2025-05-01", "2025-05-31"),
+            Period { first: day("2025-04-01"), last: day("2025-04-30").unwrap() }
+        );
+        assert_eq!(
+            compared("2025-03-01", "2025-03-31"),
+            Period { first: day("2025-02-01"), last: day("2025-02-28").unwrap() }
+        );
+        assert_eq!(
+            compared("2025-01-01", "2025-03-31"),
+            Period { first: day("2024-10-01"), last: day("2024-12-31").unwrap() }
+        );
+        // Not whole months: the same number of days.
+        assert_eq!(
+            compared("2025-05-10", "2025-05-19"),
+            Period { first: day("2025-04-30"), last: day("2025-05-09").unwrap() }
         );
     }
 

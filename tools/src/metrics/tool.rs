@@ -12,7 +12,7 @@ use super::query::{
     CompiledMetrics, MAX_DIMENSIONS, MAX_LIMIT, MAX_MEASURES, MetricsArgs, MetricsQuery, Period, compile, filter_words,
 };
 use crate::audience::definition::Invalid;
-use crate::audience::report::data_for_compile;
+use crate::audience::report::{data_for_compile, unknown_values};
 use crate::failure::ToolFailure;
 use crate::observe;
 use crate::sql_analytics::run_select;
@@ -196,6 +196,16 @@ impl TracedTool for Metrics {
         let query = args.check().map_err(correctable)?;
         let data = data_for_compile(&self.stores).await?;
         let compiled = compile(&query, data).map_err(correctable)?;
+        if query.filters.clauses().next().is_some() {
+            // A filter on a value the data does not have (`UK` for `GB`) counts nobody: the caller gets the values
+            // there are, to correct it with, rather than a confident 0.
+            let customers = crate::audience::compile::compile(&query.filters, data).map_err(correctable)?.customers;
+            let mut tx = self.stores.db.begin_read_only(self.stores.limits).await.map_err(ToolFailure::Fatal)?;
+            let unknown = unknown_values(&mut tx, &query.filters, customers).await?;
+            if !unknown.is_empty() {
+                return Err(ToolFailure::Correctable(format!("filters: {}", unknown.join("; "))));
+            }
+        }
         trace.sql = Some(compiled.sql.clone());
         let start = std::time::Instant::now();
         let table = run_select(&self.stores.db, self.stores.limits, &compiled.sql).await;
