@@ -6,4 +6,5 @@ pub mod bench;
 pub mod data_commands;
 pub mod eval;
 pub mod repl;
+pub mod segments;
 pub mod tool_command;
