@@ -90,7 +90,7 @@ pub fn render(report: &SegmentReport) -> String {
         "{} customers as of {}{version}; seed {}, {} k-means++ starts per k",
         report.customers, report.as_of, report.seed, report.restarts
     ));
-    lines.push(format!("features, each column standardised ({}):", report.scaling));
+    lines.push(format!("features, standardised ({}):", report.scaling));
     for used in &report.features {
         let columns = match used.group {
             FeatureGroup::Interests | FeatureGroup::Colours => format!(" ({} columns)", used.columns),

@@ -11,8 +11,12 @@
 //! - `colours`: for every colour in the data, an equal share of each of the customer's preferred colours;
 //! - `luxury`: 1 when the profile likes luxury, else 0.
 //!
-//! Every column is then standardised to mean 0 and standard deviation 1 over all customers; a column that is the
-//! same for everyone carries nothing and is left out (the report names it).
+//! Every column is then standardised to a z-score over all customers: minus its mean, divided by a standard
+//! deviation. A scalar column is divided by its own. The share columns of a group (interests, colours) are divided
+//! by the group's pooled standard deviation (the root of their mean variance), so a customer's shares keep their
+//! proportions: with a deviation of its own, a rare product's small share would count as much as spend, and noise
+//! in the few sessions outside a customer's tastes would outweigh them. A column that is the same for everyone
+//! carries nothing and is left out (the report names it).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -57,8 +61,8 @@ impl FeatureGroup {
             Self::Orders => "ln(1 + purchases)",
             Self::Recency => "days since the last purchase (never bought: the longest among buyers)",
             Self::Tenure => "days since the first purchase (never bought: 0)",
-            Self::Interests => "each product's share of the customer's interest weight",
-            Self::Colours => "each colour's share of the customer's preferred colours",
+            Self::Interests => "each product's share of the customer's interest weight (one scale for all)",
+            Self::Colours => "each colour's share of the customer's preferred colours (one scale for all)",
             Self::Luxury => "likes luxury (1 or 0)",
         }
     }
@@ -220,13 +224,31 @@ pub fn standardise(rows: &[CustomerRow], groups: &[FeatureGroup], products: &[St
     let mut columns = Vec::new();
     let mut constant = Vec::new();
     let mut kept: Vec<Vec<f64>> = Vec::new();
-    for (name, group, value, values) in raw_columns(rows, groups, products, colours) {
-        let mean = values.iter().sum::<f64>() / n.max(1) as f64;
-        let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n.max(1) as f64).sqrt();
-        if sd < 1e-12 {
+    let raw = raw_columns(rows, groups, products, colours);
+    let moments: Vec<(f64, f64)> = raw
+        .iter()
+        .map(|(_, _, _, values)| {
+            let mean = values.iter().sum::<f64>() / n.max(1) as f64;
+            (mean, values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n.max(1) as f64)
+        })
+        .collect();
+    let pooled: Vec<(FeatureGroup, f64)> = groups
+        .iter()
+        .map(|&group| {
+            let variances: Vec<f64> =
+                raw.iter().zip(&moments).filter(|(column, _)| column.1 == group).map(|(_, (_, var))| *var).collect();
+            (group, (variances.iter().sum::<f64>() / variances.len().max(1) as f64).sqrt())
+        })
+        .collect();
+    for ((name, group, value, values), (mean, variance)) in raw.into_iter().zip(moments) {
+        if variance.sqrt() < 1e-12 {
             constant.push(name);
             continue;
         }
+        let sd = match value {
+            Some(_) => pooled.iter().find(|(g, _)| *g == group).map_or(variance.sqrt(), |(_, sd)| *sd),
+            None => variance.sqrt(),
+        };
         kept.push(values.iter().map(|v| (v - mean) / sd).collect());
         columns.push(FeatureColumn { name, group, value, mean, sd });
     }
@@ -275,11 +297,20 @@ mod tests {
         let features = standardise(&rows, &FeatureGroup::ALL, &products, &colours);
         // Luxury is false for everyone.
         assert_eq!(features.constant, ["luxury"]);
-        for j in 0..features.columns.len() {
+        // Every column is centred; a scalar has variance 1, and a share group's columns have variance 1 on average.
+        let variance = |j: usize| {
             let column = features.z.column(j);
             let mean = column.sum() / 3.0;
-            let var = column.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 3.0;
-            assert!(mean.abs() < 1e-9 && (var - 1.0).abs() < 1e-9, "{}", features.columns[j].name);
+            assert!(mean.abs() < 1e-9, "{}", features.columns[j].name);
+            column.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 3.0
+        };
+        for group in FeatureGroup::ALL {
+            let in_group: Vec<usize> = (0..features.columns.len()).filter(|j| features.columns[*j].group == group).collect();
+            if in_group.is_empty() {
+                continue;
+            }
+            let mean_variance = in_group.iter().map(|j| variance(*j)).sum::<f64>() / in_group.len() as f64;
+            assert!((mean_variance - 1.0).abs() < 1e-9, "{group}: {mean_variance}");
         }
         let socks = features.columns.iter().find(|c| c.name == "interest:socks").unwrap();
         assert!((socks.mean - 0.25).abs() < 1e-9, "socks are 3/4 of the first customer's weight");

@@ -12,7 +12,6 @@ pub mod features;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -197,7 +196,8 @@ pub struct SegmentReport {
 }
 
 /// The scaling, as reports state it.
-pub const SCALING: &str = "z-score: (value - mean) / standard deviation, over all customers";
+pub const SCALING: &str = "z-score over all customers: (value - mean) / standard deviation; the share columns of \
+                             interests and of colours each share their group's pooled standard deviation";
 
 /// Segments the customers: reads their profiles, standardises the features, clusters for every k in the range,
 /// keeps the k with the highest mean silhouette (the smallest such k on a tie) and describes its segments.
@@ -268,11 +268,11 @@ fn segment_rows(
             "every customer has the same value in every chosen feature: there is nothing to segment by",
         ));
     }
-    let z = Arc::new(features.z.clone());
+    let z = &features.z;
     let clusterings: Vec<Clustering> =
-        (min..=max).map(|k| kmeans(&z, k, options.seed, options.restarts)).collect::<Result<_, _>>()?;
+        (min..=max).map(|k| kmeans(z, k, options.seed, options.restarts)).collect::<Result<_, _>>()?;
     let sample = silhouette_sample(n, options.silhouette_sample, options.seed);
-    let scores = mean_silhouettes(&z, &sample, &clusterings.iter().collect::<Vec<_>>());
+    let scores = mean_silhouettes(z, &sample, &clusterings.iter().collect::<Vec<_>>());
     let candidates: Vec<Candidate> = clusterings
         .iter()
         .zip(&scores)
