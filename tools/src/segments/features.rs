@@ -61,8 +61,8 @@ impl FeatureGroup {
             Self::Orders => "ln(1 + purchases)",
             Self::Recency => "days since the last purchase (never bought: the longest among buyers)",
             Self::Tenure => "days since the first purchase (never bought: 0)",
-            Self::Interests => "each product's share of the customer's interest weight (one scale for all)",
-            Self::Colours => "each colour's share of the customer's preferred colours (one scale for all)",
+            Self::Interests => "each product's share of the customer's interest weight",
+            Self::Colours => "each colour's share of the customer's preferred colours",
             Self::Luxury => "likes luxury (1 or 0)",
         }
     }
