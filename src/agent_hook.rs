@@ -369,7 +369,6 @@ fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (
     (args, dropped)
 }
 
-
 /// A short, human-readable summary of a tool's JSON output.
 pub fn summarize_output(output: &Value) -> String {
     let count = |key: &str| output.get(key).and_then(Value::as_array).map(Vec::len);

@@ -99,7 +99,8 @@ fn segments_recover_the_personas_and_saved_segments_are_audiences() {
     assert_eq!(report["customers"], 1000);
     assert_eq!(report["silhouette_on"]["sampled"], false);
     assert_eq!(report["saved"].as_array().unwrap().len() as u64, chosen);
-    let candidates: Vec<u64> = report["candidates"].as_array().unwrap().iter().map(|c| c["k"].as_u64().unwrap()).collect();
+    let candidates: Vec<u64> =
+        report["candidates"].as_array().unwrap().iter().map(|c| c["k"].as_u64().unwrap()).collect();
     assert_eq!(candidates, (2..=10).collect::<Vec<_>>());
 
     // The saved members partition the customers, and agree with the persona labels.
@@ -164,7 +165,13 @@ fn segments_recover_the_personas_and_saved_segments_are_audiences() {
     let matched = segments::match_products(&library, &["running_gear".to_owned()]).unwrap();
     let segment = &library.segments[matched.segment_id - 1];
     let sporty = segment.members.iter().filter(|id| truth[*id] == "sporty").count();
-    assert!(sporty * 2 > segment.members.len(), "{} of {} are sporty: {}", sporty, segment.members.len(), matched.reason);
+    assert!(
+        sporty * 2 > segment.members.len(),
+        "{} of {} are sporty: {}",
+        sporty,
+        segment.members.len(),
+        matched.reason
+    );
     assert!(matched.lift > 1.5 && matched.reason.contains("running gear"), "{matched:?}");
     let unknown = segments::match_products(&library, &["rockets".to_owned()]).unwrap_err();
     assert!(unknown.to_string().contains("the products are"), "{unknown}");

@@ -821,8 +821,7 @@ async fn an_answer_during_ingests_comes_from_one_data_version_and_names_it() -> 
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2)
         .map(|_| {
-            let stores =
-                Stores::new(env.db.clone(), env.store.reader(), EMBEDDER.clone(), ReadLimits::default());
+            let stores = Stores::new(env.db.clone(), env.store.reader(), EMBEDDER.clone(), ReadLimits::default());
             let (definition, stop) = (definition.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut reports: Vec<AudienceReport> = Vec::new();

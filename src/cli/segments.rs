@@ -42,7 +42,8 @@ pub struct SegmentsArgs {
 pub async fn run(stores: &Stores, args: SegmentsArgs) -> Result<()> {
     if let Some(prefix) = &args.save {
         // The longest name it can make must be valid before any work is done.
-        check_name(&format!("{prefix}-{}", args.k.max)).map_err(|e| anyhow!("--save: {e}").context(Failure(FailureKind::Usage)))?;
+        check_name(&format!("{prefix}-{}", args.k.max))
+            .map_err(|e| anyhow!("--save: {e}").context(Failure(FailureKind::Usage)))?;
     }
     let options = SegmentOptions { k: args.k, features: args.features, seed: args.seed, ..SegmentOptions::default() };
     let report = segments::compute(stores, &options).await.map_err(tool_failure)?;
@@ -114,7 +115,8 @@ pub fn render(report: &SegmentReport) -> String {
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN).set_header(["k", "inertia", "silhouette", ""]);
     for candidate in &report.candidates {
-        let width = if best > 0.0 { (candidate.silhouette.max(0.0) / best * BAR_WIDTH as f64).round() as usize } else { 0 };
+        let width =
+            if best > 0.0 { (candidate.silhouette.max(0.0) / best * BAR_WIDTH as f64).round() as usize } else { 0 };
         let chosen = if candidate.k == report.chosen_k { " chosen" } else { "" };
         table.add_row([
             candidate.k.to_string(),

@@ -60,9 +60,8 @@ pub fn describe(
     members: &[usize],
 ) -> Description {
     let size = members.len().max(1) as f64;
-    let centroid: Vec<f64> = (0..features.columns.len())
-        .map(|j| members.iter().map(|&i| features.z[[i, j]]).sum::<f64>() / size)
-        .collect();
+    let centroid: Vec<f64> =
+        (0..features.columns.len()).map(|j| members.iter().map(|&i| features.z[[i, j]]).sum::<f64>() / size).collect();
     let mut traits: Vec<(usize, f64)> =
         centroid.iter().copied().enumerate().filter(|(_, z)| z.abs() >= DISTINGUISHING_Z).collect();
     traits.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
@@ -153,11 +152,41 @@ fn phrases(columns: &[FeatureColumn], traits: &[(usize, f64)]) -> Vec<String> {
         let column = &columns[j];
         let high = z > 0.0;
         let phrase = match column.group {
-            FeatureGroup::Spend => if high { "high spend" } else { "low spend" },
-            FeatureGroup::Orders => if high { "many orders" } else { "few orders" },
-            FeatureGroup::Recency => if high { "long since the last purchase" } else { "bought recently" },
-            FeatureGroup::Tenure => if high { "long-standing customers" } else { "newer customers" },
-            FeatureGroup::Luxury => if high { "luxury buyers" } else { "no luxury" },
+            FeatureGroup::Spend => {
+                if high {
+                    "high spend"
+                } else {
+                    "low spend"
+                }
+            }
+            FeatureGroup::Orders => {
+                if high {
+                    "many orders"
+                } else {
+                    "few orders"
+                }
+            }
+            FeatureGroup::Recency => {
+                if high {
+                    "long since the last purchase"
+                } else {
+                    "bought recently"
+                }
+            }
+            FeatureGroup::Tenure => {
+                if high {
+                    "long-standing customers"
+                } else {
+                    "newer customers"
+                }
+            }
+            FeatureGroup::Luxury => {
+                if high {
+                    "luxury buyers"
+                } else {
+                    "no luxury"
+                }
+            }
             // What a segment lacks among products and colours says little: only what it leans to is named.
             FeatureGroup::Interests | FeatureGroup::Colours if !high => continue,
             FeatureGroup::Interests => {
@@ -188,7 +217,8 @@ fn phrases(columns: &[FeatureColumn], traits: &[(usize, f64)]) -> Vec<String> {
         phrases[slot] = and_list(&words);
     }
     if let Some(slot) = colour_slot {
-        phrases[slot] = format!("likes {}", and_list(&named_colours.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>()));
+        phrases[slot] =
+            format!("likes {}", and_list(&named_colours.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>()));
     }
     phrases
 }

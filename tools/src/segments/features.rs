@@ -113,9 +113,11 @@ impl CustomerRow {
     /// Each interest and its share of the customer's listed interest weight.
     pub fn interest_shares(&self) -> impl Iterator<Item = (&str, f64)> {
         let total: i64 = self.interest_weights.iter().map(|w| i64::from((*w).max(0))).sum();
-        self.interests.iter().zip(&self.interest_weights).filter(move |_| total > 0).map(move |(product, weight)| {
-            (product.as_str(), f64::from((*weight).max(0)) / total as f64)
-        })
+        self.interests
+            .iter()
+            .zip(&self.interest_weights)
+            .filter(move |_| total > 0)
+            .map(move |(product, weight)| (product.as_str(), f64::from((*weight).max(0)) / total as f64))
     }
 }
 
@@ -198,9 +200,8 @@ fn raw_columns(
             )),
             FeatureGroup::Interests => {
                 for product in products {
-                    let values = scalar(&|r| {
-                        r.interest_shares().find(|(p, _)| *p == product).map_or(0.0, |(_, share)| share)
-                    });
+                    let values =
+                        scalar(&|r| r.interest_shares().find(|(p, _)| *p == product).map_or(0.0, |(_, share)| share));
                     columns.push((format!("interest:{product}"), group, Some(product.clone()), values));
                 }
             }
@@ -305,7 +306,8 @@ mod tests {
             column.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 3.0
         };
         for group in FeatureGroup::ALL {
-            let in_group: Vec<usize> = (0..features.columns.len()).filter(|j| features.columns[*j].group == group).collect();
+            let in_group: Vec<usize> =
+                (0..features.columns.len()).filter(|j| features.columns[*j].group == group).collect();
             if in_group.is_empty() {
                 continue;
             }

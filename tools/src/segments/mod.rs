@@ -12,6 +12,7 @@ pub mod features;
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Instant;
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -60,7 +61,9 @@ impl FromStr for KRange {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let number = |part: &str| {
-            part.trim().parse::<usize>().map_err(|_| format!("{text:?} is not a k: write a number (5) or a range (2..10)"))
+            part.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{text:?} is not a k: write a number (5) or a range (2..10)"))
         };
         let (min, max) = match text.split_once("..") {
             Some((min, max)) => (number(min)?, number(max.trim_start_matches('='))?),
@@ -193,6 +196,19 @@ pub struct SegmentReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     pub segments: Vec<Segment>,
+    pub seconds: Seconds,
+}
+
+/// Where the time went, in seconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Seconds {
+    /// Reading the profiles.
+    pub read: f64,
+    /// K-means for every k.
+    pub kmeans: f64,
+    /// The silhouettes of every k.
+    pub silhouette: f64,
+    pub total: f64,
 }
 
 /// The scaling, as reports state it.
@@ -202,6 +218,7 @@ pub const SCALING: &str = "z-score over all customers: (value - mean) / standard
 /// Segments the customers: reads their profiles, standardises the features, clusters for every k in the range,
 /// keeps the k with the highest mean silhouette (the smallest such k on a tie) and describes its segments.
 pub async fn compute(stores: &Stores, options: &SegmentOptions) -> Result<SegmentReport, ToolFailure> {
+    let started = Instant::now();
     let mut reading = stores.one_version();
     let (rows, as_of, data_version) = loop {
         let version = reading.start().await?;
@@ -212,10 +229,14 @@ pub async fn compute(stores: &Stores, options: &SegmentOptions) -> Result<Segmen
         }
     };
     let as_of = as_of.unwrap_or_else(|| chrono::Utc::now().date_naive());
+    let read = started.elapsed().as_secs_f64();
     let options = options.clone();
-    tokio::task::spawn_blocking(move || segment_rows(rows, &options, as_of, data_version))
+    let mut report = tokio::task::spawn_blocking(move || segment_rows(rows, &options, as_of, data_version))
         .await
-        .map_err(|e| ToolFailure::Fatal(anyhow::anyhow!("the clustering stopped: {e}")))?
+        .map_err(|e| ToolFailure::Fatal(anyhow::anyhow!("the clustering stopped: {e}")))??;
+    report.seconds.read = read;
+    report.seconds.total = started.elapsed().as_secs_f64();
+    Ok(report)
 }
 
 /// Every customer's row, in customer order, read as the reader role.
@@ -269,20 +290,22 @@ fn segment_rows(
         ));
     }
     let z = &features.z;
+    let mut seconds = Seconds::default();
+    let started = Instant::now();
     let clusterings: Vec<Clustering> =
         (min..=max).map(|k| kmeans(z, k, options.seed, options.restarts)).collect::<Result<_, _>>()?;
+    seconds.kmeans = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let sample = silhouette_sample(n, options.silhouette_sample, options.seed);
     let scores = mean_silhouettes(z, &sample, &clusterings.iter().collect::<Vec<_>>());
+    seconds.silhouette = started.elapsed().as_secs_f64();
     let candidates: Vec<Candidate> = clusterings
         .iter()
         .zip(&scores)
         .map(|(c, s)| Candidate { k: c.k, inertia: (c.inertia * 100.0).round() / 100.0, silhouette: round4(*s) })
         .collect();
     // The highest silhouette, the smallest k among equals (`max_by` keeps the last of equals, so go from the top).
-    let best = (0..clusterings.len())
-        .rev()
-        .max_by(|a, b| scores[*a].total_cmp(&scores[*b]))
-        .unwrap_or_default();
+    let best = (0..clusterings.len()).rev().max_by(|a, b| scores[*a].total_cmp(&scores[*b])).unwrap_or_default();
     let chosen = &clusterings[best];
 
     // Segments numbered by size, largest first; equal sizes by their first member.
@@ -341,13 +364,10 @@ fn segment_rows(
         silhouette_on: SilhouetteBasis { customers: sample.len(), sampled: sample.len() < n, seed: options.seed },
         candidates,
         chosen_k: chosen.k,
-        chosen_by: if min == max {
-            "fixed by --k".to_owned()
-        } else {
-            "the highest mean silhouette".to_owned()
-        },
+        chosen_by: if min == max { "fixed by --k".to_owned() } else { "the highest mean silhouette".to_owned() },
         notes,
         segments,
+        seconds,
     })
 }
 
