@@ -175,6 +175,10 @@ fn segments_recover_the_personas_and_saved_segments_are_audiences() {
     assert!(matched.lift > 1.5 && matched.reason.contains("running gear"), "{matched:?}");
     let unknown = segments::match_products(&library, &["rockets".to_owned()]).unwrap_err();
     assert!(unknown.to_string().contains("the products are"), "{unknown}");
+    let cli = ok(&env, &["segments", "--product", "running_gear", "--json"]).json();
+    assert_eq!(cli["product_match"]["segment_id"], matched.segment_id);
+    let shown = ok(&env, &["show", "seg-1"]).stdout;
+    assert!(shown.contains("members when saved: by country: "), "{shown}");
 }
 
 #[test]

@@ -32,6 +32,9 @@ pub struct SegmentsArgs {
     /// Save each segment as the audience PREFIX-1, PREFIX-2, ... with its members frozen.
     #[arg(long, value_name = "PREFIX")]
     save: Option<String>,
+    /// Also name the segment with the most affinity for these products (comma-separated: as the data names them).
+    #[arg(long, value_delimiter = ',', value_name = "PRODUCT")]
+    product: Vec<String>,
     /// With --save: save over audiences of the same names.
     #[arg(long, requires = "save")]
     replace: bool,
@@ -47,6 +50,11 @@ pub async fn run(stores: &Stores, args: SegmentsArgs) -> Result<()> {
     }
     let options = SegmentOptions { k: args.k, features: args.features, seed: args.seed, ..SegmentOptions::default() };
     let report = segments::compute(stores, &options).await.map_err(tool_failure)?;
+    let matched = if args.product.is_empty() {
+        None
+    } else {
+        Some(segments::match_products(&report, &args.product).map_err(tool_failure)?)
+    };
     let saved = match &args.save {
         Some(prefix) => {
             let audiences = segments::frozen_audiences(&report, prefix);
@@ -61,9 +69,15 @@ pub async fn run(stores: &Stores, args: SegmentsArgs) -> Result<()> {
         if args.save.is_some() {
             value["saved"] = serde_json::json!(saved);
         }
+        if let Some(matched) = &matched {
+            value["product_match"] = serde_json::to_value(matched)?;
+        }
         return outln!("{}", terminal::safe_json(&value)?);
     }
     outln!("{}", render(&report))?;
+    if let Some(matched) = &matched {
+        outln!("\nfor {}: {}", terminal::safe(&matched.products.join(", ")), terminal::safe(&matched.reason))?;
+    }
     if !saved.is_empty() {
         outln!(
             "\nsaved {} audiences with their members frozen: {} (`audience show {}`)",
@@ -171,11 +185,11 @@ fn shares(shares: &[Share], count: usize) -> String {
     shares.iter().take(count).map(|s| format!("{} {}", s.value, percent(s.share))).collect::<Vec<_>>().join(", ")
 }
 
-/// The value most members have, with its share.
+/// The spend band most members are in, with its share.
 fn modal(shares: &[Share]) -> String {
     shares
         .iter()
         .max_by(|a, b| a.count.cmp(&b.count))
-        .map(|s| format!("{} {}", s.value, percent(s.share)))
+        .map(|s| format!("{} spent {}", percent(s.share), s.value))
         .unwrap_or_default()
 }

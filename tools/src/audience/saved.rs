@@ -2,7 +2,7 @@
 //! saved, the data version it was saved from, and optionally the frozen member list.
 //!
 //! They live in PostgreSQL in their own app-state schema, `<schema>_app`, which ingest never drops or swaps, so a
-//! re-ingest keeps them. Only the CLI's save and remove commands write there, on the owner's connection, with fixed
+//! re-ingest keeps them. Only the CLI's save, remove and `segments --save` commands write there, on the owner's connection, with fixed
 //! SQL and bound values; tools only read. The read-only role is granted nothing there.
 
 use chrono::{DateTime, NaiveDate, Utc};
