@@ -52,15 +52,15 @@ pub async fn run(bench: &Bench, args: &SegmentsBenchArgs) -> Result<()> {
     let vectors = VectorStore::from_env(&dataset.data_dir(), &dataset.schema).reader();
     let stores = Stores::new(db, vectors, LazyEmbedder::new(paths::models_dir()), ReadLimits::default());
     let options = SegmentOptions { k: args.k, ..SegmentOptions::default() };
-    let (mut read, mut kmeans, mut silhouette, mut total) = Default::default();
+    let (mut read, mut kmeans, mut silhouette, mut total) =
+        (Samples::default(), Samples::default(), Samples::default(), Samples::default());
     let mut last = None;
     for _ in 0..args.runs {
         let report = segments::compute(&stores, &options).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let push = |samples: &mut Samples, value: f64| samples.push(value);
-        push(&mut read, report.seconds.read);
-        push(&mut kmeans, report.seconds.kmeans);
-        push(&mut silhouette, report.seconds.silhouette);
-        push(&mut total, report.seconds.total);
+        read.push(report.seconds.read);
+        kmeans.push(report.seconds.kmeans);
+        silhouette.push(report.seconds.silhouette);
+        total.push(report.seconds.total);
         last = Some(report);
     }
     stores.db.close().await;

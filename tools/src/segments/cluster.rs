@@ -187,7 +187,7 @@ mod tests {
     /// The silhouette against a direct computation from its definition, on a small uneven example.
     #[test]
     fn silhouette_matches_its_definition() {
-        let z = Array2::from_shape_vec((5, 1), vec![0.0, 1.0, 3.0, 7.0, 8.0]).unwrap();
+        let z = Array2::from_shape_vec((5, 1), vec![0.0_f64, 1.0, 3.0, 7.0, 8.0]).unwrap();
         let clustering = Clustering { k: 2, labels: vec![0, 0, 0, 1, 1], inertia: 0.0 };
         let distance = |i: usize, j: usize| (z[[i, 0]] - z[[j, 0]]).abs();
         let mut expected = 0.0;
