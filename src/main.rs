@@ -11,7 +11,7 @@ use audience::open_stores::open_stores;
 use clap::{Parser, Subcommand};
 
 use audience::terminal;
-use cli::{ask, audiences, bench, campaign_commands, data_commands, eval, metrics, repl, tool_command};
+use cli::{ask, audiences, bench, campaign_commands, data_commands, eval, metrics, repl, segments, tool_command};
 
 /// Agentic audience discovery over customer data in PostgreSQL and a vector index.
 #[derive(Parser, Debug)]
@@ -70,6 +70,8 @@ enum Command {
     Draft(campaign_commands::DraftArgs),
     /// Find the customers most like a saved audience (or given ids) who are not in it.
     Lookalike(audiences::LookalikeCommandArgs),
+    /// Segment the customers with K-means (k chosen by silhouette) and say what sets each segment apart.
+    Segments(segments::SegmentsArgs),
     /// Measure ingest, embedding, tool latency and cold start on this machine (Markdown tables on stdout).
     Bench(bench::BenchArgs),
     /// Score the agent on the golden set (tests/golden): per category, calibration, tokens, cost, latency.
@@ -142,6 +144,7 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Draft(args) => {
             campaign_commands::draft(&open_stores(&global.data_dir).await?, args, &global.data_dir, None).await?
         }
+        Command::Segments(args) => segments::run(&open_stores(&global.data_dir).await?, args).await?,
         Command::Lookalike(args) => {
             let session = audience_tools::audience::AudienceSession::default();
             audiences::lookalike(&open_stores(&global.data_dir).await?, args, &session).await?

@@ -4,7 +4,7 @@
 //! print these; text from the model or from customer data is escaped for the terminal where it is printed.
 
 use audience_tools::audience::AudienceReport;
-use audience_tools::audience::report::{Member, Share};
+use audience_tools::audience::report::{Breakdown, Member, Share};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 pub mod metrics;
@@ -69,6 +69,14 @@ pub fn audience_summary(report: &AudienceReport) -> String {
         lines.push(format!("  {} {verb:<9} {text:<60} {:>8}", step.clause, step.size).trim_end().to_owned());
     }
     lines.extend(report.warnings.iter().map(|warning| format!("  warning: {}", crate::terminal::safe(warning))));
+    if report.size > 0 {
+        lines.push(format!("  {}", breakdown_line(&report.breakdown)));
+    }
+    lines.join("\n")
+}
+
+/// A breakdown on one line: the four largest values of each dimension with their shares.
+pub fn breakdown_line(b: &Breakdown) -> String {
     let shares = |shares: &[Share]| -> String {
         shares
             .iter()
@@ -77,17 +85,13 @@ pub fn audience_summary(report: &AudienceReport) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if report.size > 0 {
-        let b = &report.breakdown;
-        lines.push(format!(
-            "  by country: {}; segment: {}; status: {}; spend: {}",
-            shares(&b.country),
-            shares(&b.segment),
-            shares(&b.status),
-            shares(&b.spend_band)
-        ));
-    }
-    lines.join("\n")
+    format!(
+        "by country: {}; segment: {}; status: {}; spend: {}",
+        shares(&b.country),
+        shares(&b.segment),
+        shares(&b.status),
+        shares(&b.spend_band)
+    )
 }
 
 /// The listed members as a table: who, where, value, score (when ranked by an intent) and why they fit.

@@ -1,6 +1,6 @@
 //! Acting on audiences: `save`, `list`, `show`, `rm`, `overlap`, `export` and `lookalike`, as commands and as the
 //! REPL's slash commands (the same argument syntax, parsed by clap). Saved audiences are written here, on the
-//! owner's connection, and nowhere else.
+//! owner's connection, and by `segments --save` (each segment frozen), nowhere else.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::cli::tool_command::read_definition;
 use audience::outln;
-use audience::render::{audience_summary, member_table};
+use audience::render::{audience_summary, breakdown_line, member_table};
 use audience::terminal;
 
 /// The file in the data directory holding the audience of the last answer (`ask` or `chat`): what `audience save`
@@ -254,11 +254,14 @@ pub async fn show(stores: &Stores, args: NameArgs) -> Result<()> {
     )?;
     let drift = size_now as i64 - audience.size as i64;
     match frozen_now {
-        Some(now) => outln!(
-            "frozen: {now} of its {} members are still in the data ({drift:+}); the definition selects {} now",
-            audience.size,
-            report.size
-        )?,
+        Some(now) => {
+            outln!(
+                "frozen: {now} of its {} members are still in the data ({drift:+}); the definition selects {} now",
+                audience.size,
+                report.size
+            )?;
+            outln!("members when saved: {}", breakdown_line(&audience.breakdown))?;
+        }
         None => outln!("now: {size_now} members ({drift:+} since saved)")?,
     }
     outln!("definition: {}", terminal::safe(&serde_json::to_string(&audience.definition)?))?;

@@ -8,4 +8,5 @@ pub mod data_commands;
 pub mod eval;
 pub mod metrics;
 pub mod repl;
+pub mod segments;
 pub mod tool_command;

@@ -19,6 +19,7 @@ pub mod question;
 pub mod registry;
 pub mod respond;
 pub mod schema;
+pub mod segments;
 pub mod sql_analytics;
 pub mod sql_data_retriever;
 pub mod sql_guard;

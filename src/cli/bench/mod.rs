@@ -10,6 +10,7 @@
 mod embed;
 mod ingest;
 mod query;
+mod segments;
 mod startup;
 mod stats;
 
@@ -42,6 +43,8 @@ enum Which {
     Embed(embed::EmbedBenchArgs),
     /// Tool latency (p50/p95): find_audience by audience size and for marketer definitions, sql_data_retriever.
     Query(query::QueryBenchArgs),
+    /// Segments: k-means and the silhouette over a range of k, by stage (profiles loaded without embedding).
+    Segments(segments::SegmentsBenchArgs),
     /// Cold start: time until the REPL prompt, and until a direct tool call answers (model load included).
     Startup(startup::StartupBenchArgs),
     /// A small run of every benchmark (what CI runs); checks the harness, measures nothing worth quoting.
@@ -55,6 +58,7 @@ pub async fn run(args: BenchArgs, global: &Global) -> Result<()> {
         Which::Ingest(args) => ingest::run(&bench, &args).await,
         Which::Embed(args) => embed::run(&bench, &args).await,
         Which::Query(args) => query::run(&bench, &args).await,
+        Which::Segments(args) => segments::run(&bench, &args).await,
         Which::Startup(args) => startup::run(&bench, &args).await,
         Which::Smoke => smoke(&bench).await,
     }
@@ -66,6 +70,7 @@ async fn smoke(bench: &Bench) -> Result<()> {
     ingest::run(bench, &ingest::IngestBenchArgs::smoke(customers)).await?;
     embed::run(bench, &embed::EmbedBenchArgs::smoke()).await?;
     query::run(bench, &query::QueryBenchArgs::smoke(customers)).await?;
+    segments::run(bench, &segments::SegmentsBenchArgs::smoke(customers)).await?;
     startup::run(bench, &startup::StartupBenchArgs::smoke(customers)).await
 }
 

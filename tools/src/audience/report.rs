@@ -410,12 +410,29 @@ async fn summarize(
     let (counts, groups, top_spenders, member_ids): (Vec<i64>, String, Vec<i64>, Option<Vec<i64>>) =
         sqlx::query_as(&sql).fetch_one(&mut **tx).await?;
     let counts: Vec<u64> = counts.into_iter().map(|n| u64::try_from(n).unwrap_or(0)).collect();
-    type Group = (Option<String>, String, bool, usize, u64);
-    let groups: Vec<Group> = serde_json::from_str(&groups)
+    let groups: Vec<BreakdownGroup> = serde_json::from_str(&groups)
         .map_err(|e| ToolFailure::Fatal(anyhow::anyhow!("PostgreSQL returned a breakdown that is not JSON: {e}")))?;
-    let size = groups.iter().map(|group| group.4).sum();
+    let (size, breakdown) = breakdown_of(groups);
+    Ok(Summary {
+        total: counts.first().copied().unwrap_or(0),
+        after_each: counts.into_iter().skip(1).collect(),
+        size,
+        breakdown,
+        top_spenders,
+        member_ids,
+    })
+}
+
+/// Members counted by country, RFM segment, churned and spend band (the index in `SPEND_BANDS`).
+pub(crate) type BreakdownGroup = (Option<String>, String, bool, usize, u64);
+
+/// The size and the [`Breakdown`] of members counted by [`BreakdownGroup`]: the marginals of each dimension,
+/// countries and segments by count, status and spend bands in their own order.
+pub(crate) fn breakdown_of(groups: impl IntoIterator<Item = BreakdownGroup>) -> (u64, Breakdown) {
+    let mut size = 0;
     let mut marginals: [HashMap<String, u64>; 4] = Default::default();
     for (country, segment, churned, band, count) in groups {
+        size += count;
         let status = if churned { "churned" } else { "active" };
         for (dimension, value) in marginals.iter_mut().zip([
             country.unwrap_or_else(|| "unknown".to_owned()),
@@ -450,14 +467,7 @@ async fn summarize(
         status: shares(status, Some(&["active", "churned"])),
         spend_band: shares(band, Some(&SPEND_BANDS)),
     };
-    Ok(Summary {
-        total: counts.first().copied().unwrap_or(0),
-        after_each: counts.into_iter().skip(1).collect(),
-        size,
-        breakdown,
-        top_spenders,
-        member_ids,
-    })
+    (size, breakdown)
 }
 
 /// The `limit` members most similar to the intent: the vector index searches only the members' ids (or everyone,

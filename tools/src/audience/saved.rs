@@ -2,7 +2,7 @@
 //! saved, the data version it was saved from, and optionally the frozen member list.
 //!
 //! They live in PostgreSQL in their own app-state schema, `<schema>_app`, which ingest never drops or swaps, so a
-//! re-ingest keeps them. Only the CLI's save and remove commands write there, on the owner's connection, with fixed
+//! re-ingest keeps them. Only the CLI's save, remove and `segments --save` commands write there, on the owner's connection, with fixed
 //! SQL and bound values; tools only read. The read-only role is granted nothing there.
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -68,6 +68,19 @@ pub struct SavedAudience {
     pub as_of: NaiveDate,
     /// With `--freeze`: the member list was kept (`size` is its length).
     pub frozen: bool,
+}
+
+/// An audience to save with the members its caller chose, such as one segment of `audience segments`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrozenAudience {
+    pub name: String,
+    pub definition: AudienceDefinition,
+    pub explanation: String,
+    /// The members' breakdown.
+    pub breakdown: Breakdown,
+    pub as_of: NaiveDate,
+    /// The members' file ids (`external_id`).
+    pub members: Vec<String>,
 }
 
 /// The saved audiences of one data schema.
@@ -161,23 +174,6 @@ impl SavedAudiences {
         } else {
             None
         };
-        self.create().await?;
-        let schema = &self.schema;
-        let mut tx = self.db.pool.begin().await?;
-        let taken: Option<bool> =
-            sqlx::query_scalar(&format!("SELECT true FROM {schema}.saved_audiences WHERE name = $1 FOR UPDATE"))
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if taken.is_some() {
-            if !replace {
-                return Err(SavedError::Exists(name.to_owned()));
-            }
-            sqlx::query(&format!("DELETE FROM {schema}.saved_audiences WHERE name = $1"))
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        }
         let saved = SavedAudience {
             name: name.to_owned(),
             definition: report.definition.clone(),
@@ -189,6 +185,71 @@ impl SavedAudiences {
             as_of: report.as_of,
             frozen: freeze,
         };
+        self.create().await?;
+        let mut tx = self.db.pool.begin().await?;
+        self.insert(&mut tx, &saved, members.as_deref(), replace).await?;
+        tx.commit().await?;
+        Ok(saved)
+    }
+
+    /// Saves audiences whose members the caller fixed (the segments of `audience segments --save`), all or none in
+    /// one transaction. Each is frozen: its members are exactly the ones given.
+    pub async fn save_frozen(
+        &self,
+        stores: &Stores,
+        audiences: &[FrozenAudience],
+        replace: bool,
+    ) -> Result<Vec<SavedAudience>, SavedError> {
+        for audience in audiences {
+            check_name(&audience.name)?;
+        }
+        let data_version = Dataset::read(&stores.db).await?.map_or(0, |dataset| dataset.version);
+        self.create().await?;
+        let mut tx = self.db.pool.begin().await?;
+        let mut saved = Vec::with_capacity(audiences.len());
+        for audience in audiences {
+            let record = SavedAudience {
+                name: audience.name.clone(),
+                definition: audience.definition.clone(),
+                explanation: audience.explanation.clone(),
+                size: audience.members.len() as u64,
+                breakdown: audience.breakdown.clone(),
+                saved_at: Utc::now(),
+                data_version,
+                as_of: audience.as_of,
+                frozen: true,
+            };
+            self.insert(&mut tx, &record, Some(&audience.members), replace).await?;
+            saved.push(record);
+        }
+        tx.commit().await?;
+        Ok(saved)
+    }
+
+    /// Writes one saved audience (and its frozen members) in `tx`, over an existing one of that name only with
+    /// `replace`.
+    async fn insert(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        saved: &SavedAudience,
+        members: Option<&[String]>,
+        replace: bool,
+    ) -> Result<(), SavedError> {
+        let schema = &self.schema;
+        let taken: Option<bool> =
+            sqlx::query_scalar(&format!("SELECT true FROM {schema}.saved_audiences WHERE name = $1 FOR UPDATE"))
+                .bind(&saved.name)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if taken.is_some() {
+            if !replace {
+                return Err(SavedError::Exists(saved.name.clone()));
+            }
+            sqlx::query(&format!("DELETE FROM {schema}.saved_audiences WHERE name = $1"))
+                .bind(&saved.name)
+                .execute(&mut **tx)
+                .await?;
+        }
         let json = |value: serde_json::Result<String>| value.map_err(|e| SavedError::Store(e.into()));
         sqlx::query(&format!(
             "INSERT INTO {schema}.saved_audiences (name, definition, explanation, size, breakdown, saved_at, \
@@ -203,19 +264,18 @@ impl SavedAudiences {
         .bind(saved.data_version)
         .bind(saved.as_of)
         .bind(saved.frozen)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         if let Some(members) = members {
             sqlx::query(&format!(
                 "INSERT INTO {schema}.saved_members (name, external_id) SELECT $1, unnest($2::text[])"
             ))
-            .bind(name)
+            .bind(&saved.name)
             .bind(members)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
-        Ok(saved)
+        Ok(())
     }
 
     /// True when at least one audience is saved.
