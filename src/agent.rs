@@ -22,6 +22,7 @@ use audience_tools::metrics::{Metrics, MetricsReport};
 use audience_tools::question::{Current, Prepared, Vocabulary, prepare};
 use audience_tools::registry;
 use audience_tools::respond::Respond;
+use audience_tools::segments;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
@@ -450,6 +451,10 @@ impl Session {
                 Some(question),
                 "the request names no criterion, or refers to something not named yet; the agent asks which".to_owned(),
             ),
+            Triage::Segments(products) => {
+                let (text, reason) = self.segments_answer(&products).await;
+                (AnswerKind::Answer, text, None, reason)
+            }
             Triage::Model => return None,
         };
         let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -477,6 +482,32 @@ impl Session {
             steps: Vec::new(),
             usage,
         })
+    }
+
+    /// The answer to "what kinds of customers do we have?" (and "which segment should get PRODUCTS?"): k-means
+    /// segments of the profiles with the CLI's defaults, k chosen by silhouette. Its reason says how it was computed;
+    /// a failure is said in the answer, as a triage answer has no error path.
+    async fn segments_answer(&self, products: &[String]) -> (String, String) {
+        let options = segments::SegmentOptions::default();
+        let report = match segments::compute(&self.stores, &options).await {
+            Ok(report) => report,
+            Err(failure) => {
+                let reason = format!("the customers cannot be segmented: {failure}");
+                return (format!("I could not find segments: {failure}"), reason);
+            }
+        };
+        let mut text = crate::render::segments::report(&report);
+        if !products.is_empty() {
+            match segments::match_products(&report, products) {
+                Ok(matched) => text = format!("{}\n\n{text}", crate::render::segments::product_match(&matched)),
+                Err(failure) => text = format!("{failure}\n\n{text}"),
+            }
+        }
+        let reason = format!(
+            "computed by k-means over {} customers' profiles (k = {} by silhouette, seed {}), without the model",
+            report.customers, report.chosen_k, report.seed
+        );
+        (text, reason)
     }
 
     fn remember(&mut self, question: String, answer: &str) {

@@ -8,6 +8,7 @@ use audience_tools::audience::report::{Breakdown, Member, Share};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 pub mod metrics;
+pub mod segments;
 
 /// `text` on one line, cut to `max` characters: a tool's output or an answer where only its gist is shown.
 pub fn one_line(text: &str, max: usize) -> String {

@@ -881,3 +881,26 @@ fn zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
 }
+
+/// "What kinds of customers do we have?" and "which segment should get PRODUCT?" are answered from k-means segments
+/// of the profiles, by the program, with no model call; the answer says how they were computed.
+#[test]
+fn questions_about_kinds_of_customers_are_answered_from_segments_without_the_model() {
+    let env = TestEnv::ingested("segmentsask");
+    let llm = FakeLlm::start(Vec::new());
+    let run = env.ask_json(&llm, "What kinds of customers do we have?");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let answer = run.json();
+    let text = answer["answer"].as_str().unwrap();
+    assert!(text.contains("| k ") && text.contains("chosen") && text.contains("what sets it apart"), "{text}");
+    assert!(
+        answer["confidence"]["reasons"][0].as_str().unwrap().starts_with("computed by k-means over 60"),
+        "{answer}"
+    );
+
+    let run = env.ask_json(&llm, "Which segment should get the new running gear?");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = run.json()["answer"].as_str().unwrap().to_owned();
+    assert!(text.starts_with("for running_gear: segment "), "{text}");
+    assert!(llm.requests().is_empty(), "no model call: {:?}", llm.requests());
+}

@@ -23,6 +23,9 @@ pub enum Triage {
     ChangesData(String),
     /// Nothing in the question says who belongs to the audience, or it refers to something not yet named.
     Unclear(Clarification),
+    /// The question asks what kinds of customers there are, or which segment suits the products it names (none:
+    /// the segments alone). The program answers it from k-means segments of the profiles, without the model.
+    Segments(Vec<String>),
     /// The model's turn.
     Model,
 }
@@ -44,6 +47,9 @@ pub fn triage(grounding: &Grounding, context: &Context<'_>) -> Triage {
     if let Some(request) = changes_data(words, context.has_current) {
         return Triage::ChangesData(request);
     }
+    if asks_for_segments(words, grounding) {
+        return Triage::Segments(grounding.found.products.clone());
+    }
     if context.has_current {
         return Triage::Model;
     }
@@ -56,6 +62,34 @@ pub fn triage(grounding: &Grounding, context: &Context<'_>) -> Triage {
         return Triage::Unclear(criteria_question(evaluative, context));
     }
     Triage::Model
+}
+
+/// Words for kinds of customers ("what kinds of customers", "types of shoppers").
+const KINDS: &[&str] = &["kinds", "kind", "types", "type", "sorts", "groups", "personas", "clusters", "segments"];
+/// Words for customers.
+const CUSTOMER_WORDS: &[&str] = &["customers", "customer", "shoppers", "buyers", "clients", "users"];
+/// The segmenting words themselves.
+const SEGMENT_WORDS: &[&str] = &["segment", "segments", "cluster", "clusters", "persona", "personas"];
+
+/// Whether the question asks what kinds of customers there are ("what kinds of customers do we have?", "show our
+/// customer segments", "segment our customers") or which segment suits something ("which segment should get the new
+/// running shoes?"). A question that names a stored segment value ("customers in the VIP Loyalty segment") or asks
+/// for customers by a condition is an audience, not this.
+fn asks_for_segments(words: &[String], grounding: &Grounding) -> bool {
+    if !grounding.found.segments.is_empty() {
+        return false;
+    }
+    let is = |index: usize, set: &[&str]| words.get(index).is_some_and(|w| set.contains(&w.as_str()));
+    (0..words.len()).any(|i| {
+        // "kinds of customers", "types of our shoppers"
+        (is(i, KINDS) && is(i + 1, &["of"]) && (is(i + 2, CUSTOMER_WORDS) || (is(i + 2, &["our", "my", "the"]) && is(i + 3, CUSTOMER_WORDS))))
+            // "which segment", "what clusters"
+            || (is(i, &["which", "what"]) && is(i + 1, SEGMENT_WORDS))
+            // "customer segments", "customer personas"
+            || (is(i, CUSTOMER_WORDS) && is(i + 1, SEGMENT_WORDS))
+            // "segment our customers", "cluster the shoppers"
+            || (is(i, &["segment", "cluster"]) && is(i + 1, &["our", "my", "the", "all"]) && is(i + 2, CUSTOMER_WORDS))
+    })
 }
 
 /// Verbs that change stored data whatever their object.
@@ -634,6 +668,34 @@ mod tests {
             "create a table of our best buyers",
         ] {
             assert!(matches!(of(question, false), Triage::ChangesData(_)), "{question}: {:?}", of(question, false));
+        }
+    }
+
+    #[test]
+    fn questions_about_kinds_of_customers_are_answered_by_segments() {
+        for question in [
+            "What kinds of customers do we have?",
+            "what types of shoppers are there",
+            "Show me our customer segments",
+            "segment our customers",
+            "what groups of our customers exist?",
+        ] {
+            assert_eq!(of(question, false), Triage::Segments(Vec::new()), "{question}");
+        }
+        assert_eq!(
+            of("Which segment should get the new yoga wear?", true),
+            Triage::Segments(vec!["yoga_wear".to_owned()]),
+        );
+        assert_eq!(of("which cluster would like watches", false), Triage::Segments(vec!["watches".to_owned()]));
+        // A stored segment value, a condition, or a profile field named "segment" is an audience.
+        for question in [
+            "customers in the VIP Loyalty segment",
+            "customers whose segment is Churn Recovery who bought socks",
+            "which customers bought watches",
+            "what kinds of socks sell best",
+            "how many customers per segment",
+        ] {
+            assert!(!matches!(of(question, false), Triage::Segments(_)), "{question}: {:?}", of(question, false));
         }
     }
 
