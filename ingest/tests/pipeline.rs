@@ -817,7 +817,8 @@ async fn an_answer_during_ingests_comes_from_one_data_version_and_names_it() -> 
         anyhow::Ok(sqlx::query_scalar::<_, i64>("SELECT version FROM dataset").fetch_one(&env.db.pool).await?)
     };
     env.ingest(&a.0, &a.1, None).await?;
-    versions.lock().unwrap().insert(current_version().await?, 'A');
+    let version = current_version().await?;
+    versions.lock().unwrap().insert(version, 'A');
 
     let definition = serde_json::from_value::<Edit>(serde_json::json!({
         "include": [{"type": "event", "event_type": "purchase"}],
@@ -851,7 +852,8 @@ async fn an_answer_during_ingests_comes_from_one_data_version_and_names_it() -> 
     for ingest in 0..10 {
         let (label, (customers, events)) = if ingest % 2 == 0 { ('B', &b) } else { ('A', &a) };
         env.ingest(customers, events, None).await?;
-        versions.lock().unwrap().insert(current_version().await?, label);
+        let version = current_version().await?;
+        versions.lock().unwrap().insert(version, label);
     }
     stop.store(true, Ordering::Relaxed);
     let versions = versions.lock().unwrap().clone();

@@ -546,15 +546,15 @@ pub async fn draft(
     let this_run = args.limit.map_or(todo.len(), |limit| limit.min(todo.len()));
     summary.remaining = (todo.len() - this_run) as u64;
 
-    let provider = audience::provider::ProviderConfig::load(&data_dir)?;
+    let provider = audience::provider::ProviderConfig::load(data_dir)?;
     let _server = match (&provider.kind, &provider.base_url) {
         (audience::provider::ProviderKind::Local, Some(url)) => {
-            Some(audience::local_llm::ensure(url, &provider.model, &data_dir).await.kind(FailureKind::Provider)?)
+            Some(audience::local_llm::ensure(url, &provider.model, data_dir).await.kind(FailureKind::Provider)?)
         }
         _ => None,
     };
     let model = provider.chat_model()?;
-    let mut ledger = audience::ledger::Ledger::open(&data_dir)?;
+    let mut ledger = audience::ledger::Ledger::open(data_dir)?;
     summary.cost_usd = Some(0.0);
     let bar = indicatif::ProgressBar::new(this_run as u64);
     bar.set_style(

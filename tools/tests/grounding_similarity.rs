@@ -1,6 +1,7 @@
 //! Grounding by similarity with the real MiniLM model: words the data does not spell are matched to its products
 //! when they mean one ("sneakers" → shoes, "tees" → t_shirts), told apart when they are only near one ("hiking
 //! gear"), and reported when they name nothing in the data ("kayaks").
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 use audience_tools::embed::LazyEmbedder;
 use audience_tools::grounding::{Grounding, value_text};
