@@ -11,10 +11,13 @@
 //! Everything here is computed from the members' outcomes alone, in memory; the same seed gives the same intervals.
 
 use anyhow::{Result, bail};
+use audience_tools::audience::outcomes::Outcome;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use statrs::distribution::{ContinuousCDF, Normal};
+
+use crate::campaign::Holdout;
 
 /// What a lift is measured on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -42,6 +45,20 @@ pub struct Observation {
     pub control: bool,
     pub orders: u32,
     pub revenue: f64,
+}
+
+impl Observation {
+    /// Each member's outcome in the measured period, with the holdout group it falls in.
+    pub fn of_members(members: &[Outcome], holdout: &Holdout) -> Vec<Self> {
+        members
+            .iter()
+            .map(|member| Self {
+                control: holdout.group(&member.external_id) == "control",
+                orders: member.orders,
+                revenue: member.revenue,
+            })
+            .collect()
+    }
 }
 
 /// The cost of contacting a member and the share of revenue that is profit.

@@ -187,15 +187,7 @@ pub async fn measure(stores: &Stores, args: MeasureArgs) -> Result<()> {
         ))
         .kind(FailureKind::Usage);
     }
-    let observations: Vec<Observation> = found
-        .members
-        .iter()
-        .map(|member| Observation {
-            control: holdout.group(&member.external_id) == "control",
-            orders: member.orders,
-            revenue: member.revenue,
-        })
-        .collect();
+    let observations = Observation::of_members(&found.members, &holdout);
     let comparison = compare(&observations, args.metric, args.seed, economics).kind(FailureKind::Usage)?;
     let live = !target.frozen();
     let report = MeasureReport {

@@ -343,15 +343,7 @@ async fn campaign(stores: &Stores, dataset: &Dataset, args: &QueryBenchArgs) -> 
             let found = outcomes(stores, Members::Definition(&everyone), since, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("measure: {e}"))?;
-            let observations: Vec<Observation> = found
-                .members
-                .iter()
-                .map(|m| Observation {
-                    control: split.group(&m.external_id) == "control",
-                    orders: m.orders,
-                    revenue: m.revenue,
-                })
-                .collect();
+            let observations = Observation::of_members(&found.members, &split);
             compare(&observations, metric, 1, economics)?;
             samples.push(start.elapsed().as_secs_f64() * 1e3);
             members = observations.len();
