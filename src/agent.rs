@@ -380,6 +380,7 @@ impl Session {
             answer: &text,
             calls: &calls,
             outputs: &run.outputs,
+            host_notes: &[run.dropped.as_slice(), run.settled.as_slice()].concat(),
             audience: run_audience.as_ref(),
             vocabulary,
         });
@@ -967,6 +968,9 @@ mod tests {
         assert!(answer.text.starts_with("0 of 0 customers: Customers from DE"), "{}", answer.text);
         assert!(answer.text.contains("No customer meets every condition"), "{}", answer.text);
         assert!(answer.text.contains("Left out, as no word of the question asks for it: aged 25"), "{}", answer.text);
+        // Regression (seen in the demo): the 25 the program wrote in what it left out was taken for a number the
+        // answer cites that no tool returned.
+        assert!(!answer.confidence.reasons.iter().any(|r| r.contains("cites")), "{:?}", answer.confidence);
         assert_eq!(session.audience().current().unwrap().include.len(), 1);
     }
 

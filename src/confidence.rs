@@ -51,6 +51,9 @@ pub struct Evidence<'a> {
     /// The full output of each successful call.
     pub outputs: &'a [Value],
     pub audience: Option<&'a AudienceReport>,
+    /// What the program itself wrote into the answer (the clauses it left out, how it read a follow-up): their
+    /// numbers are the program's, not claims a tool must back.
+    pub host_notes: &'a [String],
     /// Words of the profile texts, when the audience is ranked by an intent.
     pub vocabulary: Option<&'a HashSet<String>>,
 }
@@ -73,7 +76,9 @@ pub fn assess(evidence: &Evidence) -> Confidence {
             );
         }
     }
-    let ungrounded = ungrounded_numbers(evidence.answer, evidence.question, evidence.outputs);
+    let host_notes: Vec<Value> = evidence.host_notes.iter().map(|note| Value::String(note.clone())).collect();
+    let sources: Vec<Value> = evidence.outputs.iter().chain(&host_notes).cloned().collect();
+    let ungrounded = ungrounded_numbers(evidence.answer, evidence.question, &sources);
     if !ungrounded.is_empty() {
         let shown: Vec<String> = ungrounded.iter().take(5).cloned().collect();
         low.push(format!("the answer cites {} that no tool returned", shown.join(", ")));
@@ -299,7 +304,15 @@ mod tests {
     use serde_json::json;
 
     fn evidence<'a>(answer: &'a str, calls: &'a [(String, bool)], outputs: &'a [Value]) -> Evidence<'a> {
-        Evidence { question: "top 5 customers", answer, calls, outputs, audience: None, vocabulary: None }
+        Evidence {
+            question: "top 5 customers",
+            answer,
+            calls,
+            outputs,
+            audience: None,
+            host_notes: &[],
+            vocabulary: None,
+        }
     }
 
     #[test]
