@@ -16,7 +16,7 @@ use chrono::NaiveDate;
 use serde_json::json;
 use tempfile::TempDir;
 
-use audience_ingest::generate::{GenerateOptions, generate};
+use audience_ingest::generate::{GenerateOptions, GenerateReport, generate};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest, reindex};
@@ -116,9 +116,8 @@ impl Env {
         Ok((customers_path, events_path))
     }
 
-    /// Generates and ingests the 500-customer sample (seed 42) and returns each customer's hidden persona
-    /// (labels.csv, never ingested).
-    async fn load_persona_sample(&self) -> Result<HashMap<u64, String>> {
+    /// Generates the 500-customer sample (seed 42, events up to 2025-01-01) and ingests it.
+    async fn ingest_sample(&self) -> Result<(GenerateReport, IngestReport)> {
         let generated = generate(&GenerateOptions {
             customers: 500,
             events_per_customer: 20,
@@ -128,6 +127,13 @@ impl Env {
             lift: None,
         })?;
         let report = self.ingest(&generated.customers_path, &generated.events_path, None).await?;
+        Ok((generated, report))
+    }
+
+    /// Generates and ingests the 500-customer sample (seed 42) and returns each customer's hidden persona
+    /// (labels.csv, never ingested).
+    async fn load_persona_sample(&self) -> Result<HashMap<u64, String>> {
+        let (generated, report) = self.ingest_sample().await?;
         assert_eq!(report.sync.embedded, 500);
         let mut labels = csv::Reader::from_path(&generated.labels_path)?;
         let mut persona = HashMap::new();
@@ -945,15 +951,7 @@ async fn predicted_fields(db: &Db) -> Result<Vec<Predicted>> {
 #[tokio::test]
 async fn predicted_fields_follow_the_fit_stored_with_the_data() -> Result<()> {
     let env = Env::new().await?;
-    let generated = generate(&GenerateOptions {
-        customers: 500,
-        events_per_customer: 20,
-        seed: 42,
-        end_date: day("2025-01-01"),
-        out_dir: env.dir.path().join("sample"),
-        lift: None,
-    })?;
-    let report = env.ingest(&generated.customers_path, &generated.events_path, None).await?;
+    let (_, report) = env.ingest_sample().await?;
     let fit = &report.profiles.prediction;
     assert!(fit.purchases.is_some() && fit.spend.is_some(), "{:?}", fit.notes);
     assert_eq!(fit.time_unit, TimeUnit::Days);
