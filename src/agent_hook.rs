@@ -924,6 +924,27 @@ mod tests {
         assert_eq!(EVERY_TOOL.len(), registry::TOOLS.len(), "every registered tool is offered");
     }
 
+    /// The library's metrics answers are what the settling keeps: no breakdown, period, comparison or filter of an
+    /// example is one its question does not ask for, so the model is never shown a call the program would cut.
+    #[test]
+    fn every_metrics_example_survives_the_settling_whole() {
+        let examples = audience_tools::examples::library().unwrap();
+        let mut values = audience_tools::examples::values_of(&examples);
+        values.countries = ["BE", "DE", "DK", "ES", "FR", "GB", "IT", "NL", "PL", "SE", "US"].map(String::from).to_vec();
+        let as_of = chrono::NaiveDate::from_ymd_opt(2026, 6, 29).unwrap();
+        let mut failures = Vec::new();
+        for example in examples.iter().filter(|e| e.tool == "metrics") {
+            let grounding = Grounding::of(&example.question, &values, as_of);
+            let offered = Offered::narrow(&values, &grounding.found);
+            let mut args = example.args.clone();
+            let dropped = settle_metrics(&mut args, &grounding, &offered);
+            if !dropped.is_empty() || args != example.args {
+                failures.push(format!("{:?}: {} left out", example.question, dropped.join(", ")));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
     #[test]
     fn estimates_missing_usage_only() {
         let reported = Usage::new().input_tokens(100).output_tokens(5);

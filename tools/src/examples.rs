@@ -69,7 +69,9 @@ impl Example {
                 list.push(text.to_owned());
             }
         };
-        let clauses = ["include", "exclude"].iter().filter_map(|key| self.args.get(*key)?.as_array()).flatten();
+        // An audience call's clauses, or a metrics call's filters: the same clause shapes.
+        let clauses =
+            ["include", "exclude", "filters"].iter().filter_map(|key| self.args.get(*key)?.as_array()).flatten();
         for clause in clauses {
             for product in clause.get("products").and_then(Value::as_array).into_iter().flatten() {
                 add(&mut into.products, product);
@@ -95,6 +97,16 @@ impl Example {
     }
 }
 
+/// The values the examples' arguments name (products, colours, segments): what masks their questions, and the
+/// vocabulary their questions are grounded in when a test checks the examples against the agent's own guards.
+pub fn values_of(examples: &[Example]) -> DataValues {
+    let mut values = DataValues::default();
+    for example in examples {
+        example.values(&mut values);
+    }
+    values
+}
+
 /// The library with the embedding of each masked question, built once per session.
 pub struct ExampleIndex {
     examples: Vec<Example>,
@@ -105,10 +117,7 @@ impl ExampleIndex {
     /// Embeds the library's masked questions.
     pub async fn build(embedder: &LazyEmbedder) -> Result<Self> {
         let examples = library()?;
-        let mut values = DataValues::default();
-        for example in &examples {
-            example.values(&mut values);
-        }
+        let values = values_of(&examples);
         let texts: Vec<String> = examples.iter().map(|e| masked(&e.question, &values)).collect();
         let vectors = embedder.embed(texts).await?.vectors;
         Ok(Self { examples, vectors })
@@ -140,12 +149,17 @@ mod tests {
         let examples = library().unwrap();
         assert!(examples.len() >= 100, "{} examples", examples.len());
         let tools: HashSet<&str> = examples.iter().map(|e| e.tool.as_str()).collect();
-        for tool in ["find_audience", "lookalike", "sql_analytics", "ask_clarification", "respond"] {
+        for tool in ["find_audience", "metrics", "lookalike", "sql_analytics", "ask_clarification", "respond"] {
             assert!(tools.contains(tool), "no example calls {tool}");
         }
         for example in examples.iter().filter(|e| e.tool == "find_audience") {
             let edit: Result<Edit, _> = serde_json::from_value(example.args.clone());
             assert!(edit.is_ok(), "{}: {:?}", example.question, edit.err());
+        }
+        for example in examples.iter().filter(|e| e.tool == "metrics") {
+            let args: crate::metrics::MetricsArgs = serde_json::from_value(example.args.clone())
+                .unwrap_or_else(|e| panic!("{}: {e}", example.question));
+            assert!(args.check().is_ok(), "{}: {:?}", example.question, args.check().err());
         }
         assert!(examples.iter().any(|e| e.args.get("exclude").is_some()), "negation is shown");
         assert!(examples.iter().any(|e| e.current.is_some() && e.args.get("remove").is_some()), "removal is shown");
@@ -158,10 +172,7 @@ mod tests {
     async fn every_library_answer_traces_to_its_question() {
         use crate::grounding::{Grounding, Traced, value_text};
         let examples = library().unwrap();
-        let mut values = DataValues::default();
-        for example in &examples {
-            example.values(&mut values);
-        }
+        let mut values = values_of(&examples);
         values.countries =
             ["PL", "DE", "FR", "GB", "US", "ES", "IT", "NL", "SE", "BE", "DK", "NO", "FI", "IE", "PT", "AT", "CH"]
                 .map(String::from)

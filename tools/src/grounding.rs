@@ -408,6 +408,9 @@ const NUMBER_WORDS: &[(&str, f64)] = &[
     ("hundred", 100.0),
 ];
 
+/// The ordinals of a quarter ("the first quarter", "the 3rd quarter"), in order.
+const ORDINALS: [[&str; 2]; 4] = [["first", "1st"], ["second", "2nd"], ["third", "3rd"], ["fourth", "4th"]];
+
 const MONTHS: [&str; 12] = [
     "january",
     "february",
@@ -753,14 +756,23 @@ impl Grounding {
                     .and_then(|w| w.strip_prefix('q'))
                     .and_then(|q| q.parse::<u32>().ok())
                     .filter(|q| (1..=4).contains(q));
-                let with_year = |at: usize| if year_at(at).is_some() { at } else { at - 1 };
-                let (first_month, months, end) = match (month, quarter, year_at(i + 1)) {
-                    (Some(month), _, _) => (month as u32 + 1, 1, with_year(i + 2)),
-                    (_, Some(q), _) => ((q - 1) * 3 + 1, 3, with_year(i + 2)),
-                    (_, _, Some(_)) if *word != "since" => (1, 12, i + 1),
+                // "in the first quarter of 2026": an ordinal quarter, its year (if any) after "of".
+                let ordinal_at = if words.get(i + 1) == Some(&"the") { i + 2 } else { i + 1 };
+                let ordinal_quarter = words
+                    .get(ordinal_at)
+                    .and_then(|w| ORDINALS.iter().position(|ordinal| ordinal.contains(w)))
+                    .filter(|_| words.get(ordinal_at + 1) == Some(&"quarter"))
+                    .map(|nth| (nth as u32 + 1, ordinal_at + 2 + usize::from(words.get(ordinal_at + 2) == Some(&"of"))));
+                // Where the year would be: after a month or quarter, or the word itself.
+                let (first_month, months, year_at_word) = match (month, quarter, ordinal_quarter, year_at(i + 1)) {
+                    (Some(month), ..) => (month as u32 + 1, 1, i + 2),
+                    (_, Some(q), ..) => ((q - 1) * 3 + 1, 3, i + 2),
+                    (_, _, Some((q, at)), _) => ((q - 1) * 3 + 1, 3, at),
+                    (_, _, _, Some(_)) if *word != "since" => (1, 12, i + 1),
                     _ => continue,
                 };
-                let year = if months == 12 { year_at(i + 1) } else { year_at(i + 2) };
+                let year = year_at(year_at_word);
+                let end = if year.is_some() { year_at_word } else { year_at_word - 1 };
                 // A month or quarter without a year is the latest one that has begun by the data's last day.
                 let year = year.unwrap_or(if first_month <= as_of.month() { as_of.year() } else { as_of.year() - 1 });
                 let Some(first) = NaiveDate::from_ymd_opt(year, first_month, 1) else { continue };
@@ -1535,6 +1547,9 @@ mod tests {
         assert_eq!(ground("bought since March").days, [121], "2026-03-01 .. 2026-06-29");
         let may = (NaiveDate::from_ymd_opt(2026, 5, 1), NaiveDate::from_ymd_opt(2026, 5, 31));
         assert_eq!(ground("bought in May 2026").periods, [may]);
+        let first_quarter = (NaiveDate::from_ymd_opt(2026, 1, 1), NaiveDate::from_ymd_opt(2026, 3, 31));
+        assert_eq!(ground("sales in the first quarter of 2026").periods, [first_quarter]);
+        assert_eq!(ground("orders during the 1st quarter").periods, [first_quarter], "the latest one begun");
         assert_eq!(ground("bought in May").periods, [may], "the latest May up to the data's last day");
         assert_eq!(
             ground("bought in 2025").periods,

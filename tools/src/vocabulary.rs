@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use crate::audience::definition::{
     Clause, EventType, FieldKind, MAX_CLAUSES, MAX_INTENT_CHARS, MAX_LIMIT, MAX_VALUE_CHARS, Op, ProfileField, Rule,
 };
+use crate::audience::report::MAX_FIELDS;
 use crate::db::Db;
 use crate::schema::profile_fields;
 
@@ -277,13 +278,17 @@ pub fn profile_clause_list_schema(offered: &Offered) -> Value {
 /// remove from an audience that does not exist).
 pub fn find_audience_schema(offered: &Offered, current: Option<&[String]>) -> Value {
     let clause_list = clause_list_schema(offered);
-    let fields: Vec<&str> = profile_fields();
+    // Every member carries its id: asked as a field it only repeats it.
+    let fields: Vec<&str> = profile_fields().into_iter().filter(|field| *field != "customer_id").collect();
     let mut properties = Map::new();
     properties.insert("include".into(), clause_list.clone());
     properties.insert("exclude".into(), clause_list);
     properties.insert("intent".into(), json!({"type": "string", "maxLength": MAX_INTENT_CHARS}));
     properties.insert("limit".into(), json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}));
-    properties.insert("fields".into(), json!({"type": "array", "items": {"type": "string", "enum": fields}}));
+    // Capped, so that the grammar ends a list that would name every field (the 1.5B model asked for all 22, was told
+    // "at most 10", and sent the same call again).
+    let fields = json!({"type": "array", "items": {"type": "string", "enum": fields}, "maxItems": MAX_FIELDS});
+    properties.insert("fields".into(), fields);
     // Last, because they change with every refinement: the servers' prompt caches keep everything before them.
     if let Some(ids) = current {
         if !ids.is_empty() {
@@ -363,6 +368,16 @@ mod tests {
         }
         let country = forms.iter().find(|f| f["properties"]["field"]["enum"] == json!(["country"])).unwrap();
         assert_eq!(country["properties"]["value"]["anyOf"][0]["enum"], json!(["PL", "GB"]));
+    }
+
+    /// The grammar ends a `fields` list at the cap the tool lists, and never offers the id every member carries.
+    #[test]
+    fn the_fields_list_is_capped_and_leaves_out_the_id() {
+        let schema = find_audience_schema(&offered(), None);
+        let fields = &schema["properties"]["fields"];
+        assert_eq!(fields["maxItems"], json!(MAX_FIELDS));
+        let names = fields["items"]["enum"].as_array().unwrap();
+        assert!(!names.contains(&json!("customer_id")) && names.contains(&json!("email")), "{names:?}");
     }
 
     /// Without an audience there is nothing to remove or start over from; with one, only its clause ids.

@@ -288,8 +288,8 @@ pub(crate) async fn unknown_values(
 
 pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
-/// Most extra fields one call may ask for.
-const MAX_FIELDS: usize = 10;
+/// Most extra fields one call may ask for; `find_audience`'s schema caps its `fields` list at this.
+pub const MAX_FIELDS: usize = 10;
 
 /// The requested extra fields, each one a retrievable profile column, once each and without `customer_id` (every
 /// member has it). Fields are what the listing shows, not who is in the audience: past `MAX_FIELDS`, the first ones
