@@ -410,6 +410,10 @@ fn every_measure_and_dimension_matches_sql_written_by_hand() {
             "average_spend_per_buyer",
             format!("SELECT (sum(amount) / count(DISTINCT customer_id))::text FROM events WHERE {SALE}"),
         ),
+        (
+            "orders_per_buyer",
+            format!("SELECT (count(*)::float8 / count(DISTINCT customer_id))::text FROM events WHERE {SALE}"),
+        ),
         ("average_age", "SELECT avg(age)::text FROM customers".to_owned()),
         (
             "churn_rate",
@@ -423,7 +427,7 @@ fn every_measure_and_dimension_matches_sql_written_by_hand() {
         ("cart_abandonment", rate("carted AND orders = 0", "carted")),
         ("repeat_purchase_rate", rate("orders >= 2", "orders > 0")),
     ];
-    assert_eq!(measures.len(), 18, "every measure of the catalogue");
+    assert_eq!(measures.len(), 19, "every measure of the catalogue");
     for (measure, sql) in &measures {
         let expected: f64 = env.sql_scalar(sql).parse().unwrap();
         let value = report(&env, &[measure])["value"].as_f64().unwrap();

@@ -70,6 +70,7 @@ pub enum Measure {
     ReturnedItems,
     AverageOrderValue,
     AverageSpendPerBuyer,
+    OrdersPerBuyer,
     AverageAge,
     ChurnRate,
     ViewToCart,
@@ -100,7 +101,7 @@ pub fn customer_event_facts() -> Vec<(&'static str, String)> {
 }
 
 impl Measure {
-    pub const ALL: [Measure; 20] = [
+    pub const ALL: [Measure; 21] = [
         Self::Customers,
         Self::Buyers,
         Self::ActiveCustomers,
@@ -113,6 +114,7 @@ impl Measure {
         Self::ReturnedItems,
         Self::AverageOrderValue,
         Self::AverageSpendPerBuyer,
+        Self::OrdersPerBuyer,
         Self::AverageAge,
         Self::ChurnRate,
         Self::ViewToCart,
@@ -138,6 +140,7 @@ impl Measure {
             Self::ReturnedItems => "returned_items",
             Self::AverageOrderValue => "average_order_value",
             Self::AverageSpendPerBuyer => "average_spend_per_buyer",
+            Self::OrdersPerBuyer => "orders_per_buyer",
             Self::AverageAge => "average_age",
             Self::ChurnRate => "churn_rate",
             Self::ViewToCart => "view_to_cart",
@@ -166,6 +169,7 @@ impl Measure {
             Self::ReturnedItems => "returned items",
             Self::AverageOrderValue => "average order value",
             Self::AverageSpendPerBuyer => "average spend per buyer",
+            Self::OrdersPerBuyer => "orders per buyer",
             Self::AverageAge => "average age",
             Self::ChurnRate => "churn rate",
             Self::CartAbandonment => "cart abandonment",
@@ -190,6 +194,7 @@ impl Measure {
             Self::ReturnedItems => "units returned: the quantities of the returns".to_owned(),
             Self::AverageOrderValue => "gross revenue / orders (purchase lines)".to_owned(),
             Self::AverageSpendPerBuyer => "gross revenue / buyers".to_owned(),
+            Self::OrdersPerBuyer => "orders (purchase lines) / buyers".to_owned(),
             Self::AverageAge => "the mean age of the customers whose age is known".to_owned(),
             Self::ChurnRate => format!(
                 "churned buyers / buyers (churned: no purchase in the {CHURN_DAYS} days up to the data's last day)"
@@ -227,7 +232,9 @@ impl Measure {
     pub fn unit(self) -> Unit {
         match self {
             Self::GrossRevenue | Self::NetRevenue | Self::PredictedValue => Unit::Money,
-            Self::AverageOrderValue | Self::AverageSpendPerBuyer | Self::AverageAge => Unit::Average,
+            Self::AverageOrderValue | Self::AverageSpendPerBuyer | Self::OrdersPerBuyer | Self::AverageAge => {
+                Unit::Average
+            }
             Self::ChurnRate | Self::ViewToCart | Self::CartToPurchase | Self::CartAbandonment => Unit::Rate,
             Self::RepeatPurchaseRate | Self::AveragePAlive => Unit::Rate,
             _ => Unit::Count,
@@ -257,6 +264,9 @@ impl Measure {
             Self::ReturnedItems => "coalesce(sum(f.returned_items), 0)",
             Self::AverageOrderValue => "coalesce(sum(f.sales), 0) / nullif(sum(f.orders), 0)",
             Self::AverageSpendPerBuyer => "coalesce(sum(f.sales), 0) / nullif(count(*) FILTER (WHERE f.orders > 0), 0)",
+            Self::OrdersPerBuyer => {
+                "coalesce(sum(f.orders), 0)::numeric / nullif(count(*) FILTER (WHERE f.orders > 0), 0)"
+            }
             Self::ViewToCart => {
                 "count(*) FILTER (WHERE f.viewed AND f.carted)::numeric / nullif(count(*) FILTER (WHERE f.viewed), 0)"
             }
