@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::embed::LazyEmbedder;
 use crate::grounding::masked;
+use crate::registry::NUMBER_TOOLS;
 use crate::vocabulary::DataValues;
 
 const LIBRARY: &str = include_str!("../../prompts/examples.toml");
@@ -124,13 +125,17 @@ impl ExampleIndex {
     }
 
     /// The `k` examples nearest to a masked question's embedding, best first; follow-up examples only when there
-    /// is an audience to refine.
-    pub fn nearest(&self, question: &[f32], k: usize, refining: bool) -> Vec<&Example> {
+    /// is an audience to refine, and only calls of the number tools for a question that asks for a number (by
+    /// similarity alone "how many customers are from COUNTRY?" meets the audience examples about countries, and the
+    /// model copies their call).
+    pub fn nearest(&self, question: &[f32], k: usize, refining: bool, number: bool) -> Vec<&Example> {
+        let answers_with_a_number = |example: &Example| NUMBER_TOOLS.iter().any(|tool| tool.name == example.tool);
         let mut scored: Vec<(f32, &Example)> = self
             .examples
             .iter()
             .zip(&self.vectors)
             .filter(|(example, _)| refining || example.current.is_none())
+            .filter(|(example, _)| !number || answers_with_a_number(example))
             .map(|(example, vector)| (question.iter().zip(vector).map(|(a, b)| a * b).sum(), example))
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -157,8 +162,8 @@ mod tests {
             assert!(edit.is_ok(), "{}: {:?}", example.question, edit.err());
         }
         for example in examples.iter().filter(|e| e.tool == "metrics") {
-            let args: crate::metrics::MetricsArgs = serde_json::from_value(example.args.clone())
-                .unwrap_or_else(|e| panic!("{}: {e}", example.question));
+            let args: crate::metrics::MetricsArgs =
+                serde_json::from_value(example.args.clone()).unwrap_or_else(|e| panic!("{}: {e}", example.question));
             assert!(args.check().is_ok(), "{}: {:?}", example.question, args.check().err());
         }
         assert!(examples.iter().any(|e| e.args.get("exclude").is_some()), "negation is shown");
@@ -210,6 +215,22 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{} answers do not trace:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    /// The library agrees with the classifier that picks its examples: every question answered by a number tool asks
+    /// for a number, and no audience question does (otherwise its own examples would never be shown for it).
+    #[test]
+    fn number_questions_are_the_ones_answered_by_number_tools() {
+        let mut wrong = Vec::new();
+        for example in library().unwrap().iter().filter(|e| e.current.is_none()) {
+            let number = NUMBER_TOOLS.iter().any(|tool| tool.name == example.tool);
+            let audience = ["find_audience", "lookalike"].contains(&example.tool.as_str());
+            let asks = crate::grounding::asks_for_a_number(&example.question);
+            if (number && !asks) || (audience && asks) {
+                wrong.push(format!("{} ({})", example.question, example.tool));
+            }
+        }
+        assert!(wrong.is_empty(), "classified wrongly:\n{}", wrong.join("\n"));
     }
 
     fn trigrams(text: &str) -> HashSet<String> {

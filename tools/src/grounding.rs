@@ -762,7 +762,9 @@ impl Grounding {
                     .get(ordinal_at)
                     .and_then(|w| ORDINALS.iter().position(|ordinal| ordinal.contains(w)))
                     .filter(|_| words.get(ordinal_at + 1) == Some(&"quarter"))
-                    .map(|nth| (nth as u32 + 1, ordinal_at + 2 + usize::from(words.get(ordinal_at + 2) == Some(&"of"))));
+                    .map(|nth| {
+                        (nth as u32 + 1, ordinal_at + 2 + usize::from(words.get(ordinal_at + 2) == Some(&"of")))
+                    });
                 // Where the year would be: after a month or quarter, or the word itself.
                 let (first_month, months, year_at_word) = match (month, quarter, ordinal_quarter, year_at(i + 1)) {
                     (Some(month), ..) => (month as u32 + 1, 1, i + 2),
@@ -1420,6 +1422,156 @@ fn product_like_words(tokens: &[Token], used: &[bool]) -> Vec<String> {
     phrases
 }
 
+/// Words that open a request for people ("find ...", "customers who ...", "who ...") whatever else it says:
+/// "customers who have spent more than 500 in total" asks for an audience, not for a total.
+const PEOPLE_OPENERS: [&str; 14] = [
+    "find",
+    "customers",
+    "customer",
+    "people",
+    "shoppers",
+    "who",
+    "whom",
+    "list",
+    "anyone",
+    "anybody",
+    "everyone",
+    "get",
+    "give",
+    "those",
+];
+/// Words for people: a measure word beside one asks for a number only in a question ("what's the average age of
+/// our customers?"), not in a description ("Dutch customers whose total spending exceeds 2,000").
+const PEOPLE_NOUNS: [&str; 10] =
+    ["customers", "customer", "shoppers", "shopper", "people", "buyers", "buyer", "spenders", "clients", "members"];
+/// Words that open a question about a number or a group.
+const QUESTION_OPENERS: [&str; 8] = ["what", "what's", "whats", "which", "how", "top", "rank", "show"];
+/// Phrases that ask for a number wherever they stand.
+const NUMBER_PHRASES: [&str; 12] = [
+    "how many",
+    "how much",
+    "how often",
+    "how frequently",
+    "number of",
+    "what percentage",
+    "what percent",
+    "what share",
+    "what proportion",
+    "what fraction",
+    "break down",
+    "breakdown",
+];
+/// Words that name a measure.
+const MEASURE_WORDS: [&str; 38] = [
+    "revenue",
+    "revenues",
+    "sales",
+    "takings",
+    "money",
+    "rate",
+    "rates",
+    "conversion",
+    "average",
+    "mean",
+    "median",
+    "total",
+    "totals",
+    "sum",
+    "count",
+    "headcount",
+    "size",
+    "aov",
+    "percentage",
+    "percent",
+    "share",
+    "proportion",
+    "trend",
+    "compare",
+    "compared",
+    "versus",
+    "vs",
+    "spread",
+    "distribution",
+    "units",
+    "spend",
+    "spends",
+    "spent",
+    "spending",
+    "worth",
+    "value",
+    "amount",
+    "amounts",
+];
+/// What a ranking of groups ranks ("which country ...", "top 5 products ..."): a number per group.
+const GROUP_WORDS: [&str; 19] = [
+    "country",
+    "countries",
+    "market",
+    "markets",
+    "product",
+    "products",
+    "category",
+    "categories",
+    "colour",
+    "colours",
+    "color",
+    "colors",
+    "segment",
+    "segments",
+    "month",
+    "quarter",
+    "week",
+    "day",
+    "age",
+];
+
+/// Whether the question asks for a number (a count, an amount, a rate, a ranking of groups) rather than for people.
+/// Decided from its words alone, before any call: it picks which examples the model is shown.
+pub fn asks_for_a_number(question: &str) -> bool {
+    let words: Vec<String> = tokens(question).into_iter().map(|token| token.lower).collect();
+    let Some(first) = words.first().map(String::as_str) else { return false };
+    if PEOPLE_OPENERS.contains(&first) {
+        return false;
+    }
+    if says_a_number_phrase(&words) {
+        return true;
+    }
+    let says = |list: &[&str]| words.iter().any(|word| list.contains(&word.as_str()));
+    // "rank them by spend", "which of those ...": the people of the conversation, ordered or narrowed.
+    if says(&["them", "those", "these"]) {
+        return false;
+    }
+    let opened_by = |openers: &[&str]| words.iter().take(3).any(|word| openers.contains(&word.as_str()));
+    let asked = opened_by(&QUESTION_OPENERS);
+    let ranks_groups = opened_by(&["which", "what", "what's", "whats", "top", "rank"]) && says(&GROUP_WORDS);
+    // A measure that opens the question ("net revenue from ...") asks for it; one inside a description of people
+    // ("dressers who have spent more than 1,500") does not.
+    let opens_with_measure = words.iter().take(2).any(|word| MEASURE_WORDS.contains(&word.as_str()));
+    let describes_people = says(&PEOPLE_NOUNS) || says(&["who", "whose"]);
+    let measure = says(&MEASURE_WORDS) && (asked || opens_with_measure || !describes_people);
+    ranks_groups || measure
+}
+
+/// Whether the lower-case words name a measure or ask "how many", "how much", ...: "which segment spends the most
+/// per order?" asks for a number per segment, "which segment should get the new shoes?" for a segment.
+pub fn names_a_measure(words: &[String]) -> bool {
+    words.iter().any(|word| MEASURE_WORDS.contains(&word.as_str())) || says_a_number_phrase(words)
+}
+
+fn says_a_number_phrase(words: &[String]) -> bool {
+    NUMBER_PHRASES.iter().any(|phrase| {
+        let phrase: Vec<&str> = phrase.split(' ').collect();
+        (0..words.len()).any(|at| {
+            let matches = phrase.iter().enumerate().all(|(i, word)| words.get(at + i).is_some_and(|w| w == word));
+            // "how much they like ..." is a degree of liking, not an amount.
+            let degree = words
+                .get(at + phrase.len())
+                .is_some_and(|next| ["they", "he", "she", "it", "we", "you"].contains(&next.as_str()));
+            matches && !degree
+        })
+    })
+}
+
 /// The question with its values masked, for finding examples of the same shape (DAIL-SQL): numbers become `N`,
 /// and words naming a product, colour, segment or country become `PRODUCT`, `COLOR`, `SEGMENT` or `COUNTRY`.
 pub fn masked(question: &str, values: &DataValues) -> String {
@@ -1535,6 +1687,40 @@ mod tests {
         assert_eq!(ground("running gear buyers").found.products, ["running_gear"]);
         assert_eq!(ground("a watch or some jewelry").found.products, ["watches", "jewelry"]);
         assert_eq!(ground("people who put a watch in the cart").event_types, [EventType::AddToCart]);
+    }
+
+    /// Numbers and rankings of groups are number questions; requests for people are not, whatever measure words
+    /// they hold.
+    #[test]
+    fn a_question_asks_for_a_number_or_for_people() {
+        for question in [
+            "how many shoppers live in Denmark?",
+            "On average, how much does a buyer spend?",
+            "Which market has the most buyers?",
+            "what product sold the most units last month?",
+            "Gross sales by quarter for 2025",
+            "Show me the weekly revenue trend",
+            "cart conversion for Standard Promo",
+            "Rank the segments by orders",
+            "total number of returns in May",
+            "Net revenue from customers who bought shoes",
+        ] {
+            assert!(super::asks_for_a_number(question), "{question}");
+        }
+        for question in [
+            "Customers who have spent more than 500 in total",
+            "Find customers with an average order above 100",
+            "Who is our top spender?",
+            "Which customers are into fashion?",
+            "Show me customers who bought socks",
+            "What's the email address of customer 17?",
+            "people from Poland who bought shoes",
+            "minimalists who have spent more than 1,000",
+            "forget the taste, just rank them by spend",
+            "Show me the full profiles of customers 12 and 13, with their favourite colours",
+        ] {
+            assert!(!super::asks_for_a_number(question), "{question}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use chrono::NaiveDate;
 use crate::audience::AudienceDefinition;
 use crate::dataset::Dataset;
 use crate::examples::{Example, ExampleIndex};
-use crate::grounding::{Grounding, masked, value_text};
+use crate::grounding::{Grounding, asks_for_a_number, masked, value_text};
 use crate::stores::Stores;
 use crate::vocabulary::{DataValues, Offered};
 
@@ -97,8 +97,13 @@ pub async fn prepare(
         grounding.inherit(current.definition);
     }
     let offered = Offered::narrow(&vocabulary.values, &grounding.found);
-    let examples: Vec<Example> =
-        vocabulary.examples.nearest(&question_vector, EXAMPLES_SHOWN, current.is_some()).into_iter().cloned().collect();
+    let number = asks_for_a_number(question);
+    let examples: Vec<Example> = vocabulary
+        .examples
+        .nearest(&question_vector, EXAMPLES_SHOWN, current.is_some(), number)
+        .into_iter()
+        .cloned()
+        .collect();
     let mut prompt = String::from("Examples of calls:\n");
     for example in &examples {
         prompt.push_str(&example.render());

@@ -30,6 +30,9 @@ pub const METRICS: ToolInfo = ToolInfo { name: "metrics", description: include_s
 pub const TOOLS: [ToolInfo; 7] =
     [FIND_AUDIENCE, LOOKALIKE, METRICS, SQL_ANALYTICS, SQL_DATA_RETRIEVER, ASK_CLARIFICATION, RESPOND];
 
+/// The tools that answer with a number rather than people: a question that asks for one is shown their examples.
+pub const NUMBER_TOOLS: [ToolInfo; 2] = [METRICS, SQL_ANALYTICS];
+
 /// The agent's tool called `name`, if there is one.
 pub fn find(name: &str) -> Option<ToolInfo> {
     TOOLS.into_iter().find(|tool| tool.name == name)

@@ -13,7 +13,7 @@
 
 use crate::audience::definition::ProfileField;
 use crate::clarify::Clarification;
-use crate::grounding::{Grounding, event_type_of, field_words};
+use crate::grounding::{Grounding, event_type_of, field_words, names_a_measure};
 use crate::vocabulary::DataValues;
 
 /// What the program does with a question before the model sees it.
@@ -76,7 +76,8 @@ const SEGMENT_WORDS: &[&str] = &["segment", "segments", "cluster", "clusters", "
 /// running shoes?"). A question that names a stored segment value ("customers in the VIP Loyalty segment") or asks
 /// for customers by a condition is an audience, not this.
 fn asks_for_segments(words: &[String], grounding: &Grounding) -> bool {
-    if !grounding.found.segments.is_empty() {
+    // A stored segment is an audience; a measure per segment ("which segment spends the most?") is a number.
+    if !grounding.found.segments.is_empty() || names_a_measure(words) {
         return false;
     }
     let is = |index: usize, set: &[&str]| words.get(index).is_some_and(|w| set.contains(&w.as_str()));
@@ -694,6 +695,8 @@ mod tests {
             "which customers bought watches",
             "what kinds of socks sell best",
             "how many customers per segment",
+            "which segment spends the most per order?",
+            "what segment has the highest churn rate?",
         ] {
             assert!(!matches!(of(question, false), Triage::Segments(_)), "{question}: {:?}", of(question, false));
         }
