@@ -15,9 +15,11 @@ use std::time::Instant;
 
 use anyhow::{Result, anyhow};
 use audience_tools::audience::lookalike::Lookalike;
+use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::audience::saved::SavedAudiences;
 use audience_tools::audience::{AudienceReport, AudienceSession, FindAudience};
 use audience_tools::clarify::{AskClarification, Clarification};
+use audience_tools::grounding::Grounding;
 use audience_tools::metrics::{Metrics, MetricsReport};
 use audience_tools::question::{Current, Prepared, Vocabulary, prepare};
 use audience_tools::registry;
@@ -26,6 +28,7 @@ use audience_tools::segments;
 use audience_tools::sql_analytics::SqlAnalytics;
 use audience_tools::sql_data_retriever::SqlDataRetriever;
 use audience_tools::stores::Stores;
+use audience_tools::trace::TracedTool;
 use audience_tools::triage::{Context as TriageContext, Triage, triage};
 use audience_tools::vocabulary::Offered;
 use rig_agent::completion::PromptError;
@@ -456,20 +459,9 @@ impl Session {
                 let (text, reason) = self.segments_answer(&products).await;
                 (AnswerKind::Answer, text, None, reason)
             }
-            Triage::Model => return None,
+            Triage::Model => return self.swapped_here(asked, data, start).await,
         };
-        let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let usage = UsageRecord::new(
-            &self.label.provider,
-            &self.label.model,
-            Vec::new(),
-            0,
-            self.ledger.prices(),
-            latency_ms,
-            true,
-        );
-        self.ledger.record(&usage);
-        self.last_usage = Some(usage.clone());
+        let usage = self.record_model_free(start);
         self.remember(asked.to_owned(), &text);
         self.pending = clarification.clone();
         let level = if clarification.is_some() { confidence::Level::Medium } else { confidence::Level::High };
@@ -483,6 +475,48 @@ impl Session {
             steps: Vec::new(),
             usage,
         })
+    }
+
+    /// A follow-up that only swaps one value for another ("same but for France instead"), edited by the program
+    /// ([`refine::swap`]) and answered as any found audience is. `None` leaves it to the model, as does an edit the
+    /// tool refuses (the model then gets the question, and the tool's reason if it makes the same edit).
+    async fn swapped_here(&mut self, asked: &str, data: &Vocabulary, start: Instant) -> Option<Answer> {
+        let current = self.audience.current()?;
+        let grounding = Grounding::of(asked, &data.values, data.as_of);
+        let swap = refine::swap(&current, &grounding, FollowUp::of(grounding.sequence()))?;
+        let report = FindAudience::new(self.stores.clone(), self.audience.clone()).run(swap.edit).await.ok()?;
+        let text = crate::render::audience_answer(&report, &[], std::slice::from_ref(&swap.note));
+        let usage = self.record_model_free(start);
+        self.remember(asked.to_owned(), &text);
+        let reason =
+            format!("the follow-up only swaps one value for another ({}): an edit made without the model", swap.note);
+        Some(Answer {
+            kind: AnswerKind::Answer,
+            text,
+            clarification: None,
+            confidence: Confidence { level: confidence::Level::High, reasons: vec![reason] },
+            audience: Some(report),
+            metrics: None,
+            steps: Vec::new(),
+            usage,
+        })
+    }
+
+    /// Records an answer the program gave without a model call: its latency, and no tokens.
+    fn record_model_free(&mut self, start: Instant) -> UsageRecord {
+        let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let usage = UsageRecord::new(
+            &self.label.provider,
+            &self.label.model,
+            Vec::new(),
+            0,
+            self.ledger.prices(),
+            latency_ms,
+            true,
+        );
+        self.ledger.record(&usage);
+        self.last_usage = Some(usage.clone());
+        usage
     }
 
     /// The answer to "what kinds of customers do we have?" (and "which segment should get PRODUCTS?"): k-means

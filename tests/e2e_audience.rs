@@ -429,6 +429,48 @@ fn a_scripted_conversation_of_three_follow_ups_ends_with_the_right_definition() 
     assert_eq!(answer["audience"]["size"].as_u64().unwrap(), count(&env, independent));
 }
 
+/// "Same but for France instead" fixes its edit completely: the program swaps the country itself, with no model
+/// call, says what it swapped, and the audience is the one an independent query finds.
+#[test]
+fn a_follow_up_that_only_swaps_a_value_needs_no_model_call() {
+    let env = TestEnv::ingested("aud_swap");
+    let saved = env.data_dir().join("audience.json");
+    let first = json!({"include": [
+        {"type": "profile", "field": "country", "op": "=", "value": "PL"},
+        {"type": "event", "event_type": "purchase", "within_days": 180}
+    ]});
+    let llm = FakeLlm::start(vec![Reply::tool("call_1", "find_audience", first)]);
+    let run = Run::from(
+        env.llm_command(&llm, &["ask", "--json", "Polish customers who bought something in the last 180 days"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    std::fs::write(&saved, serde_json::to_string(&run.json()).unwrap()).unwrap();
+
+    let silent = FakeLlm::start(Vec::new());
+    let from = saved.display().to_string();
+    let question = "same but for France instead";
+    let run = Run::from(env.llm_command(&silent, &["ask", "--json", question, "--from", &from]).output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(silent.requests().is_empty(), "the model was asked: {:?}", silent.requests());
+    let answer = run.json();
+    assert_eq!(
+        answer["audience"]["definition"]["include"],
+        json!([
+            {"id": "c2", "type": "event", "event_type": "purchase", "within_days": 180},
+            {"id": "c3", "type": "profile", "field": "country", "op": "=", "value": "FR"}
+        ])
+    );
+    assert!(answer["answer"].as_str().unwrap().contains("From FR replaces from PL."), "{answer}");
+    let independent = format!(
+        "SELECT DISTINCT customer_id FROM events WHERE event_type = 'purchase' AND quantity > 0 \
+         AND ts >= {AS_OF} - 179 AND ts < {AS_OF} + 1 \
+         AND customer_id IN (SELECT customer_id FROM customers WHERE country = 'FR')"
+    );
+    assert_eq!(answer["audience"]["size"].as_u64().unwrap(), count(&env, &independent));
+}
+
 /// A definition file that is not one is a usage error, before anything runs.
 #[test]
 fn a_bad_definition_file_is_a_usage_error() {

@@ -13,8 +13,9 @@
 
 use serde_json::Value;
 
-use crate::audience::definition::{AudienceDefinition, FieldKind, Op, ProfileField, Rule};
+use crate::audience::definition::{AudienceDefinition, Clause, FieldKind, Op, ProfileField, Rule};
 use crate::audience::session::Edit;
+use crate::grounding::Grounding;
 
 /// Words that start a new audience ("forget that", "new search", "scrap all of this").
 const STARTS_OVER: &[&str] = &["forget", "scrap", "scratch", "fresh", "reset", "restart", "anew", "afresh"];
@@ -114,6 +115,133 @@ pub fn settle(args: &mut Value, current: &AudienceDefinition, follow_up: FollowU
     settled
 }
 
+/// A follow-up that only swaps values, made by the program: the edit and what it changed, in words.
+#[derive(Clone, Debug)]
+pub struct Swap {
+    pub edit: Edit,
+    pub note: String,
+}
+
+/// The kinds of value a follow-up can swap, each held by its own clauses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Country,
+    Segment,
+    Product,
+    Color,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Country, Kind::Segment, Kind::Product, Kind::Color];
+
+    /// The values of this kind the question names.
+    fn named(self, asked: &Grounding) -> &[String] {
+        match self {
+            Kind::Country => &asked.found.countries,
+            Kind::Segment => &asked.found.segments,
+            Kind::Product => &asked.found.products,
+            Kind::Color => &asked.found.colors,
+        }
+    }
+
+    /// The values of this kind a rule holds, if it holds any (an equality on a one-valued field, or a list).
+    fn values_of(self, rule: &Rule) -> Option<Vec<String>> {
+        let texts = |value: &Value| -> Option<Vec<String>> {
+            match value {
+                Value::String(text) => Some(vec![text.clone()]),
+                Value::Array(items) => items.iter().map(|item| item.as_str().map(str::to_owned)).collect(),
+                _ => None,
+            }
+        };
+        match (self, rule) {
+            (Kind::Product, Rule::Event { products, .. }) if !products.is_empty() => Some(products.clone()),
+            (Kind::Color, Rule::Event { colors, .. }) if !colors.is_empty() => Some(colors.clone()),
+            (_, Rule::Profile { field, op: Op::Eq | Op::In, value }) if self.holds(*field) => texts(value),
+            _ => None,
+        }
+    }
+
+    fn holds(self, field: ProfileField) -> bool {
+        match self {
+            Kind::Country => field == ProfileField::Country,
+            Kind::Segment => field == ProfileField::Segment,
+            Kind::Color => field == ProfileField::FavoriteColor,
+            Kind::Product => false,
+        }
+    }
+
+    /// `rule` holding `values` instead of its own.
+    fn with_values(self, rule: &Rule, values: Vec<String>) -> Rule {
+        let mut rule = rule.clone();
+        match &mut rule {
+            Rule::Event { products, .. } if self == Kind::Product => *products = values,
+            Rule::Event { colors, .. } if self == Kind::Color => *colors = values,
+            Rule::Profile { op, value, .. } => {
+                (*op, *value) = match values.as_slice() {
+                    [one] => (Op::Eq, Value::from(one.clone())),
+                    many => (Op::In, Value::from(many.to_vec())),
+                };
+            }
+            _ => {}
+        }
+        rule
+    }
+}
+
+/// The edit of a follow-up that only swaps values of one kind ("same but for France instead", "jewelry instead of
+/// watches"): the values it names that the audience does not hold take the place of the ones it names that the
+/// audience holds (or of all the values, when it names none of them), in the one clause holding that kind.
+///
+/// The program makes this edit because the question fixes it completely, and a small model gets it wrong: asked
+/// "same but for jewelry instead of watches", the recorded 1.5B model sent a spend, a recency and a segment clause.
+/// `asked` is the question's own grounding (not the one that inherits the audience's values). `None` when the
+/// question says anything more (a number, a window, a period, an event of another type, a second kind of value),
+/// when no value is new, or when the clause to edit is not the only one: the model writes that edit.
+pub fn swap(current: &AudienceDefinition, asked: &Grounding, follow_up: FollowUp) -> Option<Swap> {
+    if !follow_up.replaces || follow_up.starts_over {
+        return None;
+    }
+    if !asked.numbers.is_empty() || !asked.days.is_empty() || !asked.periods.is_empty() {
+        return None;
+    }
+    let mut kinds = Kind::ALL.into_iter().filter(|kind| !kind.named(asked).is_empty());
+    let (Some(kind), None) = (kinds.next(), kinds.next()) else { return None };
+    let named = kind.named(asked);
+    let holding: Vec<(&Clause, bool, Vec<String>)> = current
+        .clauses()
+        .filter_map(|(clause, exclude)| kind.values_of(&clause.rule).map(|values| (clause, exclude, values)))
+        .collect();
+    let held: Vec<&String> = holding.iter().flat_map(|(_, _, values)| values).collect();
+    let fresh: Vec<String> = named.iter().filter(|value| !held.contains(value)).cloned().collect();
+    let replaced: Vec<&String> = named.iter().filter(|value| held.contains(value)).collect();
+    if fresh.is_empty() {
+        return None;
+    }
+    let mut targets = holding
+        .iter()
+        .filter(|(_, _, values)| replaced.is_empty() || values.iter().any(|value| replaced.contains(&value)));
+    let (Some((clause, exclude, values)), None) = (targets.next(), targets.next()) else { return None };
+    if let Rule::Event { event_type, .. } = &clause.rule
+        && asked.event_types.iter().any(|named| Some(*named) != *event_type)
+    {
+        return None;
+    }
+    if !matches!(clause.rule, Rule::Event { .. }) && !asked.event_types.is_empty() {
+        return None;
+    }
+    let mut kept: Vec<String> = if replaced.is_empty() {
+        Vec::new()
+    } else {
+        values.iter().filter(|v| !replaced.contains(v)).cloned().collect()
+    };
+    kept.extend(fresh);
+    let added = Clause { id: String::new(), rule: kind.with_values(&clause.rule, kept) };
+    let note = format!("{} replaces {}", added.rule.predicate(), clause.rule.predicate());
+    let (include, exclude) = if *exclude { (Vec::new(), vec![added]) } else { (vec![added], Vec::new()) };
+    let edit = Edit { include, exclude, remove: vec![clause.id.clone()], ..Edit::default() };
+    Some(Swap { edit, note })
+}
+
 /// Whether two rules constrain the same thing: one profile field, or events of one type.
 fn same_slot(old: &Rule, new: &Rule) -> bool {
     match (old, new) {
@@ -166,6 +294,51 @@ mod tests {
             ]
         }))
         .unwrap()
+    }
+
+    fn asked(question: &str) -> Grounding {
+        let values = crate::vocabulary::DataValues {
+            products: vec!["watches".into(), "jewelry".into(), "shoes".into()],
+            colors: vec!["black".into(), "gold".into()],
+            countries: vec!["PL".into(), "FR".into(), "DE".into()],
+            segments: vec!["VIP Loyalty".into()],
+        };
+        Grounding::of(question, &values, chrono::NaiveDate::from_ymd_opt(2026, 6, 29).unwrap())
+    }
+
+    fn swapped(question: &str) -> Option<Swap> {
+        let asked = asked(question);
+        swap(&current(), &asked, FollowUp::of(asked.sequence()))
+    }
+
+    /// "Instead" with one new value of one kind is an edit the program makes: the value takes the place of the one
+    /// the question names, or of the clause's values, in the one clause that holds that kind.
+    #[test]
+    fn a_follow_up_that_only_swaps_a_value_is_edited_by_the_program() {
+        let france = swapped("same but for France instead").unwrap();
+        assert_eq!(france.edit.remove, ["c1"]);
+        assert_eq!(
+            serde_json::to_value(&france.edit.include).unwrap(),
+            json!([{"type": "profile", "field": "country", "op": "=", "value": "FR"}])
+        );
+        assert_eq!(france.note, "from FR replaces from PL");
+        let jewelry = swapped("same but for jewelry instead of watches").unwrap();
+        assert_eq!(jewelry.edit.remove, ["c2"]);
+        assert_eq!(
+            serde_json::to_value(&jewelry.edit.include).unwrap(),
+            json!([{"type": "event", "event_type": "view", "products": ["jewelry"], "within_days": 180}])
+        );
+        // Anything more than a swap is the model's to write.
+        for question in [
+            "same but for France instead, and only those over 30",
+            "France instead, in the last 30 days",
+            "same but for France and jewelry instead",
+            "jewelry instead, and the buyers only",
+            "now only France",
+            "same but Poland instead",
+        ] {
+            assert!(swapped(question).is_none(), "{question}");
+        }
     }
 
     #[test]
