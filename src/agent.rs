@@ -284,7 +284,8 @@ impl Session {
         let hook = TraceHook::new(log.clone(), self.verbose, can_grow)
             .grounded(grounding)
             .editing(definition.clone())
-            .constrained(self.constrained);
+            .constrained(self.constrained)
+            .asks_for_a_number(prepared.number);
         // Counts left from an earlier question (or this question's model-free steps) are not this run's.
         self.reported.take();
         let run_future = agent

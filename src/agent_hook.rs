@@ -170,9 +170,15 @@ enum Offer {
 
 /// The offer for the next call: a required call until a tool succeeds, then the answer. `find_audience`, `metrics`,
 /// `respond` and `ask_clarification` end the run themselves (the host renders their answer), so only the
-/// results of the other tools are answered by the model. `can_grow`: there is a seed for `lookalike`.
-fn offer(outcomes: &[(String, Outcome)], can_grow: bool) -> Offer {
-    let every: &'static [&'static str] = if can_grow { &EVERY_TOOL } else { &NOTHING_TO_GROW };
+/// results of the other tools are answered by the model. `can_grow`: there is a seed for `lookalike`; `number`:
+/// the question asks for a number, which only the number tools answer (shown number examples, the recorded 1.5B
+/// model still answered "which country has the most customers?" with an audience of one country).
+fn offer(outcomes: &[(String, Outcome)], can_grow: bool, number: bool) -> Offer {
+    let every: &'static [&'static str] = match (number, can_grow) {
+        (true, _) => &NUMBER_QUESTION_TOOLS,
+        (false, true) => &EVERY_TOOL,
+        (false, false) => &NOTHING_TO_GROW,
+    };
     match outcomes.last() {
         Some((tool, Outcome::Found)) => Offer::Answer { tool: answering_tool(tool) },
         _ => Offer::Call(every),
@@ -204,6 +210,14 @@ const NOTHING_TO_GROW: [&str; 6] = [
     registry::RESPOND.name,
 ];
 
+/// The tools for a question that asks for a number: the number tools, and a question back or a reply.
+const NUMBER_QUESTION_TOOLS: [&str; 4] = [
+    registry::NUMBER_TOOLS[0].name,
+    registry::NUMBER_TOOLS[1].name,
+    registry::ASK_CLARIFICATION.name,
+    registry::RESPOND.name,
+];
+
 /// A shared handle to the run log: the hook writes, the session reads after the run.
 pub type SharedLog = Arc<Mutex<RunLog>>;
 
@@ -218,6 +232,8 @@ pub struct TraceHook {
     verbose: bool,
     /// Whether `lookalike` has a seed to grow (see [`offer`]).
     can_grow: bool,
+    /// The question asks for a number: only the number tools are offered.
+    number: bool,
     /// The question's grounding, and the values its schema offers: every clause of a `find_audience` call must
     /// trace to the question.
     grounding: Option<Arc<(Grounding, Offered)>>,
@@ -230,7 +246,7 @@ pub struct TraceHook {
 
 impl TraceHook {
     pub fn new(log: SharedLog, verbose: bool, can_grow: bool) -> Self {
-        Self { log, verbose, can_grow, grounding: None, current: None, constrained: false }
+        Self { log, verbose, can_grow, number: false, grounding: None, current: None, constrained: false }
     }
 
     /// Checks `find_audience` calls against `grounding` (and `offered`: see [`drop_untraced`]).
@@ -248,6 +264,12 @@ impl TraceHook {
     /// Treats a text reply to a required call as a failed constraint.
     pub fn constrained(mut self, constrained: bool) -> Self {
         self.constrained = constrained;
+        self
+    }
+
+    /// Offers only the number tools ([`grounding::asks_for_a_number`](audience_tools::grounding::asks_for_a_number)).
+    pub fn asks_for_a_number(mut self, number: bool) -> Self {
+        self.number = number;
         self
     }
 }
@@ -654,7 +676,7 @@ impl TraceHook {
 
 impl AgentHook for TraceHook {
     async fn on_completion_call(&self, _ctx: &HookContext, _event: CompletionCallEvent<'_>) -> CompletionCallAction {
-        let offer = offer(&lock(&self.log).outcomes, self.can_grow);
+        let offer = offer(&lock(&self.log).outcomes, self.can_grow, self.number);
         match offer {
             Offer::Call(tools) => {
                 self.say(format!("· next call: one of {}", tools.join(", ")));
@@ -817,7 +839,7 @@ impl AgentHook for TraceHook {
         if !has_calls
             && !text.is_empty()
             && self.constrained
-            && matches!(offer(&log.outcomes, self.can_grow), Offer::Call(_))
+            && matches!(offer(&log.outcomes, self.can_grow, self.number), Offer::Call(_))
         {
             // llama-server answers without its grammar when the grammar fails to build (llama.cpp #19051, #24097).
             let reason = "the local model answered in text where a constrained tool call was required: its \
@@ -914,10 +936,15 @@ mod tests {
         let calls = |steps: &[(&str, Outcome)]| -> Vec<(String, Outcome)> {
             steps.iter().map(|(tool, outcome)| ((*tool).to_owned(), *outcome)).collect()
         };
-        assert_eq!(offer(&[], true), Offer::Call(&EVERY_TOOL));
-        assert_eq!(offer(&[], false), Offer::Call(&NOTHING_TO_GROW), "lookalike needs a seed");
-        assert_eq!(offer(&calls(&[("find_audience", Outcome::Failed)]), false), Offer::Call(&NOTHING_TO_GROW));
-        assert_eq!(offer(&calls(&[("sql_analytics", Outcome::Found)]), true), Offer::Answer { tool: "sql_analytics" });
+        assert_eq!(offer(&[], true, false), Offer::Call(&EVERY_TOOL));
+        assert_eq!(offer(&[], false, false), Offer::Call(&NOTHING_TO_GROW), "lookalike needs a seed");
+        assert_eq!(offer(&calls(&[("find_audience", Outcome::Failed)]), false, false), Offer::Call(&NOTHING_TO_GROW));
+        assert_eq!(offer(&[], true, true), Offer::Call(&NUMBER_QUESTION_TOOLS), "a number question gets number tools");
+        assert!(NUMBER_QUESTION_TOOLS.iter().all(|tool| registry::find(tool).is_some()));
+        assert_eq!(
+            offer(&calls(&[("sql_analytics", Outcome::Found)]), true, true),
+            Offer::Answer { tool: "sql_analytics" }
+        );
         for tool in EVERY_TOOL {
             assert!(registry::find(tool).is_some(), "{tool} is a registered tool");
         }

@@ -162,9 +162,14 @@ fn a_metrics_call_is_the_answer_rendered_with_its_definition_in_one_model_call()
     assert_eq!(answer["confidence"]["level"], "high", "{answer}");
     assert_eq!(answer["steps"][0]["sql"], answer["metrics"]["sql"]);
 
-    // The tool is offered with its generated schema, on a required call.
+    // The tool is offered with its generated schema, on a required call, and a question that asks for a number is
+    // offered only the tools that answer with one (and a question back or a reply).
     let request = &llm.requests()[0];
     assert_eq!(request["tool_choice"], "required");
+    let mut offered: Vec<&str> =
+        request["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    offered.sort_unstable();
+    assert_eq!(offered, ["ask_clarification", "metrics", "respond", "sql_analytics"]);
     let tool = request["tools"].as_array().unwrap().iter().find(|t| t["function"]["name"] == "metrics").unwrap();
     let schema = &tool["function"]["parameters"];
     assert!(schema["properties"]["measures"]["items"]["enum"].as_array().unwrap().contains(&json!("churn_rate")));

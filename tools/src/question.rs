@@ -65,6 +65,8 @@ pub struct Prepared {
     pub examples: Vec<Example>,
     /// The user message: examples, resolved values, the current audience and the question.
     pub prompt: String,
+    /// The question asks for a number ([`asks_for_a_number`]): its examples and tools are the number tools'.
+    pub number: bool,
 }
 
 /// The audience a question refines: its definition, and how the prompt shows it (`c1 include who bought socks;
@@ -119,7 +121,7 @@ pub async fn prepare(
         prompt.push_str(&format!("Current audience: {}\n", current.text));
     }
     prompt.push_str(&format!("Question: {question}"));
-    Ok(Prepared { grounding, offered, examples, prompt })
+    Ok(Prepared { grounding, offered, examples, prompt, number })
 }
 
 #[cfg(test)]
