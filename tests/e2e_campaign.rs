@@ -664,9 +664,21 @@ fn drafts_pass_the_checks_or_are_rejected_after_one_retry_and_never_obey_a_store
     );
     let out = env.data_dir().join("drafts.csv");
     let run_draft = |llm: &FakeLlm, args: &[&str]| Run::from(env.llm_command(llm, args).output().unwrap());
+    // One request at a time: each member's scripted replies come in its turn.
     let drafted = run_draft(
         &llm,
-        &["draft", "--from", members.to_str().unwrap(), "--out", out.to_str().unwrap(), "--offer", offer, "--json"],
+        &[
+            "draft",
+            "--from",
+            members.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--offer",
+            offer,
+            "--concurrency",
+            "1",
+            "--json",
+        ],
     );
     assert_eq!(drafted.code, 0, "{}", drafted.stderr);
     let summary = drafted.json();
@@ -788,11 +800,13 @@ fn draft_resumes_after_a_kill() {
         "condition": "external_id IN ('1','2','3','4','5')"}]}),
     );
     let reply = || draft_reply("New for you", "Something new for you.");
-    // Two drafts, then a rate limit whose wait outlasts the test's patience.
+    // Two drafts, then a rate limit whose wait outlasts the test's patience (one request at a time, so that the
+    // script's order is the drafts').
     let llm = FakeLlm::start(vec![reply(), reply(), Reply::status(429).retry_after(25)]);
     let out = env.data_dir().join("drafts.csv");
     std::fs::write(&out, "the previous file\n").unwrap();
-    let args = ["draft", "--from", five.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"];
+    let args =
+        ["draft", "--from", five.to_str().unwrap(), "--out", out.to_str().unwrap(), "--concurrency", "1", "--json"];
     let mut child = env
         .llm_command(&llm, &args)
         .stdout(std::process::Stdio::null())
