@@ -924,7 +924,8 @@ fn drafts_are_offered_only_with_an_audience_and_a_call_writes_the_file_and_the_s
     assert!(!offered.contains(&"draft_emails".to_owned()), "no audience, no drafts: {offered:?}");
 
     let three = env.data_dir().join("three.json");
-    let definition = json!({"version": 1, "include": [{"type": "sql", "condition": "external_id IN ('1', '2', '3')"}]});
+    let definition =
+        json!({"version": 1, "include": [{"type": "sql", "condition": "external_id IN ('1', '2', '3')"}], "limit": 10});
     std::fs::write(&three, definition.to_string()).unwrap();
     let draft = json!({"subject": "Something new for you", "preheader": "Picked for you",
                        "body": "We picked a few new arrivals we think you will enjoy.", "cta": "Shop now"});
