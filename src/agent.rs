@@ -1,8 +1,8 @@
 //! The agent: a rig loop over the tools (`registry::TOOLS`), built per question with schemas that carry the values
 //! grounded for it, where every turn is a constrained tool call (see `agent_hook`); an explicit turn budget,
 //! conversation history for follow-ups, the conversation's audience, a trace of every step and a usage record per
-//! question. A found audience, a metrics report, a reply or a clarifying question is the answer, rendered by the
-//! program.
+//! question. A found audience, a metrics report, the summary of drafts written, a reply or a clarifying question is
+//! the answer, rendered by the program.
 //!
 //! [`Session`] is the API the `ask` command and the REPL use:
 //! `Session::new(config, stores, verbose)`, then `ask(question)` any number of times (each question sees the
@@ -37,8 +37,10 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 
 pub use crate::agent_hook::Step;
-use crate::agent_hook::{RunLog, SharedLog, TraceHook, lock};
+use crate::agent_hook::{Offerable, RunLog, SharedLog, TraceHook, lock};
 use crate::confidence::{self, Confidence, Evidence};
+use crate::drafts::batch::DraftSummary;
+use crate::drafts::tool::{DraftEmails, DraftModel};
 use crate::exit::{Failure, FailureExt, FailureKind};
 use crate::ledger::{Ledger, UsageRecord, UsageTotals};
 use crate::local_llm::{self, LocalServer};
@@ -122,6 +124,9 @@ pub struct Answer {
     /// The report of this question's `metrics` call: each value or row, the definitions used, the SQL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsReport>,
+    /// What this question's `draft_emails` call wrote: the counts and the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drafts: Option<DraftSummary>,
     /// Thought / Action / Observation steps, in order.
     pub steps: Vec<Step>,
     pub usage: UsageRecord,
@@ -148,6 +153,10 @@ pub struct Session {
     /// Fields every request of the provider carries besides the standard ones (see `ProviderKind::request_params`).
     request_params: Option<serde_json::Value>,
     label: ModelLabel,
+    /// Requests `draft_emails` keeps in flight (one for the local model).
+    draft_concurrency: usize,
+    /// Where `draft_emails` writes and finds edited draft prompts, and the ledger is.
+    data_dir: PathBuf,
     max_turns: usize,
     unknown_tool_retries: usize,
     verbose: bool,
@@ -214,6 +223,8 @@ impl Session {
             constrained: false,
             request_params: None,
             label,
+            draft_concurrency: config.provider.kind.concurrency(None),
+            data_dir: config.data_dir.clone(),
             max_turns: config.max_turns,
             unknown_tool_retries: config.unknown_tool_retries,
             verbose,
@@ -267,25 +278,34 @@ impl Session {
                 Some(saved) => saved.any().await.unwrap_or(true),
                 None => false,
             };
+        // Drafts are of the conversation's audience: without one there is nothing to write to.
+        let offerable =
+            Offerable { lookalike: can_grow, drafts: self.audience.current().is_some(), number: prepared.number };
         let find_audience = FindAudience::new(self.stores.clone(), self.audience.clone()).for_question(
             &prepared.offered,
             Arc::new(data.values.clone()),
             definition.as_ref(),
         );
+        let draft_model = DraftModel {
+            model: self.model.clone(),
+            provider: self.label.provider.clone(),
+            model_name: self.label.model.clone(),
+            concurrency: self.draft_concurrency,
+        };
+        let draft_emails = DraftEmails::new(self.stores.clone(), self.audience.clone(), draft_model, &self.data_dir);
         let agent = build_agent(
             self.model.clone(),
             self.stores.clone(),
             self.max_turns,
             self.audience.clone(),
-            find_audience,
+            QuestionTools { find_audience, draft_emails },
             &prepared.offered,
             self.request_params.clone(),
         );
-        let hook = TraceHook::new(log.clone(), self.verbose, can_grow)
+        let hook = TraceHook::new(log.clone(), self.verbose, offerable)
             .grounded(grounding)
             .editing(definition.clone())
-            .constrained(self.constrained)
-            .asks_for_a_number(prepared.number);
+            .constrained(self.constrained);
         // Counts left from an earlier question (or this question's model-free steps) are not this run's.
         self.reported.take();
         let run_future = agent
@@ -305,6 +325,7 @@ impl Session {
             || run.reply.is_some()
             || run.audience_found
             || run.metrics.is_some()
+            || run.drafts.is_some()
             || matches!(&result, Some(Ok(response)) if !response.output().trim().is_empty());
         match &result {
             Some(Ok(response)) => {
@@ -346,23 +367,26 @@ impl Session {
                 confidence,
                 audience: None,
                 metrics: None,
+                drafts: None,
                 steps: run.steps,
                 usage,
             }));
         }
         let audience = if run.audience_found { self.audience.last_report() } else { None };
         let metrics = run.metrics.take();
-        let text = match (&run.reply, &audience, &metrics) {
-            (Some(reply), _, _) => reply.text.clone(),
-            (None, Some(report), _) => crate::render::audience_answer(report, &run.dropped, &run.settled),
-            (None, None, Some(report)) => {
+        let drafts = run.drafts.take();
+        let text = match (&run.reply, &audience, &metrics, &drafts) {
+            (Some(reply), _, _, _) => reply.text.clone(),
+            (None, Some(report), _, _) => crate::render::audience_answer(report, &run.dropped, &run.settled),
+            (None, None, Some(report), _) => {
                 let mut text = crate::render::metrics::answer(report);
                 for left_out in &run.dropped {
                     text.push_str(&format!("\nLeft out, as no word of the question asks for it: {left_out}."));
                 }
                 text
             }
-            (None, None, None) => {
+            (None, None, None, Some(summary)) => crate::render::drafts_answer(summary),
+            (None, None, None, None) => {
                 let response = result.map_err(|error| self.run_error(error, &run))?;
                 if !answered {
                     return Err(tagged(FailureKind::Provider, "the model returned an empty answer".to_owned()));
@@ -395,6 +419,7 @@ impl Session {
             confidence,
             audience: run_audience,
             metrics,
+            drafts,
             steps: run.steps,
             usage,
         }))
@@ -473,6 +498,7 @@ impl Session {
             confidence: Confidence { level, reasons: vec![reason] },
             audience: None,
             metrics: None,
+            drafts: None,
             steps: Vec::new(),
             usage,
         })
@@ -700,6 +726,14 @@ pub fn system_prompt() -> String {
 /// runaway model can write into the conversation (a megabyte "condition"), which every later call would resend.
 pub const MAX_OUTPUT_TOKENS: u64 = 300;
 
+/// The tools built for each question besides the fixed ones.
+struct QuestionTools {
+    /// With the question's schema.
+    find_audience: FindAudience,
+    /// Over the conversation's audience, with the session's model.
+    draft_emails: DraftEmails,
+}
+
 /// The agent of one question: the tools, with `find_audience` offered with the question's schema. Temperature 0:
 /// the same question gets the same call, and the recorded golden set replays.
 fn build_agent(
@@ -707,7 +741,7 @@ fn build_agent(
     stores: Stores,
     max_turns: usize,
     audience: AudienceSession,
-    find_audience: FindAudience,
+    question_tools: QuestionTools,
     offered: &Offered,
     request_params: Option<serde_json::Value>,
 ) -> Agent {
@@ -727,9 +761,10 @@ fn build_agent(
         .tool(Metrics::new(stores.clone(), offered))
         .tool(SqlAnalytics::new(stores.clone(), model))
         .tool(SqlDataRetriever::new(stores))
+        .tool(question_tools.draft_emails)
         .tool(AskClarification)
         .tool(Respond)
-        .tool(find_audience)
+        .tool(question_tools.find_audience)
         .build()
 }
 

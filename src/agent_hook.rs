@@ -30,6 +30,7 @@ use rig_core::message::{AssistantContent, ToolChoice};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::drafts::batch::DraftSummary;
 use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
 use crate::render::one_line;
 
@@ -74,6 +75,8 @@ pub struct RunLog {
     pub metrics: Option<MetricsReport>,
     /// The plain reply the model gave through `respond`; the run stopped on it.
     pub reply: Option<Reply>,
+    /// The summary of the drafts `draft_emails` wrote: the run stops on it and the host renders the answer from it.
+    pub drafts: Option<DraftSummary>,
     /// Clauses left out of a `find_audience` call because nothing in the question asks for them, in words.
     pub dropped: Vec<String>,
     /// How a follow-up's call was read against the audience it edits (see `refine::settle`), in words.
@@ -161,27 +164,51 @@ enum Outcome {
 enum Offer {
     /// A tool call, required (tool choice `required`): the first call, and the repair after an error. `respond`
     /// is among the tools, so a refusal or a plain reply is a call too.
-    Call(&'static [&'static str]),
+    Call(Vec<&'static str>),
     /// An answer in words from the result of `tool`. `tool` stays declared (with tool choice `none`) so the
     /// history keeps its tool calls and results in their own roles; a call without tools would make rig rewrite
     /// them as user text, and stored customer text must never read as the user's words.
     Answer { tool: &'static str },
 }
 
+/// The tools that act on something a question may not have, and whether it has it. Without it their schemas would
+/// only add tokens to every call, and a small model calls what it is offered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offerable {
+    /// A seed for `lookalike`: the conversation's audience or a saved one.
+    pub lookalike: bool,
+    /// An audience for `draft_emails`: the conversation's.
+    pub drafts: bool,
+    /// The question asks for a number (`grounding::asks_for_a_number`): only the number tools, a question back or a
+    /// reply answer it. Shown number examples, the recorded 1.5B model still answered "which country has the most
+    /// customers?" with an audience of one country.
+    pub number: bool,
+}
+
+impl Offerable {
+    /// The tools a required call chooses from, in the registry's order.
+    fn tools(self) -> Vec<&'static str> {
+        registry::TOOLS
+            .iter()
+            .map(|tool| tool.name)
+            .filter(|name| self.lookalike || *name != registry::LOOKALIKE.name)
+            .filter(|name| self.drafts || *name != registry::DRAFT_EMAILS.name)
+            .filter(|name| {
+                let answers_a_number = registry::NUMBER_TOOLS.iter().any(|tool| tool.name == *name)
+                    || [registry::ASK_CLARIFICATION.name, registry::RESPOND.name].contains(name);
+                !self.number || answers_a_number
+            })
+            .collect()
+    }
+}
+
 /// The offer for the next call: a required call until a tool succeeds, then the answer. `find_audience`, `metrics`,
-/// `respond` and `ask_clarification` end the run themselves (the host renders their answer), so only the
-/// results of the other tools are answered by the model. `can_grow`: there is a seed for `lookalike`; `number`:
-/// the question asks for a number, which only the number tools answer (shown number examples, the recorded 1.5B
-/// model still answered "which country has the most customers?" with an audience of one country).
-fn offer(outcomes: &[(String, Outcome)], can_grow: bool, number: bool) -> Offer {
-    let every: &'static [&'static str] = match (number, can_grow) {
-        (true, _) => &NUMBER_QUESTION_TOOLS,
-        (false, true) => &EVERY_TOOL,
-        (false, false) => &NOTHING_TO_GROW,
-    };
+/// `draft_emails`, `respond` and `ask_clarification` end the run themselves (the host renders their answer), so
+/// only the results of the other tools are answered by the model.
+fn offer(outcomes: &[(String, Outcome)], offerable: Offerable) -> Offer {
     match outcomes.last() {
         Some((tool, Outcome::Found)) => Offer::Answer { tool: answering_tool(tool) },
-        _ => Offer::Call(every),
+        _ => Offer::Call(offerable.tools()),
     }
 }
 
@@ -189,34 +216,6 @@ fn offer(outcomes: &[(String, Outcome)], can_grow: bool, number: bool) -> Offer 
 fn answering_tool(tool: &str) -> &'static str {
     registry::find(tool).map_or(registry::SQL_ANALYTICS.name, |info| info.name)
 }
-
-/// Every tool.
-const EVERY_TOOL: [&str; 7] = [
-    registry::FIND_AUDIENCE.name,
-    registry::LOOKALIKE.name,
-    registry::METRICS.name,
-    registry::SQL_ANALYTICS.name,
-    registry::SQL_DATA_RETRIEVER.name,
-    registry::ASK_CLARIFICATION.name,
-    registry::RESPOND.name,
-];
-/// Every tool but `lookalike`.
-const NOTHING_TO_GROW: [&str; 6] = [
-    registry::FIND_AUDIENCE.name,
-    registry::METRICS.name,
-    registry::SQL_ANALYTICS.name,
-    registry::SQL_DATA_RETRIEVER.name,
-    registry::ASK_CLARIFICATION.name,
-    registry::RESPOND.name,
-];
-
-/// The tools for a question that asks for a number: the number tools, and a question back or a reply.
-const NUMBER_QUESTION_TOOLS: [&str; 4] = [
-    registry::NUMBER_TOOLS[0].name,
-    registry::NUMBER_TOOLS[1].name,
-    registry::ASK_CLARIFICATION.name,
-    registry::RESPOND.name,
-];
 
 /// A shared handle to the run log: the hook writes, the session reads after the run.
 pub type SharedLog = Arc<Mutex<RunLog>>;
@@ -230,10 +229,8 @@ pub fn lock(log: &SharedLog) -> MutexGuard<'_, RunLog> {
 pub struct TraceHook {
     log: SharedLog,
     verbose: bool,
-    /// Whether `lookalike` has a seed to grow (see [`offer`]).
-    can_grow: bool,
-    /// The question asks for a number: only the number tools are offered.
-    number: bool,
+    /// Which of the tools that need something to act on this question may call (see [`offer`]).
+    offerable: Offerable,
     /// The question's grounding, and the values its schema offers: every clause of a `find_audience` call must
     /// trace to the question.
     grounding: Option<Arc<(Grounding, Offered)>>,
@@ -245,8 +242,8 @@ pub struct TraceHook {
 }
 
 impl TraceHook {
-    pub fn new(log: SharedLog, verbose: bool, can_grow: bool) -> Self {
-        Self { log, verbose, can_grow, number: false, grounding: None, current: None, constrained: false }
+    pub fn new(log: SharedLog, verbose: bool, offerable: Offerable) -> Self {
+        Self { log, verbose, offerable, grounding: None, current: None, constrained: false }
     }
 
     /// Checks `find_audience` calls against `grounding` (and `offered`: see [`drop_untraced`]).
@@ -264,12 +261,6 @@ impl TraceHook {
     /// Treats a text reply to a required call as a failed constraint.
     pub fn constrained(mut self, constrained: bool) -> Self {
         self.constrained = constrained;
-        self
-    }
-
-    /// Offers only the number tools ([`grounding::asks_for_a_number`](audience_tools::grounding::asks_for_a_number)).
-    pub fn asks_for_a_number(mut self, number: bool) -> Self {
-        self.number = number;
         self
     }
 }
@@ -578,6 +569,10 @@ impl TraceHook {
             .as_ref()
             .filter(|_| tool == registry::METRICS.name)
             .and_then(|output| serde_json::from_value::<MetricsReport>(output.clone()).ok());
+        let drafts = output
+            .as_ref()
+            .filter(|_| tool == registry::DRAFT_EMAILS.name)
+            .and_then(|output| serde_json::from_value::<DraftSummary>(output.clone()).ok());
         // A call the hook sent back never ran: it has neither an error from the tool nor an output.
         let outcome = if error.is_some() || output.is_none() { Outcome::Failed } else { Outcome::Found };
         if outcome == Outcome::Failed {
@@ -630,6 +625,11 @@ impl TraceHook {
             log.metrics = metrics;
             return OutcomeAction::stop(ANSWERED_STOP);
         }
+        if drafts.is_some() {
+            // The counts and the file are the answer, said by the host.
+            log.drafts = drafts;
+            return OutcomeAction::stop(ANSWERED_STOP);
+        }
         if outcome == Outcome::Found && tool == registry::FIND_AUDIENCE.name {
             // The typed report is the answer: the host renders it, with no second model call to restate it.
             log.audience_found = true;
@@ -676,13 +676,11 @@ impl TraceHook {
 
 impl AgentHook for TraceHook {
     async fn on_completion_call(&self, _ctx: &HookContext, _event: CompletionCallEvent<'_>) -> CompletionCallAction {
-        let offer = offer(&lock(&self.log).outcomes, self.can_grow, self.number);
+        let offer = offer(&lock(&self.log).outcomes, self.offerable);
         match offer {
             Offer::Call(tools) => {
                 self.say(format!("· next call: one of {}", tools.join(", ")));
-                CompletionCallAction::patch(
-                    RequestPatch::new().active_tools(tools.to_vec()).tool_choice(ToolChoice::Required),
-                )
+                CompletionCallAction::patch(RequestPatch::new().active_tools(tools).tool_choice(ToolChoice::Required))
             }
             Offer::Answer { tool } => {
                 self.say("· next call: the model answers");
@@ -839,7 +837,7 @@ impl AgentHook for TraceHook {
         if !has_calls
             && !text.is_empty()
             && self.constrained
-            && matches!(offer(&log.outcomes, self.can_grow, self.number), Offer::Call(_))
+            && matches!(offer(&log.outcomes, self.offerable), Offer::Call(_))
         {
             // llama-server answers without its grammar when the grammar fails to build (llama.cpp #19051, #24097).
             let reason = "the local model answered in text where a constrained tool call was required: its \
@@ -936,19 +934,35 @@ mod tests {
         let calls = |steps: &[(&str, Outcome)]| -> Vec<(String, Outcome)> {
             steps.iter().map(|(tool, outcome)| ((*tool).to_owned(), *outcome)).collect()
         };
-        assert_eq!(offer(&[], true, false), Offer::Call(&EVERY_TOOL));
-        assert_eq!(offer(&[], false, false), Offer::Call(&NOTHING_TO_GROW), "lookalike needs a seed");
-        assert_eq!(offer(&calls(&[("find_audience", Outcome::Failed)]), false, false), Offer::Call(&NOTHING_TO_GROW));
-        assert_eq!(offer(&[], true, true), Offer::Call(&NUMBER_QUESTION_TOOLS), "a number question gets number tools");
-        assert!(NUMBER_QUESTION_TOOLS.iter().all(|tool| registry::find(tool).is_some()));
+        let every = Offerable { lookalike: true, drafts: true, number: false };
+        let registered: Vec<&str> = registry::TOOLS.iter().map(|tool| tool.name).collect();
+        assert_eq!(offer(&[], every), Offer::Call(registered.clone()), "every registered tool is offered");
+        let Offer::Call(nothing_to_act_on) = offer(&[], Offerable::default()) else { panic!("a call is required") };
+        let without = |left_out: &[&str]| -> Vec<&str> {
+            registered.iter().copied().filter(|name| !left_out.contains(name)).collect()
+        };
         assert_eq!(
-            offer(&calls(&[("sql_analytics", Outcome::Found)]), true, true),
-            Offer::Answer { tool: "sql_analytics" }
+            nothing_to_act_on,
+            without(&["lookalike", "draft_emails"]),
+            "lookalike needs a seed, drafts an audience"
         );
-        for tool in EVERY_TOOL {
-            assert!(registry::find(tool).is_some(), "{tool} is a registered tool");
-        }
-        assert_eq!(EVERY_TOOL.len(), registry::TOOLS.len(), "every registered tool is offered");
+        let saved_only = Offerable { lookalike: true, drafts: false, number: false };
+        assert_eq!(
+            offer(&[], saved_only),
+            Offer::Call(without(&["draft_emails"])),
+            "a saved audience is no current one"
+        );
+        assert_eq!(
+            offer(&calls(&[("find_audience", Outcome::Failed)]), Offerable::default()),
+            Offer::Call(nothing_to_act_on)
+        );
+        assert_eq!(offer(&calls(&[("sql_analytics", Outcome::Found)]), every), Offer::Answer { tool: "sql_analytics" });
+        let number = Offerable { lookalike: true, drafts: true, number: true };
+        assert_eq!(
+            offer(&[], number),
+            Offer::Call(vec!["metrics", "sql_analytics", "ask_clarification", "respond"]),
+            "a question that asks for a number is offered the number tools"
+        );
     }
 
     /// The library's metrics answers are what the settling keeps: no breakdown, period, comparison or filter of an

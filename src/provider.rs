@@ -1,5 +1,7 @@
 //! The LLM provider: configuration from the environment (and `<data_dir>/config.toml`), and a chat model
-//! whose HTTP transport retries 429 and 5xx replies with exponential backoff and enforces a request timeout.
+//! whose HTTP transport retries 429 and 5xx replies with exponential backoff or the wait `Retry-After` asks for
+//! (a rate limit pauses every request the model has in flight, not only the one it answered), and enforces a
+//! request timeout.
 //!
 //! Every provider is reached through its chat-completions API (never OpenAI's Responses API): the fake
 //! server in the end-to-end tests, OpenRouter, Groq, Ollama and compatible gateways all speak it.
@@ -41,6 +43,9 @@ const DEFAULT_TIMEOUT_SECS: u64 = 60;
 /// A small model on two CPU cores takes about 30 s for a 2k-token call, several times that while other work runs.
 const LOCAL_TIMEOUT_SECS: u64 = 600;
 const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Requests a batch (`audience draft`) keeps in flight with a hosted provider unless told otherwise: enough to
+/// overlap the network's latency, few enough to stay under a free tier's requests per minute.
+pub const HOSTED_CONCURRENCY: usize = 4;
 
 /// A supported provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +112,17 @@ impl ProviderKind {
             ProviderKind::Groq => Some("GROQ_API_KEY"),
             ProviderKind::Gemini => Some("GEMINI_API_KEY"),
             ProviderKind::Ollama | ProviderKind::Local => None,
+        }
+    }
+
+    /// Requests a batch may keep in flight: the local server answers one at a time (and reuses its prompt cache
+    /// only then) whatever was `asked`; Ollama, usually on this machine too, one unless asked; a hosted provider
+    /// `asked` or [`HOSTED_CONCURRENCY`].
+    pub fn concurrency(self, asked: Option<usize>) -> usize {
+        match self {
+            ProviderKind::Local => 1,
+            ProviderKind::Ollama => asked.unwrap_or(1).max(1),
+            _ => asked.unwrap_or(HOSTED_CONCURRENCY).max(1),
         }
     }
 
@@ -381,13 +397,16 @@ impl ProviderConfig {
     }
 }
 
-/// An HTTP transport that retries 429 and 5xx replies: exponential backoff, or the reply's `Retry-After`
-/// (seconds) when present, capped. Connection failures and timeouts are not retried: they would only
-/// multiply the wait before the same error.
+/// An HTTP transport that retries 429 and 5xx replies: exponential backoff, or the reply's `Retry-After` (seconds
+/// or an HTTP date) when present, capped. A 429 also pauses every other request of the transport (its clones
+/// share the pause) until the wait is over: a rate limit is the account's, and requests sent into it would only
+/// be refused again. Connection failures and timeouts are not retried: they would only multiply the wait before
+/// the same error.
 #[derive(Clone, Debug)]
 pub struct RetryingHttp {
     inner: ReqwestClient,
     policy: RetryPolicy,
+    pause: Pause,
     /// The request timeout, named in the error when it is reached.
     timeout: Duration,
     cassette: Option<Cassette>,
@@ -433,7 +452,14 @@ impl RetryingHttp {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self { inner: ReqwestClient::from(client), policy, timeout, cassette: None, reported: None })
+        Ok(Self {
+            inner: ReqwestClient::from(client),
+            policy,
+            pause: Pause::default(),
+            timeout,
+            cassette: None,
+            reported: None,
+        })
     }
 
     /// A reply's body as the agent reads it: implausible counts removed ([`scrub_usage`]), the counts of an agent
@@ -477,6 +503,37 @@ fn named_timeout(error: http_client::Error, timeout: Duration) -> http_client::E
     error
 }
 
+/// The time before which no request of a transport goes out, set by a rate limit and shared by its clones.
+#[derive(Clone, Debug, Default)]
+struct Pause(Arc<Mutex<Option<tokio::time::Instant>>>);
+
+impl Pause {
+    /// Holds every request until `until` (or a later time another rate limit set).
+    fn until(&self, until: tokio::time::Instant) {
+        let mut pause = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *pause = Some(pause.map_or(until, |earlier| earlier.max(until)));
+    }
+
+    /// Waits out the pause, if one is set.
+    async fn wait(&self) {
+        let until = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
+
+/// The wait a `Retry-After` value asks for at `now`: whole seconds, or an HTTP date (RFC 9110; one in the past is
+/// no wait). `None` for a value that is neither.
+fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((date.with_timezone(&chrono::Utc) - now).to_std().unwrap_or(Duration::ZERO))
+}
+
 /// How long to wait before retrying `error`, or `None` when it must not be retried.
 fn retry_delay(error: &http_client::Error, attempt: u32, policy: &RetryPolicy) -> Option<Duration> {
     let status = error.non_success_status()?;
@@ -487,8 +544,7 @@ fn retry_delay(error: &http_client::Error, attempt: u32, policy: &RetryPolicy) -
         .non_success_headers()
         .and_then(|headers| headers.get(http::header::RETRY_AFTER))
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|value| retry_after(value, chrono::Utc::now()));
     let backoff = policy.base_backoff.saturating_mul(2u32.saturating_pow(attempt)).min(policy.max_backoff);
     match retry_after {
         Some(wait) if wait > policy.max_retry_after => None,
@@ -571,16 +627,23 @@ impl HttpClientExt for RetryingHttp {
             }
             let mut attempt = 0;
             loop {
+                transport.pause.wait().await;
                 let request = rebuild(&parts, &body)?;
                 match inner.send::<Bytes, Bytes>(request).await {
                     Err(error) if attempt < policy.max_retries => match retry_delay(&error, attempt, &policy) {
                         Some(delay) => {
+                            let status = error.non_success_status();
                             tracing::warn!(
                                 "LLM provider answered {}; retrying in {:.1} s",
-                                error.non_success_status().map_or_else(String::new, |s| s.to_string()),
+                                status.map_or_else(String::new, |s| s.to_string()),
                                 delay.as_secs_f64()
                             );
-                            tokio::time::sleep(delay).await;
+                            if status == Some(StatusCode::TOO_MANY_REQUESTS) {
+                                // Every request waits with this one; the loop's first step waits it out.
+                                transport.pause.until(tokio::time::Instant::now() + delay);
+                            } else {
+                                tokio::time::sleep(delay).await;
+                            }
                             attempt += 1;
                         }
                         None => return Err(named_timeout(error, transport.timeout)),
@@ -644,6 +707,26 @@ mod tests {
         assert_eq!(retry_delay(&status_error(401, None), 0, &policy), None);
         // A provider asking for a long pause is treated as unavailable rather than hanging the command.
         assert_eq!(retry_delay(&status_error(429, Some("3600")), 0, &policy), None);
+        let in_five_seconds = (chrono::Utc::now() + chrono::TimeDelta::seconds(5)).to_rfc2822();
+        let delay = retry_delay(&status_error(429, Some(&in_five_seconds)), 0, &policy).unwrap();
+        assert!(delay > Duration::from_secs(3) && delay <= Duration::from_secs(5), "{delay:?}");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&chrono::Utc);
+        assert_eq!(retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO), "a past date: no wait");
+        assert_eq!(retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn the_local_model_gets_one_request_at_a_time() {
+        assert_eq!(ProviderKind::Local.concurrency(Some(8)), 1);
+        assert_eq!(ProviderKind::OpenRouter.concurrency(None), HOSTED_CONCURRENCY);
+        assert_eq!(ProviderKind::Groq.concurrency(Some(2)), 2);
+        assert_eq!(ProviderKind::Ollama.concurrency(None), 1);
     }
 
     #[test]

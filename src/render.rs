@@ -1,11 +1,13 @@
 //! Answers as the user reads them, written by the program from typed results: the answer to a found audience, the
 //! audience's summary (size, funnel, breakdown) and its members' table, and a metrics report ([`metrics`]: the
-//! value with its definition, the table and the chart). `ask`, the REPL and the campaign commands
-//! print these; text from the model or from customer data is escaped for the terminal where it is printed.
+//! value with its definition, the table and the chart), and the drafts the agent wrote. `ask`, the REPL and the
+//! campaign commands print these; text from the model or from customer data is escaped for the terminal where it is printed.
 
 use audience_tools::audience::AudienceReport;
 use audience_tools::audience::report::{Breakdown, Member, Share};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::drafts::batch::DraftSummary;
 
 pub mod metrics;
 pub mod segments;
@@ -17,6 +19,18 @@ pub fn one_line(text: &str, max: usize) -> String {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
     }
+}
+
+/// The answer to a `draft_emails` call: the counts and the file, and the members left without a draft.
+pub fn drafts_answer(summary: &DraftSummary) -> String {
+    let mut text = format!("{}.", summary.line());
+    if summary.remaining > 0 {
+        text.push_str(&format!(
+            " {} more members have no draft yet: ask for more, or write them all with `audience draft`.",
+            summary.remaining
+        ));
+    }
+    text
 }
 
 /// Members named in a rendered answer; the whole list is printed below it (and in `--json`).

@@ -904,3 +904,76 @@ fn questions_about_kinds_of_customers_are_answered_from_segments_without_the_mod
     assert!(text.starts_with("for running_gear: segment "), "{text}");
     assert!(llm.requests().is_empty(), "no model call: {:?}", llm.requests());
 }
+
+/// The tools a request offered, by name.
+fn offered_tools(request: &Value) -> Vec<String> {
+    request["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap().to_owned()).collect()
+}
+
+/// The agent's route to drafts: `draft_emails` is offered only while the conversation has an audience; called, it
+/// writes that audience's drafts with the command's checks into the data directory's drafts folder, and its typed
+/// summary is the answer, with no model call to restate it.
+#[test]
+fn drafts_are_offered_only_with_an_audience_and_a_call_writes_the_file_and_the_summary() {
+    let env = TestEnv::ingested("agentdrafts");
+    let llm = FakeLlm::start(vec![Reply::tool("call_1", "respond", json!({"text": "Find an audience first."}))]);
+    let run = env.ask_json(&llm, "write campaign e-mails for the customers who bought something");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let offered = offered_tools(&llm.requests()[0]);
+    assert!(offered.contains(&"find_audience".to_owned()), "{offered:?}");
+    assert!(!offered.contains(&"draft_emails".to_owned()), "no audience, no drafts: {offered:?}");
+
+    let three = env.data_dir().join("three.json");
+    let definition =
+        json!({"version": 1, "include": [{"type": "sql", "condition": "external_id IN ('1', '2', '3')"}], "limit": 10});
+    std::fs::write(&three, definition.to_string()).unwrap();
+    let draft = json!({"subject": "Something new for you", "preheader": "Picked for you",
+                       "body": "We picked a few new arrivals we think you will enjoy.", "cta": "Shop now"});
+    let call = json!({"offer": "20% off until Sunday", "limit": 2, "file": "spring.csv"});
+    let llm = FakeLlm::start(vec![
+        Reply::tool("call_1", "draft_emails", call.clone()),
+        Reply::text(&draft.to_string()),
+        Reply::text(&draft.to_string()),
+        Reply::text("never requested"),
+    ]);
+    let question = "write a campaign e-mail for them with 20% off until Sunday";
+    let run = Run::from(
+        env.llm_command(&llm, &["ask", "--json", "--from", three.to_str().unwrap(), question]).output().unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 3, "the call, then one request per draft: the summary is the answer");
+    let tool = requests[0]["tools"].as_array().unwrap().iter().find(|t| t["function"]["name"] == "draft_emails");
+    let parameters = &tool.expect("offered with an audience")["function"]["parameters"];
+    for property in ["offer", "per", "limit", "file", "holdout"] {
+        assert!(parameters["properties"].get(property).is_some(), "{property}: {parameters}");
+    }
+    let per = parameters["properties"]["per"].to_string();
+    assert!(["member", "segment", "action"].iter().all(|name| per.contains(name)), "{per}");
+    // The drafts are written under the draft's own JSON schema, with the offer the call gave.
+    assert_eq!(requests[1]["response_format"]["type"], "json_schema");
+    let user = content_text(&messages_with_role(&requests[1], "user")[0]);
+    assert!(user.contains("Offer: 20% off until Sunday"), "{user}");
+
+    let answer = run.json();
+    let file = env.data_dir().join("drafts").join("spring.csv");
+    let summary = &answer["drafts"];
+    assert_eq!(summary["out"], file.to_str().unwrap(), "{summary}");
+    assert_eq!(
+        (summary["drafts"].as_u64(), summary["accepted"].as_u64(), summary["rejected"].as_u64()),
+        (Some(2), Some(2), Some(0)),
+        "{summary}"
+    );
+    assert_eq!((summary["held_out"].as_u64(), summary["remaining"].as_u64()), (Some(0), Some(1)), "{summary}");
+    let text = answer["answer"].as_str().unwrap();
+    assert!(text.starts_with(&format!("2 drafts in {}: 2 accepted", file.display())), "{text}");
+    assert!(text.contains("1 more members have no draft yet"), "{text}");
+    assert_eq!(answer["steps"][0]["tool"], "draft_emails");
+    assert_eq!(answer["steps"][0]["args"], call);
+    let rows: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(rows.len(), 3, "a header and two drafts: {rows:?}");
+    assert!(
+        rows[1..].iter().all(|row| row.contains("Something new for you") && row.contains(",accepted,")),
+        "{rows:?}"
+    );
+}

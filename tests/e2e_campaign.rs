@@ -664,9 +664,21 @@ fn drafts_pass_the_checks_or_are_rejected_after_one_retry_and_never_obey_a_store
     );
     let out = env.data_dir().join("drafts.csv");
     let run_draft = |llm: &FakeLlm, args: &[&str]| Run::from(env.llm_command(llm, args).output().unwrap());
+    // One request at a time: each member's scripted replies come in its turn.
     let drafted = run_draft(
         &llm,
-        &["draft", "--from", members.to_str().unwrap(), "--out", out.to_str().unwrap(), "--offer", offer, "--json"],
+        &[
+            "draft",
+            "--from",
+            members.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--offer",
+            offer,
+            "--concurrency",
+            "1",
+            "--json",
+        ],
     );
     assert_eq!(drafted.code, 0, "{}", drafted.stderr);
     let summary = drafted.json();
@@ -766,6 +778,10 @@ fn drafts_pass_the_checks_or_are_rejected_after_one_retry_and_never_obey_a_store
     assert_eq!(llm.requests().len(), treatment.len() - 2, "the kept drafts are not written again");
     let rows = draft_rows(&out3);
     assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), treatment.iter().cloned().collect::<BTreeSet<_>>());
+    // Written four at a time (the hosted default) and in two runs, the file keeps the members' order.
+    let in_file: Vec<String> =
+        csv::Reader::from_path(&out3).unwrap().records().map(|r| r.unwrap()[0].to_owned()).collect();
+    assert_eq!(in_file, treatment);
     assert!(rows.values().all(|row| row["email_sha256"].len() == 64 && !row.contains_key("email")));
     assert!(!partial_exists(&out3));
 }
@@ -788,11 +804,13 @@ fn draft_resumes_after_a_kill() {
         "condition": "external_id IN ('1','2','3','4','5')"}]}),
     );
     let reply = || draft_reply("New for you", "Something new for you.");
-    // Two drafts, then a rate limit whose wait outlasts the test's patience.
+    // Two drafts, then a rate limit whose wait outlasts the test's patience (one request at a time, so that the
+    // script's order is the drafts').
     let llm = FakeLlm::start(vec![reply(), reply(), Reply::status(429).retry_after(25)]);
     let out = env.data_dir().join("drafts.csv");
     std::fs::write(&out, "the previous file\n").unwrap();
-    let args = ["draft", "--from", five.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"];
+    let args =
+        ["draft", "--from", five.to_str().unwrap(), "--out", out.to_str().unwrap(), "--concurrency", "1", "--json"];
     let mut child = env
         .llm_command(&llm, &args)
         .stdout(std::process::Stdio::null())

@@ -1,5 +1,6 @@
-//! Acting on an audience and measuring it: `actions` (each member's next-best action from the rule table) and
-//! `measure` (the lift of a campaign, treatment against the holdout's control group).
+//! Acting on an audience and measuring it: `actions` (each member's next-best action from the rule table), `draft`
+//! (e-mail drafts of its members, written by `audience::drafts::batch`) and `measure` (the lift of a campaign,
+//! treatment against the holdout's control group).
 
 use std::path::{Path, PathBuf};
 
@@ -14,9 +15,12 @@ use serde::Serialize;
 
 use crate::cli::audiences::{Target, read_rules};
 use audience::campaign::Holdout;
+use audience::drafts::DraftPrompts;
+use audience::drafts::batch::{self, Batch, Per, Writer};
 use audience::exit::{FailureExt, FailureKind, tool_failure};
 use audience::lift::{Comparison, Economics, GroupStats, Interval, Metric, Observation, compare};
 use audience::outln;
+use audience::provider::{ProviderConfig, ProviderKind};
 use audience::terminal;
 use audience_tools::stores::Stores;
 
@@ -317,14 +321,6 @@ fn p_value(p: f64) -> String {
     if p < 0.001 { "p < 0.001".to_owned() } else { format!("p = {p:.3}") }
 }
 
-/// What one draft is written for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Per {
-    Member,
-    Segment,
-    Action,
-}
-
 // Parser as well: the REPL parses its `/draft` line with the same syntax.
 #[derive(Parser, Debug)]
 #[command(no_binary_name = true)]
@@ -364,39 +360,12 @@ pub struct DraftArgs {
     /// shipped one). Default: <data dir>/prompts/drafts when it exists.
     #[arg(long, value_name = "DIR")]
     pub prompts: Option<PathBuf>,
+    /// Requests in flight at most (default: the provider's, 4 for a hosted one); the local model always gets one
+    /// at a time.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: Option<u16>,
     #[arg(long)]
     pub json: bool,
-}
-
-/// The columns of a drafts file.
-const DRAFT_COLUMNS: [&str; 11] =
-    ["id", "email", "segment", "action", "subject", "preheader", "body", "cta", "status", "reason", "tokens"];
-
-/// What `draft` reports.
-#[derive(Debug, Default, Serialize)]
-struct DraftSummary {
-    out: PathBuf,
-    drafts: u64,
-    accepted: u64,
-    accepted_first_try: u64,
-    accepted_after_retry: u64,
-    rejected: u64,
-    /// Members of the holdout's control group: no draft.
-    held_out: u64,
-    /// Drafts kept from an interrupted run.
-    resumed: u64,
-    /// Recipients left for a later run (`--limit`).
-    remaining: u64,
-    tokens: u64,
-    /// The model calls of this run, priced by the price table (also in the usage ledger); unknown without a price.
-    cost_usd: Option<f64>,
-}
-
-/// The file beside the output that holds each finished draft as soon as it is done, for `--resume`.
-fn partial_path(out: &std::path::Path) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".partial.jsonl");
-    out.with_file_name(name)
 }
 
 /// `audience draft`: e-mail drafts for the audience's treatment members (or its segments or actions).
@@ -407,298 +376,53 @@ pub async fn draft(
     data_dir: &Path,
     current: Option<AudienceDefinition>,
 ) -> Result<()> {
-    use audience::campaign::{ExportFile, Format, email_sha256};
-    use audience::drafts::{self, Context, Recipient, looks_like_instruction};
-    use audience_tools::audience::export::{Members, for_each_member};
-    use serde_json::{Map, Value};
-    use std::io::Write as _;
-
-    let format = match Format::from_path(&args.out).kind(FailureKind::Usage)? {
-        Format::Json => {
-            return Err(anyhow!("drafts are written as .csv or .jsonl (a draft at a time)")).kind(FailureKind::Usage);
-        }
-        format => format,
-    };
     let holdout = args.holdout.map(|percent| Holdout::new(percent, args.seed)).transpose().kind(FailureKind::Usage)?;
-    let table = read_rules(args.rules.as_deref())?;
+    let rules = read_rules(args.rules.as_deref())?;
     let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), current, "draft for").await?;
-
-    // Every customer, for the checks: the e-mails and full names a draft may not show, and the product names.
     let prompts_dir = args.prompts.clone().unwrap_or_else(|| data_dir.join("prompts").join("drafts"));
     if args.prompts.is_some() && !prompts_dir.is_dir() {
         return Err(anyhow!("--prompts {}: no such directory", prompts_dir.display())).kind(FailureKind::Usage);
     }
-    let prompts = drafts::DraftPrompts::load(&prompts_dir).kind(FailureKind::Usage)?;
-    let mut context = Context { prompts, offer: args.offer.clone(), ..Context::default() };
-    let mut products = std::collections::BTreeSet::new();
-    let everyone = AudienceDefinition::default();
-    let fields = ["external_id", "first_name", "last_name", "email", "interests"];
-    for_each_member(stores, Members::Definition(&everyone), &fields, &[], |record| {
-        let text = |key: &str| record.get(key).and_then(Value::as_str).map(str::to_lowercase);
-        if let Some(email) = text("email") {
-            context.emails.insert(email.trim().to_owned());
-        }
-        if let (Some(first), Some(last)) = (text("first_name"), text("last_name")) {
-            context.full_names.insert(format!("{} {}", first.trim(), last.trim()));
-        }
-        for interest in record.get("interests").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(interest) = interest.as_str() {
-                products.insert(interest.to_owned());
-            }
-        }
-        Ok(())
-    })
-    .await
-    .map_err(tool_failure)?;
-    context.products = products.into_iter().collect();
-
-    // The recipients: the treatment members, each with its facts and action.
-    let column = actions::rule_column(stores, &table).await.map_err(tool_failure)?;
-    let fields = [
-        "external_id",
-        "first_name",
-        "last_name",
-        "email",
-        "favorite_color",
-        "segment",
-        "interests",
-        "preferred_colors",
-        "last_purchase",
-    ];
-    let mut members = Vec::new();
-    let mut held_out = 0u64;
-    for_each_member(stores, target.members(), &fields, &[column], |record: Map<String, Value>| {
-        let text = |key: &str| record.get(key).and_then(Value::as_str).map(str::to_owned);
-        let list = |key: &str| -> Vec<String> {
-            record
-                .get(key)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        };
-        let id = text("external_id").unwrap_or_default();
-        if holdout.as_ref().is_some_and(|h| h.group(&id) == "control") {
-            held_out += 1;
-            return Ok(());
-        }
-        let stored: Vec<String> =
-            ["first_name", "last_name", "email", "favorite_color"].iter().filter_map(|k| text(k)).collect();
-        let untrusted: Vec<String> = stored.into_iter().filter(|value| looks_like_instruction(value)).collect();
-        let first_name = text("first_name").filter(|name| !untrusted.contains(name));
-        let full_name =
-            text("first_name").zip(text("last_name")).map(|(f, l)| format!("{} {}", f.trim(), l.trim()).to_lowercase());
-        let (action, _) = table.describe(table.assigned(record.get(actions::RULE_COLUMN)));
-        members.push(Recipient {
-            id,
-            first_name,
-            email: text("email"),
-            full_name,
-            segment: text("segment").unwrap_or_default(),
-            action: action.to_owned(),
-            interests: list("interests"),
-            colors: list("preferred_colors"),
-            last_purchase: text("last_purchase").map(|ts| ts.chars().take(10).collect()),
-            untrusted,
-            group: false,
-        });
-        Ok(())
-    })
-    .await
-    .map_err(tool_failure)?;
-    let recipients = match args.per {
-        Per::Member => members,
-        Per::Segment | Per::Action => group_recipients(&members, args.per),
+    let prompts = DraftPrompts::load(&prompts_dir).kind(FailureKind::Usage)?;
+    let batch = Batch {
+        members: target.members(),
+        out: args.out.clone(),
+        offer: args.offer.clone(),
+        per: args.per,
+        limit: args.limit,
+        resume: args.resume,
+        mask_pii: args.mask_pii,
+        holdout,
+        rules: &rules,
+        prompts,
     };
+    let prepared = batch::prepare(stores, batch).await?;
 
-    // Drafts finished by an interrupted run, kept with --resume.
-    let partial = partial_path(&args.out);
-    let mut done: Vec<Map<String, Value>> = Vec::new();
-    if args.resume && partial.exists() {
-        let text = std::fs::read_to_string(&partial)?;
-        // A line cut by the interruption is written again.
-        done = text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
-    }
-    let done_ids: std::collections::HashSet<String> =
-        done.iter().filter_map(|row| row.get("id").and_then(Value::as_str).map(str::to_owned)).collect();
-    let mut summary =
-        DraftSummary { out: args.out.clone(), held_out, resumed: done.len() as u64, ..Default::default() };
-    for row in &done {
-        count(&mut summary, row);
-    }
-    // The kept drafts are written again, so a line the interruption cut is not left in the middle of the file.
-    let mut partial_file = std::io::BufWriter::new(std::fs::File::create(&partial)?);
-    for row in &done {
-        serde_json::to_writer(&mut partial_file, row)?;
-        partial_file.write_all(b"\n")?;
-    }
-    partial_file.flush()?;
-    let todo: Vec<&Recipient> = recipients.iter().filter(|r| !done_ids.contains(&r.id)).collect();
-    let this_run = args.limit.map_or(todo.len(), |limit| limit.min(todo.len()));
-    summary.remaining = (todo.len() - this_run) as u64;
-
-    let provider = audience::provider::ProviderConfig::load(data_dir)?;
+    let provider = ProviderConfig::load(data_dir)?;
     let _server = match (&provider.kind, &provider.base_url) {
-        (audience::provider::ProviderKind::Local, Some(url)) => {
+        (ProviderKind::Local, Some(url)) => {
             Some(audience::local_llm::ensure(url, &provider.model, data_dir).await.kind(FailureKind::Provider)?)
         }
         _ => None,
     };
+    let concurrency = provider.kind.concurrency(args.concurrency.map(usize::from));
+    if let Some(asked) = args.concurrency.filter(|asked| usize::from(*asked) != concurrency) {
+        eprintln!("note: the local model serves one request at a time; --concurrency {asked} is not used");
+    }
     let model = provider.chat_model()?;
-    let mut ledger = audience::ledger::Ledger::open(data_dir)?;
-    summary.cost_usd = Some(0.0);
-    let bar = indicatif::ProgressBar::new(this_run as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("drafts {bar:30} {pos}/{len} {elapsed}, about {eta} left")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    // One request at a time: the local model serves one, and reuses the prompt cache of the shared instructions.
-    for recipient in todo.into_iter().take(this_run) {
-        let start = std::time::Instant::now();
-        let outcome = drafts::write(&model, recipient, &context).await.kind(FailureKind::Provider)?;
-        let usage = audience::ledger::UsageRecord::new(
-            provider.kind.name(),
-            &provider.model,
-            outcome.calls.clone(),
-            0,
-            ledger.prices(),
-            start.elapsed().as_millis() as u64,
-            true,
-        );
-        summary.cost_usd = summary.cost_usd.zip(usage.cost_usd).map(|(sum, cost)| sum + cost);
-        ledger.record(&usage);
-        let email = match (&recipient.email, args.mask_pii) {
-            (Some(email), true) => Value::String(email_sha256(email)),
-            (Some(email), false) => Value::String(email.clone()),
-            (None, _) => Value::Null,
-        };
-        let piece = |f: fn(&drafts::Draft) -> &String| {
-            outcome.draft.as_ref().map_or(Value::Null, |d| Value::String(f(d).clone()))
-        };
-        let row: Map<String, Value> = [
-            ("id", Value::String(recipient.id.clone())),
-            ("email", email),
-            ("segment", Value::String(recipient.segment.clone())),
-            ("action", Value::String(recipient.action.clone())),
-            ("subject", piece(|d| &d.subject)),
-            ("preheader", piece(|d| &d.preheader)),
-            ("body", piece(|d| &d.body)),
-            ("cta", piece(|d| &d.cta)),
-            ("status", Value::String(outcome.status.to_owned())),
-            ("reason", outcome.reason.clone().map_or(Value::Null, Value::String)),
-            ("tokens", Value::from(outcome.tokens)),
-            ("attempts", Value::from(outcome.attempts)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        serde_json::to_writer(&mut partial_file, &row)?;
-        partial_file.write_all(b"\n")?;
-        partial_file.flush()?;
-        count(&mut summary, &row);
-        done.push(row);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    drop(partial_file);
-
-    let mut columns: Vec<String> = DRAFT_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
-    if args.mask_pii {
-        columns[1] = "email_sha256".to_owned();
-    }
-    let mut file = ExportFile::create(&args.out, format, columns).kind(FailureKind::Input)?;
-    for mut row in done {
-        row.remove("attempts");
-        if args.mask_pii
-            && let Some(email) = row.remove("email")
-        {
-            row.insert("email_sha256".to_owned(), email);
-        }
-        file.write(&row).kind(FailureKind::Input)?;
-    }
-    file.finish().kind(FailureKind::Input)?;
-    if summary.remaining == 0 {
-        std::fs::remove_file(&partial).ok();
-    }
+    let writer =
+        Writer { model: &model, provider: provider.kind.name(), model_name: &provider.model, data_dir, concurrency };
+    let summary = prepared.generate(writer).await?;
     if args.json {
         return outln!("{}", terminal::safe_json(&summary)?);
     }
     outln!(
-        "{} drafts in {}: {} accepted ({} at the first try, {} after one retry), {} rejected; {} held out as control{}{}",
-        summary.drafts,
-        summary.out.display(),
-        summary.accepted,
-        summary.accepted_first_try,
-        summary.accepted_after_retry,
-        summary.rejected,
-        summary.held_out,
-        if summary.resumed > 0 {
-            format!("; {} kept from the interrupted run", summary.resumed)
-        } else {
-            String::new()
-        },
+        "{}{}",
+        terminal::safe(&summary.line()),
         if summary.remaining > 0 {
             format!("; {} left: run again with --resume", summary.remaining)
         } else {
             String::new()
         },
     )
-}
-
-/// Adds a finished draft's row to the summary.
-fn count(summary: &mut DraftSummary, row: &serde_json::Map<String, serde_json::Value>) {
-    summary.drafts += 1;
-    summary.tokens += row.get("tokens").and_then(serde_json::Value::as_u64).unwrap_or(0);
-    let first_try = row.get("attempts").and_then(serde_json::Value::as_u64) == Some(1);
-    match row.get("status").and_then(serde_json::Value::as_str) {
-        Some("accepted") if first_try => {
-            summary.accepted += 1;
-            summary.accepted_first_try += 1;
-        }
-        Some("accepted") => {
-            summary.accepted += 1;
-            summary.accepted_after_retry += 1;
-        }
-        _ => summary.rejected += 1,
-    }
-}
-
-/// One recipient per segment or action: the members' most common interests, no personal fact.
-fn group_recipients(members: &[audience::drafts::Recipient], per: Per) -> Vec<audience::drafts::Recipient> {
-    use std::collections::BTreeMap;
-    let mut groups: BTreeMap<(String, String), Vec<&audience::drafts::Recipient>> = BTreeMap::new();
-    for member in members {
-        let key = match per {
-            Per::Segment => ("segment".to_owned(), member.segment.clone()),
-            _ => ("action".to_owned(), member.action.clone()),
-        };
-        groups.entry(key).or_default().push(member);
-    }
-    groups
-        .into_iter()
-        .map(|((by, name), group)| {
-            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-            for member in &group {
-                for interest in &member.interests {
-                    *counts.entry(interest).or_default() += 1;
-                }
-            }
-            let mut common: Vec<(&str, usize)> = counts.into_iter().collect();
-            common.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-            audience::drafts::Recipient {
-                id: format!("{by}:{name}"),
-                first_name: None,
-                email: None,
-                full_name: None,
-                segment: if by == "segment" { name.clone() } else { String::new() },
-                action: if by == "action" { name.clone() } else { String::new() },
-                interests: common.into_iter().take(3).map(|(i, _)| i.to_owned()).collect(),
-                colors: Vec::new(),
-                last_purchase: None,
-                untrusted: Vec::new(),
-                group: true,
-            }
-        })
-        .collect()
 }

@@ -26,9 +26,14 @@ pub const RESPOND: ToolInfo = ToolInfo { name: "respond", description: include_s
 
 pub const METRICS: ToolInfo = ToolInfo { name: "metrics", description: include_str!("../../prompts/tools/metrics.md") };
 
+/// Campaign e-mails for the conversation's audience. The tool itself is the `audience` crate's (it writes with the
+/// chat model and the draft checks there); its name and description live here with every other tool's.
+pub const DRAFT_EMAILS: ToolInfo =
+    ToolInfo { name: "draft_emails", description: include_str!("../../prompts/tools/draft_emails.md") };
+
 /// Every tool of the agent, in the order they are offered and listed.
-pub const TOOLS: [ToolInfo; 7] =
-    [FIND_AUDIENCE, LOOKALIKE, METRICS, SQL_ANALYTICS, SQL_DATA_RETRIEVER, ASK_CLARIFICATION, RESPOND];
+pub const TOOLS: [ToolInfo; 8] =
+    [FIND_AUDIENCE, LOOKALIKE, METRICS, SQL_ANALYTICS, SQL_DATA_RETRIEVER, DRAFT_EMAILS, ASK_CLARIFICATION, RESPOND];
 
 /// The tools that answer with a number rather than people: a question that asks for one is shown their examples.
 pub const NUMBER_TOOLS: [ToolInfo; 2] = [METRICS, SQL_ANALYTICS];

@@ -7,6 +7,12 @@
 //! interests and the offer; no other customer's e-mail or full name; nothing that obeys an instruction stored in the
 //! member's own fields (a field that reads like an instruction is left out of the prompt, and the draft may not
 //! copy it or carry the marks of obeying it); subject, preheader, body and call to action within their lengths.
+//!
+//! [`batch`] writes the drafts of an audience (the command's and the agent's one code path); [`tool`] is the
+//! agent's `draft_emails`.
+
+pub mod batch;
+pub mod tool;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -22,9 +28,9 @@ use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
 use crate::provider::ChatModel;
 
 /// The shipped instructions of a per-member draft, of a per-group draft, and the tone by action and by segment.
-const SYSTEM_MEMBER: &str = include_str!("../prompts/drafts/system.md");
-const SYSTEM_GROUP: &str = include_str!("../prompts/drafts/system_group.md");
-const TONES: &str = include_str!("../prompts/drafts/tone.toml");
+const SYSTEM_MEMBER: &str = include_str!("../../prompts/drafts/system.md");
+const SYSTEM_GROUP: &str = include_str!("../../prompts/drafts/system_group.md");
+const TONES: &str = include_str!("../../prompts/drafts/tone.toml");
 /// The files of a prompts directory, each replacing its shipped text when present.
 pub const PROMPT_FILES: [&str; 3] = ["system.md", "system_group.md", "tone.toml"];
 
