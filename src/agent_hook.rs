@@ -930,7 +930,8 @@ mod tests {
     fn every_metrics_example_survives_the_settling_whole() {
         let examples = audience_tools::examples::library().unwrap();
         let mut values = audience_tools::examples::values_of(&examples);
-        values.countries = ["BE", "DE", "DK", "ES", "FR", "GB", "IT", "NL", "PL", "SE", "US"].map(String::from).to_vec();
+        values.countries =
+            ["BE", "DE", "DK", "ES", "FR", "GB", "IT", "NL", "PL", "SE", "US"].map(String::from).to_vec();
         let as_of = chrono::NaiveDate::from_ymd_opt(2026, 6, 29).unwrap();
         let mut failures = Vec::new();
         for example in examples.iter().filter(|e| e.tool == "metrics") {

@@ -157,8 +157,8 @@ mod tests {
             assert!(edit.is_ok(), "{}: {:?}", example.question, edit.err());
         }
         for example in examples.iter().filter(|e| e.tool == "metrics") {
-            let args: crate::metrics::MetricsArgs = serde_json::from_value(example.args.clone())
-                .unwrap_or_else(|e| panic!("{}: {e}", example.question));
+            let args: crate::metrics::MetricsArgs =
+                serde_json::from_value(example.args.clone()).unwrap_or_else(|e| panic!("{}: {e}", example.question));
             assert!(args.check().is_ok(), "{}: {:?}", example.question, args.check().err());
         }
         assert!(examples.iter().any(|e| e.args.get("exclude").is_some()), "negation is shown");

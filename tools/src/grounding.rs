@@ -762,7 +762,9 @@ impl Grounding {
                     .get(ordinal_at)
                     .and_then(|w| ORDINALS.iter().position(|ordinal| ordinal.contains(w)))
                     .filter(|_| words.get(ordinal_at + 1) == Some(&"quarter"))
-                    .map(|nth| (nth as u32 + 1, ordinal_at + 2 + usize::from(words.get(ordinal_at + 2) == Some(&"of"))));
+                    .map(|nth| {
+                        (nth as u32 + 1, ordinal_at + 2 + usize::from(words.get(ordinal_at + 2) == Some(&"of")))
+                    });
                 // Where the year would be: after a month or quarter, or the word itself.
                 let (first_month, months, year_at_word) = match (month, quarter, ordinal_quarter, year_at(i + 1)) {
                     (Some(month), ..) => (month as u32 + 1, 1, i + 2),
