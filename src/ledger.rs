@@ -86,6 +86,8 @@ pub enum CallPurpose {
     SqlWriter,
     /// A campaign e-mail draft (`audience draft`), a retry included.
     Draft,
+    /// The names of the segments of `audience segments`, all in one call.
+    SegmentNames,
 }
 
 /// Token usage and latency of one LLM call.

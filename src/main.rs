@@ -38,6 +38,9 @@ enum Command {
                             \"Ingest\" section, and examples/mappings/.\n\
                             Try a new file or mapping first with --check: it changes nothing.")]
     Ingest(data_commands::IngestArgs),
+    /// Fit the purchase and spend models again on the data already ingested and write the predicted profile fields
+    /// (p_alive, expected_purchases, expected_avg_spend, clv_12m) as a new data version.
+    Fit(data_commands::FitArgs),
     /// Re-embed every profile and rewrite the vector index (e.g. after a model change).
     Reindex,
     /// Set up a working demo: generate the 500-customer sample, ingest it, and run a first query with the tools.
@@ -123,6 +126,7 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
     match command {
         Command::Generate(args) => data_commands::generate(args)?,
         Command::Ingest(args) => data_commands::ingest(args, global).await?,
+        Command::Fit(args) => data_commands::fit(args).await?,
         Command::Reindex => data_commands::reindex(global).await?,
         Command::Demo(args) => data_commands::demo(args, global).await?,
         Command::Ask(args) => return ask::run(args, global).await,
@@ -144,7 +148,7 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Draft(args) => {
             campaign_commands::draft(&open_stores(&global.data_dir).await?, args, &global.data_dir, None).await?
         }
-        Command::Segments(args) => segments::run(&open_stores(&global.data_dir).await?, args).await?,
+        Command::Segments(args) => segments::run(&open_stores(&global.data_dir).await?, args, &global.data_dir).await?,
         Command::Lookalike(args) => {
             let session = audience_tools::audience::AudienceSession::default();
             audiences::lookalike(&open_stores(&global.data_dir).await?, args, &session).await?

@@ -17,6 +17,7 @@ fn commands(env: &TestEnv) -> Vec<Vec<String>> {
     [
         vec!["ingest", "--customers", &customers, "--events", &events],
         vec!["reindex"],
+        vec!["fit"],
         vec!["ask", "how many customers?"],
         vec!["tool", "sql_analytics", "--args", &tool_args],
         vec!["chat"],
@@ -108,6 +109,8 @@ fn usage_errors_are_exit_2_and_help_is_exit_0() {
         &["--bogus"][..],
         &["ingest"],
         &["ingest", "--events", "e.csv", "--as-of", "yesterday"],
+        &["fit", "--horizon-days", "0"],
+        &["fit", "--monthly-discount", "2"],
         &["tool"],
         &["tool", "sql_analytics", "--args", "{not json"],
         &["tool", "no_such_tool"],

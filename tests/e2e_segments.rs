@@ -1,7 +1,8 @@
 //! `audience segments` against the real stack: on a generated sample the chosen segments recover the hidden personas
 //! (adjusted Rand index against labels.csv), the same seed gives the same segments, saved segments are frozen
 //! audiences that show, export, overlap and lookalike read, a product is matched to the segment that leans to it,
-//! and too few customers is a clear usage error.
+//! the model names the segments in one constrained call (a scripted fake; names it gets wrong keep the deterministic
+//! ones), and too few customers is a clear usage error.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly; that is its job
 
 mod common;
@@ -15,8 +16,8 @@ use audience_tools::paths;
 use audience_tools::segments::{self, SegmentOptions};
 use audience_tools::stores::Stores;
 use audience_tools::vector::VectorStore;
-use common::{Run, TestEnv, database_url};
-use serde_json::Value;
+use common::{FakeLlm, Reply, Run, TestEnv, content_text, database_url, messages_with_role};
+use serde_json::{Value, json};
 
 fn run(env: &TestEnv, args: &[&str]) -> Run {
     Run::from(env.command(args).output().unwrap())
@@ -214,4 +215,90 @@ fn fewer_customers_than_segments_is_a_usage_error() {
     let name = run(&env, &["segments", "--save", "bad name"]);
     assert_eq!(name.code, 2);
     assert!(name.stderr.contains("invalid audience name"), "{}", name.stderr);
+}
+
+fn names(report: &Value) -> Vec<String> {
+    report["segments"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Issue 23: one constrained call names every segment; the names are checked in Rust, and a reply that fails a
+/// check, a provider that fails, no provider and `--no-model` keep the deterministic names, saying why in one line.
+#[test]
+fn the_model_names_every_segment_in_one_call_and_bad_names_keep_the_deterministic_ones() {
+    let env = TestEnv::ingested("segname");
+    let args = ["segments", "--k", "3", "--seed", "3", "--json"];
+    let with = |extra: &[&'static str]| args.iter().chain(extra).copied().collect::<Vec<&str>>();
+    let plain = ok(&env, &with(&["--no-model"])).json();
+    assert_eq!(plain["naming"], json!({"from": "deterministic", "reason": "--no-model"}));
+    let deterministic = names(&plain);
+    let count = deterministic.len();
+    let given = &["Denim Regulars", "Sporty Shoppers", "Luxury Loyalists"][..count];
+
+    let llm = FakeLlm::start(vec![Reply::text(&json!({ "names": given }).to_string())]);
+    let run = Run::from(env.llm_command(&llm, &with(&["--save", "named"])).output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let named = run.json();
+    assert_eq!(names(&named), given);
+    assert_eq!(named["naming"]["from"], "model");
+    assert!(run.stderr.contains("usage: 1 LLM call"), "{}", run.stderr);
+    for (model, rules) in named["segments"].as_array().unwrap().iter().zip(plain["segments"].as_array().unwrap()) {
+        assert_eq!((&model["size"], &model["description"]), (&rules["size"], &rules["description"]));
+    }
+    // One request, under the schema of `SegmentNames` with exactly one name per segment, listing every segment.
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 1);
+    let format = &requests[0]["response_format"];
+    assert_eq!(format["type"], "json_schema", "{format}");
+    let schema = &format["json_schema"]["schema"]["properties"]["names"];
+    assert_eq!((schema["minItems"].as_u64(), schema["maxItems"].as_u64()), (Some(count as u64), Some(count as u64)));
+    assert!(requests[0].get("tools").is_none(), "a plain constrained call, no tools");
+    let message = content_text(&messages_with_role(&requests[0], "user")[0]);
+    for segment in plain["segments"].as_array().unwrap() {
+        let line = format!("Segment {}: {} customers", segment["id"], segment["size"]);
+        assert!(message.contains(&line), "{line:?} not in {message}");
+        assert!(message.contains(segment["description"].as_str().unwrap()), "{message}");
+    }
+    // The saved segments carry the model's names.
+    let shown = ok(&env, &["show", "named-1", "--json"]).json();
+    assert!(shown.to_string().contains(given[0]), "{shown}");
+    let ledger = std::fs::read_to_string(env.data_dir().join("usage.jsonl")).unwrap();
+    assert!(ledger.contains("\"purpose\":\"segment_names\""), "{ledger}");
+
+    // Names that fail a check, a reply that is no JSON and a failed call: the deterministic names, one note why.
+    let twins = json!({ "names": vec!["Twins"; count] }).to_string();
+    let placeholder = &["Segment 1", "Sporty Shoppers", "Luxury Loyalists"][..count];
+    let placeholder = json!({ "names": placeholder }).to_string();
+    let cases = [
+        (Reply::text(&twins), "two segments are named \"Twins\"".to_owned()),
+        (Reply::text(r#"{"names": ["Only One"]}"#), format!("the reply has 1 names for {count} segments")),
+        (Reply::text(&placeholder), "\"Segment 1\", is a placeholder".to_owned()),
+        (Reply::text("Denim Regulars, Sporty Shoppers"), "the reply is not a list of names".to_owned()),
+        (Reply::status(400), "the model call failed".to_owned()),
+    ];
+    for (reply, reason) in cases {
+        let llm = FakeLlm::start(vec![reply]);
+        let run = Run::from(env.llm_command(&llm, &args).output().unwrap());
+        assert_eq!(run.code, 0, "{reason}: {}", run.stderr);
+        assert_eq!(names(&run.json()), deterministic, "{reason}");
+        assert_eq!(run.json()["naming"]["from"], "deterministic");
+        let notes: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("note: the segments keep")).collect();
+        assert_eq!(notes.len(), 1, "{}", run.stderr);
+        assert!(notes[0].contains(&reason), "{reason:?} not in {}", notes[0]);
+        assert_eq!(llm.requests().len(), 1, "one call, never a retry");
+    }
+
+    // No provider configured (the test environment hides any installed local model): no call, the same names.
+    let run = ok(&env, &args);
+    assert_eq!(names(&run.json()), deterministic);
+    assert!(
+        run.stderr.contains("note: the segments keep their deterministic names: no LLM provider"),
+        "{}",
+        run.stderr
+    );
+    // --no-model makes no call, even with a provider.
+    let llm = FakeLlm::start(Vec::new());
+    let run = Run::from(env.llm_command(&llm, &with(&["--no-model"])).output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(names(&run.json()), deterministic);
+    assert!(llm.requests().is_empty() && !run.stderr.contains("note: the segments keep"), "{}", run.stderr);
 }

@@ -8,22 +8,25 @@
 //! published right after the commit. Until then readers keep the old data and the old index; a failed embedding
 //! rolls everything back. The `dataset` row written in the same transaction lets readers tell whether the index
 //! they have matches the data (`Stores::vectors`). [`check`] runs the PostgreSQL part alone and rolls it back.
+//!
+//! [`refit`] (`audience fit`) fits the purchase and spend models again on the live purchase log and writes the
+//! predicted fields as a new data version, under the same lock, in one transaction with the version bump.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use audience_tools::dataset::fingerprint_sql;
 use audience_tools::db::Db;
 use audience_tools::embed::LazyEmbedder;
-use audience_tools::schema::swapped_tables;
+use audience_tools::schema::{CUSTOMER_FACTS, PREDICTED_COLUMNS, PROFILES, swapped_tables};
 use audience_tools::vector::{Manifest, StagingStart, VectorStore};
 use chrono::NaiveDate;
 use sqlx::PgConnection;
 
 use crate::audience_tables;
 use crate::load::{self, LoadOptions, LoadReport};
-use crate::predict::{self, FitReport};
+use crate::predict::{self, FitReport, PREDICTIONS_TABLE};
 use crate::profiles::{self, Distribution, ProfileStats};
 use crate::sync::{self, ProfilesTable, SyncMode, SyncReport};
 
@@ -196,6 +199,101 @@ pub async fn reindex(db: &Db, vectors: &VectorStore, embedder: &LazyEmbedder) ->
     writer.publish(&Manifest { profiles, fingerprint, data_version: version }).await?;
     tx.rollback().await.context("cannot end the reindex transaction")?;
     Ok(report)
+}
+
+/// What a refit (`audience fit`) did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RefitReport {
+    /// The day the predictions are for: the profiles' own day (`dataset.as_of`).
+    pub as_of: NaiveDate,
+    /// The data version the fit read, and the one it committed.
+    pub previous_version: i64,
+    pub version: i64,
+    /// Profiles whose predicted fields were written (every profile: a customer without a prediction gets NULLs).
+    pub profiles: u64,
+    pub fit: FitReport,
+    pub seconds: f64,
+}
+
+/// Fits the purchase and spend models again on the purchases already ingested (the live `events`, up to the
+/// profiles' day) and writes every profile's predicted fields, in `profiles` and in the derived `customer_facts`
+/// that audience clauses read, as a new data version (`audience fit`).
+///
+/// Nothing else changes: not the other profile fields, not the profile texts, so not the fingerprint or the vector
+/// index. It runs under the ingest lock, so it never interleaves with an ingest or a reindex, and in one
+/// transaction with the version bump, so readers see every profile with the old predictions and the old version,
+/// or every profile with the new ones and the new version; an answer read across the commit sees the version
+/// change and reads again (`Stores::one_version`). The update takes only row locks, which readers never wait for.
+/// A model that cannot be fitted or does not converge leaves its fields NULL, and the report's notes say why.
+pub async fn refit(db: &Db, options: predict::Options) -> Result<RefitReport> {
+    let started = Instant::now();
+    let mut tx = db.pool.begin().await.context("cannot start the fit transaction")?;
+    lock_schema(&mut tx, &db.schema).await?;
+    let dataset: Option<(i64, Option<NaiveDate>)> = sqlx::query_as("SELECT version, as_of FROM dataset WHERE id = 1")
+        .fetch_optional(&mut *tx)
+        .await
+        .context("cannot read the dataset version")?;
+    let Some((previous_version, as_of)) = dataset else {
+        bail!("schema {:?} has no data version (ingested by an older release?); run `audience ingest`", db.schema);
+    };
+    // A schema ingested before the row recorded its day: the day profiles were computed for, the newest event's.
+    let as_of = match as_of {
+        Some(day) => day,
+        None => sqlx::query_scalar::<_, Option<NaiveDate>>("SELECT (max(ts) AT TIME ZONE 'UTC')::date FROM events")
+            .fetch_one(&mut *tx)
+            .await
+            .context("cannot read the newest event time")?
+            .context("there are no events to fit the models on")?,
+    };
+
+    let fit = predict::fit_profiles(&mut tx, "events", as_of, options).await?;
+    let columns = PREDICTED_COLUMNS.join(", ");
+    // A customer without a row of predictions (a prospect, or everyone when no model was fitted) gets NULLs.
+    let update = |table: &str| {
+        format!(
+            "UPDATE {table} t SET ({columns}) = \
+             (SELECT {columns} FROM {PREDICTIONS_TABLE} p WHERE p.customer_id = t.customer_id)"
+        )
+    };
+    let profiles = sqlx::query(&update(PROFILES.name))
+        .execute(&mut *tx)
+        .await
+        .context("cannot write the predicted fields")?
+        .rows_affected();
+    // The derived table is absent from a schema ingested before it existed; the compiler then reads `profiles`.
+    let derived: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass($1)::text").bind(CUSTOMER_FACTS).fetch_one(&mut *tx).await?;
+    if derived.is_some() {
+        sqlx::query(&update(CUSTOMER_FACTS))
+            .execute(&mut *tx)
+            .await
+            .context("cannot write the predicted fields of the customer facts")?;
+    }
+    sqlx::query(&format!("DROP TABLE {PREDICTIONS_TABLE}")).execute(&mut *tx).await?;
+    // The derived tables stay as current as they were: rebuilt by the ingest of the old version, they are updated
+    // here with the profiles.
+    let version: i64 = sqlx::query_scalar(
+        "UPDATE dataset SET version = version + 1, prediction_fit = $1, \
+         derived_version = CASE WHEN derived_version = version THEN version + 1 ELSE derived_version END \
+         WHERE id = 1 RETURNING version",
+    )
+    .bind(sqlx::types::Json(&fit))
+    .fetch_one(&mut *tx)
+    .await
+    .context("cannot record the dataset version")?;
+    tx.commit().await.context("cannot commit the fit")?;
+
+    // As after an ingest: the updated rows are new tuples, not yet all-visible to index-only scans, and the planner's
+    // statistics of the predicted columns changed.
+    let mut tables = vec![PROFILES.name];
+    if derived.is_some() {
+        tables.push(CUSTOMER_FACTS);
+    }
+    sqlx::raw_sql(&format!("VACUUM ANALYZE {}", tables.join(", ")))
+        .execute(&db.pool)
+        .await
+        .context("cannot vacuum the updated tables")?;
+    Ok(RefitReport { as_of, previous_version, version, profiles, fit, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Waits for an ingest or reindex already running on this schema instead of failing: the second one then works on

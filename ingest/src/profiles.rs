@@ -95,7 +95,7 @@ pub async fn compute(
         .await?;
 
     render_texts(conn).await.context("cannot write profile texts")?;
-    let prediction = predict::fit_profiles(conn, as_of, prediction).await?;
+    let prediction = predict::fit_profiles(conn, "events_staging", as_of, prediction).await?;
 
     sqlx::query(&format!("CREATE TABLE profiles_staging ({})", PROFILES.ddl())).execute(&mut *conn).await?;
     let facts = fact_columns().join(", ");

@@ -19,9 +19,9 @@ use tempfile::TempDir;
 use audience_ingest::generate::{GenerateOptions, GenerateReport, generate};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
-use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest, reindex};
+use audience_ingest::pipeline::{IngestReport, IngestRequest, ingest, refit, reindex};
 use audience_ingest::predict::bgnbd::History;
-use audience_ingest::predict::{Buyer, FitReport, TimeUnit};
+use audience_ingest::predict::{self, Buyer, FitReport, TimeUnit};
 use audience_ingest::render::text_hash;
 use audience_tools::audience::AudienceDefinition;
 use audience_tools::audience::compile::{Data, compile};
@@ -1085,5 +1085,57 @@ async fn data_the_purchase_model_cannot_describe_leaves_the_predictions_unknown(
             assert_eq!((p_alive, expected, spend, clv), (None, None, None, None), "{name}: customer {id}");
         }
     }
+    env.drop_schema().await
+}
+
+/// The data version and every customer's expected purchases in `profiles` and in `customer_facts`, read in one
+/// statement (one snapshot).
+const PREDICTION_SNAPSHOT: &str = "SELECT (SELECT version FROM dataset WHERE id = 1), \
+     array_agg(p.expected_purchases ORDER BY customer_id), array_agg(f.expected_purchases ORDER BY customer_id) \
+     FROM profiles p JOIN customer_facts f USING (customer_id)";
+
+type PredictionSnapshot = (i64, Vec<Option<f64>>, Vec<Option<f64>>);
+
+/// `audience fit`: a refit writes every profile's predictions (and the derived facts') with a new data version, in one
+/// transaction. While refits with a 90-day and a 30-day horizon alternate, a reader that reads the version and the
+/// predictions in one statement sees every customer with one horizon, the version of that refit, and the same values
+/// in both tables: never a mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refit_is_a_new_data_version_that_readers_see_whole_or_not_at_all() -> Result<()> {
+    let env = Env::new().await?;
+    env.ingest_sample().await?;
+    let horizon = |horizon_days| predict::Options { horizon_days, ..Default::default() };
+    let ninety: PredictionSnapshot = sqlx::query_as(PREDICTION_SNAPSHOT).fetch_one(&env.db.pool).await?;
+    let report = refit(&env.db, horizon(30)).await?;
+    assert_eq!((report.previous_version, report.version, report.profiles), (ninety.0, ninety.0 + 1, 500));
+    let thirty: PredictionSnapshot = sqlx::query_as(PREDICTION_SNAPSHOT).fetch_one(&env.db.pool).await?;
+    assert_eq!(thirty.0, ninety.0 + 1);
+    assert_ne!(thirty.1, ninety.1, "another horizon gives other predictions");
+    assert_eq!((&ninety.1, &thirty.1), (&ninety.2, &thirty.2), "customer_facts carries the profiles' predictions");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (pool, stop, ninety, thirty) = (env.db.pool.clone(), stop.clone(), ninety.clone(), thirty.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (version, profiles, facts): PredictionSnapshot =
+                    sqlx::query_as(PREDICTION_SNAPSHOT).fetch_one(&pool).await?;
+                assert_eq!(profiles, facts, "version {version}: the two tables disagree");
+                // Even steps from the ingest's version are 90-day refits, odd ones 30-day refits.
+                let want = if (version - ninety.0) % 2 == 0 { &ninety.1 } else { &thirty.1 };
+                assert!(&profiles == want, "version {version} holds predictions of another version or a mix");
+                reads += 1;
+            }
+            anyhow::Ok(reads)
+        })
+    };
+    for step in 0..6 {
+        refit(&env.db, horizon(if step % 2 == 0 { 90 } else { 30 })).await?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.await?? > 0, "the reader never read");
+    let last: PredictionSnapshot = sqlx::query_as(PREDICTION_SNAPSHOT).fetch_one(&env.db.pool).await?;
+    assert_eq!((last.0, &last.1), (ninety.0 + 7, &thirty.1));
     env.drop_schema().await
 }

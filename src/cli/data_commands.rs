@@ -1,4 +1,4 @@
-//! The data engineer's commands: `generate`, `ingest`, `reindex` and `demo`.
+//! The data engineer's commands: `generate`, `ingest`, `fit`, `reindex` and `demo`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use audience_ingest::generate::{self, GenerateOptions, Lift};
 use audience_ingest::input::Mapping;
 use audience_ingest::load::LoadOptions;
 use audience_ingest::pipeline::{self, CheckReport, IngestReport, IngestRequest};
-use audience_ingest::predict;
+use audience_ingest::predict::{self, FitReport};
 use audience_ingest::profiles::ProfileStats;
 use audience_ingest::sync::SyncReport;
 use audience_tools::audience::definition::AudienceDefinition;
@@ -113,14 +113,8 @@ pub struct IngestArgs {
     /// Compute profiles as of this day (YYYY-MM-DD); default: the day of the newest event.
     #[arg(long)]
     as_of: Option<NaiveDate>,
-    /// The horizon of the predicted `expected_purchases`, in days.
-    #[arg(long, value_name = "DAYS", default_value_t = predict::DEFAULT_HORIZON_DAYS,
-          value_parser = clap::value_parser!(u32).range(1..=3650))]
-    horizon_days: u32,
-    /// The monthly discount rate of the predicted `clv_12m` (0.01 = 1% a month).
-    #[arg(long, value_name = "RATE", default_value_t = predict::Options::default().monthly_discount,
-          value_parser = discount_rate)]
-    monthly_discount: f64,
+    #[command(flatten)]
+    predict: PredictArgs,
     /// Print the report as one JSON document (counts, stage times, peak memory) instead of text.
     #[arg(long)]
     json: bool,
@@ -129,6 +123,34 @@ pub struct IngestArgs {
     /// file.
     #[arg(long)]
     check: bool,
+}
+
+/// The settings of the predicted profile fields, shared by `ingest` and `fit`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// The horizon of the predicted `expected_purchases`, in days.
+    #[arg(long, value_name = "DAYS", default_value_t = predict::DEFAULT_HORIZON_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    horizon_days: u32,
+    /// The monthly discount rate of the predicted `clv_12m` (0.01 = 1% a month).
+    #[arg(long, value_name = "RATE", default_value_t = predict::Options::default().monthly_discount,
+          value_parser = discount_rate)]
+    monthly_discount: f64,
+}
+
+impl PredictArgs {
+    fn options(&self) -> predict::Options {
+        predict::Options { horizon_days: self.horizon_days, monthly_discount: self.monthly_discount }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct FitArgs {
+    #[command(flatten)]
+    predict: PredictArgs,
+    /// Print the report (the fit, the data versions) as one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -192,7 +214,7 @@ pub async fn ingest(args: IngestArgs, global: &Global) -> Result<()> {
             dry_run: false,
         },
         as_of: args.as_of,
-        predict: predict::Options { horizon_days: args.horizon_days, monthly_discount: args.monthly_discount },
+        predict: args.predict.options(),
     };
     if args.check {
         let db = audience::open_stores::connect_db().await?;
@@ -223,6 +245,33 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
+}
+
+/// `audience fit`: the purchase and spend models fitted again on the data already ingested, their predictions
+/// written into the profiles as a new data version.
+pub async fn fit(args: FitArgs) -> Result<()> {
+    let db = audience::open_stores::connect_db().await?;
+    if !db.is_ingested().await.kind(FailureKind::Store)? {
+        return Err(anyhow!("no profiles in schema {:?} yet; run `audience ingest` first", db.schema))
+            .kind(FailureKind::Store);
+    }
+    let report = pipeline::refit(&db, args.predict.options()).await.map_err(exit::store_is_store)?;
+    if args.json {
+        return outln!("{}", serde_json::to_string(&report)?);
+    }
+    let options = &report.fit.options;
+    outln!(
+        "fitted on the purchases up to {} and wrote the predicted fields of {} profiles as data version {} (was {}) \
+         in {:.2} s; expected_purchases over the next {} days, clv_12m at a monthly discount rate of {}",
+        report.as_of,
+        report.profiles,
+        report.version,
+        report.previous_version,
+        report.seconds,
+        options.horizon_days,
+        options.monthly_discount
+    )?;
+    print_fit(&report.fit)
 }
 
 pub async fn reindex(global: &Global) -> Result<()> {
@@ -346,7 +395,12 @@ fn print_profiles(p: &ProfileStats) -> Result<()> {
     for note in &p.notes {
         outln!("note: {note}")?;
     }
-    for line in p.prediction.lines() {
+    print_fit(&p.prediction)
+}
+
+/// The fitted parameters and log-likelihood of each model, and why a model was not fitted.
+fn print_fit(fit: &FitReport) -> Result<()> {
+    for line in fit.lines() {
         outln!("{line}")?;
     }
     Ok(())

@@ -1,9 +1,13 @@
 //! `audience segments`: K-means segments of the customers, the number chosen by silhouette, each described by what
-//! sets it apart; `--save PREFIX` keeps each segment as a saved audience with its members frozen.
+//! sets it apart and named by the model in one call (`audience::segment_names`, deterministic names without one or
+//! with `--no-model`); `--save PREFIX` keeps each segment as a saved audience with its members frozen.
+
+use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use audience::exit::{Failure, FailureKind, tool_failure};
 use audience::outln;
+use audience::segment_names::{self, Naming};
 use audience::terminal;
 use audience_tools::audience::saved::{SavedAudiences, SavedError, check_name};
 use audience_tools::segments::features::FeatureGroup;
@@ -32,18 +36,34 @@ pub struct SegmentsArgs {
     /// With --save: save over audiences of the same names.
     #[arg(long, requires = "save")]
     replace: bool,
+    /// Keep the deterministic segment names: no model call.
+    #[arg(long)]
+    no_model: bool,
     #[arg(long)]
     json: bool,
 }
 
-pub async fn run(stores: &Stores, args: SegmentsArgs) -> Result<()> {
+pub async fn run(stores: &Stores, args: SegmentsArgs, data_dir: &Path) -> Result<()> {
     if let Some(prefix) = &args.save {
         // The longest name it can make must be valid before any work is done.
         check_name(&format!("{prefix}-{}", args.k.max))
             .map_err(|e| anyhow!("--save: {e}").context(Failure(FailureKind::Usage)))?;
     }
     let options = SegmentOptions { k: args.k, features: args.features, seed: args.seed, ..SegmentOptions::default() };
-    let report = segments::compute(stores, &options).await.map_err(tool_failure)?;
+    let mut report = segments::compute(stores, &options).await.map_err(tool_failure)?;
+    // Named before anything reads the names: the product match's reason and the saved audiences' explanations.
+    let naming = if args.no_model {
+        Naming::Deterministic { reason: "--no-model".to_owned() }
+    } else {
+        let outcome = segment_names::name(&mut report, data_dir).await;
+        if let Some(usage) = &outcome.usage {
+            eprintln!("{}", usage.summary_line());
+        }
+        if let Naming::Deterministic { reason } = &outcome.naming {
+            eprintln!("note: the segments keep their deterministic names: {}", terminal::safe(reason));
+        }
+        outcome.naming
+    };
     let matched = if args.product.is_empty() {
         None
     } else {
@@ -60,6 +80,7 @@ pub async fn run(stores: &Stores, args: SegmentsArgs) -> Result<()> {
     };
     if args.json {
         let mut value = serde_json::to_value(&report)?;
+        value["naming"] = serde_json::to_value(&naming)?;
         if args.save.is_some() {
             value["saved"] = serde_json::json!(saved);
         }

@@ -19,12 +19,11 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use rig_core::completion::CompletionRequest;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::agent_hook::plausible;
-use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
+use crate::constrained;
+use crate::ledger::{CallPurpose, CallUsage};
 use crate::provider::ChatModel;
 
 /// The shipped instructions of a per-member draft, of a per-group draft, and the tone by action and by segment.
@@ -180,7 +179,9 @@ pub fn check(draft: &Draft, recipient: &Recipient, context: &Context) -> Result<
     check_lengths(draft)
 }
 
-fn check_placeholders(text: &str, group: bool) -> Result<(), Violation> {
+/// The first placeholder in `text` (`{{...}}`, `[Name]`, `<name>`, lorem ipsum...); a group draft may keep the
+/// merge tag.
+pub(crate) fn check_placeholders(text: &str, group: bool) -> Result<(), Violation> {
     let without_tag = if group { text.replace(MERGE_TAG, "") } else { text.to_owned() };
     if let Some(start) = without_tag.find("{{") {
         let end = without_tag[start..].find("}}").map_or(without_tag.len(), |e| start + e + 2);
@@ -432,31 +433,16 @@ async fn attempt(
     recipient: &Recipient,
     context: &Context,
 ) -> anyhow::Result<(Option<Draft>, Result<(), Violation>, CallUsage)> {
-    let prompt_text = format!("{system}\n{message}");
-    let request = CompletionRequest::new(message)
-        .preamble(system)
-        .max_tokens(700)
-        .temperature(0.0)
-        .output_schema(schemars::schema_for!(Draft));
-    let start = std::time::Instant::now();
-    let response = model.call(request).await.map_err(|e| anyhow::anyhow!("the draft model call failed: {e}"))?;
-    // Counts the provider did not report (or reported implausibly) are estimated and marked so, never 0.
-    let (prompt, completion) = (plausible(response.usage.input_tokens), plausible(response.usage.output_tokens));
-    let tokens = CallUsage {
-        purpose: CallPurpose::Draft,
-        prompt_tokens: prompt.unwrap_or_else(|| estimate_tokens(&prompt_text)),
-        completion_tokens: completion.unwrap_or_else(|| estimate_tokens(&response.text())),
-        estimated: prompt.is_none() || completion.is_none(),
-        ms: start.elapsed().as_millis() as u64,
-        answered: true,
-    };
-    Ok(match serde_json::from_str::<Draft>(response.text().trim()) {
+    let reply = constrained::call(model, CallPurpose::Draft, system, message, schemars::schema_for!(Draft), 700)
+        .await
+        .context("the draft model call failed")?;
+    Ok(match serde_json::from_str::<Draft>(reply.text.trim()) {
         Ok(draft) => {
             let verdict = check(&draft, recipient, context);
-            (Some(draft), verdict, tokens)
+            (Some(draft), verdict, reply.usage)
         }
         Err(error) => {
-            (None, Err(Violation { kind: "format", reason: format!("the reply is not a draft: {error}") }), tokens)
+            (None, Err(Violation { kind: "format", reason: format!("the reply is not a draft: {error}") }), reply.usage)
         }
     })
 }

@@ -1,4 +1,4 @@
-//! Purchase prediction and customer value, fitted at ingest on the purchase log: who is still a customer
+//! Purchase prediction and customer value, fitted at ingest (or again by `audience fit`) on the purchase log: who is still a customer
 //! (`p_alive`), how many purchases to expect in the next days (`expected_purchases`), the expected value of a
 //! purchase (`expected_avg_spend`) and the discounted value of the next 12 months (`clv_12m`).
 //!
@@ -202,14 +202,21 @@ impl FitReport {
     }
 }
 
-/// The temporary table [`fit_profiles`] leaves the predictions in, one row per buyer, for the profiles insert.
+/// The temporary table [`fit_profiles`] leaves the predictions in, one row per buyer, for the profiles insert (or,
+/// in a refit, the update).
 pub const PREDICTIONS_TABLE: &str = "profile_predictions";
 
-/// Fits the models to the purchases in `events_staging` up to `as_of` (in days) and writes every buyer's
-/// predictions into the temporary table [`PREDICTIONS_TABLE`] (which `profiles::compute` reads and drops), under
-/// the column names of `schema::PREDICTED_COLUMNS`.
-pub async fn fit_profiles(conn: &mut PgConnection, as_of: NaiveDate, options: Options) -> Result<FitReport> {
-    let buyers = read_buyers(conn, as_of).await?;
+/// Fits the models to the purchases in `events_table` up to `as_of` (in days) and writes every buyer's predictions
+/// into the temporary table [`PREDICTIONS_TABLE`] (which `profiles::compute` and `pipeline::refit` read and drop),
+/// under the column names of `schema::PREDICTED_COLUMNS`. `events_table` is `events_staging` inside an ingest, the
+/// live `events` when `audience fit` refits the data already ingested.
+pub async fn fit_profiles(
+    conn: &mut PgConnection,
+    events_table: &str,
+    as_of: NaiveDate,
+    options: Options,
+) -> Result<FitReport> {
+    let buyers = read_buyers(conn, events_table, as_of).await?;
     let report = fit(&buyers.iter().map(|(_, b)| *b).collect::<Vec<_>>(), TimeUnit::Days, options);
 
     sqlx::query(&format!("DROP TABLE IF EXISTS {PREDICTIONS_TABLE}")).execute(&mut *conn).await?;
@@ -246,14 +253,14 @@ pub async fn fit_profiles(conn: &mut PgConnection, as_of: NaiveDate, options: Op
     Ok(report)
 }
 
-/// Every buyer's purchase days up to `as_of`: repeat days, first to last day, first day to `as_of`, and the mean
-/// spend of the repeat days.
-async fn read_buyers(conn: &mut PgConnection, as_of: NaiveDate) -> Result<Vec<(i64, Buyer)>> {
+/// Every buyer's purchase days in `events_table` up to `as_of`: repeat days, first to last day, first day to
+/// `as_of`, and the mean spend of the repeat days.
+async fn read_buyers(conn: &mut PgConnection, events_table: &str, as_of: NaiveDate) -> Result<Vec<(i64, Buyer)>> {
     let sale = is_sale("quantity");
     let rows: Vec<(i64, i32, i32, i32, f64)> = sqlx::query_as(&format!(
         "WITH days AS (
              SELECT customer_id, (ts AT TIME ZONE 'UTC')::date AS day, sum(coalesce(amount, 0))::float8 AS spend
-             FROM events_staging
+             FROM {events_table}
              WHERE event_type = 'purchase' AND {sale} AND ts < (($1::date + 1)::timestamp AT TIME ZONE 'UTC')
              GROUP BY 1, 2
          )

@@ -146,7 +146,8 @@ pub struct Candidate {
 pub struct Segment {
     /// 1 for the largest segment, then by size.
     pub id: usize,
-    /// Made from the leading distinguishing features, the same every time.
+    /// Made from the leading distinguishing features, the same every time; the `segments` command replaces it with
+    /// the model's name when the model gives valid ones.
     pub name: String,
     /// What sets it apart, in words.
     pub description: String,
