@@ -277,7 +277,7 @@ fn unknown_tool_names_get_one_correction_then_fail_with_exit_3() {
     assert_eq!(answer["steps"][0]["tool"], "run_sql");
     let feedback = serde_json::to_string(&llm.requests()[1]["messages"]).unwrap();
     let expected = "There is no tool named `run_sql`; the tools are find_audience, lookalike, metrics, sql_analytics, \
-         sql_data_retriever, ask_clarification, respond.";
+         sql_data_retriever, draft_emails, ask_clarification, respond.";
     assert!(answer["steps"][0]["observation"].as_str().unwrap().contains(expected), "{answer}");
     assert!(feedback.contains(expected), "{feedback}");
 

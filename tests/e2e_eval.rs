@@ -147,31 +147,6 @@ fn ask_json_reports_a_clarifying_question_with_exit_code_5() {
     assert_eq!(llm.requests().len(), 1);
 }
 
-/// The analytics cases the metrics catalogue must cover (issue 21), added after the golden set was last recorded:
-/// replays skip them (a replay scores what was recorded) until the next recording with the local model.
-const AWAITING_RECORDING: [&str; 20] = [
-    "analytics-view-to-cart-rate",
-    "analytics-cart-to-purchase-rate",
-    "analytics-cart-abandonment-rate",
-    "analytics-repeat-purchase-rate",
-    "analytics-churn-rate-germany",
-    "analytics-cart-abandonment-standard-promo",
-    "analytics-view-to-cart-last-90-days",
-    "analytics-repeat-rate-last-90-days",
-    "analytics-net-revenue-30-days-vs-before",
-    "analytics-gross-revenue-may-vs-april",
-    "analytics-revenue-last-week-vs-week-before",
-    "analytics-top-product-buyers-last-30-days-tie",
-    "analytics-third-country-buyers-last-30-days-tie",
-    "analytics-top-colour-by-revenue",
-    "analytics-most-returned-product",
-    "analytics-best-revenue-month-2026",
-    "analytics-average-order-value-last-90-days",
-    "analytics-spend-per-buyer-germany",
-    "analytics-returned-units",
-    "analytics-active-customers-last-30-days",
-];
-
 #[test]
 fn the_shipped_golden_set_replays_above_its_thresholds() {
     let env = TestEnv::empty("eval_golden");
@@ -183,9 +158,8 @@ fn the_shipped_golden_set_replays_above_its_thresholds() {
     let summary = &run.json()["summary"];
     assert!(summary["cases"].as_u64().unwrap() >= 60, "{summary}");
     assert_eq!(summary["categories"].as_array().unwrap().len(), 6, "{summary}");
-    // Every case of the shipped set is recorded, so every one is scored, but for the cases added since the last
-    // recording, listed here until `eval --record` records them (a case missing from the recording otherwise fails).
-    assert_eq!(run.json()["not_recorded"], serde_json::json!(AWAITING_RECORDING), "{}", run.stdout);
+    // Every case of the shipped set is recorded, so every one is scored.
+    assert_eq!(run.json()["not_recorded"], serde_json::json!([]), "{}", run.stdout);
 
     // `--only` takes several prefixes.
     let only = "refusal-delete-germany,analytics-total-customers";
