@@ -125,9 +125,10 @@ impl ExampleIndex {
     }
 
     /// The `k` examples nearest to a masked question's embedding, best first; follow-up examples only when there
-    /// is an audience to refine, and only calls of the number tools for a question that asks for a number (by
-    /// similarity alone "how many customers are from COUNTRY?" meets the audience examples about countries, and the
-    /// model copies their call).
+    /// is an audience to refine; calls of the number tools for a question that asks for a number, and only the other
+    /// tools' calls for one that does not. By similarity alone "how many customers are from COUNTRY?" meets the
+    /// audience examples about countries (and the model copies their call), and "churned customers in COUNTRY"
+    /// meets a count of churned customers.
     pub fn nearest(&self, question: &[f32], k: usize, refining: bool, number: bool) -> Vec<&Example> {
         let answers_with_a_number = |example: &Example| NUMBER_TOOLS.iter().any(|tool| tool.name == example.tool);
         let mut scored: Vec<(f32, &Example)> = self
@@ -135,7 +136,7 @@ impl ExampleIndex {
             .iter()
             .zip(&self.vectors)
             .filter(|(example, _)| refining || example.current.is_none())
-            .filter(|(example, _)| !number || answers_with_a_number(example))
+            .filter(|(example, _)| number == answers_with_a_number(example))
             .map(|(example, vector)| (question.iter().zip(vector).map(|(a, b)| a * b).sum(), example))
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -231,6 +232,19 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "classified wrongly:\n{}", wrong.join("\n"));
+    }
+
+    /// A number question is shown number examples, and any other question none of them, whatever the words share.
+    #[tokio::test]
+    async fn the_nearest_examples_answer_the_way_the_question_asks() {
+        let embedder = LazyEmbedder::new(crate::paths::models_dir());
+        let index = ExampleIndex::build(&embedder).await.unwrap();
+        let vectors = embedder.embed(vec!["churned customers in COUNTRY".to_owned()]).await.unwrap().vectors;
+        let number_tool = |example: &&Example| NUMBER_TOOLS.iter().any(|tool| tool.name == example.tool);
+        let people = index.nearest(&vectors[0], 4, false, false);
+        assert!(people.len() == 4 && !people.iter().any(number_tool), "{people:?}");
+        let numbers = index.nearest(&vectors[0], 4, false, true);
+        assert!(numbers.len() == 4 && numbers.iter().all(number_tool), "{numbers:?}");
     }
 
     fn trigrams(text: &str) -> HashSet<String> {
