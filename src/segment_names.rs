@@ -77,11 +77,7 @@ pub fn schema(segments: usize) -> schemars::Schema {
 pub fn message(report: &SegmentReport) -> String {
     let mut lines = vec![format!("{} segments of {} customers:", report.segments.len(), report.customers)];
     for segment in &report.segments {
-        let products: Vec<String> = segment
-            .top_products()
-            .iter()
-            .map(|p| format!("{} {:.0}%", p.product.replace('_', " "), p.interest_share * 100.0))
-            .collect();
+        let products = crate::render::segments::product_shares(segment);
         let apart = if segment.description.is_empty() { "nothing stands out" } else { segment.description.as_str() };
         lines.push(format!(
             "Segment {}: {} customers ({:.0}%); what sets it apart: {apart}; top products: {}; median spend {:.0}",

@@ -3,7 +3,7 @@
 
 use audience_tools::audience::report::Share;
 use audience_tools::segments::features::FeatureGroup;
-use audience_tools::segments::{ProductMatch, SegmentReport};
+use audience_tools::segments::{ProductMatch, Segment, SegmentReport};
 use comfy_table::Table;
 use comfy_table::presets::ASCII_MARKDOWN;
 
@@ -76,11 +76,7 @@ pub fn report(report: &SegmentReport) -> String {
         "spend",
     ]);
     for segment in &report.segments {
-        let products: Vec<String> = segment
-            .top_products()
-            .iter()
-            .map(|p| format!("{} {:.0}%", p.product.replace('_', " "), p.interest_share * 100.0))
-            .collect();
+        let products = product_shares(segment);
         table.add_row([
             segment.id.to_string(),
             terminal::safe(&segment.name).into_owned(),
@@ -94,6 +90,15 @@ pub fn report(report: &SegmentReport) -> String {
     }
     lines.push(table.to_string());
     lines.join("\n")
+}
+
+/// A segment's top products with their interest shares ("running gear 62%"), as the table and the naming prompt show them.
+pub fn product_shares(segment: &Segment) -> Vec<String> {
+    segment
+        .top_products()
+        .iter()
+        .map(|p| format!("{} {:.0}%", p.product.replace('_', " "), p.interest_share * 100.0))
+        .collect()
 }
 
 fn percent(share: f64) -> String {
