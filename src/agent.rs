@@ -383,6 +383,9 @@ impl Session {
                 for left_out in &run.dropped {
                     text.push_str(&format!("\nLeft out, as no word of the question asks for it: {left_out}."));
                 }
+                for note in &run.settled {
+                    text.push_str(&format!("\n{}.", crate::render::sentence(note)));
+                }
                 text
             }
             (None, None, None, Some(summary)) => crate::render::drafts_answer(summary),

@@ -15,7 +15,7 @@ use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::clarify::Clarification;
 use audience_tools::failure::{is_fatal, model_visible};
 use audience_tools::grounding::{Grounding, Traced};
-use audience_tools::metrics::{MetricsArgs, MetricsReport};
+use audience_tools::metrics::{self, Dimension, Measure, MetricsArgs, MetricsReport};
 use audience_tools::registry;
 use audience_tools::respond::Reply;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
@@ -28,7 +28,7 @@ use rig_agent::agent::{
 use rig_core::completion::Usage;
 use rig_core::message::{AssistantContent, ToolChoice};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::drafts::batch::DraftSummary;
 use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
@@ -395,69 +395,95 @@ fn drop_untraced_clauses(args: &mut Value, lists: [&str; 2], grounding: &Groundi
     dropped
 }
 
-/// Words that name each dimension in a question: a breakdown the question does not ask for is left out.
-fn dimension_words(dimension: &str) -> &'static [&'static str] {
-    match dimension {
-        "country" => &["country", "countries", "market", "markets", "nation", "nations"],
-        "segment" => &["segment", "segments"],
-        "age_band" => &["age", "ages", "band", "bands", "old", "young", "older", "younger"],
-        "spend_band" => &["band", "bands", "spenders", "spending"],
-        "product" => &["product", "products", "item", "items", "category", "categories", "sells", "selling", "seller"],
-        "color" => &["color", "colors", "colour", "colours"],
-        "event_type" => &["type", "types", "kind", "kinds"],
-        "day" => &["day", "days", "daily"],
-        "week" => &["week", "weeks", "weekly"],
-        "month" => &["month", "months", "monthly"],
-        "quarter" => &["quarter", "quarters", "quarterly"],
-        _ => &[],
-    }
-}
-
 /// Words that ask for a comparison with the period before.
 const COMPARE_WORDS: [&str; 11] =
     ["compare", "compared", "comparison", "vs", "versus", "previous", "before", "prior", "change", "growth", "grew"];
+
+/// Words that ask for a share rather than a count: "how many churned customers?" asks for a count, "how many
+/// customers churned, as a percentage?" for a rate.
+const SHARE_WORDS: [&str; 10] =
+    ["rate", "rates", "percentage", "percent", "share", "proportion", "fraction", "ratio", "likely", "odds"];
+
+/// What settling a `metrics` call did, in words: what it left out, and how it read the question where the call did
+/// not say what the question asks.
+#[derive(Debug, Default)]
+struct SettledMetrics {
+    dropped: Vec<String>,
+    read: Vec<String>,
+}
 
 /// A `metrics` call without what nothing in the question asks for, as [`drop_untraced`] does for an audience (the
 /// 1.5B model fills in every argument of the schema: a breakdown by country and segment, `within_days: 3660`, a
 /// clause on jackets, for "what share of viewers added to the cart?"): dimensions the question names no word of,
 /// a window or period it does not give, a comparison it does not ask for, and clauses that do not trace to it.
-/// Returns what was left out, in words. Arguments that do not read go to the tool as they are, for its reason.
-fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) -> Vec<String> {
+/// And with what the question's words settle and the model got wrong: a ranking of groups ("which country has the
+/// most customers?") groups by the ranked dimension, orders by the measure and keeps the number of groups asked
+/// for, and a count of the customers a rate counts on top ("how many churned customers?") is that count, not the
+/// rate. Arguments that do not read go to the tool as they are, for its reason.
+fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) -> SettledMetrics {
     if serde_json::from_value::<MetricsArgs>(args.clone()).is_err() {
-        return Vec::new();
+        return SettledMetrics::default();
     }
-    let mut dropped = Vec::new();
+    let mut settled = SettledMetrics::default();
+    let words = grounding.sequence();
+    let ranking = metrics::ranking::of(words);
+    if let Some(ranking) = ranking
+        && let Some(Value::Array(dimensions)) = args.as_object_mut().map(|o| o.entry("dimensions").or_insert(json!([])))
+        && !dimensions.iter().any(|d| d.as_str() == Some(ranking.dimension.name()))
+    {
+        dimensions.push(json!(ranking.dimension.name()));
+        settled.read.push(format!("grouped by {}, as the question ranks them", ranking.dimension.name()));
+    }
     if let Some(Value::Array(dimensions)) = args.get_mut("dimensions") {
         dimensions.retain(|dimension| {
             let name = dimension.as_str().unwrap_or_default();
-            let named = dimension_words(name).iter().any(|word| grounding.says(word));
+            let named = Dimension::named(name).is_some_and(|d| d.words().iter().any(|word| grounding.says(word)));
             if !named {
-                dropped.push(format!("the breakdown by {name}"));
+                settled.dropped.push(format!("the breakdown by {name}"));
             }
             named
         });
     }
-    let kept: Vec<Value> = args.get("dimensions").and_then(Value::as_array).cloned().unwrap_or_default();
-    let measures: Vec<Value> = args.get("measures").and_then(Value::as_array).cloned().unwrap_or_default();
     if let Some(object) = args.as_object_mut() {
         let windowed = !grounding.days.is_empty();
         let dated = !grounding.periods.is_empty();
         for (key, asked) in [("within_days", windowed), ("since", dated), ("until", dated)] {
             if let Some(value) = object.get(key).filter(|_| !asked).cloned() {
                 object.remove(key);
-                dropped.push(format!("{key} {value}"));
+                settled.dropped.push(format!("{key} {value}"));
             }
         }
         if object.get("compare") == Some(&Value::Bool(true)) && !COMPARE_WORDS.iter().any(|word| grounding.says(word)) {
             object.remove("compare");
-            dropped.push("the comparison with the period before".to_owned());
+            settled.dropped.push("the comparison with the period before".to_owned());
         }
+        let counts = words
+            .windows(2)
+            .any(|pair| matches!((pair[0].as_str(), pair[1].as_str()), ("how", "many") | ("number", "of")));
+        let whole_time = ["within_days", "since", "until"].iter().all(|key| !object.contains_key(*key));
+        if counts && whole_time && !SHARE_WORDS.iter().any(|word| grounding.says(word)) {
+            count_instead_of_rate(object, &mut settled.read);
+        }
+        let kept: Vec<Value> = object.get("dimensions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let measures: Vec<Value> = object.get("measures").and_then(Value::as_array).cloned().unwrap_or_default();
         // An order by a dimension left out (or nothing of the call) would only be refused.
         if let Some(order_by) = object.get("order_by").cloned()
             && !kept.contains(&order_by)
             && !measures.contains(&order_by)
         {
             object.remove("order_by");
+        }
+        if let Some(ranking) = ranking
+            && let Some(first) = measures.first()
+            && kept.iter().any(|d| d.as_str() == Some(ranking.dimension.name()))
+        {
+            if !object.get("order_by").is_some_and(|by| measures.contains(by)) {
+                object.insert("order_by".to_owned(), first.clone());
+            }
+            object.insert("order".to_owned(), json!(ranking.order));
+            if let Some(limit) = ranking.limit.filter(|_| !object.contains_key("limit")) {
+                object.insert("limit".to_owned(), json!(limit));
+            }
         }
     }
     // An event clause that names no condition is the tool's to refuse, with its reason.
@@ -466,9 +492,43 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
         .iter()
         .any(|list| args.get(*list).and_then(Value::as_array).is_some_and(|clauses| clauses.iter().any(empty_event)));
     if !empty {
-        dropped.extend(drop_untraced_clauses(args, ["filters", "exclude"], grounding, offered));
+        settled.dropped.extend(drop_untraced_clauses(args, ["filters", "exclude"], grounding, offered));
     }
-    dropped
+    settled
+}
+
+/// Each rate of the call that counts customers on top (see [`Measure::counted`]) replaced by that count, with the
+/// clause that picks those customers added to the filters unless the call has one on the same field.
+fn count_instead_of_rate(call: &mut serde_json::Map<String, Value>, read: &mut Vec<String>) {
+    let Some(Value::Array(measures)) = call.get("measures").cloned() else { return };
+    let mut filters: Vec<Value> = call.get("filters").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut counted: Vec<Value> = Vec::new();
+    let notes = read.len();
+    for measure in measures {
+        let rate = measure.as_str().and_then(Measure::named);
+        let Some((count, rule)) = rate.and_then(Measure::counted) else {
+            if !counted.contains(&measure) {
+                counted.push(measure);
+            }
+            continue;
+        };
+        let field = |clause: &Value| clause.get("field").cloned();
+        let noun = rule.noun();
+        let Ok(clause) = serde_json::to_value(Clause { id: String::new(), rule }) else { continue };
+        if !filters.iter().any(|f| f.get("type") == clause.get("type") && field(f) == field(&clause)) {
+            filters.push(clause);
+        }
+        if !counted.contains(&json!(count.name())) {
+            counted.push(json!(count.name()));
+        }
+        if let Some(rate) = rate {
+            read.push(format!("counted {noun} instead of the {}, as the question asks how many", rate.label()));
+        }
+    }
+    if read.len() > notes {
+        call.insert("measures".to_owned(), Value::Array(counted));
+        call.insert("filters".to_owned(), Value::Array(filters));
+    }
 }
 
 /// A short, human-readable summary of a tool's JSON output.
@@ -769,10 +829,14 @@ impl AgentHook for TraceHook {
                 && let Some(grounding) = &self.grounding
                 && let Some(mut args) = args.clone()
             {
-                let dropped = settle_metrics(&mut args, &grounding.0, &grounding.1);
-                if !dropped.is_empty() {
-                    self.say(format!("· left out, not asked for: {}", dropped.join("; ")));
-                    lock(&self.log).dropped.extend(dropped);
+                let settled = settle_metrics(&mut args, &grounding.0, &grounding.1);
+                if !settled.dropped.is_empty() {
+                    self.say(format!("· left out, not asked for: {}", settled.dropped.join("; ")));
+                    lock(&self.log).dropped.extend(settled.dropped);
+                }
+                if !settled.read.is_empty() {
+                    self.say(format!("· settled: {}", settled.read.join("; ")));
+                    lock(&self.log).settled.extend(settled.read);
                 }
                 if nulls
                     || Some(&args) != event.tool_args().and_then(|raw| serde_json::from_str::<Value>(raw).ok()).as_ref()
@@ -967,21 +1031,77 @@ mod tests {
 
     /// The library's metrics answers are what the settling keeps: no breakdown, period, comparison or filter of an
     /// example is one its question does not ask for, so the model is never shown a call the program would cut.
-    #[test]
-    fn every_metrics_example_survives_the_settling_whole() {
+    /// The data values of the example library, with the sample's countries, and its last day.
+    fn library_values() -> (audience_tools::vocabulary::DataValues, chrono::NaiveDate) {
         let examples = audience_tools::examples::library().unwrap();
         let mut values = audience_tools::examples::values_of(&examples);
         values.countries =
             ["AT", "BE", "DE", "DK", "ES", "FR", "GB", "IT", "NL", "PL", "SE", "US"].map(String::from).to_vec();
-        let as_of = chrono::NaiveDate::from_ymd_opt(2026, 6, 29).unwrap();
+        (values, chrono::NaiveDate::from_ymd_opt(2026, 6, 29).unwrap())
+    }
+
+    /// `args` settled against `question`, and the notes of the settling.
+    fn settled_metrics(question: &str, mut args: Value) -> (Value, SettledMetrics) {
+        let (values, as_of) = library_values();
+        let grounding = Grounding::of(question, &values, as_of);
+        let offered = Offered::narrow(&values, &grounding.found);
+        let settled = settle_metrics(&mut args, &grounding, &offered);
+        (args, settled)
+    }
+
+    /// Recorded from the local 1.5B model: the ranking was sent as a filter on every country.
+    #[test]
+    fn a_ranking_sent_as_a_filter_becomes_a_breakdown_ordered_by_the_measure() {
+        let countries = ["US", "DE", "PL", "GB", "FR", "ES", "IT", "NL", "SE"];
+        let call = json!({"measures": ["customers"], "filters": [
+            {"type": "profile", "field": "country", "op": "in", "value": countries}]});
+        let (args, settled) = settled_metrics("Which country has the most customers?", call);
+        let ranked = json!({"measures": ["customers"], "dimensions": ["country"], "filters": [],
+            "order_by": "customers", "order": "desc", "limit": 1});
+        assert_eq!(args, ranked, "{settled:?}");
+        assert_eq!(settled.read, ["grouped by country, as the question ranks them"]);
+        let call = json!({"measures": ["gross_revenue"], "dimensions": ["product"], "order_by": "product"});
+        let (args, _) = settled_metrics("What are the 3 worst-selling products?", call);
+        let ranked = json!({"measures": ["gross_revenue"], "dimensions": ["product"], "order_by": "gross_revenue",
+            "order": "asc", "limit": 3});
+        assert_eq!(args, ranked);
+    }
+
+    /// Recorded from the local 1.5B model: "how many churned customers" was sent as the churn rate.
+    #[test]
+    fn a_count_sent_as_a_rate_becomes_the_count_of_the_customers_it_counts() {
+        let churned = json!({"type": "profile", "field": "churned", "op": "=", "value": true});
+        let call = json!({"measures": ["churn_rate"], "filters": [churned]});
+        let (args, settled) = settled_metrics("how many churned customers have we got?", call);
+        assert_eq!(args, json!({"measures": ["customers"], "filters": [churned]}));
+        assert_eq!(
+            settled.read,
+            ["counted churned customers instead of the churn rate, as the question asks how many"]
+        );
+        let call = json!({"measures": ["churn_rate"]});
+        let (args, _) = settled_metrics("How many customers have churned?", call);
+        assert_eq!(args, json!({"measures": ["customers"], "filters": [churned]}), "the clause is added");
+        let call = json!({"measures": ["churn_rate"]});
+        let (args, _) = settled_metrics("What share of our buyers have churned?", call.clone());
+        assert_eq!(args, call, "a share is a rate");
+    }
+
+    #[test]
+    fn every_metrics_example_survives_the_settling_whole() {
+        let examples = audience_tools::examples::library().unwrap();
+        let (values, as_of) = library_values();
         let mut failures = Vec::new();
         for example in examples.iter().filter(|e| e.tool == "metrics") {
             let grounding = Grounding::of(&example.question, &values, as_of);
             let offered = Offered::narrow(&values, &grounding.found);
             let mut args = example.args.clone();
-            let dropped = settle_metrics(&mut args, &grounding, &offered);
-            if !dropped.is_empty() || args != example.args {
-                failures.push(format!("{:?}: {} left out", example.question, dropped.join(", ")));
+            let settled = settle_metrics(&mut args, &grounding, &offered);
+            if !settled.dropped.is_empty() || args != example.args {
+                failures.push(format!(
+                    "{:?}: {} left out; became {args}",
+                    example.question,
+                    settled.dropped.join(", ")
+                ));
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -61,13 +61,18 @@ pub fn audience_answer(report: &AudienceReport, dropped: &[String], settled: &[S
         text.push_str(&format!(" Left out, as no word of the question asks for it: {clause}."));
     }
     for note in settled {
-        let mut note = note.clone();
-        if let Some(first) = note.get(..1) {
-            note.replace_range(..1, &first.to_uppercase());
-        }
-        text.push_str(&format!(" {note}."));
+        text.push_str(&format!(" {}.", sentence(note)));
     }
     text
+}
+
+/// A note of the host ("grouped by country, as ...") as a sentence, its first letter capitalised.
+pub fn sentence(note: &str) -> String {
+    let mut note = note.to_owned();
+    if let Some(first) = note.get(..1) {
+        note.replace_range(..1, &first.to_uppercase());
+    }
+    note
 }
 
 /// The audience in a few lines: its size, what defines it (with the size after each clause) and its makeup.

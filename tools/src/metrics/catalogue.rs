@@ -14,6 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::audience::definition::{Op, ProfileField, Rule};
 use crate::schema::{CHURN_DAYS, SPEND_BANDS, is_return, is_sale, spend_band_sql};
 
 /// What a measure is computed from.
@@ -284,6 +285,18 @@ impl Measure {
         }
     }
 
+    /// For a rate, the count of the customers it counts on top, as a count measure and the profile clause that
+    /// picks them: "how many churned customers?" asks for the churned customers, not for the churn rate. A rate
+    /// over a period's events has none (a profile clause holds for all time).
+    pub fn counted(self) -> Option<(Measure, Rule)> {
+        let profile = |field, op, value| Rule::Profile { field, op, value };
+        match self {
+            Self::ChurnRate => Some((Self::Customers, profile(ProfileField::Churned, Op::Eq, true.into()))),
+            Self::RepeatPurchaseRate => Some((Self::Customers, profile(ProfileField::OrderCount, Op::Gte, 2.into()))),
+            _ => None,
+        }
+    }
+
     /// Whether `dimension` splits this measure into groups it has a value in: every measure takes the customer
     /// dimensions; only event measures take the event ones, and of those only events and active customers are
     /// split by event type (the others read given event types, so every other group would be empty).
@@ -362,6 +375,43 @@ impl Dimension {
     /// The dimension called `name`, if the catalogue has one.
     pub fn named(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|dimension| dimension.name() == name)
+    }
+
+    /// Words that name it in a question: a breakdown the question names no word of is not asked for.
+    pub fn words(self) -> &'static [&'static str] {
+        match self {
+            Self::Country => &["country", "countries", "market", "markets", "nation", "nations"],
+            Self::Segment => &["segment", "segments"],
+            Self::AgeBand => &["age", "ages", "band", "bands", "old", "young", "older", "younger"],
+            Self::SpendBand => &["band", "bands", "spenders", "spending"],
+            Self::Product => {
+                &["product", "products", "item", "items", "category", "categories", "sells", "selling", "seller"]
+            }
+            Self::Color => &["color", "colors", "colour", "colours"],
+            Self::EventType => &["type", "types", "kind", "kinds"],
+            Self::Day => &["day", "days", "daily"],
+            Self::Week => &["week", "weeks", "weekly"],
+            Self::Month => &["month", "months", "monthly"],
+            Self::Quarter => &["quarter", "quarters", "quarterly"],
+        }
+    }
+
+    /// The nouns for one of its groups and for several ("country", "countries"): what a question ranks ("which
+    /// country has the most customers?"). Empty for a dimension with no such noun of its own.
+    pub fn nouns(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Self::Country => (&["country", "market", "nation"], &["countries", "markets", "nations"]),
+            Self::Segment => (&["segment"], &["segments"]),
+            Self::AgeBand => (&["age"], &["ages"]),
+            Self::SpendBand => (&[], &[]),
+            Self::Product => (&["product", "item", "category"], &["products", "items", "categories"]),
+            Self::Color => (&["color", "colour"], &["colors", "colours"]),
+            Self::EventType => (&[], &[]),
+            Self::Day => (&["day"], &["days"]),
+            Self::Week => (&["week"], &["weeks"]),
+            Self::Month => (&["month"], &["months"]),
+            Self::Quarter => (&["quarter"], &["quarters"]),
+        }
     }
 
     /// What its values are, in words.
