@@ -19,6 +19,8 @@ use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::audience::saved::SavedAudiences;
 use audience_tools::audience::{AudienceReport, AudienceSession, FindAudience};
 use audience_tools::clarify::{AskClarification, Clarification};
+use audience_tools::dataset::Dataset;
+use audience_tools::failure::ToolFailure;
 use audience_tools::grounding::Grounding;
 use audience_tools::metrics::{Metrics, MetricsReport};
 use audience_tools::question::{Current, Prepared, Vocabulary, prepare};
@@ -180,6 +182,9 @@ pub struct Session {
     /// For the confidence check of intents: the stores, and the words of the profile texts once read.
     stores: Stores,
     vocabulary: Option<HashSet<String>>,
+    /// The segments of the last segments answer: k-means with the silhouette takes seconds at 100k customers, so a
+    /// second question of the session reuses them while the data's version is the same.
+    segments: Option<Arc<segments::SegmentReport>>,
 }
 
 impl Session {
@@ -238,6 +243,7 @@ impl Session {
             _local_server: None,
             stores,
             vocabulary: None,
+            segments: None,
         }
     }
 
@@ -375,20 +381,18 @@ impl Session {
         let audience = if run.audience_found { self.audience.last_report() } else { None };
         let metrics = run.metrics.take();
         let drafts = run.drafts.take();
+        if let Some(summary) = &drafts {
+            self.absorb_usage(&summary.usage);
+        }
         let text = match (&run.reply, &audience, &metrics, &drafts) {
             (Some(reply), _, _, _) => reply.text.clone(),
             (None, Some(report), _, _) => crate::render::audience_answer(report, &run.dropped, &run.settled),
             (None, None, Some(report), _) => {
-                let mut text = crate::render::metrics::answer(report);
-                for left_out in &run.dropped {
-                    text.push_str(&format!("\nLeft out, as no word of the question asks for it: {left_out}."));
-                }
-                for note in &run.settled {
-                    text.push_str(&format!("\n{}.", crate::render::sentence(note)));
-                }
-                text
+                crate::render::with_host_notes(crate::render::metrics::answer(report), &run.dropped, &run.settled)
             }
-            (None, None, None, Some(summary)) => crate::render::drafts_answer(summary),
+            (None, None, None, Some(summary)) => {
+                crate::render::with_host_notes(crate::render::drafts_answer(summary), &run.dropped, &run.settled)
+            }
             (None, None, None, None) => {
                 let response = result.map_err(|error| self.run_error(error, &run))?;
                 if !answered {
@@ -553,10 +557,9 @@ impl Session {
     /// The answer to "what kinds of customers do we have?" (and "which segment should get PRODUCTS?"): k-means
     /// segments of the profiles with the CLI's defaults, k chosen by silhouette. Its reason says how it was computed;
     /// a failure is said in the answer, as a triage answer has no error path.
-    async fn segments_answer(&self, products: &[String]) -> (String, String) {
-        let options = segments::SegmentOptions::default();
-        let report = match segments::compute(&self.stores, &options).await {
-            Ok(report) => report,
+    async fn segments_answer(&mut self, products: &[String]) -> (String, String) {
+        let (report, reused) = match self.current_segments().await {
+            Ok(current) => current,
             Err(failure) => {
                 let reason = format!("the customers cannot be segmented: {failure}");
                 return (format!("I could not find segments: {failure}"), reason);
@@ -569,11 +572,27 @@ impl Session {
                 Err(failure) => text = format!("{failure}\n\n{text}"),
             }
         }
-        let reason = format!(
+        let mut reason = format!(
             "computed by k-means over {} customers' profiles (k = {} by silhouette, seed {}), without the model",
             report.customers, report.chosen_k, report.seed
         );
+        if reused {
+            reason.push_str(", for an earlier answer: the data has not changed since");
+        }
         (text, reason)
+    }
+
+    /// The segments of the data as it is now: those of an earlier answer while the data's version is unchanged,
+    /// else computed anew with the CLI's defaults.
+    /// Says whether they are an earlier answer's.
+    async fn current_segments(&mut self) -> Result<(Arc<segments::SegmentReport>, bool), ToolFailure> {
+        let version = Dataset::version(&self.stores.db).await.map_err(ToolFailure::Fatal)?;
+        if let Some(report) = self.segments.as_ref().filter(|report| report.data_version == version) {
+            return Ok((Arc::clone(report), true));
+        }
+        let report = Arc::new(segments::compute(&self.stores, &segments::SegmentOptions::default()).await?);
+        self.segments = Some(Arc::clone(&report));
+        Ok((report, false))
     }
 
     fn remember(&mut self, question: String, answer: &str) {
@@ -607,6 +626,12 @@ impl Session {
     /// Usage totals of this session.
     pub fn totals(&self) -> &UsageTotals {
         self.ledger.totals()
+    }
+
+    /// Counts in the session's totals model work done for it outside its questions' runs (drafts written by a
+    /// batch, which logged each draft itself).
+    pub fn absorb_usage(&mut self, totals: &UsageTotals) {
+        self.ledger.absorb(totals);
     }
 
     /// The conversation's audience: its current definition, its undo history and its last evaluation.
@@ -998,7 +1023,8 @@ mod tests {
                 json!({"include": [{"type": "profile", "field": "churned", "op": "=", "value": "true"}]}),
                 "JSON booleans",
             ),
-            (json!({"intent": "tastes"}), "names no taste"),
+            // Cut off at the output limit (a small model repeating a clause until it runs out).
+            (json!("{\"include\": [{\"type\": \"profile\", \"field\": \"total_spent\", \"op\""), "not complete JSON"),
             (
                 json!({"include": [{"type": "event", "event_type": "purchase", "products": ["kayaks"]}]}),
                 "no event names the product",
@@ -1019,6 +1045,27 @@ mod tests {
             assert!(repair.contains(reason), "{shape}: the reason reaches the model: {repair}");
             assert_eq!(model.requests()[1].tool_choice, Some(rig_core::message::ToolChoice::Required));
         }
+    }
+
+    /// A placeholder intent ("tastes", copied from the tool's description) is left out of the call, not sent back,
+    /// and the answer says so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_placeholder_intent_is_left_out_and_said() {
+        let fixture = Fixture::new().await;
+        let bought = json!({"type": "event", "event_type": "purchase"});
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "find_audience", json!({"include": [bought], "intent": "tastes"})),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        let answer = session.ask("customers who bought something").await.unwrap();
+        assert_eq!(model.request_count(), 1);
+        assert!(
+            answer.text.contains("Left out, as no word of the question asks for it: the intent \"tastes\""),
+            "{}",
+            answer.text
+        );
+        assert_eq!(answer.audience.unwrap().definition.intent, None);
     }
 
     /// A found audience is the answer: one model call, rendered by the program from the typed report.

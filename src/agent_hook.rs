@@ -12,9 +12,10 @@ use audience_tools::audience::AudienceDefinition;
 use audience_tools::audience::Edit;
 use audience_tools::audience::definition::Clause;
 use audience_tools::audience::refine::{self, FollowUp};
+use audience_tools::audience::session::names_no_taste;
 use audience_tools::clarify::Clarification;
 use audience_tools::failure::{is_fatal, model_visible};
-use audience_tools::grounding::{Grounding, Traced};
+use audience_tools::grounding::{Grounding, Traced, Uncovered};
 use audience_tools::metrics::{self, Dimension, Measure, MetricsArgs, MetricsReport};
 use audience_tools::registry;
 use audience_tools::respond::Reply;
@@ -340,13 +341,58 @@ fn strip_nulls(value: &mut Value) -> bool {
 /// What the question names that no clause of the call uses (see `Grounding::uncovered`). Nothing for a call whose
 /// arguments do not read (its repair comes first), nor for one without clauses unless the question names an event
 /// ("bought", "viewed"): an intent alone may be the right answer to a question of tastes, never to one of deeds.
-fn uncovered(args: &Value, grounding: &Grounding) -> Vec<String> {
-    let Ok(edit) = Edit::try_from(args.clone()) else { return Vec::new() };
+fn uncovered(args: &Value, grounding: &Grounding) -> Uncovered {
+    let Ok(edit) = Edit::try_from(args.clone()) else { return Uncovered::default() };
     let clauses: Vec<Clause> = edit.include.into_iter().chain(edit.exclude).collect();
     if clauses.is_empty() && (grounding.event_types.is_empty() || !edit.remove.is_empty()) {
-        return Vec::new();
+        return Uncovered::default();
     }
     grounding.uncovered(&clauses, edit.intent.as_deref())
+}
+
+/// The repair the program asked for and the model did not make, made by the program on the call after the send-back
+/// (the 1.5B model repeats its call far more often than grounding misreads a question): a clause on the wrong side
+/// (see `Grounding::wrong_side`) moves to the other, and a country, segment or event the question names and no
+/// clause uses gets its clause on the side the question puts it (see `Grounding::completing`). Returns what was
+/// done, in words.
+fn put_right(args: &mut Value, grounding: &Grounding) -> Vec<String> {
+    let Ok(edit) = Edit::try_from(args.clone()) else { return Vec::new() };
+    if !edit.remove.is_empty() {
+        return Vec::new();
+    }
+    let side = |exclude: bool| if exclude { "exclude" } else { "include" };
+    let mut notes = Vec::new();
+    let mut moved: Vec<(Value, bool)> = Vec::new();
+    for exclude in [false, true] {
+        let Some(Value::Array(clauses)) = args.get_mut(side(exclude)) else { continue };
+        clauses.retain(|value| {
+            let Ok(clause) = serde_json::from_value::<Clause>(value.clone()) else { return true };
+            if grounding.wrong_side(&clause, exclude).is_none() {
+                return true;
+            }
+            notes.push(format!("put \"{}\" in {}, as the question says", clause.rule.predicate(), side(!exclude)));
+            moved.push((value.clone(), !exclude));
+            false
+        });
+    }
+    let push = |args: &mut Value, clause: Value, exclude: bool| {
+        if let Some(object) = args.as_object_mut()
+            && let Value::Array(list) = object.entry(side(exclude)).or_insert_with(|| json!([]))
+        {
+            list.push(clause);
+        }
+    };
+    for (clause, exclude) in moved {
+        push(args, clause, exclude);
+    }
+    let missing = uncovered(args, grounding);
+    for (clause, exclude) in grounding.completing(&missing) {
+        notes.push(format!("added \"{}\" to {}, as the question names it", clause.rule.predicate(), side(exclude)));
+        if let Ok(value) = serde_json::to_value(&clause) {
+            push(args, value, exclude);
+        }
+    }
+    notes
 }
 
 /// The call's arguments without the clauses nothing in the question asks for (a small model adds `age = 25` or
@@ -359,6 +405,27 @@ fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (
     }
     let dropped = drop_untraced_clauses(&mut args, ["include", "exclude"], grounding, offered);
     (args, dropped)
+}
+
+/// Gives an event clause with no event type the one event the question's verbs name ("at least 3 purchases" sent
+/// as `{"type": "event", "min_count": 3}`, which would count views and cart additions too). Returns how each was
+/// read, in words; with no such verb, or several, the clause is left as it is.
+fn fill_event_types(args: &mut Value, lists: [&str; 2], grounding: &Grounding) -> Vec<String> {
+    let [event_type] = grounding.event_types.as_slice() else { return Vec::new() };
+    let mut notes = Vec::new();
+    for list in lists {
+        let Some(Value::Array(clauses)) = args.get_mut(list) else { continue };
+        for clause in clauses.iter_mut().filter_map(Value::as_object_mut) {
+            if clause.get("type") == Some(&json!("event")) && !clause.contains_key("event_type") {
+                clause.insert("event_type".to_owned(), json!(event_type.as_str()));
+                notes.push(format!(
+                    "an event clause with no event type read as {}, the event the question names",
+                    event_type.as_str()
+                ));
+            }
+        }
+    }
+    notes
 }
 
 /// Takes the clauses of the lists `lists` of `args` that nothing in the question asks for out (see
@@ -460,9 +527,14 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
         let counts = words
             .windows(2)
             .any(|pair| matches!((pair[0].as_str(), pair[1].as_str()), ("how", "many") | ("number", "of")));
+        settled.read.extend(the_named_measure(object, words));
+        settled.read.extend(events_for_event_groups(object, grounding));
+        settle_time(object, grounding, &mut settled.read);
         let whole_time = ["within_days", "since", "until"].iter().all(|key| !object.contains_key(*key));
         if counts && whole_time && !SHARE_WORDS.iter().any(|word| grounding.says(word)) {
             count_instead_of_rate(object, &mut settled.read);
+        } else {
+            settled.read.extend(drop_what_rates_count(object));
         }
         let kept: Vec<Value> = object.get("dimensions").and_then(Value::as_array).cloned().unwrap_or_default();
         let measures: Vec<Value> = object.get("measures").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -486,6 +558,7 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
             }
         }
     }
+    settled.read.extend(fill_event_types(args, ["filters", "exclude"], grounding));
     // An event clause that names no condition is the tool's to refuse, with its reason.
     let empty_event = |value: &Value| value.as_object().is_some_and(|o| o.keys().all(|k| k == "type" || k == "id"));
     let empty = ["filters", "exclude"]
@@ -495,6 +568,183 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
         settled.dropped.extend(drop_untraced_clauses(args, ["filters", "exclude"], grounding, offered));
     }
     settled
+}
+
+/// The time of an event-grain call as the question gives it, whatever the model wrote (it wrote "2023-01-01" to
+/// "2023-01-30" for "the last 30 days"): one window the question names is `within_days`, one calendar period (or,
+/// for a comparison, the latest of those named) is `since` and `until`. Left alone when the question names both
+/// kinds, several without a comparison, or when a filter already carries the window (revenue of the customers who
+/// bought in the last 30 days need not be revenue of those 30 days).
+fn settle_time(call: &mut serde_json::Map<String, Value>, grounding: &Grounding, read: &mut Vec<String>) {
+    let measures: Vec<Measure> = call
+        .get("measures")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str().and_then(Measure::named))
+        .collect();
+    if measures.is_empty() {
+        return;
+    }
+    if measures.iter().any(|measure| measure.grain() != metrics::catalogue::Grain::Event) {
+        time_to_event_filters(call, read);
+        return;
+    }
+    let mut windows = grounding.days.clone();
+    windows.dedup();
+    let compare = call.get("compare") == Some(&Value::Bool(true));
+    let filters = serde_json::to_string(&call.get("filters")).unwrap_or_default();
+    let time: Vec<(&str, Value)> = match (windows.as_slice(), grounding.periods.as_slice()) {
+        ([days], []) | ([days, ..], []) if compare || windows.len() == 1 => {
+            if filters.contains(&format!("\"within_days\":{days}")) {
+                return;
+            }
+            // "The last 12 months" is 360 days here and 365 to the model: a window the tracing accepts stays.
+            let near = |written: u64| written.abs_diff(u64::from(*days)) <= u64::from((days / 30).max(2));
+            if call.get("within_days").and_then(Value::as_u64).is_some_and(near)
+                && !call.contains_key("since")
+                && !call.contains_key("until")
+            {
+                return;
+            }
+            vec![("within_days", json!(days))]
+        }
+        ([], [period]) | ([], [period, ..]) if compare || grounding.periods.len() == 1 => {
+            let latest = grounding.periods.iter().max_by_key(|(since, until)| (*since, *until)).unwrap_or(period);
+            let day = |date: Option<chrono::NaiveDate>| date.map(|d| json!(d.to_string()));
+            let mut time = Vec::new();
+            time.extend(day(latest.0).map(|since| ("since", since)));
+            time.extend(day(latest.1).map(|until| ("until", until)));
+            time
+        }
+        _ => return,
+    };
+    let written: Vec<(&str, Value)> =
+        ["within_days", "since", "until"].into_iter().filter_map(|key| Some((key, call.get(key)?.clone()))).collect();
+    if written == time {
+        return;
+    }
+    for key in ["within_days", "since", "until"] {
+        call.remove(key);
+    }
+    let words: Vec<String> = time.iter().map(|(key, value)| format!("{key} {value}")).collect();
+    call.extend(time.into_iter().map(|(key, value)| (key.to_owned(), value)));
+    read.push(format!("the time as the question gives it: {}", words.join(", ")));
+}
+
+/// The measure the question names by a phrase of its own ([`Measure::phrases`]: "repeat purchase rate", "average
+/// order value"), for the call's one measure of the same unit when that is another ("churn_rate" for "what's our
+/// repeat purchase rate?"). A question that names several, or a call of several measures, is left alone.
+fn the_named_measure(call: &mut serde_json::Map<String, Value>, words: &[String]) -> Option<String> {
+    let says = |phrase: &str| {
+        let phrase: Vec<&str> = phrase.split(' ').collect();
+        words.windows(phrase.len()).any(|window| window.iter().zip(&phrase).all(|(word, p)| word == p))
+    };
+    let mut named = Measure::ALL.into_iter().filter(|measure| measure.phrases().iter().any(|phrase| says(phrase)));
+    let (Some(named), None) = (named.next(), named.next()) else { return None };
+    let Some(Value::Array(measures)) = call.get_mut("measures") else { return None };
+    let [sent] = measures.as_mut_slice() else { return None };
+    let was = sent.as_str().and_then(Measure::named)?;
+    if was == named || was.unit() != named.unit() {
+        return None;
+    }
+    *sent = json!(named.name());
+    if call.get("order_by") == Some(&json!(was.name())) {
+        call.insert("order_by".to_owned(), json!(named.name()));
+    }
+    Some(format!("measured the {}, which the question names, not the {}", named.label(), was.label()))
+}
+
+/// A customer-grain call takes no time of its own (its measures describe customers as they are): "how many
+/// customers bought shoes in the last 30 days?" sent with `within_days: 30` beside the purchase clause is the window
+/// of that clause. The time goes to each event filter that has none; with no event filter it stays, for the tool's
+/// reason.
+fn time_to_event_filters(call: &mut serde_json::Map<String, Value>, read: &mut Vec<String>) {
+    let time: Vec<(String, Value)> = ["within_days", "since", "until"]
+        .into_iter()
+        .filter_map(|key| Some((key.to_owned(), call.get(key)?.clone())))
+        .collect();
+    let Some(Value::Array(filters)) = call.get_mut("filters") else { return };
+    let mut events: Vec<&mut serde_json::Map<String, Value>> = filters
+        .iter_mut()
+        .filter_map(Value::as_object_mut)
+        .filter(|clause| clause.get("type") == Some(&json!("event")))
+        .collect();
+    if time.is_empty() || events.is_empty() {
+        return;
+    }
+    for clause in events.iter_mut() {
+        if !["within_days", "since", "until"].iter().any(|key| clause.contains_key(*key)) {
+            clause.extend(time.iter().cloned());
+        }
+    }
+    for (key, _) in &time {
+        call.remove(key);
+    }
+    let words: Vec<String> = time.iter().map(|(key, value)| format!("{key} {value}")).collect();
+    read.push(format!(
+        "the time ({}) is that of the event filter, as customers are counted as they are",
+        words.join(", ")
+    ));
+}
+
+/// A customer count grouped by an event's dimension (product, colour, a period) counts the customers with such
+/// events: the buyers when the question speaks of buying, else the customers with any event. `customers` describes
+/// customers as they are, with no product of their own, and the tool would refuse it.
+fn events_for_event_groups(call: &mut serde_json::Map<String, Value>, grounding: &Grounding) -> Vec<String> {
+    let on_events = call
+        .get("dimensions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().and_then(Dimension::named))
+        .find(|dimension| dimension.source() == metrics::catalogue::Source::Event);
+    let Some(Value::Array(measures)) = call.get_mut("measures") else { return Vec::new() };
+    let customers = json!(Measure::Customers.name());
+    let Some(dimension) = on_events.filter(|_| measures.contains(&customers)) else { return Vec::new() };
+    let bought = grounding.event_types.contains(&audience_tools::audience::definition::EventType::Purchase);
+    let counted = if bought { Measure::Buyers } else { Measure::ActiveCustomers };
+    for measure in measures.iter_mut().filter(|measure| **measure == customers) {
+        *measure = json!(counted.name());
+    }
+    if call.get("order_by") == Some(&customers) {
+        call.insert("order_by".to_owned(), json!(counted.name()));
+    }
+    vec![format!(
+        "counted {} per {}, as a customer has no {} of their own",
+        counted.label(),
+        dimension.name(),
+        dimension.name()
+    )]
+}
+
+/// The filters that pick only the customers a rate of the call counts on top ("churn rate" filtered to churned
+/// customers is 100%): the rate's own condition is not a filter of its base. Returns what was read so, in words.
+fn drop_what_rates_count(call: &mut serde_json::Map<String, Value>) -> Vec<String> {
+    let measures: Vec<Measure> = call
+        .get("measures")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str().and_then(Measure::named))
+        .collect();
+    let own: Vec<(Measure, String, Value)> = measures
+        .into_iter()
+        .filter_map(|rate| {
+            let (_, rule) = rate.counted()?;
+            let noun = rule.noun();
+            Some((rate, noun, serde_json::to_value(Clause { id: String::new(), rule }).ok()?))
+        })
+        .collect();
+    let mut notes = Vec::new();
+    if let Some(Value::Array(filters)) = call.get_mut("filters") {
+        filters.retain(|filter| {
+            let Some((rate, noun, _)) = own.iter().find(|(_, _, clause)| clause == filter) else { return true };
+            notes.push(format!("the {} counts {noun} among all, so it is not filtered to them", rate.label()));
+            false
+        });
+    }
+    notes
 }
 
 /// Each rate of the call that counts customers on top (see [`Measure::counted`]) replaced by that count, with the
@@ -529,6 +779,67 @@ fn count_instead_of_rate(call: &mut serde_json::Map<String, Value>, read: &mut V
         call.insert("measures".to_owned(), Value::Array(counted));
         call.insert("filters".to_owned(), Value::Array(filters));
     }
+}
+
+/// Words that ask for a control group.
+const HOLDOUT_WORDS: [&str; 6] = ["holdout", "hold", "held", "control", "withhold", "withheld"];
+
+/// A `draft_emails` call without what the question does not give, as [`settle_metrics`] does for a metrics call.
+/// An offer is a promise in every e-mail: one whose numbers (a discount, a price, a date) the question does not
+/// write, or, without numbers, none of whose words it says, is the model's invention. A holdout, a limit, a
+/// grouping or a file name nobody asked for is left to the defaults. Returns what was left out, in words.
+fn settle_drafts(args: &mut Value, grounding: &Grounding) -> Vec<String> {
+    let Some(call) = args.as_object_mut() else { return Vec::new() };
+    // The question's numbers, "15%" and "$20" included.
+    let written: Vec<f64> = grounding
+        .sequence()
+        .iter()
+        .filter_map(|word| word.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .chain(grounding.numbers.iter().copied())
+        .collect();
+    let said = |n: f64| written.iter().any(|number| (number - n).abs() < 1e-9);
+    let mut dropped = Vec::new();
+    if let Some(offer) = call.get("offer").and_then(Value::as_str).map(str::to_owned) {
+        let numbers: Vec<f64> = offer
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter_map(|part| part.trim_matches('.').parse().ok())
+            .collect();
+        let lower = offer.to_lowercase();
+        let mut words = lower.split(|c: char| !c.is_alphanumeric()).filter(|word| word.len() > 3);
+        let traced =
+            if numbers.is_empty() { words.any(|word| grounding.says(word)) } else { numbers.iter().all(|n| said(*n)) };
+        if !traced {
+            call.remove("offer");
+            dropped.push(format!("the offer {offer:?}"));
+        }
+    }
+    if let Some(holdout) = call.get("holdout").and_then(Value::as_f64)
+        && !(said(holdout) && HOLDOUT_WORDS.iter().any(|word| grounding.says(word)))
+    {
+        call.remove("holdout");
+        dropped.push(format!("a holdout of {holdout}%"));
+    }
+    if let Some(limit) = call.get("limit").and_then(Value::as_f64).filter(|limit| !said(*limit)) {
+        call.remove("limit");
+        dropped.push(format!("a limit of {limit} drafts"));
+    }
+    if let Some(per) = call.get("per").and_then(Value::as_str).map(str::to_owned)
+        && per != "member"
+        && !grounding.says(&per)
+        && !grounding.says(&format!("{per}s"))
+    {
+        call.remove("per");
+        dropped.push(format!("one draft per {per}"));
+    }
+    if let Some(file) = call.get("file").and_then(Value::as_str).map(str::to_owned) {
+        let lower = file.to_lowercase();
+        let mut parts = lower.split(|c: char| !c.is_alphanumeric()).filter(|part| !part.is_empty());
+        if !parts.all(|part| grounding.says(part)) {
+            call.remove("file");
+            dropped.push(format!("the file name {file:?}"));
+        }
+    }
+    dropped
 }
 
 /// A short, human-readable summary of a tool's JSON output.
@@ -770,8 +1081,8 @@ impl AgentHook for TraceHook {
             {
                 let first_try = !lock(&self.log).sent_back;
                 if first_try && let Some(reason) = wrong_side(&args, &grounding.0) {
-                    // Sent back once, in the repair turn: only the model can say which clause it meant; a model
-                    // that insists is believed (the question may negate in a way grounding does not read).
+                    // Sent back once, in the repair turn: the model may say which clause it meant. One that repeats
+                    // the call gets it put right by the program (`put_right`).
                     self.say(format!("· sent back: {reason}"));
                     lock(&self.log).sent_back = true;
                     return DispatchAction::skip(model_visible(&reason));
@@ -783,8 +1094,29 @@ impl AgentHook for TraceHook {
                         .sum::<usize>()
                 };
                 let had = clauses(&args);
+                let mut args = args;
+                // A placeholder intent ("tastes", copied from the description) is no taste: left out, not sent back.
+                let placeholder = args
+                    .get("intent")
+                    .and_then(Value::as_str)
+                    .filter(|intent| names_no_taste(intent))
+                    .map(str::to_owned);
+                if let Some(intent) = &placeholder
+                    && let Some(object) = args.as_object_mut()
+                {
+                    object.remove("intent");
+                    lock(&self.log).dropped.push(format!("the intent {intent:?}, which names no taste"));
+                }
+                let mut filled = fill_event_types(&mut args, ["include", "exclude"], &grounding.0);
+                if !first_try {
+                    filled.extend(put_right(&mut args, &grounding.0));
+                }
                 let (mut args, dropped) = drop_untraced(args, &grounding.0, &grounding.1);
-                let mut rewritten = nulls || !dropped.is_empty();
+                let mut rewritten = nulls || !dropped.is_empty() || !filled.is_empty() || placeholder.is_some();
+                if !filled.is_empty() {
+                    self.say(format!("· settled: {}", filled.join("; ")));
+                    lock(&self.log).settled.extend(filled);
+                }
                 if let Some(current) = &self.current {
                     let settled = refine::settle(&mut args, current, FollowUp::of(grounding.0.sequence()));
                     if !settled.notes.is_empty() {
@@ -812,7 +1144,7 @@ impl AgentHook for TraceHook {
                     let reason = format!(
                         "the question also names {}: add a clause for each (include, or exclude where the question \
                          negates it), keeping the clauses you sent",
-                        uncovered.join(", ")
+                        uncovered.words().join(", ")
                     );
                     self.say(format!("· sent back: {reason}"));
                     lock(&self.log).sent_back = true;
@@ -837,6 +1169,20 @@ impl AgentHook for TraceHook {
                 if !settled.read.is_empty() {
                     self.say(format!("· settled: {}", settled.read.join("; ")));
                     lock(&self.log).settled.extend(settled.read);
+                }
+                if nulls
+                    || Some(&args) != event.tool_args().and_then(|raw| serde_json::from_str::<Value>(raw).ok()).as_ref()
+                {
+                    return DispatchAction::rewrite_tool_args(event.kind, args);
+                }
+            } else if tool == registry::DRAFT_EMAILS.name
+                && let Some(grounding) = &self.grounding
+                && let Some(mut args) = args.clone()
+            {
+                let dropped = settle_drafts(&mut args, &grounding.0);
+                if !dropped.is_empty() {
+                    self.say(format!("· left out, not asked for: {}", dropped.join("; ")));
+                    lock(&self.log).dropped.extend(dropped);
                 }
                 if nulls
                     || Some(&args) != event.tool_args().and_then(|raw| serde_json::from_str::<Value>(raw).ok()).as_ref()
@@ -943,8 +1289,27 @@ impl AgentHook for TraceHook {
         // retry budget (AgentConfig::unknown_tool_retries) bounds this.
         let name = &event.tool_name;
         let feedback = match &event.reason {
-            // Arguments that are not JSON get rig's own correction; reasons added later are rig's to handle too.
-            InvalidToolCallReason::MalformedArguments { .. } => return None,
+            // Arguments that do not parse were cut off at the output limit (a small model that repeats a clause
+            // until it runs out), or are not JSON at all: one repair, with a short reason instead of the echo of
+            // the whole text, then a clear error, never the same call again.
+            InvalidToolCallReason::MalformedArguments { .. } => {
+                let mut log = lock(&self.log);
+                log.failures += 1;
+                if log.failures >= MAX_FAILED_CALLS {
+                    let reason = format!(
+                        "the model sent unusable arguments again after one repair ({name}: its arguments are not \
+                         complete JSON; a reply holds at most {} tokens)",
+                        crate::agent::MAX_OUTPUT_TOKENS
+                    );
+                    log.fatal = Some(reason.clone());
+                    log.fatal_in_provider = true;
+                    return Some(InvalidToolCallAction::Stop { reason });
+                }
+                return Some(InvalidToolCallAction::retry(format!(
+                    "Error: the arguments of {name} are not complete JSON: they were cut off, or are not JSON. Send \
+                     them again, shorter: only the clauses the question asks for, each once."
+                )));
+            }
             InvalidToolCallReason::DisallowedByToolChoice => {
                 "This question has used its tool calls: answer now from the tool results you have.".to_owned()
             }
@@ -1084,6 +1449,139 @@ mod tests {
         let call = json!({"measures": ["churn_rate"]});
         let (args, _) = settled_metrics("What share of our buyers have churned?", call.clone());
         assert_eq!(args, call, "a share is a rate");
+    }
+
+    /// Recorded from the local 1.5B model: the churn rate "of the customers who have bought" filtered to churned
+    /// customers, which would be 100%.
+    #[test]
+    fn a_rate_is_not_filtered_to_the_customers_it_counts() {
+        let churned = json!({"type": "profile", "field": "churned", "op": "=", "value": true});
+        let call = json!({"measures": ["churn_rate"], "filters": [churned]});
+        let question = "What percentage of the customers who have ever bought something have churned?";
+        let (args, settled) = settled_metrics(question, call);
+        assert_eq!(args, json!({"measures": ["churn_rate"], "filters": []}));
+        assert_eq!(settled.read, ["the churn rate counts churned customers among all, so it is not filtered to them"]);
+    }
+
+    /// A draft call keeps what the question gives and loses what the model made up: an offer is a promise in every
+    /// e-mail.
+    #[test]
+    fn a_draft_call_loses_an_offer_and_settings_the_question_does_not_give() {
+        let (values, as_of) = library_values();
+        let settle = |question: &str, mut args: Value| {
+            let dropped = settle_drafts(&mut args, &Grounding::of(question, &values, as_of));
+            (args, dropped)
+        };
+        let invented =
+            json!({"offer": "20% off everything until Sunday", "holdout": 10, "limit": 50, "per": "segment"});
+        let (args, dropped) = settle("write e-mails for this audience", invented);
+        assert_eq!(args, json!({}));
+        assert_eq!(dropped.len(), 4, "{dropped:?}");
+        assert!(dropped[0].contains("20% off"), "{dropped:?}");
+
+        let given = json!({"offer": "15% off until Sunday", "holdout": 10, "limit": 5, "per": "segment"});
+        let question = "draft 5 e-mails, one per segment, offering 15% off until Sunday, with a 10% control group";
+        let (args, dropped) = settle(question, given.clone());
+        assert_eq!((args, dropped), (given, Vec::<String>::new()));
+
+        let (args, _) = settle("e-mails with free shipping", json!({"offer": "free shipping on all orders"}));
+        assert_eq!(args, json!({"offer": "free shipping on all orders"}), "an offer without numbers traces by words");
+    }
+
+    /// Recorded from the local 1.5B model: dates of another year for "the last 30 days", which the settling
+    /// dropped, and then a comparison with no period.
+    #[test]
+    fn the_time_of_an_event_call_is_the_time_the_question_gives() {
+        let call = json!({"measures": ["net_revenue"], "since": "2023-01-01", "until": "2023-01-30", "compare": true});
+        let (args, settled) = settled_metrics("net revenue of the last 30 days compared with the 30 days before", call);
+        assert_eq!(args, json!({"measures": ["net_revenue"], "compare": true, "within_days": 30}), "{settled:?}");
+        let call = json!({"measures": ["gross_revenue"], "within_days": 30});
+        let (args, settled) = settled_metrics("gross revenue in May 2026", call);
+        let may = json!({"measures": ["gross_revenue"], "since": "2026-05-01", "until": "2026-05-31"});
+        assert_eq!(args, may, "{settled:?}");
+        let buyers = json!({"type": "event", "event_type": "purchase", "within_days": 30});
+        let call = json!({"measures": ["gross_revenue"], "filters": [buyers]});
+        let question = "revenue from customers who bought in the last 30 days";
+        assert_eq!(settled_metrics(question, call.clone()).0, call, "the filter holds the window");
+    }
+
+    /// A customer count with a window beside its event clause counts the customers with such events in the window.
+    #[test]
+    fn the_time_of_a_customer_count_is_that_of_its_event_filter() {
+        let bought = json!({"type": "event", "event_type": "purchase", "products": ["shoes"]});
+        let call = json!({"measures": ["customers"], "filters": [bought], "within_days": 30});
+        let (args, settled) = settled_metrics("how many customers bought shoes in the last 30 days?", call);
+        let windowed = json!({"type": "event", "event_type": "purchase", "products": ["shoes"], "within_days": 30});
+        assert_eq!(args, json!({"measures": ["customers"], "filters": [windowed]}), "{settled:?}");
+    }
+
+    /// Recorded from the local 1.5B model: "which product was bought by the most customers" as `customers` by
+    /// product, which the tool refuses.
+    #[test]
+    fn customers_grouped_by_an_event_dimension_are_the_buyers_or_the_active_customers() {
+        let call = json!({"measures": ["customers"], "dimensions": ["product"], "order": "desc", "limit": 1});
+        let (args, settled) = settled_metrics("Which product did the most customers buy?", call);
+        let buyers = json!({"measures": ["buyers"], "dimensions": ["product"], "order_by": "buyers",
+            "order": "desc", "limit": 1});
+        assert_eq!(args, buyers, "{settled:?}");
+        let call = json!({"measures": ["customers"], "dimensions": ["color"]});
+        let (args, _) = settled_metrics("customers per colour viewed", call);
+        assert_eq!(args, json!({"measures": ["active_customers"], "dimensions": ["color"]}));
+    }
+
+    /// Recorded from the local 1.5B model: the churn rate for "repeat purchase rate".
+    #[test]
+    fn the_measure_a_question_names_is_the_one_measured() {
+        let call = json!({"measures": ["churn_rate"]});
+        let (args, settled) = settled_metrics("What is our repeat purchase rate?", call);
+        assert_eq!(args, json!({"measures": ["repeat_purchase_rate"]}));
+        assert_eq!(settled.read, ["measured the repeat-purchase rate, which the question names, not the churn rate"]);
+        let call = json!({"measures": ["gross_revenue"]});
+        let (args, _) = settled_metrics("What's our net revenue?", call);
+        assert_eq!(args, json!({"measures": ["net_revenue"]}));
+        let call = json!({"measures": ["customers"]});
+        let (args, _) = settled_metrics("how many customers abandoned their cart?", call.clone());
+        assert_eq!(args, call, "a count is not replaced by a rate");
+    }
+
+    /// Recorded from the local 1.5B model: "at least 3 purchases" as an event clause of any type.
+    #[test]
+    fn an_event_clause_with_no_type_gets_the_one_event_the_question_names() {
+        let (values, as_of) = library_values();
+        let grounding = Grounding::of("customers with at least 3 purchases", &values, as_of);
+        let mut args = json!({"include": [{"type": "event", "min_count": 3}]});
+        let notes = fill_event_types(&mut args, ["include", "exclude"], &grounding);
+        assert_eq!(args, json!({"include": [{"type": "event", "min_count": 3, "event_type": "purchase"}]}));
+        assert_eq!(notes.len(), 1);
+        let grounding = Grounding::of("customers who viewed or bought shoes", &values, as_of);
+        let mut args = json!({"include": [{"type": "event", "products": ["shoes"]}]});
+        assert!(fill_event_types(&mut args, ["include", "exclude"], &grounding).is_empty(), "two events: left as is");
+    }
+
+    /// Recorded from the local 1.5B model, each call repeated after its send-back: the program makes the repair.
+    #[test]
+    fn a_repeated_call_is_put_right_by_the_program() {
+        let (values, as_of) = library_values();
+        let put = |question: &str, mut args: Value| {
+            let notes = put_right(&mut args, &Grounding::of(question, &values, as_of));
+            (args, notes)
+        };
+        let churned = json!({"type": "profile", "field": "churned", "op": "=", "value": true});
+        let us = json!({"type": "profile", "field": "country", "op": "=", "value": "US"});
+        let (args, notes) = put("Churned customers in the US", json!({"exclude": [churned], "limit": 10}));
+        assert_eq!(args, json!({"exclude": [], "limit": 10, "include": [churned, us]}), "{notes:?}");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+
+        let not_us = json!({"type": "profile", "field": "country", "op": "!=", "value": "US"});
+        let vip = json!({"type": "profile", "field": "segment", "op": "=", "value": "VIP Loyalty"});
+        let (args, _) = put("VIP Loyalty customers outside the US", json!({"exclude": [not_us, vip]}));
+        assert_eq!(args, json!({"exclude": [], "include": [not_us, vip]}));
+
+        let bought = json!({"type": "event", "event_type": "purchase"});
+        let question = "Customers who added something to their cart but never bought anything";
+        let (args, _) = put(question, json!({"exclude": [bought]}));
+        let carted = json!({"type": "event", "event_type": "add_to_cart"});
+        assert_eq!(args, json!({"exclude": [bought], "include": [carted]}));
     }
 
     #[test]

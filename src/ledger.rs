@@ -235,6 +235,18 @@ impl UsageTotals {
         self.estimated |= record.estimated;
     }
 
+    /// Adds the calls, tokens and cost of `other`, work done for questions already counted (the drafts a question
+    /// asked for, written and logged by their batch).
+    pub fn absorb(&mut self, other: &UsageTotals) {
+        self.llm_calls = self.llm_calls.saturating_add(other.llm_calls);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.embedding_tokens = self.embedding_tokens.saturating_add(other.embedding_tokens);
+        self.cost_usd += other.cost_usd;
+        self.unpriced_questions = self.unpriced_questions.saturating_add(other.unpriced_questions);
+        self.estimated |= other.estimated;
+    }
+
     pub fn summary_line(&self) -> String {
         let unpriced = match self.unpriced_questions {
             0 => String::new(),
@@ -274,6 +286,11 @@ impl Ledger {
 
     pub fn totals(&self) -> &UsageTotals {
         &self.totals
+    }
+
+    /// Adds to the session's totals work another ledger already logged (see [`UsageTotals::absorb`]).
+    pub fn absorb(&mut self, totals: &UsageTotals) {
+        self.totals.absorb(totals);
     }
 
     /// Adds the record to the totals and appends it to the log. A log that cannot be written costs a

@@ -146,7 +146,9 @@ async fn run(command: Command, global: &Global) -> anyhow::Result<ExitCode> {
         Command::Actions(args) => campaign_commands::actions(&open_stores(&global.data_dir).await?, args, None).await?,
         Command::Measure(args) => campaign_commands::measure(&open_stores(&global.data_dir).await?, args).await?,
         Command::Draft(args) => {
-            campaign_commands::draft(&open_stores(&global.data_dir).await?, args, &global.data_dir, None).await?
+            campaign_commands::draft(&open_stores(&global.data_dir).await?, args, &global.data_dir, None)
+                .await
+                .map(drop)?
         }
         Command::Segments(args) => segments::run(&open_stores(&global.data_dir).await?, args, &global.data_dir).await?,
         Command::Lookalike(args) => {

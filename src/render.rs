@@ -57,17 +57,40 @@ pub fn audience_answer(report: &AudienceReport, dropped: &[String], settled: &[S
         let order = if report.ranked_by == "intent" { "Best matches" } else { "Top spenders" };
         text.push_str(&format!(" {order}: {}.", named.join("; ")));
     }
-    for clause in dropped {
+    for clause in unique(dropped) {
         text.push_str(&format!(" Left out, as no word of the question asks for it: {clause}."));
     }
-    for note in settled {
+    for note in unique(settled) {
         text.push_str(&format!(" {}.", sentence(note)));
     }
     text
 }
 
+/// The notes once each, in order: a repeated call of the same question is settled the same way again.
+fn unique(notes: &[String]) -> Vec<&String> {
+    let mut seen = Vec::new();
+    for note in notes {
+        if !seen.contains(&note) {
+            seen.push(note);
+        }
+    }
+    seen
+}
+
+/// An answer rendered from a typed result, with a line for each argument the host left out of the call because no
+/// word of the question asks for it, and one for each way it read the question where the call did not.
+pub fn with_host_notes(mut text: String, dropped: &[String], settled: &[String]) -> String {
+    for left_out in unique(dropped) {
+        text.push_str(&format!("\nLeft out, as no word of the question asks for it: {left_out}."));
+    }
+    for note in unique(settled) {
+        text.push_str(&format!("\n{}.", sentence(note)));
+    }
+    text
+}
+
 /// A note of the host ("grouped by country, as ...") as a sentence, its first letter capitalised.
-pub fn sentence(note: &str) -> String {
+fn sentence(note: &str) -> String {
     let mut note = note.to_owned();
     if let Some(first) = note.get(..1) {
         note.replace_range(..1, &first.to_uppercase());

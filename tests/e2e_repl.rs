@@ -496,6 +496,11 @@ fn an_open_chat_shares_its_data_directory_and_follows_a_new_ingest() {
     let mut repl = chat(&env, Some(&llm.base_url));
     let first = repl.ask("who likes hiking?");
     assert!(first.contains("Audience: 60 of 60 customers"), "{first}");
+    // Segments are computed once per version of the data: a second question reuses them.
+    let kinds = repl.ask("what kinds of customers do we have?");
+    assert!(kinds.contains("computed by k-means over 60") && !kinds.contains("earlier answer"), "{kinds}");
+    let again = repl.ask("what kinds of customers do we have?");
+    assert!(again.contains("for an earlier answer: the data has not changed since"), "{again}");
 
     // With the chat holding its index open: other readers and a new ingest of other data.
     let run = |args: &[&str]| common::Run::from(env.command(args).output().unwrap());
@@ -507,6 +512,8 @@ fn an_open_chat_shares_its_data_directory_and_follows_a_new_ingest() {
 
     let second = repl.ask("and now?");
     assert!(second.contains("Audience: 40 of 40 customers"), "the open chat sees the new data: {second}");
+    let kinds = repl.ask("what kinds of customers do we have?");
+    assert!(kinds.contains("computed by k-means over 40") && !kinds.contains("earlier answer"), "new data: {kinds}");
     repl.line("/quit");
     assert!(repl.wait().success());
 }
@@ -587,8 +594,12 @@ fn the_current_audience_gets_actions_and_drafts_from_the_chat() {
     assert_eq!(counted, size, "every member gets exactly one action: {actions}");
 
     let out = env.data_dir().join("drafts.csv");
+    let cost = repl.ask("/cost");
+    assert!(cost.contains("1 question(s), 1 LLM calls"), "{cost}");
     let drafted = repl.ask(&format!("/draft {} --limit 1", out.display()));
     assert!(drafted.contains("1 accepted (1 at the first try"), "{drafted}");
     let rows = std::fs::read_to_string(&out).unwrap();
     assert!(rows.contains("Something new for you") && rows.contains(",accepted,"), "{rows}");
+    let cost = repl.ask("/cost");
+    assert!(cost.contains("1 question(s), 2 LLM calls"), "the draft's call is in the session's totals: {cost}");
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::cli::audiences::{Target, read_rules};
 use audience::campaign::Holdout;
 use audience::drafts::DraftPrompts;
-use audience::drafts::batch::{self, Batch, Per, Writer};
+use audience::drafts::batch::{self, Batch, DraftSummary, Per, Writer};
 use audience::exit::{FailureExt, FailureKind, tool_failure};
 use audience::lift::{Comparison, Economics, GroupStats, Interval, Metric, Observation, compare};
 use audience::outln;
@@ -375,7 +375,7 @@ pub async fn draft(
     args: DraftArgs,
     data_dir: &Path,
     current: Option<AudienceDefinition>,
-) -> Result<()> {
+) -> Result<DraftSummary> {
     let holdout = args.holdout.map(|percent| Holdout::new(percent, args.seed)).transpose().kind(FailureKind::Usage)?;
     let rules = read_rules(args.rules.as_deref())?;
     let target = Target::resolve(stores, args.name.as_deref(), args.from.as_deref(), current, "draft for").await?;
@@ -414,7 +414,8 @@ pub async fn draft(
         Writer { model: &model, provider: provider.kind.name(), model_name: &provider.model, data_dir, concurrency };
     let summary = prepared.generate(writer).await?;
     if args.json {
-        return outln!("{}", terminal::safe_json(&summary)?);
+        outln!("{}", terminal::safe_json(&summary)?)?;
+        return Ok(summary);
     }
     outln!(
         "{}{}",
@@ -424,5 +425,6 @@ pub async fn draft(
         } else {
             String::new()
         },
-    )
+    )?;
+    Ok(summary)
 }

@@ -266,7 +266,11 @@ impl Chat {
             Command::Draft(rest) => match campaign_commands::DraftArgs::try_parse_from(file_first(&rest)) {
                 Ok(args) => {
                     let current = self.audience().and_then(AudienceSession::current);
-                    report(campaign_commands::draft(&self.stores, args, &self.data_dir, current).await)?
+                    let drafted = campaign_commands::draft(&self.stores, args, &self.data_dir, current).await;
+                    if let (Ok(summary), Agent::Ready(session)) = (&drafted, &mut self.agent) {
+                        session.absorb_usage(&summary.usage);
+                    }
+                    report(drafted.map(|_| ()))?
                 }
                 Err(error) => outln!("{}", error.render())?,
             },

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use super::{Context, Draft, DraftPrompts, Recipient, looks_like_instruction};
 use crate::campaign::{ExportFile, Format, Holdout, email_sha256};
 use crate::exit::{FailureExt, FailureKind, tool_failure};
-use crate::ledger::{Ledger, UsageRecord};
+use crate::ledger::{Ledger, UsageRecord, UsageTotals};
 use crate::provider::ChatModel;
 
 /// What one draft is written for: a member (from that member's facts), or every member of a segment or of a
@@ -91,6 +91,10 @@ pub struct DraftSummary {
     pub tokens: u64,
     /// The model calls of this run, priced by the price table (also in the usage ledger); unknown without a price.
     pub cost_usd: Option<f64>,
+    /// This run's model calls, tokens and cost, as the ledger totals them (one record per draft), for the session's
+    /// totals (`/cost`) of a chat that asked for the drafts.
+    #[serde(skip)]
+    pub usage: UsageTotals,
 }
 
 impl DraftSummary {
@@ -356,6 +360,7 @@ impl Prepared {
         if summary.remaining == 0 {
             std::fs::remove_file(&partial).ok();
         }
+        summary.usage = ledger.totals().clone();
         Ok(summary)
     }
 }

@@ -16,10 +16,8 @@ use audience_tools::failure::ToolFailure;
 use audience_tools::registry;
 use audience_tools::stores::Stores;
 use audience_tools::trace::{ToolTrace, TracedTool};
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::DraftPrompts;
 use super::batch::{self, Batch, DraftSummary, Per, Writer};
@@ -188,28 +186,9 @@ impl TracedTool for DraftEmails {
     }
 }
 
-impl Tool for DraftEmails {
-    const NAME: &'static str = registry::DRAFT_EMAILS.name;
-    type Args = DraftEmailsArgs;
-    type Output = ToolOutput;
-    type Error = ToolFailure;
-
-    fn description(&self) -> String {
-        registry::DRAFT_EMAILS.text().to_owned()
-    }
-
-    fn parameters(&self) -> Value {
-        audience_tools::vocabulary::schema_of::<DraftEmailsArgs>()
-    }
-
-    fn map_error(&self, error: ToolFailure) -> ToolExecutionError {
-        error.into_execution_error()
-    }
-
-    async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_observed(context, args).await
-    }
-}
+audience_tools::traced_tool!(DraftEmails, registry::DRAFT_EMAILS, DraftEmailsArgs, |_| {
+    audience_tools::vocabulary::schema_of::<DraftEmailsArgs>()
+});
 
 #[cfg(test)]
 mod tests {

@@ -2,12 +2,9 @@
 //! an ambiguous request means ("find good customers": good by spend, by recency, by loyalty?). It reads nothing;
 //! the host ends the question's run on it and shows the question, and the user's reply is the next turn.
 
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::failure::ToolFailure;
-use crate::registry;
 use crate::trace::{ToolTrace, TracedTool};
 
 /// Options a clarifying question offers: at least two (else it is not a choice), few enough to read.
@@ -79,28 +76,9 @@ impl TracedTool for AskClarification {
     }
 }
 
-impl Tool for AskClarification {
-    const NAME: &'static str = registry::ASK_CLARIFICATION.name;
-    type Args = Clarification;
-    type Output = ToolOutput;
-    type Error = ToolFailure;
-
-    fn description(&self) -> String {
-        registry::ASK_CLARIFICATION.text().to_owned()
-    }
-
-    fn parameters(&self) -> Value {
-        crate::vocabulary::schema_of::<Clarification>()
-    }
-
-    fn map_error(&self, error: ToolFailure) -> ToolExecutionError {
-        error.into_execution_error()
-    }
-
-    async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_observed(context, args).await
-    }
-}
+crate::traced_tool!(AskClarification, crate::registry::ASK_CLARIFICATION, Clarification, |_| {
+    crate::vocabulary::schema_of::<Clarification>()
+});
 
 #[cfg(test)]
 mod tests {

@@ -212,7 +212,7 @@ mod tests {
             let clauses: Vec<_> = edit.include.iter().chain(&edit.exclude).cloned().collect();
             let uncovered = grounding.uncovered(&clauses, edit.intent.as_deref());
             if !uncovered.is_empty() && (!clauses.is_empty() || !grounding.event_types.is_empty()) {
-                failures.push(format!("{:?}: does not use {}", example.question, uncovered.join(", ")));
+                failures.push(format!("{:?}: does not use {}", example.question, uncovered.words().join(", ")));
             }
         }
         assert!(failures.is_empty(), "{} answers do not trace:\n{}", failures.len(), failures.join("\n"));

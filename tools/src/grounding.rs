@@ -55,6 +55,37 @@ pub struct Grounding {
     inherited: bool,
 }
 
+/// What a question names that no clause of a call uses (see [`Grounding::uncovered`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Uncovered {
+    pub countries: Vec<String>,
+    pub segments: Vec<String>,
+    pub products: Vec<String>,
+    pub colors: Vec<String>,
+    pub event_types: Vec<EventType>,
+}
+
+impl Uncovered {
+    pub fn is_empty(&self) -> bool {
+        self.words().is_empty()
+    }
+
+    /// Each value, as "country PL", "event_type purchase".
+    pub fn words(&self) -> Vec<String> {
+        let mut words = Vec::new();
+        for (what, values) in [
+            ("country", &self.countries),
+            ("segment", &self.segments),
+            ("product", &self.products),
+            ("colour", &self.colors),
+        ] {
+            words.extend(values.iter().map(|value| format!("{what} {value}")));
+        }
+        words.extend(self.event_types.iter().map(|event_type| format!("event_type {}", event_type.as_str())));
+        words
+    }
+}
+
 /// A word of the question with its normalised form.
 #[derive(Clone, Debug)]
 struct Token {
@@ -983,9 +1014,9 @@ impl Grounding {
     /// What the question names that no clause of `clauses` uses: a country, segment, product or colour grounding
     /// found, or an event its verbs name ("Jeans buyers, but leave out anyone in Germany" answered with the Germany
     /// clause alone). Empty for a refinement, whose call edits an audience that may already hold them.
-    pub fn uncovered(&self, clauses: &[Clause], intent: Option<&str>) -> Vec<String> {
+    pub fn uncovered(&self, clauses: &[Clause], intent: Option<&str>) -> Uncovered {
         if self.inherited {
-            return Vec::new();
+            return Uncovered::default();
         }
         let mut used = DataValues::default();
         // A taste may name products and colours ("who loves luxury watches" ranked by "luxury watches"); a country,
@@ -1034,21 +1065,56 @@ impl Grounding {
                 Rule::Sql { .. } => {}
             }
         }
-        let mut missing = Vec::new();
-        for (what, named, had) in [
-            ("country", &self.found.countries, &used.countries),
-            ("segment", &self.found.segments, &used.segments),
-            ("product", &self.found.products, &used.products),
-            ("colour", &self.found.colors, &used.colors),
-        ] {
-            for value in named.iter().filter(|value| !had.iter().any(|h| h.eq_ignore_ascii_case(value))) {
-                missing.push(format!("{what} {value}"));
+        let unused = |named: &[String], had: &[String]| -> Vec<String> {
+            named.iter().filter(|value| !had.iter().any(|h| h.eq_ignore_ascii_case(value))).cloned().collect()
+        };
+        Uncovered {
+            countries: unused(&self.found.countries, &used.countries),
+            segments: unused(&self.found.segments, &used.segments),
+            products: unused(&self.found.products, &used.products),
+            colors: unused(&self.found.colors, &used.colors),
+            event_types: self.event_types.iter().filter(|event_type| !events.contains(event_type)).copied().collect(),
+        }
+    }
+
+    /// The clauses the program can write itself for what `uncovered` lists: a country or a segment as a profile
+    /// clause, an event the verbs name as an event clause, each on the side the question's words put it (`true`:
+    /// exclude). Products and colours are left out: which event they belong to is a reading of the question.
+    pub fn completing(&self, uncovered: &Uncovered) -> Vec<(Clause, bool)> {
+        let mut clauses = Vec::new();
+        for (field, values) in
+            [(ProfileField::Country, &uncovered.countries), (ProfileField::Segment, &uncovered.segments)]
+        {
+            for value in values {
+                let at: Vec<bool> = self
+                    .positions
+                    .iter()
+                    .filter(|(v, _)| v.eq_ignore_ascii_case(value))
+                    .map(|(_, at)| self.negated_at(*at))
+                    .collect();
+                let exclude = !at.is_empty() && at.iter().all(|negated| *negated);
+                let rule = Rule::Profile { field, op: Op::Eq, value: Value::String(value.clone()) };
+                clauses.push((Clause { id: String::new(), rule }, exclude));
             }
         }
-        for event_type in self.event_types.iter().filter(|event_type| !events.contains(event_type)) {
-            missing.push(format!("event_type {}", event_type.as_str()));
+        for event_type in &uncovered.event_types {
+            let said = |negated: bool| self.mentions.contains(&(*event_type, negated));
+            let exclude = said(true) && !said(false);
+            let rule = Rule::Event {
+                event_type: Some(*event_type),
+                products: Vec::new(),
+                colors: Vec::new(),
+                min_price: None,
+                max_price: None,
+                within_days: None,
+                since: None,
+                until: None,
+                min_count: None,
+                sql: None,
+            };
+            clauses.push((Clause { id: String::new(), rule }, exclude));
         }
-        missing
+        clauses
     }
 
     /// Whether the question's words mention `word` (lower-case).
@@ -1656,9 +1722,9 @@ mod tests {
         let only_germany = clauses(serde_json::json!([
             {"id": "c1", "type": "profile", "field": "country", "op": "=", "value": "DE"}
         ]));
-        assert_eq!(grounding.uncovered(&only_germany, None), ["product watches", "event_type purchase"]);
+        assert_eq!(grounding.uncovered(&only_germany, None).words(), ["product watches", "event_type purchase"]);
         // A product in the intent is a taste; the purchase is still a condition.
-        assert_eq!(grounding.uncovered(&only_germany, Some("fine watches")), ["event_type purchase"]);
+        assert_eq!(grounding.uncovered(&only_germany, Some("fine watches")).words(), ["event_type purchase"]);
         let both = clauses(serde_json::json!([
             {"id": "c1", "type": "profile", "field": "country", "op": "=", "value": "DE"},
             {"id": "c2", "type": "event", "event_type": "purchase", "products": ["watches"]}

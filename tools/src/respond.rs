@@ -2,13 +2,10 @@
 //! talk, what the product can do. With it every model turn can be a constrained tool call (`tool_choice`
 //! "required"); the host ends the question's run on it and shows the text.
 
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::failure::ToolFailure;
-use crate::registry;
 use crate::trace::{ToolTrace, TracedTool};
 
 /// Longest reply: a sentence or two.
@@ -43,32 +40,12 @@ impl TracedTool for Respond {
     }
 }
 
-impl Tool for Respond {
-    const NAME: &'static str = registry::RESPOND.name;
-    type Args = Reply;
-    type Output = ToolOutput;
-    type Error = ToolFailure;
-
-    fn description(&self) -> String {
-        registry::RESPOND.text().to_owned()
-    }
-
-    fn parameters(&self) -> Value {
-        crate::vocabulary::schema_of::<Reply>()
-    }
-
-    fn map_error(&self, error: ToolFailure) -> ToolExecutionError {
-        error.into_execution_error()
-    }
-
-    async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_observed(context, args).await
-    }
-}
+crate::traced_tool!(Respond, crate::registry::RESPOND, Reply, |_| crate::vocabulary::schema_of::<Reply>());
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rig_core::tool::Tool;
 
     #[tokio::test]
     async fn a_reply_is_trimmed_and_bounded() {

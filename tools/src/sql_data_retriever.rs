@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use anyhow::Context;
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -34,7 +34,7 @@ pub const DEFAULT_FIELDS: &[&str] = &[
     "interests",
 ];
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct SqlDataRetrieverArgs {
     pub customer_ids: Vec<CustomerRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,7 +42,7 @@ pub struct SqlDataRetrieverArgs {
 }
 
 /// A customer id as the model or a script writes it: `17` or `"user_0203"`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum CustomerRef {
     Number(i64),
@@ -184,37 +184,19 @@ impl TracedTool for SqlDataRetriever {
     }
 }
 
-impl Tool for SqlDataRetriever {
-    const NAME: &'static str = crate::registry::SQL_DATA_RETRIEVER.name;
-    type Args = SqlDataRetrieverArgs;
-    type Output = ToolOutput;
-    type Error = ToolFailure;
+crate::traced_tool!(SqlDataRetriever, crate::registry::SQL_DATA_RETRIEVER, SqlDataRetrieverArgs, |_| arguments_schema(
+));
 
-    fn description(&self) -> String {
-        crate::registry::SQL_DATA_RETRIEVER.text().to_owned()
+/// The argument schema, generated from [`SqlDataRetrieverArgs`], with the retrievable fields as the enum of
+/// `fields` (the ids come with every record; the limit on ids is in the description).
+fn arguments_schema() -> Value {
+    let fields: Vec<&str> =
+        profile_fields().into_iter().filter(|field| !matches!(*field, "customer_id" | "external_id")).collect();
+    let mut schema = crate::vocabulary::schema_of::<SqlDataRetrieverArgs>();
+    if let Some(fields_schema) = schema.pointer_mut("/properties/fields") {
+        *fields_schema = json!({"type": "array", "items": {"type": "string", "enum": fields}});
     }
-
-    fn parameters(&self) -> Value {
-        // The ids come with every record; the limit on ids is in the description.
-        let fields: Vec<&str> =
-            profile_fields().into_iter().filter(|field| !matches!(*field, "customer_id" | "external_id")).collect();
-        json!({
-            "type": "object",
-            "properties": {
-                "customer_ids": {"type": "array", "items": {"type": ["integer", "string"]}},
-                "fields": {"type": "array", "items": {"type": "string", "enum": fields}}
-            },
-            "required": ["customer_ids"]
-        })
-    }
-
-    fn map_error(&self, error: ToolFailure) -> ToolExecutionError {
-        error.into_execution_error()
-    }
-
-    async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_observed(context, args).await
-    }
+    schema
 }
 
 #[cfg(test)]

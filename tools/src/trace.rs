@@ -175,3 +175,40 @@ pub trait TracedTool: Tool<Error = ToolFailure, Output = ToolOutput> {
         }
     }
 }
+
+/// Implements rig's `Tool` for a [`TracedTool`]: its name and description from its `registry` entry, its argument
+/// schema from `parameters` (generated from its types and the data, see `vocabulary`), its failures mapped by
+/// [`ToolFailure`], and its call through [`TracedTool::call_observed`]. One body for every tool, so no tool's
+/// plumbing can drift from the others'.
+#[macro_export]
+macro_rules! traced_tool {
+    ($tool:ty, $entry:expr, $args:ty, |$this:pat_param| $parameters:expr) => {
+        impl ::rig_core::tool::Tool for $tool {
+            const NAME: &'static str = $entry.name;
+            type Args = $args;
+            type Output = ::rig_core::tool::ToolOutput;
+            type Error = $crate::failure::ToolFailure;
+
+            fn description(&self) -> String {
+                $entry.text().to_owned()
+            }
+
+            fn parameters(&self) -> ::serde_json::Value {
+                let $this = self;
+                $parameters
+            }
+
+            fn map_error(&self, error: $crate::failure::ToolFailure) -> ::rig_core::tool::ToolExecutionError {
+                error.into_execution_error()
+            }
+
+            async fn call(
+                &self,
+                context: &mut ::rig_core::tool::ToolContext,
+                args: Self::Args,
+            ) -> Result<Self::Output, Self::Error> {
+                $crate::trace::TracedTool::call_observed(self, context, args).await
+            }
+        }
+    };
+}

@@ -2,7 +2,6 @@
 //! clause, a breakdown, and the top members ranked by the intent. Its arguments are an edit of the current
 //! definition (see [`Edit`]), so a follow-up sends only what changes.
 
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use serde_json::{Value, json};
 
 use std::sync::Arc;
@@ -12,7 +11,6 @@ use super::report::{AudienceReport, Share, evaluate};
 use super::session::{AudienceSession, Edit};
 use crate::failure::ToolFailure;
 use crate::observe;
-use crate::registry;
 use crate::stores::Stores;
 use crate::trace::{ToolTrace, TracedTool};
 use crate::vocabulary::{DataValues, MAX_VALUES, Offered, find_audience_schema};
@@ -187,25 +185,4 @@ fn top_shares(shares: &[Share]) -> String {
     parts.join(", ")
 }
 
-impl Tool for FindAudience {
-    const NAME: &'static str = registry::FIND_AUDIENCE.name;
-    type Args = Edit;
-    type Output = ToolOutput;
-    type Error = ToolFailure;
-
-    fn description(&self) -> String {
-        registry::FIND_AUDIENCE.text().to_owned()
-    }
-
-    fn parameters(&self) -> Value {
-        self.schema.clone()
-    }
-
-    fn map_error(&self, error: ToolFailure) -> ToolExecutionError {
-        error.into_execution_error()
-    }
-
-    async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_observed(context, args).await
-    }
-}
+crate::traced_tool!(FindAudience, crate::registry::FIND_AUDIENCE, Edit, |tool| tool.schema.clone());

@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -20,7 +19,6 @@ use super::saved::{SavedAudiences, SavedError};
 use super::session::{AudienceSession, Edit};
 use crate::failure::ToolFailure;
 use crate::observe;
-use crate::registry;
 use crate::stores::Stores;
 use crate::trace::{ToolTrace, TracedTool};
 use crate::vocabulary::{Offered, profile_clause_list_schema, schema_of};
@@ -382,28 +380,7 @@ pub fn spread_line(spread: &ScoreSpread) -> String {
     )
 }
 
-impl Tool for Lookalike {
-    const NAME: &'static str = registry::LOOKALIKE.name;
-    type Args = LookalikeArgs;
-    type Output = ToolOutput;
-    type Error = ToolFailure;
-
-    fn description(&self) -> String {
-        registry::LOOKALIKE.text().to_owned()
-    }
-
-    fn parameters(&self) -> Value {
-        arguments_schema(&self.clause_list)
-    }
-
-    fn map_error(&self, error: ToolFailure) -> ToolExecutionError {
-        error.into_execution_error()
-    }
-
-    async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_observed(context, args).await
-    }
-}
+crate::traced_tool!(Lookalike, crate::registry::LOOKALIKE, LookalikeArgs, |tool| arguments_schema(&tool.clause_list));
 
 /// The schema of [`LookalikeArgs`] with `clause_list` as its `include` and `exclude`.
 fn arguments_schema(clause_list: &Value) -> Value {

@@ -69,6 +69,11 @@ const EVENT_KEYS: [&str; 10] =
 /// Intents that name no taste: words of the tool's own description that a model copies into the slot.
 const EMPTY_INTENTS: [&str; 8] = ["tastes", "taste", "intent", "style", "preferences", "none", "null", "n/a"];
 
+/// Whether an intent is a placeholder word ("tastes", copied from the description) rather than a taste.
+pub fn names_no_taste(intent: &str) -> bool {
+    EMPTY_INTENTS.contains(&intent.trim().to_lowercase().as_str())
+}
+
 impl TryFrom<Value> for Edit {
     type Error = String;
 
@@ -92,7 +97,7 @@ impl TryFrom<Value> for Edit {
             }
         }
         if let Some(Value::String(intent)) = object.get("intent")
-            && EMPTY_INTENTS.contains(&intent.trim().to_lowercase().as_str())
+            && names_no_taste(intent)
         {
             return Err(format!(
                 "intent {intent:?} names no taste: write the shopper's tastes in words (\"minimal black outfits\"), or \

@@ -285,6 +285,28 @@ impl Measure {
         }
     }
 
+    /// Phrases that name this measure and no other, as a question writes them (lower case, words apart): when a
+    /// question names one, the call measures it. Empty for measures that everyday words name loosely ("customers",
+    /// "revenue", "returns" in "not counting returns").
+    pub fn phrases(self) -> &'static [&'static str] {
+        match self {
+            Self::ChurnRate => &["churn rate", "churn"],
+            Self::RepeatPurchaseRate => &["repeat purchase", "repeat purchases", "repeat rate", "repeat buyers"],
+            Self::CartAbandonment => &["abandon", "abandoned", "abandonment", "abandoning", "abandons"],
+            Self::ViewToCart => &["view to cart", "views to cart", "view to cart conversion"],
+            Self::CartToPurchase => &["cart to purchase", "cart to order", "carts to purchases"],
+            Self::AverageOrderValue => &["average order value", "aov", "average order", "order value"],
+            Self::AverageSpendPerBuyer => &["spend per buyer", "spent per buyer", "spending per buyer"],
+            Self::OrdersPerBuyer => &["orders per buyer", "purchases per buyer", "orders per customer"],
+            Self::AverageAge => &["average age", "mean age", "median age", "how old"],
+            Self::NetRevenue => &["net revenue", "net sales", "net"],
+            Self::GrossRevenue => &["gross revenue", "gross sales", "gross"],
+            Self::AveragePAlive => &["p alive", "probability of being active", "probability of being alive"],
+            Self::PredictedValue => &["lifetime value", "clv", "predicted value"],
+            _ => &[],
+        }
+    }
+
     /// For a rate, the count of the customers it counts on top, as a count measure and the profile clause that
     /// picks them: "how many churned customers?" asks for the churned customers, not for the churn rate. A rate
     /// over a period's events has none (a profile clause holds for all time).

@@ -3,7 +3,6 @@
 //! number was computed. Its argument schema is generated from the catalogue and the data's values.
 
 use chrono::NaiveDate;
-use rig_core::tool::{Tool, ToolContext, ToolExecutionError, ToolOutput};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -270,28 +269,7 @@ impl TracedTool for Metrics {
     }
 }
 
-impl Tool for Metrics {
-    const NAME: &'static str = crate::registry::METRICS.name;
-    type Args = MetricsArgs;
-    type Output = ToolOutput;
-    type Error = ToolFailure;
-
-    fn description(&self) -> String {
-        crate::registry::METRICS.text().to_owned()
-    }
-
-    fn parameters(&self) -> Value {
-        self.schema.clone()
-    }
-
-    fn map_error(&self, error: ToolFailure) -> ToolExecutionError {
-        error.into_execution_error()
-    }
-
-    async fn call(&self, context: &mut ToolContext, args: Self::Args) -> Result<Self::Output, Self::Error> {
-        self.call_observed(context, args).await
-    }
-}
+crate::traced_tool!(Metrics, crate::registry::METRICS, MetricsArgs, |tool| tool.schema.clone());
 
 #[cfg(test)]
 mod tests {
