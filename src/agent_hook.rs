@@ -11,11 +11,13 @@ use std::time::Instant;
 use audience_tools::audience::AudienceDefinition;
 use audience_tools::audience::Edit;
 use audience_tools::audience::definition::Clause;
+use audience_tools::audience::definition::EventType;
 use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::audience::session::names_no_taste;
 use audience_tools::clarify::Clarification;
 use audience_tools::failure::{is_fatal, model_visible};
 use audience_tools::grounding::{Grounding, Traced, Uncovered};
+use audience_tools::metrics::catalogue::Unit;
 use audience_tools::metrics::{self, Dimension, Measure, MetricsArgs, MetricsReport};
 use audience_tools::registry;
 use audience_tools::respond::Reply;
@@ -407,21 +409,48 @@ fn drop_untraced(mut args: Value, grounding: &Grounding, offered: &Offered) -> (
     (args, dropped)
 }
 
-/// Gives an event clause with no event type the one event the question's verbs name ("at least 3 purchases" sent
-/// as `{"type": "event", "min_count": 3}`, which would count views and cart additions too). Returns how each was
-/// read, in words; with no such verb, or several, the clause is left as it is.
-fn fill_event_types(args: &mut Value, lists: [&str; 2], grounding: &Grounding) -> Vec<String> {
-    let [event_type] = grounding.event_types.as_slice() else { return Vec::new() };
+/// Event clauses with what the question's words settle and the model got wrong; returns how each was read, in
+/// words:
+/// - no event type: the one event the verbs name ("at least 3 purchases" sent as `{"type": "event", "min_count": 3}`,
+///   which would count views and cart additions too);
+/// - the count the question asks for ("at least 10 product views", "more than 2 orders") as `min_count`;
+/// - a price the question bounds from above ("priced under 10") as `max_price`, not `min_price`.
+fn settle_event_clauses(args: &mut Value, lists: [&str; 2], grounding: &Grounding) -> Vec<String> {
+    let counts = grounding.counted_events();
+    let ceilings = grounding.price_ceilings();
     let mut notes = Vec::new();
     for list in lists {
         let Some(Value::Array(clauses)) = args.get_mut(list) else { continue };
         for clause in clauses.iter_mut().filter_map(Value::as_object_mut) {
-            if clause.get("type") == Some(&json!("event")) && !clause.contains_key("event_type") {
+            if clause.get("type") != Some(&json!("event")) {
+                continue;
+            }
+            if let [event_type] = grounding.event_types.as_slice()
+                && !clause.contains_key("event_type")
+            {
                 clause.insert("event_type".to_owned(), json!(event_type.as_str()));
                 notes.push(format!(
                     "an event clause with no event type read as {}, the event the question names",
                     event_type.as_str()
                 ));
+            }
+            let event_type = clause.get("event_type").and_then(Value::as_str).map(str::to_owned);
+            if let Some((_, least)) = counts.iter().find(|(t, _)| Some(t.as_str()) == event_type.as_deref())
+                && clause.get("min_count").and_then(Value::as_u64) != Some(u64::from(*least))
+            {
+                clause.insert("min_count".to_owned(), json!(least));
+                notes.push(format!(
+                    "at least {least} {} events, as the question counts them",
+                    event_type.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(floor) = clause.get("min_price").and_then(Value::as_f64)
+                && ceilings.iter().any(|ceiling| (ceiling - floor).abs() < 1e-9)
+                && !clause.contains_key("max_price")
+            {
+                clause.remove("min_price");
+                clause.insert("max_price".to_owned(), json!(floor));
+                notes.push(format!("a price under {floor} is a ceiling, as the question says"));
             }
         }
     }
@@ -504,7 +533,7 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
     if let Some(Value::Array(dimensions)) = args.get_mut("dimensions") {
         dimensions.retain(|dimension| {
             let name = dimension.as_str().unwrap_or_default();
-            let named = Dimension::named(name).is_some_and(|d| d.words().iter().any(|word| grounding.says(word)));
+            let named = Dimension::named(name).is_some_and(|d| metrics::ranking::names(words, d));
             if !named {
                 settled.dropped.push(format!("the breakdown by {name}"));
             }
@@ -527,7 +556,7 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
         let counts = words
             .windows(2)
             .any(|pair| matches!((pair[0].as_str(), pair[1].as_str()), ("how", "many") | ("number", "of")));
-        settled.read.extend(the_named_measure(object, words));
+        settled.read.extend(the_named_measure(object, grounding));
         settled.read.extend(events_for_event_groups(object, grounding));
         settle_time(object, grounding, &mut settled.read);
         let whole_time = ["within_days", "since", "until"].iter().all(|key| !object.contains_key(*key));
@@ -558,7 +587,7 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
             }
         }
     }
-    settled.read.extend(fill_event_types(args, ["filters", "exclude"], grounding));
+    settled.read.extend(settle_event_clauses(args, ["filters", "exclude"], grounding));
     // An event clause that names no condition is the tool's to refuse, with its reason.
     let empty_event = |value: &Value| value.as_object().is_some_and(|o| o.keys().all(|k| k == "type" || k == "id"));
     let empty = ["filters", "exclude"]
@@ -593,9 +622,21 @@ fn settle_time(call: &mut serde_json::Map<String, Value>, grounding: &Grounding,
     let mut windows = grounding.days.clone();
     windows.dedup();
     let compare = call.get("compare") == Some(&Value::Bool(true));
-    let filters = serde_json::to_string(&call.get("filters")).unwrap_or_default();
     let time: Vec<(&str, Value)> = match (windows.as_slice(), grounding.periods.as_slice()) {
         ([days], []) | ([days, ..], []) if compare || windows.len() == 1 => {
+            // A filter that only says "bought in the last 30 days" beside a measure of purchases is the window of
+            // the measure ("which product had the most buyers in the last 30 days?"): its window moves to the call.
+            let window = json!(days);
+            if let Some(Value::Array(clauses)) = call.get_mut("filters") {
+                for clause in clauses.iter_mut().filter_map(Value::as_object_mut) {
+                    let bare = clause.get("type") == Some(&json!("event"))
+                        && clause.keys().all(|k| matches!(k.as_str(), "type" | "event_type" | "id" | "within_days"));
+                    if bare && clause.get("within_days") == Some(&window) {
+                        clause.remove("within_days");
+                    }
+                }
+            }
+            let filters = serde_json::to_string(&call.get("filters")).unwrap_or_default();
             if filters.contains(&format!("\"within_days\":{days}")) {
                 return;
             }
@@ -632,27 +673,68 @@ fn settle_time(call: &mut serde_json::Map<String, Value>, grounding: &Grounding,
     read.push(format!("the time as the question gives it: {}", words.join(", ")));
 }
 
-/// The measure the question names by a phrase of its own ([`Measure::phrases`]: "repeat purchase rate", "average
-/// order value"), for the call's one measure of the same unit when that is another ("churn_rate" for "what's our
-/// repeat purchase rate?"). A question that names several, or a call of several measures, is left alone.
-fn the_named_measure(call: &mut serde_json::Map<String, Value>, words: &[String]) -> Option<String> {
+/// The measure the question names, for the call's one measure when that is another: by a phrase of its own
+/// ([`Measure::phrases`]: "churn_rate" for "what's our repeat purchase rate?"), or, when it asks for a share, by the
+/// two funnel events it names ([`Measure::funnel`]: "what share of the customers who viewed a product also added
+/// something to their cart?" is view→cart conversion, not a count of viewers). The replacement is of the same
+/// kind (a rate for a rate), or a rate for a count when the question asks for a share. For a funnel rate, event
+/// filters that only restate its two events are left out: a view→cart rate of customers who added to the cart is
+/// 100%. A question that names several measures, or a call of several, is left alone.
+fn the_named_measure(call: &mut serde_json::Map<String, Value>, grounding: &Grounding) -> Vec<String> {
+    let words = grounding.sequence();
     let says = |phrase: &str| {
         let phrase: Vec<&str> = phrase.split(' ').collect();
         words.windows(phrase.len()).any(|window| window.iter().zip(&phrase).all(|(word, p)| word == p))
     };
-    let mut named = Measure::ALL.into_iter().filter(|measure| measure.phrases().iter().any(|phrase| says(phrase)));
-    let (Some(named), None) = (named.next(), named.next()) else { return None };
-    let Some(Value::Array(measures)) = call.get_mut("measures") else { return None };
-    let [sent] = measures.as_mut_slice() else { return None };
-    let was = sent.as_str().and_then(Measure::named)?;
-    if was == named || was.unit() != named.unit() {
-        return None;
+    let share = SHARE_WORDS.iter().any(|word| grounding.says(word));
+    let mut by_phrase = Measure::ALL.into_iter().filter(|measure| measure.phrases().iter().any(|phrase| says(phrase)));
+    let phrased = match (by_phrase.next(), by_phrase.next()) {
+        (Some(named), None) => Some(named),
+        _ => None,
+    };
+    let funnel = {
+        let mut named: Vec<(EventType, bool)> = Vec::new();
+        for (event_type, negated) in grounding.mentions() {
+            if !named.iter().any(|(t, _)| t == event_type) {
+                named.push((*event_type, *negated));
+            }
+        }
+        named.sort_by_key(|(event_type, _)| EventType::ALL.iter().position(|t| t == event_type));
+        match named.as_slice() {
+            [(from, false), (to, negated)] if share => Measure::funnel(*from, *to, *negated).map(|m| (m, [*from, *to])),
+            _ => None,
+        }
+    };
+    let Some(named) = phrased.or(funnel.map(|(measure, _)| measure)) else { return Vec::new() };
+    let Some(Value::Array(measures)) = call.get_mut("measures") else { return Vec::new() };
+    let [sent] = measures.as_mut_slice() else { return Vec::new() };
+    let Some(was) = sent.as_str().and_then(Measure::named) else { return Vec::new() };
+    let kind = was.unit() == named.unit() || (share && named.unit() == Unit::Rate && was.unit() == Unit::Count);
+    if was == named || !kind {
+        return Vec::new();
     }
     *sent = json!(named.name());
     if call.get("order_by") == Some(&json!(was.name())) {
         call.insert("order_by".to_owned(), json!(named.name()));
     }
-    Some(format!("measured the {}, which the question names, not the {}", named.label(), was.label()))
+    let mut notes = vec![format!("measured the {}, which the question names, not the {}", named.label(), was.label())];
+    if let Some((_, steps)) = funnel.filter(|(measure, _)| *measure == named)
+        && let Some(Value::Array(filters)) = call.get_mut("filters")
+    {
+        let restates = |clause: &Value| {
+            clause.as_object().is_some_and(|o| {
+                o.get("type") == Some(&json!("event"))
+                    && o.keys().all(|k| matches!(k.as_str(), "type" | "event_type" | "id"))
+                    && steps.iter().any(|step| o.get("event_type") == Some(&json!(step.as_str())))
+            })
+        };
+        let before = filters.len();
+        filters.retain(|clause| !restates(clause));
+        if filters.len() < before {
+            notes.push(format!("the {} takes its own events; the filters on them are left out", named.label()));
+        }
+    }
+    notes
 }
 
 /// A customer-grain call takes no time of its own (its measures describe customers as they are): "how many
@@ -702,7 +784,7 @@ fn events_for_event_groups(call: &mut serde_json::Map<String, Value>, grounding:
     let Some(Value::Array(measures)) = call.get_mut("measures") else { return Vec::new() };
     let customers = json!(Measure::Customers.name());
     let Some(dimension) = on_events.filter(|_| measures.contains(&customers)) else { return Vec::new() };
-    let bought = grounding.event_types.contains(&audience_tools::audience::definition::EventType::Purchase);
+    let bought = grounding.event_types.contains(&EventType::Purchase);
     let counted = if bought { Measure::Buyers } else { Measure::ActiveCustomers };
     for measure in measures.iter_mut().filter(|measure| **measure == customers) {
         *measure = json!(counted.name());
@@ -1107,7 +1189,7 @@ impl AgentHook for TraceHook {
                     object.remove("intent");
                     lock(&self.log).dropped.push(format!("the intent {intent:?}, which names no taste"));
                 }
-                let mut filled = fill_event_types(&mut args, ["include", "exclude"], &grounding.0);
+                let mut filled = settle_event_clauses(&mut args, ["include", "exclude"], &grounding.0);
                 if !first_try {
                     filled.extend(put_right(&mut args, &grounding.0));
                 }
@@ -1500,9 +1582,16 @@ mod tests {
         let may = json!({"measures": ["gross_revenue"], "since": "2026-05-01", "until": "2026-05-31"});
         assert_eq!(args, may, "{settled:?}");
         let buyers = json!({"type": "event", "event_type": "purchase", "within_days": 30});
-        let call = json!({"measures": ["gross_revenue"], "filters": [buyers]});
-        let question = "revenue from customers who bought in the last 30 days";
+
+        let question = "revenue from customers who bought shoes in the last 30 days";
+        let shoes = json!({"type": "event", "event_type": "purchase", "products": ["shoes"], "within_days": 30});
+        let call = json!({"measures": ["gross_revenue"], "filters": [shoes]});
         assert_eq!(settled_metrics(question, call.clone()).0, call, "the filter holds the window");
+        let call = json!({"measures": ["buyers"], "dimensions": ["product"], "filters": [buyers]});
+        let (args, _) = settled_metrics("Which product had the most buyers in the last 30 days?", call);
+        let windowed = json!({"measures": ["buyers"], "dimensions": ["product"], "within_days": 30,
+            "filters": [{"type": "event", "event_type": "purchase"}], "order_by": "buyers", "order": "desc", "limit": 1});
+        assert_eq!(args, windowed, "a bare filter's window is the call's");
     }
 
     /// A customer count with a window beside its event clause counts the customers with such events in the window.
@@ -1542,6 +1631,29 @@ mod tests {
         let call = json!({"measures": ["customers"]});
         let (args, _) = settled_metrics("how many customers abandoned their cart?", call.clone());
         assert_eq!(args, call, "a count is not replaced by a rate");
+        let call = json!({"measures": ["churn_rate"]});
+        let (args, _) = settled_metrics("What share of our buyers have bought more than once?", call);
+        assert_eq!(args, json!({"measures": ["repeat_purchase_rate"]}));
+        let call = json!({"measures": ["returns"]});
+        let (args, _) = settled_metrics("How many units were returned in total?", call);
+        assert_eq!(args, json!({"measures": ["returned_items"]}));
+    }
+
+    /// Recorded from the local 1.5B model: a funnel share sent as a count of viewers, and as the other cart rate.
+    #[test]
+    fn a_share_of_one_event_among_another_is_the_funnel_rate() {
+        let viewed = json!({"type": "event", "event_type": "view"});
+        let carted = json!({"type": "event", "event_type": "add_to_cart"});
+        let call = json!({"measures": ["customers"], "filters": [viewed, carted]});
+        let question = "What share of the customers who viewed a product also added something to their cart?";
+        let (args, settled) = settled_metrics(question, call);
+        assert_eq!(args, json!({"measures": ["view_to_cart"], "filters": []}), "{settled:?}");
+        let call = json!({"measures": ["cart_abandonment"]});
+        let (args, _) = settled_metrics("What percentage of customers who added to the cart went on to buy?", call);
+        assert_eq!(args, json!({"measures": ["cart_to_purchase"]}));
+        let call = json!({"measures": ["cart_to_purchase"]});
+        let question = "what share of shoppers who added to the cart never bought anything?";
+        assert_eq!(settled_metrics(question, call).0, json!({"measures": ["cart_abandonment"]}));
     }
 
     /// Recorded from the local 1.5B model: "at least 3 purchases" as an event clause of any type.
@@ -1550,12 +1662,15 @@ mod tests {
         let (values, as_of) = library_values();
         let grounding = Grounding::of("customers with at least 3 purchases", &values, as_of);
         let mut args = json!({"include": [{"type": "event", "min_count": 3}]});
-        let notes = fill_event_types(&mut args, ["include", "exclude"], &grounding);
+        let notes = settle_event_clauses(&mut args, ["include", "exclude"], &grounding);
         assert_eq!(args, json!({"include": [{"type": "event", "min_count": 3, "event_type": "purchase"}]}));
         assert_eq!(notes.len(), 1);
         let grounding = Grounding::of("customers who viewed or bought shoes", &values, as_of);
         let mut args = json!({"include": [{"type": "event", "products": ["shoes"]}]});
-        assert!(fill_event_types(&mut args, ["include", "exclude"], &grounding).is_empty(), "two events: left as is");
+        assert!(
+            settle_event_clauses(&mut args, ["include", "exclude"], &grounding).is_empty(),
+            "two events: left as is"
+        );
     }
 
     /// Recorded from the local 1.5B model, each call repeated after its send-back: the program makes the repair.
@@ -1582,6 +1697,38 @@ mod tests {
         let (args, _) = put(question, json!({"exclude": [bought]}));
         let carted = json!({"type": "event", "event_type": "add_to_cart"});
         assert_eq!(args, json!({"exclude": [bought], "include": [carted]}));
+    }
+
+    /// Recorded from the local 1.5B model: "at least 10 product views" without the count, and "priced under 10"
+    /// as a floor.
+    #[test]
+    fn counts_and_price_ceilings_are_read_from_the_question() {
+        let (values, as_of) = library_values();
+        let settle = |question: &str, mut args: Value| {
+            let notes =
+                settle_event_clauses(&mut args, ["include", "exclude"], &Grounding::of(question, &values, as_of));
+            (args, notes)
+        };
+        let viewed = json!({"include": [{"type": "event", "event_type": "view", "within_days": 90}]});
+        let (args, _) = settle("Customers with at least 10 product views in the last 90 days", viewed);
+        assert_eq!(
+            args,
+            json!({"include": [{"type": "event", "event_type": "view", "within_days": 90, "min_count": 10}]})
+        );
+        let bought = json!({"include": [{"type": "event", "event_type": "purchase", "products": ["socks"]}]});
+        let (args, _) = settle("bought socks more than 2 times", bought);
+        assert_eq!(args["include"][0]["min_count"], json!(3));
+        let cheap =
+            json!({"include": [{"type": "event", "event_type": "view", "products": ["socks"], "min_price": 10}]});
+        let (args, notes) = settle("Customers who viewed socks priced under 10", cheap);
+        assert_eq!(
+            args,
+            json!({"include": [{"type": "event", "event_type": "view", "products": ["socks"], "max_price": 10.0}]}),
+            "{notes:?}"
+        );
+        let dear =
+            json!({"include": [{"type": "event", "event_type": "view", "products": ["socks"], "min_price": 10}]});
+        assert_eq!(settle("Customers who viewed socks priced over 10", dear.clone()).0, dear);
     }
 
     #[test]

@@ -1118,6 +1118,59 @@ impl Grounding {
     }
 
     /// Whether the question's words mention `word` (lower-case).
+    /// Each event type the question names, with whether it was negated, in the order named.
+    pub fn mentions(&self) -> &[(EventType, bool)] {
+        &self.mentions
+    }
+
+    /// The least number of events of a type the question asks for: "at least 10 product views", "3 or more
+    /// purchases", "more than 2 orders" (3), "bought at least 3 times" (the one event the verbs name).
+    pub fn counted_events(&self) -> Vec<(EventType, u32)> {
+        let words = &self.sequence;
+        let mut counts = Vec::new();
+        for (at, word) in words.iter().enumerate() {
+            let Some(n) = number_of(word).filter(|n| n.fract() == 0.0 && *n >= 1.0 && *n < 10_000.0) else { continue };
+            let before = |back: usize| at.checked_sub(back).and_then(|i| words.get(i)).map(String::as_str);
+            let after = words.get(at + 1).map(String::as_str);
+            let at_least = matches!((before(2), before(1)), (Some("at"), Some("least")) | (Some("no"), Some("fewer")))
+                || matches!((before(2), before(1)), (Some("minimum"), Some("of")))
+                || matches!((after, words.get(at + 2).map(String::as_str)), (Some("or"), Some("more")));
+            let more_than = matches!((before(2), before(1)), (Some("more"), Some("than"))) || before(1) == Some("over");
+            if !at_least && !more_than {
+                continue;
+            }
+            let least = n as u32 + u32::from(more_than && !at_least);
+            // The counted event: a noun just after the number ("10 product views"), or "times" after a verb.
+            let noun = words[at + 1..].iter().take(3).find_map(|w| event_type_of(w));
+            let times = words[at + 1..].iter().take(3).any(|w| w == "times");
+            let counted = noun.or_else(|| match (times, self.event_types.as_slice()) {
+                (true, [only]) => Some(*only),
+                _ => None,
+            });
+            if let Some(event_type) = counted {
+                counts.push((event_type, least));
+            }
+        }
+        counts
+    }
+
+    /// Prices the question bounds from above: "priced under 10", "cheaper than 50", "below 20", "at most 30".
+    pub fn price_ceilings(&self) -> Vec<f64> {
+        let words = &self.sequence;
+        let below = ["under", "below", "cheaper", "less", "max", "maximum", "most", "within", "upto"];
+        let mut ceilings = Vec::new();
+        for (at, word) in words.iter().enumerate() {
+            let Some(n) = number_of(word) else { continue };
+            let said = words[at.saturating_sub(3)..at].iter().any(|w| below.contains(&w.as_str()));
+            // "less than 3 times" bounds a count, not a price.
+            let counts = words.get(at + 1).is_some_and(|w| w == "times" || event_type_of(w).is_some());
+            if said && !counts {
+                ceilings.push(n);
+            }
+        }
+        ceilings
+    }
+
     pub fn says(&self, word: &str) -> bool {
         self.words.contains(word)
     }

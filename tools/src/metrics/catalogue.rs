@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::audience::definition::{Op, ProfileField, Rule};
+use crate::audience::definition::{EventType, Op, ProfileField, Rule};
 use crate::schema::{CHURN_DAYS, SPEND_BANDS, is_return, is_sale, spend_band_sql};
 
 /// What a measure is computed from.
@@ -291,19 +291,66 @@ impl Measure {
     pub fn phrases(self) -> &'static [&'static str] {
         match self {
             Self::ChurnRate => &["churn rate", "churn"],
-            Self::RepeatPurchaseRate => &["repeat purchase", "repeat purchases", "repeat rate", "repeat buyers"],
+            Self::RepeatPurchaseRate => &[
+                "repeat purchase",
+                "repeat purchases",
+                "repeat rate",
+                "repeat buyers",
+                "more than once",
+                "bought again",
+                "buy again",
+                "purchased again",
+                "ordered again",
+            ],
             Self::CartAbandonment => &["abandon", "abandoned", "abandonment", "abandoning", "abandons"],
             Self::ViewToCart => &["view to cart", "views to cart", "view to cart conversion"],
             Self::CartToPurchase => &["cart to purchase", "cart to order", "carts to purchases"],
             Self::AverageOrderValue => &["average order value", "aov", "average order", "order value"],
             Self::AverageSpendPerBuyer => &["spend per buyer", "spent per buyer", "spending per buyer"],
-            Self::OrdersPerBuyer => &["orders per buyer", "purchases per buyer", "orders per customer"],
+            Self::OrdersPerBuyer => &[
+                "orders per buyer",
+                "purchases per buyer",
+                "orders per customer",
+                "purchases per customer",
+                "purchases does a customer",
+                "orders does a customer",
+                "purchases does a buyer",
+                "orders does a buyer",
+            ],
+            Self::ReturnedItems => &[
+                "units returned",
+                "units were returned",
+                "items returned",
+                "items were returned",
+                "returned units",
+                "returned items",
+            ],
             Self::AverageAge => &["average age", "mean age", "median age", "how old"],
-            Self::NetRevenue => &["net revenue", "net sales", "net"],
-            Self::GrossRevenue => &["gross revenue", "gross sales", "gross"],
+            Self::NetRevenue => &["net revenue", "net sales", "net", "after returns", "minus returns", "less returns"],
+            Self::GrossRevenue => &[
+                "gross revenue",
+                "gross sales",
+                "gross",
+                "not counting returns",
+                "excluding returns",
+                "before returns",
+                "without returns",
+                "ignoring returns",
+            ],
             Self::AveragePAlive => &["p alive", "probability of being active", "probability of being alive"],
             Self::PredictedValue => &["lifetime value", "clv", "predicted value"],
             _ => &[],
+        }
+    }
+
+    /// The rate of a funnel step the question's events name, in order: viewers who added to the cart, customers who
+    /// added to the cart and then bought (or, `negated`, never bought).
+    pub fn funnel(from: EventType, to: EventType, negated: bool) -> Option<Measure> {
+        match (from, to, negated) {
+            (EventType::View, EventType::AddToCart, false) => Some(Self::ViewToCart),
+            (EventType::AddToCart, EventType::Purchase, false) => Some(Self::CartToPurchase),
+            (EventType::AddToCart, EventType::Purchase, true) => Some(Self::CartAbandonment),
+            _ => None,
         }
     }
 

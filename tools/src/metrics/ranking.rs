@@ -1,7 +1,8 @@
 //! What a question that ranks groups asks for, read from its words before the call is run: "which country has the
 //! most customers?" ranks countries by a measure, highest first, and wants one; "the 3 worst-selling colours" wants
 //! three, lowest first. The 1.5B model often answers such a question with a filter on every group instead of a
-//! breakdown, so the program, not the model, decides that the call groups, orders and limits.
+//! breakdown, so the program, not the model, decides that the call groups, orders and limits. Whether a question
+//! names a dimension at all is read here too ([`names`]): "in the last 90 days" asks for no breakdown by day.
 
 use super::catalogue::Dimension;
 use super::query::Direction;
@@ -39,8 +40,7 @@ pub fn of(words: &[String]) -> Option<Ranking> {
         (None, None) => return None,
     };
     let (at, dimension, plural) = words.iter().enumerate().find_map(|(at, word)| {
-        // "last month", "the past 3 months"; not "top 3 months".
-        let windowed = words[at.saturating_sub(2)..at].iter().any(|b| PERIOD_WORDS.contains(&b.as_str()));
+        let windowed = windowed(words, at);
         Dimension::ALL.into_iter().find_map(|dimension| {
             let (one, several) = dimension.nouns();
             let plural = several.contains(&word.as_str());
@@ -54,6 +54,23 @@ pub fn of(words: &[String]) -> Option<Ranking> {
     let one = !plural && at.checked_sub(1).and_then(|i| words.get(i)).is_some_and(|b| ONE_OF.contains(&b.as_str()));
     let limit = number.or(one.then_some(1));
     Some(Ranking { dimension, order, limit })
+}
+
+/// Whether the word at `at` is the unit of a window or a date ("last month", "the past 3 months", "90 days"), not
+/// a period a call groups by ("by month", "top 3 months", "daily").
+fn windowed(words: &[String], at: usize) -> bool {
+    let before = &words[at.saturating_sub(2)..at];
+    before.iter().any(|b| PERIOD_WORDS.contains(&b.as_str()))
+        || before.last().is_some_and(|b| b.chars().all(|c| c.is_ascii_digit()) && !before.iter().any(|w| w == "top"))
+}
+
+/// Whether `words` name `dimension` as something to group by: one of its words ([`Dimension::words`]), and for a
+/// period, not as the unit of a window ("in the last 90 days" asks for no breakdown by day).
+pub fn names(words: &[String], dimension: Dimension) -> bool {
+    words
+        .iter()
+        .enumerate()
+        .any(|(at, word)| dimension.words().contains(&word.as_str()) && !(dimension.is_time() && windowed(words, at)))
 }
 
 #[cfg(test)]
@@ -93,6 +110,15 @@ mod tests {
         assert_eq!(ranking("revenue of the last 3 months, highest first").map(|r| r.dimension), None);
         let months = ranking("top 3 months by orders");
         assert_eq!(months, Some(Ranking { dimension: Dimension::Month, order: Direction::Desc, limit: Some(3) }));
+    }
+
+    #[test]
+    fn the_unit_of_a_window_names_no_breakdown() {
+        let words = |q: &str| -> Vec<String> { q.split(' ').map(str::to_owned).collect() };
+        assert!(!names(&words("average order value in the last 90 days"), Dimension::Day));
+        assert!(names(&words("average order value by day"), Dimension::Day));
+        assert!(names(&words("daily revenue of the last 30 days"), Dimension::Day));
+        assert!(!names(&words("revenue in the last month"), Dimension::Month));
     }
 
     #[test]
