@@ -22,6 +22,7 @@ use audience_tools::metrics::{self, Dimension, Measure, MetricsArgs, MetricsRepo
 use audience_tools::registry;
 use audience_tools::respond::Reply;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
+use audience_tools::triage;
 use audience_tools::vocabulary::Offered;
 use rig_agent::agent::{
     AgentHook, CompletionCallAction, CompletionCallEvent, DispatchAction, DispatchEvent, HookContext,
@@ -1206,6 +1207,21 @@ impl AgentHook for TraceHook {
                         lock(&self.log).settled.extend(settled.notes);
                         rewritten = true;
                     }
+                }
+                // A question of tastes alone whose call kept no clause and gave no taste (the model wrote clauses
+                // nobody asked for, or "tastes"): the question's own words are the taste to rank by.
+                if self.current.is_none()
+                    && clauses(&args) == 0
+                    && ["remove", "intent"].iter().all(|key| args.get(*key).is_none())
+                    && !grounding.0.names_a_condition()
+                    && let Some(taste) = triage::taste_of(grounding.0.sequence())
+                    && let Some(object) = args.as_object_mut()
+                {
+                    object.insert("intent".to_owned(), json!(taste));
+                    let note = format!("ranked by the question's own words as the taste: \"{taste}\"");
+                    self.say(format!("· settled: {note}"));
+                    lock(&self.log).settled.push(note);
+                    rewritten = true;
                 }
                 let changes_else = ["remove", "intent", "new"].iter().any(|key| args.get(*key).is_some());
                 if first_try && had > 0 && clauses(&args) == 0 && !changes_else {

@@ -486,6 +486,27 @@ fn plain_output_shows_the_answer_and_audience_and_verbose_shows_each_step() {
     }
 }
 
+/// Recorded from the local 1.5B model: a question of tastes answered with clauses nobody asked for ("Standard
+/// Promo", "not churned"). They are left out, and with no clause or taste left the question's own words are the taste
+/// to rank by: one model call, an answer ranked by the intent, and the answer says so.
+#[test]
+fn a_taste_question_whose_call_keeps_nothing_is_ranked_by_its_own_words() {
+    let env = TestEnv::ingested("tasteown");
+    let llm = FakeLlm::start(vec![Reply::tool(
+        "call_1",
+        "find_audience",
+        json!({"include": [{"type": "profile", "field": "segment", "op": "=", "value": "Standard Promo"}],
+               "exclude": [{"type": "profile", "field": "churned", "op": "=", "value": true}]}),
+    )]);
+    let run = env.ask_json(&llm, "Who would love luxury watches?");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let answer = run.json();
+    assert_eq!(answer["audience"]["definition"]["intent"], "love luxury watches", "{answer}");
+    let text = answer["answer"].as_str().unwrap();
+    assert!(text.contains("Ranked by the question's own words as the taste: \"love luxury watches\""), "{text}");
+    assert_eq!(llm.requests().len(), 1);
+}
+
 #[test]
 fn a_database_that_is_down_is_exit_4() {
     let env = TestEnv::empty("dbdown");

@@ -147,58 +147,6 @@ fn ask_json_reports_a_clarifying_question_with_exit_code_5() {
     assert_eq!(llm.requests().len(), 1);
 }
 
-/// The cases without a recording that matches the agent's conversation: the 20 analytics cases added for the
-/// catalogue and never recorded, and the cases whose prompt changed with the examples of this session (number
-/// questions are shown number examples; others none) and that this machine's speed left unrecorded. A replay skips
-/// them (it scores what was recorded) until the next `eval --record` with the local model.
-const AWAITING_RECORDING: [&str; 45] = [
-    "analytics-total-customers",
-    "analytics-uk-customers",
-    "analytics-gross-revenue",
-    "analytics-net-revenue",
-    "analytics-revenue-last-30-days",
-    "analytics-revenue-june-2026",
-    "analytics-average-order-value",
-    "analytics-distinct-products",
-    "analytics-churn-rate-among-buyers",
-    "analytics-best-selling-product",
-    "analytics-top-country-by-revenue",
-    "analytics-returns-count",
-    "analytics-buyers-june-2026",
-    "analytics-average-spend-vip",
-    "analytics-cart-adds-last-7-days",
-    "analytics-purchases-per-buyer",
-    "analytics-watch-viewers",
-    "analytics-view-to-cart-rate",
-    "analytics-cart-to-purchase-rate",
-    "analytics-repeat-purchase-rate",
-    "analytics-churn-rate-germany",
-    "analytics-cart-abandonment-standard-promo",
-    "analytics-view-to-cart-last-90-days",
-    "analytics-repeat-rate-last-90-days",
-    "analytics-net-revenue-30-days-vs-before",
-    "analytics-gross-revenue-may-vs-april",
-    "analytics-revenue-last-week-vs-week-before",
-    "analytics-top-product-buyers-last-30-days-tie",
-    "analytics-third-country-buyers-last-30-days-tie",
-    "analytics-top-colour-by-revenue",
-    "analytics-most-returned-product",
-    "analytics-best-revenue-month-2026",
-    "analytics-average-order-value-last-90-days",
-    "analytics-spend-per-buyer-germany",
-    "analytics-returned-units",
-    "analytics-active-customers-last-30-days",
-    "discovery-yoga-viewers-last-30-days",
-    "discovery-germany-buyers-last-180-days",
-    "discovery-vip-outside-us",
-    "discovery-france-spain-spent-over-200",
-    "discovery-last-purchase-60-to-120-days-ago",
-    "refinement-poland-buyers-then-france-then-spend-200",
-    "refinement-cart-30-days-then-no-purchase-then-under-35",
-    "refinement-vip-then-not-us-then-sporty-products",
-    "refusal-mark-found-audience-vip",
-];
-
 #[test]
 fn the_shipped_golden_set_replays_above_its_thresholds() {
     let env = TestEnv::empty("eval_golden");
@@ -210,9 +158,8 @@ fn the_shipped_golden_set_replays_above_its_thresholds() {
     let summary = &run.json()["summary"];
     assert!(summary["cases"].as_u64().unwrap() >= 60, "{summary}");
     assert_eq!(summary["categories"].as_array().unwrap().len(), 6, "{summary}");
-    // Every recorded case is scored; the others are listed here until `eval --record` records them (a case missing
-    // from the recording otherwise fails).
-    assert_eq!(run.json()["not_recorded"], serde_json::json!(AWAITING_RECORDING.to_vec()), "{}", run.stdout);
+    // Every case of the golden set is recorded and scored: a case added without its recording is listed here.
+    assert_eq!(run.json()["not_recorded"], serde_json::json!([]), "{}", run.stdout);
 
     // `--only` takes several prefixes.
     let only = "refusal-delete-germany,analytics-customers-in-pl";

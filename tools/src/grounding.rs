@@ -1118,6 +1118,17 @@ impl Grounding {
     }
 
     /// Whether the question's words mention `word` (lower-case).
+    /// Whether the question names a condition a clause is for: a country, a segment, an event, a window or period,
+    /// or a number. Products and colours alone may be a taste ("who would love luxury watches?").
+    pub fn names_a_condition(&self) -> bool {
+        !(self.found.countries.is_empty()
+            && self.found.segments.is_empty()
+            && self.event_types.is_empty()
+            && self.days.is_empty()
+            && self.periods.is_empty()
+            && self.numbers.is_empty())
+    }
+
     /// Each event type the question names, with whether it was negated, in the order named.
     pub fn mentions(&self) -> &[(EventType, bool)] {
         &self.mentions

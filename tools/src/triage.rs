@@ -209,6 +209,18 @@ fn changes_data(words: &[String], has_current: bool) -> Option<String> {
     None
 }
 
+/// A question's words without those that carry no criterion ([`FILLER`]), as a taste to rank by: "Find the bargain
+/// hunters: people who go for cheap socks and basic t-shirts" is "bargain hunters go cheap socks and basic t
+/// shirts". `None` when nothing is left.
+pub fn taste_of(words: &[String]) -> Option<String> {
+    let kept: Vec<&str> = words
+        .iter()
+        .map(|word| word.trim_matches(|c: char| !c.is_alphanumeric()))
+        .filter(|word| !word.is_empty() && !FILLER.contains(word))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(" "))
+}
+
 /// Words that carry no criterion: requests, pronouns, the product's own nouns.
 const FILLER: &[&str] = &[
     "a",
@@ -790,5 +802,12 @@ mod tests {
             .filter(|e| e.tool == "respond" && matches!(of(&e.question, e.current.is_some()), Triage::ChangesData(_)))
             .count();
         assert!(writes >= 8, "only {writes} of the library's write requests are refused");
+    }
+
+    #[test]
+    fn the_taste_of_a_question_is_its_words_without_filler() {
+        let words = |q: &str| -> Vec<String> { q.to_lowercase().split(' ').map(str::to_owned).collect() };
+        assert_eq!(taste_of(&words("Who would love luxury watches?")).as_deref(), Some("love luxury watches"));
+        assert_eq!(taste_of(&words("find the customers")), None);
     }
 }
