@@ -287,6 +287,15 @@ const CLAUSE_BREAKS: &[&str] = &["but", "and", "or", "yet", "while"];
 
 /// Words after a purchase or view verb that are not a product ("bought twice", "viewed something").
 const NOT_PRODUCTS: &[&str] = &[
+    "events",
+    "event",
+    "activity",
+    "activities",
+    "actions",
+    "interactions",
+    "clicks",
+    "sessions",
+    "visits",
     "a",
     "an",
     "the",
@@ -2005,6 +2014,8 @@ mod tests {
         assert!(ground("people who bought gold watches").unmatched.is_empty());
         // A question about purchases, not a product (the recorded run answered it "nothing matches \"does\"").
         assert!(ground("On average, how many purchases does a customer who buys make?").unmatched.is_empty());
+        // Words for events themselves (the recorded run answered it "nothing matches \"events\"").
+        assert!(ground("how many add-to-cart events were there in the last 7 days?").unmatched.is_empty());
     }
 
     #[test]
