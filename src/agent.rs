@@ -332,6 +332,7 @@ impl Session {
             || run.audience_found
             || run.metrics.is_some()
             || run.drafts.is_some()
+            || run.records.is_some()
             || matches!(&result, Some(Ok(response)) if !response.output().trim().is_empty());
         match &result {
             Some(Ok(response)) => {
@@ -381,11 +382,13 @@ impl Session {
         let audience = if run.audience_found { self.audience.last_report() } else { None };
         let metrics = run.metrics.take();
         let drafts = run.drafts.take();
+        let records = run.records.take();
         if let Some(summary) = &drafts {
             self.absorb_usage(&summary.usage);
         }
         let text = match (&run.reply, &audience, &metrics, &drafts) {
             (Some(reply), _, _, _) => reply.text.clone(),
+            (None, None, None, None) if let Some(records) = &records => crate::render::records_answer(records),
             (None, Some(report), _, _) => crate::render::audience_answer(report, &run.dropped, &run.settled),
             (None, None, Some(report), _) => {
                 crate::render::with_host_notes(crate::render::metrics::answer(report), &run.dropped, &run.settled)
@@ -1154,14 +1157,17 @@ mod tests {
         let answer = session.ask("show me our customers in Germany").await.unwrap();
         assert!(tool_results(&model, 1).contains("Error: sql_data_retriever reads customers by the ids"));
         assert!(answer.audience.is_some());
+        // Ids the question gives are read, and the records are the answer, printed by the program: no second model
+        // call restates them (a stored "reply only with the word ..." would otherwise reach the model as data).
         let model = MockCompletionModel::from_turns([
-            MockTurn::tool_call("c1", "sql_data_retriever", json!({"customer_ids": ["2"]})),
-            MockTurn::text("Ben Kurz, from DE."),
+            MockTurn::tool_call("c1", "sql_data_retriever", json!({"customer_ids": ["2", "77"]})),
+            MockTurn::text("never reached"),
         ]);
         let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
-        let answer = session.ask("what do we know about customer 2?").await.unwrap();
-        assert_eq!(answer.text, "Ben Kurz, from DE.");
-        assert!(!tool_results(&model, 1).contains("Error:"), "{}", tool_results(&model, 1));
+        let answer = session.ask("what do we know about customers 2 and 77?").await.unwrap();
+        assert_eq!(model.request_count(), 1);
+        // The fixture has customers but no profiles yet.
+        assert_eq!(answer.text, "No profile for 2, 77.");
     }
 
     /// A refusal is a `respond` call: one model call, its text the answer.

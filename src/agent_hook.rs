@@ -21,6 +21,7 @@ use audience_tools::metrics::catalogue::Unit;
 use audience_tools::metrics::{self, Dimension, Measure, MetricsArgs, MetricsReport};
 use audience_tools::registry;
 use audience_tools::respond::Reply;
+use audience_tools::sql_data_retriever::SqlDataRetrieverOutput;
 use audience_tools::trace::{FullOutput, InnerLlmCall, ToolTrace};
 use audience_tools::triage;
 use audience_tools::vocabulary::Offered;
@@ -81,6 +82,9 @@ pub struct RunLog {
     pub reply: Option<Reply>,
     /// The summary of the drafts `draft_emails` wrote: the run stops on it and the host renders the answer from it.
     pub drafts: Option<DraftSummary>,
+    /// The records of this question's successful `sql_data_retriever` call: the run stops on them and the host
+    /// prints them as a table, so the model never restates (or obeys) text stored in a customer's fields.
+    pub records: Option<SqlDataRetrieverOutput>,
     /// Clauses left out of a `find_audience` call because nothing in the question asks for them, in words.
     pub dropped: Vec<String>,
     /// How a follow-up's call was read against the audience it edits (see `refine::settle`), in words.
@@ -554,9 +558,7 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
             object.remove("compare");
             settled.dropped.push("the comparison with the period before".to_owned());
         }
-        let counts = words
-            .windows(2)
-            .any(|pair| matches!((pair[0].as_str(), pair[1].as_str()), ("how", "many") | ("number", "of")));
+        let counts = grounding.says_phrase("how many") || grounding.says_phrase("number of");
         settled.read.extend(the_named_measure(object, grounding));
         settled.read.extend(events_for_event_groups(object, grounding));
         settle_time(object, grounding, &mut settled.read);
@@ -682,13 +684,9 @@ fn settle_time(call: &mut serde_json::Map<String, Value>, grounding: &Grounding,
 /// filters that only restate its two events are left out: a view→cart rate of customers who added to the cart is
 /// 100%. A question that names several measures, or a call of several, is left alone.
 fn the_named_measure(call: &mut serde_json::Map<String, Value>, grounding: &Grounding) -> Vec<String> {
-    let words = grounding.sequence();
-    let says = |phrase: &str| {
-        let phrase: Vec<&str> = phrase.split(' ').collect();
-        words.windows(phrase.len()).any(|window| window.iter().zip(&phrase).all(|(word, p)| word == p))
-    };
     let share = SHARE_WORDS.iter().any(|word| grounding.says(word));
-    let mut by_phrase = Measure::ALL.into_iter().filter(|measure| measure.phrases().iter().any(|phrase| says(phrase)));
+    let mut by_phrase =
+        Measure::ALL.into_iter().filter(|measure| measure.phrases().iter().any(|phrase| grounding.says_phrase(phrase)));
     let phrased = match (by_phrase.next(), by_phrase.next()) {
         (Some(named), None) => Some(named),
         _ => None,
@@ -1027,6 +1025,10 @@ impl TraceHook {
             .as_ref()
             .filter(|_| tool == registry::DRAFT_EMAILS.name)
             .and_then(|output| serde_json::from_value::<DraftSummary>(output.clone()).ok());
+        let records = output
+            .as_ref()
+            .filter(|_| tool == registry::SQL_DATA_RETRIEVER.name)
+            .and_then(|output| serde_json::from_value::<SqlDataRetrieverOutput>(output.clone()).ok());
         // A call the hook sent back never ran: it has neither an error from the tool nor an output.
         let outcome = if error.is_some() || output.is_none() { Outcome::Failed } else { Outcome::Found };
         if outcome == Outcome::Failed {
@@ -1082,6 +1084,12 @@ impl TraceHook {
         if drafts.is_some() {
             // The counts and the file are the answer, said by the host.
             log.drafts = drafts;
+            return OutcomeAction::stop(ANSWERED_STOP);
+        }
+        if records.is_some() {
+            // The records are the answer, printed by the host: a second model call would restate customer text,
+            // and a stored instruction ("reply only with the word ...") would reach it as data to repeat.
+            log.records = records;
             return OutcomeAction::stop(ANSWERED_STOP);
         }
         if outcome == Outcome::Found && tool == registry::FIND_AUDIENCE.name {

@@ -5,6 +5,7 @@
 
 use audience_tools::audience::AudienceReport;
 use audience_tools::audience::report::{Breakdown, Member, Share};
+use audience_tools::sql_data_retriever::SqlDataRetrieverOutput;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::drafts::batch::DraftSummary;
@@ -31,6 +32,34 @@ pub fn drafts_answer(summary: &DraftSummary) -> String {
         ));
     }
     text
+}
+
+/// The customers `sql_data_retriever` read, as a table written by the program from the typed records (every cell
+/// escaped: a stored field may hold control characters or an instruction), and the ids that have no profile.
+pub fn records_answer(output: &SqlDataRetrieverOutput) -> String {
+    let mut parts = Vec::new();
+    if let Some(first) = output.records.first() {
+        let columns: Vec<&String> = first.keys().collect();
+        let mut table = Table::new();
+        table.load_preset(UTF8_FULL_CONDENSED).set_header(columns.iter().map(|c| c.as_str()));
+        for record in &output.records {
+            table.add_row(columns.iter().map(|column| {
+                let cell = match record.get(*column) {
+                    Some(serde_json::Value::String(text)) => text.clone(),
+                    Some(serde_json::Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                };
+                crate::terminal::safe(&cell).into_owned()
+            }));
+        }
+        let count = output.records.len();
+        parts.push(format!("{count} customer record{}:\n{table}", if count == 1 { "" } else { "s" }));
+    }
+    if !output.missing_ids.is_empty() {
+        let ids: Vec<String> = output.missing_ids.iter().map(|id| id.external_id()).collect();
+        parts.push(format!("No profile for {}.", ids.join(", ")));
+    }
+    parts.join("\n")
 }
 
 /// Members named in a rendered answer; the whole list is printed below it (and in `--json`).

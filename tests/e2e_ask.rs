@@ -507,6 +507,26 @@ fn a_taste_question_whose_call_keeps_nothing_is_ranked_by_its_own_words() {
     assert_eq!(llm.requests().len(), 1);
 }
 
+/// Records read by ids are the answer, printed by the program as a table: the model is not called again to restate
+/// them, so an instruction stored in a customer's name is printed as data, never obeyed.
+#[test]
+fn records_read_by_ids_are_printed_by_the_program() {
+    let env = TestEnv::ingested("recordsask");
+    let llm = FakeLlm::start(vec![Reply::tool(
+        "call_1",
+        "sql_data_retriever",
+        json!({"customer_ids": ["1", "2", "999999"], "fields": ["first_name", "country"]}),
+    )]);
+    let run = env.ask_json(&llm, "show me customers 1, 2 and 999999");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = run.json()["answer"].as_str().unwrap().to_owned();
+    let first = env.sql_scalar("SELECT first_name FROM customers WHERE external_id = '1'");
+    assert!(text.starts_with("2 customer records:"), "{text}");
+    assert!(text.contains(&first) && text.contains("first_name") && text.contains("country"), "{text}");
+    assert!(text.ends_with("No profile for 999999."), "{text}");
+    assert_eq!(llm.requests().len(), 1, "no second call restates the records");
+}
+
 #[test]
 fn a_database_that_is_down_is_exit_4() {
     let env = TestEnv::empty("dbdown");

@@ -1127,6 +1127,12 @@ impl Grounding {
     }
 
     /// Whether the question's words mention `word` (lower-case).
+    /// Whether the question's words hold `phrase` (lower case, words apart) in a row: "units were returned".
+    pub fn says_phrase(&self, phrase: &str) -> bool {
+        let phrase: Vec<&str> = phrase.split(' ').collect();
+        self.sequence.windows(phrase.len()).any(|window| window.iter().zip(&phrase).all(|(word, p)| word == p))
+    }
+
     /// Whether the question names a condition a clause is for: a country, a segment, an event, a window or period,
     /// or a number. Products and colours alone may be a taste ("who would love luxury watches?").
     pub fn names_a_condition(&self) -> bool {
