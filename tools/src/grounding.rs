@@ -693,11 +693,16 @@ impl Grounding {
             w == "but" && !(i > 0 && matches!(before[i - 1].as_str(), "anything" | "everything" | "all" | "nothing"))
         });
         let from = cut.map_or(0, |i| i + 1);
-        before[from..].iter().any(|w| {
+        let near = before[from..].iter().any(|w| {
             NEGATIONS.contains(&w.as_str())
                 || EXCLUSIONS.contains(&w.as_str())
                 || matches!(w.as_str(), "outside" | "other" | "than" | "leaving" | "but")
-        })
+        });
+        // A verb of exclusion reaches over the people it excludes and what they do: "exclude the ones who like
+        // luxury" leaves the luxury lovers out, five words on.
+        let far = &self.sequence[at.saturating_sub(7)..at];
+        let cut = far.iter().rposition(|w| matches!(w.as_str(), "but" | "yet" | "while")).map_or(0, |i| i + 1);
+        near || far[cut..].iter().any(|w| matches!(w.as_str(), "exclude" | "excluding" | "except" | "minus"))
     }
 
     /// A profile clause on the wrong side: a country, segment or colour the question asks for that the clause
@@ -2009,6 +2014,19 @@ mod tests {
         assert!(g.numbers.contains(&1500.0) && g.numbers.contains(&2.0), "{:?}", g.numbers);
         assert!(ground("spent more than 2k").numbers.contains(&2000.0));
         assert!(ground("in their 30s").numbers.contains(&39.0));
+    }
+
+    /// Recorded from the local 1.5B model: "exclude the ones who like luxury" read as asking for luxury lovers, so
+    /// the right clause was sent back and then moved to the wrong side.
+    #[test]
+    fn a_verb_of_exclusion_reaches_over_a_relative_clause() {
+        let g = ground("exclude the ones who like luxury");
+        let luxury = serde_json::json!({"type": "profile", "field": "likes_luxury", "op": "=", "value": true});
+        let clause: Clause = serde_json::from_value(luxury).unwrap();
+        assert_eq!(g.wrong_side(&clause, true), None, "excluded, as the question says");
+        assert!(g.wrong_side(&clause, false).is_some(), "included is the wrong side");
+        let g = ground("customers in Germany who like luxury");
+        assert_eq!(g.wrong_side(&clause, false), None);
     }
 
     #[test]

@@ -57,6 +57,10 @@ const FOLLOW_UP: &[&str] = &[
 ];
 /// Words that say a clause takes another's place ("same but for France instead", "swap Germany for Austria").
 const REPLACES: &[&str] = &["instead", "swap", "switch", "replace", "rather", "change", "changing", "substitute"];
+/// Words that take a clause out of the audience ("drop the window", "remove the country filter", "without the
+/// intent"). "Exclude" is not one: it adds an exclusion.
+const REMOVES: &[&str] =
+    &["remove", "removing", "drop", "dropping", "without", "forget", "ignore", "undo", "lose", "loosen", "widen"];
 
 /// What a follow-up's `words` (lower-case, in order) say about the audience it edits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub struct FollowUp {
     pub starts_over: bool,
     /// The question says a clause takes another's place.
     pub replaces: bool,
+    /// The question says a clause goes ("drop the window"); without it, or `replaces`, a follow-up takes nothing out.
+    pub removes: bool,
 }
 
 impl FollowUp {
@@ -73,7 +79,11 @@ impl FollowUp {
         let fresh = words.windows(2).any(|pair| {
             matches!(pair[0].as_str(), "new" | "different" | "another") && FRESH_NOUNS.contains(&pair[1].as_str())
         }) || words.windows(2).any(|pair| pair[0] == "start" && pair[1] == "over");
-        Self { starts_over: has(STARTS_OVER) || fresh || !has(FOLLOW_UP), replaces: has(REPLACES) }
+        Self {
+            starts_over: has(STARTS_OVER) || fresh || !has(FOLLOW_UP),
+            replaces: has(REPLACES),
+            removes: has(REMOVES),
+        }
     }
 }
 
@@ -97,22 +107,60 @@ pub fn settle(args: &mut Value, current: &AudienceDefinition, follow_up: FollowU
     if edit.new && follow_up.starts_over {
         return settled;
     }
-    let mut remove = edit.remove.clone();
+    // A follow-up that narrows ("exclude Germany", "only those who spent over 200") takes nothing out: the model's
+    // `remove` of every clause turned "exclude Germany" into "everyone but Germany".
+    let mut remove = if follow_up.removes || follow_up.replaces { edit.remove.clone() } else { Vec::new() };
+    let kept: Vec<String> = current
+        .clauses()
+        .filter(|(old, _)| edit.remove.contains(&old.id) && !remove.contains(&old.id))
+        .map(|(old, _)| old.rule.predicate())
+        .collect();
+    if !kept.is_empty() {
+        settled.notes.push(format!("kept {}: the question takes nothing out", kept.join(", ")));
+    }
+    let mut restated = Vec::new();
     for (added, exclude) in edit.include.iter().map(|c| (c, false)).chain(edit.exclude.iter().map(|c| (c, true))) {
         for (old, old_exclude) in current.clauses() {
             if old_exclude != exclude || remove.contains(&old.id) || !same_slot(&old.rule, &added.rule) {
                 continue;
             }
-            if follow_up.replaces || (!exclude && contradicts(&old.rule, &added.rule)) {
+            if opposite(&old.rule, &added.rule) && !follow_up.replaces {
+                // "excluding customers not from US" added to "excluding customers from US" holds nobody: the model
+                // restated a clause of the audience the wrong way round.
+                settled.notes.push(format!("left out {}: it undoes {}", added.rule.predicate(), old.rule.predicate()));
+                restated.push((added.clone(), exclude));
+            } else if follow_up.replaces || (!exclude && contradicts(&old.rule, &added.rule)) {
                 settled.notes.push(format!("{} replaces {}", added.rule.predicate(), old.rule.predicate()));
                 remove.push(old.id.clone());
             }
         }
     }
-    if remove.len() > edit.remove.len() {
-        object.insert("remove".into(), Value::from(remove));
+    for (clause, exclude) in restated {
+        let list = if exclude { "exclude" } else { "include" };
+        if let Some(Value::Array(clauses)) = object.get_mut(list) {
+            clauses.retain(|value| serde_json::from_value::<Clause>(value.clone()).ok().as_ref() != Some(&clause));
+        }
+    }
+    if remove != edit.remove {
+        if remove.is_empty() {
+            object.remove("remove");
+        } else {
+            object.insert("remove".into(), Value::from(remove));
+        }
     }
     settled
+}
+
+/// Whether `new` says the opposite of `old` on the same side: the same field and value with `=` and `!=`.
+fn opposite(old: &Rule, new: &Rule) -> bool {
+    let (
+        Rule::Profile { field: a, op: old_op, value: old_value },
+        Rule::Profile { field: b, op: new_op, value: new_value },
+    ) = (old, new)
+    else {
+        return false;
+    };
+    a == b && old_value == new_value && matches!((old_op, new_op), (Op::Eq, Op::Ne) | (Op::Ne, Op::Eq))
 }
 
 /// A follow-up that only swaps values, made by the program: the edit and what it changed, in words.
@@ -374,5 +422,30 @@ mod tests {
         let settled = settle(&mut args, &current(), FollowUp::of(&words("same but for jewelry instead of watches")));
         assert_eq!(args["remove"], json!(["c2"]));
         assert_eq!(settled.notes, ["who viewed jewelry replaces who viewed watches in the last 180 days"]);
+    }
+
+    /// Recorded from the local 1.5B model: "exclude Germany" sent with `remove` of the jeans clause, "only those who
+    /// have spent more than 200" with `remove` of every clause, and a restated exclusion the wrong way round.
+    #[test]
+    fn a_narrowing_follow_up_takes_nothing_out_and_does_not_undo_a_clause() {
+        let words = |q: &str| -> Vec<String> { q.to_lowercase().split(' ').map(str::to_owned).collect() };
+        let mut current = AudienceDefinition::from_json(
+            r#"{"version": 1, "include": [{"type": "event", "event_type": "purchase", "products": ["jeans"]}],
+                "exclude": [{"type": "profile", "field": "country", "op": "=", "value": "US"}], "limit": 10}"#,
+        )
+        .unwrap();
+        current.assign_ids();
+        let mut args = json!({"exclude": [{"type": "profile", "field": "country", "op": "=", "value": "DE"}],
+                              "remove": ["c1"]});
+        let settled = settle(&mut args, &current, FollowUp::of(&words("exclude Germany")));
+        assert!(args.get("remove").is_none(), "{args}");
+        assert_eq!(settled.notes, ["kept who bought jeans: the question takes nothing out"]);
+        let mut args = json!({"include": [{"type": "profile", "field": "total_spent", "op": ">", "value": 200}],
+                              "exclude": [{"type": "profile", "field": "country", "op": "!=", "value": "US"}]});
+        let settled = settle(&mut args, &current, FollowUp::of(&words("only those who spent more than 200")));
+        assert_eq!(args["exclude"], json!([]), "{settled:?}");
+        let mut args = json!({"include": [], "remove": ["c1"]});
+        settle(&mut args, &current, FollowUp::of(&words("now drop the jeans")));
+        assert_eq!(args["remove"], json!(["c1"]), "a follow-up that says so removes");
     }
 }
