@@ -11,7 +11,7 @@ use std::time::Instant;
 use audience_tools::audience::AudienceDefinition;
 use audience_tools::audience::Edit;
 use audience_tools::audience::definition::Clause;
-use audience_tools::audience::definition::EventType;
+use audience_tools::audience::definition::{EventType, Op};
 use audience_tools::audience::refine::{self, FollowUp};
 use audience_tools::audience::session::names_no_taste;
 use audience_tools::clarify::Clarification;
@@ -462,6 +462,30 @@ fn settle_event_clauses(args: &mut Value, lists: [&str; 2], grounding: &Groundin
     notes
 }
 
+/// Profile comparisons with a number the question bounds in words ("at least twice" sent as `order_count > 2`):
+/// the operator the words say. Returns how each was read, in words.
+fn settle_comparisons(args: &mut Value, lists: [&str; 2], grounding: &Grounding) -> Vec<String> {
+    let mut notes = Vec::new();
+    for list in lists {
+        let Some(Value::Array(clauses)) = args.get_mut(list) else { continue };
+        for clause in clauses.iter_mut().filter_map(Value::as_object_mut) {
+            let Some(value) = clause.get("value").and_then(Value::as_f64) else { continue };
+            let Some(sent) = clause.get("op").and_then(|op| serde_json::from_value::<Op>(op.clone()).ok()) else {
+                continue;
+            };
+            if clause.get("type") != Some(&json!("profile")) || !matches!(sent, Op::Gt | Op::Gte | Op::Lt | Op::Lte) {
+                continue;
+            }
+            if let Some(said) = grounding.bound_of(value).filter(|said| *said != sent) {
+                clause.insert("op".to_owned(), json!(said.symbol()));
+                let field = clause.get("field").and_then(Value::as_str).unwrap_or_default().to_owned();
+                notes.push(format!("{field} {} {value}, as the question says", said.symbol()));
+            }
+        }
+    }
+    notes
+}
+
 /// Takes the clauses of the lists `lists` of `args` that nothing in the question asks for out (see
 /// [`drop_untraced`]); returns them in words.
 fn drop_untraced_clauses(args: &mut Value, lists: [&str; 2], grounding: &Grounding, offered: &Offered) -> Vec<String> {
@@ -538,7 +562,10 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
     if let Some(Value::Array(dimensions)) = args.get_mut("dimensions") {
         dimensions.retain(|dimension| {
             let name = dimension.as_str().unwrap_or_default();
-            let named = Dimension::named(name).is_some_and(|d| metrics::ranking::names(words, d));
+            // "how many add-to-cart events" is the add_to_cart row of the events by type: the measure counts every
+            // type, and a breakdown by type is the one way to read one.
+            let one_type = name == Dimension::EventType.name() && !grounding.event_types.is_empty();
+            let named = one_type || Dimension::named(name).is_some_and(|d| metrics::ranking::names(words, d));
             if !named {
                 settled.dropped.push(format!("the breakdown by {name}"));
             }
@@ -591,6 +618,7 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
         }
     }
     settled.read.extend(settle_event_clauses(args, ["filters", "exclude"], grounding));
+    settled.read.extend(settle_comparisons(args, ["filters", "exclude"], grounding));
     // An event clause that names no condition is the tool's to refuse, with its reason.
     let empty_event = |value: &Value| value.as_object().is_some_and(|o| o.keys().all(|k| k == "type" || k == "id"));
     let empty = ["filters", "exclude"]
@@ -1199,6 +1227,7 @@ impl AgentHook for TraceHook {
                     lock(&self.log).dropped.push(format!("the intent {intent:?}, which names no taste"));
                 }
                 let mut filled = settle_event_clauses(&mut args, ["include", "exclude"], &grounding.0);
+                filled.extend(settle_comparisons(&mut args, ["include", "exclude"], &grounding.0));
                 if !first_try {
                     filled.extend(put_right(&mut args, &grounding.0));
                 }
@@ -1753,6 +1782,20 @@ mod tests {
         let dear =
             json!({"include": [{"type": "event", "event_type": "view", "products": ["socks"], "min_price": 10}]});
         assert_eq!(settle("Customers who viewed socks priced over 10", dear.clone()).0, dear);
+    }
+
+    /// Recorded from the local 1.5B model: "at least twice" sent as `order_count > 2`, and the events of one type
+    /// asked for with the breakdown by type that reads them.
+    #[test]
+    fn comparisons_and_event_types_are_read_as_the_question_says() {
+        let (values, as_of) = library_values();
+        let grounding = Grounding::of("only those who have bought at least twice in total", &values, as_of);
+        let mut args = json!({"include": [{"type": "profile", "field": "order_count", "op": ">", "value": 2}]});
+        let notes = settle_comparisons(&mut args, ["include", "exclude"], &grounding);
+        assert_eq!(args["include"][0]["op"], ">=", "{notes:?}");
+        let call = json!({"measures": ["events"], "dimensions": ["event_type"], "within_days": 7});
+        let (args, _) = settled_metrics("how many add-to-cart events were there in the last 7 days?", call.clone());
+        assert_eq!(args, call, "the breakdown by type stays");
     }
 
     #[test]

@@ -1185,6 +1185,38 @@ impl Grounding {
         counts
     }
 
+    /// The comparison the question's words put before the number `value`: "at least 2" and "2 or more" are `>=`,
+    /// "more than 2" and "over 2" `>`, "at most 2" and "up to 2" `<=`, "under 2" and "fewer than 2" `<`. `None` when
+    /// the question writes the number without one, or more than one way.
+    pub fn bound_of(&self, value: f64) -> Option<Op> {
+        let words = &self.sequence;
+        let mut ops = Vec::new();
+        for (at, word) in words.iter().enumerate() {
+            if number_of(word).is_none_or(|n| (n - value).abs() > 1e-9) {
+                continue;
+            }
+            let before = |back: usize| at.checked_sub(back).and_then(|i| words.get(i)).map(String::as_str);
+            let after = (words.get(at + 1).map(String::as_str), words.get(at + 2).map(String::as_str));
+            let op = match (before(2), before(1), after) {
+                (Some("at"), Some("least"), _) | (_, _, (Some("or"), Some("more"))) => Some(Op::Gte),
+                (Some("at"), Some("most"), _)
+                | (Some("up"), Some("to"), _)
+                | (_, _, (Some("or"), Some("less" | "fewer"))) => Some(Op::Lte),
+                (Some("more" | "greater"), Some("than"), _) | (_, Some("over" | "above" | "exceeding"), _) => {
+                    Some(Op::Gt)
+                }
+                (Some("less" | "fewer"), Some("than"), _) | (_, Some("under" | "below"), _) => Some(Op::Lt),
+                _ => None,
+            };
+            ops.extend(op);
+        }
+        ops.dedup();
+        match ops.as_slice() {
+            [op] => Some(*op),
+            _ => None,
+        }
+    }
+
     /// Prices the question bounds from above: "priced under 10", "cheaper than 50", "below 20", "at most 30".
     pub fn price_ceilings(&self) -> Vec<f64> {
         let words = &self.sequence;
@@ -2014,6 +2046,15 @@ mod tests {
         assert!(g.numbers.contains(&1500.0) && g.numbers.contains(&2.0), "{:?}", g.numbers);
         assert!(ground("spent more than 2k").numbers.contains(&2000.0));
         assert!(ground("in their 30s").numbers.contains(&39.0));
+    }
+
+    #[test]
+    fn the_comparison_before_a_number_is_read() {
+        assert_eq!(ground("only those who have bought at least twice in total").bound_of(2.0), Some(Op::Gte));
+        assert_eq!(ground("spent more than 300").bound_of(300.0), Some(Op::Gt));
+        assert_eq!(ground("3 or more orders").bound_of(3.0), Some(Op::Gte));
+        assert_eq!(ground("aged under 30").bound_of(30.0), Some(Op::Lt));
+        assert_eq!(ground("customers aged 30").bound_of(30.0), None);
     }
 
     /// Recorded from the local 1.5B model: "exclude the ones who like luxury" read as asking for luxury lovers, so
