@@ -449,9 +449,14 @@ fn settle_event_clauses(args: &mut Value, lists: [&str; 2], grounding: &Groundin
                     event_type.as_deref().unwrap_or("")
                 ));
             }
+            // A ceiling the model also sent stands only when the question writes it (it sent `max_price: 0`).
+            let said = |n: f64| grounding.numbers.iter().any(|number| (number - n).abs() < 1e-9);
             if let Some(floor) = clause.get("min_price").and_then(Value::as_f64)
                 && ceilings.iter().any(|ceiling| (ceiling - floor).abs() < 1e-9)
-                && !clause.contains_key("max_price")
+                && clause
+                    .get("max_price")
+                    .and_then(Value::as_f64)
+                    .is_none_or(|ceiling| !said(ceiling) || ceiling == floor)
             {
                 clause.remove("min_price");
                 clause.insert("max_price".to_owned(), json!(floor));
@@ -941,9 +946,12 @@ fn settle_drafts(args: &mut Value, grounding: &Grounding) -> Vec<String> {
         dropped.push(format!("one draft per {per}"));
     }
     if let Some(file) = call.get("file").and_then(Value::as_str).map(str::to_owned) {
+        // The name as the question writes it ("spring.csv" is one word there, or two), its extension aside.
         let lower = file.to_lowercase();
-        let mut parts = lower.split(|c: char| !c.is_alphanumeric()).filter(|part| !part.is_empty());
-        if !parts.all(|part| grounding.says(part)) {
+        let stem = lower.rsplit_once('.').map_or(lower.as_str(), |(stem, _)| stem);
+        let mut parts = stem.split(|c: char| !c.is_alphanumeric()).filter(|part| !part.is_empty());
+        let said = grounding.sequence().iter().any(|word| word.trim_matches(|c: char| !c.is_alphanumeric()) == lower);
+        if !said && !parts.all(|part| grounding.says(part)) {
             call.remove("file");
             dropped.push(format!("the file name {file:?}"));
         }
@@ -1771,8 +1779,8 @@ mod tests {
         let bought = json!({"include": [{"type": "event", "event_type": "purchase", "products": ["socks"]}]});
         let (args, _) = settle("bought socks more than 2 times", bought);
         assert_eq!(args["include"][0]["min_count"], json!(3));
-        let cheap =
-            json!({"include": [{"type": "event", "event_type": "view", "products": ["socks"], "min_price": 10}]});
+        let cheap = json!({"include": [{"type": "event", "event_type": "view", "products": ["socks"], "min_price": 10,
+            "max_price": 0}]});
         let (args, notes) = settle("Customers who viewed socks priced under 10", cheap);
         assert_eq!(
             args,

@@ -977,7 +977,8 @@ fn drafts_are_offered_only_with_an_audience_and_a_call_writes_the_file_and_the_s
         Reply::text(&draft.to_string()),
         Reply::text("never requested"),
     ]);
-    let question = "write a campaign e-mail for them with 20% off until Sunday";
+    // The question gives the offer, the number of drafts and the file; a call's settings it does not give are left out.
+    let question = "write 2 campaign e-mails for them with 20% off until Sunday, into spring.csv";
     let run = Run::from(
         env.llm_command(&llm, &["ask", "--json", "--from", three.to_str().unwrap(), question]).output().unwrap(),
     );

@@ -403,8 +403,13 @@ fn a_scripted_conversation_of_three_follow_ups_ends_with_the_right_definition() 
         assert_eq!(run.code, 0, "{question}: {}", run.stderr);
         let answer = run.json();
         std::fs::write(&saved, serde_json::to_string(&answer).unwrap()).unwrap();
-        let asked =
-            messages_with_role(&llm.requests()[0], "user").iter().map(content_text).collect::<Vec<_>>().join("\n");
+        let requests = llm.requests();
+        if index == turns.len() - 1 {
+            // "same but for jackets" only swaps a value: the program edits it, with no model call.
+            assert!(requests.is_empty(), "{question}: {requests:?}");
+            continue;
+        }
+        let asked = messages_with_role(&requests[0], "user").iter().map(content_text).collect::<Vec<_>>().join("\n");
         if index > 0 {
             assert!(asked.contains("\nCurrent audience: c1 include who bought shoes"), "{question}: {asked}");
         }

@@ -81,7 +81,9 @@ impl FollowUp {
         }) || words.windows(2).any(|pair| pair[0] == "start" && pair[1] == "over");
         Self {
             starts_over: has(STARTS_OVER) || fresh || !has(FOLLOW_UP),
-            replaces: has(REPLACES),
+            // "same but for jackets" swaps the products, as "instead" does.
+            replaces: has(REPLACES)
+                || (has(&["same"]) && words.windows(2).any(|pair| pair[0] == "but" && pair[1] == "for")),
             removes: has(REMOVES),
         }
     }
