@@ -1174,10 +1174,11 @@ impl Grounding {
             // The counted event: a noun just after the number ("10 product views"), or "times" after a verb.
             let noun = words[at + 1..].iter().take(3).find_map(|w| event_type_of(w));
             let times = words[at + 1..].iter().take(3).any(|w| w == "times");
-            let counted = noun.or_else(|| match (times, self.event_types.as_slice()) {
+            let only = match (times, self.event_types.as_slice()) {
                 (true, [only]) => Some(*only),
                 _ => None,
-            });
+            };
+            let counted = noun.or(only);
             if let Some(event_type) = counted {
                 counts.push((event_type, least));
             }
