@@ -635,19 +635,19 @@ fn settle_metrics(args: &mut Value, grounding: &Grounding, offered: &Offered) ->
     settled
 }
 
+/// The catalogue measures a metrics call names (names it does not know are the tool's to refuse).
+fn measures_of(call: &serde_json::Map<String, Value>) -> Vec<Measure> {
+    let names = call.get("measures").and_then(Value::as_array).into_iter().flatten();
+    names.filter_map(|m| m.as_str().and_then(Measure::named)).collect()
+}
+
 /// The time of an event-grain call as the question gives it, whatever the model wrote (it wrote "2023-01-01" to
 /// "2023-01-30" for "the last 30 days"): one window the question names is `within_days`, one calendar period (or,
 /// for a comparison, the latest of those named) is `since` and `until`. Left alone when the question names both
 /// kinds, several without a comparison, or when a filter already carries the window (revenue of the customers who
 /// bought in the last 30 days need not be revenue of those 30 days).
 fn settle_time(call: &mut serde_json::Map<String, Value>, grounding: &Grounding, read: &mut Vec<String>) {
-    let measures: Vec<Measure> = call
-        .get("measures")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m.as_str().and_then(Measure::named))
-        .collect();
+    let measures = measures_of(call);
     if measures.is_empty() {
         return;
     }
@@ -835,13 +835,7 @@ fn events_for_event_groups(call: &mut serde_json::Map<String, Value>, grounding:
 /// The filters that pick only the customers a rate of the call counts on top ("churn rate" filtered to churned
 /// customers is 100%): the rate's own condition is not a filter of its base. Returns what was read so, in words.
 fn drop_what_rates_count(call: &mut serde_json::Map<String, Value>) -> Vec<String> {
-    let measures: Vec<Measure> = call
-        .get("measures")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m.as_str().and_then(Measure::named))
-        .collect();
+    let measures = measures_of(call);
     let own: Vec<(Measure, String, Value)> = measures
         .into_iter()
         .filter_map(|rate| {
