@@ -1143,6 +1143,43 @@ mod tests {
         assert!(answer.text.contains("From FR replaces from DE."), "{}", answer.text);
     }
 
+    /// On a provider that constrains calls, a text reply to the repair turn is not the answer (the recorded 1.5B
+    /// model echoed the tool's error to its output limit): the program says what was wrong with the call it sent
+    /// back. A text reply to the first turn stays what it is, a grammar that was not applied: an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repair_turn_answered_in_text_ends_with_what_was_wrong() {
+        let fixture = Fixture::new().await;
+        let recent = json!({"type": "profile", "field": "recency_days", "op": "<", "value": 10});
+        let echo = "```tool_response\nError: none of these clauses matches the question's words\n```";
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "find_audience", json!({"include": [recent], "limit": 10})),
+            MockTurn::text(echo),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        session.constrained = true;
+        let answer = session.ask("Who are our 10 newest sign-ups? Give names and emails.").await.unwrap();
+        assert_eq!(model.request_count(), 2);
+        assert!(tool_results(&model, 1).contains("none of these clauses matches"));
+        assert_eq!(answer.kind, AnswerKind::Answer);
+        assert!(
+            answer.text.starts_with(
+                "I could not answer this: none of its conditions is in your question (it tried: whose last purchase \
+                 was under 10 days ago), and the model did not correct its call."
+            ),
+            "{}",
+            answer.text
+        );
+        assert!(!answer.text.contains("tool_response"), "{}", answer.text);
+
+        let model = MockCompletionModel::from_turns([MockTurn::text("Customers 1, 2 and 3."), MockTurn::text("")]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        session.constrained = true;
+        let error = session.ask("customers in Germany").await.unwrap_err();
+        assert_eq!(kind_of(&error), Some(FailureKind::Provider), "{error:#}");
+        assert!(format!("{error:#}").contains("grammar was not applied"), "{error:#}");
+    }
+
     /// Customers looked up by ids the question never gives are sent back to `find_audience`; ids it gives are read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lookup_by_ids_nobody_gave_is_sent_back() {

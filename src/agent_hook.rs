@@ -91,8 +91,9 @@ pub struct RunLog {
     pub settled: Vec<String>,
     /// Correctable tool failures so far (see [`MAX_FAILED_CALLS`]).
     failures: u32,
-    /// Whether a `find_audience` call was already sent back for its clauses (that happens once per question).
-    sent_back: bool,
+    /// What was wrong with the call sent back to the model for a repair, in the user's words; a call is sent back
+    /// once per question. Told to the user when the repair turn brings no call (see `on_model_turn_finished`).
+    sent_back: Option<String>,
     /// The clarifying question the model asked instead of answering; the run stopped on it.
     pub clarification: Option<Clarification>,
     /// The full output of each successful tool call, in order: what the answer's numbers must come from.
@@ -315,6 +316,16 @@ pub fn inner_call_usage(inner: &InnerLlmCall, sql: Option<&str>) -> CallUsage {
         ms: inner.ms,
         answered: true,
     }
+}
+
+/// The answer to a question whose call was sent back and never mended: what was wrong, and what the data can
+/// answer instead. Never the model's own text, which echoed the tool's error (and could quote stored text).
+fn unmended_call(wrong: &str) -> String {
+    format!(
+        "I could not answer this: {wrong}, and the model did not correct its call. Ask again with a condition the \
+         data holds (a country, segment, age, spend, orders or last purchase, or what customers viewed, put in the \
+         cart or bought), or with the tastes to rank customers by."
+    )
 }
 
 /// Why a clause of the call sits on the wrong side (see `Grounding::wrong_side`), if one does.
@@ -989,6 +1000,14 @@ impl TraceHook {
         }
     }
 
+    /// Sends a call back to the model for its one repair: the model is told `reason`; the user is told
+    /// `for_the_user` if the repair turn brings no call.
+    fn send_back(&self, reason: &str, for_the_user: String) -> DispatchAction {
+        self.say(format!("· sent back: {reason}"));
+        lock(&self.log).sent_back = Some(for_the_user);
+        DispatchAction::skip(model_visible(reason))
+    }
+
     fn record_tool_outcome(&self, event: &OutcomeEvent<'_>) -> OutcomeAction {
         let Some(tool) = event.tool_name() else { return OutcomeAction::proceed() };
         let args: Value = event
@@ -1200,13 +1219,11 @@ impl AgentHook for TraceHook {
                 && let Some(grounding) = &self.grounding
                 && let Some(args) = args.clone()
             {
-                let first_try = !lock(&self.log).sent_back;
+                let first_try = lock(&self.log).sent_back.is_none();
                 if first_try && let Some(reason) = wrong_side(&args, &grounding.0) {
                     // Sent back once, in the repair turn: the model may say which clause it meant. One that repeats
                     // the call gets it put right by the program (`put_right`).
-                    self.say(format!("· sent back: {reason}"));
-                    lock(&self.log).sent_back = true;
-                    return DispatchAction::skip(model_visible(&reason));
+                    return self.send_back(&reason, "its conditions put what you asked for on the wrong side".to_owned());
                 }
                 let clauses = |args: &Value| {
                     ["include", "exclude"]
@@ -1270,9 +1287,9 @@ impl AgentHook for TraceHook {
                          the data\", or ask_clarification",
                         dropped.join("; ")
                     );
-                    self.say(format!("· sent back: {reason}"));
-                    lock(&self.log).sent_back = true;
-                    return DispatchAction::skip(model_visible(&reason));
+                    let for_the_user =
+                        format!("none of its conditions is in your question (it tried: {})", dropped.join("; "));
+                    return self.send_back(&reason, for_the_user);
                 }
                 let uncovered = uncovered(&args, &grounding.0);
                 if first_try && !uncovered.is_empty() {
@@ -1283,9 +1300,8 @@ impl AgentHook for TraceHook {
                          negates it), keeping the clauses you sent",
                         uncovered.words().join(", ")
                     );
-                    self.say(format!("· sent back: {reason}"));
-                    lock(&self.log).sent_back = true;
-                    return DispatchAction::skip(model_visible(&reason));
+                    let for_the_user = format!("its conditions leave out {}", uncovered.words().join(", "));
+                    return self.send_back(&reason, for_the_user);
                 }
                 if !dropped.is_empty() {
                     self.say(format!("· left out, not asked for: {}", dropped.join("; ")));
@@ -1339,15 +1355,13 @@ impl AgentHook for TraceHook {
                         .filter(|part| part.chars().any(|c| c.is_ascii_digit()));
                     numbered.clone().next().is_some() && numbered.all(|part| grounding.0.says(part))
                 })
-                && !lock(&self.log).sent_back
+                && lock(&self.log).sent_back.is_none()
             {
                 // Customers looked up by ids nobody gave ("VIP Loyalty" as an id): the question describes an
                 // audience, which is find_audience's.
                 let reason = "sql_data_retriever reads customers by the ids the question gives, and it gives none; \
                               to find customers by what they did or are, call find_audience";
-                self.say(format!("· sent back: {reason}"));
-                lock(&self.log).sent_back = true;
-                return DispatchAction::skip(model_visible(reason));
+                return self.send_back(reason, "it looked customers up by ids your question does not give".to_owned());
             } else if nulls && let Some(args) = args {
                 return DispatchAction::rewrite_tool_args(event.kind, args);
             }
@@ -1386,6 +1400,14 @@ impl AgentHook for TraceHook {
             && self.constrained
             && matches!(offer(&log.outcomes, self.offerable), Offer::Call(_))
         {
+            if let Some(wrong) = log.sent_back.take() {
+                // The repair turn brought text, not a call: the recorded 1.5B model echoed the tool's error until
+                // its output limit. The text is never the answer; what the program knows is: the call it sent
+                // back, and why.
+                self.say("! the model answered its repair turn in text; its call was not mended");
+                log.reply = Some(Reply { text: unmended_call(&wrong) });
+                return ModelTurnAction::stop("the model did not mend the call sent back to it".to_owned());
+            }
             // llama-server answers without its grammar when the grammar fails to build (llama.cpp #19051, #24097).
             let reason = "the local model answered in text where a constrained tool call was required: its \
                           grammar was not applied; check the llama-server version and its log"

@@ -48,6 +48,8 @@ pub struct StageTimes {
     /// Reading, validating and COPYing the CSV files.
     pub load: f64,
     pub profiles: f64,
+    /// The part of `profiles` spent on the predicted fields (purchase histories, both fits, the predictions).
+    pub predict: f64,
     /// Swapping the staging tables in, building indexes, and committing.
     pub swap: f64,
     /// VACUUM of the new tables after the commit (see [`ingest`]).
@@ -102,6 +104,7 @@ pub async fn ingest(
     let profile_stats = profiles::compute(&mut tx, req.as_of, req.predict).await?;
     audience_tables::build(&mut tx, profile_stats.as_of).await?;
     times.profiles = stage.elapsed().as_secs_f64();
+    times.predict = profile_stats.prediction_seconds;
 
     let writer = vectors.begin(StagingStart::CopyCurrent).await.context("cannot start a new vector index version")?;
     let sync_report =

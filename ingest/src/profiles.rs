@@ -27,6 +27,7 @@
 //!   of [`crate::predict`] (see there), NULL for a customer without a purchase or when a model was not fitted.
 
 use std::fmt::Write as _;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use chrono::{NaiveDate, Utc};
@@ -53,6 +54,9 @@ pub struct ProfileStats {
     pub notes: Vec<String>,
     /// The purchase and spend models fitted for the predicted fields.
     pub prediction: FitReport,
+    /// Seconds the predicted fields took: reading the purchase histories, fitting both models and writing every
+    /// buyer's predictions (part of the profiles stage; issue 23 bounds what the fit adds to an ingest).
+    pub prediction_seconds: f64,
 }
 
 /// Creates and fills `profiles_staging` (replacing any earlier one) from the staging tables on `conn`.
@@ -95,7 +99,9 @@ pub async fn compute(
         .await?;
 
     render_texts(conn).await.context("cannot write profile texts")?;
+    let started = Instant::now();
     let prediction = predict::fit_profiles(conn, "events_staging", as_of, prediction).await?;
+    let prediction_seconds = started.elapsed().as_secs_f64();
 
     sqlx::query(&format!("CREATE TABLE profiles_staging ({})", PROFILES.ddl())).execute(&mut *conn).await?;
     let facts = fact_columns().join(", ");
@@ -129,6 +135,7 @@ pub async fn compute(
         likes_luxury: count(likes_luxury),
         notes,
         prediction,
+        prediction_seconds,
     })
 }
 

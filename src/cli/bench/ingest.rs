@@ -209,6 +209,20 @@ pub async fn run_ingest(bench: &Bench, dataset: &Dataset, customers_csv: &Path) 
     serde_json::from_str(stdout.trim()).context("audience ingest --json printed no JSON report")
 }
 
+/// One line of an ingest report's stage times, with the predicted fields' share of the whole.
+pub fn stage_summary(report: &Value) -> String {
+    let total = number(report, "/times/total");
+    format!(
+        "ingested in {total:.1} s: load {:.1} s, profiles {:.1} s (of which the predicted fields {:.2} s, {:.2}% of the \
+         total), embedding {:.1} s",
+        number(report, "/times/load"),
+        number(report, "/times/profiles"),
+        number(report, "/times/predict"),
+        100.0 * number(report, "/times/predict") / total,
+        number(report, "/times/embed"),
+    )
+}
+
 fn number(report: &Value, pointer: &str) -> f64 {
     report.pointer(pointer).and_then(Value::as_f64).unwrap_or(0.0)
 }
@@ -219,6 +233,8 @@ async fn full_ingest(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()
     let names = [
         "load: parse + validate + COPY, pipelined (rows/s)",
         "profile SQL (s)",
+        "of which the predicted fields (s)",
+        "the predicted fields' share of the total (%)",
         "swap + indexes + commit (s)",
         "vacuum (s)",
         "embedding (profiles/s)",
@@ -238,6 +254,8 @@ async fn full_ingest(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()
         let values = [
             rows / number(&r, "/times/load"),
             number(&r, "/times/profiles"),
+            number(&r, "/times/predict"),
+            100.0 * number(&r, "/times/predict") / number(&r, "/times/total"),
             number(&r, "/times/swap"),
             number(&r, "/times/vacuum"),
             embedded / number(&r, "/sync/embed_seconds"),

@@ -189,7 +189,9 @@ impl Bench {
             return Ok(());
         }
         eprintln!("bench: ingesting {} customers into schema {}", dataset.customers, dataset.schema);
-        ingest::run_ingest(self, dataset, &dataset.customers_csv).await.map(drop)
+        let report = ingest::run_ingest(self, dataset, &dataset.customers_csv).await?;
+        eprintln!("bench: {}", ingest::stage_summary(&report));
+        Ok(())
     }
 }
 
