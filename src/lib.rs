@@ -18,4 +18,5 @@ pub mod open_stores;
 pub mod provider;
 pub mod render;
 pub mod segment_names;
+mod settle;
 pub mod terminal;
