@@ -1131,11 +1131,9 @@ impl Grounding {
         clauses
     }
 
-    /// Whether the question's words mention `word` (lower-case).
     /// Whether the question's words hold `phrase` (lower case, words apart) in a row: "units were returned".
     pub fn says_phrase(&self, phrase: &str) -> bool {
-        let phrase: Vec<&str> = phrase.split(' ').collect();
-        self.sequence.windows(phrase.len()).any(|window| window.iter().zip(&phrase).all(|(word, p)| word == p))
+        phrase_ends(&self.sequence, phrase).next().is_some()
     }
 
     /// Whether the question names a condition a clause is for: a country, a segment, an event, a window or period,
@@ -1761,16 +1759,21 @@ pub fn names_a_measure(words: &[String]) -> bool {
 
 fn says_a_number_phrase(words: &[String]) -> bool {
     NUMBER_PHRASES.iter().any(|phrase| {
-        let phrase: Vec<&str> = phrase.split(' ').collect();
-        (0..words.len()).any(|at| {
-            let matches = phrase.iter().enumerate().all(|(i, word)| words.get(at + i).is_some_and(|w| w == word));
-            // "how much they like ..." is a degree of liking, not an amount.
-            let degree = words
-                .get(at + phrase.len())
-                .is_some_and(|next| ["they", "he", "she", "it", "we", "you"].contains(&next.as_str()));
-            matches && !degree
+        // "how much they like ..." is a degree of liking, not an amount.
+        phrase_ends(words, phrase).any(|end| {
+            !words.get(end).is_some_and(|next| ["they", "he", "she", "it", "we", "you"].contains(&next.as_str()))
         })
     })
+}
+
+/// Where each occurrence of `phrase` (lower case, words apart) in `words` ends: the index of the word after it.
+fn phrase_ends<'a>(words: &'a [String], phrase: &'a str) -> impl Iterator<Item = usize> + 'a {
+    let length = phrase.split(' ').count();
+    words
+        .windows(length)
+        .enumerate()
+        .filter(move |(_, window)| window.iter().map(String::as_str).eq(phrase.split(' ')))
+        .map(move |(at, _)| at + length)
 }
 
 /// The question with its values masked, for finding examples of the same shape (DAIL-SQL): numbers become `N`,
