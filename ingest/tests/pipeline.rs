@@ -955,6 +955,10 @@ async fn predicted_fields_follow_the_fit_stored_with_the_data() -> Result<()> {
     let fit = &report.profiles.prediction;
     assert!(fit.purchases.is_some() && fit.spend.is_some(), "{:?}", fit.notes);
     assert_eq!(fit.time_unit, TimeUnit::Days);
+    // What the fit costs an ingest is reported, as the part of the profiles stage it took (`bench ingest` shows its
+    // share of the total).
+    let times = &report.times;
+    assert!(times.predict > 0.0 && times.predict < times.profiles, "{times:?}");
     let stored: sqlx::types::Json<FitReport> =
         sqlx::query_scalar("SELECT prediction_fit FROM dataset WHERE id = 1").fetch_one(&env.db.pool).await?;
     assert_eq!(&stored.0, fit);

@@ -17,6 +17,11 @@ use argmin::solver::neldermead::NelderMead;
 const SD_TOLERANCE: f64 = 1e-11;
 /// Iterations of one run; 4 parameters converge in a few hundred.
 const MAX_ITERS: u64 = 5_000;
+/// A run is checked every this many iterations: one that has reached the wall by then stops there (see
+/// [`Estimate::AtBoundary`]) instead of spending the rest of its iterations against it (a BG/NBD fit heading for
+/// homogeneous drop-out spent 98 s there on a 100k-customer sample), and one still on its way goes on from its
+/// best point with a fresh simplex.
+const CHECK_ITERS: u64 = 250;
 /// Restarts from the best point after the first run.
 const MAX_RESTARTS: usize = 8;
 /// A restart that improves the log-likelihood by less than this (relative) ends the fit.
@@ -83,7 +88,8 @@ pub fn maximize(log_likelihood: impl Fn(&[f64]) -> f64, start: &[f64]) -> Estima
         Ok(start) if start < f64::MAX => SD_TOLERANCE * start.abs().max(1.0),
         _ => return Estimate::NotConverged { reason: "the log-likelihood is not finite at the start".to_owned() },
     };
-    for _ in 0..=MAX_RESTARTS {
+    let (mut restarts, mut run_iters) = (0, 0);
+    while restarts <= MAX_RESTARTS {
         let mut simplex = vec![best.clone()];
         for i in 0..best.len() {
             let mut vertex = best.clone();
@@ -94,18 +100,26 @@ pub fn maximize(log_likelihood: impl Fn(&[f64]) -> f64, start: &[f64]) -> Estima
             Ok(solver) => solver,
             Err(e) => return Estimate::NotConverged { reason: e.to_string() },
         };
-        let result = match Executor::new(LogSpace(&log_likelihood), solver).configure(|s| s.max_iters(MAX_ITERS)).run()
-        {
-            Ok(result) => result,
-            Err(e) => return Estimate::NotConverged { reason: format!("the optimiser failed: {e}") },
-        };
+        let result =
+            match Executor::new(LogSpace(&log_likelihood), solver).configure(|s| s.max_iters(CHECK_ITERS)).run() {
+                Ok(result) => result,
+                Err(e) => return Estimate::NotConverged { reason: format!("the optimiser failed: {e}") },
+            };
         let state = result.state();
         let (Some(point), ll) = (state.get_best_param(), -state.get_best_cost()) else {
             return Estimate::NotConverged { reason: "the optimiser returned no point".to_owned() };
         };
         if state.get_termination_status() != &TerminationStatus::Terminated(TerminationReason::SolverConverged) {
-            // Still crawling along a ridge far out (the likelihood's gain there is tiny per step): heading for the
-            // edge, not for a maximum inside.
+            run_iters += CHECK_ITERS;
+            let at_wall = point.iter().any(|p| p.abs() > LOG_BOUND - 1.0);
+            if run_iters < MAX_ITERS && !at_wall && ll.is_finite() {
+                if ll > best_ll {
+                    best = point.clone();
+                }
+                continue;
+            }
+            // At the wall, or still crawling along a ridge far out (the likelihood's gain there is tiny per step):
+            // heading for the edge, not for a maximum inside.
             if ll.is_finite() && point.iter().any(|p| p.abs() > LOG_BOUND / 2.0) {
                 return Estimate::AtBoundary { params: point.iter().map(|p| p.exp()).collect(), log_likelihood: ll };
             }
@@ -113,6 +127,8 @@ pub fn maximize(log_likelihood: impl Fn(&[f64]) -> f64, start: &[f64]) -> Estima
                 reason: format!("no convergence within {MAX_ITERS} Nelder-Mead iterations"),
             };
         }
+        run_iters = 0;
+        restarts += 1;
         if !ll.is_finite() || ll <= -f64::MAX {
             return Estimate::NotConverged { reason: "the log-likelihood is not finite at any point".to_owned() };
         }
@@ -143,6 +159,42 @@ mod tests {
         let ll = |p: &[f64]| -((p[0].ln() - 2f64.ln()).powi(2) + (p[1].ln() - 0.1f64.ln()).powi(2));
         let Estimate::Converged { params, .. } = maximize(ll, &[1.0, 1.0]) else { panic!("no convergence") };
         assert!((params[0] - 2.0).abs() < 1e-3 && (params[1] - 0.1).abs() < 1e-4, "{params:?}");
+    }
+
+    /// Regression (issue 23): a BG/NBD likelihood on purchases with the same drop-out probability for everyone
+    /// grows towards homogeneous drop-out (a, b -> infinity) and is reported at the wall once the simplex gets there.
+    /// A run spent its 5,000 iterations against the wall before: 28,746 evaluations on a 100k-customer sample, 98 s
+    /// of an ingest.
+    #[test]
+    fn a_ridge_to_the_boundary_stops_at_the_wall() {
+        use crate::predict::bgnbd::{BgNbd, Dropout, History};
+        use rand::{Rng, SeedableRng};
+        // 2,000 customers over 365 days: purchase rates ~ Gamma(3, 1/200) a day, drop-out 0.08 after each purchase.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let histories: Vec<History> = (0..2_000)
+            .map(|_| {
+                let rate: f64 = (0..3).map(|_| -(1.0 - rng.random::<f64>()).ln()).sum::<f64>() / 200.0;
+                let first = (rng.random::<f64>() * 365.0).floor();
+                let (mut now, mut last, mut x) = (first, first, 0);
+                while rng.random::<f64>() >= 0.08 {
+                    now += -(1.0 - rng.random::<f64>()).ln() / rate;
+                    if now >= 365.0 {
+                        break;
+                    }
+                    (last, x) = (now.floor(), x + 1);
+                }
+                History { x, t_x: (last - first) / 365.0, t: (365.0 - first) / 365.0 }
+            })
+            .collect();
+        let evaluations = std::cell::Cell::new(0);
+        let ll = |p: &[f64]| {
+            evaluations.set(evaluations.get() + 1);
+            BgNbd { r: p[0], alpha: p[1], dropout: Dropout::Beta { a: p[2], b: p[3] } }.log_likelihood(&histories)
+        };
+        let estimate = maximize(ll, &[1.0; 4]);
+        let Estimate::AtBoundary { params, .. } = &estimate else { panic!("not at the boundary: {estimate:?}") };
+        assert!(params[2] > 1e3 && params[3] > 1e3, "{params:?}");
+        assert!(evaluations.get() < 2_000, "{} evaluations", evaluations.get());
     }
 
     #[test]
