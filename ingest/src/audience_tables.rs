@@ -1,16 +1,18 @@
-//! The tables the audience compiler reads instead of the wide profiles and the raw events (`customer_facts`,
-//! `event_totals`, see `audience_tools::schema`), derived inside the ingest transaction from the staging tables, so
-//! they are swapped in with, and always describe, the data they come from.
+//! The tables the audience and metrics compilers read instead of the wide profiles and the raw events
+//! (`customer_facts`, `event_totals` and the metrics' rollups, see `audience_tools::schema` and
+//! `audience_tools::metrics::rollups`), derived inside the ingest transaction from the staging tables, so they are
+//! swapped in with, and always describe, the data they come from.
 
 use anyhow::{Context, Result};
+use audience_tools::metrics::rollups;
 use audience_tools::schema::{
     CUSTOMER_FACTS, CUSTOMER_FACTS_COLUMNS, DERIVED_TABLES, EVENT_TOTALS, is_return, spend_band_sql,
 };
 use chrono::NaiveDate;
 use sqlx::PgConnection;
 
-/// Creates `customer_facts_staging` from `profiles_staging` and `event_totals_staging` from `events_staging`
-/// (replacing earlier ones). `as_of` is the profiles' day: `last_ts` counts only events up to its end, as an
+/// Creates `customer_facts_staging` from `profiles_staging`, and `event_totals_staging` and the metrics' rollups
+/// from `events_staging` (replacing earlier ones). `as_of` is the profiles' day: `last_ts` counts only events up to its end, as an
 /// audience clause's "within the last N days" does.
 pub async fn build(conn: &mut PgConnection, as_of: NaiveDate) -> Result<()> {
     for name in DERIVED_TABLES {
@@ -43,5 +45,8 @@ pub async fn build(conn: &mut PgConnection, as_of: NaiveDate) -> Result<()> {
     .execute(&mut *conn)
     .await
     .context("cannot derive the event totals")?;
+    for statement in rollups::build_statements("events_staging") {
+        sqlx::query(&statement).bind(as_of).execute(&mut *conn).await.context("cannot derive the metrics' rollups")?;
+    }
     Ok(())
 }

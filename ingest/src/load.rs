@@ -6,7 +6,7 @@
 //! (`swap_in` takes ACCESS EXCLUSIVE locks, so a reader waits for the COMMIT and then reads the new tables).
 //!
 //! The swap never deadlocks with readers: before its DROP it locks every live table in one `LOCK TABLE`, in the
-//! order membership queries read them (`customer_facts`, `event_totals`, `profiles`, `events`, `customers`), so
+//! order membership queries read them (`customer_facts`, `event_totals`, the metrics' rollups, `profiles`, `events`, `customers`), so
 //! the DROP itself never waits while it holds a table. A reader whose transaction reads the tables in another order
 //! could still hold one the LOCK waits for while it waits for one the LOCK took; so each attempt to lock waits at
 //! most half of `deadlock_timeout` inside a savepoint, and on a timeout it releases what it took and tries again,
@@ -33,7 +33,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use audience_tools::dataset::DATASET_DDL;
 use audience_tools::db::{check_identifier, prepare_reader, tolerate_existing};
 use audience_tools::schema::{
-    CUSTOMER_FACTS, CUSTOMERS, EVENT_TOTALS, EVENTS, PROFILES, READER_ROLE, TABLES, swapped_tables,
+    CUSTOMER_DAYS, CUSTOMER_FACTS, CUSTOMER_TOTALS, CUSTOMERS, DAILY_TOTALS, EVENT_TOTALS, EVENTS, PROFILES,
+    READER_ROLE, TABLES, swapped_tables,
 };
 use sqlx::postgres::PgCopyIn;
 use sqlx::{PgConnection, PgPool};
@@ -721,6 +722,7 @@ pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
         ensure_primary_key(conn, table.name, table.primary_key()).await?;
     }
     ensure_primary_key(conn, CUSTOMER_FACTS, "customer_id").await?;
+    ensure_primary_key(conn, CUSTOMER_TOTALS, "customer_id").await?;
     let statements = [
         "CREATE INDEX IF NOT EXISTS events_customer_id_idx ON events (customer_id)".to_owned(),
         // Audience clauses filter events by type and then price, product or time, and need only the customer (and
@@ -759,6 +761,9 @@ pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
             "CREATE INDEX IF NOT EXISTS {EVENT_TOTALS}_last_ts_idx ON {EVENT_TOTALS} (event_type, last_ts) \
              INCLUDE (customer_id)"
         ),
+        // The metrics' rollups by day: a window or a calendar period reads its own days only.
+        format!("CREATE INDEX IF NOT EXISTS {CUSTOMER_DAYS}_day_idx ON {CUSTOMER_DAYS} (day)"),
+        format!("CREATE INDEX IF NOT EXISTS {DAILY_TOTALS}_day_idx ON {DAILY_TOTALS} (day)"),
         "CREATE INDEX IF NOT EXISTS profiles_segment_idx ON profiles (segment)".to_owned(),
         "CREATE INDEX IF NOT EXISTS profiles_country_idx ON profiles (country)".to_owned(),
         // The tools look customers up by the ids users know; the reader already refused duplicates.
@@ -776,7 +781,16 @@ pub async fn swap_in(conn: &mut PgConnection) -> Result<()> {
 
 /// The live tables in the order the swap locks them: the order membership queries read them in (the derived
 /// tables, then `profiles`, `events` and `customers`; see the module doc).
-const LOCK_ORDER: [&str; 5] = [CUSTOMER_FACTS, EVENT_TOTALS, PROFILES.name, EVENTS.name, CUSTOMERS.name];
+const LOCK_ORDER: [&str; 8] = [
+    CUSTOMER_FACTS,
+    EVENT_TOTALS,
+    CUSTOMER_TOTALS,
+    CUSTOMER_DAYS,
+    DAILY_TOTALS,
+    PROFILES.name,
+    EVENTS.name,
+    CUSTOMERS.name,
+];
 
 /// The savepoint each attempt to lock the live tables runs in.
 const LOCK_SAVEPOINT: &str = "audience_swap_locks";

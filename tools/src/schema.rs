@@ -238,9 +238,20 @@ pub const CHURN_DAYS: i32 = 90;
 /// such as "viewed watches" reads one row per customer here instead of every matching event.
 pub const EVENT_TOTALS: &str = "event_totals";
 
-/// Tables ingest derives from the loaded ones, in the same transaction, for the audience compiler. The model does
-/// not see them (they are not in [`TABLES`]); a schema ingested before they existed is compiled without them.
-pub const DERIVED_TABLES: [&str; 2] = [CUSTOMER_FACTS, EVENT_TOTALS];
+/// The metrics' rollup of each customer's events up to the data's last day: one row per customer with events,
+/// holding the facts the event measures aggregate (`metrics::rollups`).
+pub const CUSTOMER_TOTALS: &str = "customer_totals";
+
+/// The metrics' rollup per customer, UTC day, product and colour: the same facts, for periods and event dimensions.
+pub const CUSTOMER_DAYS: &str = "customer_days";
+
+/// The metrics' rollup per UTC day, event type, product and colour, without the customer: the summed facts only.
+pub const DAILY_TOTALS: &str = "daily_totals";
+
+/// Tables ingest derives from the loaded ones, in the same transaction, for the audience and metrics compilers.
+/// The model does not see them (they are not in [`TABLES`]); a schema ingested before they existed is compiled
+/// without them.
+pub const DERIVED_TABLES: [&str; 5] = [CUSTOMER_FACTS, EVENT_TOTALS, CUSTOMER_TOTALS, CUSTOMER_DAYS, DAILY_TOTALS];
 
 /// Every table an ingest replaces: the loaded ones, then the derived ones.
 pub fn swapped_tables() -> Vec<&'static str> {

@@ -82,22 +82,54 @@ pub enum Measure {
     PredictedValue,
 }
 
-/// The columns of one customer's events in the period and group (a row `f`), which the event measures aggregate:
-/// `(name, SQL over the events e)`.
-pub fn customer_event_facts() -> Vec<(&'static str, String)> {
+/// How the facts of several rows of one customer and group (rows of a rollup) combine into the fact of them all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    /// Counts and money add up (a NULL sum, no such line, stays NULL until a row has one).
+    Sum,
+    /// A flag holds when it holds for any of the rows.
+    Any,
+}
+
+/// A column of one customer's events in the period and group (a row `f`), which the event measures aggregate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fact {
+    pub name: &'static str,
+    /// Its SQL over the events `e`.
+    pub sql: String,
+    pub combine: Combine,
+    /// The SQL type a rollup stores it as.
+    pub stored: &'static str,
+}
+
+impl Fact {
+    /// Its SQL over rows `e` that hold it already (a rollup's, whose column has its name): the rows' sum, or
+    /// whether any of them has it.
+    pub fn combined(&self) -> String {
+        match self.combine {
+            Combine::Sum => format!("sum(e.{})", self.name),
+            Combine::Any => format!("bool_or(e.{})", self.name),
+        }
+    }
+}
+
+/// The facts of a row `f`, computed per customer (and group) from the events `e` of the period.
+pub fn customer_event_facts() -> Vec<Fact> {
     let purchase = "e.event_type = 'purchase'";
     let (sale, returned) = (is_sale("e.quantity"), is_return("e.quantity"));
+    let sum = |name, sql: String, stored| Fact { name, sql, combine: Combine::Sum, stored };
+    let any = |name, sql: &str| Fact { name, sql: sql.to_owned(), combine: Combine::Any, stored: "boolean" };
     vec![
-        ("events", "count(*)".to_owned()),
-        ("orders", format!("count(*) FILTER (WHERE {purchase} AND {sale})")),
-        ("items", format!("sum(e.quantity) FILTER (WHERE {purchase} AND {sale})")),
-        ("sales", format!("sum(e.amount) FILTER (WHERE {purchase} AND {sale})")),
-        ("return_lines", format!("count(*) FILTER (WHERE {purchase} AND {returned})")),
-        ("returned_items", format!("-sum(e.quantity) FILTER (WHERE {purchase} AND {returned})")),
+        sum("events", "count(*)".to_owned(), "integer"),
+        sum("orders", format!("count(*) FILTER (WHERE {purchase} AND {sale})"), "integer"),
+        sum("items", format!("sum(e.quantity) FILTER (WHERE {purchase} AND {sale})"), "bigint"),
+        sum("sales", format!("sum(e.amount) FILTER (WHERE {purchase} AND {sale})"), "numeric"),
+        sum("return_lines", format!("count(*) FILTER (WHERE {purchase} AND {returned})"), "integer"),
+        sum("returned_items", format!("-sum(e.quantity) FILTER (WHERE {purchase} AND {returned})"), "bigint"),
         // A file may write a return's own amount as positive or negative; either way it is money given back.
-        ("refunds", format!("sum(abs(e.amount)) FILTER (WHERE {purchase} AND {returned})")),
-        ("viewed", "bool_or(e.event_type = 'view')".to_owned()),
-        ("carted", "bool_or(e.event_type = 'add_to_cart')".to_owned()),
+        sum("refunds", format!("sum(abs(e.amount)) FILTER (WHERE {purchase} AND {returned})"), "numeric"),
+        any("viewed", "bool_or(e.event_type = 'view')"),
+        any("carted", "bool_or(e.event_type = 'add_to_cart')"),
     ]
 }
 
@@ -228,6 +260,23 @@ impl Measure {
             }
             _ => Grain::Event,
         }
+    }
+
+    /// Whether its value is a function of the summed facts alone ([`Combine::Sum`]), so that rows which do not
+    /// tell customers apart (a day's totals per product) give it: true of counts of events and money, not of counts
+    /// of customers (buyers, a conversion rate).
+    pub fn additive(self) -> bool {
+        matches!(
+            self,
+            Self::Events
+                | Self::Orders
+                | Self::Items
+                | Self::GrossRevenue
+                | Self::NetRevenue
+                | Self::Returns
+                | Self::ReturnedItems
+                | Self::AverageOrderValue
+        )
     }
 
     pub fn unit(self) -> Unit {
@@ -512,9 +561,10 @@ impl Dimension {
         matches!(self, Self::Day | Self::Week | Self::Month | Self::Quarter)
     }
 
-    /// The SQL of the value groups are formed and ordered by: text, a band number or a day.
-    pub fn key_sql(self) -> String {
-        let period = |unit: &str| format!("date_trunc('{unit}', e.ts AT TIME ZONE 'UTC')::date");
+    /// The SQL of the value groups are formed and ordered by: text, a band number or a day. `day` is the UTC day of
+    /// the row `e` as a timestamp without time zone (`rollups::Rows::day`).
+    pub fn key_sql(self, day: &str) -> String {
+        let period = |unit: &str| format!("date_trunc('{unit}', {day})::date");
         match self {
             Self::Country => "coalesce(c.country, 'unknown')".to_owned(),
             Self::Segment => "coalesce(c.segment, 'unknown')".to_owned(),
@@ -525,7 +575,7 @@ impl Dimension {
             Self::Product => "coalesce(e.product, 'unknown')".to_owned(),
             Self::Color => "coalesce(e.color, 'unknown')".to_owned(),
             Self::EventType => "e.event_type".to_owned(),
-            Self::Day => "(e.ts AT TIME ZONE 'UTC')::date".to_owned(),
+            Self::Day => format!("{day}::date"),
             Self::Week => period("week"),
             Self::Month => period("month"),
             Self::Quarter => period("quarter"),
@@ -574,7 +624,7 @@ mod tests {
     /// Each event measure reads only the per-customer facts `f`, each customer measure only the customer `c`.
     #[test]
     fn measures_read_their_grain_only() {
-        let facts: Vec<&str> = customer_event_facts().into_iter().map(|(name, _)| name).collect();
+        let facts: Vec<&str> = customer_event_facts().iter().map(|fact| fact.name).collect();
         for measure in Measure::ALL {
             let sql = measure.sql();
             match measure.grain() {
@@ -587,6 +637,27 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// An additive measure reads summed facts only and counts no rows: a row of a day's totals is not a customer.
+    #[test]
+    fn additive_measures_read_summed_facts_only() {
+        let facts = customer_event_facts();
+        for measure in Measure::ALL.into_iter().filter(|measure| measure.additive()) {
+            let sql = measure.sql();
+            assert_eq!(measure.grain(), Grain::Event, "{}", measure.name());
+            assert!(!sql.contains("count("), "{}: {sql}", measure.name());
+            for fact in facts.iter().filter(|fact| sql.contains(&format!("f.{}", fact.name))) {
+                assert_eq!(fact.combine, Combine::Sum, "{} reads {}", measure.name(), fact.name);
+            }
+        }
+        for measure in Measure::ALL.into_iter().filter(|measure| measure.grain() == Grain::Event && !measure.additive())
+        {
+            let sql = measure.sql();
+            let reads_a_flag =
+                facts.iter().any(|fact| fact.combine == Combine::Any && sql.contains(&format!("f.{}", fact.name)));
+            assert!(sql.contains("count(") || reads_a_flag, "{} could be additive: {sql}", measure.name());
         }
     }
 
@@ -607,9 +678,9 @@ mod tests {
     #[test]
     fn the_return_rule_comes_from_the_schema() {
         let facts = customer_event_facts();
-        let sales = &facts.iter().find(|(name, _)| *name == "sales").unwrap().1;
+        let sales = &facts.iter().find(|fact| fact.name == "sales").unwrap().sql;
         assert!(sales.contains(&is_sale("e.quantity")), "{sales}");
-        let refunds = &facts.iter().find(|(name, _)| *name == "refunds").unwrap().1;
+        let refunds = &facts.iter().find(|fact| fact.name == "refunds").unwrap().sql;
         assert!(refunds.contains(&is_return("e.quantity")), "{refunds}");
     }
 }

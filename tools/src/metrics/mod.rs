@@ -1,6 +1,6 @@
 //! The metrics layer: a catalogue of measures and dimensions, each with its exact SQL and its definition in words
 //! ([`catalogue`]); a call that names them, checked in Rust and compiled to ONE read-only query whose filters the
-//! audience compiler compiles ([`query`]); and the `metrics` tool that runs it and reports the value or the rows
+//! audience compiler compiles ([`query`]), from rollups built at ingest where one answers it ([`rollups`]); and the `metrics` tool that runs it and reports the value or the rows
 //! with the definitions used ([`tool`]). What a question that ranks groups asks for is read from its words
 //! ([`ranking`]).
 //!
@@ -10,6 +10,7 @@
 pub mod catalogue;
 pub mod query;
 pub mod ranking;
+pub mod rollups;
 pub mod tool;
 
 pub use catalogue::{Dimension, Measure};

@@ -14,7 +14,8 @@
 use chrono::{Datelike, Days, Months, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use super::catalogue::{Dimension, Grain, Measure, customer_event_facts};
+use super::catalogue::{Dimension, Grain, Measure};
+use super::rollups::Rows;
 use crate::audience::compile::{self as audience_compile, Data, event_conditions, window};
 use crate::audience::definition::{AudienceDefinition, Clause, Invalid, Rule};
 
@@ -386,7 +387,7 @@ impl Period {
     }
 
     /// The condition on an event `e` that it falls in the period, as the audience compiler writes it.
-    fn condition(&self, as_of: NaiveDate) -> Result<String, Invalid> {
+    pub(super) fn condition(&self, as_of: NaiveDate) -> Result<String, Invalid> {
         let rule = Rule::Event {
             event_type: None,
             products: Vec::new(),
@@ -462,7 +463,7 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
         .dimensions
         .iter()
         .enumerate()
-        .map(|(at, dimension)| format!("{} AS k{at}", dimension.key_sql()))
+        .map(|(at, dimension)| format!("{} AS k{at}", dimension.key_sql(Rows::Events.day())))
         .collect();
     let key_names: Vec<String> = (0..query.dimensions.len()).map(|at| format!("k{at}")).collect();
     let measures: Vec<String> =
@@ -493,11 +494,12 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
             format!("g AS (SELECT {select} FROM {customers} c{filter}{})", grouping(keys.len()))
         }
         (Some(period), compared) => {
-            let current = period.condition(data.as_of)?;
-            let mut conditions = vec![match compared {
-                Some(previous) => Period { first: previous.first, last: period.last }.condition(data.as_of)?,
-                None => current.clone(),
-            }];
+            let rows = Rows::for_call(query, period, data);
+            let covered = match compared {
+                Some(previous) => Period { first: previous.first, last: period.last },
+                None => *period,
+            };
+            let mut conditions: Vec<String> = rows.in_period(&covered, data.as_of)?.into_iter().collect();
             if filtered {
                 conditions.push(format!("e.customer_id IN ({})", audience.membership));
             }
@@ -509,18 +511,31 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
             let mut inner: Vec<String> = Vec::new();
             let mut outer_keys: Vec<String> = Vec::new();
             if compared.is_some() {
+                let current = rows
+                    .in_period(period, data.as_of)?
+                    .ok_or_else(|| Invalid("a comparison needs rows of days".to_owned()))?;
                 inner.push(format!("CASE WHEN {current} THEN 0 ELSE 1 END AS span"));
                 outer_keys.push("f.span".to_owned());
             }
-            inner.extend(keys.iter().cloned());
+            inner.extend(
+                query
+                    .dimensions
+                    .iter()
+                    .enumerate()
+                    .map(|(at, dimension)| format!("{} AS k{at}", dimension.key_sql(rows.day()))),
+            );
             outer_keys.extend(key_names.iter().map(|key| format!("f.{key}")));
-            inner.push("e.customer_id".to_owned());
-            let grouped_by = inner.len();
-            inner.extend(customer_event_facts().into_iter().map(|(name, sql)| format!("{sql} AS {name}")));
+            if rows.has_customers() {
+                inner.push("e.customer_id".to_owned());
+            }
+            let grouped_by = if rows.one_per_customer() { 0 } else { inner.len() };
+            inner.extend(rows.facts().iter().map(|fact| format!("{} AS {}", rows.fact(fact), fact.name)));
+            let filter =
+                if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
             let facts = format!(
-                "f AS (SELECT {} FROM events e{join} WHERE {}{})",
+                "f AS (SELECT {} FROM {} e{join}{filter}{})",
                 inner.join(", "),
-                conditions.join(" AND "),
+                rows.table(),
                 grouping(grouped_by)
             );
             let select = outer_keys.iter().chain(&measures).cloned().collect::<Vec<_>>().join(", ");
@@ -670,12 +685,18 @@ mod tests {
             "{}",
             compiled.sql
         );
+        // Both periods' days, from the daily rollup or, on a schema without it, from the events.
         assert!(
-            compiled.sql.contains(
-                "WHERE e.ts >= TIMESTAMPTZ '2025-05-02 00:00:00+00' AND e.ts < TIMESTAMPTZ '2025-07-01 00:00:00+00'"
-            ),
+            compiled.sql.contains("WHERE e.day BETWEEN DATE '2025-05-02' AND DATE '2025-06-30'"),
             "{}",
             compiled.sql
+        );
+        let events = compile(&query, Data { derived_tables: false, ..DATA }).unwrap().sql;
+        assert!(
+            events.contains(
+                "WHERE e.ts >= TIMESTAMPTZ '2025-05-02 00:00:00+00' AND e.ts < TIMESTAMPTZ '2025-07-01 00:00:00+00'"
+            ),
+            "{events}"
         );
     }
 
