@@ -91,6 +91,7 @@ fn json_carries_values_definitions_measure_names_and_the_sql_and_bad_calls_are_u
     assert_eq!(report["measures"][0]["name"], "net_revenue");
     assert_eq!(report["measures"][0]["definition"], "purchases minus returns");
     assert!(report["sql"].as_str().unwrap().starts_with("WITH f AS (SELECT"), "{report}");
+    assert_eq!(report["read_from"], "customer_totals", "the whole data's net revenue, from each customer's totals");
 
     // Filters are audience clauses; the buyers of PL match the hand-written count.
     let clause = r#"{"type": "profile", "field": "country", "op": "=", "value": "PL"}"#;

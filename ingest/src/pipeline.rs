@@ -50,6 +50,9 @@ pub struct StageTimes {
     pub profiles: f64,
     /// The part of `profiles` spent on the predicted fields (purchase histories, both fits, the predictions).
     pub predict: f64,
+    /// The part of `profiles` spent deriving the tables the compilers read (`audience_tables`: the customer facts,
+    /// the event totals and the metrics' rollups).
+    pub derived: f64,
     /// Swapping the staging tables in, building indexes, and committing.
     pub swap: f64,
     /// VACUUM of the new tables after the commit (see [`ingest`]).
@@ -102,7 +105,9 @@ pub async fn ingest(
 
     let stage = Instant::now();
     let profile_stats = profiles::compute(&mut tx, req.as_of, req.predict).await?;
+    let derived = Instant::now();
     audience_tables::build(&mut tx, profile_stats.as_of).await?;
+    times.derived = derived.elapsed().as_secs_f64();
     times.profiles = stage.elapsed().as_secs_f64();
     times.predict = profile_stats.prediction_seconds;
 

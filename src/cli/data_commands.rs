@@ -371,11 +371,12 @@ fn print_ingest(report: &IngestReport) -> Result<()> {
     let t = &report.times;
     let peak = peak_rss_bytes().map(|bytes| format!(", peak memory {} MiB", bytes >> 20)).unwrap_or_default();
     outln!(
-        "times: load {:.2} s, profiles {:.2} s (predicted fields {:.2} s), swap {:.2} s, vacuum {:.2} s, embed {:.2} s, \
-         total {:.2} s{peak}",
+        "times: load {:.2} s, profiles {:.2} s (predicted fields {:.2} s, derived tables {:.2} s), swap {:.2} s, \
+         vacuum {:.2} s, embed {:.2} s, total {:.2} s{peak}",
         t.load,
         t.profiles,
         t.predict,
+        t.derived,
         t.swap,
         t.vacuum,
         t.embed,

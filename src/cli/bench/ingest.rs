@@ -214,11 +214,12 @@ pub fn stage_summary(report: &Value) -> String {
     let total = number(report, "/times/total");
     format!(
         "ingested in {total:.1} s: load {:.1} s, profiles {:.1} s (of which the predicted fields {:.2} s, {:.2}% of the \
-         total), embedding {:.1} s",
+         total, and the derived tables {:.2} s), embedding {:.1} s",
         number(report, "/times/load"),
         number(report, "/times/profiles"),
         number(report, "/times/predict"),
         100.0 * number(report, "/times/predict") / total,
+        number(report, "/times/derived"),
         number(report, "/times/embed"),
     )
 }
@@ -235,6 +236,7 @@ async fn full_ingest(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()
         "profile SQL (s)",
         "of which the predicted fields (s)",
         "the predicted fields' share of the total (%)",
+        "of which the derived tables (s)",
         "swap + indexes + commit (s)",
         "vacuum (s)",
         "embedding (profiles/s)",
@@ -256,6 +258,7 @@ async fn full_ingest(bench: &Bench, dataset: &Dataset, runs: usize) -> Result<()
             number(&r, "/times/profiles"),
             number(&r, "/times/predict"),
             100.0 * number(&r, "/times/predict") / number(&r, "/times/total"),
+            number(&r, "/times/derived"),
             number(&r, "/times/swap"),
             number(&r, "/times/vacuum"),
             embedded / number(&r, "/sync/embed_seconds"),

@@ -281,19 +281,19 @@ fn metrics_calls() -> Vec<(String, Value)> {
 
 async fn metrics(stores: &Stores, args: &QueryBenchArgs) -> Result<()> {
     let tool = Metrics::new(stores.clone(), &Offered::default());
-    let mut table = Table::new(["call", "rows", "SQL p50 / p95"]);
+    let mut table = Table::new(["call", "rows", "read from", "SQL p50 / p95"]);
     for (name, call) in metrics_calls() {
         let call: MetricsArgs = serde_json::from_value(call)?;
         let mut sql = Samples::default();
-        let mut rows = 0;
+        let (mut rows, mut read_from) = (0, String::new());
         for _ in 0..args.queries {
             let mut trace = ToolTrace::new("metrics");
             let report =
                 tool.run_traced(call.clone(), &mut trace).await.map_err(|e| anyhow::anyhow!("metrics {name}: {e}"))?;
-            rows = report.rows.len();
+            (rows, read_from) = (report.rows.len(), report.read_from);
             sql.push(trace.timings_ms.get("sql").copied().unwrap_or(0.0));
         }
-        table.row([name, rows.to_string(), p50_p95(&sql)]);
+        table.row([name, rows.to_string(), read_from, p50_p95(&sql)]);
     }
     table.print("### metrics: every measure of the catalogue, and each shape of a call")?;
     Ok(())

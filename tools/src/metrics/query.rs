@@ -412,6 +412,8 @@ pub struct CompiledMetrics {
     pub period: Option<Period>,
     /// The days of the period compared with (with `compare`).
     pub previous: Option<Period>,
+    /// The table the values are computed from: the customers, a rollup or the events.
+    pub read_from: &'static str,
 }
 
 impl MetricsQuery {
@@ -486,6 +488,7 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
             format!(" GROUP BY {}", (1..=columns).map(|n| n.to_string()).collect::<Vec<_>>().join(", "))
         }
     };
+    let mut read_from = customers;
     let grouped = match (&period, &compared) {
         (None, _) => {
             let filter =
@@ -495,6 +498,7 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
         }
         (Some(period), compared) => {
             let rows = Rows::for_call(query, period, data);
+            read_from = rows.table();
             let covered = match compared {
                 Some(previous) => Period { first: previous.first, last: period.last },
                 None => *period,
@@ -587,7 +591,7 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
     if let Some(limit) = query.limit {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
-    Ok(CompiledMetrics { sql, period, previous: compared })
+    Ok(CompiledMetrics { sql, period, previous: compared, read_from })
 }
 
 /// The filters in words ("customers from PL who bought socks, excluding churned customers"), if there are any.

@@ -154,12 +154,13 @@ mod tests {
 
     fn rows(call: serde_json::Value, derived_tables: bool) -> Rows {
         let query = serde_json::from_value::<MetricsArgs>(call).unwrap().check().unwrap();
-        let sql = super::super::query::compile(&query, Data { as_of: AS_OF, derived_tables }).unwrap().sql;
+        let compiled = super::super::query::compile(&query, Data { as_of: AS_OF, derived_tables }).unwrap();
         let read = [Rows::CustomerTotals, Rows::CustomerDays, Rows::DailyTotals, Rows::Events]
             .into_iter()
-            .filter(|rows| sql.contains(&format!(" FROM {} e", rows.table())))
+            .filter(|rows| compiled.sql.contains(&format!(" FROM {} e", rows.table())))
             .collect::<Vec<_>>();
-        assert_eq!(read.len(), 1, "{sql}");
+        assert_eq!(read.len(), 1, "{}", compiled.sql);
+        assert_eq!(compiled.read_from, read[0].table());
         read[0]
     }
 

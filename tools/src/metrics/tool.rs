@@ -74,6 +74,9 @@ pub struct MetricsReport {
     pub truncated: bool,
     /// The exact SQL that ran.
     pub sql: String,
+    /// The table the values were computed from: the customers, one of the rollups ingest builds, or the events.
+    #[serde(default)]
+    pub read_from: String,
 }
 
 /// The `metrics` tool.
@@ -265,6 +268,7 @@ impl TracedTool for Metrics {
             rows,
             truncated: table.truncated,
             sql: compiled.sql,
+            read_from: compiled.read_from.to_owned(),
         })
     }
 }
