@@ -529,11 +529,15 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
                     .map(|(at, dimension)| format!("{} AS k{at}", dimension.key_sql(rows.day()))),
             );
             outer_keys.extend(key_names.iter().map(|key| format!("f.{key}")));
-            if rows.has_customers() {
+            // Measures of sums alone need the facts of each group, not of each customer in it: fewer, larger rows.
+            let per_customer = !query.measures.iter().all(|measure| measure.additive());
+            if per_customer && rows.has_customers() {
                 inner.push("e.customer_id".to_owned());
             }
             let grouped_by = if rows.one_per_customer() { 0 } else { inner.len() };
-            inner.extend(rows.facts().iter().map(|fact| format!("{} AS {}", rows.fact(fact), fact.name)));
+            // Only the facts the measures read: each is an aggregate over every row.
+            let read = rows.facts().into_iter().filter(|fact| query.measures.iter().any(|m| m.reads(fact.name)));
+            inner.extend(read.map(|fact| format!("{} AS {}", rows.fact(&fact), fact.name)));
             let filter =
                 if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
             let facts = format!(
