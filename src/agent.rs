@@ -1180,6 +1180,32 @@ mod tests {
         assert!(format!("{error:#}").contains("grammar was not applied"), "{error:#}");
     }
 
+    /// A repair turn after a call its tool refused, answered in text, ends the same way: with the tool's reason.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repair_turn_after_a_refused_call_answered_in_text_ends_with_the_reason() {
+        let fixture = Fixture::new().await;
+        let kayaks = json!({"include": [{"type": "event", "event_type": "purchase", "products": ["kayaks"]}]});
+        let model = MockCompletionModel::from_turns([
+            MockTurn::tool_call("c1", "find_audience", kayaks),
+            MockTurn::text("```tool_response\nError: no event names the product\n```"),
+            MockTurn::text("never reached"),
+        ]);
+        let mut session = fixture.session(&model, DEFAULT_MAX_TURNS);
+        session.constrained = true;
+        let answer = session.ask("customers who bought something").await.unwrap();
+        assert_eq!(model.request_count(), 2);
+        let reason = tool_results(&model, 1);
+        assert!(reason.contains("no event names the product"), "{reason}");
+        assert!(
+            answer.text.starts_with("I could not answer this: the find_audience call was refused ("),
+            "{}",
+            answer.text
+        );
+        assert!(answer.text.contains("no event names the product"), "{}", answer.text);
+        assert!(answer.text.contains("and the model did not correct its call"), "{}", answer.text);
+        assert!(!answer.text.contains("tool_response"), "{}", answer.text);
+    }
+
     /// Customers looked up by ids the question never gives are sent back to `find_audience`; ids it gives are read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lookup_by_ids_nobody_gave_is_sent_back() {

@@ -94,6 +94,9 @@ pub struct RunLog {
     /// What was wrong with the call sent back to the model for a repair, in the user's words; a call is sent back
     /// once per question. Told to the user when the repair turn brings no call (see `on_model_turn_finished`).
     sent_back: Option<String>,
+    /// Why the tool refused the last call, in the user's words, until a call succeeds: told to the user when the
+    /// repair turn brings text instead of a call, as for a call sent back.
+    refused: Option<String>,
     /// The clarifying question the model asked instead of answering; the run stopped on it.
     pub clarification: Option<Clarification>,
     /// The full output of each successful tool call, in order: what the answer's numbers must come from.
@@ -318,8 +321,8 @@ pub fn inner_call_usage(inner: &InnerLlmCall, sql: Option<&str>) -> CallUsage {
     }
 }
 
-/// The answer to a question whose call was sent back and never mended: what was wrong, and what the data can
-/// answer instead. Never the model's own text, which echoed the tool's error (and could quote stored text).
+/// The answer to a question whose call was sent back (or refused by its tool) and never mended: what was wrong,
+/// and what the data can answer instead. Never the model's own text, which echoed the tool's error (and could quote stored text).
 fn unmended_call(wrong: &str) -> String {
     format!(
         "I could not answer this: {wrong}, and the model did not correct its call. Ask again with a condition the \
@@ -463,6 +466,13 @@ impl TraceHook {
         let outcome = if error.is_some() || output.is_none() { Outcome::Failed } else { Outcome::Found };
         if outcome == Outcome::Failed {
             log.failures += 1;
+        }
+        match (&error, outcome) {
+            (Some((message, false)), _) => {
+                log.refused = Some(format!("the {tool} call was refused ({})", one_line(message, OBSERVATION_CHARS)));
+            }
+            (_, Outcome::Found) => log.refused = None,
+            _ => {}
         }
         log.outcomes.push((tool.to_owned(), outcome));
         let step = Step {
@@ -782,7 +792,7 @@ impl AgentHook for TraceHook {
             && self.constrained
             && matches!(offer(&log.outcomes, self.offerable), Offer::Call(_))
         {
-            if let Some(wrong) = log.sent_back.take() {
+            if let Some(wrong) = log.sent_back.take().or_else(|| log.refused.take()) {
                 // The repair turn brought text, not a call: the recorded 1.5B model echoed the tool's error until
                 // its output limit. The text is never the answer; what the program knows is: the call it sent
                 // back, and why.

@@ -2,7 +2,7 @@
 //! event clauses and comparisons get what the question's words say, and a repeated call is put right by the program.
 
 use audience_tools::audience::Edit;
-use audience_tools::audience::definition::{Clause, Op};
+use audience_tools::audience::definition::{Clause, Op, ProfileField, Rule};
 use audience_tools::grounding::{Grounding, Traced, Uncovered};
 use audience_tools::vocabulary::Offered;
 use serde_json::{Value, json};
@@ -66,13 +66,57 @@ pub(crate) fn put_right(args: &mut Value, grounding: &Grounding) -> Vec<String> 
         push(args, clause, exclude);
     }
     let missing = uncovered(args, grounding);
-    for (clause, exclude) in grounding.completing(&missing) {
+    let mut completing = grounding.completing(&missing);
+    // A product named with the one deed the call lacks, sent as an interest ("jeans buyers" as `interests contains
+    // jeans`), is what that deed was of, unless the question speaks of tastes.
+    let events: Vec<usize> =
+        (0..completing.len()).filter(|at| matches!(completing[*at].0.rule, Rule::Event { .. })).collect();
+    if let [at] = events[..]
+        && !grounding.speaks_of_taste()
+    {
+        let taken = take_named_interests(args, grounding);
+        if let Rule::Event { products, .. } = &mut completing[at].0.rule
+            && !taken.is_empty()
+        {
+            let named = taken.join(", ");
+            products.extend(taken);
+            let deed = completing[at].0.rule.predicate();
+            notes.push(format!("read {named} as part of \"{deed}\", as the question names it, not as an interest"));
+        }
+    }
+    for (clause, exclude) in completing {
         notes.push(format!("added \"{}\" to {}, as the question names it", clause.rule.predicate(), side(exclude)));
         if let Ok(value) = serde_json::to_value(&clause) {
             push(args, value, exclude);
         }
     }
     notes
+}
+
+/// Takes out the include clauses `interests contains ...` whose products the question names, and returns those
+/// products.
+fn take_named_interests(args: &mut Value, grounding: &Grounding) -> Vec<String> {
+    let mut taken = Vec::new();
+    let Some(Value::Array(clauses)) = args.get_mut("include") else { return taken };
+    clauses.retain(|value| {
+        let Ok(Clause { rule: Rule::Profile { field: ProfileField::Interests, op: Op::Contains, value }, .. }) =
+            serde_json::from_value::<Clause>(value.clone())
+        else {
+            return true;
+        };
+        let products: Vec<String> = match value {
+            Value::String(text) => vec![text],
+            Value::Array(items) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => return true,
+        };
+        let named = |product: &String| grounding.found.products.iter().any(|p| p.eq_ignore_ascii_case(product));
+        if products.is_empty() || !products.iter().all(named) {
+            return true;
+        }
+        taken.extend(products);
+        false
+    });
+    taken
 }
 
 /// The call's arguments without the clauses nothing in the question asks for (a small model adds `age = 25` or
@@ -243,6 +287,21 @@ mod tests {
         let vip = json!({"type": "profile", "field": "segment", "op": "=", "value": "VIP Loyalty"});
         let (args, _) = put("VIP Loyalty customers outside the US", json!({"exclude": [not_us, vip]}));
         assert_eq!(args, json!({"exclude": [], "include": [not_us, vip]}));
+
+        // A product named with a deed and sent as an interest is what the deed was of; a taste stays a taste.
+        let jeans = json!({"type": "profile", "field": "interests", "op": "contains", "value": "jeans"});
+        let not_de = json!({"type": "profile", "field": "country", "op": "=", "value": "DE"});
+        let (args, notes) =
+            put("Jeans buyers, but leave out anyone in Germany", json!({"include": [jeans], "exclude": [not_de]}));
+        let bought_jeans = json!({"type": "event", "event_type": "purchase", "products": ["jeans"]});
+        assert_eq!(args, json!({"include": [bought_jeans], "exclude": [not_de]}), "{notes:?}");
+        assert_eq!(
+            notes[0],
+            "read jeans as part of \"who bought jeans\", as the question names it, not as an interest"
+        );
+        assert_eq!(notes[1], "added \"who bought jeans\" to include, as the question names it");
+        let (args, _) = put("Customers interested in jeans who bought something", json!({"include": [jeans]}));
+        assert_eq!(args, json!({"include": [jeans, {"type": "event", "event_type": "purchase"}]}));
 
         let bought = json!({"type": "event", "event_type": "purchase"});
         let question = "Customers who added something to their cart but never bought anything";

@@ -1237,6 +1237,14 @@ impl Grounding {
         self.words.contains(word)
     }
 
+    /// Whether the question speaks of tastes or interests ("who like jeans", "interested in hats"), where a product
+    /// may be an interest rather than what was bought.
+    pub fn speaks_of_taste(&self) -> bool {
+        const TASTE: [&str; 12] =
+            ["like", "likes", "love", "loves", "into", "fan", "fans", "lovers", "prefer", "prefers", "enjoy", "enjoys"];
+        TASTE.iter().chain(field_words(ProfileField::Interests)).any(|word| self.says(word))
+    }
+
     /// `clause` with what the question does not ask for taken out: an event clause loses the window, period,
     /// price, count or colours nobody asked for and keeps the rest ("bought watches" stays when the model added "in
     /// the last 365 days"); a clause whose products, event type or profile comparison do not trace is dropped whole.
