@@ -250,21 +250,20 @@ pub(super) fn drop_untraced_clauses(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settle::library_values;
+    use crate::settle::grounding;
 
     /// Recorded from the local 1.5B model: "at least 3 purchases" as an event clause of any type.
     #[test]
     fn an_event_clause_with_no_type_gets_the_one_event_the_question_names() {
-        let (values, as_of) = library_values();
-        let grounding = Grounding::of("customers with at least 3 purchases", &values, as_of);
         let mut args = json!({"include": [{"type": "event", "min_count": 3}]});
-        let notes = settle_event_clauses(&mut args, ["include", "exclude"], &grounding);
+        let notes =
+            settle_event_clauses(&mut args, ["include", "exclude"], &grounding("customers with at least 3 purchases"));
         assert_eq!(args, json!({"include": [{"type": "event", "min_count": 3, "event_type": "purchase"}]}));
         assert_eq!(notes.len(), 1);
-        let grounding = Grounding::of("customers who viewed or bought shoes", &values, as_of);
         let mut args = json!({"include": [{"type": "event", "products": ["shoes"]}]});
         assert!(
-            settle_event_clauses(&mut args, ["include", "exclude"], &grounding).is_empty(),
+            settle_event_clauses(&mut args, ["include", "exclude"], &grounding("customers who viewed or bought shoes"))
+                .is_empty(),
             "two events: left as is"
         );
     }
@@ -272,9 +271,8 @@ mod tests {
     /// Recorded from the local 1.5B model, each call repeated after its send-back: the program makes the repair.
     #[test]
     fn a_repeated_call_is_put_right_by_the_program() {
-        let (values, as_of) = library_values();
         let put = |question: &str, mut args: Value| {
-            let notes = put_right(&mut args, &Grounding::of(question, &values, as_of));
+            let notes = put_right(&mut args, &grounding(question));
             (args, notes)
         };
         let churned = json!({"type": "profile", "field": "churned", "op": "=", "value": true});
@@ -314,10 +312,8 @@ mod tests {
     /// as a floor.
     #[test]
     fn counts_and_price_ceilings_are_read_from_the_question() {
-        let (values, as_of) = library_values();
         let settle = |question: &str, mut args: Value| {
-            let notes =
-                settle_event_clauses(&mut args, ["include", "exclude"], &Grounding::of(question, &values, as_of));
+            let notes = settle_event_clauses(&mut args, ["include", "exclude"], &grounding(question));
             (args, notes)
         };
         let viewed = json!({"include": [{"type": "event", "event_type": "view", "within_days": 90}]});
@@ -345,8 +341,7 @@ mod tests {
     /// Recorded from the local 1.5B model: "at least twice" sent as `order_count > 2`.
     #[test]
     fn comparisons_are_read_as_the_question_says() {
-        let (values, as_of) = library_values();
-        let grounding = Grounding::of("only those who have bought at least twice in total", &values, as_of);
+        let grounding = grounding("only those who have bought at least twice in total");
         let mut args = json!({"include": [{"type": "profile", "field": "order_count", "op": ">", "value": 2}]});
         let notes = settle_comparisons(&mut args, ["include", "exclude"], &grounding);
         assert_eq!(args["include"][0]["op"], ">=", "{notes:?}");

@@ -71,16 +71,15 @@ pub(crate) fn settle_drafts(args: &mut Value, grounding: &Grounding) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settle::library_values;
+    use crate::settle::grounding;
     use serde_json::json;
 
     /// A draft call keeps what the question gives and loses what the model made up: an offer is a promise in every
     /// e-mail.
     #[test]
     fn a_draft_call_loses_an_offer_and_settings_the_question_does_not_give() {
-        let (values, as_of) = library_values();
         let settle = |question: &str, mut args: Value| {
-            let dropped = settle_drafts(&mut args, &Grounding::of(question, &values, as_of));
+            let dropped = settle_drafts(&mut args, &grounding(question));
             (args, dropped)
         };
         let invented =

@@ -20,3 +20,10 @@ fn library_values() -> (audience_tools::vocabulary::DataValues, chrono::NaiveDat
         ["AT", "BE", "DE", "DK", "ES", "FR", "GB", "IT", "NL", "PL", "SE", "US"].map(String::from).to_vec();
     (values, chrono::NaiveDate::from_ymd_opt(2026, 6, 29).unwrap())
 }
+
+/// `question` grounded in the example library's values (see [`library_values`]).
+#[cfg(test)]
+fn grounding(question: &str) -> audience_tools::grounding::Grounding {
+    let (values, as_of) = library_values();
+    audience_tools::grounding::Grounding::of(question, &values, as_of)
+}
