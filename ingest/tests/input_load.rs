@@ -152,11 +152,14 @@ async fn loads_good_files_and_swaps_them_in_for_the_reader() {
         assert_eq!(
             indexes,
             [
+                "customer_days_day_idx",
                 "customer_facts_pkey",
                 "customer_keys_customer_id_key",
                 "customer_keys_pkey",
+                "customer_totals_pkey",
                 "customers_external_id_idx",
                 "customers_pkey",
+                "daily_totals_day_idx",
                 "dataset_pkey",
                 "event_totals_last_ts_idx",
                 "event_totals_max_price_idx",
