@@ -262,6 +262,23 @@ impl Measure {
         }
     }
 
+    /// Whether its value depends only on the rows with a sale (orders, items and their money, and customers
+    /// counted by their orders): rows without one can be left out before the facts are grouped, which for a
+    /// count of buyers over a window leaves a fraction of the rows.
+    pub fn of_sales_only(self) -> bool {
+        matches!(
+            self,
+            Self::Buyers
+                | Self::Orders
+                | Self::Items
+                | Self::GrossRevenue
+                | Self::AverageOrderValue
+                | Self::AverageSpendPerBuyer
+                | Self::OrdersPerBuyer
+                | Self::RepeatPurchaseRate
+        )
+    }
+
     /// Whether its SQL reads the fact called `fact` of the rows `f`.
     pub fn reads(self, fact: &str) -> bool {
         let sql = self.sql();
@@ -666,6 +683,22 @@ mod tests {
             let reads_a_flag =
                 facts.iter().any(|fact| fact.combine == Combine::Any && sql.contains(&format!("f.{}", fact.name)));
             assert!(sql.contains("count(") || reads_a_flag, "{} could be additive: {sql}", measure.name());
+        }
+    }
+
+    /// A measure of sales alone reads only the facts of sales, and counts only customers with an order: a row
+    /// without a sale changes none of them.
+    #[test]
+    fn measures_of_sales_read_nothing_else() {
+        for measure in Measure::ALL.into_iter().filter(|measure| measure.of_sales_only()) {
+            let sql = measure.sql();
+            for fact in customer_event_facts() {
+                let of_sales = ["orders", "items", "sales"].contains(&fact.name);
+                assert!(of_sales || !measure.reads(fact.name), "{} reads {}", measure.name(), fact.name);
+            }
+            for (at, _) in sql.match_indices("count(*)") {
+                assert!(sql[at..].starts_with("count(*) FILTER (WHERE f.orders"), "{}: {sql}", measure.name());
+            }
         }
     }
 

@@ -504,6 +504,9 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
                 None => *period,
             };
             let mut conditions: Vec<String> = rows.in_period(&covered, data.as_of)?.into_iter().collect();
+            if query.measures.iter().all(|measure| measure.of_sales_only()) {
+                conditions.push(rows.with_sales());
+            }
             if filtered {
                 conditions.push(format!("e.customer_id IN ({})", audience.membership));
             }

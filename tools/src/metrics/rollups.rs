@@ -4,7 +4,7 @@
 //! - [`CUSTOMER_TOTALS`]: per customer, all events up to the data's last day. Any measure of the whole data, by
 //!   customer dimensions, with any filter.
 //! - [`DAILY_TOTALS`]: per UTC day, event type, product and colour, without the customer: the summed facts only.
-//!   Additive measures ([`Measure::additive`]) of any period, by event dimensions, without filters.
+//!   Additive measures (`Measure::additive`) of any period, by event dimensions, without filters.
 //! - [`CUSTOMER_DAYS`]: per customer, UTC day, product and colour. Any measure of any period, by any dimension but
 //!   the event type, with any filter.
 //!
@@ -21,7 +21,7 @@ use super::catalogue::{Combine, Dimension, Fact, Source, customer_event_facts};
 use super::query::{MetricsQuery, Period};
 use crate::audience::compile::Data;
 use crate::audience::definition::Invalid;
-use crate::schema::{CUSTOMER_DAYS, CUSTOMER_TOTALS, DAILY_TOTALS};
+use crate::schema::{CUSTOMER_DAYS, CUSTOMER_TOTALS, DAILY_TOTALS, is_sale};
 
 /// The rows a call's per-customer facts `f` are computed from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +93,14 @@ impl Rows {
             Self::Events => fact.sql.clone(),
             Self::CustomerTotals => format!("e.{}", fact.name),
             Self::CustomerDays | Self::DailyTotals => fact.combined(),
+        }
+    }
+
+    /// The condition on a row `e` that it holds a sale (see `Measure::of_sales_only`).
+    pub fn with_sales(self) -> String {
+        match self {
+            Self::Events => format!("e.event_type = 'purchase' AND {}", is_sale("e.quantity")),
+            _ => "e.orders > 0".to_owned(),
         }
     }
 
