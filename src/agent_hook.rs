@@ -35,8 +35,8 @@ use crate::drafts::batch::DraftSummary;
 use crate::ledger::{CallPurpose, CallUsage, estimate_tokens};
 use crate::render::one_line;
 use crate::settle::{
-    drop_untraced, put_right, settle_comparisons, settle_drafts, settle_event_clauses, settle_metrics, uncovered,
-    wrong_side,
+    drop_double_readings, drop_untraced, put_right, settle_comparisons, settle_drafts, settle_event_clauses,
+    settle_metrics, uncovered, wrong_side,
 };
 
 /// Failed tool calls one question may make: the first gets one repair turn with the exact error, the second ends
@@ -642,6 +642,7 @@ impl AgentHook for TraceHook {
                 if !first_try {
                     filled.extend(put_right(&mut args, &grounding.0));
                 }
+                filled.extend(drop_double_readings(&mut args, &grounding.0));
                 let (mut args, dropped) = drop_untraced(args, &grounding.0, &grounding.1);
                 let mut rewritten = nulls || !dropped.is_empty() || !filled.is_empty() || placeholder.is_some();
                 if !filled.is_empty() {

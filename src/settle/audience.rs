@@ -96,6 +96,12 @@ pub(crate) fn put_right(args: &mut Value, grounding: &Grounding) -> Vec<String> 
 /// Takes out the include clauses `interests contains ...` whose products the question names, and returns those
 /// products.
 fn take_named_interests(args: &mut Value, grounding: &Grounding) -> Vec<String> {
+    take_interests(args, |product| grounding.found.products.iter().any(|p| p.eq_ignore_ascii_case(product)))
+}
+
+/// Takes out the include clauses `interests contains ...` all of whose products are `wanted`, and returns those
+/// products.
+fn take_interests(args: &mut Value, wanted: impl Fn(&str) -> bool) -> Vec<String> {
     let mut taken = Vec::new();
     let Some(Value::Array(clauses)) = args.get_mut("include") else { return taken };
     clauses.retain(|value| {
@@ -109,14 +115,38 @@ fn take_named_interests(args: &mut Value, grounding: &Grounding) -> Vec<String> 
             Value::Array(items) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
             _ => return true,
         };
-        let named = |product: &String| grounding.found.products.iter().any(|p| p.eq_ignore_ascii_case(product));
-        if products.is_empty() || !products.iter().all(named) {
+        if products.is_empty() || !products.iter().all(|product| wanted(product)) {
             return true;
         }
         taken.extend(products);
         false
     });
     taken
+}
+
+/// A product the question names once but the call reads twice, as what an include event clause was of and as an
+/// interest ("jeans buyers" as `bought jeans` and `interests contains jeans`): the interest goes, unless the
+/// question speaks of tastes, since it only narrows the deed to those whose profile also lists it. Returns how it
+/// was read, in words.
+pub(crate) fn drop_double_readings(args: &mut Value, grounding: &Grounding) -> Vec<String> {
+    if grounding.speaks_of_taste() {
+        return Vec::new();
+    }
+    let Ok(edit) = Edit::try_from(args.clone()) else { return Vec::new() };
+    let of_deeds: Vec<String> = edit
+        .include
+        .iter()
+        .filter_map(|clause| match &clause.rule {
+            Rule::Event { products, .. } => Some(products.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let taken = take_interests(args, |product| of_deeds.iter().any(|p| p.eq_ignore_ascii_case(product)));
+    if taken.is_empty() {
+        return Vec::new();
+    }
+    vec![format!("read {} as what customers did, not also as an interest", taken.join(", "))]
 }
 
 /// The call's arguments without the clauses nothing in the question asks for (a small model adds `age = 25` or
@@ -300,6 +330,16 @@ mod tests {
         assert_eq!(notes[1], "added \"who bought jeans\" to include, as the question names it");
         let (args, _) = put("Customers interested in jeans who bought something", json!({"include": [jeans]}));
         assert_eq!(args, json!({"include": [jeans, {"type": "event", "event_type": "purchase"}]}));
+
+        // Read twice in one call: as what was bought and as an interest; the interest goes unless tastes are named.
+        let read_twice = json!({"include": [bought_jeans, jeans], "exclude": [not_de]});
+        let mut args = read_twice.clone();
+        let notes = drop_double_readings(&mut args, &grounding("Jeans buyers, but leave out anyone in Germany"));
+        assert_eq!(args, json!({"include": [bought_jeans], "exclude": [not_de]}));
+        assert_eq!(notes, ["read jeans as what customers did, not also as an interest"]);
+        let mut args = read_twice.clone();
+        assert!(drop_double_readings(&mut args, &grounding("jeans lovers who bought jeans")).is_empty());
+        assert_eq!(args, read_twice);
 
         let bought = json!({"type": "event", "event_type": "purchase"});
         let question = "Customers who added something to their cart but never bought anything";

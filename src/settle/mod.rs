@@ -7,7 +7,9 @@ mod audience;
 mod drafts;
 mod metrics;
 
-pub(crate) use audience::{drop_untraced, put_right, settle_comparisons, settle_event_clauses, uncovered, wrong_side};
+pub(crate) use audience::{
+    drop_double_readings, drop_untraced, put_right, settle_comparisons, settle_event_clauses, uncovered, wrong_side,
+};
 pub(crate) use drafts::settle_drafts;
 pub(crate) use metrics::settle_metrics;
 
