@@ -45,8 +45,8 @@ pub async fn build(conn: &mut PgConnection, as_of: NaiveDate) -> Result<()> {
     .execute(&mut *conn)
     .await
     .context("cannot derive the event totals")?;
-    for statement in rollups::build_statements("events_staging") {
-        sqlx::query(&statement).bind(as_of).execute(&mut *conn).await.context("cannot derive the metrics' rollups")?;
+    for statement in rollups::build_statements("events_staging", as_of) {
+        sqlx::query(&statement).execute(&mut *conn).await.context("cannot derive the metrics' rollups")?;
     }
     Ok(())
 }

@@ -914,7 +914,7 @@ pub async fn prepare_schema_in(conn: &mut PgConnection, schema: &str) -> Result<
 }
 
 /// The idempotent statements that create `schema`, its `dataset` table and its `customer_keys` table.
-fn schema_statements(schema: &str) -> Result<[String; 6]> {
+fn schema_statements(schema: &str) -> Result<[String; 7]> {
     check_identifier(schema)?;
     Ok([
         format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
@@ -923,6 +923,7 @@ fn schema_statements(schema: &str) -> Result<[String; 6]> {
         format!("ALTER TABLE {schema}.dataset ADD COLUMN IF NOT EXISTS as_of DATE"),
         format!("ALTER TABLE {schema}.dataset ADD COLUMN IF NOT EXISTS derived_version BIGINT"),
         format!("ALTER TABLE {schema}.dataset ADD COLUMN IF NOT EXISTS prediction_fit JSONB"),
+        format!("ALTER TABLE {schema}.dataset ADD COLUMN IF NOT EXISTS rollups_version BIGINT"),
         // Never dropped or swapped: a string id keeps its key across ingests (see `crate::keys`).
         format!("CREATE TABLE IF NOT EXISTS {schema}.customer_keys ({CUSTOMER_KEYS_DDL})"),
     ])

@@ -282,7 +282,8 @@ pub async fn refit(db: &Db, options: predict::Options) -> Result<RefitReport> {
     // here with the profiles.
     let version: i64 = sqlx::query_scalar(
         "UPDATE dataset SET version = version + 1, prediction_fit = $1, \
-         derived_version = CASE WHEN derived_version = version THEN version + 1 ELSE derived_version END \
+         derived_version = CASE WHEN derived_version = version THEN version + 1 ELSE derived_version END, \
+         rollups_version = CASE WHEN rollups_version = version THEN version + 1 ELSE rollups_version END \
          WHERE id = 1 RETURNING version",
     )
     .bind(sqlx::types::Json(&fit))
@@ -332,11 +333,12 @@ async fn record_dataset(
     prediction: &FitReport,
 ) -> Result<i64> {
     sqlx::query_scalar(
-        "INSERT INTO dataset (id, version, profiles, fingerprint, ingested_at, as_of, derived_version, prediction_fit) \
-         VALUES (1, 1, $1, $2, now(), $3, 1, $4) \
+        "INSERT INTO dataset (id, version, profiles, fingerprint, ingested_at, as_of, derived_version, prediction_fit, \
+         rollups_version) VALUES (1, 1, $1, $2, now(), $3, 1, $4, 1) \
          ON CONFLICT (id) DO UPDATE SET version = dataset.version + 1, profiles = EXCLUDED.profiles, \
          fingerprint = EXCLUDED.fingerprint, ingested_at = EXCLUDED.ingested_at, as_of = EXCLUDED.as_of, \
-         derived_version = dataset.version + 1, prediction_fit = EXCLUDED.prediction_fit \
+         derived_version = dataset.version + 1, prediction_fit = EXCLUDED.prediction_fit, \
+         rollups_version = dataset.version + 1 \
          RETURNING version",
     )
     .bind(i64::try_from(profiles).unwrap_or(i64::MAX))

@@ -21,7 +21,8 @@ pub const DATASET_DDL: &str = "
     ingested_at TIMESTAMPTZ NOT NULL,
     as_of       DATE,
     derived_version BIGINT,
-    prediction_fit JSONB";
+    prediction_fit JSONB,
+    rollups_version BIGINT";
 
 /// The profile count and fingerprint of `table` (`profiles` or `profiles_staging`): the md5 of every text hash in
 /// customer order, so any added, removed or changed profile changes it.
@@ -29,8 +30,8 @@ pub fn fingerprint_sql(table: &str) -> String {
     format!("SELECT count(*)::bigint, md5(coalesce(string_agg(text_hash, ',' ORDER BY customer_id), '')) FROM {table}")
 }
 
-/// version, profiles, fingerprint, as_of, derived_version.
-type DatasetRow = (i64, i64, String, Option<NaiveDate>, Option<i64>);
+/// version, profiles, fingerprint, as_of, derived_version, rollups_version.
+type DatasetRow = (i64, i64, String, Option<NaiveDate>, Option<i64>, Option<i64>);
 
 /// The dataset row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,21 +64,23 @@ impl Dataset {
         if !Self::table_exists(db).await? {
             return Ok(None);
         }
-        // A schema last prepared by an older release has no derived_version column; read through the row's JSON,
-        // it is then NULL, without a second query to ask which columns the table has.
+        // A schema last prepared by an older release has no derived_version or rollups_version column; read
+        // through the row's JSON, it is then NULL, without a second query to ask which columns the table has.
         let row: Option<DatasetRow> = sqlx::query_as(
-            "SELECT version, profiles, fingerprint, as_of, (to_jsonb(d) ->> 'derived_version')::bigint \
-             FROM dataset d WHERE id = 1",
+            "SELECT version, profiles, fingerprint, as_of, (to_jsonb(d) ->> 'derived_version')::bigint, \
+             (to_jsonb(d) ->> 'rollups_version')::bigint FROM dataset d WHERE id = 1",
         )
         .fetch_optional(&db.pool)
         .await
         .context("cannot read the dataset version")?;
-        Ok(row.map(|(version, profiles, fingerprint, as_of, derived_version)| Self {
+        Ok(row.map(|(version, profiles, fingerprint, as_of, derived_version, rollups_version)| Self {
             version,
             profiles: u64::try_from(profiles).unwrap_or(0),
             fingerprint,
             as_of,
-            derived_tables_current: derived_version == Some(version),
+            // An older release's ingest moves derived_version on and leaves the rollups, which it does not know,
+            // as they were: rollups_version then tells they describe older data.
+            derived_tables_current: derived_version == Some(version) && rollups_version == Some(version),
         }))
     }
 

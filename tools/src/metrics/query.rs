@@ -504,7 +504,8 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
                 None => *period,
             };
             let mut conditions: Vec<String> = rows.in_period(&covered, data.as_of)?.into_iter().collect();
-            if query.measures.iter().all(|measure| measure.of_sales_only()) {
+            // Without dimensions only: a group (a product, a country) without a sale is a row of its own, with 0.
+            if query.dimensions.is_empty() && query.measures.iter().all(|measure| measure.of_sales_only()) {
                 conditions.push(rows.with_sales());
             }
             if filtered {

@@ -119,8 +119,8 @@ impl Rows {
 }
 
 /// The statements that create the rollups as `<name>_staging` from the staging events `events` (replacing earlier
-/// ones; the caller drops them). `$1` is the data's last day: the customer totals hold the events up to its end.
-pub fn build_statements(events: &str) -> Vec<String> {
+/// ones; the caller drops them). `as_of` is the data's last day: the customer totals hold the events up to its end.
+pub fn build_statements(events: &str, as_of: NaiveDate) -> Vec<String> {
     let facts = customer_event_facts();
     let summed: Vec<Fact> = facts.iter().filter(|fact| fact.combine == Combine::Sum).cloned().collect();
     let columns = |facts: &[Fact], sql: fn(&Fact) -> String| -> String {
@@ -141,7 +141,7 @@ pub fn build_statements(events: &str) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE {CUSTOMER_TOTALS}_staging AS SELECT e.customer_id, {} FROM {CUSTOMER_DAYS}_staging e \
-             WHERE e.day <= $1::date GROUP BY 1",
+             WHERE e.day <= DATE '{as_of}' GROUP BY 1",
             columns(&facts, Fact::combined)
         ),
         format!(
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn rollups_hold_every_fact_their_rows_can_tell() {
-        let statements = build_statements("events_staging");
+        let statements = build_statements("events_staging", AS_OF);
         for fact in customer_event_facts() {
             let column = format!(" AS {}", fact.name);
             assert!(statements[0].contains(&column) && statements[1].contains(&column), "{}", fact.name);
