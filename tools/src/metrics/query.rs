@@ -461,12 +461,15 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
     let audience = audience_compile::compile(&query.filters, data)?;
     let customers = audience.customers;
     let filtered = query.filters.clauses().next().is_some();
-    let keys: Vec<String> = query
-        .dimensions
-        .iter()
-        .enumerate()
-        .map(|(at, dimension)| format!("{} AS k{at}", dimension.key_sql(Rows::Events.day())))
-        .collect();
+    // The groups' keys over rows whose UTC day is `day` (see `Rows::day`).
+    let keys = |day: &str| -> Vec<String> {
+        query
+            .dimensions
+            .iter()
+            .enumerate()
+            .map(|(at, dimension)| format!("{} AS k{at}", dimension.key_sql(day)))
+            .collect()
+    };
     let key_names: Vec<String> = (0..query.dimensions.len()).map(|at| format!("k{at}")).collect();
     let measures: Vec<String> =
         query.measures.iter().enumerate().map(|(at, measure)| format!("{} AS m{at}", measure.sql())).collect();
@@ -493,6 +496,8 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
         (None, _) => {
             let filter =
                 if filtered { format!(" WHERE c.customer_id IN ({})", audience.membership) } else { String::new() };
+            // Customer measures take customer dimensions only, which read no day.
+            let keys = keys(Rows::Events.day());
             let select = keys.iter().chain(&measures).cloned().collect::<Vec<_>>().join(", ");
             format!("g AS (SELECT {select} FROM {customers} c{filter}{})", grouping(keys.len()))
         }
@@ -525,13 +530,7 @@ pub fn compile(query: &MetricsQuery, data: Data) -> Result<CompiledMetrics, Inva
                 inner.push(format!("CASE WHEN {current} THEN 0 ELSE 1 END AS span"));
                 outer_keys.push("f.span".to_owned());
             }
-            inner.extend(
-                query
-                    .dimensions
-                    .iter()
-                    .enumerate()
-                    .map(|(at, dimension)| format!("{} AS k{at}", dimension.key_sql(rows.day()))),
-            );
+            inner.extend(keys(rows.day()));
             outer_keys.extend(key_names.iter().map(|key| format!("f.{key}")));
             // Measures of sums alone need the facts of each group, not of each customer in it: fewer, larger rows.
             let per_customer = !query.measures.iter().all(|measure| measure.additive());
